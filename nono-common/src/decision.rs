@@ -1,0 +1,187 @@
+//! The pure policy decision. No I/O, no allocation, verifier-friendly loops.
+
+use crate::consts::*;
+use crate::types::{is_v4_mapped, Dest, Policy, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS};
+
+/// Why a destination or socket was allowed or denied. Stable wire values: they
+/// travel in BPF events and JSON.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Destination is 127.0.0.1, ::1 or ::ffff:127.0.0.1 on a permitted port.
+    Loopback = 1,
+    /// Destination is one of the sandbox's proxy endpoints.
+    Proxy = 2,
+    /// Socket is a plain TCP or UDP socket of family inet/inet6, or not inet.
+    SocketAllowed = 3,
+    /// Destination is neither loopback nor a proxy endpoint.
+    NotAllowed = 16,
+    /// Destination is the unspecified address (which Linux routes to the host
+    /// itself, so it would bypass the loopback port rules).
+    Unspecified = 17,
+    /// Destination is in 127.0.0.0/8 but not 127.0.0.1 (e.g. a resolver stub).
+    OtherLoopback = 18,
+    /// Destination is loopback, but the port is not in the narrowed port list.
+    LoopbackPort = 19,
+    /// Socket type or protocol other than plain TCP / UDP (raw, ICMP, SCTP,
+    /// MPTCP, UDP-Lite, ...).
+    SocketType = 20,
+}
+
+impl Reason {
+    /// The reason from its wire value.
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Loopback),
+            2 => Some(Self::Proxy),
+            3 => Some(Self::SocketAllowed),
+            16 => Some(Self::NotAllowed),
+            17 => Some(Self::Unspecified),
+            18 => Some(Self::OtherLoopback),
+            19 => Some(Self::LoopbackPort),
+            20 => Some(Self::SocketType),
+            _ => None,
+        }
+    }
+
+    /// Stable name used in events and summaries.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Loopback => "loopback",
+            Self::Proxy => "proxy",
+            Self::SocketAllowed => "socket-allowed",
+            Self::NotAllowed => "not-allowed",
+            Self::Unspecified => "unspecified-address",
+            Self::OtherLoopback => "other-loopback-address",
+            Self::LoopbackPort => "loopback-port-not-allowed",
+            Self::SocketType => "socket-type-not-allowed",
+        }
+    }
+}
+
+/// The outcome of one decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the operation may proceed.
+    pub allow: bool,
+    /// Why.
+    pub reason: Reason,
+}
+
+impl Decision {
+    #[inline(always)]
+    const fn allow(reason: Reason) -> Self {
+        Self {
+            allow: true,
+            reason,
+        }
+    }
+
+    #[inline(always)]
+    const fn deny(reason: Reason) -> Self {
+        Self {
+            allow: false,
+            reason,
+        }
+    }
+}
+
+const LOOPBACK_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+#[inline(always)]
+fn addr_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    // Explicit unrolled compare: slices' `==` may become a memcmp call, which
+    // the BPF target cannot link.
+    let mut i = 0;
+    let mut same = true;
+    while i < 16 {
+        same &= a[i] == b[i];
+        i += 1;
+    }
+    same
+}
+
+/// Decide whether a task in the sandbox may connect or send to `dest`.
+///
+/// Loopback means exactly 127.0.0.1, ::1 and ::ffff:127.0.0.1: other 127/8
+/// addresses are denied because they are often other local services (a DNS
+/// stub at 127.0.0.53 would let a child resolve names the proxy refuses).
+#[inline(always)]
+pub fn decide_connect(policy: &Policy, dest: &Dest) -> Decision {
+    let a = &dest.addr;
+    let v4 = is_v4_mapped(a);
+    let is_loopback = if v4 {
+        a[12] == 127 && a[13] == 0 && a[14] == 0 && a[15] == 1
+    } else {
+        addr_eq(a, &LOOPBACK_V6)
+    };
+
+    if is_loopback {
+        if policy.loopback_any == LOOPBACK_ANY {
+            return Decision::allow(Reason::Loopback);
+        }
+        let n = policy.n_loopback_ports as usize;
+        let mut i = 0;
+        while i < MAX_LOOPBACK_PORTS {
+            if i < n && policy.loopback_ports[i] == dest.port {
+                return Decision::allow(Reason::Loopback);
+            }
+            i += 1;
+        }
+        // A loopback address on a port that is not listed may still be a
+        // proxy endpoint; fall through to that check.
+    }
+
+    let n = policy.n_proxies as usize;
+    let mut i = 0;
+    while i < MAX_PROXY_ENDPOINTS {
+        if i < n {
+            let p = &policy.proxies[i];
+            if p.port == dest.port && addr_eq(&p.addr, a) {
+                return Decision::allow(Reason::Proxy);
+            }
+        }
+        i += 1;
+    }
+
+    if is_loopback {
+        return Decision::deny(Reason::LoopbackPort);
+    }
+    if v4 {
+        if a[12] == 0 && a[13] == 0 && a[14] == 0 && a[15] == 0 {
+            return Decision::deny(Reason::Unspecified);
+        }
+        if a[12] == 127 {
+            return Decision::deny(Reason::OtherLoopback);
+        }
+    } else if addr_eq(a, &[0; 16]) {
+        return Decision::deny(Reason::Unspecified);
+    }
+    Decision::deny(Reason::NotAllowed)
+}
+
+/// Decide whether a task in the sandbox may create a socket.
+///
+/// Only inet/inet6 sockets are judged here: other families are outside the
+/// BPF `sock_create` hook's reach and are the job of other layers. For inet,
+/// only plain TCP and UDP are allowed, because every other kind (raw, ICMP
+/// "ping" sockets, SCTP, MPTCP, UDP-Lite) either bypasses the connect/sendmsg
+/// hooks or is not proven to be covered by them. `sock_type` may carry
+/// `SOCK_NONBLOCK`/`SOCK_CLOEXEC` bits (as in a raw `socket()` argument).
+#[inline(always)]
+pub fn decide_socket(family: u32, sock_type: u32, protocol: u32) -> Decision {
+    if family != AF_INET && family != AF_INET6 {
+        return Decision::allow(Reason::SocketAllowed);
+    }
+    let ty = sock_type & SOCK_TYPE_MASK;
+    let ok = (ty == SOCK_STREAM && (protocol == IPPROTO_IP || protocol == IPPROTO_TCP))
+        || (ty == SOCK_DGRAM && (protocol == IPPROTO_IP || protocol == IPPROTO_UDP));
+    if ok {
+        Decision::allow(Reason::SocketAllowed)
+    } else {
+        Decision::deny(Reason::SocketType)
+    }
+}
+
+#[cfg(test)]
+mod tests;

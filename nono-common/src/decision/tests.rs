@@ -1,0 +1,169 @@
+extern crate std;
+
+use super::*;
+use crate::types::{Endpoint, MAX_PROXY_ENDPOINTS};
+use proptest::prelude::*;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+fn dest(ip: IpAddr, port: u16) -> Dest {
+    match ip {
+        IpAddr::V4(v4) => Dest::v4(v4.octets(), port),
+        IpAddr::V6(v6) => Dest::v6(v6.octets(), port),
+    }
+}
+
+fn policy_with(proxies: &[(IpAddr, u16)]) -> Policy {
+    let mut p = Policy::DENY_ALL;
+    p.loopback_any = LOOPBACK_ANY;
+    for (i, (ip, port)) in proxies.iter().enumerate() {
+        p.proxies[i] = Endpoint::from_dest(dest(*ip, *port));
+    }
+    p.n_proxies = proxies.len() as u32;
+    p
+}
+
+fn d(p: &Policy, ip: &str, port: u16) -> Decision {
+    decide_connect(p, &dest(ip.parse().unwrap(), port))
+}
+
+#[test]
+fn loopback_exact_addresses_any_port() {
+    let p = policy_with(&[]);
+    for ip in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+        for port in [0, 1, 80, 5432, 65535] {
+            assert_eq!(d(&p, ip, port), Decision::allow(Reason::Loopback), "{ip}:{port}");
+        }
+    }
+}
+
+#[test]
+fn other_loopback_and_unspecified_denied() {
+    let p = policy_with(&[]);
+    assert_eq!(d(&p, "127.0.0.53", 53).reason, Reason::OtherLoopback);
+    assert_eq!(d(&p, "::ffff:127.0.0.2", 53).reason, Reason::OtherLoopback);
+    assert_eq!(d(&p, "127.255.255.255", 1).reason, Reason::OtherLoopback);
+    assert_eq!(d(&p, "0.0.0.0", 80).reason, Reason::Unspecified);
+    assert_eq!(d(&p, "::", 80).reason, Reason::Unspecified);
+    assert_eq!(d(&p, "::ffff:0.0.0.0", 80).reason, Reason::Unspecified);
+    // IPv4-compatible ::127.0.0.1 is not loopback on Linux.
+    assert!(!d(&p, "::127.0.0.1", 80).allow);
+}
+
+#[test]
+fn metadata_and_public_denied() {
+    let p = policy_with(&[]);
+    for ip in ["169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254", "198.51.100.7", "2001:db8::1"] {
+        assert_eq!(d(&p, ip, 80), Decision::deny(Reason::NotAllowed), "{ip}");
+    }
+}
+
+#[test]
+fn proxy_endpoint_matches_address_and_port_in_both_spellings() {
+    let p = policy_with(&[("198.51.100.2".parse().unwrap(), 3128), ("2001:db8::5".parse().unwrap(), 8080)]);
+    assert_eq!(d(&p, "198.51.100.2", 3128), Decision::allow(Reason::Proxy));
+    assert_eq!(d(&p, "::ffff:198.51.100.2", 3128), Decision::allow(Reason::Proxy));
+    assert_eq!(d(&p, "2001:db8::5", 8080), Decision::allow(Reason::Proxy));
+    assert!(!d(&p, "198.51.100.2", 3129).allow);
+    assert!(!d(&p, "198.51.100.3", 3128).allow);
+    assert!(!d(&p, "2001:db8::5", 3128).allow);
+}
+
+#[test]
+fn entries_beyond_count_are_ignored() {
+    let mut p = policy_with(&[]);
+    p.proxies[3] = Endpoint::from_dest(Dest::v4([198, 51, 100, 9], 1));
+    p.n_proxies = 3;
+    assert!(!decide_connect(&p, &Dest::v4([198, 51, 100, 9], 1)).allow);
+    p.n_proxies = 4;
+    assert!(decide_connect(&p, &Dest::v4([198, 51, 100, 9], 1)).allow);
+}
+
+#[test]
+fn deny_all_policy_denies_loopback() {
+    let p = Policy::DENY_ALL;
+    assert_eq!(d(&p, "127.0.0.1", 80).reason, Reason::LoopbackPort);
+}
+
+#[test]
+fn narrowed_loopback_ports() {
+    let mut p = policy_with(&[("127.0.0.1".parse().unwrap(), 4000)]);
+    p.loopback_any = 0;
+    p.loopback_ports[0] = 5432;
+    p.n_loopback_ports = 1;
+    assert!(d(&p, "127.0.0.1", 5432).allow);
+    assert!(d(&p, "::1", 5432).allow);
+    assert_eq!(d(&p, "127.0.0.1", 4000), Decision::allow(Reason::Proxy));
+    assert_eq!(d(&p, "::1", 4000).reason, Reason::LoopbackPort);
+    assert_eq!(d(&p, "127.0.0.1", 22).reason, Reason::LoopbackPort);
+}
+
+#[test]
+fn sockets() {
+    assert!(decide_socket(AF_INET, SOCK_STREAM, 0).allow);
+    assert!(decide_socket(AF_INET6, SOCK_STREAM | 0o4000 | 0o2000000, IPPROTO_TCP).allow);
+    assert!(decide_socket(AF_INET, SOCK_DGRAM, IPPROTO_UDP).allow);
+    assert!(decide_socket(AF_UNIX, SOCK_RAW, 0).allow);
+    assert!(!decide_socket(AF_INET, SOCK_RAW, IPPROTO_ICMP).allow);
+    assert!(!decide_socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP).allow);
+    assert!(!decide_socket(AF_INET6, SOCK_DGRAM, IPPROTO_ICMPV6).allow);
+    assert!(!decide_socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP).allow);
+    assert!(!decide_socket(AF_INET, SOCK_STREAM, 132).allow); // SCTP
+    assert!(!decide_socket(AF_INET, 5, 132).allow); // SOCK_SEQPACKET
+    assert!(!decide_socket(AF_INET, SOCK_DGRAM, 136).allow); // UDP-Lite
+    assert!(!decide_socket(AF_INET, SOCK_STREAM, IPPROTO_UDP).allow);
+}
+
+fn any_ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        any::<[u8; 4]>().prop_map(|o| IpAddr::V4(Ipv4Addr::from(o))),
+        any::<[u8; 16]>().prop_map(|o| IpAddr::V6(Ipv6Addr::from(o))),
+        // Bias towards the interesting neighbourhoods.
+        any::<[u8; 3]>().prop_map(|o| IpAddr::V4(Ipv4Addr::new(127, o[0], o[1], o[2]))),
+        any::<[u8; 4]>().prop_map(|o| IpAddr::V6(Ipv4Addr::from(o).to_ipv6_mapped())),
+    ]
+}
+
+/// A reference model written with std's address types, independent of the
+/// byte-level implementation.
+fn model(proxies: &[(IpAddr, u16)], ip: IpAddr, port: u16) -> bool {
+    let canon = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    let ip = canon(ip);
+    ip == IpAddr::V4(Ipv4Addr::LOCALHOST)
+        || ip == IpAddr::V6(Ipv6Addr::LOCALHOST)
+        || proxies.iter().any(|(pip, pport)| canon(*pip) == ip && *pport == port)
+}
+
+proptest! {
+    #[test]
+    fn agrees_with_model(
+        proxies in proptest::collection::vec((any_ip(), any::<u16>()), 0..=MAX_PROXY_ENDPOINTS),
+        ip in any_ip(),
+        port in any::<u16>(),
+    ) {
+        let p = policy_with(&proxies);
+        let got = decide_connect(&p, &dest(ip, port));
+        prop_assert_eq!(got.allow, model(&proxies, ip, port));
+    }
+
+    #[test]
+    fn v4_and_v4_mapped_always_agree(o in any::<[u8; 4]>(), port in any::<u16>(),
+        proxies in proptest::collection::vec((any_ip(), any::<u16>()), 0..=MAX_PROXY_ENDPOINTS)) {
+        let p = policy_with(&proxies);
+        let a = decide_connect(&p, &Dest::v4(o, port));
+        let b = decide_connect(&p, &Dest::v6(Ipv4Addr::from(o).to_ipv6_mapped().octets(), port));
+        prop_assert_eq!(a, b);
+    }
+
+    #[test]
+    fn proxies_are_always_reachable(
+        proxies in proptest::collection::vec((any_ip(), any::<u16>()), 1..=MAX_PROXY_ENDPOINTS),
+        idx in any::<prop::sample::Index>(),
+    ) {
+        let p = policy_with(&proxies);
+        let (ip, port) = proxies[idx.index(proxies.len())];
+        prop_assert!(decide_connect(&p, &dest(ip, port)).allow);
+    }
+}

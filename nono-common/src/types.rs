@@ -1,0 +1,228 @@
+//! `#[repr(C)]` types shared with the BPF programs through maps.
+
+/// How many proxy endpoints one sandbox policy can hold.
+pub const MAX_PROXY_ENDPOINTS: usize = 16;
+/// How many loopback ports a narrowed loopback policy can list.
+pub const MAX_LOOPBACK_PORTS: usize = 64;
+/// Value of [`Policy::loopback_any`] meaning every loopback port is allowed.
+pub const LOOPBACK_ANY: u32 = 1;
+
+/// A destination in canonical form.
+///
+/// IPv4 addresses are stored as v4-mapped IPv6 (`::ffff:a.b.c.d`), so that a
+/// v4 destination and its v4-mapped spelling on an `AF_INET6` socket are the
+/// same value and cannot be judged differently.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Dest {
+    /// Address octets in network order (v4 as v4-mapped).
+    pub addr: [u8; 16],
+    /// Port in host order.
+    pub port: u16,
+}
+
+impl Dest {
+    /// A destination from IPv4 octets.
+    #[inline(always)]
+    pub const fn v4(octets: [u8; 4], port: u16) -> Self {
+        Self {
+            addr: canonical_v4(octets),
+            port,
+        }
+    }
+
+    /// A destination from IPv6 octets (v4-mapped forms stay v4-mapped, which
+    /// is already the canonical form).
+    #[inline(always)]
+    pub const fn v6(octets: [u8; 16], port: u16) -> Self {
+        Self {
+            addr: canonical_v6(octets),
+            port,
+        }
+    }
+
+    /// True when the canonical address is a v4 (v4-mapped) address.
+    #[inline(always)]
+    pub const fn is_v4(&self) -> bool {
+        is_v4_mapped(&self.addr)
+    }
+}
+
+/// The canonical (v4-mapped) form of an IPv4 address.
+#[inline(always)]
+pub const fn canonical_v4(o: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]]
+}
+
+/// The canonical form of an IPv6 address: itself. Kept as a function so the
+/// place where a future normalisation would go is obvious.
+#[inline(always)]
+pub const fn canonical_v6(o: [u8; 16]) -> [u8; 16] {
+    o
+}
+
+#[inline(always)]
+pub(crate) const fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[0] == 0
+        && a[1] == 0
+        && a[2] == 0
+        && a[3] == 0
+        && a[4] == 0
+        && a[5] == 0
+        && a[6] == 0
+        && a[7] == 0
+        && a[8] == 0
+        && a[9] == 0
+        && a[10] == 0xff
+        && a[11] == 0xff
+}
+
+/// An address + port the sandbox may reach besides loopback (its proxy).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Endpoint {
+    /// Canonical address (v4 as v4-mapped).
+    pub addr: [u8; 16],
+    /// Port in host order.
+    pub port: u16,
+    /// Padding, always zero, so the layout has no uninitialised bytes.
+    pub _pad: [u8; 2],
+}
+
+impl Endpoint {
+    /// An endpoint from a canonical destination.
+    pub const fn from_dest(d: Dest) -> Self {
+        Self {
+            addr: d.addr,
+            port: d.port,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// One sandbox's network policy, stored in element 0 of the `POLICY` array map.
+///
+/// A zeroed policy (no proxies, no loopback ports, `loopback_any == 0`) denies
+/// everything, so a map the agent failed to fill fails closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// [`LOOPBACK_ANY`] to allow every loopback port, 0 to allow only
+    /// `loopback_ports`.
+    pub loopback_any: u32,
+    /// Number of valid entries in `proxies`.
+    pub n_proxies: u32,
+    /// Number of valid entries in `loopback_ports`.
+    pub n_loopback_ports: u32,
+    /// Padding, always zero.
+    pub _pad: u32,
+    /// Endpoints reachable besides loopback.
+    pub proxies: [Endpoint; MAX_PROXY_ENDPOINTS],
+    /// Loopback ports reachable when `loopback_any` is 0.
+    pub loopback_ports: [u16; MAX_LOOPBACK_PORTS],
+}
+
+impl Policy {
+    /// The policy that denies everything.
+    pub const DENY_ALL: Policy = Policy {
+        loopback_any: 0,
+        n_proxies: 0,
+        n_loopback_ports: 0,
+        _pad: 0,
+        proxies: [Endpoint {
+            addr: [0; 16],
+            port: 0,
+            _pad: [0; 2],
+        }; MAX_PROXY_ENDPOINTS],
+        loopback_ports: [0; MAX_LOOPBACK_PORTS],
+    };
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self::DENY_ALL
+    }
+}
+
+/// Which enforcement point produced a decision or an event.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// `cgroup/connect4`.
+    Connect4 = 1,
+    /// `cgroup/connect6`.
+    Connect6 = 2,
+    /// `cgroup/sendmsg4`.
+    Sendmsg4 = 3,
+    /// `cgroup/sendmsg6`.
+    Sendmsg6 = 4,
+    /// `cgroup/sock_create`.
+    SockCreate = 5,
+}
+
+impl Hook {
+    /// The hook from its wire value.
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Connect4),
+            2 => Some(Self::Connect6),
+            3 => Some(Self::Sendmsg4),
+            4 => Some(Self::Sendmsg6),
+            5 => Some(Self::SockCreate),
+            _ => None,
+        }
+    }
+
+    /// Stable name used in events and summaries.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Connect4 => "connect4",
+            Self::Connect6 => "connect6",
+            Self::Sendmsg4 => "sendmsg4",
+            Self::Sendmsg6 => "sendmsg6",
+            Self::SockCreate => "sock_create",
+        }
+    }
+}
+
+/// One denial, written by a BPF program to the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenyEvent {
+    /// Thread id (kernel pid).
+    pub pid: u32,
+    /// Process id (kernel tgid).
+    pub tgid: u32,
+    /// cgroup v2 id of the denied task.
+    pub cgroup_id: u64,
+    /// Task command name, NUL padded.
+    pub comm: [u8; 16],
+    /// A [`Hook`] value.
+    pub hook: u32,
+    /// Socket family (`AF_INET` / `AF_INET6`).
+    pub family: u32,
+    /// Socket type.
+    pub sock_type: u32,
+    /// Socket protocol.
+    pub protocol: u32,
+    /// Canonical destination address (zero for `sock_create`).
+    pub addr: [u8; 16],
+    /// Destination port in host order (zero for `sock_create`).
+    pub port: u16,
+    /// Padding, always zero.
+    pub _pad: u16,
+    /// A [`crate::Reason`] value.
+    pub reason: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all three types are `#[repr(C)]`, `Copy`, contain only integers
+    // and byte arrays, and have explicit padding fields, so every bit pattern
+    // is valid and there are no uninitialised bytes.
+    unsafe impl aya::Pod for super::Policy {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Endpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DenyEvent {}
+}

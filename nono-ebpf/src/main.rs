@@ -1,0 +1,168 @@
+//! cgroup sock_addr / sock programs enforcing one sandbox's network policy.
+//!
+//! Each sandbox loads its own copy of this object, so `POLICY` and `EVENTS`
+//! are private to one sandbox and no lookup by cgroup id is needed. Every
+//! decision is delegated to `nono_common`, the same code the userspace
+//! enforcers run.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{bpf_sock, bpf_sock_addr},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::{cgroup_sock, cgroup_sock_addr, map},
+    maps::{Array, PerCpuArray, RingBuf},
+    programs::{SockAddrContext, SockContext},
+};
+use nono_common::{decide_connect, decide_socket, DenyEvent, Dest, Hook, Policy, Reason};
+
+/// Element 0 holds the sandbox policy. An absent or zeroed element denies
+/// everything.
+#[map]
+static POLICY: Array<Policy> = Array::with_max_entries(1, 0);
+
+/// Denial events for the agent. When the buffer is full, events are dropped
+/// (and counted in `DROPPED`) but the denial itself always happens.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Element 0 counts, per CPU, events that could not be written to `EVENTS`
+/// (per CPU so the count needs no atomic read-modify-write).
+#[map]
+static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    on_addr4(&ctx, Hook::Connect4)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    on_addr4(&ctx, Hook::Sendmsg4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    on_addr6(&ctx, Hook::Connect6)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    on_addr6(&ctx, Hook::Sendmsg6)
+}
+
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: the kernel passes a valid `bpf_sock` context; the verifier
+    // rewrites these narrow loads into accesses of the real socket.
+    let (family, ty, proto) = unsafe {
+        let s: *const bpf_sock = ctx.sock;
+        ((*s).family, (*s).type_, (*s).protocol)
+    };
+    let d = decide_socket(family, ty, proto);
+    if d.allow {
+        return ALLOW;
+    }
+    emit(Hook::SockCreate, family, ty, proto, &Dest { addr: [0; 16], port: 0 }, d.reason);
+    DENY
+}
+
+#[inline(always)]
+fn on_addr4(ctx: &SockAddrContext, hook: Hook) -> i32 {
+    // SAFETY: valid context from the kernel; `user_ip4` and `user_port` are
+    // readable in connect4/sendmsg4 with 4-byte loads.
+    let (ip, port, family, ty, proto) = unsafe {
+        let s: *const bpf_sock_addr = ctx.sock_addr;
+        ((*s).user_ip4, (*s).user_port, (*s).family, (*s).type_, (*s).protocol)
+    };
+    // `user_ip4` holds the address in network order; on this little-endian
+    // target its in-memory bytes are the octets in order.
+    let dest = Dest::v4(ip.to_ne_bytes(), u16::from_be(port as u16));
+    judge(hook, family, ty, proto, &dest)
+}
+
+#[inline(always)]
+fn on_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
+    // SAFETY: valid context; `user_ip6[0..4]` and `user_port` are readable in
+    // connect6/sendmsg6 with 4-byte loads.
+    let (w, port, family, ty, proto) = unsafe {
+        let s: *const bpf_sock_addr = ctx.sock_addr;
+        (
+            [(*s).user_ip6[0], (*s).user_ip6[1], (*s).user_ip6[2], (*s).user_ip6[3]],
+            (*s).user_port,
+            (*s).family,
+            (*s).type_,
+            (*s).protocol,
+        )
+    };
+    let mut o = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = w[i].to_ne_bytes();
+        o[i * 4] = b[0];
+        o[i * 4 + 1] = b[1];
+        o[i * 4 + 2] = b[2];
+        o[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    let dest = Dest::v6(o, u16::from_be(port as u16));
+    judge(hook, family, ty, proto, &dest)
+}
+
+#[inline(always)]
+fn judge(hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest) -> i32 {
+    let Some(policy) = POLICY.get(0) else {
+        emit(hook, family, ty, proto, dest, Reason::NotAllowed);
+        return DENY;
+    };
+    let d = decide_connect(policy, dest);
+    if d.allow {
+        return ALLOW;
+    }
+    emit(hook, family, ty, proto, dest, d.reason);
+    DENY
+}
+
+#[inline(always)]
+fn emit(hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest, reason: Reason) {
+    let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) else {
+        if let Some(p) = DROPPED.get_ptr_mut(0) {
+            // SAFETY: element 0 exists (max_entries 1) and is this CPU's own
+            // slot; BPF programs are not preempted on one CPU mid-update.
+            unsafe { *p += 1 };
+        }
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: helper without preconditions in cgroup programs.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    entry.write(DenyEvent {
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        cgroup_id,
+        comm,
+        hook: hook as u32,
+        family,
+        sock_type: ty,
+        protocol: proto,
+        addr: dest.addr,
+        port: dest.port,
+        _pad: 0,
+        reason: reason as u32,
+    });
+    entry.submit(0);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
