@@ -1,0 +1,4 @@
+//! The cgroup BPF enforcer: loading, attaching, pinning, and reading events.
+
+pub mod bpffs;
+pub mod loader;

@@ -1,0 +1,151 @@
+//! `nono-agent doctor`: what this host supports, checked for real.
+
+use anyhow::Result;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+use crate::bpf::loader;
+use crate::exec;
+use crate::sandbox::{cgroup, privileges, registry};
+
+#[derive(Debug, Serialize)]
+struct Report {
+    kernel: String,
+    cgroup2_mount: Option<String>,
+    bpffs_mounts: Vec<String>,
+    privileged: bool,
+    bpf: Check,
+    landlock_abi: Option<i64>,
+    seccomp_user_notif: bool,
+    auto_enforcer: Option<&'static str>,
+    auto_reason: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Check {
+    ok: bool,
+    detail: String,
+}
+
+pub fn run(json: bool) -> Result<i32> {
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    let cg = cgroup::discover_root();
+    let caps = privileges::effective_caps().unwrap_or(0);
+    let privileged = [privileges::CAP_SYS_ADMIN, privileges::CAP_NET_ADMIN, privileges::CAP_BPF]
+        .iter()
+        .all(|c| caps & (1u64 << c) != 0);
+    let bpf = match &cg {
+        Ok(root) if privileged => try_bpf(root),
+        Ok(_) => Check {
+            ok: false,
+            detail: "not tried: needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF)".into(),
+        },
+        Err(e) => Check {
+            ok: false,
+            detail: format!("not tried: {e:#}"),
+        },
+    };
+    let (auto_enforcer, auto_reason) = if bpf.ok {
+        (Some("bpf"), "cgroup BPF programs load and attach".to_string())
+    } else {
+        (
+            None,
+            format!(
+                "cgroup BPF is unavailable ({}); no other enforcer is built yet, so `exec` would refuse to run",
+                bpf.detail
+            ),
+        )
+    };
+    let report = Report {
+        kernel,
+        cgroup2_mount: cg.as_ref().ok().map(|p| p.display().to_string()),
+        bpffs_mounts: crate::bpf::bpffs::mounts()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        privileged,
+        bpf,
+        landlock_abi: landlock_abi(),
+        seccomp_user_notif: std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
+            .map(|s| s.split_whitespace().any(|a| a == "user_notif"))
+            .unwrap_or(false),
+        auto_enforcer,
+        auto_reason,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        println!("kernel:              {}", report.kernel);
+        println!(
+            "cgroup2 mount:       {}",
+            report.cgroup2_mount.as_deref().unwrap_or("none (required)")
+        );
+        println!(
+            "bpffs mounts:        {}",
+            if report.bpffs_mounts.is_empty() {
+                "none (one is mounted at /sys/fs/bpf on first exec)".to_string()
+            } else {
+                report.bpffs_mounts.join(", ")
+            }
+        );
+        println!("privileged:          {}", yes(report.privileged));
+        println!("cgroup BPF:          {} ({})", yes(report.bpf.ok), report.bpf.detail);
+        match report.landlock_abi {
+            Some(v) => println!("Landlock ABI:        {v}"),
+            None => println!("Landlock ABI:        unavailable"),
+        }
+        println!("seccomp user notif:  {}", yes(report.seccomp_user_notif));
+        println!(
+            "auto enforcer:       {} ({})",
+            report.auto_enforcer.unwrap_or("none"),
+            report.auto_reason
+        );
+    }
+    Ok(if report.auto_enforcer.is_some() { 0 } else { 1 })
+}
+
+/// Loads and attaches the real programs to a throwaway cgroup.
+fn try_bpf(root: &std::path::Path) -> Check {
+    let result = (|| -> Result<String> {
+        let state = registry::state_dir()?;
+        let id = registry::new_id()?;
+        let _lock = registry::OwnerLock::acquire(&state, &id)?;
+        let parent = cgroup::parent_dir(root)?;
+        let cg = cgroup::Cgroup::create(&parent, &id)?;
+        let start = Instant::now();
+        let res = exec::policy(&[]).and_then(|p| loader::load_and_attach(cg.path(), &p, None));
+        let took = start.elapsed();
+        let n = res.as_ref().map(|a| a.keep.link_count()).unwrap_or(0);
+        drop(res.as_ref().ok());
+        let destroyed = cg.destroy(Duration::from_secs(5));
+        res?;
+        destroyed?;
+        Ok(format!("{n} programs loaded and attached in {took:.1?}"))
+    })();
+    match result {
+        Ok(detail) => Check { ok: true, detail },
+        Err(e) => Check {
+            ok: false,
+            detail: format!("{e:#}"),
+        },
+    }
+}
+
+fn landlock_abi() -> Option<i64> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_long = 1;
+    // SAFETY: with a NULL attr and size 0 and the VERSION flag, the syscall
+    // only returns the ABI version; no memory is read or written.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    (v > 0).then_some(v)
+}

@@ -1,0 +1,201 @@
+//! Turning BPF denial records into JSON lines and the exit summary.
+
+use nono_common::{consts, DenyEvent, Hook, Reason};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::SystemTime;
+
+/// One event as written to `--events` (one JSON object per line).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct EventRecord {
+    /// RFC 3339 time the agent read the event.
+    pub ts: String,
+    /// Sandbox id.
+    pub sandbox: String,
+    /// Which enforcer produced it.
+    pub source: &'static str,
+    /// Enforcement point.
+    pub hook: &'static str,
+    /// Always "deny" for kernel events (allows are not reported).
+    pub verdict: &'static str,
+    /// Why.
+    pub reason: &'static str,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub family: String,
+    pub sock_type: String,
+    pub protocol: u32,
+    /// Destination address (v4 and v4-mapped shown as dotted quad); absent
+    /// for socket-creation denials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// Parses a raw ring-buffer record. `None` if it is truncated.
+pub fn parse(bytes: &[u8]) -> Option<DenyEvent> {
+    if bytes.len() < core::mem::size_of::<DenyEvent>() {
+        return None;
+    }
+    // SAFETY: the length was checked; DenyEvent is plain old data for which
+    // every bit pattern is valid; read_unaligned copes with any alignment.
+    Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<DenyEvent>()) })
+}
+
+/// The JSON record for an event.
+pub fn record(ev: &DenyEvent, sandbox: &str, now: SystemTime) -> EventRecord {
+    let hook = Hook::from_u32(ev.hook);
+    let has_dest = hook != Some(Hook::SockCreate);
+    EventRecord {
+        ts: humantime::format_rfc3339_micros(now).to_string(),
+        sandbox: sandbox.to_string(),
+        source: "bpf",
+        hook: hook.map(Hook::name).unwrap_or("unknown"),
+        verdict: "deny",
+        reason: Reason::from_u32(ev.reason).map(Reason::name).unwrap_or("unknown"),
+        pid: ev.pid,
+        tgid: ev.tgid,
+        comm: comm(&ev.comm),
+        cgroup_id: ev.cgroup_id,
+        family: family_name(ev.family),
+        sock_type: type_name(ev.sock_type),
+        protocol: ev.protocol,
+        addr: has_dest.then(|| addr_string(&ev.addr)),
+        port: has_dest.then_some(ev.port),
+    }
+}
+
+fn comm(c: &[u8; 16]) -> String {
+    let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+    String::from_utf8_lossy(&c[..end]).into_owned()
+}
+
+/// Canonical addresses are v6; show v4-mapped ones as plain v4.
+pub fn addr_string(a: &[u8; 16]) -> String {
+    let v6 = Ipv6Addr::from(*a);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4).to_string(),
+        None => v6.to_string(),
+    }
+}
+
+fn family_name(f: u32) -> String {
+    match f {
+        consts::AF_INET => "inet".into(),
+        consts::AF_INET6 => "inet6".into(),
+        other => other.to_string(),
+    }
+}
+
+fn type_name(t: u32) -> String {
+    match t & consts::SOCK_TYPE_MASK {
+        consts::SOCK_STREAM => "stream".into(),
+        consts::SOCK_DGRAM => "dgram".into(),
+        consts::SOCK_RAW => "raw".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Counts of denials per hook, for the exit summary.
+#[derive(Debug, Default)]
+pub struct Summary {
+    by_hook: BTreeMap<&'static str, u64>,
+    total: u64,
+    /// Events the kernel could not queue (ring buffer full).
+    pub dropped: u64,
+}
+
+impl Summary {
+    /// Counts one denial.
+    pub fn add(&mut self, hook: &'static str) {
+        *self.by_hook.entry(hook).or_default() += 1;
+        self.total += 1;
+    }
+
+    /// Total denials seen.
+    pub fn total(&self) -> u64 {
+        self.total + self.dropped
+    }
+
+    /// The one-line summary printed on stderr at exit.
+    pub fn line(&self, sandbox: &str) -> String {
+        let mut s = format!("nono-agent: sandbox {sandbox}: {} denied", self.total());
+        if !self.by_hook.is_empty() || self.dropped > 0 {
+            let mut parts: Vec<String> = self.by_hook.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            if self.dropped > 0 {
+                parts.push(format!("not recorded (ring buffer full): {}", self.dropped));
+            }
+            s.push_str(&format!(" ({})", parts.join(", ")));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nono_common::canonical_v4;
+
+    fn ev(hook: Hook, addr: [u8; 16], port: u16) -> DenyEvent {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        DenyEvent {
+            pid: 10,
+            tgid: 9,
+            cgroup_id: 77,
+            comm,
+            hook: hook as u32,
+            family: consts::AF_INET6,
+            sock_type: consts::SOCK_STREAM,
+            protocol: 6,
+            addr,
+            port,
+            _pad: 0,
+            reason: Reason::NotAllowed as u32,
+        }
+    }
+
+    #[test]
+    fn v4_mapped_destination_is_shown_as_v4() {
+        let e = ev(Hook::Connect6, canonical_v4([198, 51, 100, 2]), 443);
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&e as *const DenyEvent).cast::<u8>(), std::mem::size_of::<DenyEvent>())
+        };
+        let parsed = parse(bytes).unwrap();
+        let r = record(&parsed, "abc", SystemTime::UNIX_EPOCH);
+        assert_eq!(r.addr.as_deref(), Some("198.51.100.2"));
+        assert_eq!(r.port, Some(443));
+        assert_eq!(r.hook, "connect6");
+        assert_eq!(r.comm, "curl");
+        assert_eq!(r.family, "inet6");
+        assert_eq!(r.ts, "1970-01-01T00:00:00.000000Z");
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"reason\":\"not-allowed\""));
+    }
+
+    #[test]
+    fn sock_create_has_no_destination() {
+        let r = record(&ev(Hook::SockCreate, [0; 16], 0), "abc", SystemTime::now());
+        assert_eq!(r.addr, None);
+        assert!(!serde_json::to_string(&r).unwrap().contains("addr"));
+    }
+
+    #[test]
+    fn truncated_records_are_rejected() {
+        assert!(parse(&[0u8; 10]).is_none());
+    }
+
+    #[test]
+    fn summary_line() {
+        let mut s = Summary::default();
+        assert_eq!(s.line("x"), "nono-agent: sandbox x: 0 denied");
+        s.add("connect4");
+        s.add("connect4");
+        s.add("sock_create");
+        assert_eq!(s.line("x"), "nono-agent: sandbox x: 3 denied (connect4: 2, sock_create: 1)");
+    }
+}

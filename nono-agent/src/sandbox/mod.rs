@@ -1,0 +1,8 @@
+//! One sandbox: its cgroup, its owner lock, its child, and their teardown.
+
+pub mod cgroup;
+pub mod child;
+pub mod privileges;
+pub mod registry;
+pub mod resolve;
+pub mod sweep;

@@ -1,0 +1,109 @@
+//! Dropping every capability and setting no_new_privs in the child.
+//!
+//! Runs between fork and exec (in `pre_exec`), where only async-signal-safe
+//! operations are allowed: raw syscalls, no allocation, no locks.
+
+use std::io;
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+/// SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
+/// SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: uid 0
+/// gains nothing on exec, and nothing can be raised back later.
+const LOCKED_SECUREBITS: libc::c_ulong = 0x01 | 0x02 | 0x20 | 0x40 | 0x80;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Removes every capability from the bounding, ambient, inheritable,
+/// permitted and effective sets and locks the securebits so that exec'ing a
+/// setuid-root or file-capability binary cannot regain any. `last_cap` is
+/// `/proc/sys/kernel/cap_last_cap`, read before fork.
+///
+/// Must be called while the process still has CAP_SETPCAP.
+pub fn drop_all_capabilities(last_cap: u32) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only; no memory is passed.
+    check(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, LOCKED_SECUREBITS, 0, 0, 0) })?;
+    for cap in 0..=last_cap {
+        // SAFETY: integer-only prctl.
+        let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            // EINVAL: the kernel knows fewer capabilities than cap_last_cap
+            // said (cannot happen, but is not a failure to drop).
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+        }
+    }
+    // SAFETY: integer-only prctl.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })?;
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: header and data are valid for the duration of the call and
+    // laid out as the kernel's v3 capability structures (two data words).
+    check(unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) as libc::c_int })
+}
+
+/// Sets no_new_privs: setuid bits and file capabilities are ignored by exec.
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: integer-only prctl.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+}
+
+/// Highest capability number the running kernel knows.
+pub fn last_cap() -> io::Result<u32> {
+    let s = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")?;
+    s.trim()
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad /proc/sys/kernel/cap_last_cap"))
+}
+
+/// This process's effective capability mask, from /proc/self/status.
+pub fn effective_caps() -> io::Result<u64> {
+    let s = std::fs::read_to_string("/proc/self/status")?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapEff in /proc/self/status"))
+}
+
+/// Capability numbers the BPF enforcer needs in the agent.
+pub const CAP_SYS_ADMIN: u32 = 21;
+/// CAP_NET_ADMIN (attaching cgroup programs).
+pub const CAP_NET_ADMIN: u32 = 12;
+/// CAP_BPF.
+pub const CAP_BPF: u32 = 39;

@@ -1,0 +1,154 @@
+//! Which sandboxes exist and whether their agent is alive.
+//!
+//! Each agent holds an exclusive `flock` on `<state>/<id>.lock` for its whole
+//! life. The kernel drops the lock when the agent dies, however it dies, so
+//! "lock can be taken" is a reliable "owner is gone" test with no pid reuse
+//! problem.
+
+use anyhow::{bail, Context as _, Result};
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+/// Runtime state directory (lock files). Root-only; hidden from sandboxes.
+pub const STATE_DIR: &str = "/run/nono-agent";
+
+/// A fresh random sandbox id: 16 hex digits.
+pub fn new_id() -> Result<String> {
+    let mut b = [0u8; 8];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("reading /dev/urandom for a sandbox id")?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Whether `s` has the shape of a sandbox id (guards paths built from
+/// directory names found on disk).
+pub fn is_id(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+}
+
+/// The state directory, created 0700 if missing.
+pub fn state_dir() -> Result<PathBuf> {
+    let p = PathBuf::from(STATE_DIR);
+    match fs::create_dir(&p) {
+        Ok(()) => fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod {}", p.display()))?,
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", p.display())),
+    }
+    Ok(p)
+}
+
+/// The lock an agent holds for as long as its sandbox exists.
+#[derive(Debug)]
+pub struct OwnerLock {
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl OwnerLock {
+    /// Creates and locks `<state>/<id>.lock`.
+    pub fn acquire(state: &Path, id: &str) -> Result<Self> {
+        let path = state.join(format!("{id}.lock"));
+        for _ in 0..3 {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+                .map_err(|(_, e)| e)
+                .with_context(|| format!("locking {}", path.display()))?;
+            // A sweeper may have unlinked the file between our open and our
+            // lock; a lock on an unlinked file protects nothing, so retry.
+            let held = lock.metadata().context("fstat lock")?;
+            match fs::metadata(&path) {
+                Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => {
+                    let _ = writeln!(&mut *lock, "{}", std::process::id());
+                    return Ok(Self { path, _lock: lock });
+                }
+                _ => continue,
+            }
+        }
+        bail!("could not take the owner lock {}", path.display())
+    }
+}
+
+impl Drop for OwnerLock {
+    fn drop(&mut self) {
+        // Unlink while still holding the lock, so nobody can mistake the
+        // sandbox for abandoned before its cleanup finished.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// A stale sandbox's lock, held while it is being cleaned up.
+pub struct StaleLock {
+    path: PathBuf,
+    _lock: Option<Flock<File>>,
+}
+
+impl StaleLock {
+    /// Removes the lock file (call after the sandbox is fully removed).
+    pub fn release(self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Takes `id`'s lock if its owner is gone; `None` if an agent still holds it.
+pub fn try_claim_stale(state: &Path, id: &str) -> Result<Option<StaleLock>> {
+    let path = state.join(format!("{id}.lock"));
+    let file = match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+    {
+        Ok(f) => f,
+        // No lock file: the agent died before creating it or after removing
+        // it; either way nobody owns the sandbox.
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Ok(Some(StaleLock { path, _lock: None }))
+        }
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(StaleLock {
+            path,
+            _lock: Some(lock),
+        })),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_well_formed_and_distinct() {
+        let a = new_id().unwrap();
+        let b = new_id().unwrap();
+        assert!(is_id(&a) && is_id(&b));
+        assert_ne!(a, b);
+        assert!(!is_id("../etc"));
+        assert!(!is_id("ABCDEF0123456789"));
+    }
+
+    #[test]
+    fn lock_is_exclusive_until_dropped() {
+        let dir = std::env::temp_dir().join(format!("nono-lock-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let owner = OwnerLock::acquire(&dir, "0123456789abcdef").unwrap();
+        assert!(try_claim_stale(&dir, "0123456789abcdef").unwrap().is_none());
+        drop(owner);
+        assert!(try_claim_stale(&dir, "0123456789abcdef").unwrap().is_some());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

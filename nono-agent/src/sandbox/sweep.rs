@@ -1,0 +1,90 @@
+//! Removing sandboxes whose agent died (SIGKILL, OOM, power loss of the
+//! process): kill their processes first, then remove the cgroup, and only
+//! then the pinned links, so a sandbox is never unconfined while anything in
+//! it still runs.
+
+use anyhow::{Context as _, Result};
+use std::fs;
+use std::io::ErrorKind;
+use std::path::Path;
+use std::time::Duration;
+
+use super::cgroup::{self, Cgroup};
+use super::registry;
+use crate::bpf::bpffs;
+
+/// What a sweep removed.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Ids of sandboxes removed.
+    pub removed: Vec<String>,
+    /// Problems met (the sweep goes on past them).
+    pub errors: Vec<String>,
+}
+
+/// Removes every sandbox whose owner lock is free.
+pub fn sweep() -> Result<Swept> {
+    let mut out = Swept::default();
+    let state = registry::state_dir()?;
+    let mut ids = std::collections::BTreeSet::new();
+
+    let cg_parent = cgroup::discover_root()?.join(cgroup::PARENT);
+    collect_ids(&cg_parent, &mut ids)?;
+    let pin_parents: Vec<_> = bpffs::mounts()?.into_iter().map(|m| m.join(bpffs::PARENT)).collect();
+    for p in &pin_parents {
+        collect_ids(p, &mut ids)?;
+    }
+    collect_lock_ids(&state, &mut ids)?;
+
+    for id in ids {
+        let Some(lock) = registry::try_claim_stale(&state, &id)? else {
+            continue;
+        };
+        let cg = Cgroup::existing(cg_parent.join(&id));
+        if let Err(e) = cg.destroy(Duration::from_secs(10)) {
+            // Pins stay: the sandbox may still have processes.
+            out.errors.push(format!("sandbox {id}: {e:#}"));
+            continue;
+        }
+        let mut ok = true;
+        for p in &pin_parents {
+            if let Err(e) = bpffs::remove_pins(&p.join(&id)) {
+                out.errors.push(format!("sandbox {id}: {e:#}"));
+                ok = false;
+            }
+        }
+        if ok {
+            lock.release();
+            out.removed.push(id);
+        }
+    }
+    Ok(out)
+}
+
+fn collect_ids(dir: &Path, ids: &mut std::collections::BTreeSet<String>) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for e in entries.flatten() {
+        if let Some(name) = e.file_name().to_str() {
+            if registry::is_id(name) {
+                ids.insert(name.to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn collect_lock_ids(dir: &Path, ids: &mut std::collections::BTreeSet<String>) -> Result<()> {
+    let entries = fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
+    for e in entries.flatten() {
+        if let Some(id) = e.file_name().to_str().and_then(|n| n.strip_suffix(".lock")) {
+            if registry::is_id(id) {
+                ids.insert(id.to_string());
+            }
+        }
+    }
+    Ok(())
+}
