@@ -33,9 +33,13 @@ pub fn run(json: bool) -> Result<i32> {
         .unwrap_or_else(|e| format!("unknown ({e})"));
     let cg = cgroup::discover_root();
     let caps = privileges::effective_caps().unwrap_or(0);
-    let privileged = [privileges::CAP_SYS_ADMIN, privileges::CAP_NET_ADMIN, privileges::CAP_BPF]
-        .iter()
-        .all(|c| caps & (1u64 << c) != 0);
+    let privileged = [
+        privileges::CAP_SYS_ADMIN,
+        privileges::CAP_NET_ADMIN,
+        privileges::CAP_BPF,
+    ]
+    .iter()
+    .all(|c| caps & (1u64 << c) != 0);
     let bpf = match &cg {
         Ok(root) if privileged => try_bpf(root),
         Ok(_) => Check {
@@ -48,7 +52,10 @@ pub fn run(json: bool) -> Result<i32> {
         },
     };
     let (auto_enforcer, auto_reason) = if bpf.ok {
-        (Some("bpf"), "cgroup BPF programs load and attach".to_string())
+        (
+            Some("bpf"),
+            "cgroup BPF programs load and attach".to_string(),
+        )
     } else {
         (
             None,
@@ -93,7 +100,11 @@ pub fn run(json: bool) -> Result<i32> {
             }
         );
         println!("privileged:          {}", yes(report.privileged));
-        println!("cgroup BPF:          {} ({})", yes(report.bpf.ok), report.bpf.detail);
+        println!(
+            "cgroup BPF:          {} ({})",
+            yes(report.bpf.ok),
+            report.bpf.detail
+        );
         match report.landlock_abi {
             Some(v) => println!("Landlock ABI:        {v}"),
             None => println!("Landlock ABI:        unavailable"),
@@ -120,7 +131,6 @@ fn try_bpf(root: &std::path::Path) -> Check {
         let res = exec::policy(&[]).and_then(|p| loader::load_and_attach(cg.path(), &p, None));
         let took = start.elapsed();
         let n = res.as_ref().map(|a| a.keep.link_count()).unwrap_or(0);
-        drop(res.as_ref().ok());
         let destroyed = cg.destroy(Duration::from_secs(5));
         res?;
         destroyed?;

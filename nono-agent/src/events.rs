@@ -56,7 +56,9 @@ pub fn record(ev: &DenyEvent, sandbox: &str, now: SystemTime) -> EventRecord {
         source: "bpf",
         hook: hook.map(Hook::name).unwrap_or("unknown"),
         verdict: "deny",
-        reason: Reason::from_u32(ev.reason).map(Reason::name).unwrap_or("unknown"),
+        reason: Reason::from_u32(ev.reason)
+            .map(Reason::name)
+            .unwrap_or("unknown"),
         pid: ev.pid,
         tgid: ev.tgid,
         comm: comm(&ev.comm),
@@ -125,7 +127,11 @@ impl Summary {
     pub fn line(&self, sandbox: &str) -> String {
         let mut s = format!("nono-agent: sandbox {sandbox}: {} denied", self.total());
         if !self.by_hook.is_empty() || self.dropped > 0 {
-            let mut parts: Vec<String> = self.by_hook.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let mut parts: Vec<String> = self
+                .by_hook
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
             if self.dropped > 0 {
                 parts.push(format!("not recorded (ring buffer full): {}", self.dropped));
             }
@@ -163,7 +169,10 @@ mod tests {
     fn v4_mapped_destination_is_shown_as_v4() {
         let e = ev(Hook::Connect6, canonical_v4([198, 51, 100, 2]), 443);
         let bytes = unsafe {
-            std::slice::from_raw_parts((&e as *const DenyEvent).cast::<u8>(), std::mem::size_of::<DenyEvent>())
+            std::slice::from_raw_parts(
+                (&e as *const DenyEvent).cast::<u8>(),
+                std::mem::size_of::<DenyEvent>(),
+            )
         };
         let parsed = parse(bytes).unwrap();
         let r = record(&parsed, "abc", SystemTime::UNIX_EPOCH);
@@ -196,6 +205,9 @@ mod tests {
         s.add("connect4");
         s.add("connect4");
         s.add("sock_create");
-        assert_eq!(s.line("x"), "nono-agent: sandbox x: 3 denied (connect4: 2, sock_create: 1)");
+        assert_eq!(
+            s.line("x"),
+            "nono-agent: sandbox x: 3 denied (connect4: 2, sock_create: 1)"
+        );
     }
 }

@@ -2,9 +2,10 @@
 
 use anyhow::{bail, Context as _, Result};
 use nono_common::{Dest, Endpoint, Policy, LOOPBACK_ANY, MAX_PROXY_ENDPOINTS};
+use std::ffi::OsString;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::process::ExitStatusExt as _;
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use tokio::io::unix::AsyncFd;
 use crate::bpf::{bpffs, loader};
 use crate::cli::{Enforcer, ExecArgs};
 use crate::events::{self, Summary};
-use crate::sandbox::{cgroup, child::ChildSetup, privileges, registry, resolve, sweep};
+use crate::sandbox::{cgroup, child::ChildSetup, privileges, registry, resolve, spawn, sweep};
 use crate::signals::Forwarder;
 
 /// Exit code for the agent's own failures (as `env` and `timeout` use it).
@@ -166,6 +167,7 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     check_privileges()?;
 
     // Crashed agents' leftovers go first; a failure here must not stop us.
+    let mut timing = Timing::new();
     match sweep::sweep() {
         Ok(s) => {
             for e in s.errors {
@@ -175,6 +177,7 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
         Err(e) => eprintln!("nono-agent: cleaning stale sandboxes: {e:#}"),
     }
 
+    timing.mark("sweep");
     let state = registry::state_dir()?;
     let id = registry::new_id()?;
     let lock = registry::OwnerLock::acquire(&state, &id)?;
@@ -198,12 +201,16 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     std::fs::create_dir(&pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
     sb.pin_dir = Some(pin_dir.clone());
 
-    let attached = loader::load_and_attach(&cg_path, &policy, Some(&pin_dir))
+    timing.mark("cgroup+lock+bpffs");
+    let attached = loader::load_and_attach_fast(&cg_path, &policy, Some(&pin_dir))
         .context("the bpf enforcer could not be applied; refusing to run the command unconfined")?;
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
     // until the RingBuf (owned by the AsyncFd) is dropped.
-    let ring = unsafe { AsyncFd::register_with_interest(attached.events, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("registering the event ring buffer: {}", e.into_parts().1))?;
+    let ring =
+        unsafe { AsyncFd::register_with_interest(attached.events, tokio::io::Interest::READABLE) }
+            .map_err(|e| {
+                anyhow::anyhow!("registering the event ring buffer: {}", e.into_parts().1)
+            })?;
     let dropped = attached.dropped;
     sb.attached = Some(attached.keep);
 
@@ -211,44 +218,65 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     masks.push(state.clone());
     masks.push(cg_parent.clone());
     let mask_refs: Vec<&Path> = masks.iter().map(PathBuf::as_path).collect();
-    let setup = ChildSetup::new(&cg_path, true, &mask_refs)?;
+    let setup = ChildSetup::new(true, &mask_refs)?;
 
-    let mut command = tokio::process::Command::new(&program);
-    command
-        .arg0(cmd)
-        .args(cmd_args)
-        .env("NONO_SANDBOX_ID", &id)
-        .env("NONO_CGROUP", &cg_path)
-        .env("NONO_BPF_PIN_DIR", &pin_dir)
-        .kill_on_drop(false);
-    // SAFETY: `apply` only makes async-signal-safe syscalls on data prepared
-    // before fork (see sandbox::child).
-    unsafe {
-        command.pre_exec(move || setup.apply());
-    }
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| !k.to_string_lossy().starts_with("NONO_"))
+        .collect();
+    env.push(("NONO_SANDBOX_ID".into(), id.clone().into()));
+    env.push(("NONO_CGROUP".into(), cg_path.clone().into()));
+    env.push(("NONO_BPF_PIN_DIR".into(), pin_dir.clone().into()));
+    let mut argv = vec![cmd.clone()];
+    argv.extend(cmd_args.iter().cloned());
+    let prepared = spawn::Prepared::new(program.as_os_str(), &argv, &env)
+        .context("preparing the command line")?;
+    let cgroup_fd =
+        std::fs::File::open(&cg_path).with_context(|| format!("opening {}", cg_path.display()))?;
 
     let child_pid = Arc::new(AtomicI32::new(0));
     let _forwarder = Forwarder::start(child_pid.clone()).context("installing signal handlers")?;
 
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("starting {} in the sandbox", program.display()))?;
-    if let Some(pid) = child.id() {
-        child_pid.store(pid as i32, Ordering::SeqCst);
+    timing.mark("bpf load+attach+pin");
+    let child = match spawn::spawn(&prepared, cgroup_fd.as_fd(), &setup) {
+        Ok(c) => c,
+        Err(spawn::SpawnError::Child(spawn::Stage::Exec, e)) => {
+            eprintln!("nono-agent: {}: {e}", program.display());
+            return Ok(if e.raw_os_error() == Some(libc::ENOENT) {
+                127
+            } else {
+                126
+            });
+        }
+        Err(e) => return Err(e).context("starting the command in the sandbox"),
+    };
+    timing.mark("spawn");
+    child_pid.store(child.pid, Ordering::SeqCst);
+    // SAFETY: the pidfd is owned by `child`, which outlives `exited`.
+    let exited = unsafe {
+        AsyncFd::register_with_interest(child.pidfd.as_fd(), tokio::io::Interest::READABLE)
     }
+    .map_err(|e| anyhow::anyhow!("watching the child: {}", e.into_parts().1))?;
 
     let mut summary = Summary::default();
     let mut ring = ring;
-    let status = loop {
+    loop {
         tokio::select! {
-            st = child.wait() => break st.context("waiting for the command")?,
+            r = exited.readable() => {
+                let _ready = r.context("waiting for the command")?;
+                break;
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the event ring buffer")?;
                 drain(guard.get_inner_mut(), &id, &mut sink, &mut summary);
                 guard.clear_ready();
             }
         }
-    };
+    }
+    drop(exited);
+    timing.mark("child ran");
+    let status = child
+        .reap()
+        .context("collecting the command's exit status")?;
     child_pid.store(0, Ordering::SeqCst);
 
     // Kill what is left (daemons, background jobs) before reading the last
@@ -264,14 +292,15 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     for e in sb.teardown() {
         eprintln!("nono-agent: sandbox {id}: cleanup: {e}");
     }
+    timing.mark("teardown");
+    timing.report();
     if !args.quiet {
         eprintln!("{}", summary.line(&id));
     }
 
-    Ok(match (status.code(), status.signal()) {
-        (Some(c), _) => c,
-        (None, Some(sig)) => 128 + sig,
-        _ => EXIT_AGENT_ERROR,
+    Ok(match status {
+        spawn::Exit::Code(c) => c,
+        spawn::Exit::Signal(sig) => 128 + sig,
     })
 }
 
@@ -286,6 +315,43 @@ fn drain(
             let rec = events::record(&ev, id, SystemTime::now());
             summary.add(rec.hook);
             sink.write(&rec);
+        }
+    }
+}
+
+/// Phase timings on stderr when `NONO_AGENT_TIMINGS=1` (for benchmarking
+/// start-up cost; see `cargo xtask bench`).
+struct Timing {
+    enabled: bool,
+    last: std::time::Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+impl Timing {
+    fn new() -> Self {
+        Self {
+            enabled: std::env::var_os("NONO_AGENT_TIMINGS").is_some_and(|v| v == "1"),
+            last: std::time::Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, phase: &'static str) {
+        if self.enabled {
+            let now = std::time::Instant::now();
+            self.phases.push((phase, now - self.last));
+            self.last = now;
+        }
+    }
+
+    fn report(&self) {
+        if self.enabled {
+            let parts: Vec<String> = self
+                .phases
+                .iter()
+                .map(|(p, d)| format!("{p}={d:.2?}"))
+                .collect();
+            eprintln!("nono-agent: timings: {}", parts.join(" "));
         }
     }
 }

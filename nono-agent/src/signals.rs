@@ -31,7 +31,8 @@ impl Forwarder {
                 for origin in signals.forever() {
                     // SI_USER / SI_QUEUE / tkill: someone sent it to us; the
                     // kernel (tty) also signalled the child's group.
-                    let from_kernel = matches!(origin.cause, signal_hook::low_level::siginfo::Cause::Kernel);
+                    let from_kernel =
+                        matches!(origin.cause, signal_hook::low_level::siginfo::Cause::Kernel);
                     if from_kernel {
                         continue;
                     }

@@ -1,7 +1,9 @@
 //! The pure policy decision. No I/O, no allocation, verifier-friendly loops.
 
 use crate::consts::*;
-use crate::types::{is_v4_mapped, Dest, Policy, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS};
+use crate::types::{
+    is_v4_mapped, Dest, Endpoint, Policy, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
+};
 
 /// Why a destination or socket was allowed or denied. Stable wire values: they
 /// travel in BPF events and JSON.
@@ -101,13 +103,59 @@ fn addr_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
     same
 }
 
+/// The questions the decision asks of a policy.
+///
+/// The decision logic (address classification, order of checks) lives only
+/// in [`decide_connect`]; where the answers come from differs per enforcer:
+/// the BPF programs answer from hash maps (constant-time lookups the verifier
+/// checks in microseconds), userspace answers from a [`Policy`] value.
+pub trait PolicyView {
+    /// Every loopback port is allowed.
+    fn loopback_any(&self) -> bool;
+    /// This loopback port is allowed (asked only when not `loopback_any`).
+    fn loopback_port_allowed(&self, port: u16) -> bool;
+    /// This canonical address + port is a proxy endpoint.
+    fn is_proxy(&self, endpoint: &Endpoint) -> bool;
+}
+
+impl PolicyView for Policy {
+    fn loopback_any(&self) -> bool {
+        self.loopback_any == LOOPBACK_ANY
+    }
+
+    fn loopback_port_allowed(&self, port: u16) -> bool {
+        let n = self.n_loopback_ports as usize;
+        let mut i = 0;
+        while i < MAX_LOOPBACK_PORTS && i < n {
+            if self.loopback_ports[i] == port {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    fn is_proxy(&self, e: &Endpoint) -> bool {
+        let n = self.n_proxies as usize;
+        let mut i = 0;
+        while i < MAX_PROXY_ENDPOINTS && i < n {
+            let p = &self.proxies[i];
+            if p.port == e.port && addr_eq(&p.addr, &e.addr) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
 /// Decide whether a task in the sandbox may connect or send to `dest`.
 ///
 /// Loopback means exactly 127.0.0.1, ::1 and ::ffff:127.0.0.1: other 127/8
 /// addresses are denied because they are often other local services (a DNS
 /// stub at 127.0.0.53 would let a child resolve names the proxy refuses).
 #[inline(always)]
-pub fn decide_connect(policy: &Policy, dest: &Dest) -> Decision {
+pub fn decide_connect<P: PolicyView + ?Sized>(policy: &P, dest: &Dest) -> Decision {
     let a = &dest.addr;
     let v4 = is_v4_mapped(a);
     let is_loopback = if v4 {
@@ -116,34 +164,14 @@ pub fn decide_connect(policy: &Policy, dest: &Dest) -> Decision {
         addr_eq(a, &LOOPBACK_V6)
     };
 
-    if is_loopback {
-        if policy.loopback_any == LOOPBACK_ANY {
-            return Decision::allow(Reason::Loopback);
-        }
-        let n = policy.n_loopback_ports as usize;
-        let mut i = 0;
-        while i < MAX_LOOPBACK_PORTS {
-            if i < n && policy.loopback_ports[i] == dest.port {
-                return Decision::allow(Reason::Loopback);
-            }
-            i += 1;
-        }
-        // A loopback address on a port that is not listed may still be a
-        // proxy endpoint; fall through to that check.
+    if is_loopback && (policy.loopback_any() || policy.loopback_port_allowed(dest.port)) {
+        return Decision::allow(Reason::Loopback);
     }
-
-    let n = policy.n_proxies as usize;
-    let mut i = 0;
-    while i < MAX_PROXY_ENDPOINTS {
-        if i < n {
-            let p = &policy.proxies[i];
-            if p.port == dest.port && addr_eq(&p.addr, a) {
-                return Decision::allow(Reason::Proxy);
-            }
-        }
-        i += 1;
+    // A loopback address on a port that is not listed may still be a proxy
+    // endpoint, so the proxy check comes before any loopback denial.
+    if policy.is_proxy(&Endpoint::from_dest(*dest)) {
+        return Decision::allow(Reason::Proxy);
     }
-
     if is_loopback {
         return Decision::deny(Reason::LoopbackPort);
     }

@@ -51,7 +51,9 @@ impl Dest {
 /// The canonical (v4-mapped) form of an IPv4 address.
 #[inline(always)]
 pub const fn canonical_v4(o: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3],
+    ]
 }
 
 /// The canonical form of an IPv6 address: itself. Kept as a function so the
@@ -144,6 +146,15 @@ impl Default for Policy {
     }
 }
 
+/// Scalar settings of a sandbox, element 0 of the BPF `SETTINGS` array.
+/// Zeroed (the state of a map nobody filled) means "deny loopback too".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// [`LOOPBACK_ANY`] to allow every loopback port.
+    pub loopback_any: u32,
+}
+
 /// Which enforcement point produced a decision or an event.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,4 +236,6 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoint {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DenyEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Settings {}
 }

@@ -11,15 +11,53 @@ use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr},
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{cgroup_sock, cgroup_sock_addr, map},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{SockAddrContext, SockContext},
 };
-use nono_common::{decide_connect, decide_socket, DenyEvent, Dest, Hook, Policy, Reason};
+use nono_common::{
+    decide_connect, decide_socket, DenyEvent, Dest, Endpoint, Hook, PolicyView, Reason, Settings,
+    LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
+};
 
-/// Element 0 holds the sandbox policy. An absent or zeroed element denies
-/// everything.
+/// Element 0 holds the sandbox's scalar settings. A zeroed element (nobody
+/// filled it) denies loopback as well: the maps fail closed.
 #[map]
-static POLICY: Array<Policy> = Array::with_max_entries(1, 0);
+static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Proxy endpoints (canonical address + port) the sandbox may reach.
+#[map]
+static PROXIES: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_PROXY_ENDPOINTS as u32, 0);
+
+/// Loopback ports allowed when `loopback_any` is off.
+#[map]
+static LOOPBACK_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_LOOPBACK_PORTS as u32, 0);
+
+/// The policy as the BPF side sees it: hash-map lookups, which the verifier
+/// checks in constant time (loops over arrays cost it tens of milliseconds
+/// per program, which every sandbox start would pay).
+struct MapPolicy<'a> {
+    settings: &'a Settings,
+}
+
+impl PolicyView for MapPolicy<'_> {
+    #[inline(always)]
+    fn loopback_any(&self) -> bool {
+        self.settings.loopback_any == LOOPBACK_ANY
+    }
+
+    #[inline(always)]
+    fn loopback_port_allowed(&self, port: u16) -> bool {
+        // SAFETY: the value is only tested for presence, never read, so a
+        // concurrent update of the element cannot be observed half-written.
+        unsafe { LOOPBACK_PORTS.get(&port).is_some() }
+    }
+
+    #[inline(always)]
+    fn is_proxy(&self, endpoint: &Endpoint) -> bool {
+        // SAFETY: as above, presence only.
+        unsafe { PROXIES.get(endpoint).is_some() }
+    }
+}
 
 /// Denial events for the agent. When the buffer is full, events are dropped
 /// (and counted in `DROPPED`) but the denial itself always happens.
@@ -66,7 +104,17 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     if d.allow {
         return ALLOW;
     }
-    emit(Hook::SockCreate, family, ty, proto, &Dest { addr: [0; 16], port: 0 }, d.reason);
+    emit(
+        Hook::SockCreate,
+        family,
+        ty,
+        proto,
+        &Dest {
+            addr: [0; 16],
+            port: 0,
+        },
+        d.reason,
+    );
     DENY
 }
 
@@ -76,7 +124,13 @@ fn on_addr4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     // readable in connect4/sendmsg4 with 4-byte loads.
     let (ip, port, family, ty, proto) = unsafe {
         let s: *const bpf_sock_addr = ctx.sock_addr;
-        ((*s).user_ip4, (*s).user_port, (*s).family, (*s).type_, (*s).protocol)
+        (
+            (*s).user_ip4,
+            (*s).user_port,
+            (*s).family,
+            (*s).type_,
+            (*s).protocol,
+        )
     };
     // `user_ip4` holds the address in network order; on this little-endian
     // target its in-memory bytes are the octets in order.
@@ -91,7 +145,12 @@ fn on_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     let (w, port, family, ty, proto) = unsafe {
         let s: *const bpf_sock_addr = ctx.sock_addr;
         (
-            [(*s).user_ip6[0], (*s).user_ip6[1], (*s).user_ip6[2], (*s).user_ip6[3]],
+            [
+                (*s).user_ip6[0],
+                (*s).user_ip6[1],
+                (*s).user_ip6[2],
+                (*s).user_ip6[3],
+            ],
             (*s).user_port,
             (*s).family,
             (*s).type_,
@@ -114,11 +173,11 @@ fn on_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
 
 #[inline(always)]
 fn judge(hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest) -> i32 {
-    let Some(policy) = POLICY.get(0) else {
+    let Some(settings) = SETTINGS.get(0) else {
         emit(hook, family, ty, proto, dest, Reason::NotAllowed);
         return DENY;
     };
-    let d = decide_connect(policy, dest);
+    let d = decide_connect(&MapPolicy { settings }, dest);
     if d.allow {
         return ALLOW;
     }

@@ -38,7 +38,9 @@ pub fn ensure_mounted() -> Result<PathBuf> {
         Some("bpf"),
         target,
         Some("bpf"),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
         Some("mode=0700"),
     )
     .with_context(|| format!("mounting a bpf filesystem at {DEFAULT_MOUNT} (none was mounted)"))?;

@@ -5,11 +5,11 @@
 //! other's policy, and no per-cgroup lookup is needed in the hot path.
 
 use anyhow::{anyhow, Context as _, Result};
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
 use aya::programs::{CgroupSock, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader};
-use nono_common::Policy;
+use nono_common::{Endpoint, Policy, Settings};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -18,11 +18,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/no
 
 const SOCK_ADDR_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
 const SOCK_PROGRAMS: [&str; 1] = ["sock_create"];
-
-/// Names of every program, which are also the pin file names.
-pub fn program_names() -> impl Iterator<Item = &'static str> {
-    SOCK_ADDR_PROGRAMS.into_iter().chain(SOCK_PROGRAMS)
-}
 
 /// What keeps the programs attached: the object (programs, maps) and the
 /// link fds. Dropping it closes the fds; pinned links stay attached until
@@ -60,11 +55,67 @@ pub fn dropped_events(dropped: &PerCpuArray<MapData, u64>) -> u64 {
     dropped.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
 }
 
+/// [`load_and_attach`] on a helper thread that cannot see the kernel BTF.
+///
+/// aya 0.14's `EbpfLoader::new()` reads and parses `/sys/kernel/btf/vmlinux`
+/// (~9 MB, ~10 ms here) before `.btf(None)` can say it is not wanted; our
+/// programs use no CO-RE, so that is pure start-up latency. The helper thread
+/// unshares its own mount namespace (a per-thread operation) and covers
+/// `/sys/kernel/btf` with an empty tmpfs, so the parse finds nothing. If that
+/// trick is not possible, loading simply proceeds with the parse.
+pub fn load_and_attach_fast(
+    cgroup_dir: &Path,
+    policy: &Policy,
+    pin_dir: Option<&Path>,
+) -> Result<Attached> {
+    let cgroup_dir = cgroup_dir.to_path_buf();
+    let pin_dir = pin_dir.map(Path::to_path_buf);
+    let policy = *policy;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            hide_kernel_btf_from_this_thread();
+            load_and_attach(&cgroup_dir, &policy, pin_dir.as_deref())
+        })
+        .join()
+        .map_err(|_| anyhow!("the BPF loader thread panicked"))?
+    })
+}
+
+fn hide_kernel_btf_from_this_thread() {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+    if unshare(CloneFlags::CLONE_NEWNS).is_err() {
+        return;
+    }
+    if mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .is_err()
+    {
+        return;
+    }
+    let _ = mount(
+        Some("tmpfs"),
+        "/sys/kernel/btf",
+        Some("tmpfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=4k"),
+    );
+}
+
 /// Loads the object, writes `policy`, attaches every program to the cgroup at
 /// `cgroup_dir` and pins each link into `pin_dir` (if given). Nothing is left
 /// attached if this fails part-way: links are dropped with the error, and
 /// pins are removed by the caller's teardown.
-pub fn load_and_attach(cgroup_dir: &Path, policy: &Policy, pin_dir: Option<&Path>) -> Result<Attached> {
+pub fn load_and_attach(
+    cgroup_dir: &Path,
+    policy: &Policy,
+    pin_dir: Option<&Path>,
+) -> Result<Attached> {
     // BTF is not needed: the programs use no CO-RE relocations. Skipping the
     // kernel BTF parse saves ~80 ms per sandbox.
     let mut ebpf = EbpfLoader::new()
@@ -72,42 +123,41 @@ pub fn load_and_attach(cgroup_dir: &Path, policy: &Policy, pin_dir: Option<&Path
         .load(OBJECT)
         .context("loading the BPF object into the kernel")?;
 
-    {
-        let map = ebpf
-            .map_mut("POLICY")
-            .ok_or_else(|| anyhow!("BPF object has no POLICY map"))?;
-        let mut arr: Array<&mut MapData, Policy> = Array::try_from(map).context("POLICY map")?;
-        arr.set(0, policy, 0).context("writing the sandbox policy")?;
-    }
+    write_policy(&mut ebpf, policy).context("writing the sandbox policy")?;
 
-    let cgroup = File::open(cgroup_dir).with_context(|| format!("opening {}", cgroup_dir.display()))?;
+    let cgroup =
+        File::open(cgroup_dir).with_context(|| format!("opening {}", cgroup_dir.display()))?;
     let mut links = Vec::new();
     for name in SOCK_ADDR_PROGRAMS {
         let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?
             .try_into()
             .with_context(|| format!("program {name} has the wrong type"))?;
-        prog.load().with_context(|| format!("verifying program {name}"))?;
+        prog.load()
+            .with_context(|| format!("verifying program {name}"))?;
         let id = prog
             .attach(&cgroup, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {name} to {}", cgroup_dir.display()))?;
         let link = prog
             .take_link(id)
             .with_context(|| format!("taking the {name} link"))?;
-        let link = FdLink::try_from(link).with_context(|| format!("{name} link is not an fd link"))?;
+        let link =
+            FdLink::try_from(link).with_context(|| format!("{name} link is not an fd link"))?;
         links.push(pin(link, pin_dir, name)?);
     }
     for name in SOCK_PROGRAMS {
         let prog: &mut CgroupSock = program(&mut ebpf, name)?
             .try_into()
             .with_context(|| format!("program {name} has the wrong type"))?;
-        prog.load().with_context(|| format!("verifying program {name}"))?;
+        prog.load()
+            .with_context(|| format!("verifying program {name}"))?;
         let id = prog
             .attach(&cgroup, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {name} to {}", cgroup_dir.display()))?;
         let link = prog
             .take_link(id)
             .with_context(|| format!("taking the {name} link"))?;
-        let link = FdLink::try_from(link).with_context(|| format!("{name} link is not an fd link"))?;
+        let link =
+            FdLink::try_from(link).with_context(|| format!("{name} link is not an fd link"))?;
         links.push(pin(link, pin_dir, name)?);
     }
 
@@ -132,6 +182,46 @@ pub fn load_and_attach(cgroup_dir: &Path, policy: &Policy, pin_dir: Option<&Path
     })
 }
 
+/// Fills the policy maps. Runs before any program is attached, so the
+/// sandbox never sees a partial policy.
+fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<()> {
+    {
+        let mut proxies: HashMap<&mut MapData, Endpoint, u8> =
+            HashMap::try_from(map(ebpf, "PROXIES")?).context("PROXIES map")?;
+        for e in policy.proxies.iter().take(policy.n_proxies as usize) {
+            proxies.insert(e, 1, 0).context("PROXIES insert")?;
+        }
+    }
+    {
+        let mut ports: HashMap<&mut MapData, u16, u8> =
+            HashMap::try_from(map(ebpf, "LOOPBACK_PORTS")?).context("LOOPBACK_PORTS map")?;
+        for p in policy
+            .loopback_ports
+            .iter()
+            .take(policy.n_loopback_ports as usize)
+        {
+            ports.insert(p, 1, 0).context("LOOPBACK_PORTS insert")?;
+        }
+    }
+    let mut settings: Array<&mut MapData, Settings> =
+        Array::try_from(map(ebpf, "SETTINGS")?).context("SETTINGS map")?;
+    settings
+        .set(
+            0,
+            Settings {
+                loopback_any: policy.loopback_any,
+            },
+            0,
+        )
+        .context("SETTINGS set")?;
+    Ok(())
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("BPF object has no {name} map"))
+}
+
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .ok_or_else(|| anyhow!("BPF object has no program {name}"))
@@ -141,10 +231,9 @@ fn pin(link: FdLink, dir: Option<&Path>, name: &str) -> Result<Link> {
     match dir {
         Some(dir) => {
             let path: PathBuf = dir.join(name);
-            Ok(Link::Pinned(
-                link.pin(&path)
-                    .with_context(|| format!("pinning the {name} link at {}", path.display()))?,
-            ))
+            Ok(Link::Pinned(link.pin(&path).with_context(|| {
+                format!("pinning the {name} link at {}", path.display())
+            })?))
         }
         None => Ok(Link::Unpinned(link)),
     }

@@ -3,7 +3,6 @@
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -59,14 +58,6 @@ impl Cgroup {
     /// The cgroup directory.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The kernel's cgroup id (the cgroup2 directory's inode number), as
-    /// reported by `bpf_get_current_cgroup_id`.
-    pub fn id(&self) -> Result<u64> {
-        Ok(fs::metadata(&self.path)
-            .with_context(|| format!("stat {}", self.path.display()))?
-            .ino())
     }
 
     /// Kills every process in the cgroup and its descendants and waits until

@@ -1,20 +1,19 @@
 //! Starting the command inside the sandbox.
 //!
-//! Everything the child needs is prepared before fork; `pre_exec` then only
-//! makes raw syscalls, in this order:
-//! 1. join the sandbox cgroup (so no user instruction runs outside it);
-//! 2. (privileged) new cgroup and mount namespaces: the cgroup namespace is
+//! Everything the child needs is prepared before the clone; `apply` then only
+//! makes raw syscalls, in this order (the child is already in the sandbox
+//! cgroup, see `spawn`):
+//! 1. (privileged) new cgroup and mount namespaces: the cgroup namespace is
 //!    rooted at the sandbox cgroup, so the child cannot migrate itself to any
 //!    cgroup outside it, and the bpffs / state / sandbox-parent directories
 //!    are covered by empty read-only tmpfs mounts, so pinned links cannot be
 //!    opened (and detached) by path;
-//! 3. (privileged) drop every capability;
-//! 4. no_new_privs.
+//! 2. (privileged) drop every capability;
+//! 3. no_new_privs.
 
 use anyhow::{Context as _, Result};
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 
@@ -22,7 +21,6 @@ use super::privileges;
 
 /// What the child does between fork and exec.
 pub struct ChildSetup {
-    cgroup_procs: OwnedFd,
     privileged: Option<Privileged>,
 }
 
@@ -36,14 +34,9 @@ const MASK_DATA: &[u8] = b"mode=000,size=4k\0";
 const ROOT: &[u8] = b"/\0";
 
 impl ChildSetup {
-    /// `cgroup_dir` is the sandbox cgroup; `masks` are directories hidden
-    /// from the child (only when `privileged`).
-    pub fn new(cgroup_dir: &Path, privileged: bool, masks: &[&Path]) -> Result<Self> {
-        let procs = cgroup_dir.join("cgroup.procs");
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&procs)
-            .with_context(|| format!("opening {}", procs.display()))?;
+    /// `masks` are directories hidden from the child (only when
+    /// `privileged`, i.e. the agent may create namespaces and drop caps).
+    pub fn new(privileged: bool, masks: &[&Path]) -> Result<Self> {
         let privileged = if privileged {
             let masks = masks
                 .iter()
@@ -57,20 +50,11 @@ impl ChildSetup {
         } else {
             None
         };
-        Ok(Self {
-            cgroup_procs: file.into(),
-            privileged,
-        })
+        Ok(Self { privileged })
     }
 
     /// Runs in the child after fork. Async-signal-safe: syscalls only.
     pub fn apply(&self) -> io::Result<()> {
-        // "0" means the writing process itself.
-        // SAFETY: writes one byte from a static buffer to an fd we own.
-        let n = unsafe { libc::write(self.cgroup_procs.as_raw_fd(), b"0".as_ptr().cast(), 1) };
-        if n != 1 {
-            return Err(io::Error::last_os_error());
-        }
         if let Some(p) = &self.privileged {
             // SAFETY: integer-only syscall.
             if unsafe { libc::unshare(libc::CLONE_NEWCGROUP | libc::CLONE_NEWNS) } != 0 {

@@ -5,4 +5,5 @@ pub mod child;
 pub mod privileges;
 pub mod registry;
 pub mod resolve;
+pub mod spawn;
 pub mod sweep;

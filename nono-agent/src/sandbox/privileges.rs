@@ -75,7 +75,9 @@ pub fn drop_all_capabilities(last_cap: u32) -> io::Result<()> {
     }; 2];
     // SAFETY: header and data are valid for the duration of the call and
     // laid out as the kernel's v3 capability structures (two data words).
-    check(unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) as libc::c_int })
+    check(unsafe {
+        libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) as libc::c_int
+    })
 }
 
 /// Sets no_new_privs: setuid bits and file capabilities are ignored by exec.
@@ -87,9 +89,12 @@ pub fn set_no_new_privs() -> io::Result<()> {
 /// Highest capability number the running kernel knows.
 pub fn last_cap() -> io::Result<u32> {
     let s = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")?;
-    s.trim()
-        .parse()
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad /proc/sys/kernel/cap_last_cap"))
+    s.trim().parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad /proc/sys/kernel/cap_last_cap",
+        )
+    })
 }
 
 /// This process's effective capability mask, from /proc/self/status.

@@ -27,7 +27,9 @@ pub fn new_id() -> Result<String> {
 /// Whether `s` has the shape of a sandbox id (guards paths built from
 /// directory names found on disk).
 pub fn is_id(s: &str) -> bool {
-    s.len() == 16 && s.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    s.len() == 16
+        && s.bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
 }
 
 /// The state directory, created 0700 if missing.

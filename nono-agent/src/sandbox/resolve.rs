@@ -58,7 +58,11 @@ pub fn resolve(cmd: &OsStr, path: Option<&OsStr>) -> Result<PathBuf, ResolveErro
     let path = path.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
     let mut first_non_exec = None;
     for dir in std::env::split_paths(path) {
-        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
         let candidate = dir.join(cmd);
         match executable(&candidate) {
             Some(true) => return Ok(candidate),

@@ -30,7 +30,10 @@ pub fn sweep() -> Result<Swept> {
 
     let cg_parent = cgroup::discover_root()?.join(cgroup::PARENT);
     collect_ids(&cg_parent, &mut ids)?;
-    let pin_parents: Vec<_> = bpffs::mounts()?.into_iter().map(|m| m.join(bpffs::PARENT)).collect();
+    let pin_parents: Vec<_> = bpffs::mounts()?
+        .into_iter()
+        .map(|m| m.join(bpffs::PARENT))
+        .collect();
     for p in &pin_parents {
         collect_ids(p, &mut ids)?;
     }

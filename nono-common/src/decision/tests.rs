@@ -31,7 +31,11 @@ fn loopback_exact_addresses_any_port() {
     let p = policy_with(&[]);
     for ip in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
         for port in [0, 1, 80, 5432, 65535] {
-            assert_eq!(d(&p, ip, port), Decision::allow(Reason::Loopback), "{ip}:{port}");
+            assert_eq!(
+                d(&p, ip, port),
+                Decision::allow(Reason::Loopback),
+                "{ip}:{port}"
+            );
         }
     }
 }
@@ -52,16 +56,28 @@ fn other_loopback_and_unspecified_denied() {
 #[test]
 fn metadata_and_public_denied() {
     let p = policy_with(&[]);
-    for ip in ["169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254", "198.51.100.7", "2001:db8::1"] {
+    for ip in [
+        "169.254.169.254",
+        "::ffff:169.254.169.254",
+        "fd00:ec2::254",
+        "198.51.100.7",
+        "2001:db8::1",
+    ] {
         assert_eq!(d(&p, ip, 80), Decision::deny(Reason::NotAllowed), "{ip}");
     }
 }
 
 #[test]
 fn proxy_endpoint_matches_address_and_port_in_both_spellings() {
-    let p = policy_with(&[("198.51.100.2".parse().unwrap(), 3128), ("2001:db8::5".parse().unwrap(), 8080)]);
+    let p = policy_with(&[
+        ("198.51.100.2".parse().unwrap(), 3128),
+        ("2001:db8::5".parse().unwrap(), 8080),
+    ]);
     assert_eq!(d(&p, "198.51.100.2", 3128), Decision::allow(Reason::Proxy));
-    assert_eq!(d(&p, "::ffff:198.51.100.2", 3128), Decision::allow(Reason::Proxy));
+    assert_eq!(
+        d(&p, "::ffff:198.51.100.2", 3128),
+        Decision::allow(Reason::Proxy)
+    );
     assert_eq!(d(&p, "2001:db8::5", 8080), Decision::allow(Reason::Proxy));
     assert!(!d(&p, "198.51.100.2", 3129).allow);
     assert!(!d(&p, "198.51.100.3", 3128).allow);
@@ -127,13 +143,18 @@ fn any_ip() -> impl Strategy<Value = IpAddr> {
 /// byte-level implementation.
 fn model(proxies: &[(IpAddr, u16)], ip: IpAddr, port: u16) -> bool {
     let canon = |ip: IpAddr| match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     };
     let ip = canon(ip);
     ip == IpAddr::V4(Ipv4Addr::LOCALHOST)
         || ip == IpAddr::V6(Ipv6Addr::LOCALHOST)
-        || proxies.iter().any(|(pip, pport)| canon(*pip) == ip && *pport == port)
+        || proxies
+            .iter()
+            .any(|(pip, pport)| canon(*pip) == ip && *pport == port)
 }
 
 proptest! {

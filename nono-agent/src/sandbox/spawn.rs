@@ -1,0 +1,296 @@
+//! Starting the child directly inside the sandbox cgroup with `clone3`.
+//!
+//! `CLONE_INTO_CGROUP` puts the child in the cgroup atomically at creation,
+//! so not one instruction of it runs outside, and it avoids writing
+//! `cgroup.procs`, whose migration path waits for an RCU grace period
+//! (~10 ms measured here on every start). `CLONE_PIDFD` gives a pidfd to wait
+//! on and signal without pid-reuse races.
+//!
+//! Between clone and exec the child is a copy of a possibly multi-threaded
+//! process: it only makes raw syscalls on data prepared before the clone
+//! (no allocation, no locks).
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt as _;
+
+use super::child::ChildSetup;
+
+const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` (UAPI, version 2: 88 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Where the child failed before running the command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Applying the sandbox (namespaces, mounts, capabilities).
+    Setup,
+    /// `execve` itself.
+    Exec,
+}
+
+/// Why the child could not start.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// clone3 failed in the agent.
+    Clone(io::Error),
+    /// The child reported a failure.
+    Child(Stage, io::Error),
+    /// Preparing argv/envp or the status pipe failed.
+    Prepare(io::Error),
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Clone(e) => write!(f, "clone3(CLONE_INTO_CGROUP) failed: {e}"),
+            Self::Child(Stage::Setup, e) => {
+                write!(f, "applying the sandbox in the child failed: {e}")
+            }
+            Self::Child(Stage::Exec, e) => write!(f, "execve failed: {e}"),
+            Self::Prepare(e) => write!(f, "preparing the child failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+/// A running child.
+pub struct Child {
+    /// Its pid (valid until reaped by [`Child::reap`]).
+    pub pid: i32,
+    /// Its pidfd: readable once it has exited.
+    pub pidfd: OwnedFd,
+}
+
+/// How the child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Normal exit with a code.
+    Code(i32),
+    /// Killed by a signal.
+    Signal(i32),
+}
+
+impl Child {
+    /// Collects the exit status; call after the pidfd became readable.
+    pub fn reap(&self) -> io::Result<Exit> {
+        // SAFETY: zeroed siginfo_t is a valid out-parameter for waitid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: valid pidfd and out-pointer.
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PIDFD,
+                    self.pidfd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED,
+                )
+            };
+            if r == 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        // SAFETY: waitid filled a SIGCHLD siginfo, for which si_status is
+        // the valid union member.
+        let status = unsafe { info.si_status() };
+        Ok(match info.si_code {
+            libc::CLD_EXITED => Exit::Code(status),
+            _ => Exit::Signal(status),
+        })
+    }
+}
+
+/// The command line and environment in exec-ready form.
+pub struct Prepared {
+    path: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    _envp: Vec<CString>,
+    envp_ptrs: Vec<*const libc::c_char>,
+}
+
+fn cstring(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "argument or environment contains a NUL byte",
+        )
+    })
+}
+
+impl Prepared {
+    /// `path` is the resolved program, `argv[0]` is what the user typed.
+    pub fn new(path: &OsStr, argv: &[OsString], env: &[(OsString, OsString)]) -> io::Result<Self> {
+        let path = cstring(path)?;
+        let argv: Vec<CString> = argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
+        let envp: Vec<CString> = env
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.clone();
+                kv.push("=");
+                kv.push(v);
+                cstring(&kv)
+            })
+            .collect::<Result<_, _>>()?;
+        let mut argv_ptrs: Vec<_> = argv.iter().map(|c| c.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<_> = envp.iter().map(|c| c.as_ptr()).collect();
+        envp_ptrs.push(std::ptr::null());
+        Ok(Self {
+            path,
+            _argv: argv,
+            argv_ptrs,
+            _envp: envp,
+            envp_ptrs,
+        })
+    }
+
+    fn path(&self) -> &CStr {
+        &self.path
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid 2-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh fds we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Starts the child in `cgroup`, applies `setup` in it and execs `cmd`.
+/// Returns once the exec succeeded (or the child reported why it did not).
+pub fn spawn(
+    cmd: &Prepared,
+    cgroup: BorrowedFd<'_>,
+    setup: &ChildSetup,
+) -> Result<Child, SpawnError> {
+    let (rd, wr) = pipe().map_err(SpawnError::Prepare)?;
+    let mut pidfd: RawFd = -1;
+    let mut args = CloneArgs {
+        flags: CLONE_PIDFD | CLONE_INTO_CGROUP,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    // SAFETY: a fork-style clone3 (no CLONE_VM, no stack): the child gets a
+    // copy of our memory and continues here with return value 0.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r < 0 {
+        return Err(SpawnError::Clone(io::Error::last_os_error()));
+    }
+    if r == 0 {
+        // Child: never returns.
+        child_main(cmd, setup, wr.as_raw_fd());
+    }
+    drop(wr);
+    // SAFETY: the kernel stored a new pidfd for us (CLONE_PIDFD).
+    let child = Child {
+        pid: r as i32,
+        pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+    };
+    let mut report = [0u8; 8];
+    let n = read_full(rd.as_raw_fd(), &mut report);
+    if n == 0 {
+        return Ok(child); // the pipe closed on exec: the command is running
+    }
+    let _ = child.reap();
+    if n != 8 {
+        return Err(SpawnError::Prepare(io::Error::other(
+            "the child died before reporting its start",
+        )));
+    }
+    let stage = if report[0] == 1 {
+        Stage::Setup
+    } else {
+        Stage::Exec
+    };
+    let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+    Err(SpawnError::Child(
+        stage,
+        io::Error::from_raw_os_error(errno),
+    ))
+}
+
+fn read_full(fd: RawFd, buf: &mut [u8]) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reads into the unfilled tail of buf.
+        let n = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    got
+}
+
+/// The child between clone and exec. Syscalls only.
+fn child_main(cmd: &Prepared, setup: &ChildSetup, report: RawFd) -> ! {
+    // SAFETY: plain syscalls on prepared data; see module docs.
+    unsafe {
+        // Rust ignores SIGPIPE in the agent; an ignored disposition would
+        // survive exec, so restore the default. Unblock every signal.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+
+        if let Err(e) = setup.apply() {
+            fail(report, 1, e.raw_os_error().unwrap_or(libc::EINVAL), 125);
+        }
+        libc::execve(
+            cmd.path().as_ptr(),
+            cmd.argv_ptrs.as_ptr(),
+            cmd.envp_ptrs.as_ptr(),
+        );
+        let errno = *libc::__errno_location();
+        let code = if errno == libc::ENOENT { 127 } else { 126 };
+        fail(report, 2, errno, code)
+    }
+}
+
+fn fail(report: RawFd, stage: u8, errno: i32, code: i32) -> ! {
+    let e = errno.to_ne_bytes();
+    let msg = [stage, 0, 0, 0, e[0], e[1], e[2], e[3]];
+    // SAFETY: write of a stack buffer, then _exit (no atexit handlers, no
+    // flushing of the parent's stdio buffers).
+    unsafe {
+        libc::write(report, msg.as_ptr().cast(), msg.len());
+        libc::_exit(code)
+    }
+}
