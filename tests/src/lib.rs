@@ -1,0 +1,23 @@
+//! Integration test harness for `nono-agent`.
+//!
+//! * [`netns`]: client/server network namespaces joined by a veth pair.
+//! * [`oracle`]: the server side "truth": TCP listeners and an AF_PACKET sniffer
+//!   in the server namespace that count what actually arrived.
+//! * [`runner`]: runs `nono-probe` outside and inside a sandbox, parses results,
+//!   and guards against leftovers.
+//! * [`vectors`]: the single list of escape vectors, reusable per enforcer.
+//! * [`sys`]: prerequisites, binary discovery, mount discovery, commands with
+//!   timeouts.
+//!
+//! Every test needs root and a real kernel; a missing prerequisite panics with
+//! a clear message rather than skipping.
+
+pub mod netns;
+pub mod oracle;
+pub mod runner;
+pub mod sys;
+pub mod vectors;
+
+pub use netns::NetFixture;
+pub use oracle::Oracle;
+pub use runner::{Harness, ProbeResult};

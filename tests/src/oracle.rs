@@ -1,0 +1,484 @@
+//! The server-side oracle: what actually arrived in the server namespace.
+//!
+//! A leak is seen here even if the probe lies. Sockets are created on threads
+//! that `setns()` into the server namespace; the loops then run on ordinary
+//! threads (a socket stays in the namespace it was created in).
+//!
+//! * [`TcpCounter`]: a TCP listener that accepts, counts and drains connections.
+//! * The sniffer: an `AF_PACKET`/`ETH_P_ALL` socket bound to the server veth,
+//!   recording every incoming frame in parsed form.
+//! * [`Oracle::settle`]: sends a fence datagram from the client namespace and
+//!   waits until the sniffer saw it, proving the sniffer is alive and that
+//!   earlier frames had time to arrive.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::mem;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crate::netns::{in_netns, NetFixture, SERVER_V4};
+use crate::sys::wait_until;
+
+pub const ETHERTYPE_TAG: u16 = 0x88B5;
+
+/// Transport protocol for [`Oracle::packets_to`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// One parsed frame seen on the server veth (incoming only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Ip {
+        v6: bool,
+        src: IpAddr,
+        dst: IpAddr,
+        proto: u8,
+        dst_port: Option<u16>,
+        /// Identifier of an ICMP/ICMPv6 echo request.
+        echo_id: Option<u16>,
+    },
+    Tagged(Vec<u8>),
+    Other(u16),
+}
+
+fn parse_frame(buf: &[u8]) -> Frame {
+    if buf.len() < 14 {
+        return Frame::Other(0);
+    }
+    let ethertype = u16::from_be_bytes([buf[12], buf[13]]);
+    let p = &buf[14..];
+    let l4 = |proto: u8, l4: &[u8], v6: bool| -> (Option<u16>, Option<u16>) {
+        match proto {
+            6 | 17 if l4.len() >= 4 => (Some(u16::from_be_bytes([l4[2], l4[3]])), None),
+            1 if !v6 && l4.len() >= 8 && l4[0] == 8 => {
+                (None, Some(u16::from_be_bytes([l4[4], l4[5]])))
+            }
+            58 if v6 && l4.len() >= 8 && l4[0] == 128 => {
+                (None, Some(u16::from_be_bytes([l4[4], l4[5]])))
+            }
+            _ => (None, None),
+        }
+    };
+    match ethertype {
+        0x0800 if p.len() >= 20 => {
+            let ihl = ((p[0] & 0x0f) as usize) * 4;
+            let proto = p[9];
+            let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]).into();
+            let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]).into();
+            let (dst_port, echo_id) = l4(proto, p.get(ihl..).unwrap_or(&[]), false);
+            Frame::Ip {
+                v6: false,
+                src,
+                dst,
+                proto,
+                dst_port,
+                echo_id,
+            }
+        }
+        0x86DD if p.len() >= 40 => {
+            let proto = p[6];
+            let mut s = [0u8; 16];
+            s.copy_from_slice(&p[8..24]);
+            let mut d = [0u8; 16];
+            d.copy_from_slice(&p[24..40]);
+            let (dst_port, echo_id) = l4(proto, &p[40..], true);
+            Frame::Ip {
+                v6: true,
+                src: Ipv6Addr::from(s).into(),
+                dst: Ipv6Addr::from(d).into(),
+                proto,
+                dst_port,
+                echo_id,
+            }
+        }
+        ETHERTYPE_TAG => Frame::Tagged(p.to_vec()),
+        other => Frame::Other(other),
+    }
+}
+
+fn cvt(rc: libc::c_int, what: &str) -> libc::c_int {
+    assert!(rc >= 0, "{what}: {}", std::io::Error::last_os_error());
+    rc
+}
+
+fn set_rcvtimeo(fd: libc::c_int, d: Duration) {
+    let tv = libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: valid pointer and length.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+}
+
+fn setsockopt_int(fd: libc::c_int, level: libc::c_int, opt: libc::c_int, v: libc::c_int) {
+    // SAFETY: valid pointer and length.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            &v as *const _ as *const libc::c_void,
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    cvt(rc, "setsockopt");
+}
+
+/// Creates a listening TCP socket (`v6only` applies to IPv6 binds). Must be
+/// called on a thread in the desired namespace.
+fn tcp_listen_socket(addr: SocketAddr, v6only: bool) -> TcpListener {
+    let dom = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain syscall.
+    let fd = cvt(
+        unsafe { libc::socket(dom, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) },
+        "socket",
+    );
+    // SAFETY: fresh descriptor we own.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_FASTOPEN, 16);
+    // SAFETY: zeroed sockaddr storage is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: storage is large enough and aligned.
+            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
+            mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, v6only as i32);
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    // SAFETY: valid sockaddr.
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            &ss as *const _ as *const libc::sockaddr,
+            len as libc::socklen_t,
+        )
+    };
+    cvt(rc, &format!("bind {addr}"));
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::listen(fd, 128) }, "listen");
+    let l = TcpListener::from(owned);
+    l.set_nonblocking(true).expect("nonblocking listener");
+    l
+}
+
+#[derive(Default)]
+struct CounterState {
+    peers: Vec<SocketAddr>,
+    received: Vec<u8>,
+}
+
+/// A TCP listener in some namespace that accepts, counts and drains connections.
+pub struct TcpCounter {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<CounterState>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TcpCounter {
+    /// Binds `addr` in namespace `ns` (`v6only` only matters for IPv6 binds).
+    pub fn bind(ns: &str, addr: SocketAddr, v6only: bool) -> TcpCounter {
+        let listener = in_netns(ns, move || tcp_listen_socket(addr, v6only));
+        let state = Arc::new(Mutex::new(CounterState::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (state.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            while !sp.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, peer)) => {
+                        st.lock().unwrap().peers.push(peer);
+                        let st2 = st.clone();
+                        thread::spawn(move || {
+                            let _ = conn.set_nonblocking(false);
+                            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                            let mut buf = [0u8; 4096];
+                            while let Ok(n) = conn.read(&mut buf) {
+                                if n == 0 {
+                                    break;
+                                }
+                                st2.lock().unwrap().received.extend_from_slice(&buf[..n]);
+                            }
+                        });
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        TcpCounter {
+            addr,
+            state,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Number of accepted connections so far.
+    pub fn count(&self) -> usize {
+        self.state.lock().unwrap().peers.len()
+    }
+
+    /// Peer addresses of accepted connections.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.state.lock().unwrap().peers.clone()
+    }
+
+    /// Bytes received on all connections.
+    pub fn received(&self) -> Vec<u8> {
+        self.state.lock().unwrap().received.clone()
+    }
+}
+
+impl Drop for TcpCounter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The server oracle for one [`NetFixture`].
+pub struct Oracle {
+    server_ns: String,
+    client_ns: String,
+    frames: Arc<Mutex<Vec<Frame>>>,
+    listeners: Mutex<HashMap<u16, Vec<TcpCounter>>>,
+    stop: Arc<AtomicBool>,
+    sniffer: Option<JoinHandle<()>>,
+    fence_port: std::sync::atomic::AtomicU16,
+}
+
+impl Oracle {
+    /// Starts the sniffer on the fixture's server veth.
+    pub fn start(fx: &NetFixture) -> Oracle {
+        let iface = fx.veth_server.clone();
+        let sock = in_netns(&fx.server, move || {
+            let proto = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
+            // SAFETY: plain syscall.
+            let fd = cvt(
+                unsafe {
+                    libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto)
+                },
+                "socket(AF_PACKET)",
+            );
+            // SAFETY: fresh descriptor we own.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            let cname = std::ffi::CString::new(iface.clone()).unwrap();
+            // SAFETY: valid C string.
+            let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+            assert!(
+                ifindex != 0,
+                "if_nametoindex({iface}) in server netns failed"
+            );
+            // SAFETY: zeroed sockaddr_ll is valid.
+            let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+            sll.sll_ifindex = ifindex as i32;
+            // SAFETY: valid sockaddr_ll.
+            let rc = unsafe {
+                libc::bind(
+                    fd,
+                    &sll as *const _ as *const libc::sockaddr,
+                    mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            cvt(rc, "bind(AF_PACKET)");
+            set_rcvtimeo(fd, Duration::from_millis(50));
+            owned
+        });
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (fr, sp) = (frames.clone(), stop.clone());
+        let sniffer = thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !sp.load(Ordering::Relaxed) {
+                // SAFETY: zeroed sockaddr_ll is valid.
+                let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
+                let mut len = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                // SAFETY: valid buffers.
+                let n = unsafe {
+                    libc::recvfrom(
+                        sock.as_raw_fd(),
+                        buf.as_mut_ptr() as *mut libc::c_void,
+                        buf.len(),
+                        0,
+                        &mut sll as *mut _ as *mut libc::sockaddr,
+                        &mut len,
+                    )
+                };
+                if n <= 0 || sll.sll_pkttype == libc::PACKET_OUTGOING {
+                    continue;
+                }
+                fr.lock().unwrap().push(parse_frame(&buf[..n as usize]));
+            }
+        });
+        Oracle {
+            server_ns: fx.server.clone(),
+            client_ns: fx.client.clone(),
+            frames,
+            listeners: Mutex::new(HashMap::new()),
+            stop,
+            sniffer: Some(sniffer),
+            fence_port: std::sync::atomic::AtomicU16::new(60000),
+        }
+    }
+
+    /// Listens on TCP `port` in the server namespace, IPv4 (0.0.0.0, which
+    /// includes the proxy address on lo) and IPv6 ([::], v6only).
+    pub fn listen_tcp(&self, port: u16) {
+        let v4 = TcpCounter::bind(
+            &self.server_ns,
+            SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
+            true,
+        );
+        let v6 = TcpCounter::bind(
+            &self.server_ns,
+            SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port),
+            true,
+        );
+        self.listeners.lock().unwrap().insert(port, vec![v4, v6]);
+    }
+
+    /// Connections accepted on `port` (both families).
+    pub fn tcp_connections(&self, port: u16) -> usize {
+        self.listeners
+            .lock()
+            .unwrap()
+            .get(&port)
+            .map(|ls| ls.iter().map(TcpCounter::count).sum())
+            .unwrap_or(0)
+    }
+
+    /// Peers of connections accepted on `port`.
+    pub fn tcp_peers(&self, port: u16) -> Vec<SocketAddr> {
+        self.listeners
+            .lock()
+            .unwrap()
+            .get(&port)
+            .map(|ls| ls.iter().flat_map(TcpCounter::peers).collect())
+            .unwrap_or_default()
+    }
+
+    /// Incoming IPv4/IPv6 packets of `proto` to destination port `port`.
+    pub fn packets_to(&self, proto: Proto, port: u16) -> usize {
+        let want = match proto {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        };
+        self.count(|f| {
+            matches!(f, Frame::Ip { proto: p, dst_port: Some(dp), .. } if *p == want && *dp == port)
+        })
+    }
+
+    /// Incoming ICMP (v6=false) or ICMPv6 (v6=true) echo requests with `id`.
+    pub fn echo_requests(&self, v6: bool, id: u16) -> usize {
+        self.count(
+            |f| matches!(f, Frame::Ip { v6: fv6, echo_id: Some(e), .. } if *fv6 == v6 && *e == id),
+        )
+    }
+
+    /// Incoming frames of ethertype 0x88B5 whose payload starts with `tag`.
+    pub fn tagged_frames(&self, tag: &str) -> usize {
+        self.count(|f| matches!(f, Frame::Tagged(p) if p.starts_with(tag.as_bytes())))
+    }
+
+    /// Total incoming frames recorded.
+    pub fn frame_count(&self) -> usize {
+        self.frames.lock().unwrap().len()
+    }
+
+    /// Frames that are IP packets to `dst` (for diagnostics).
+    pub fn frames_to(&self, dst: IpAddr) -> Vec<Frame> {
+        self.frames
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|f| matches!(f, Frame::Ip { dst: d, .. } if *d == dst))
+            .cloned()
+            .collect()
+    }
+
+    fn count(&self, pred: impl Fn(&Frame) -> bool) -> usize {
+        self.frames
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|f| pred(f))
+            .count()
+    }
+
+    /// Barrier: sends a UDP fence datagram from the client namespace (from this
+    /// test process, not from a sandbox) and waits until the sniffer saw it,
+    /// then waits a little more. Panics if the sniffer is not seeing traffic.
+    pub fn settle(&self) {
+        let port = self.fence_port.fetch_add(1, Ordering::Relaxed);
+        in_netns(&self.client_ns, move || {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("fence socket");
+            s.send_to(b"fence", SocketAddr::new(SERVER_V4.into(), port))
+                .expect("fence send");
+        });
+        let seen = wait_until(Duration::from_secs(5), || {
+            self.packets_to(Proto::Udp, port) > 0
+        });
+        assert!(
+            seen,
+            "oracle is not live: the sniffer did not see the fence datagram to port {port}"
+        );
+        thread::sleep(Duration::from_millis(150));
+    }
+}
+
+impl Drop for Oracle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.sniffer.take() {
+            let _ = t.join();
+        }
+        self.listeners.lock().unwrap().clear();
+    }
+}
