@@ -1,1 +1,75 @@
-fn main(){}
+//! `cargo xtask <task>`: developer tasks that are not plain cargo commands.
+//!
+//! - `build-ebpf`: build the BPF object (nightly, build-std=core, bpf-linker)
+//!   into `target/bpfel-unknown-none/release/nono`. Building `nono-agent`
+//!   does the same through `aya-build`; this task is for working on the
+//!   programs alone (and for checking the toolchain).
+//! - `bench`: start-up and per-connect overhead of the sandbox, side by side
+//!   with running the same thing unsandboxed, in one run.
+
+mod bench;
+
+use anyhow::{bail, Context as _, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("build-ebpf") => build_ebpf(),
+        Some("bench") => bench::run(&workspace_root(), &args[1..]),
+        // Internal: the workload `bench` runs inside and outside a sandbox.
+        Some("connect-loop") => bench::connect_loop(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask <build-ebpf | bench [--iterations N]>");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn build_ebpf() -> Result<()> {
+    let root = workspace_root();
+    // Same flags as aya-build uses from nono-agent's build.rs, so both paths
+    // produce the same object.
+    let rustflags = [
+        "--cfg=bpf_target_arch=\"x86_64\"",
+        "-Cdebuginfo=2",
+        "-Clink-arg=--btf",
+    ]
+    .join("\x1f");
+    let status = Command::new("rustup")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--package",
+            "nono-ebpf",
+            "--bins",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .current_dir(&root)
+        .status()
+        .context("running cargo +nightly (is rustup installed? run scripts/setup)")?;
+    if !status.success() {
+        bail!("building the BPF programs failed ({status}); scripts/setup installs rust-src and bpf-linker");
+    }
+    let obj = root.join("target/bpfel-unknown-none/release/nono");
+    println!("{}", obj.display());
+    Ok(())
+}
