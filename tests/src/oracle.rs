@@ -482,3 +482,82 @@ impl Drop for Oracle {
         self.listeners.lock().unwrap().clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn ipv4(proto: u8, l4: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0];
+        p.extend_from_slice(&[198, 51, 100, 1, 198, 51, 100, 2]);
+        p.extend_from_slice(l4);
+        p
+    }
+
+    #[test]
+    fn parses_tcp_and_udp_ports() {
+        let f = parse_frame(&eth(0x0800, &ipv4(6, &[0x80, 0, 0x4e, 0x20, 0, 0, 0, 0])));
+        assert!(matches!(
+            f,
+            Frame::Ip {
+                v6: false,
+                proto: 6,
+                dst_port: Some(20000),
+                ..
+            }
+        ));
+        let f = parse_frame(&eth(0x0800, &ipv4(17, &[0x80, 0, 0x4e, 0x21])));
+        assert!(matches!(
+            f,
+            Frame::Ip {
+                proto: 17,
+                dst_port: Some(20001),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn parses_icmp_echo_id_and_ignores_replies() {
+        let f = parse_frame(&eth(0x0800, &ipv4(1, &[8, 0, 0, 0, 0x12, 0x34, 0, 1])));
+        assert!(matches!(
+            f,
+            Frame::Ip {
+                echo_id: Some(0x1234),
+                ..
+            }
+        ));
+        let f = parse_frame(&eth(0x0800, &ipv4(1, &[0, 0, 0, 0, 0x12, 0x34, 0, 1])));
+        assert!(matches!(f, Frame::Ip { echo_id: None, .. }));
+    }
+
+    #[test]
+    fn parses_icmpv6_echo_and_tagged_frames() {
+        let mut p = vec![0x60, 0, 0, 0, 0, 16, 58, 64];
+        p.extend_from_slice(&SERVER_V4.to_ipv6_mapped().octets());
+        p.extend_from_slice(&SERVER_V4.to_ipv6_mapped().octets());
+        p.extend_from_slice(&[128, 0, 0, 0, 0xab, 0xcd, 0, 1]);
+        let f = parse_frame(&eth(0x86DD, &p));
+        assert!(matches!(
+            f,
+            Frame::Ip {
+                v6: true,
+                echo_id: Some(0xabcd),
+                ..
+            }
+        ));
+        assert_eq!(
+            parse_frame(&eth(ETHERTYPE_TAG, b"TAG-1")),
+            Frame::Tagged(b"TAG-1".to_vec())
+        );
+        assert_eq!(parse_frame(&[1, 2, 3]), Frame::Other(0));
+    }
+}

@@ -310,3 +310,39 @@ pub fn parse_summary(stderr: &str, sandbox: &str) -> Option<(u64, Vec<(String, u
     }
     Some((total, hooks))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_line_parsing() {
+        let err = "noise\nnono-agent: sandbox ab12: 3 denied (connect4: 2, sock_create: 1)\n";
+        let (n, hooks) = parse_summary(err, "ab12").unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(
+            hooks,
+            vec![("connect4".to_string(), 2), ("sock_create".to_string(), 1)]
+        );
+        assert_eq!(
+            parse_summary("nono-agent: sandbox x: 0 denied\n", "x"),
+            Some((0, vec![]))
+        );
+        assert_eq!(
+            parse_summary("nono-agent: sandbox x: 0 denied\n", "y"),
+            None
+        );
+    }
+
+    #[test]
+    fn probe_result_parsing() {
+        let out = "garbage\n{\"vector\":\"tcp4\",\"ok\":false,\"errno\":1,\"detail\":\"d\",\
+                   \"pid\":5,\"sandbox\":\"s\",\"cgroup\":null,\"pin_dir\":null,\"steps\":[]}\n";
+        let r = ProbeResult::parse(out).unwrap();
+        assert_eq!(r.vector, "tcp4");
+        assert!(r.denied());
+        assert_eq!(r.pid, Some(5));
+        assert_eq!(r.sandbox.as_deref(), Some("s"));
+        assert!(ProbeResult::parse("no json").is_none());
+    }
+}

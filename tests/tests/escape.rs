@@ -62,6 +62,17 @@ network_vector_tests! {
     vector_mptcp => "mptcp",
 }
 
+/// `--enforcer auto` must pick a working enforcer: spot-check two vectors.
+#[test]
+fn auto_enforcer_blocks_tcp4_and_udp_sendto() {
+    let h = Harness::new(PROBE);
+    for name in ["tcp4", "udp-sendto"] {
+        let v = vectors::find(name);
+        vectors::assert_reachable_outside(&h, v);
+        vectors::assert_blocked_inside(&h, "auto", v);
+    }
+}
+
 #[test]
 fn process_vector_list_is_covered() {
     // daemonize, sub-cgroup, parent-cgroup, detach-bpf: below; kill-agent: tests/serial.rs.

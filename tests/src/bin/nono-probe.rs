@@ -880,17 +880,17 @@ mod bpf {
     }
 }
 
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                collect_files(&p, out);
-            } else {
-                out.push(p);
-            }
+/// Recursively lists files under `dir`; the first directory-read error is returned.
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            collect_files(&p, out)?;
+        } else {
+            out.push(p);
         }
     }
+    Ok(())
 }
 
 fn detach_bpf(steps: &mut Steps, sa: SocketAddr) -> Attempt {
@@ -995,10 +995,18 @@ fn detach_bpf(steps: &mut Steps, sa: SocketAddr) -> Attempt {
         Some(dir) => {
             let dir = PathBuf::from(dir);
             let mut files = Vec::new();
-            collect_files(&dir, &mut files);
+            let listed = collect_files(&dir, &mut files);
             steps.push(
                 "list-pins",
-                &Attempt::success(format!("{} files under {}", files.len(), dir.display())),
+                &match listed {
+                    Ok(()) => {
+                        Attempt::success(format!("{} files under {}", files.len(), dir.display()))
+                    }
+                    Err(e) => Attempt::fail(
+                        &format!("list {} ({} files found)", dir.display(), files.len()),
+                        &e,
+                    ),
+                },
             );
             for f in &files {
                 let name = f.display().to_string();
