@@ -15,7 +15,9 @@ use tokio::io::unix::AsyncFd;
 use crate::bpf::{bpffs, loader};
 use crate::cli::{Enforcer, ExecArgs};
 use crate::events::{self, Summary};
-use crate::sandbox::{cgroup, child::ChildSetup, privileges, registry, resolve, spawn, sweep};
+use crate::sandbox::{
+    cgroup, child::ChildSetup, hide, privileges, registry, resolve, spawn, sweep,
+};
 use crate::signals::Forwarder;
 
 /// Exit code for the agent's own failures (as `env` and `timeout` use it).
@@ -214,9 +216,7 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     let dropped = attached.dropped;
     sb.attached = Some(attached.keep);
 
-    let mut masks: Vec<PathBuf> = bpffs::mounts()?;
-    masks.push(state.clone());
-    masks.push(cg_parent.clone());
+    let masks = hide::mask_targets(&state)?;
     let mask_refs: Vec<&Path> = masks.iter().map(PathBuf::as_path).collect();
     let setup = ChildSetup::new(true, &mask_refs)?;
 

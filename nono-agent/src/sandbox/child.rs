@@ -3,11 +3,12 @@
 //! Everything the child needs is prepared before the clone; `apply` then only
 //! makes raw syscalls, in this order (the child is already in the sandbox
 //! cgroup, see `spawn`):
-//! 1. (privileged) new cgroup and mount namespaces: the cgroup namespace is
-//!    rooted at the sandbox cgroup, so the child cannot migrate itself to any
-//!    cgroup outside it, and the bpffs / state / sandbox-parent directories
-//!    are covered by empty read-only tmpfs mounts, so pinned links cannot be
-//!    opened (and detached) by path;
+//! 1. (privileged) new cgroup and mount namespaces: every cgroup mount, every
+//!    bpffs and the state directory are covered by empty read-only tmpfs
+//!    mounts (see `hide`), so the child can neither move itself to another
+//!    cgroup nor open pinned links by path to detach them; the cgroup
+//!    namespace (rooted at the sandbox) keeps a cgroup2 it mounts itself in a
+//!    user namespace limited to the sandbox's subtree;
 //! 2. (privileged) drop every capability;
 //! 3. no_new_privs.
 

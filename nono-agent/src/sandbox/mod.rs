@@ -2,6 +2,7 @@
 
 pub mod cgroup;
 pub mod child;
+pub mod hide;
 pub mod privileges;
 pub mod registry;
 pub mod resolve;
