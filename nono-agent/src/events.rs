@@ -25,9 +25,18 @@ pub struct EventRecord {
     pub tgid: u32,
     pub comm: String,
     pub cgroup_id: u64,
-    pub family: String,
-    pub sock_type: String,
-    pub protocol: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sock_type: Option<String>,
+    /// Socket protocol, or for `egress` the packet's IP protocol.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
+    /// `setsockopt` level and option name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optname: Option<i32>,
     /// Destination address (v4 and v4-mapped shown as dotted quad); absent
     /// for socket-creation denials.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -49,7 +58,9 @@ pub fn parse(bytes: &[u8]) -> Option<DenyEvent> {
 /// The JSON record for an event.
 pub fn record(ev: &DenyEvent, sandbox: &str, now: SystemTime) -> EventRecord {
     let hook = Hook::from_u32(ev.hook);
-    let has_dest = hook != Some(Hook::SockCreate);
+    let sockopt = hook == Some(Hook::Setsockopt);
+    let has_dest = !matches!(hook, Some(Hook::SockCreate) | Some(Hook::Setsockopt));
+    let has_type = !matches!(hook, Some(Hook::Egress) | Some(Hook::Setsockopt));
     EventRecord {
         ts: humantime::format_rfc3339_micros(now).to_string(),
         sandbox: sandbox.to_string(),
@@ -63,9 +74,11 @@ pub fn record(ev: &DenyEvent, sandbox: &str, now: SystemTime) -> EventRecord {
         tgid: ev.tgid,
         comm: comm(&ev.comm),
         cgroup_id: ev.cgroup_id,
-        family: family_name(ev.family),
-        sock_type: type_name(ev.sock_type),
-        protocol: ev.protocol,
+        family: (!sockopt).then(|| family_name(ev.family)),
+        sock_type: has_type.then(|| type_name(ev.sock_type)),
+        protocol: (!sockopt).then_some(ev.protocol),
+        level: sockopt.then_some(ev.sock_type as i32),
+        optname: sockopt.then_some(ev.protocol as i32),
         addr: has_dest.then(|| addr_string(&ev.addr)),
         port: has_dest.then_some(ev.port),
     }
@@ -180,7 +193,7 @@ mod tests {
         assert_eq!(r.port, Some(443));
         assert_eq!(r.hook, "connect6");
         assert_eq!(r.comm, "curl");
-        assert_eq!(r.family, "inet6");
+        assert_eq!(r.family.as_deref(), Some("inet6"));
         assert_eq!(r.ts, "1970-01-01T00:00:00.000000Z");
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains("\"reason\":\"not-allowed\""));
@@ -191,6 +204,19 @@ mod tests {
         let r = record(&ev(Hook::SockCreate, [0; 16], 0), "abc", SystemTime::now());
         assert_eq!(r.addr, None);
         assert!(!serde_json::to_string(&r).unwrap().contains("addr"));
+    }
+
+    #[test]
+    fn setsockopt_reports_level_and_option() {
+        let mut e = ev(Hook::Setsockopt, [0; 16], 0);
+        e.sock_type = 41;
+        e.protocol = 57;
+        let r = record(&e, "abc", SystemTime::now());
+        assert_eq!((r.level, r.optname), (Some(41), Some(57)));
+        assert_eq!(
+            (r.family, r.sock_type, r.protocol, r.addr),
+            (None, None, None, None)
+        );
     }
 
     #[test]

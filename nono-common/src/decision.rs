@@ -16,6 +16,11 @@ pub enum Reason {
     Proxy = 2,
     /// Socket is a plain TCP or UDP socket of family inet/inet6, or not inet.
     SocketAllowed = 3,
+    /// A send without a destination: it goes to the connected peer, which
+    /// was judged when the socket was connected.
+    ConnectedPeer = 4,
+    /// A socket option with no effect on where packets go.
+    OptionAllowed = 5,
     /// Destination is neither loopback nor a proxy endpoint.
     NotAllowed = 16,
     /// Destination is the unspecified address (which Linux routes to the host
@@ -28,6 +33,9 @@ pub enum Reason {
     /// Socket type or protocol other than plain TCP / UDP (raw, ICMP, SCTP,
     /// MPTCP, UDP-Lite, ...).
     SocketType = 20,
+    /// A socket option that changes where packets are routed (IPv4 source
+    /// route options, IPv6 routing headers).
+    SocketOption = 21,
 }
 
 impl Reason {
@@ -37,11 +45,14 @@ impl Reason {
             1 => Some(Self::Loopback),
             2 => Some(Self::Proxy),
             3 => Some(Self::SocketAllowed),
+            4 => Some(Self::ConnectedPeer),
+            5 => Some(Self::OptionAllowed),
             16 => Some(Self::NotAllowed),
             17 => Some(Self::Unspecified),
             18 => Some(Self::OtherLoopback),
             19 => Some(Self::LoopbackPort),
             20 => Some(Self::SocketType),
+            21 => Some(Self::SocketOption),
             _ => None,
         }
     }
@@ -52,11 +63,14 @@ impl Reason {
             Self::Loopback => "loopback",
             Self::Proxy => "proxy",
             Self::SocketAllowed => "socket-allowed",
+            Self::ConnectedPeer => "connected-peer",
+            Self::OptionAllowed => "option-allowed",
             Self::NotAllowed => "not-allowed",
             Self::Unspecified => "unspecified-address",
             Self::OtherLoopback => "other-loopback-address",
             Self::LoopbackPort => "loopback-port-not-allowed",
             Self::SocketType => "socket-type-not-allowed",
+            Self::SocketOption => "routing-option-not-allowed",
         }
     }
 }
@@ -186,6 +200,82 @@ pub fn decide_connect<P: PolicyView + ?Sized>(policy: &P, dest: &Dest) -> Decisi
         return Decision::deny(Reason::Unspecified);
     }
     Decision::deny(Reason::NotAllowed)
+}
+
+/// Decide an unconnected-UDP send (`sendto`/`sendmsg`/`sendmmsg`).
+///
+/// The kernel runs the sendmsg hooks with an all-zero address and port when
+/// a *connected* socket sends with ancillary data and no destination; the
+/// packet then goes to the connected peer, already judged at `connect`. An
+/// explicit destination of port 0 is refused by the kernel right after the
+/// hook, so "all zero" cannot be used to smuggle a real destination.
+#[inline(always)]
+pub fn decide_sendmsg<P: PolicyView + ?Sized>(policy: &P, dest: &Dest) -> Decision {
+    let a = &dest.addr;
+    let unspecified = addr_eq(a, &[0; 16])
+        || (is_v4_mapped(a) && a[12] == 0 && a[13] == 0 && a[14] == 0 && a[15] == 0);
+    if dest.port == 0 && unspecified {
+        return Decision::allow(Reason::ConnectedPeer);
+    }
+    decide_connect(policy, dest)
+}
+
+/// Decide a packet leaving the sandbox, by the destination in its IP header
+/// and (for TCP/UDP first fragments) its destination port; `port` is 0 when
+/// unknown.
+///
+/// This is the backstop behind the socket hooks: routing options (IPv4
+/// LSRR/SSRR, IPv6 routing headers) send a packet to an address the socket
+/// hooks never saw. Loopback destinations pass on any port, because such
+/// packets never leave the host and loopback *port* rules are enforced at
+/// connect time (a reply from a sandboxed server to a loopback client goes to
+/// an ephemeral port).
+#[inline(always)]
+pub fn decide_egress<P: PolicyView + ?Sized>(policy: &P, dest: &Dest) -> Decision {
+    let a = &dest.addr;
+    let loopback = if is_v4_mapped(a) {
+        a[12] == 127 && a[13] == 0 && a[14] == 0 && a[15] == 1
+    } else {
+        addr_eq(a, &LOOPBACK_V6)
+    };
+    if loopback {
+        return Decision::allow(Reason::Loopback);
+    }
+    decide_connect(policy, dest)
+}
+
+/// Socket option levels and names that reroute packets.
+pub mod sockopt {
+    /// `SOL_IP`.
+    pub const SOL_IP: i32 = 0;
+    /// `SOL_IPV6`.
+    pub const SOL_IPV6: i32 = 41;
+    /// `IP_OPTIONS` (may carry LSRR/SSRR source routes).
+    pub const IP_OPTIONS: i32 = 4;
+    /// `IPV6_2292RTHDR`.
+    pub const IPV6_2292RTHDR: i32 = 5;
+    /// `IPV6_2292PKTOPTIONS` (sticky options in cmsg form, routing headers
+    /// included).
+    pub const IPV6_2292PKTOPTIONS: i32 = 6;
+    /// `IPV6_RTHDR`.
+    pub const IPV6_RTHDR: i32 = 57;
+}
+
+/// Decide a `setsockopt`: options that make the kernel route packets to an
+/// address other than the one `connect`/`sendto` named are refused.
+#[inline(always)]
+pub fn decide_setsockopt(level: i32, optname: i32) -> Decision {
+    use sockopt::*;
+    let reroutes = (level == SOL_IP && optname == IP_OPTIONS)
+        || (level == SOL_IPV6
+            && (optname == IPV6_RTHDR
+                || optname == IPV6_2292RTHDR
+                || optname == IPV6_2292PKTOPTIONS));
+    if reroutes {
+        Decision::deny(Reason::SocketOption)
+    } else {
+        Decision::allow(Reason::OptionAllowed)
+    }
 }
 
 /// Decide whether a task in the sandbox may create a socket.

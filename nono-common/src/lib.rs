@@ -12,7 +12,10 @@
 mod decision;
 mod types;
 
-pub use decision::{decide_connect, decide_socket, Decision, PolicyView, Reason};
+pub use decision::{
+    decide_connect, decide_egress, decide_sendmsg, decide_setsockopt, decide_socket, sockopt,
+    Decision, PolicyView, Reason,
+};
 pub use types::{
     canonical_v4, canonical_v6, DenyEvent, Dest, Endpoint, Hook, Policy, Settings, LOOPBACK_ANY,
     MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,

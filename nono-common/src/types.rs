@@ -169,6 +169,11 @@ pub enum Hook {
     Sendmsg6 = 4,
     /// `cgroup/sock_create`.
     SockCreate = 5,
+    /// `cgroup_skb/egress`: the packet's real destination, after routing
+    /// options and extension headers have had their say.
+    Egress = 6,
+    /// `cgroup/setsockopt`.
+    Setsockopt = 7,
 }
 
 impl Hook {
@@ -180,6 +185,8 @@ impl Hook {
             3 => Some(Self::Sendmsg4),
             4 => Some(Self::Sendmsg6),
             5 => Some(Self::SockCreate),
+            6 => Some(Self::Egress),
+            7 => Some(Self::Setsockopt),
             _ => None,
         }
     }
@@ -192,6 +199,8 @@ impl Hook {
             Self::Sendmsg4 => "sendmsg4",
             Self::Sendmsg6 => "sendmsg6",
             Self::SockCreate => "sock_create",
+            Self::Egress => "egress",
+            Self::Setsockopt => "setsockopt",
         }
     }
 }
@@ -214,7 +223,8 @@ pub struct DenyEvent {
     pub family: u32,
     /// Socket type.
     pub sock_type: u32,
-    /// Socket protocol.
+    /// Socket protocol (for `egress`: the IP protocol of the packet; for
+    /// `setsockopt`: the option name, with the level in `sock_type`).
     pub protocol: u32,
     /// Canonical destination address (zero for `sock_create`).
     pub addr: [u8; 16],

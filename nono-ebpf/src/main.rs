@@ -8,15 +8,16 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{bpf_sock, bpf_sock_addr},
+    bindings::{bpf_sock, bpf_sock_addr, bpf_sockopt},
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::{cgroup_sock, cgroup_sock_addr, map},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, map},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::{SockAddrContext, SockContext},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use nono_common::{
-    decide_connect, decide_socket, DenyEvent, Dest, Endpoint, Hook, PolicyView, Reason, Settings,
-    LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
+    consts, decide_connect, decide_egress, decide_sendmsg, decide_setsockopt, decide_socket,
+    Decision, DenyEvent, Dest, Endpoint, Hook, PolicyView, Reason, Settings, LOOPBACK_ANY,
+    MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
 };
 
 /// Element 0 holds the sandbox's scalar settings. A zeroed element (nobody
@@ -177,12 +178,133 @@ fn judge(hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest) -> i32 {
         emit(hook, family, ty, proto, dest, Reason::NotAllowed);
         return DENY;
     };
-    let d = decide_connect(&MapPolicy { settings }, dest);
+    let policy = MapPolicy { settings };
+    let d = match hook {
+        Hook::Sendmsg4 | Hook::Sendmsg6 => decide_sendmsg(&policy, dest),
+        _ => decide_connect(&policy, dest),
+    };
+    verdict(d, hook, family, ty, proto, dest)
+}
+
+#[inline(always)]
+fn verdict(d: Decision, hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest) -> i32 {
     if d.allow {
         return ALLOW;
     }
     emit(hook, family, ty, proto, dest, d.reason);
     DENY
+}
+
+/// Options that reroute packets (source routes, routing headers) are refused
+/// up front; `egress` would drop such packets anyway, but an EPERM here tells
+/// the program why.
+#[cgroup_sockopt(setsockopt)]
+pub fn setsockopt(ctx: SockoptContext) -> i32 {
+    // SAFETY: valid context from the kernel; level and optname are readable.
+    let (level, optname) = unsafe {
+        let s: *const bpf_sockopt = ctx.sockopt;
+        ((*s).level, (*s).optname)
+    };
+    let d = decide_setsockopt(level, optname);
+    if d.allow {
+        return ALLOW;
+    }
+    emit(
+        Hook::Setsockopt,
+        0,
+        level as u32,
+        optname as u32,
+        &Dest {
+            addr: [0; 16],
+            port: 0,
+        },
+        d.reason,
+    );
+    DENY
+}
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// The last word on every packet a sandboxed socket sends: its real
+/// destination, read from the IP header after routing options, extension
+/// headers and any socket-level trick have been applied.
+#[cgroup_skb(egress)]
+pub fn egress(ctx: SkBuffContext) -> i32 {
+    match egress_dest(&ctx) {
+        Some((family, proto, dest)) => {
+            let Some(settings) = SETTINGS.get(0) else {
+                emit(Hook::Egress, family, 0, proto, &dest, Reason::NotAllowed);
+                return DENY;
+            };
+            verdict(
+                decide_egress(&MapPolicy { settings }, &dest),
+                Hook::Egress,
+                family,
+                0,
+                proto,
+                &dest,
+            )
+        }
+        // Not IPv4/IPv6 or unreadable: nothing a socket in the sandbox can
+        // legitimately send.
+        None => {
+            emit(
+                Hook::Egress,
+                0,
+                0,
+                0,
+                &Dest {
+                    addr: [0; 16],
+                    port: 0,
+                },
+                Reason::NotAllowed,
+            );
+            DENY
+        }
+    }
+}
+
+/// (family, IP protocol, destination) of the packet; the port is 0 when it is
+/// not a TCP/UDP first fragment directly after the fixed header.
+#[inline(always)]
+fn egress_dest(ctx: &SkBuffContext) -> Option<(u32, u32, Dest)> {
+    let proto = u16::from_be(ctx.skb.protocol() as u16);
+    if proto == ETH_P_IP {
+        let vihl: u8 = ctx.load(0).ok()?;
+        if vihl >> 4 != 4 {
+            return None;
+        }
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        let frag: u16 = u16::from_be(ctx.load(6).ok()?);
+        let l4: u8 = ctx.load(9).ok()?;
+        let daddr: [u8; 4] = ctx.load(16).ok()?;
+        let mut port = 0u16;
+        let l4 = l4 as u32;
+        if frag & 0x1fff == 0
+            && (l4 == consts::IPPROTO_TCP || l4 == consts::IPPROTO_UDP)
+            && ihl >= 20
+            && ihl <= 60
+        {
+            port = u16::from_be(ctx.load(ihl + 2).ok()?);
+        }
+        Some((consts::AF_INET, l4, Dest::v4(daddr, port)))
+    } else if proto == ETH_P_IPV6 {
+        let v: u8 = ctx.load(0).ok()?;
+        if v >> 4 != 6 {
+            return None;
+        }
+        let next: u8 = ctx.load(6).ok()?;
+        let daddr: [u8; 16] = ctx.load(24).ok()?;
+        let next = next as u32;
+        let mut port = 0u16;
+        if next == consts::IPPROTO_TCP || next == consts::IPPROTO_UDP {
+            port = u16::from_be(ctx.load(42).ok()?);
+        }
+        Some((consts::AF_INET6, next, Dest::v6(daddr, port)))
+    } else {
+        None
+    }
 }
 
 #[inline(always)]

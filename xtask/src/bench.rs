@@ -68,7 +68,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     // Warm caches (page cache, BPF feature probes' first-run costs).
     let _ = time_command(Command::new(&agent).args(["exec", "-q", "--", true_bin]), 5)?;
     let plain = time_command(&mut Command::new(true_bin), runs)?;
-    let sandboxed = time_command(Command::new(&agent).args(["exec", "-q", "--", true_bin]), runs)?;
+    let sandboxed = time_command(
+        Command::new(&agent).args(["exec", "-q", "--", true_bin]),
+        runs,
+    )?;
     println!(
         "true                      mean {:>9.2?}  p50 {:>9.2?}  p95 {:>9.2?}",
         plain.mean, plain.p50, plain.p95
@@ -92,14 +95,21 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             drop(s);
         }
     });
-    let loop_args = ["connect-loop".to_string(), addr.to_string(), iterations.to_string()];
+    let loop_args = [
+        "connect-loop".to_string(),
+        addr.to_string(),
+        iterations.to_string(),
+    ];
     let mut outside = Vec::new();
     let mut inside = Vec::new();
     // Alternate which side goes first so drift (CPU frequency, cache,
     // listener backlog) cannot favour one side.
     for round in 0..6 {
         let mut sandboxed = Command::new(&agent);
-        sandboxed.args(["exec", "-q", "--"]).arg(&xtask).args(&loop_args);
+        sandboxed
+            .args(["exec", "-q", "--"])
+            .arg(&xtask)
+            .args(&loop_args);
         let mut plain = Command::new(&xtask);
         plain.args(&loop_args);
         if round % 2 == 0 {
@@ -116,7 +126,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let (o, i) = (best(&outside), best(&inside));
     println!("outside the sandbox       {:>8.2} µs per connect+close", o);
     println!("inside (bpf enforcer)     {:>8.2} µs per connect+close", i);
-    println!("ratio inside/outside      {:>8.3}x   (goal <= 1.05x)", i / o);
+    println!(
+        "ratio inside/outside      {:>8.3}x   (goal <= 1.05x)",
+        i / o
+    );
     Ok(())
 }
 

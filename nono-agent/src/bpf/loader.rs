@@ -7,7 +7,7 @@
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
-use aya::programs::{CgroupSock, CgroupSockAddr};
+use aya::programs::{CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockopt};
 use aya::{Ebpf, EbpfLoader};
 use nono_common::{Endpoint, Policy, Settings};
 use std::fs::File;
@@ -48,6 +48,11 @@ pub struct Attached {
 enum Link {
     Pinned(PinnedLink),
     Unpinned(FdLink),
+    /// aya 0.14 cannot turn a sockopt link into an `FdLink`, so it cannot be
+    /// pinned: it lives as long as the agent. That is acceptable because it
+    /// only refuses rerouting options early; `egress` (pinned) drops the
+    /// packets such options would produce.
+    Sockopt(aya::programs::cgroup_sockopt::CgroupSockoptLink),
 }
 
 /// Sum of a per-CPU counter.
@@ -159,6 +164,43 @@ pub fn load_and_attach(
         let link =
             FdLink::try_from(link).with_context(|| format!("{name} link is not an fd link"))?;
         links.push(pin(link, pin_dir, name)?);
+    }
+
+    {
+        let name = "egress";
+        let prog: &mut CgroupSkb = program(&mut ebpf, name)?
+            .try_into()
+            .with_context(|| format!("program {name} has the wrong type"))?;
+        prog.load()
+            .with_context(|| format!("verifying program {name}"))?;
+        let id = prog
+            .attach(
+                &cgroup,
+                CgroupSkbAttachType::Egress,
+                CgroupAttachMode::Single,
+            )
+            .with_context(|| format!("attaching {name} to {}", cgroup_dir.display()))?;
+        let link = prog
+            .take_link(id)
+            .with_context(|| format!("taking the {name} link"))?;
+        let link =
+            FdLink::try_from(link).with_context(|| format!("{name} link is not an fd link"))?;
+        links.push(pin(link, pin_dir, name)?);
+    }
+    {
+        let name = "setsockopt";
+        let prog: &mut CgroupSockopt = program(&mut ebpf, name)?
+            .try_into()
+            .with_context(|| format!("program {name} has the wrong type"))?;
+        prog.load()
+            .with_context(|| format!("verifying program {name}"))?;
+        let id = prog
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} to {}", cgroup_dir.display()))?;
+        let link = prog
+            .take_link(id)
+            .with_context(|| format!("taking the {name} link"))?;
+        links.push(Link::Sockopt(link));
     }
 
     let events = RingBuf::try_from(

@@ -49,12 +49,13 @@ mod tests {
             41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
             50 23 0:40 / /sys/fs/bpf rw - bpf bpf rw\n\
             51 50 0:41 / /sys/fs/bpf/inner rw - bpf bpf rw\n";
-        let p = plan(text, Path::new("/run/nono-agent"));
+        let mut p = plan(text, Path::new("/run/nono-agent"));
+        p.sort();
         assert_eq!(
             p,
             vec![
-                PathBuf::from("/sys/fs/bpf"),
                 PathBuf::from("/run/nono-agent"),
+                PathBuf::from("/sys/fs/bpf"),
                 PathBuf::from("/sys/fs/cgroup/systemd"),
                 PathBuf::from("/sys/fs/cgroup/unified"),
             ]

@@ -90,7 +90,11 @@ mod tests {
     fn missing_is_127_and_non_executable_is_126() {
         let e = resolve(OsStr::new("definitely-not-a-command-xyz"), None).unwrap_err();
         assert_eq!(e.exit_code(), 127);
-        let e = resolve(OsStr::new("/etc/hostname"), None).unwrap_err();
+        let plain = std::env::temp_dir().join(format!("nono-resolve-{}", std::process::id()));
+        std::fs::write(&plain, b"data").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = resolve(plain.as_os_str(), None).unwrap_err();
+        std::fs::remove_file(&plain).unwrap();
         assert_eq!(e.exit_code(), 126);
         let e = resolve(OsStr::new("/etc"), None).unwrap_err();
         assert_eq!(e.exit_code(), 126);

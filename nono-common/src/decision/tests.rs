@@ -129,6 +129,68 @@ fn sockets() {
     assert!(!decide_socket(AF_INET, SOCK_STREAM, IPPROTO_UDP).allow);
 }
 
+#[test]
+fn sendmsg_without_destination_is_the_connected_peer() {
+    let p = policy_with(&[]);
+    assert_eq!(
+        decide_sendmsg(&p, &Dest::v6([0; 16], 0)),
+        Decision::allow(Reason::ConnectedPeer)
+    );
+    assert_eq!(
+        decide_sendmsg(&p, &Dest::v4([0; 4], 0)),
+        Decision::allow(Reason::ConnectedPeer)
+    );
+    // An explicit unspecified destination with a port is still refused.
+    assert_eq!(
+        decide_sendmsg(&p, &Dest::v6([0; 16], 53)).reason,
+        Reason::Unspecified
+    );
+    assert_eq!(
+        decide_sendmsg(&p, &Dest::v4([0; 4], 53)).reason,
+        Reason::Unspecified
+    );
+    assert!(!decide_sendmsg(&p, &Dest::v4([198, 51, 100, 2], 53)).allow);
+    assert!(decide_sendmsg(&p, &Dest::v4([127, 0, 0, 1], 53)).allow);
+}
+
+#[test]
+fn egress_allows_loopback_any_port_even_when_narrowed() {
+    let mut p = policy_with(&[("198.51.100.2".parse().unwrap(), 3128)]);
+    p.loopback_any = 0;
+    assert!(decide_egress(&p, &Dest::v4([127, 0, 0, 1], 40000)).allow);
+    assert!(decide_egress(&p, &Dest::v6(Ipv6Addr::LOCALHOST.octets(), 40000)).allow);
+    assert!(decide_egress(&p, &Dest::v4([198, 51, 100, 2], 3128)).allow);
+    assert!(!decide_egress(&p, &Dest::v4([198, 51, 100, 2], 0)).allow);
+    assert!(
+        !decide_egress(
+            &p,
+            &Dest::v6("2001:db8:100::2".parse::<Ipv6Addr>().unwrap().octets(), 9)
+        )
+        .allow
+    );
+    assert!(!decide_egress(&p, &Dest::v4([127, 0, 0, 53], 53)).allow);
+}
+
+#[test]
+fn rerouting_socket_options_are_refused() {
+    use crate::decision::sockopt::*;
+    for (l, o) in [
+        (SOL_IP, IP_OPTIONS),
+        (SOL_IPV6, IPV6_RTHDR),
+        (SOL_IPV6, IPV6_2292RTHDR),
+        (SOL_IPV6, IPV6_2292PKTOPTIONS),
+    ] {
+        assert_eq!(
+            decide_setsockopt(l, o),
+            Decision::deny(Reason::SocketOption)
+        );
+    }
+    assert!(decide_setsockopt(SOL_IP, 1).allow); // IP_TOS
+    assert!(decide_setsockopt(1, 2).allow); // SOL_SOCKET, SO_REUSEADDR
+    assert!(decide_setsockopt(SOL_IPV6, 67).allow); // IPV6_TCLASS
+    assert!(decide_setsockopt(6, IP_OPTIONS).allow); // SOL_TCP, TCP_NODELAY-range
+}
+
 fn any_ip() -> impl Strategy<Value = IpAddr> {
     prop_oneof![
         any::<[u8; 4]>().prop_map(|o| IpAddr::V4(Ipv4Addr::from(o))),
