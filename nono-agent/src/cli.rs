@@ -5,6 +5,8 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::proxy::{pattern::DomainRule, policy::CidrRule, resolve::Pin, upstream::Upstream};
+
 /// Run a command with its network confined to loopback and its proxy.
 #[derive(Debug, Parser)]
 #[command(name = "nono-agent", version, about)]
@@ -23,6 +25,81 @@ pub enum Command {
     Cleanup,
     /// Report what this host supports and which enforcer `auto` would pick.
     Doctor(DoctorArgs),
+    /// Run the filtering proxy alone (no sandbox).
+    Proxy(StandaloneProxyArgs),
+}
+
+/// What the filtering proxy lets through.
+#[derive(Debug, Clone, clap::Args, Default)]
+pub struct ProxyArgs {
+    /// Allow this host through the proxy: `example.com` (exactly), or
+    /// `*.example.com` (any subdomain, not the apex); `:PORT` to allow that
+    /// port instead of 80 and 443. Giving any proxy option starts the proxy.
+    #[arg(long = "allow-domain", value_name = "PATTERN")]
+    pub allow_domain: Vec<DomainRule>,
+
+    /// Refuse this host even if an --allow-domain matches (checked first).
+    #[arg(long = "deny-domain", value_name = "PATTERN")]
+    pub deny_domain: Vec<DomainRule>,
+
+    /// Allow IP literals and resolved addresses in this network, on PORT or
+    /// any port: `10.0.0.0/8:5432`, `[2001:db8::/32]:443`. Needed for
+    /// loopback, private, CGNAT and ULA addresses; link-local and metadata
+    /// addresses can never be allowed.
+    #[arg(long = "allow-cidr", value_name = "NET[:PORT]")]
+    pub allow_cidr: Vec<CidrRule>,
+
+    /// Resolve NAME to these addresses without DNS (repeatable).
+    #[arg(long = "resolve", value_name = "NAME=ADDR[,ADDR]")]
+    pub resolve: Vec<Pin>,
+
+    /// Ask this DNS server instead of the system resolver.
+    #[arg(long = "dns-server", value_name = "ADDR:PORT")]
+    pub dns_server: Option<SocketAddr>,
+
+    /// Send every allowed request through this HTTP proxy.
+    #[arg(long = "upstream-proxy", value_name = "http://HOST:PORT")]
+    pub upstream_proxy: Option<Upstream>,
+
+    /// Client connections the proxy serves at once (more get 503).
+    #[arg(long = "proxy-max-connections", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Seconds without traffic after which a tunnel is closed.
+    #[arg(long = "proxy-idle-timeout", default_value_t = 300)]
+    pub idle_timeout: u64,
+
+    /// Seconds allowed for connecting to a destination.
+    #[arg(long = "proxy-connect-timeout", default_value_t = 10)]
+    pub connect_timeout: u64,
+}
+
+impl ProxyArgs {
+    /// Whether any option asks for the proxy.
+    pub fn wanted(&self) -> bool {
+        !self.allow_domain.is_empty()
+            || !self.deny_domain.is_empty()
+            || !self.allow_cidr.is_empty()
+            || self.upstream_proxy.is_some()
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StandaloneProxyArgs {
+    /// Address to listen on (repeatable), e.g. 127.0.0.1:3128.
+    #[arg(long, required = true, value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+
+    /// Require `Proxy-Authorization: Basic nono:SECRET`.
+    #[arg(long, value_name = "SECRET")]
+    pub secret: Option<String>,
+
+    /// Write every decision as a JSON line to PATH (`-` for stdout).
+    #[arg(long, value_name = "PATH")]
+    pub events: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -51,6 +128,9 @@ pub struct ExecArgs {
     /// Do not print the summary line at exit.
     #[arg(long, short)]
     pub quiet: bool,
+
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
 
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]

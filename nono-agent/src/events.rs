@@ -6,6 +6,82 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::SystemTime;
 
+/// One event ready to be written: its JSON line and what the summary counts.
+#[derive(Debug)]
+pub struct Line {
+    /// Summary bucket (hook name, or "proxy").
+    pub key: &'static str,
+    /// Whether it is a denial (only denials are counted in the summary).
+    pub deny: bool,
+    /// The JSON object, without newline.
+    pub json: Vec<u8>,
+}
+
+/// Where concurrent producers (the proxy) send events.
+pub type EventTx = tokio::sync::mpsc::UnboundedSender<Line>;
+
+/// A proxy decision.
+#[derive(Debug, Serialize)]
+pub struct ProxyRecord {
+    /// "connect" (tunnel) or "http" (forwarded request).
+    #[serde(rename = "hook")]
+    pub kind: &'static str,
+    /// "allow" or "deny".
+    pub verdict: &'static str,
+    /// Rule or error.
+    pub reason: String,
+    /// Requested host (normalised) or IP literal.
+    pub host: String,
+    /// Requested port.
+    pub port: u16,
+    /// Address actually connected to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<IpAddr>,
+    /// Bytes from the sandbox to the destination.
+    pub bytes_up: u64,
+    /// Bytes from the destination to the sandbox.
+    pub bytes_down: u64,
+    /// Time from request to end of exchange.
+    pub duration_ms: u64,
+}
+
+#[derive(Serialize)]
+struct ProxyEnvelope<'a> {
+    ts: String,
+    sandbox: &'a str,
+    source: &'static str,
+    #[serde(flatten)]
+    record: &'a ProxyRecord,
+}
+
+impl ProxyRecord {
+    /// The event line for this record.
+    pub fn into_line(self, sandbox: &str) -> Line {
+        let env = ProxyEnvelope {
+            ts: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            sandbox,
+            source: "proxy",
+            record: &self,
+        };
+        Line {
+            key: "proxy",
+            deny: self.verdict == "deny",
+            json: serde_json::to_vec(&env).unwrap_or_default(),
+        }
+    }
+}
+
+impl EventRecord {
+    /// The event line for this record.
+    pub fn into_line(self) -> Line {
+        Line {
+            key: self.hook,
+            deny: true,
+            json: serde_json::to_vec(&self).unwrap_or_default(),
+        }
+    }
+}
+
 /// One event as written to `--events` (one JSON object per line).
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct EventRecord {
@@ -115,6 +191,53 @@ fn type_name(t: u32) -> String {
     }
 }
 
+/// Where events are written (`--events`), plus the summary counts.
+pub struct Output {
+    sink: Sink,
+    /// Denials counted so far.
+    pub summary: Summary,
+}
+
+enum Sink {
+    None,
+    Stdout,
+    File(std::fs::File),
+}
+
+impl Output {
+    /// `None`: no file; `-`: stdout; otherwise append to the file.
+    pub fn open(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let sink = match path {
+            None => Sink::None,
+            Some(p) if p.as_os_str() == "-" => Sink::Stdout,
+            Some(p) => Sink::File(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("opening events file {}", p.display()))?,
+            ),
+        };
+        Ok(Self {
+            sink,
+            summary: Summary::default(),
+        })
+    }
+
+    /// Writes and counts one event.
+    pub fn take(&mut self, mut line: Line) {
+        use std::io::Write as _;
+        self.summary.count(&line);
+        line.json.push(b'\n');
+        let _ = match &mut self.sink {
+            Sink::None => Ok(()),
+            Sink::Stdout => std::io::stdout().lock().write_all(&line.json),
+            Sink::File(f) => f.write_all(&line.json),
+        };
+    }
+}
+
 /// Counts of denials per hook, for the exit summary.
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -125,6 +248,13 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Counts a line if it is a denial.
+    pub fn count(&mut self, line: &Line) {
+        if line.deny {
+            self.add(line.key);
+        }
+    }
+
     /// Counts one denial.
     pub fn add(&mut self, hook: &'static str) {
         *self.by_hook.entry(hook).or_default() += 1;

@@ -3,7 +3,6 @@
 use anyhow::{bail, Context as _, Result};
 use nono_common::{Dest, Endpoint, Policy, LOOPBACK_ANY, MAX_PROXY_ENDPOINTS};
 use std::ffi::OsString;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
@@ -13,8 +12,9 @@ use std::time::{Duration, SystemTime};
 use tokio::io::unix::AsyncFd;
 
 use crate::bpf::{bpffs, loader};
-use crate::cli::{Enforcer, ExecArgs};
-use crate::events::{self, Summary};
+use crate::cli::{Enforcer, ExecArgs, ProxyArgs};
+use crate::events;
+use crate::proxy;
 use crate::sandbox::{
     cgroup, child::ChildSetup, hide, privileges, registry, resolve, spawn, sweep,
 };
@@ -114,40 +114,6 @@ fn check_privileges() -> Result<bool> {
     Ok(true)
 }
 
-enum EventSink {
-    None,
-    Stdout,
-    File(std::fs::File),
-}
-
-impl EventSink {
-    fn open(path: Option<&Path>) -> Result<Self> {
-        Ok(match path {
-            None => Self::None,
-            Some(p) if p.as_os_str() == "-" => Self::Stdout,
-            Some(p) => Self::File(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .with_context(|| format!("opening events file {}", p.display()))?,
-            ),
-        })
-    }
-
-    fn write(&mut self, rec: &events::EventRecord) {
-        let Ok(mut line) = serde_json::to_vec(rec) else {
-            return;
-        };
-        line.push(b'\n');
-        let _ = match self {
-            Self::None => Ok(()),
-            Self::Stdout => std::io::stdout().lock().write_all(&line),
-            Self::File(f) => f.write_all(&line),
-        };
-    }
-}
-
 /// Runs the command; returns the exit code for the agent.
 pub async fn run(args: ExecArgs) -> Result<i32> {
     let (cmd, cmd_args) = args
@@ -162,7 +128,7 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
         }
     };
     let policy = policy(&args.proxy_endpoints)?;
-    let mut sink = EventSink::open(args.events.as_deref())?;
+    let mut out = events::Output::open(args.events.as_deref())?;
     match args.enforcer {
         Enforcer::Auto | Enforcer::Bpf => {}
     }
@@ -226,6 +192,26 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     env.push(("NONO_SANDBOX_ID".into(), id.clone().into()));
     env.push(("NONO_CGROUP".into(), cg_path.clone().into()));
     env.push(("NONO_BPF_PIN_DIR".into(), pin_dir.clone().into()));
+
+    let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
+    let proxy = if args.proxy.wanted() {
+        let secret = proxy::new_secret()?;
+        let running = proxy::start_loopback(proxy_state(
+            &args.proxy,
+            Some(secret.clone()),
+            &id,
+            event_tx.clone(),
+        )?)
+        .await?;
+        let port = running.addrs[0].port();
+        for (k, v) in proxy::child_env(port, &secret) {
+            env.retain(|(ek, _)| ek.as_os_str() != k.as_str());
+            env.push((k.into(), v.into()));
+        }
+        Some(running)
+    } else {
+        None
+    };
     let mut argv = vec![cmd.clone()];
     argv.extend(cmd_args.iter().cloned());
     let prepared = spawn::Prepared::new(program.as_os_str(), &argv, &env)
@@ -257,7 +243,6 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     }
     .map_err(|e| anyhow::anyhow!("watching the child: {}", e.into_parts().1))?;
 
-    let mut summary = Summary::default();
     let mut ring = ring;
     loop {
         tokio::select! {
@@ -267,9 +252,10 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the event ring buffer")?;
-                drain(guard.get_inner_mut(), &id, &mut sink, &mut summary);
+                drain(guard.get_inner_mut(), &id, &mut out);
                 guard.clear_ready();
             }
+            Some(line) = event_rx.recv() => out.take(line),
         }
     }
     drop(exited);
@@ -286,8 +272,14 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
             eprintln!("nono-agent: sandbox {id}: {e:#}");
         }
     }
-    drain(ring.get_mut(), &id, &mut sink, &mut summary);
-    summary.dropped = loader::dropped_events(&dropped);
+    if let Some(p) = proxy {
+        p.stop();
+    }
+    drain(ring.get_mut(), &id, &mut out);
+    while let Ok(line) = event_rx.try_recv() {
+        out.take(line);
+    }
+    out.summary.dropped = loader::dropped_events(&dropped);
     drop(ring);
     for e in sb.teardown() {
         eprintln!("nono-agent: sandbox {id}: cleanup: {e}");
@@ -295,7 +287,7 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     timing.mark("teardown");
     timing.report();
     if !args.quiet {
-        eprintln!("{}", summary.line(&id));
+        eprintln!("{}", out.summary.line(&id));
     }
 
     Ok(match status {
@@ -304,19 +296,40 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     })
 }
 
-fn drain(
-    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    id: &str,
-    sink: &mut EventSink,
-    summary: &mut Summary,
-) {
+fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, id: &str, out: &mut events::Output) {
     while let Some(item) = ring.next() {
         if let Some(ev) = events::parse(&item) {
-            let rec = events::record(&ev, id, SystemTime::now());
-            summary.add(rec.hook);
-            sink.write(&rec);
+            out.take(events::record(&ev, id, SystemTime::now()).into_line());
         }
     }
+}
+
+/// The proxy's state from the command line.
+pub fn proxy_state(
+    a: &ProxyArgs,
+    secret: Option<String>,
+    sandbox: &str,
+    events: events::EventTx,
+) -> Result<proxy::State> {
+    Ok(proxy::State {
+        policy: proxy::policy::ProxyPolicy {
+            allow: a.allow_domain.clone(),
+            deny: a.deny_domain.clone(),
+            cidrs: a.allow_cidr.clone(),
+        },
+        resolver: proxy::resolve::Resolver::new(&a.resolve, a.dns_server)
+            .map_err(anyhow::Error::msg)?,
+        secret,
+        upstream: a.upstream_proxy.clone(),
+        limits: proxy::Limits {
+            connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
+            idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
+            max_connections: a.max_connections.max(1),
+            ..Default::default()
+        },
+        sandbox: sandbox.to_string(),
+        events,
+    })
 }
 
 /// Phase timings on stderr when `NONO_AGENT_TIMINGS=1` (for benchmarking

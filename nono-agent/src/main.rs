@@ -7,6 +7,8 @@ mod doctor;
 mod events;
 mod exec;
 mod mountinfo;
+mod proxy;
+mod proxy_cmd;
 mod sandbox;
 mod signals;
 
@@ -25,12 +27,20 @@ fn main() {
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<i32> {
+    // Many tunnels need many descriptors; the child gets the original soft
+    // limit back before exec (see sandbox::spawn).
+    sandbox::spawn::raise_nofile_limit();
     match cli.command {
         cli::Command::Exec(args) => {
             // One thread is plenty: the agent only waits on the child, the
             // ring buffer and signals; a single-threaded runtime also keeps
             // fork() in `spawn` away from other running threads.
-            let rt = tokio::runtime::Builder::new_current_thread()
+            // Two workers: the proxy may carry bulk traffic while the main
+            // task waits on the child and the ring buffer. The child is
+            // started with clone3 and only makes raw syscalls before exec,
+            // so other running threads are no hazard.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()?;
             rt.block_on(exec::run(args))
@@ -49,5 +59,12 @@ fn run(cli: cli::Cli) -> anyhow::Result<i32> {
             Ok(if swept.errors.is_empty() { 0 } else { 1 })
         }
         cli::Command::Doctor(args) => doctor::run(args.json),
+        cli::Command::Proxy(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(proxy_cmd::run(args))
+        }
     }
 }

@@ -122,6 +122,29 @@ impl Child {
     }
 }
 
+/// The soft RLIMIT_NOFILE the agent started with; restored in the child.
+static ORIGINAL_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Raises the agent's soft descriptor limit to the hard limit (the proxy
+/// holds two descriptors per tunnel). The child gets the original back.
+pub fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            let _ = ORIGINAL_NOFILE.set(lim);
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raised);
+        }
+    }
+}
+
 /// The command line and environment in exec-ready form.
 pub struct Prepared {
     path: CString,
@@ -270,6 +293,9 @@ fn child_main(cmd: &Prepared, setup: &ChildSetup, report: RawFd) -> ! {
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
 
+        if let Some(lim) = ORIGINAL_NOFILE.get() {
+            libc::setrlimit(libc::RLIMIT_NOFILE, lim);
+        }
         if let Err(e) = setup.apply() {
             fail(report, 1, e.raw_os_error().unwrap_or(libc::EINVAL), 125);
         }

@@ -1,0 +1,32 @@
+//! `nono-agent proxy`: the filtering proxy on its own, until SIGINT/SIGTERM.
+
+use anyhow::Result;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::StandaloneProxyArgs;
+use crate::{events, exec, proxy};
+
+pub async fn run(args: StandaloneProxyArgs) -> Result<i32> {
+    let mut out = events::Output::open(args.events.as_deref())?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let state = exec::proxy_state(&args.proxy, args.secret.clone(), "standalone", tx)?;
+    let running = proxy::start(state, &args.listen).await?;
+    for a in &running.addrs {
+        eprintln!("nono-agent: proxy listening on {a}");
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            Some(line) = rx.recv() => out.take(line),
+        }
+    }
+    running.stop();
+    while let Ok(line) = rx.try_recv() {
+        out.take(line);
+    }
+    eprintln!("{}", out.summary.line("standalone"));
+    Ok(0)
+}
