@@ -44,9 +44,77 @@ pub enum Frame {
         dst_port: Option<u16>,
         /// Identifier of an ICMP/ICMPv6 echo request.
         echo_id: Option<u16>,
+        /// IPv4 options present (IHL > 5) or IPv6 extension headers before
+        /// the upper-layer header.
+        options: bool,
+        /// Type of the IPv6 routing header (next header 43), if one is present.
+        rthdr: Option<u8>,
+        /// Source routed: an IPv4 LSRR/SSRR option or an IPv6 routing
+        /// header (router alerts in MLD/IGMP do not count).
+        routed: bool,
     },
     Tagged(Vec<u8>),
     Other(u16),
+}
+
+/// Walks the IPv6 extension headers (hop-by-hop 0, routing 43, destination
+/// options 60, fragment 44) after the fixed header `p[..40]`. Returns the
+/// upper-layer protocol, its offset in `p` (None for a non-first fragment or
+/// a truncated chain), whether any extension header was present and the
+/// routing header type.
+fn ipv6_upper_layer(p: &[u8]) -> (u8, Option<usize>, bool, Option<u8>) {
+    let mut next = p[6];
+    let mut off = 40usize;
+    let mut ext = false;
+    let mut rthdr = None;
+    // A bound on the chain length; real packets have a handful at most.
+    for _ in 0..16 {
+        match next {
+            0 | 43 | 60 => {
+                let (Some(&nh), Some(&len)) = (p.get(off), p.get(off + 1)) else {
+                    return (next, None, true, rthdr);
+                };
+                if next == 43 {
+                    rthdr = p.get(off + 2).copied();
+                }
+                ext = true;
+                next = nh;
+                off += (len as usize + 1) * 8;
+            }
+            44 => {
+                let Some(h) = p.get(off..off + 8) else {
+                    return (next, None, true, rthdr);
+                };
+                ext = true;
+                next = h[0];
+                off += 8;
+                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                    // Not the first fragment: no upper-layer header here.
+                    return (next, None, ext, rthdr);
+                }
+            }
+            _ => return (next, Some(off), ext, rthdr),
+        }
+    }
+    (next, None, ext, rthdr)
+}
+
+/// True if the IPv4 options `opts` contain a loose (131) or strict (137)
+/// source route.
+fn ipv4_source_routed(opts: &[u8]) -> bool {
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            0 => return false,
+            1 => i += 1,
+            131 | 137 => return true,
+            _ => match opts.get(i + 1) {
+                Some(&len) if len >= 2 => i += len as usize,
+                _ => return false,
+            },
+        }
+    }
+    false
 }
 
 fn parse_frame(buf: &[u8]) -> Frame {
@@ -69,11 +137,19 @@ fn parse_frame(buf: &[u8]) -> Frame {
     };
     match ethertype {
         0x0800 if p.len() >= 20 => {
+            // The header length (IHL) covers any options: source-routed
+            // packets carry LSRR/SSRR there.
             let ihl = ((p[0] & 0x0f) as usize) * 4;
             let proto = p[9];
             let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]).into();
             let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]).into();
-            let (dst_port, echo_id) = l4(proto, p.get(ihl..).unwrap_or(&[]), false);
+            let first_fragment = u16::from_be_bytes([p[6], p[7]]) & 0x1fff == 0;
+            let upper = if ihl >= 20 && first_fragment {
+                p.get(ihl..).unwrap_or(&[])
+            } else {
+                &[]
+            };
+            let (dst_port, echo_id) = l4(proto, upper, false);
             Frame::Ip {
                 v6: false,
                 src,
@@ -81,15 +157,19 @@ fn parse_frame(buf: &[u8]) -> Frame {
                 proto,
                 dst_port,
                 echo_id,
+                options: ihl > 20,
+                rthdr: None,
+                routed: ihl > 20 && ipv4_source_routed(p.get(20..ihl).unwrap_or(&[])),
             }
         }
         0x86DD if p.len() >= 40 => {
-            let proto = p[6];
             let mut s = [0u8; 16];
             s.copy_from_slice(&p[8..24]);
             let mut d = [0u8; 16];
             d.copy_from_slice(&p[24..40]);
-            let (dst_port, echo_id) = l4(proto, &p[40..], true);
+            let (proto, off, ext, rthdr) = ipv6_upper_layer(p);
+            let upper = off.and_then(|o| p.get(o..)).unwrap_or(&[]);
+            let (dst_port, echo_id) = l4(proto, upper, true);
             Frame::Ip {
                 v6: true,
                 src: Ipv6Addr::from(s).into(),
@@ -97,10 +177,20 @@ fn parse_frame(buf: &[u8]) -> Frame {
                 proto,
                 dst_port,
                 echo_id,
+                options: ext,
+                rthdr,
+                routed: rthdr.is_some(),
             }
         }
         ETHERTYPE_TAG => Frame::Tagged(p.to_vec()),
         other => Frame::Other(other),
+    }
+}
+
+fn proto_number(p: Proto) -> u8 {
+    match p {
+        Proto::Tcp => 6,
+        Proto::Udp => 17,
     }
 }
 
@@ -406,10 +496,7 @@ impl Oracle {
 
     /// Incoming IPv4/IPv6 packets of `proto` to destination port `port`.
     pub fn packets_to(&self, proto: Proto, port: u16) -> usize {
-        let want = match proto {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-        };
+        let want = proto_number(proto);
         self.count(|f| {
             matches!(f, Frame::Ip { proto: p, dst_port: Some(dp), .. } if *p == want && *dp == port)
         })
@@ -439,6 +526,57 @@ impl Oracle {
             .unwrap()
             .iter()
             .filter(|f| matches!(f, Frame::Ip { dst: d, .. } if *d == dst))
+            .cloned()
+            .collect()
+    }
+
+    /// Position in the frame log; pass to the `*_since` methods to look only
+    /// at frames recorded afterwards.
+    pub fn mark(&self) -> usize {
+        self.frame_count()
+    }
+
+    /// Incoming source-routed IP packets (IPv4 LSRR/SSRR, IPv6 routing
+    /// header) recorded since `mark`, whatever their port.
+    pub fn routed_since(&self, mark: usize) -> Vec<Frame> {
+        self.frames
+            .lock()
+            .unwrap()
+            .iter()
+            .skip(mark)
+            .filter(|f| matches!(f, Frame::Ip { routed: true, .. }))
+            .cloned()
+            .collect()
+    }
+
+    /// Incoming packets of `proto` to `dst`:`port` that carry an IPv4 source
+    /// route or an IPv6 routing header: proof that a routing option took
+    /// effect.
+    pub fn routed_packets_to(&self, proto: Proto, dst: IpAddr, port: u16) -> usize {
+        let want = proto_number(proto);
+        self.count(|f| {
+            matches!(f, Frame::Ip { proto: p, dst: d, dst_port: Some(dp), routed: true, .. }
+                if *p == want && *d == dst && *dp == port)
+        })
+    }
+
+    /// Incoming packets of `proto` to exactly `dst`:`port`.
+    pub fn packets_to_addr(&self, proto: Proto, dst: IpAddr, port: u16) -> usize {
+        let want = proto_number(proto);
+        self.count(|f| {
+            matches!(f, Frame::Ip { proto: p, dst: d, dst_port: Some(dp), .. }
+                if *p == want && *d == dst && *dp == port)
+        })
+    }
+
+    /// Incoming IP packets to destination port `port` (any protocol with
+    /// ports, any address), for diagnostics.
+    pub fn frames_to_port(&self, port: u16) -> Vec<Frame> {
+        self.frames
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|f| matches!(f, Frame::Ip { dst_port: Some(p), .. } if *p == port))
             .cloned()
             .collect()
     }
@@ -480,6 +618,308 @@ impl Drop for Oracle {
             let _ = t.join();
         }
         self.listeners.lock().unwrap().clear();
+    }
+}
+
+/// One datagram received by a [`UdpReceiver`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    pub payload: Vec<u8>,
+    /// IPv4 TOS / IPv6 traffic class of the packet (IP_RECVTOS /
+    /// IPV6_RECVTCLASS), when the kernel reported it.
+    pub tos: Option<u8>,
+}
+
+/// A UDP socket in some namespace that records every datagram (with its
+/// TOS / traffic class).
+pub struct UdpReceiver {
+    pub addr: SocketAddr,
+    got: Arc<Mutex<Vec<Datagram>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpReceiver {
+    /// Binds `addr` in namespace `ns`.
+    pub fn bind(ns: &str, addr: SocketAddr) -> UdpReceiver {
+        let sock = in_netns(ns, move || {
+            let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
+            let fd = s.as_raw_fd();
+            if addr.is_ipv4() {
+                setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, 1);
+            } else {
+                setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 1);
+            }
+            set_rcvtimeo(fd, Duration::from_millis(50));
+            s
+        });
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, sp) = (got.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            let mut cbuf = [0u64; 16];
+            while !sp.load(Ordering::Relaxed) {
+                let mut iov = libc::iovec {
+                    iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+                    iov_len: buf.len(),
+                };
+                // SAFETY: all-zero msghdr is valid; fields set below.
+                let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+                msg.msg_controllen = mem::size_of_val(&cbuf) as _;
+                // SAFETY: msg points to live buffers for the call.
+                let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+                if n < 0 {
+                    continue;
+                }
+                let mut tos = None;
+                // SAFETY: walking the control buffer the kernel filled in.
+                unsafe {
+                    let mut c = libc::CMSG_FIRSTHDR(&msg);
+                    while !c.is_null() {
+                        let (lvl, ty) = ((*c).cmsg_level, (*c).cmsg_type);
+                        let data = libc::CMSG_DATA(c);
+                        if lvl == libc::IPPROTO_IP && ty == libc::IP_TOS {
+                            tos = Some(*data);
+                        } else if lvl == libc::IPPROTO_IPV6 && ty == libc::IPV6_TCLASS {
+                            tos = Some(std::ptr::read_unaligned(data as *const i32) as u8);
+                        }
+                        c = libc::CMSG_NXTHDR(&msg, c);
+                    }
+                }
+                g.lock().unwrap().push(Datagram {
+                    payload: buf[..n as usize].to_vec(),
+                    tos,
+                });
+            }
+        });
+        UdpReceiver {
+            addr,
+            got,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Datagrams received so far.
+    pub fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+
+    pub fn datagrams(&self) -> Vec<Datagram> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+impl Drop for UdpReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Default)]
+struct EchoState {
+    connections: usize,
+    bytes_in: usize,
+    bytes_out: usize,
+}
+
+/// A TCP echo server in some namespace: every connection gets back what it
+/// sends; the write side is shut down after the peer's.
+pub struct TcpEcho {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<EchoState>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TcpEcho {
+    pub fn bind(ns: &str, addr: SocketAddr) -> TcpEcho {
+        let listener = in_netns(ns, move || tcp_listen_socket(addr, true));
+        let state = Arc::new(Mutex::new(EchoState::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (state.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            while !sp.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        st.lock().unwrap().connections += 1;
+                        let st2 = st.clone();
+                        thread::spawn(move || {
+                            use std::io::Write;
+                            let _ = conn.set_nonblocking(false);
+                            let _ = conn.set_read_timeout(Some(Duration::from_secs(20)));
+                            let _ = conn.set_write_timeout(Some(Duration::from_secs(20)));
+                            let mut buf = vec![0u8; 65536];
+                            while let Ok(n) = conn.read(&mut buf) {
+                                if n == 0 {
+                                    break;
+                                }
+                                st2.lock().unwrap().bytes_in += n;
+                                if conn.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                                st2.lock().unwrap().bytes_out += n;
+                            }
+                            let _ = conn.shutdown(std::net::Shutdown::Write);
+                        });
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        TcpEcho {
+            addr,
+            state,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// (connections, bytes received, bytes echoed back).
+    pub fn stats(&self) -> (usize, usize, usize) {
+        let s = self.state.lock().unwrap();
+        (s.connections, s.bytes_in, s.bytes_out)
+    }
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Answers ARP requests for one IPv4 address on one interface with the
+/// interface's MAC, like a cooperating host on the link would. Used to show
+/// that packets addressed to 127.0.0.1 can be put on the wire.
+pub struct ArpResponder {
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ArpResponder {
+    pub fn start(ns: &str, iface: &str, ip: Ipv4Addr, mac: [u8; 6]) -> ArpResponder {
+        const ETH_P_ARP: u16 = 0x0806;
+        let iface = iface.to_string();
+        let sock = in_netns(ns, move || {
+            // SAFETY: plain syscall.
+            let fd = cvt(
+                unsafe {
+                    libc::socket(
+                        libc::AF_PACKET,
+                        libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                        (ETH_P_ARP.to_be()) as libc::c_int,
+                    )
+                },
+                "socket(AF_PACKET, ARP)",
+            );
+            // SAFETY: fresh descriptor we own.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            let cname = std::ffi::CString::new(iface.clone()).unwrap();
+            // SAFETY: valid C string.
+            let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+            assert!(ifindex != 0, "if_nametoindex({iface}) failed");
+            // SAFETY: zeroed sockaddr_ll is valid.
+            let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = ETH_P_ARP.to_be();
+            sll.sll_ifindex = ifindex as i32;
+            // SAFETY: valid sockaddr_ll.
+            let rc = unsafe {
+                libc::bind(
+                    fd,
+                    &sll as *const _ as *const libc::sockaddr,
+                    mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            cvt(rc, "bind(AF_PACKET, ARP)");
+            set_rcvtimeo(fd, Duration::from_millis(50));
+            owned
+        });
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (an, sp) = (answered.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !sp.load(Ordering::Relaxed) {
+                // SAFETY: valid buffer.
+                let n = unsafe {
+                    libc::recv(
+                        sock.as_raw_fd(),
+                        buf.as_mut_ptr() as *mut libc::c_void,
+                        buf.len(),
+                        0,
+                    )
+                };
+                if n < 42 {
+                    continue;
+                }
+                let f = &buf[..n as usize];
+                // Ethernet/IPv4 ARP request for `ip`.
+                if f[14..22] != [0, 1, 8, 0, 6, 4, 0, 1] || f[38..42] != ip.octets() {
+                    continue;
+                }
+                let (sha, spa) = (&f[22..28], &f[28..32]);
+                let mut r = Vec::with_capacity(42);
+                r.extend_from_slice(sha);
+                r.extend_from_slice(&mac);
+                r.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+                r.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+                r.extend_from_slice(&mac);
+                r.extend_from_slice(&ip.octets());
+                r.extend_from_slice(sha);
+                r.extend_from_slice(spa);
+                // SAFETY: valid buffer.
+                let sent = unsafe {
+                    libc::send(
+                        sock.as_raw_fd(),
+                        r.as_ptr() as *const libc::c_void,
+                        r.len(),
+                        0,
+                    )
+                };
+                if sent > 0 {
+                    an.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        ArpResponder {
+            answered,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// ARP requests answered so far.
+    pub fn answered(&self) -> usize {
+        self.answered.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for ArpResponder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArpResponder")
+            .field("answered", &self.answered())
+            .finish()
+    }
+}
+
+impl Drop for ArpResponder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -559,5 +999,129 @@ mod tests {
             Frame::Tagged(b"TAG-1".to_vec())
         );
         assert_eq!(parse_frame(&[1, 2, 3]), Frame::Other(0));
+    }
+
+    fn ipv6(next: u8, rest: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0, 0, rest.len() as u8, next, 64];
+        p.extend_from_slice(&[0u8; 15]);
+        p.push(1);
+        p.extend_from_slice(&crate::netns::SERVER_V6.octets());
+        p.extend_from_slice(rest);
+        p
+    }
+
+    #[test]
+    fn walks_ipv6_extension_headers_to_the_port() {
+        // Segment routing header (type 4, two segments), then UDP.
+        let mut rest = vec![17, 4, 4, 1, 1, 0, 0, 0];
+        rest.extend_from_slice(&[0u8; 32]);
+        rest.extend_from_slice(&[0x80, 0, 0x4e, 0x22, 0, 8, 0, 0]);
+        let f = parse_frame(&eth(0x86DD, &ipv6(43, &rest)));
+        assert!(
+            matches!(
+                f,
+                Frame::Ip {
+                    v6: true,
+                    proto: 17,
+                    dst_port: Some(20002),
+                    options: true,
+                    rthdr: Some(4),
+                    routed: true,
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
+        // Hop-by-hop (8 bytes) + destination options (16 bytes) + TCP.
+        let mut rest = vec![60, 0, 1, 4, 0, 0, 0, 0];
+        rest.extend_from_slice(&[6, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        rest.extend_from_slice(&[0x80, 0, 0x4e, 0x23, 0, 0, 0, 0]);
+        let f = parse_frame(&eth(0x86DD, &ipv6(0, &rest)));
+        assert!(
+            matches!(
+                f,
+                Frame::Ip {
+                    proto: 6,
+                    dst_port: Some(20003),
+                    options: true,
+                    rthdr: None,
+                    routed: false,
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
+        // First fragment has the port, a later one does not.
+        let first = [17, 0, 0, 1, 0, 0, 0, 7, 0x80, 0, 0x4e, 0x24];
+        let f = parse_frame(&eth(0x86DD, &ipv6(44, &first)));
+        assert!(
+            matches!(
+                f,
+                Frame::Ip {
+                    proto: 17,
+                    dst_port: Some(20004),
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
+        let later = [17, 0, 0, 0x10, 0, 0, 0, 7, 0x80, 0, 0x4e, 0x24];
+        let f = parse_frame(&eth(0x86DD, &ipv6(44, &later)));
+        assert!(matches!(f, Frame::Ip { dst_port: None, .. }), "{f:?}");
+        // Plain UDP: no options.
+        let f = parse_frame(&eth(0x86DD, &ipv6(17, &[0x80, 0, 0x4e, 0x25])));
+        assert!(
+            matches!(
+                f,
+                Frame::Ip {
+                    dst_port: Some(20005),
+                    options: false,
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn honours_ipv4_header_length() {
+        // IHL 7: LSRR option (7 bytes) + 1 byte padding, then UDP.
+        let mut p = vec![0x47, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+        p.extend_from_slice(&[198, 51, 100, 1, 198, 51, 100, 2]);
+        p.extend_from_slice(&[131, 7, 4, 127, 0, 0, 1, 0]);
+        p.extend_from_slice(&[0x80, 0, 0x4e, 0x26, 0, 8, 0, 0]);
+        let f = parse_frame(&eth(0x0800, &p));
+        assert!(
+            matches!(
+                f,
+                Frame::Ip {
+                    v6: false,
+                    proto: 17,
+                    dst_port: Some(20006),
+                    options: true,
+                    routed: true,
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
+        // IHL 6: router alert (IGMP-style) is an option but no source route.
+        let mut p = vec![0x46, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0];
+        p.extend_from_slice(&[198, 51, 100, 1, 224, 0, 0, 22]);
+        p.extend_from_slice(&[148, 4, 0, 0, 0x22, 0, 0, 0]);
+        let f = parse_frame(&eth(0x0800, &p));
+        assert!(
+            matches!(
+                f,
+                Frame::Ip {
+                    options: true,
+                    routed: false,
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
+        let f = parse_frame(&eth(0x0800, &ipv4(17, &[0x80, 0, 0x4e, 0x27])));
+        assert!(matches!(f, Frame::Ip { options: false, .. }), "{f:?}");
     }
 }

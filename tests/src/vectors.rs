@@ -2,10 +2,10 @@
 //! vectors. Every function takes the enforcer name so another enforcer (e.g. a
 //! later seccomp one) can reuse the battery unchanged.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use crate::netns::{SERVER_V4, SERVER_V6};
-use crate::oracle::Proto;
+use crate::netns::{SERVER_MAC, SERVER_V4, SERVER_V6};
+use crate::oracle::{ArpResponder, Proto};
 use crate::runner::{ExecOpts, Harness, ProbeResult, SandboxGuard, DENIED_ERRNOS};
 use crate::sys::CmdOutput;
 
@@ -32,6 +32,38 @@ pub enum Observe {
     Icmp6Echo,
     /// Ethertype 0x88B5 frames carrying the tag.
     EtherTag,
+    /// Source-routed TCP: the probe connects to loopback port P with a
+    /// routing option naming the target; every TCP packet to port P (and
+    /// every accepted connection) counts. Proof of the route outside: TCP to
+    /// target:P carrying IPv4 options / an IPv6 routing header.
+    RoutedTcp,
+    /// Source-routed UDP, as [`Observe::RoutedTcp`].
+    RoutedUdp,
+    /// UDP sent to 127.0.0.1:P but forced out of the client veth (the
+    /// fixture answers ARP for 127.0.0.1 like a cooperating host on the link
+    /// would); every UDP packet to port P counts.
+    WireLoopbackUdp,
+}
+
+/// What the check expects, beyond "the oracle sees nothing inside".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The socket hooks see the real destination: outside the packet must
+    /// arrive; inside the attempt must fail with EPERM/EACCES.
+    Direct,
+    /// The address the program names is allowed (loopback) and something
+    /// else (a routing option, the outgoing interface) decides where the
+    /// packet really goes. Outside the packet must arrive at the target;
+    /// inside only the oracle decides (EPERM from setsockopt, a timed-out
+    /// connect or a "successful" local send are all fine, as long as nothing
+    /// arrives). The probe's outcome is reported.
+    Rerouted,
+    /// Like [`Mode::Rerouted`], but the kernel may refuse the option even
+    /// outside a sandbox (e.g. a type 2 routing header without
+    /// CONFIG_IPV6_MIP6, a segment routing header as ancillary data). Then
+    /// the outside run must show that refusal (an errno at the step that
+    /// applies the option, nothing on the wire) rather than pass silently.
+    ReroutedMayBeRefused,
 }
 
 /// A network escape vector: one `nono-probe` attempt plus what to observe.
@@ -40,6 +72,7 @@ pub struct NetVector {
     pub name: &'static str,
     pub target: Target,
     pub observe: Observe,
+    pub mode: Mode,
 }
 
 const fn nv(name: &'static str, target: Target, observe: Observe) -> NetVector {
@@ -47,9 +80,20 @@ const fn nv(name: &'static str, target: Target, observe: Observe) -> NetVector {
         name,
         target,
         observe,
+        mode: Mode::Direct,
     }
 }
 
+const fn rv(name: &'static str, target: Target, observe: Observe, mode: Mode) -> NetVector {
+    NetVector {
+        name,
+        target,
+        observe,
+        mode,
+    }
+}
+
+use Mode::*;
 use Observe::*;
 use Target::*;
 
@@ -76,6 +120,28 @@ pub const NETWORK_VECTORS: &[NetVector] = &[
     nv("ping6-socket", ServerV6, Icmp6Echo),
     nv("af-packet", ServerV4, EtherTag),
     nv("mptcp", ServerV4, Tcp),
+    // Routing options: the hooks see ::1 / 127.0.0.1, the kernel sends to
+    // the first segment / first hop (the server).
+    rv("srh6-udp-sockopt", ServerV6, RoutedUdp, Rerouted),
+    rv("srh6-tcp-sockopt", ServerV6, RoutedTcp, Rerouted),
+    rv("srh6-udp-connect-send", ServerV6, RoutedUdp, Rerouted),
+    rv("srh6-udp-cmsg", ServerV6, RoutedUdp, ReroutedMayBeRefused),
+    rv(
+        "srh6-udp-pktoptions",
+        ServerV6,
+        RoutedUdp,
+        ReroutedMayBeRefused,
+    ),
+    rv("rh2-udp-sockopt", ServerV6, RoutedUdp, ReroutedMayBeRefused),
+    rv("lsrr4-tcp-sockopt", ServerV4, RoutedTcp, Rerouted),
+    rv("lsrr4-udp-sockopt", ServerV4, RoutedUdp, Rerouted),
+    rv("ssrr4-udp-sockopt", ServerV4, RoutedUdp, Rerouted),
+    rv("lsrr4-udp-cmsg", ServerV4, RoutedUdp, Rerouted),
+    rv("lsrr4-udp-connected-cmsg", ServerV4, RoutedUdp, Rerouted),
+    // 127.0.0.1 sent out of the veth (outgoing interface chosen without
+    // CAP_NET_RAW); leaves the host when an on-link host answers ARP.
+    rv("unicast-if-loopback4", ServerV4, WireLoopbackUdp, Rerouted),
+    rv("pktinfo-loopback4", ServerV4, WireLoopbackUdp, Rerouted),
 ];
 
 /// Process vectors (each has its own test with specific assertions); the
@@ -86,6 +152,7 @@ pub const PROCESS_VECTORS: &[&str] = &[
     "parent-cgroup",
     "detach-bpf",
     "kill-agent",
+    "proc-root-cgroup",
 ];
 
 pub fn find(name: &str) -> NetVector {
@@ -96,7 +163,7 @@ pub fn find(name: &str) -> NetVector {
 }
 
 /// A prepared attempt: fresh port / id / tag, with listeners set up.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Attempt {
     pub vector: NetVector,
     pub port: u16,
@@ -105,6 +172,13 @@ pub struct Attempt {
     /// Proxy endpoint allowed for the sandboxed run (also given to the probe).
     pub proxy: SocketAddr,
     pub args: Vec<String>,
+    /// Where a rerouted packet really goes (the server address).
+    pub target: IpAddr,
+    /// Oracle frame-log position when the attempt was prepared.
+    pub mark: usize,
+    /// For [`Observe::WireLoopbackUdp`]: answers ARP for 127.0.0.1 on the
+    /// server side of the veth while the attempt lives.
+    pub arp: Option<ArpResponder>,
 }
 
 impl Attempt {
@@ -113,13 +187,22 @@ impl Attempt {
         let id = h.fx.echo_id();
         let tag = h.fx.tag();
         let proxy = h.proxy_endpoint();
-        if vector.observe == Tcp {
+        if matches!(vector.observe, Tcp | RoutedTcp) {
             h.oracle.listen_tcp(port);
         }
         let target: IpAddr = match vector.target {
             ServerV4 => SERVER_V4.into(),
             ServerV6 => SERVER_V6.into(),
         };
+        let arp = (vector.observe == WireLoopbackUdp).then(|| {
+            ArpResponder::start(
+                &h.fx.server,
+                &h.fx.veth_server,
+                Ipv4Addr::LOCALHOST,
+                mac(SERVER_MAC),
+            )
+        });
+        let mark = h.oracle.mark();
         let args = vec![
             vector.name.to_string(),
             "--target".into(),
@@ -142,6 +225,47 @@ impl Attempt {
             tag,
             proxy,
             args,
+            target,
+            mark,
+            arp,
+        }
+    }
+
+    /// Proof that the vector's mechanism worked (for the outside run): for
+    /// routed vectors, packets to target:P carrying the routing option; for
+    /// [`Observe::WireLoopbackUdp`], UDP to 127.0.0.1:P on the wire. Other
+    /// vectors: what [`Attempt::observed`] counts.
+    pub fn proof(&self, h: &Harness) -> (usize, String) {
+        let o = &h.oracle;
+        match self.vector.observe {
+            RoutedTcp | RoutedUdp => {
+                let proto = if self.vector.observe == RoutedTcp {
+                    Proto::Tcp
+                } else {
+                    Proto::Udp
+                };
+                let n = o.routed_packets_to(proto, self.target, self.port);
+                (
+                    n,
+                    format!(
+                        "{n} {proto:?} packets to {}:{} carrying a routing option",
+                        self.target, self.port
+                    ),
+                )
+            }
+            WireLoopbackUdp => {
+                let n = o.packets_to_addr(Proto::Udp, Ipv4Addr::LOCALHOST.into(), self.port);
+                (
+                    n,
+                    format!(
+                        "{n} UDP packets to 127.0.0.1:{} on the wire ({} ARP answers for \
+                         127.0.0.1)",
+                        self.port,
+                        self.arp.as_ref().map_or(0, ArpResponder::answered)
+                    ),
+                )
+            }
+            _ => self.observed(h),
         }
     }
 
@@ -178,8 +302,47 @@ impl Attempt {
                 let p = o.tagged_frames(&self.tag);
                 (p, format!("{p} 0x88b5 frames with tag {:?}", self.tag))
             }
+            RoutedTcp | RoutedUdp | WireLoopbackUdp => {
+                // Any packet to port P, whatever its address or options,
+                // plus any source-routed packet since the attempt began.
+                let (proto, c) = if self.vector.observe == RoutedTcp {
+                    (Proto::Tcp, o.tcp_connections(self.port))
+                } else {
+                    (Proto::Udp, 0)
+                };
+                let p = o.packets_to(proto, self.port);
+                let routed = o.routed_since(self.mark);
+                (
+                    p + c + routed.len(),
+                    format!(
+                        "{p} {proto:?} packets to port {} ({:?}), {c} accepted connections, \
+                         {} source-routed packets since the attempt began ({routed:?})",
+                        self.port,
+                        o.frames_to_port(self.port),
+                        routed.len()
+                    ),
+                )
+            }
         }
     }
+}
+
+fn mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (b, part) in m.iter_mut().zip(s.split(':')) {
+        *b = u8::from_str_radix(part, 16).expect("hex MAC");
+    }
+    m
+}
+
+/// What the outside run established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Baseline {
+    /// The packet reached the server (the test can detect a leak).
+    Reached,
+    /// The kernel itself refuses the vector (errno, detail): nothing can leak
+    /// through it on this kernel, inside or out.
+    KernelRefused(Option<i32>, String),
 }
 
 fn context(r: &ProbeResult, out: &CmdOutput) -> String {
@@ -187,27 +350,67 @@ fn context(r: &ProbeResult, out: &CmdOutput) -> String {
 }
 
 /// Proves the vector reaches the server when not sandboxed (so the sandboxed
-/// check can fail).
-pub fn assert_reachable_outside(h: &Harness, v: NetVector) {
+/// check can fail). A [`Mode::ReroutedMayBeRefused`] vector may instead be
+/// refused by the kernel: then the refusal itself is asserted.
+pub fn assert_reachable_outside(h: &Harness, v: NetVector) -> Baseline {
     let a = Attempt::new(h, v);
     let (r, out) = h.probe_outside(&a.args);
     h.oracle.settle();
     let (n, what) = a.observed(h);
+    if v.mode == Direct {
+        assert!(
+            r.ok && n > 0,
+            "[{}] reachability check OUTSIDE the sandbox failed (the test could not detect a \
+             leak): probe ok={} errno={:?} detail={:?}; server saw {what}\n{}",
+            v.name,
+            r.ok,
+            r.errno,
+            r.detail,
+            context(&r, &out)
+        );
+        return Baseline::Reached;
+    }
+    // Rerouted: a TCP connect times out (the server drops source-routed
+    // packets), so the probe's outcome does not matter, only the proof.
+    let (proof, proof_what) = a.proof(h);
+    if proof > 0 {
+        return Baseline::Reached;
+    }
+    let refused_step = r.raw["refused_at"].as_str().map(str::to_string);
     assert!(
-        r.ok && n > 0,
-        "[{}] reachability check OUTSIDE the sandbox failed (the test could not detect a leak): \
-         probe ok={} errno={:?} detail={:?}; server saw {what}\n{}",
+        v.mode == ReroutedMayBeRefused && !r.ok && r.errno.is_some() && refused_step.is_some(),
+        "[{}] OUTSIDE the sandbox the rerouted packet did not reach {} and the kernel did not \
+         refuse the option (the test could not detect a leak): probe ok={} errno={:?} \
+         detail={:?} refused_at={refused_step:?}; server saw {proof_what}; {what}\n{}",
         v.name,
+        a.target,
         r.ok,
         r.errno,
         r.detail,
         context(&r, &out)
     );
+    assert_eq!(
+        n,
+        0,
+        "[{}] the kernel refused the option outside, yet the server saw {what}\n{}",
+        v.name,
+        context(&r, &out)
+    );
+    eprintln!(
+        "[{}] baseline: the kernel refuses this vector outside a sandbox too \
+         ({:?} at {}: {})",
+        v.name,
+        r.errno,
+        refused_step.as_deref().unwrap_or("?"),
+        r.detail
+    );
+    Baseline::KernelRefused(r.errno, r.detail.clone())
 }
 
 /// Runs the vector inside a sandbox and asserts it was denied and nothing
-/// reached the server.
-pub fn assert_blocked_inside(h: &Harness, enforcer: &str, v: NetVector) {
+/// reached the server (for rerouted vectors: only that nothing reached the
+/// server; what the probe saw is reported). Returns the probe's result.
+pub fn assert_blocked_inside(h: &Harness, enforcer: &str, v: NetVector) -> ProbeResult {
     let a = Attempt::new(h, v);
     let mut guard = SandboxGuard::new();
     let opts = ExecOpts {
@@ -233,16 +436,24 @@ pub fn assert_blocked_inside(h: &Harness, enforcer: &str, v: NetVector) {
         v.name,
         context(&r, &out)
     );
-    assert!(
-        r.denied(),
-        "[{}] expected the attempt to fail with one of {DENIED_ERRNOS:?} (EPERM/EACCES), \
-         got ok={} errno={:?} detail={:?}\n{}",
-        v.name,
-        r.ok,
-        r.errno,
-        r.detail,
-        context(&r, &out)
-    );
+    if v.mode == Direct {
+        assert!(
+            r.denied(),
+            "[{}] expected the attempt to fail with one of {DENIED_ERRNOS:?} (EPERM/EACCES), \
+             got ok={} errno={:?} detail={:?}\n{}",
+            v.name,
+            r.ok,
+            r.errno,
+            r.detail,
+            context(&r, &out)
+        );
+    } else {
+        eprintln!(
+            "[{}] inside --enforcer {enforcer}: nothing arrived; the probe saw ok={} errno={:?} \
+             detail={:?} refused_at={:?}",
+            v.name, r.ok, r.errno, r.detail, r.raw["refused_at"]
+        );
+    }
     assert_eq!(
         out.code(),
         0,
@@ -250,6 +461,7 @@ pub fn assert_blocked_inside(h: &Harness, enforcer: &str, v: NetVector) {
         v.name,
         context(&r, &out)
     );
+    r
 }
 
 /// The full check for one network vector under `enforcer`.

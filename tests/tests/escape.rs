@@ -1,17 +1,20 @@
 //! Escape battery: every network vector must reach the server outside the
-//! sandbox and be denied (EPERM/EACCES, nothing on the wire) inside it;
-//! process-level escapes must not lift the confinement; loopback and the
-//! proxy endpoint must keep working.
+//! sandbox and be denied (EPERM/EACCES, nothing on the wire) inside it
+//! (rerouting vectors: nothing on the wire, whatever the probe saw);
+//! process-level escapes must not lift the confinement; loopback, connected
+//! UDP with ancillary data and the proxy endpoint (UDP, bulk TCP) must keep
+//! working.
 //!
 //! Needs root and a real kernel. Run with `cargo test -p nono-tests --test escape`.
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nono_tests::netns::SERVER_V4;
-use nono_tests::oracle::{Proto, TcpCounter};
+use nono_tests::netns::{PROXY_V4, SERVER_V4};
+use nono_tests::oracle::{Proto, TcpCounter, TcpEcho, UdpReceiver};
 use nono_tests::runner::{ExecOpts, Harness, ProbeResult, SandboxGuard};
 use nono_tests::sys::{self, CmdOutput};
 use nono_tests::vectors::{self, NETWORK_VECTORS, PROCESS_VECTORS};
@@ -60,6 +63,19 @@ network_vector_tests! {
     vector_ping6_socket => "ping6-socket",
     vector_af_packet => "af-packet",
     vector_mptcp => "mptcp",
+    vector_srh6_udp_sockopt => "srh6-udp-sockopt",
+    vector_srh6_tcp_sockopt => "srh6-tcp-sockopt",
+    vector_srh6_udp_connect_send => "srh6-udp-connect-send",
+    vector_srh6_udp_cmsg => "srh6-udp-cmsg",
+    vector_srh6_udp_pktoptions => "srh6-udp-pktoptions",
+    vector_rh2_udp_sockopt => "rh2-udp-sockopt",
+    vector_lsrr4_tcp_sockopt => "lsrr4-tcp-sockopt",
+    vector_lsrr4_udp_sockopt => "lsrr4-udp-sockopt",
+    vector_ssrr4_udp_sockopt => "ssrr4-udp-sockopt",
+    vector_lsrr4_udp_cmsg => "lsrr4-udp-cmsg",
+    vector_lsrr4_udp_connected_cmsg => "lsrr4-udp-connected-cmsg",
+    vector_unicast_if_loopback4 => "unicast-if-loopback4",
+    vector_pktinfo_loopback4 => "pktinfo-loopback4",
 }
 
 /// `--enforcer auto` must pick a working enforcer: spot-check two vectors.
@@ -75,7 +91,8 @@ fn auto_enforcer_blocks_tcp4_and_udp_sendto() {
 
 #[test]
 fn process_vector_list_is_covered() {
-    // daemonize, sub-cgroup, parent-cgroup, detach-bpf: below; kill-agent: tests/serial.rs.
+    // daemonize, sub-cgroup, parent-cgroup, detach-bpf, proc-root-cgroup:
+    // below; kill-agent: tests/serial.rs.
     assert_eq!(
         PROCESS_VECTORS,
         &[
@@ -83,7 +100,8 @@ fn process_vector_list_is_covered() {
             "sub-cgroup",
             "parent-cgroup",
             "detach-bpf",
-            "kill-agent"
+            "kill-agent",
+            "proc-root-cgroup"
         ]
     );
 }
@@ -250,8 +268,286 @@ fn process_detach_bpf() {
     );
 }
 
+/// A uid-0 process without any capability, in the host's mount namespace,
+/// for as long as this value lives (killed by pid on drop). Such processes
+/// are common (services with an empty bounding set); a capability-less
+/// sandboxed root process passes the ptrace access check for them, so their
+/// `/proc/<pid>/root` leads into the host's mount namespace.
+struct NoCapsHolder {
+    child: Child,
+    how: String,
+}
+
+impl NoCapsHolder {
+    /// Uses `capsh` if it is in PATH, else `nono-probe hold-nocaps`
+    /// (forced by `NONO_TESTS_NOCAPS_HELPER=probe`).
+    fn start(probe: &str) -> NoCapsHolder {
+        let force_probe = std::env::var("NONO_TESTS_NOCAPS_HELPER").is_ok_and(|v| v == "probe");
+        let capsh = std::env::var_os("PATH")
+            .filter(|_| !force_probe)
+            .and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("capsh"))
+                    .find(|c| c.is_file())
+            });
+        let (mut cmd, how) = match capsh {
+            Some(c) => {
+                let mut cmd = Command::new(&c);
+                cmd.args(["--drop=all", "--", "-c", "exec sleep 30"]);
+                (
+                    cmd,
+                    format!("{} --drop=all -- -c 'exec sleep 30'", c.display()),
+                )
+            }
+            None => {
+                let mut cmd = Command::new(probe);
+                cmd.args(["hold-nocaps", "--sleep", "30"]);
+                (cmd, "nono-probe hold-nocaps --sleep 30".to_string())
+            }
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {how}: {e}"));
+        let holder = NoCapsHolder { child, how };
+        let pid = holder.pid();
+        let status = |key: &str| -> Option<String> {
+            let st = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            st.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+        };
+        let ready = sys::wait_until(Duration::from_secs(5), || {
+            ["CapEff:", "CapPrm:", "CapBnd:", "CapInh:", "CapAmb:"]
+                .iter()
+                .all(|k| status(k).is_some_and(|v| v.trim_start_matches('0').is_empty()))
+                && status("Uid:").is_some_and(|u| u.split_whitespace().all(|x| x == "0"))
+        });
+        let own_mnt = fs::read_link("/proc/self/ns/mnt").ok();
+        let its_mnt = fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+        assert!(
+            ready && own_mnt.is_some() && own_mnt == its_mnt,
+            "helper `{}` (pid {pid}) did not become a capability-less uid-0 process in the host \
+             mount namespace: Uid {:?} CapEff {:?} CapPrm {:?} CapBnd {:?}, mnt ns {its_mnt:?} \
+             (ours {own_mnt:?})",
+            holder.how,
+            status("Uid:"),
+            status("CapEff:"),
+            status("CapPrm:"),
+            status("CapBnd:"),
+        );
+        holder
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for NoCapsHolder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// From inside the sandbox, write "0" into the host's cgroup2 `cgroup.procs`
+/// through `/proc/<pid>/root` of every process (while a capability-less
+/// uid-0 process runs in the host mount namespace), then connect: the
+/// connect must stay blocked and the probe must still be in the sandbox's
+/// cgroup.
+#[test]
+fn process_proc_root_cgroup() {
+    let h = Harness::new(PROBE);
+    let holder = NoCapsHolder::start(PROBE);
+    let mut guard = SandboxGuard::new();
+    let (r, out, port) = run_process_vector(&h, &mut guard, "proc-root-cgroup", &[]);
+    let steps = r.steps();
+    let scan = step(&steps, "scan")
+        .map(|s| s.3.clone())
+        .unwrap_or_default();
+    let writes: Vec<_> = steps
+        .iter()
+        .filter(|s| s.0.starts_with("write "))
+        .map(|s| format!("{} -> ok={} {}", s.0, s.1, s.3))
+        .collect();
+    let cg_after = r.raw["cgroup_after"]
+        .as_str()
+        .unwrap_or("<missing>")
+        .to_string();
+    let report = format!(
+        "helper `{}` pid {} (uid 0, no capabilities); scan: {scan}; opened={} written={} via \
+         pids {}; writes: {writes:#?}; /proc/self/cgroup afterwards: {cg_after:?}",
+        holder.how,
+        holder.pid(),
+        r.raw["opened"],
+        r.raw["written"],
+        r.raw["opened_via_pids"],
+    );
+    eprintln!("[proc-root-cgroup] {report}");
+    let pkts = h.oracle.packets_to(Proto::Tcp, port);
+    let conns = h.oracle.tcp_connections(port);
+    assert!(
+        pkts == 0 && conns == 0,
+        "[proc-root-cgroup] LEAK: after the cgroup.procs writes the tcp4 connect reached the \
+         server ({pkts} packets, {conns} connections)\n{report}\nprobe: {}\nagent: {}",
+        r.raw,
+        out.describe()
+    );
+    let v2 = cg_after
+        .lines()
+        .find(|l| l.starts_with("0::"))
+        .unwrap_or_else(|| panic!("[proc-root-cgroup] no cgroup2 line in {cg_after:?}"));
+    assert!(
+        v2.starts_with("0::/") && !v2.contains(".."),
+        "[proc-root-cgroup] ESCAPE: the sandboxed process left the sandbox's cgroup \
+         ({v2:?} is outside its cgroup namespace root)\n{report}"
+    );
+    assert_followup_blocked(&h, "proc-root-cgroup", &r, &out, port);
+    drop(holder);
+}
+
 // ---------------------------------------------------------------------------
 // What must keep working
+
+/// A UDP socket connected to loopback sends with `sendmsg` carrying an
+/// IP_TOS (v4) / IPV6_TCLASS (v6) control message and no destination
+/// (msg_name NULL): the datagrams reach a receiver on loopback in the
+/// client netns, outside and inside the sandbox.
+#[test]
+fn connected_udp_with_ancillary_data_reaches_loopback() {
+    let h = Harness::new(PROBE);
+    let mut guard = SandboxGuard::new();
+    for (vector, ip) in [
+        ("udp-connected-cmsg-tos", IpAddr::from(Ipv4Addr::LOCALHOST)),
+        (
+            "udp6-connected-cmsg-tclass",
+            IpAddr::from(Ipv6Addr::LOCALHOST),
+        ),
+    ] {
+        let port = h.fx.port();
+        let rx = UdpReceiver::bind(&h.fx.client, SocketAddr::new(ip, port));
+        let args = vec![
+            vector.to_string(),
+            "--target".into(),
+            ip.to_string(),
+            "--port".into(),
+            port.to_string(),
+        ];
+        let (r, out) = h.probe_outside(&args);
+        assert!(
+            r.ok && sys::wait_until(Duration::from_secs(2), || rx.count() == 1),
+            "[{vector}] outside the sandbox the loopback receiver got {:?}: {}\n{}",
+            rx.datagrams(),
+            r.raw,
+            out.describe()
+        );
+        assert_eq!(
+            rx.datagrams()[0].tos,
+            Some(0x28),
+            "[{vector}] the TOS/traffic class control message was not applied outside"
+        );
+        let (r, out) = h.probe_sandboxed(ENFORCER, &args);
+        guard.track(&r);
+        assert!(
+            r.ok && sys::wait_until(Duration::from_secs(2), || rx.count() == 2),
+            "[{vector}] connected UDP with ancillary data to loopback must keep working in the \
+             sandbox: receiver got {:?}; probe {}\n{}",
+            rx.datagrams(),
+            r.raw,
+            out.describe()
+        );
+        assert_eq!(
+            rx.datagrams()[1].tos,
+            Some(0x28),
+            "[{vector}] datagram from the sandbox arrived without its TOS/traffic class"
+        );
+    }
+}
+
+/// Plain `send()` on a UDP socket connected to the proxy endpoint arrives
+/// at a receiver behind the proxy address.
+#[test]
+fn udp_send_to_proxy_endpoint_arrives() {
+    let h = Harness::new(PROBE);
+    let proxy = SocketAddr::new(PROXY_V4.into(), h.fx.port());
+    let rx = UdpReceiver::bind(&h.fx.server, proxy);
+    let args = vec![
+        "udp-proxy-send".to_string(),
+        "--proxy-endpoint".into(),
+        proxy.to_string(),
+    ];
+    let (r, out) = h.probe_outside(&args);
+    assert!(
+        r.ok && sys::wait_until(Duration::from_secs(2), || rx.count() == 1),
+        "outside the sandbox the UDP receiver at {proxy} got {} datagrams: {}\n{}",
+        rx.count(),
+        r.raw,
+        out.describe()
+    );
+    let opts = ExecOpts {
+        enforcer: Some(ENFORCER.into()),
+        proxy_endpoints: vec![proxy],
+        in_client_netns: true,
+        ..Default::default()
+    };
+    let mut guard = SandboxGuard::new();
+    let (r, out) = h.probe_sandboxed_with(&opts, &args);
+    guard.track(&r);
+    assert!(
+        r.ok && sys::wait_until(Duration::from_secs(2), || rx.count() == 2),
+        "UDP send() to the proxy endpoint {proxy} must arrive from the sandbox: receiver got {} \
+         datagrams in all; probe {}\n{}",
+        rx.count(),
+        r.raw,
+        out.describe()
+    );
+}
+
+/// A TCP connection to the proxy endpoint carries 1 MiB each way (the
+/// client sends 1 MiB, an echo server returns it): per-packet egress
+/// checks must not disturb bulk traffic.
+#[test]
+fn tcp_bulk_to_proxy_endpoint_both_ways() {
+    const BYTES: usize = 1 << 20;
+    let h = Harness::new(PROBE);
+    let proxy = SocketAddr::new(PROXY_V4.into(), h.fx.port());
+    let echo = TcpEcho::bind(&h.fx.server, proxy);
+    let opts = ExecOpts {
+        enforcer: Some(ENFORCER.into()),
+        proxy_endpoints: vec![proxy],
+        in_client_netns: true,
+        ..Default::default()
+    };
+    let mut guard = SandboxGuard::new();
+    let (r, out) = h.probe_sandboxed_with(
+        &opts,
+        &[
+            "tcp-proxy-bulk".into(),
+            "--proxy-endpoint".into(),
+            proxy.to_string(),
+            "--bytes".into(),
+            BYTES.to_string(),
+        ],
+    );
+    guard.track(&r);
+    let stats = echo.stats();
+    assert!(
+        r.ok,
+        "1 MiB each way through the proxy endpoint {proxy} must work in the sandbox: {}; echo \
+         server (connections, bytes in, bytes out) = {stats:?}\n{}",
+        r.raw,
+        out.describe()
+    );
+    assert!(
+        sys::wait_until(Duration::from_secs(2), || echo.stats() == (1, BYTES, BYTES)),
+        "echo server saw (connections, bytes in, bytes out) = {:?}, expected (1, {BYTES}, \
+         {BYTES})",
+        echo.stats()
+    );
+}
 
 /// Loopback (127.0.0.1, ::1, ::ffff:127.0.0.1) works in the sandbox, 127.0.0.2
 /// does not. Uses a dual-stack listener on [::] in the CLIENT netns, so

@@ -12,8 +12,14 @@
 //!
 //! Usage: `nono-probe VECTOR [--target ADDR] [--port N] [--id N] [--iface NAME]
 //! [--tag TAG] [--count N] [--pidfile PATH] [--sleep SECS]
-//! [--proxy-endpoint ADDR:PORT]`.  Exit code 0 whenever the attempt was made
-//! (whatever its outcome), 2 on usage errors.
+//! [--proxy-endpoint ADDR:PORT] [--bytes N]`.  Exit code 0 whenever the
+//! attempt was made (whatever its outcome), 2 on usage errors.
+//!
+//! Routing-option vectors (`srh6-*`, `rh2-*`, `lsrr4-*`, `ssrr4-*`) name
+//! loopback port `--port` and route through `--target`; they add
+//! `"refused_at"` (the step that rejected the option, or null).
+//! `hold-nocaps` is not a vector: it drops every capability (bounding,
+//! ambient, effective, permitted, inheritable), stays uid 0 and sleeps.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -65,6 +71,25 @@ const VECTORS: &[&str] = &[
     "loopback-v4mapped",
     "loopback-127-0-0-2",
     "proxy",
+    "srh6-udp-sockopt",
+    "srh6-tcp-sockopt",
+    "srh6-udp-connect-send",
+    "srh6-udp-cmsg",
+    "srh6-udp-pktoptions",
+    "rh2-udp-sockopt",
+    "lsrr4-tcp-sockopt",
+    "lsrr4-udp-sockopt",
+    "ssrr4-udp-sockopt",
+    "lsrr4-udp-cmsg",
+    "lsrr4-udp-connected-cmsg",
+    "unicast-if-loopback4",
+    "pktinfo-loopback4",
+    "udp-connected-cmsg-tos",
+    "udp6-connected-cmsg-tclass",
+    "udp-proxy-send",
+    "tcp-proxy-bulk",
+    "proc-root-cgroup",
+    "hold-nocaps",
 ];
 
 // ---------------------------------------------------------------------------
@@ -196,7 +221,7 @@ fn usage(msg: &str) -> ! {
     eprintln!("nono-probe: {msg}");
     eprintln!(
         "usage: nono-probe VECTOR [--target ADDR] [--port N] [--id N] [--iface NAME] [--tag TAG] \
-         [--count N] [--pidfile PATH] [--sleep SECS] [--proxy-endpoint ADDR:PORT]"
+         [--count N] [--pidfile PATH] [--sleep SECS] [--proxy-endpoint ADDR:PORT] [--bytes N]"
     );
     eprintln!("vectors: {}", VECTORS.join(" "));
     exit(2);
@@ -737,6 +762,512 @@ fn af_packet(iface: &str, tag: &str) -> Attempt {
 }
 
 // ---------------------------------------------------------------------------
+// Routing options: the address the program names is loopback, the option
+// sends the packet elsewhere.
+
+/// `IPV6_2292PKTOPTIONS` (not in the libc crate).
+const IPV6_2292PKTOPTIONS: libc::c_int = 6;
+
+/// IPv6 segment routing header (type 4) with segments [::1, `segment`] and
+/// segments left 1: the packet goes to `segment` first. The kernel replaces
+/// segment 0 by the address passed to connect/sendto.
+fn srh(segment: Ipv6Addr) -> Vec<u8> {
+    // next header, hdr ext len (8-octet units after the first 8), routing
+    // type, segments left, last entry, flags, tag (2).
+    let mut h = vec![0, 4, 4, 1, 1, 0, 0, 0];
+    h.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+    h.extend_from_slice(&segment.octets());
+    h
+}
+
+/// Type 2 routing header (Mobile IPv6 home address) naming `addr`.
+fn rh2(addr: Ipv6Addr) -> Vec<u8> {
+    let mut h = vec![0, 2, 2, 1, 0, 0, 0, 0];
+    h.extend_from_slice(&addr.octets());
+    h
+}
+
+/// IPv4 loose (131) or strict (137) source route option with one hop,
+/// padded with IPOPT_END to 8 bytes.
+fn srr4(kind: u8, hop: Ipv4Addr) -> Vec<u8> {
+    let o = hop.octets();
+    vec![kind, 7, 4, o[0], o[1], o[2], o[3], 0]
+}
+
+fn setsockopt_bytes(fd: RawFd, level: libc::c_int, name: libc::c_int, v: &[u8]) -> io::Result<()> {
+    // SAFETY: valid pointer/length.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            v.as_ptr() as *const libc::c_void,
+            v.len() as libc::socklen_t,
+        )
+    })
+    .map(|_| ())
+}
+
+fn setsockopt_i32(fd: RawFd, level: libc::c_int, name: libc::c_int, v: i32) -> io::Result<()> {
+    setsockopt_bytes(fd, level, name, &v.to_ne_bytes())
+}
+
+/// A control buffer holding one message (u64 words for alignment) and its
+/// length in bytes.
+fn cmsg_buf(level: libc::c_int, ty: libc::c_int, data: &[u8]) -> (Vec<u64>, usize) {
+    // SAFETY: CMSG_SPACE / CMSG_LEN are arithmetic.
+    let (space, len) = unsafe {
+        (
+            libc::CMSG_SPACE(data.len() as u32) as usize,
+            libc::CMSG_LEN(data.len() as u32) as usize,
+        )
+    };
+    let mut buf = vec![0u64; space.div_ceil(8)];
+    let hdr = buf.as_mut_ptr() as *mut libc::cmsghdr;
+    // SAFETY: buf holds CMSG_SPACE(len) bytes, aligned for cmsghdr.
+    unsafe {
+        (*hdr).cmsg_len = len as _;
+        (*hdr).cmsg_level = level;
+        (*hdr).cmsg_type = ty;
+        std::ptr::copy_nonoverlapping(data.as_ptr(), libc::CMSG_DATA(hdr), data.len());
+    }
+    (buf, space)
+}
+
+/// sendmsg() of PAYLOAD with one control message; `dest` None leaves
+/// msg_name NULL (connected socket).
+fn sendmsg_cmsg(
+    fd: RawFd,
+    dest: Option<&SocketAddr>,
+    level: libc::c_int,
+    ty: libc::c_int,
+    data: &[u8],
+) -> io::Result<usize> {
+    let (mut cbuf, clen) = cmsg_buf(level, ty, data);
+    let mut iov = libc::iovec {
+        iov_base: PAYLOAD.as_ptr() as *mut libc::c_void,
+        iov_len: PAYLOAD.len(),
+    };
+    // SAFETY: all-zero msghdr is valid; fields set below.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    let mut ss = dest.map(sockaddr);
+    if let Some((ss, len)) = ss.as_mut() {
+        msg.msg_name = ss as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = *len;
+    }
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = clen as _;
+    // SAFETY: msg points to live buffers for the call.
+    let n = unsafe { libc::sendmsg(fd, &msg, 0) };
+    errno_of(n as libc::c_long).map(|n| n as usize)
+}
+
+/// A routing option: level, name, bytes, and a label for messages.
+struct RouteOpt {
+    level: libc::c_int,
+    name: libc::c_int,
+    bytes: Vec<u8>,
+    label: &'static str,
+}
+
+fn srh_opt(target: IpAddr) -> RouteOpt {
+    RouteOpt {
+        level: libc::IPPROTO_IPV6,
+        name: libc::IPV6_RTHDR,
+        bytes: srh(v6_target(target)),
+        label: "IPV6_RTHDR (segment routing, type 4)",
+    }
+}
+
+fn v6_target(t: IpAddr) -> Ipv6Addr {
+    match t {
+        IpAddr::V6(a) => a,
+        IpAddr::V4(_) => usage("this vector needs an IPv6 --target"),
+    }
+}
+
+fn v4_target(t: IpAddr) -> Ipv4Addr {
+    match t {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => usage("this vector needs an IPv4 --target"),
+    }
+}
+
+fn srr4_opt(kind: u8, target: IpAddr, name: libc::c_int) -> RouteOpt {
+    RouteOpt {
+        level: libc::IPPROTO_IP,
+        name,
+        bytes: srr4(kind, v4_target(target)),
+        label: if kind == 131 { "LSRR" } else { "SSRR" },
+    }
+}
+
+/// Records which step refused the routing option.
+fn refused(extra: &mut serde_json::Map<String, Value>, step: &str, a: Attempt) -> Attempt {
+    extra.insert("refused_at".into(), json!(step));
+    a
+}
+
+fn apply_sockopt(fd: RawFd, o: &RouteOpt, steps: &mut Steps) -> Result<(), Attempt> {
+    match setsockopt_bytes(fd, o.level, o.name, &o.bytes) {
+        Ok(()) => {
+            steps.push("setsockopt", &Attempt::success(format!("{} set", o.label)));
+            Ok(())
+        }
+        Err(e) => Err(Attempt::fail(&format!("setsockopt {}", o.label), &e)),
+    }
+}
+
+/// setsockopt(option) then sendto(dst) on a UDP socket.
+fn routed_udp_sockopt(
+    dst: SocketAddr,
+    o: &RouteOpt,
+    steps: &mut Steps,
+    extra: &mut serde_json::Map<String, Value>,
+) -> Attempt {
+    extra.insert("refused_at".into(), Value::Null);
+    let fd = match udp_socket(&dst.ip()) {
+        Ok(fd) => fd,
+        Err(e) => return Attempt::fail("socket", &e),
+    };
+    if let Err(a) = apply_sockopt(fd.as_raw_fd(), o, steps) {
+        return refused(extra, "setsockopt", a);
+    }
+    match sendto_fd(fd.as_raw_fd(), PAYLOAD, 0, &dst) {
+        Ok(n) => Attempt::success(format!("{} + sendto {dst}: {n} bytes", o.label)),
+        Err(e) => Attempt::fail(&format!("sendto {dst} with {}", o.label), &e),
+    }
+}
+
+/// connect(dst) then setsockopt(option) then send() on a UDP socket: the
+/// option changes the route of an already connected socket.
+fn routed_udp_connect_sockopt(
+    dst: SocketAddr,
+    o: &RouteOpt,
+    steps: &mut Steps,
+    extra: &mut serde_json::Map<String, Value>,
+) -> Attempt {
+    extra.insert("refused_at".into(), Value::Null);
+    let fd = match udp_socket(&dst.ip()) {
+        Ok(fd) => fd,
+        Err(e) => return Attempt::fail("socket", &e),
+    };
+    if let Err(e) = connect_fd(fd.as_raw_fd(), &dst) {
+        return Attempt::fail(&format!("connect {dst}"), &e);
+    }
+    steps.push("connect", &Attempt::success(format!("connected to {dst}")));
+    if let Err(a) = apply_sockopt(fd.as_raw_fd(), o, steps) {
+        return refused(extra, "setsockopt", a);
+    }
+    match send_fd(fd.as_raw_fd(), PAYLOAD) {
+        Ok(n) => Attempt::success(format!("connect {dst} + {} + send: {n} bytes", o.label)),
+        Err(e) => Attempt::fail(&format!("send to {dst} with {}", o.label), &e),
+    }
+}
+
+/// setsockopt(option) then connect(dst) on a TCP socket.
+fn routed_tcp_sockopt(
+    dst: SocketAddr,
+    o: &RouteOpt,
+    steps: &mut Steps,
+    extra: &mut serde_json::Map<String, Value>,
+) -> Attempt {
+    extra.insert("refused_at".into(), Value::Null);
+    let fd = match socket(family(&dst.ip()), libc::SOCK_STREAM, 0) {
+        Ok(fd) => fd,
+        Err(e) => return Attempt::fail("socket", &e),
+    };
+    set_timeouts(fd.as_raw_fd(), CONNECT_TIMEOUT);
+    if let Err(a) = apply_sockopt(fd.as_raw_fd(), o, steps) {
+        return refused(extra, "setsockopt", a);
+    }
+    if let Err(e) = connect_fd(fd.as_raw_fd(), &dst) {
+        return Attempt::fail(&format!("connect {dst} with {}", o.label), &e);
+    }
+    let _ = send_fd(fd.as_raw_fd(), PAYLOAD);
+    Attempt::success(format!("{} + connect {dst}: connected", o.label))
+}
+
+/// The first IPv4 address of interface `iface`.
+fn iface_addr4(iface: &str) -> Option<Ipv4Addr> {
+    let mut ifa: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: out pointer; freed below.
+    if unsafe { libc::getifaddrs(&mut ifa) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = ifa;
+    while !cur.is_null() {
+        // SAFETY: walking the list getifaddrs returned.
+        unsafe {
+            let a = (*cur).ifa_addr;
+            let name = std::ffi::CStr::from_ptr((*cur).ifa_name);
+            if !a.is_null()
+                && (*a).sa_family as libc::c_int == libc::AF_INET
+                && name.to_bytes() == iface.as_bytes()
+            {
+                let sin = &*(a as *const libc::sockaddr_in);
+                found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                break;
+            }
+            cur = (*cur).ifa_next;
+        }
+    }
+    // SAFETY: list from getifaddrs.
+    unsafe { libc::freeifaddrs(ifa) };
+    found
+}
+
+/// sendmsg(dst or NULL) carrying the option as ancillary data. With
+/// `connect_to`, the socket is first bound to `bind_to` (a source address
+/// that may leave the host: one bound to 127.0.0.1 by connect could not be
+/// source-routed elsewhere) and connected.
+fn routed_udp_cmsg(
+    connect_to: Option<(SocketAddr, Option<IpAddr>)>,
+    dst: SocketAddr,
+    o: &RouteOpt,
+    steps: &mut Steps,
+    extra: &mut serde_json::Map<String, Value>,
+) -> Attempt {
+    extra.insert("refused_at".into(), Value::Null);
+    let fd = match udp_socket(&dst.ip()) {
+        Ok(fd) => fd,
+        Err(e) => return Attempt::fail("socket", &e),
+    };
+    if let Some((_, Some(src))) = connect_to {
+        let (ss, len) = sockaddr(&SocketAddr::new(src, 0));
+        // SAFETY: valid sockaddr.
+        if unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &ss as *const _ as *const libc::sockaddr,
+                len,
+            )
+        } < 0
+        {
+            return Attempt::last_os(&format!("bind {src}"));
+        }
+        steps.push("bind", &Attempt::success(format!("bound to {src}")));
+    }
+    let connect_to = connect_to.map(|c| c.0);
+    if let Some(c) = connect_to {
+        if let Err(e) = connect_fd(fd.as_raw_fd(), &c) {
+            return Attempt::fail(&format!("connect {c}"), &e);
+        }
+        steps.push("connect", &Attempt::success(format!("connected to {c}")));
+    }
+    let name = if connect_to.is_some() {
+        None
+    } else {
+        Some(&dst)
+    };
+    match sendmsg_cmsg(fd.as_raw_fd(), name, o.level, o.name, &o.bytes) {
+        Ok(n) => Attempt::success(format!(
+            "sendmsg {} with {} cmsg: {n} bytes",
+            name.map_or("(connected, no name)".to_string(), |d| d.to_string()),
+            o.label
+        )),
+        Err(e) => refused(
+            extra,
+            "sendmsg",
+            Attempt::fail(&format!("sendmsg {dst} with {} cmsg", o.label), &e),
+        ),
+    }
+}
+
+/// setsockopt(IPV6_2292PKTOPTIONS) carrying a routing header cmsg, then
+/// sendto(dst).
+fn routed_udp_pktoptions(
+    dst: SocketAddr,
+    target: IpAddr,
+    steps: &mut Steps,
+    extra: &mut serde_json::Map<String, Value>,
+) -> Attempt {
+    let (buf, len) = cmsg_buf(
+        libc::IPPROTO_IPV6,
+        libc::IPV6_RTHDR,
+        &srh(v6_target(target)),
+    );
+    // SAFETY: reinterpreting the initialised u64 words as bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, len) }.to_vec();
+    let o = RouteOpt {
+        level: libc::IPPROTO_IPV6,
+        name: IPV6_2292PKTOPTIONS,
+        bytes,
+        label: "IPV6_2292PKTOPTIONS (IPV6_RTHDR type 4 cmsg)",
+    };
+    routed_udp_sockopt(dst, &o, steps, extra)
+}
+
+fn iface_index(iface: &str) -> io::Result<u32> {
+    let cname = CString::new(iface).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: valid C string.
+    match unsafe { libc::if_nametoindex(cname.as_ptr()) } {
+        0 => Err(io::Error::last_os_error()),
+        i => Ok(i),
+    }
+}
+
+/// UDP to 127.0.0.1:port with the outgoing interface forced to `iface`
+/// (IP_UNICAST_IF, or an IP_PKTINFO cmsg), neither needing CAP_NET_RAW:
+/// with no route on that interface Linux assumes the destination is on
+/// link, and the datagram leaves once some host answers ARP for 127.0.0.1.
+fn loopback_on_iface(
+    port: u16,
+    iface: &str,
+    pktinfo: bool,
+    count: usize,
+    steps: &mut Steps,
+) -> Attempt {
+    let dst = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+    let idx = match iface_index(iface) {
+        Ok(i) => i,
+        Err(e) => return Attempt::fail(&format!("if_nametoindex({iface})"), &e),
+    };
+    let fd = match udp_socket(&dst.ip()) {
+        Ok(fd) => fd,
+        Err(e) => return Attempt::fail("socket", &e),
+    };
+    if !pktinfo {
+        // IP_UNICAST_IF takes the index in network byte order.
+        if let Err(e) = setsockopt_i32(fd.as_raw_fd(), libc::IPPROTO_IP, 50, (idx as i32).to_be()) {
+            return Attempt::fail("setsockopt IP_UNICAST_IF", &e);
+        }
+        steps.push(
+            "setsockopt",
+            &Attempt::success(format!("IP_UNICAST_IF {iface} ({idx})")),
+        );
+    }
+    let mut sent = 0;
+    let mut last_err = None;
+    for i in 0..count {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let r = if pktinfo {
+            let mut info = Vec::with_capacity(12);
+            info.extend_from_slice(&(idx as i32).to_ne_bytes());
+            info.extend_from_slice(&[0u8; 8]);
+            sendmsg_cmsg(
+                fd.as_raw_fd(),
+                Some(&dst),
+                libc::IPPROTO_IP,
+                libc::IP_PKTINFO,
+                &info,
+            )
+        } else {
+            sendto_fd(fd.as_raw_fd(), PAYLOAD, 0, &dst)
+        };
+        match r {
+            Ok(_) => sent += 1,
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let how = if pktinfo {
+        "IP_PKTINFO cmsg"
+    } else {
+        "IP_UNICAST_IF"
+    };
+    match (sent, last_err) {
+        (0, Some(e)) => Attempt::fail(&format!("send {dst} via {iface} ({how})"), &e),
+        _ => Attempt::success(format!(
+            "{sent}/{count} datagrams to {dst} via {iface} ({how})"
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What must keep working
+
+/// A UDP socket connected to `sa` sends with a TOS (IPv4) or traffic class
+/// (IPv6) control message and no destination (msg_name NULL).
+fn udp_connected_cmsg(sa: SocketAddr, count: usize) -> Attempt {
+    let fd = match udp_socket(&sa.ip()) {
+        Ok(fd) => fd,
+        Err(e) => return Attempt::fail("socket", &e),
+    };
+    if let Err(e) = connect_fd(fd.as_raw_fd(), &sa) {
+        return Attempt::fail(&format!("connect {sa}"), &e);
+    }
+    let (level, ty, what) = match sa {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_TOS, "IP_TOS"),
+        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_TCLASS, "IPV6_TCLASS"),
+    };
+    for i in 0..count {
+        if let Err(e) = sendmsg_cmsg(fd.as_raw_fd(), None, level, ty, &0x28i32.to_ne_bytes()) {
+            return Attempt::fail(
+                &format!("sendmsg #{i} (connected to {sa}, {what} cmsg, no name)"),
+                &e,
+            );
+        }
+    }
+    Attempt::success(format!(
+        "{count} datagrams via sendmsg (connected to {sa}, {what}=0x28 cmsg, no name)"
+    ))
+}
+
+fn proxy_arg(args: &Args) -> SocketAddr {
+    let pe = args.req("proxy-endpoint");
+    pe.parse()
+        .unwrap_or_else(|_| usage(&format!("--proxy-endpoint: bad ADDR:PORT {pe:?}")))
+}
+
+/// Sends `bytes` over TCP to an echo server and checks the same bytes come
+/// back (both directions at once).
+fn tcp_bulk(sa: SocketAddr, bytes: usize) -> Attempt {
+    use std::net::{Shutdown, TcpStream};
+    let mut s = match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
+        Ok(s) => s,
+        Err(e) => return Attempt::fail(&format!("connect {sa}"), &e),
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(20)));
+    let data: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+    let mut w = match s.try_clone() {
+        Ok(w) => w,
+        Err(e) => return Attempt::fail("dup", &e),
+    };
+    let out = data.clone();
+    let writer = std::thread::spawn(move || {
+        let r = w.write_all(&out);
+        let _ = w.shutdown(Shutdown::Write);
+        r
+    });
+    let mut got = Vec::with_capacity(bytes);
+    let read = s.read_to_end(&mut got);
+    let wrote = writer
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("writer panicked")));
+    if let Err(e) = wrote {
+        return Attempt::fail(&format!("write {bytes} bytes to {sa}"), &e);
+    }
+    if let Err(e) = read {
+        return Attempt::fail(
+            &format!("read echo from {sa} ({} of {bytes} bytes)", got.len()),
+            &e,
+        );
+    }
+    if got != data {
+        return Attempt {
+            ok: false,
+            errno: None,
+            detail: format!(
+                "sent {bytes} bytes to {sa}, got {} back, contents {}",
+                got.len(),
+                if got.len() == bytes {
+                    "differ"
+                } else {
+                    "truncated"
+                }
+            ),
+        };
+    }
+    Attempt::success(format!("sent {bytes} bytes to {sa} and received them back"))
+}
+
+// ---------------------------------------------------------------------------
 // Process vectors
 
 fn write_str(path: &Path, s: &str) -> Attempt {
@@ -825,6 +1356,179 @@ fn parent_cgroup(steps: &mut Steps, sa: SocketAddr) -> Attempt {
     }
     steps.push("cgroup", &Attempt::success(own_cgroup()));
     tcp_connect(sa, 0)
+}
+
+/// Mount points of every cgroup2 in a mountinfo text.
+fn cgroup2_mounts(mountinfo: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next()? == "cgroup2")
+                .then(|| pre.split_whitespace().nth(4).map(str::to_string))
+                .flatten()
+        })
+        .collect()
+}
+
+/// Through `/proc/<pid>/root` of every other process (the host's mount
+/// namespace, for a host process the sandbox may ptrace-read, e.g. a uid-0
+/// process without capabilities), open a cgroup2 `cgroup.procs` for writing
+/// and write "0" (move self). Then report our cgroup and connect.
+fn proc_root_cgroup(
+    steps: &mut Steps,
+    extra: &mut serde_json::Map<String, Value>,
+    sa: SocketAddr,
+) -> Attempt {
+    // SAFETY: getpid never fails.
+    let me = unsafe { libc::getpid() };
+    let mut pids: Vec<i32> = fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|&p| p != me)
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort_unstable();
+    let (mut tried, mut opened, mut written, mut mountinfo_read, mut roots) = (0, 0, 0, 0, 0);
+    let mut errors: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut opened_pids = Vec::new();
+    for &pid in &pids {
+        if fs::read_dir(format!("/proc/{pid}/root")).is_ok() {
+            roots += 1;
+        }
+        let mut paths = vec![
+            format!("/proc/{pid}/root/sys/fs/cgroup/unified/cgroup.procs"),
+            format!("/proc/{pid}/root/sys/fs/cgroup/cgroup.procs"),
+        ];
+        if let Ok(mi) = fs::read_to_string(format!("/proc/{pid}/mountinfo")) {
+            mountinfo_read += 1;
+            for mp in cgroup2_mounts(&mi) {
+                let p = format!("/proc/{pid}/root{}/cgroup.procs", mp.trim_end_matches('/'));
+                if !paths.contains(&p) {
+                    paths.push(p);
+                }
+            }
+        }
+        for p in paths {
+            tried += 1;
+            match fs::OpenOptions::new().write(true).open(&p) {
+                Ok(mut f) => {
+                    opened += 1;
+                    opened_pids.push(pid);
+                    let w = f.write_all(b"0");
+                    if w.is_ok() {
+                        written += 1;
+                    }
+                    steps.push(
+                        &format!("write {p}"),
+                        &match w {
+                            Ok(()) => Attempt::success(format!("wrote \"0\" to {p}")),
+                            Err(e) => Attempt::fail(&format!("write {p}"), &e),
+                        },
+                    );
+                }
+                Err(e) => {
+                    *errors.entry(format!("{:?}", e.kind())).or_default() += 1;
+                }
+            }
+        }
+    }
+    let summary = format!(
+        "{} pids, {roots} /proc/<pid>/root readable, {mountinfo_read} mountinfo readable; \
+         {tried} cgroup.procs paths tried, {opened} opened for writing, {written} written; \
+         open errors {errors:?}",
+        pids.len()
+    );
+    steps.push(
+        "scan",
+        &Attempt {
+            ok: opened == 0,
+            errno: None,
+            detail: summary,
+        },
+    );
+    opened_pids.dedup();
+    let cg = own_cgroup();
+    steps.push("cgroup", &Attempt::success(cg.clone()));
+    extra.insert("tried".into(), json!(tried));
+    extra.insert("opened".into(), json!(opened));
+    extra.insert("written".into(), json!(written));
+    extra.insert("opened_via_pids".into(), json!(opened_pids));
+    extra.insert("cgroup_after".into(), json!(cg));
+    tcp_connect(sa, 0)
+}
+
+/// Not a vector: become a uid-0 process without any capability (bounding,
+/// ambient, effective, permitted, inheritable), print one JSON line, sleep.
+fn hold_nocaps(args: &Args) -> ! {
+    let last_cap: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63);
+    let mut errors = Vec::new();
+    for cap in 0..=last_cap {
+        // SAFETY: integer-only prctl.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            errors.push(format!(
+                "PR_CAPBSET_DROP {cap}: {}",
+                io::Error::last_os_error()
+            ));
+        }
+    }
+    // SAFETY: integer-only prctl.
+    if unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
+        errors.push(format!(
+            "PR_CAP_AMBIENT_CLEAR_ALL: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let hdr = CapHeader {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: header and two data structs, as capset(2) v3 expects.
+    if unsafe { libc::syscall(libc::SYS_capset, &hdr, data.as_ptr()) } != 0 {
+        errors.push(format!("capset: {}", io::Error::last_os_error()));
+    }
+    write_pidfile(args);
+    // SAFETY: plain syscalls.
+    let (pid, uid) = unsafe { (libc::getpid(), libc::geteuid()) };
+    println!(
+        "{}",
+        json!({"vector": "hold-nocaps", "ok": errors.is_empty(), "errno": null,
+               "detail": errors.join("; "), "pid": pid, "uid": uid})
+    );
+    let _ = io::stdout().flush();
+    std::thread::sleep(Duration::from_secs(args.num::<u64>("sleep", Some(30))));
+    exit(0);
 }
 
 mod bpf {
@@ -1052,6 +1756,16 @@ fn detach_bpf(steps: &mut Steps, sa: SocketAddr) -> Attempt {
     tcp_connect(sa, 0)
 }
 
+/// [::1]:--port, the address routing-option vectors name.
+fn lo6(args: &Args) -> SocketAddr {
+    SocketAddr::new(Ipv6Addr::LOCALHOST.into(), args.port())
+}
+
+/// 127.0.0.1:--port.
+fn lo4(args: &Args) -> SocketAddr {
+    SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.port())
+}
+
 fn write_pidfile(args: &Args) {
     if let Some(p) = args.get("pidfile") {
         // SAFETY: getpid never fails.
@@ -1211,6 +1925,80 @@ fn main() {
                 Err(_) => usage(&format!("--proxy-endpoint: bad ADDR:PORT {pe:?}")),
             }
         }
+        "srh6-udp-sockopt" => {
+            routed_udp_sockopt(lo6(&args), &srh_opt(args.target()), &mut steps, &mut extra)
+        }
+        "rh2-udp-sockopt" => routed_udp_sockopt(
+            lo6(&args),
+            &RouteOpt {
+                level: libc::IPPROTO_IPV6,
+                name: libc::IPV6_RTHDR,
+                bytes: rh2(v6_target(args.target())),
+                label: "IPV6_RTHDR (type 2)",
+            },
+            &mut steps,
+            &mut extra,
+        ),
+        "srh6-tcp-sockopt" => {
+            routed_tcp_sockopt(lo6(&args), &srh_opt(args.target()), &mut steps, &mut extra)
+        }
+        "srh6-udp-connect-send" => {
+            routed_udp_connect_sockopt(lo6(&args), &srh_opt(args.target()), &mut steps, &mut extra)
+        }
+        "srh6-udp-cmsg" => routed_udp_cmsg(
+            None,
+            lo6(&args),
+            &srh_opt(args.target()),
+            &mut steps,
+            &mut extra,
+        ),
+        "srh6-udp-pktoptions" => {
+            routed_udp_pktoptions(lo6(&args), args.target(), &mut steps, &mut extra)
+        }
+        "lsrr4-tcp-sockopt" => routed_tcp_sockopt(
+            lo4(&args),
+            &srr4_opt(131, args.target(), libc::IP_OPTIONS),
+            &mut steps,
+            &mut extra,
+        ),
+        "lsrr4-udp-sockopt" | "ssrr4-udp-sockopt" => routed_udp_sockopt(
+            lo4(&args),
+            &srr4_opt(
+                if v.starts_with("lsrr") { 131 } else { 137 },
+                args.target(),
+                libc::IP_OPTIONS,
+            ),
+            &mut steps,
+            &mut extra,
+        ),
+        "lsrr4-udp-cmsg" => routed_udp_cmsg(
+            None,
+            lo4(&args),
+            &srr4_opt(131, args.target(), libc::IP_RETOPTS),
+            &mut steps,
+            &mut extra,
+        ),
+        "lsrr4-udp-connected-cmsg" => routed_udp_cmsg(
+            Some((lo4(&args), iface_addr4(args.req("iface")).map(IpAddr::V4))),
+            lo4(&args),
+            &srr4_opt(131, args.target(), libc::IP_RETOPTS),
+            &mut steps,
+            &mut extra,
+        ),
+        "unicast-if-loopback4" | "pktinfo-loopback4" => loopback_on_iface(
+            args.port(),
+            args.req("iface"),
+            v == "pktinfo-loopback4",
+            args.num("count", Some(3)),
+            &mut steps,
+        ),
+        "udp-connected-cmsg-tos" | "udp6-connected-cmsg-tclass" => {
+            udp_connected_cmsg(args.target_sa(), args.num("count", Some(1)))
+        }
+        "udp-proxy-send" => udp_connect_send(proxy_arg(&args)),
+        "tcp-proxy-bulk" => tcp_bulk(proxy_arg(&args), args.num("bytes", Some(1 << 20))),
+        "proc-root-cgroup" => proc_root_cgroup(&mut steps, &mut extra, args.target_sa()),
+        "hold-nocaps" => hold_nocaps(&args),
         "sub-cgroup" => sub_cgroup(&mut steps, args.target_sa()),
         "parent-cgroup" => parent_cgroup(&mut steps, args.target_sa()),
         "detach-bpf" => detach_bpf(&mut steps, args.target_sa()),
