@@ -104,10 +104,12 @@ pub struct StandaloneProxyArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Enforcer {
-    /// The best enforcer that can be applied here (today: bpf).
+    /// bpf when it can be loaded and attached here, else seccomp.
     Auto,
     /// cgroup sock_addr BPF programs (needs root or CAP_BPF+CAP_NET_ADMIN+CAP_SYS_ADMIN).
     Bpf,
+    /// A seccomp user-notification supervisor (works unprivileged).
+    Seccomp,
 }
 
 #[derive(Debug, clap::Args)]
@@ -124,6 +126,11 @@ pub struct ExecArgs {
     /// Write every event as a JSON line to PATH (`-` for stdout).
     #[arg(long, value_name = "PATH")]
     pub events: Option<PathBuf>,
+
+    /// Run the command even if no enforcer can be applied (it is then NOT
+    /// confined; a warning is printed).
+    #[arg(long)]
+    pub allow_unenforced: bool,
 
     /// Do not print the summary line at exit.
     #[arg(long, short)]

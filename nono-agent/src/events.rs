@@ -89,7 +89,7 @@ pub struct EventRecord {
     pub ts: String,
     /// Sandbox id.
     pub sandbox: String,
-    /// Which enforcer produced it.
+    /// Which enforcer produced it ("bpf" or "seccomp").
     pub source: &'static str,
     /// Enforcement point.
     pub hook: &'static str,
@@ -174,7 +174,8 @@ pub fn addr_string(a: &[u8; 16]) -> String {
     }
 }
 
-fn family_name(f: u32) -> String {
+/// Name of a socket family.
+pub fn family_name(f: u32) -> String {
     match f {
         consts::AF_INET => "inet".into(),
         consts::AF_INET6 => "inet6".into(),
@@ -182,7 +183,8 @@ fn family_name(f: u32) -> String {
     }
 }
 
-fn type_name(t: u32) -> String {
+/// Name of a socket type.
+pub fn type_name(t: u32) -> String {
     match t & consts::SOCK_TYPE_MASK {
         consts::SOCK_STREAM => "stream".into(),
         consts::SOCK_DGRAM => "dgram".into(),

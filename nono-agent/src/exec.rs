@@ -18,6 +18,7 @@ use crate::proxy;
 use crate::sandbox::{
     cgroup, child::ChildSetup, hide, privileges, registry, resolve, spawn, sweep,
 };
+use crate::seccomp::{filter, supervisor::Supervisor};
 use crate::signals::Forwarder;
 
 /// Exit code for the agent's own failures (as `env` and `timeout` use it).
@@ -56,7 +57,7 @@ struct Sandbox {
     cgroup: Option<cgroup::Cgroup>,
     pin_dir: Option<PathBuf>,
     attached: Option<loader::Keep>,
-    _lock: registry::OwnerLock,
+    _lock: Option<registry::OwnerLock>,
 }
 
 impl Sandbox {
@@ -97,21 +98,145 @@ impl Drop for Sandbox {
     }
 }
 
-fn check_privileges() -> Result<bool> {
-    let caps = privileges::effective_caps().context("reading own capabilities")?;
-    let need = [
+/// Whether this process can load and attach cgroup BPF programs and set up
+/// namespaces for the child.
+fn privileged() -> bool {
+    let caps = privileges::effective_caps().unwrap_or(0);
+    [
         privileges::CAP_SYS_ADMIN,
         privileges::CAP_NET_ADMIN,
         privileges::CAP_BPF,
-    ];
-    let missing: Vec<_> = need.iter().filter(|c| caps & (1u64 << **c) == 0).collect();
-    if !missing.is_empty() {
-        bail!(
-            "the bpf enforcer needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF); this process lacks capabilities {missing:?}. \
-             Refusing to run the command unconfined."
-        );
+    ]
+    .iter()
+    .all(|c| caps & (1u64 << c) != 0)
+}
+
+fn seccomp_notify_available() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
+        .map(|s| s.split_whitespace().any(|a| a == "user_notif"))
+        .unwrap_or(false)
+}
+
+/// The enforcer in force for this run (one value per run: its size does not
+/// matter).
+#[allow(clippy::large_enum_variant)]
+enum Applied {
+    Bpf {
+        ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+        dropped: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
+        cgroup_dir: PathBuf,
+        pin_dir: PathBuf,
+    },
+    Seccomp,
+    Unenforced,
+}
+
+impl Applied {
+    fn name(&self) -> &'static str {
+        match self {
+            Applied::Bpf { .. } => "bpf",
+            Applied::Seccomp => "seccomp",
+            Applied::Unenforced => "none",
+        }
     }
-    Ok(true)
+}
+
+/// Creates the cgroup, pins and programs; on failure everything created so
+/// far is removed by `sb`'s teardown.
+fn apply_bpf(sb: &mut Sandbox, policy: &Policy) -> Result<Applied> {
+    let cg_root = cgroup::discover_root()?;
+    let cg_parent = cgroup::parent_dir(&cg_root)?;
+    let cg = cgroup::Cgroup::create(&cg_parent, &sb.id)?;
+    let cg_path = cg.path().to_path_buf();
+    sb.cgroup = Some(cg);
+
+    let bpffs_root = bpffs::ensure_mounted()?;
+    let pin_parent = bpffs::parent_dir(&bpffs_root)?;
+    let pin_dir = pin_parent.join(&sb.id);
+    std::fs::create_dir(&pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+    sb.pin_dir = Some(pin_dir.clone());
+
+    let attached = loader::load_and_attach_fast(&cg_path, policy, Some(&pin_dir))?;
+    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
+    // until the RingBuf (owned by the AsyncFd) is dropped.
+    let ring =
+        unsafe { AsyncFd::register_with_interest(attached.events, tokio::io::Interest::READABLE) }
+            .map_err(|e| {
+                anyhow::anyhow!("registering the event ring buffer: {}", e.into_parts().1)
+            })?;
+    sb.attached = Some(attached.keep);
+    Ok(Applied::Bpf {
+        ring,
+        dropped: attached.dropped,
+        cgroup_dir: cg_path,
+        pin_dir,
+    })
+}
+
+/// Picks and applies the enforcer, falling back (for `auto`) from BPF to
+/// seccomp, and to nothing only when the user explicitly allowed it.
+fn choose(args: &ExecArgs, sb: &mut Sandbox, policy: &Policy, privileged: bool) -> Result<Applied> {
+    let seccomp_ok = seccomp_notify_available();
+    let no_seccomp = "seccomp user notification is not available on this kernel";
+    let fallback = |why: String| -> Result<Applied> {
+        if args.allow_unenforced {
+            eprintln!("nono-agent: WARNING: NO NETWORK ENFORCEMENT: {why}; running anyway because --allow-unenforced was given");
+            Ok(Applied::Unenforced)
+        } else {
+            bail!("{why}; refusing to run the command unconfined (pass --allow-unenforced to run it anyway)")
+        }
+    };
+    match args.enforcer {
+        Enforcer::Bpf => {
+            if !privileged {
+                return fallback(
+                    "the bpf enforcer needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF)".into(),
+                );
+            }
+            match apply_bpf(sb, policy) {
+                Ok(a) => Ok(a),
+                Err(e) => {
+                    for t in sb.teardown() {
+                        eprintln!("nono-agent: cleanup: {t}");
+                    }
+                    fallback(format!("the bpf enforcer could not be applied: {e:#}"))
+                }
+            }
+        }
+        Enforcer::Seccomp => {
+            if seccomp_ok {
+                Ok(Applied::Seccomp)
+            } else {
+                fallback(no_seccomp.into())
+            }
+        }
+        Enforcer::Auto => {
+            let why_not_bpf = if privileged {
+                match apply_bpf(sb, policy) {
+                    Ok(a) => {
+                        if !args.quiet {
+                            eprintln!("nono-agent: enforcer: bpf");
+                        }
+                        return Ok(a);
+                    }
+                    Err(e) => {
+                        for t in sb.teardown() {
+                            eprintln!("nono-agent: cleanup: {t}");
+                        }
+                        format!("cgroup BPF could not be applied: {e:#}")
+                    }
+                }
+            } else {
+                "cgroup BPF needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF)".to_string()
+            };
+            if seccomp_ok {
+                eprintln!("nono-agent: enforcer: seccomp ({why_not_bpf})");
+                Ok(Applied::Seccomp)
+            } else {
+                fallback(format!("{why_not_bpf}, and {no_seccomp}"))
+            }
+        }
+    }
 }
 
 /// Runs the command; returns the exit code for the agent.
@@ -129,26 +254,27 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     };
     let policy = policy(&args.proxy_endpoints)?;
     let mut out = events::Output::open(args.events.as_deref())?;
-    match args.enforcer {
-        Enforcer::Auto | Enforcer::Bpf => {}
-    }
-    check_privileges()?;
-
-    // Crashed agents' leftovers go first; a failure here must not stop us.
+    let privileged = privileged();
     let mut timing = Timing::new();
-    match sweep::sweep() {
-        Ok(s) => {
-            for e in s.errors {
-                eprintln!("nono-agent: cleaning a stale sandbox: {e}");
-            }
-        }
-        Err(e) => eprintln!("nono-agent: cleaning stale sandboxes: {e:#}"),
-    }
 
-    timing.mark("sweep");
-    let state = registry::state_dir()?;
     let id = registry::new_id()?;
-    let lock = registry::OwnerLock::acquire(&state, &id)?;
+    let mut state = None;
+    let mut lock = None;
+    if privileged {
+        // Crashed agents' leftovers go first; a failure here must not stop us.
+        match sweep::sweep() {
+            Ok(s) => {
+                for e in s.errors {
+                    eprintln!("nono-agent: cleaning a stale sandbox: {e}");
+                }
+            }
+            Err(e) => eprintln!("nono-agent: cleaning stale sandboxes: {e:#}"),
+        }
+        let st = registry::state_dir()?;
+        lock = Some(registry::OwnerLock::acquire(&st, &id)?);
+        state = Some(st);
+    }
+    timing.mark("sweep");
     let mut sb = Sandbox {
         id: id.clone(),
         cgroup: None,
@@ -156,42 +282,35 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
         attached: None,
         _lock: lock,
     };
+    let applied = choose(&args, &mut sb, &policy, privileged)?;
+    timing.mark("enforcer applied");
 
-    let cg_root = cgroup::discover_root()?;
-    let cg_parent = cgroup::parent_dir(&cg_root)?;
-    let cg = cgroup::Cgroup::create(&cg_parent, &id)?;
-    let cg_path = cg.path().to_path_buf();
-    sb.cgroup = Some(cg);
-
-    let bpffs_root = bpffs::ensure_mounted()?;
-    let pin_parent = bpffs::parent_dir(&bpffs_root)?;
-    let pin_dir = pin_parent.join(&id);
-    std::fs::create_dir(&pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
-    sb.pin_dir = Some(pin_dir.clone());
-
-    timing.mark("cgroup+lock+bpffs");
-    let attached = loader::load_and_attach_fast(&cg_path, &policy, Some(&pin_dir))
-        .context("the bpf enforcer could not be applied; refusing to run the command unconfined")?;
-    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
-    // until the RingBuf (owned by the AsyncFd) is dropped.
-    let ring =
-        unsafe { AsyncFd::register_with_interest(attached.events, tokio::io::Interest::READABLE) }
-            .map_err(|e| {
-                anyhow::anyhow!("registering the event ring buffer: {}", e.into_parts().1)
-            })?;
-    let dropped = attached.dropped;
-    sb.attached = Some(attached.keep);
-
-    let masks = hide::mask_targets(&state)?;
+    let masks = match &state {
+        Some(st) => hide::mask_targets(st)?,
+        None => Vec::new(),
+    };
     let mask_refs: Vec<&Path> = masks.iter().map(PathBuf::as_path).collect();
-    let setup = ChildSetup::new(true, &mask_refs)?;
+    let filter_mode = match applied {
+        Applied::Bpf { .. } => Some(filter::Mode::Harden),
+        Applied::Seccomp => Some(filter::Mode::Notify),
+        Applied::Unenforced => None,
+    };
+    let setup = ChildSetup::new(privileged, &mask_refs, filter_mode)?;
 
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| !k.to_string_lossy().starts_with("NONO_"))
         .collect();
     env.push(("NONO_SANDBOX_ID".into(), id.clone().into()));
-    env.push(("NONO_CGROUP".into(), cg_path.clone().into()));
-    env.push(("NONO_BPF_PIN_DIR".into(), pin_dir.clone().into()));
+    env.push(("NONO_ENFORCER".into(), applied.name().into()));
+    if let Applied::Bpf {
+        cgroup_dir,
+        pin_dir,
+        ..
+    } = &applied
+    {
+        env.push(("NONO_CGROUP".into(), cgroup_dir.clone().into()));
+        env.push(("NONO_BPF_PIN_DIR".into(), pin_dir.clone().into()));
+    }
 
     let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
     let proxy = if args.proxy.wanted() {
@@ -216,14 +335,23 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     argv.extend(cmd_args.iter().cloned());
     let prepared = spawn::Prepared::new(program.as_os_str(), &argv, &env)
         .context("preparing the command line")?;
-    let cgroup_fd =
-        std::fs::File::open(&cg_path).with_context(|| format!("opening {}", cg_path.display()))?;
+    let cgroup_file = match &applied {
+        Applied::Bpf { cgroup_dir, .. } => Some(
+            std::fs::File::open(cgroup_dir)
+                .with_context(|| format!("opening {}", cgroup_dir.display()))?,
+        ),
+        _ => None,
+    };
+
+    // Orphans (daemons, double forks) are re-parented to us, so that they
+    // can be found and killed at exit even without a cgroup.
+    // SAFETY: integer-only prctl.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
 
     let child_pid = Arc::new(AtomicI32::new(0));
     let _forwarder = Forwarder::start(child_pid.clone()).context("installing signal handlers")?;
 
-    timing.mark("bpf load+attach+pin");
-    let child = match spawn::spawn(&prepared, cgroup_fd.as_fd(), &setup) {
+    let mut child = match spawn::spawn(&prepared, cgroup_file.as_ref().map(|f| f.as_fd()), &setup) {
         Ok(c) => c,
         Err(spawn::SpawnError::Child(spawn::Stage::Exec, e)) => {
             eprintln!("nono-agent: {}: {e}", program.display());
@@ -237,23 +365,35 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     };
     timing.mark("spawn");
     child_pid.store(child.pid, Ordering::SeqCst);
+    if let Some(listener) = child.listener.take() {
+        let sup = Supervisor::new(listener, policy, id.clone(), event_tx.clone());
+        let rt = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("nono-supervisor".into())
+            .spawn(move || sup.run(rt))
+            .context("starting the seccomp supervisor")?;
+    }
     // SAFETY: the pidfd is owned by `child`, which outlives `exited`.
     let exited = unsafe {
         AsyncFd::register_with_interest(child.pidfd.as_fd(), tokio::io::Interest::READABLE)
     }
     .map_err(|e| anyhow::anyhow!("watching the child: {}", e.into_parts().1))?;
 
-    let mut ring = ring;
+    let (mut ring, dropped) = match applied {
+        Applied::Bpf { ring, dropped, .. } => (Some(ring), Some(dropped)),
+        _ => (None, None),
+    };
     loop {
         tokio::select! {
             r = exited.readable() => {
                 let _ready = r.context("waiting for the command")?;
                 break;
             }
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("polling the event ring buffer")?;
-                drain(guard.get_inner_mut(), &id, &mut out);
-                guard.clear_ready();
+            guard = async { ring.as_mut()?.readable_mut().await.ok() }, if ring.is_some() => {
+                if let Some(mut guard) = guard {
+                    drain(guard.get_inner_mut(), &id, &mut out);
+                    guard.clear_ready();
+                }
             }
             Some(line) = event_rx.recv() => out.take(line),
         }
@@ -272,14 +412,21 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
             eprintln!("nono-agent: sandbox {id}: {e:#}");
         }
     }
+    kill_descendants();
     if let Some(p) = proxy {
         p.stop();
     }
-    drain(ring.get_mut(), &id, &mut out);
+    if let Some(r) = ring.as_mut() {
+        drain(r.get_mut(), &id, &mut out);
+    }
+    // Give the supervisor's last events a moment to arrive.
+    tokio::task::yield_now().await;
     while let Ok(line) = event_rx.try_recv() {
         out.take(line);
     }
-    out.summary.dropped = loader::dropped_events(&dropped);
+    if let Some(d) = &dropped {
+        out.summary.dropped = loader::dropped_events(d);
+    }
     drop(ring);
     for e in sb.teardown() {
         eprintln!("nono-agent: sandbox {id}: cleanup: {e}");
@@ -294,6 +441,42 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
         spawn::Exit::Code(c) => c,
         spawn::Exit::Signal(sig) => 128 + sig,
     })
+}
+
+/// Kills every remaining descendant: as a subreaper we inherit orphans, so
+/// repeatedly killing our children and reaping them empties the tree, even
+/// of processes that double-forked and called setsid.
+fn kill_descendants() {
+    for _ in 0..200 {
+        let kids = children_of_self();
+        if kids.is_empty() {
+            return;
+        }
+        for pid in &kids {
+            // SAFETY: signalling our own (unreaped) children.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        for pid in &kids {
+            let mut st = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(*pid, &mut st, 0) };
+        }
+    }
+}
+
+fn children_of_self() -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, id: &str, out: &mut events::Output) {

@@ -10,6 +10,7 @@ mod mountinfo;
 mod proxy;
 mod proxy_cmd;
 mod sandbox;
+mod seccomp;
 mod signals;
 
 use clap::Parser as _;

@@ -36,6 +36,8 @@ pub enum Reason {
     /// A socket option that changes where packets are routed (IPv4 source
     /// route options, IPv6 routing headers).
     SocketOption = 21,
+    /// A packet to a loopback address leaving through a non-loopback device.
+    LoopbackOffDevice = 22,
 }
 
 impl Reason {
@@ -53,6 +55,7 @@ impl Reason {
             19 => Some(Self::LoopbackPort),
             20 => Some(Self::SocketType),
             21 => Some(Self::SocketOption),
+            22 => Some(Self::LoopbackOffDevice),
             _ => None,
         }
     }
@@ -71,6 +74,7 @@ impl Reason {
             Self::LoopbackPort => "loopback-port-not-allowed",
             Self::SocketType => "socket-type-not-allowed",
             Self::SocketOption => "routing-option-not-allowed",
+            Self::LoopbackOffDevice => "loopback-address-off-loopback-device",
         }
     }
 }
@@ -229,9 +233,15 @@ pub fn decide_sendmsg<P: PolicyView + ?Sized>(policy: &P, dest: &Dest) -> Decisi
 /// hooks never saw. Loopback destinations pass on any port, because such
 /// packets never leave the host and loopback *port* rules are enforced at
 /// connect time (a reply from a sandboxed server to a loopback client goes to
-/// an ephemeral port).
+/// an ephemeral port). But only on the loopback device: `IP_PKTINFO`,
+/// `IP_UNICAST_IF` and friends can push a packet addressed to 127.0.0.1 out
+/// of a real interface, where a host on the link can read it.
 #[inline(always)]
-pub fn decide_egress<P: PolicyView + ?Sized>(policy: &P, dest: &Dest) -> Decision {
+pub fn decide_egress<P: PolicyView + ?Sized>(
+    policy: &P,
+    dest: &Dest,
+    on_loopback_device: bool,
+) -> Decision {
     let a = &dest.addr;
     let loopback = if is_v4_mapped(a) {
         a[12] == 127 && a[13] == 0 && a[14] == 0 && a[15] == 1
@@ -239,7 +249,11 @@ pub fn decide_egress<P: PolicyView + ?Sized>(policy: &P, dest: &Dest) -> Decisio
         addr_eq(a, &LOOPBACK_V6)
     };
     if loopback {
-        return Decision::allow(Reason::Loopback);
+        return if on_loopback_device {
+            Decision::allow(Reason::Loopback)
+        } else {
+            Decision::deny(Reason::LoopbackOffDevice)
+        };
     }
     decide_connect(policy, dest)
 }
@@ -259,10 +273,17 @@ pub mod sockopt {
     pub const IPV6_2292PKTOPTIONS: i32 = 6;
     /// `IPV6_RTHDR`.
     pub const IPV6_RTHDR: i32 = 57;
+    /// `IP_UNICAST_IF`: sends out of a chosen interface, even to 127.0.0.1.
+    pub const IP_UNICAST_IF: i32 = 50;
+    /// `IPV6_UNICAST_IF`.
+    pub const IPV6_UNICAST_IF: i32 = 76;
+    /// `IPV6_PKTINFO` as a socket option sets a sticky outgoing interface.
+    pub const IPV6_PKTINFO: i32 = 50;
 }
 
 /// Decide a `setsockopt`: options that make the kernel route packets to an
-/// address other than the one `connect`/`sendto` named are refused.
+/// address other than the one `connect`/`sendto` named, or out of an
+/// interface the routing table would not use, are refused.
 #[inline(always)]
 pub fn decide_setsockopt(level: i32, optname: i32) -> Decision {
     use sockopt::*;

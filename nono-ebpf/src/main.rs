@@ -237,8 +237,11 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
                 emit(Hook::Egress, family, 0, proto, &dest, Reason::NotAllowed);
                 return DENY;
             };
+            // ifindex 1 is the loopback device in every network namespace.
+            // SAFETY: reading a field of the valid __sk_buff context.
+            let on_lo = unsafe { (*ctx.skb.skb).ifindex } == 1;
             verdict(
-                decide_egress(&MapPolicy { settings }, &dest),
+                decide_egress(&MapPolicy { settings }, &dest, on_lo),
                 Hook::Egress,
                 family,
                 0,

@@ -23,6 +23,7 @@ use super::privileges;
 /// What the child does between fork and exec.
 pub struct ChildSetup {
     privileged: Option<Privileged>,
+    seccomp: Option<(Vec<libc::sock_filter>, bool)>,
 }
 
 struct Privileged {
@@ -37,7 +38,13 @@ const ROOT: &[u8] = b"/\0";
 impl ChildSetup {
     /// `masks` are directories hidden from the child (only when
     /// `privileged`, i.e. the agent may create namespaces and drop caps).
-    pub fn new(privileged: bool, masks: &[&Path]) -> Result<Self> {
+    /// `seccomp`: a filter to install last, with a notification listener for
+    /// the supervisor when `Mode::Notify`.
+    pub fn new(
+        privileged: bool,
+        masks: &[&Path],
+        seccomp: Option<crate::seccomp::filter::Mode>,
+    ) -> Result<Self> {
         let privileged = if privileged {
             let masks = masks
                 .iter()
@@ -51,11 +58,21 @@ impl ChildSetup {
         } else {
             None
         };
-        Ok(Self { privileged })
+        let seccomp = seccomp.map(|m| {
+            (
+                crate::seccomp::filter::build(m),
+                m == crate::seccomp::filter::Mode::Notify,
+            )
+        });
+        Ok(Self {
+            privileged,
+            seccomp,
+        })
     }
 
     /// Runs in the child after fork. Async-signal-safe: syscalls only.
-    pub fn apply(&self) -> io::Result<()> {
+    /// Returns the seccomp listener fd when a supervisor is to take it.
+    pub fn apply(&self) -> io::Result<Option<i32>> {
         if let Some(p) = &self.privileged {
             // SAFETY: integer-only syscall.
             if unsafe { libc::unshare(libc::CLONE_NEWCGROUP | libc::CLONE_NEWNS) } != 0 {
@@ -93,6 +110,13 @@ impl ChildSetup {
             }
             privileges::drop_all_capabilities(p.last_cap)?;
         }
-        privileges::set_no_new_privs()
+        privileges::set_no_new_privs()?;
+        match &self.seccomp {
+            Some((prog, notify)) => {
+                let fd = crate::seccomp::notify::install_with_listener(prog, *notify)?;
+                Ok(notify.then_some(fd))
+            }
+            None => Ok(None),
+        }
     }
 }

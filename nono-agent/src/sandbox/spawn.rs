@@ -12,7 +12,7 @@
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
 
 use super::child::ChildSetup;
@@ -78,6 +78,8 @@ pub struct Child {
     pub pid: i32,
     /// Its pidfd: readable once it has exited.
     pub pidfd: OwnedFd,
+    /// The seccomp notification listener it installed, if any.
+    pub listener: Option<OwnedFd>,
 }
 
 /// How the child ended.
@@ -205,20 +207,28 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Starts the child in `cgroup`, applies `setup` in it and execs `cmd`.
-/// Returns once the exec succeeded (or the child reported why it did not).
+/// Starts the child (in `cgroup` if given), applies `setup` in it and execs
+/// `cmd`. Returns once the exec succeeded (or the child reported why it did
+/// not). If the setup installed a seccomp listener, it is taken from the
+/// child with `pidfd_getfd` before the child may exec.
 pub fn spawn(
     cmd: &Prepared,
-    cgroup: BorrowedFd<'_>,
+    cgroup: Option<BorrowedFd<'_>>,
     setup: &ChildSetup,
 ) -> Result<Child, SpawnError> {
     let (rd, wr) = pipe().map_err(SpawnError::Prepare)?;
+    let (go_rd, go_wr) = pipe().map_err(SpawnError::Prepare)?;
     let mut pidfd: RawFd = -1;
     let mut args = CloneArgs {
-        flags: CLONE_PIDFD | CLONE_INTO_CGROUP,
+        flags: CLONE_PIDFD
+            | if cgroup.is_some() {
+                CLONE_INTO_CGROUP
+            } else {
+                0
+            },
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.as_raw_fd() as u64,
+        cgroup: cgroup.map(|c| c.as_raw_fd() as u64).unwrap_or(0),
         ..Default::default()
     };
     // SAFETY: a fork-style clone3 (no CLONE_VM, no stack): the child gets a
@@ -235,16 +245,36 @@ pub fn spawn(
     }
     if r == 0 {
         // Child: never returns.
-        child_main(cmd, setup, wr.as_raw_fd());
+        child_main(cmd, setup, wr.as_raw_fd(), go_rd.as_raw_fd());
     }
     drop(wr);
+    drop(go_rd);
     // SAFETY: the kernel stored a new pidfd for us (CLONE_PIDFD).
-    let child = Child {
+    let mut child = Child {
         pid: r as i32,
         pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+        listener: None,
     };
     let mut report = [0u8; 8];
-    let n = read_full(rd.as_raw_fd(), &mut report);
+    let mut n = read_full(rd.as_raw_fd(), &mut report);
+    if n == 8 && report[0] == 3 {
+        // The child installed its filter and waits: take the listener, then
+        // let it exec (exec would close the listener: it is O_CLOEXEC).
+        let fd = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+        match super::super::seccomp::notify::grab_fd(child.pidfd.as_fd(), fd) {
+            Ok(l) => child.listener = Some(l),
+            Err(e) => {
+                // SAFETY: kill of our own unreaped child.
+                unsafe { libc::kill(child.pid, libc::SIGKILL) };
+                let _ = child.reap();
+                return Err(SpawnError::Prepare(e));
+            }
+        }
+        // SAFETY: one byte to a pipe we own.
+        unsafe { libc::write(go_wr.as_raw_fd(), b"g".as_ptr().cast(), 1) };
+        n = read_full(rd.as_raw_fd(), &mut report);
+    }
+    drop(go_wr);
     if n == 0 {
         return Ok(child); // the pipe closed on exec: the command is running
     }
@@ -283,7 +313,7 @@ fn read_full(fd: RawFd, buf: &mut [u8]) -> usize {
 }
 
 /// The child between clone and exec. Syscalls only.
-fn child_main(cmd: &Prepared, setup: &ChildSetup, report: RawFd) -> ! {
+fn child_main(cmd: &Prepared, setup: &ChildSetup, report: RawFd, go: RawFd) -> ! {
     // SAFETY: plain syscalls on prepared data; see module docs.
     unsafe {
         // Rust ignores SIGPIPE in the agent; an ignored disposition would
@@ -296,8 +326,20 @@ fn child_main(cmd: &Prepared, setup: &ChildSetup, report: RawFd) -> ! {
         if let Some(lim) = ORIGINAL_NOFILE.get() {
             libc::setrlimit(libc::RLIMIT_NOFILE, lim);
         }
-        if let Err(e) = setup.apply() {
-            fail(report, 1, e.raw_os_error().unwrap_or(libc::EINVAL), 125);
+        match setup.apply() {
+            Err(e) => fail(report, 1, e.raw_os_error().unwrap_or(libc::EINVAL), 125),
+            Ok(Some(listener)) => {
+                // Hand the listener to the agent and wait until it has it.
+                let l = listener.to_ne_bytes();
+                let msg = [3u8, 0, 0, 0, l[0], l[1], l[2], l[3]];
+                libc::write(report, msg.as_ptr().cast(), msg.len());
+                let mut b = [0u8; 1];
+                if libc::read(go, b.as_mut_ptr().cast(), 1) != 1 {
+                    libc::_exit(125);
+                }
+                libc::close(listener);
+            }
+            Ok(None) => {}
         }
         libc::execve(
             cmd.path().as_ptr(),

@@ -157,18 +157,29 @@ fn sendmsg_without_destination_is_the_connected_peer() {
 fn egress_allows_loopback_any_port_even_when_narrowed() {
     let mut p = policy_with(&[("198.51.100.2".parse().unwrap(), 3128)]);
     p.loopback_any = 0;
-    assert!(decide_egress(&p, &Dest::v4([127, 0, 0, 1], 40000)).allow);
-    assert!(decide_egress(&p, &Dest::v6(Ipv6Addr::LOCALHOST.octets(), 40000)).allow);
-    assert!(decide_egress(&p, &Dest::v4([198, 51, 100, 2], 3128)).allow);
-    assert!(!decide_egress(&p, &Dest::v4([198, 51, 100, 2], 0)).allow);
+    assert!(decide_egress(&p, &Dest::v4([127, 0, 0, 1], 40000), true).allow);
+    assert!(decide_egress(&p, &Dest::v6(Ipv6Addr::LOCALHOST.octets(), 40000), true).allow);
+    assert!(decide_egress(&p, &Dest::v4([198, 51, 100, 2], 3128), false).allow);
+    assert!(!decide_egress(&p, &Dest::v4([198, 51, 100, 2], 0), true).allow);
     assert!(
         !decide_egress(
             &p,
-            &Dest::v6("2001:db8:100::2".parse::<Ipv6Addr>().unwrap().octets(), 9)
+            &Dest::v6("2001:db8:100::2".parse::<Ipv6Addr>().unwrap().octets(), 9),
+            true
         )
         .allow
     );
-    assert!(!decide_egress(&p, &Dest::v4([127, 0, 0, 53], 53)).allow);
+    assert!(!decide_egress(&p, &Dest::v4([127, 0, 0, 53], 53), true).allow);
+}
+
+#[test]
+fn loopback_packets_must_stay_on_the_loopback_device() {
+    let p = policy_with(&[]);
+    assert_eq!(
+        decide_egress(&p, &Dest::v4([127, 0, 0, 1], 53), false),
+        Decision::deny(Reason::LoopbackOffDevice)
+    );
+    assert!(!decide_egress(&p, &Dest::v6(Ipv6Addr::LOCALHOST.octets(), 53), false).allow);
 }
 
 #[test]

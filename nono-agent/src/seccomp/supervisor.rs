@@ -1,0 +1,680 @@
+//! The supervisor: answers every notification from the sandbox's threads.
+//!
+//! The target's memory is read once; what was read is judged and then *used*
+//! by the supervisor, which performs the connect or send itself on the
+//! target's own socket (obtained with `pidfd_getfd`). Nothing is ever
+//! answered with `SECCOMP_USER_NOTIF_FLAG_CONTINUE`, so a second thread that
+//! rewrites the sockaddr, the msghdr or the fd table after the check changes
+//! nothing: the kernel never looks at the target's memory again.
+
+use nono_common::{consts, decide_connect, decide_socket, Dest, Policy};
+use std::io;
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::filter::{
+    NR_CONNECT, NR_SENDMMSG, NR_SENDMSG, NR_SENDTO, NR_SETSOCKOPT, NR_SOCKET, NR_SOCKETPAIR,
+};
+use super::notify::{self, Notif};
+use crate::events::{EventRecord, EventTx};
+
+/// Largest payload copied for one send (bigger stream sends are partial
+/// writes, which the caller must handle anyway; datagrams this big do not
+/// exist).
+const MAX_PAYLOAD: usize = 16 << 20;
+/// Largest ancillary data copied.
+const MAX_CONTROL: usize = 64 << 10;
+/// UIO_MAXIOV.
+const MAX_IOV: usize = 1024;
+
+/// What the supervisor needs.
+pub struct Supervisor {
+    listener: OwnedFd,
+    policy: Policy,
+    sandbox: String,
+    events: EventTx,
+}
+
+impl Supervisor {
+    /// A supervisor for one sandbox's listener.
+    pub fn new(listener: OwnedFd, policy: Policy, sandbox: String, events: EventTx) -> Arc<Self> {
+        Arc::new(Self {
+            listener,
+            policy,
+            sandbox,
+            events,
+        })
+    }
+
+    /// Serves notifications until the listener reports that every
+    /// supervised process is gone. Operations that may block (a blocking
+    /// connect or send) run on `rt`'s blocking pool so that one slow peer
+    /// never stalls other threads' notifications.
+    pub fn run(self: Arc<Self>, rt: tokio::runtime::Handle) {
+        loop {
+            let n = match notify::recv(self.listener.as_fd()) {
+                Ok(n) => n,
+                // ENOENT: the target died before we received; go on.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                // Any other error (the filter's last user exited: the
+                // listener hangs up) ends supervision.
+                Err(_) => return,
+            };
+            match self.prepare(&n) {
+                Ok(Work::Reply(r)) => self.reply(&n, r),
+                Ok(Work::Perform(op)) => {
+                    if op.may_block() {
+                        let me = self.clone();
+                        rt.spawn_blocking(move || me.finish(&n, op));
+                    } else {
+                        self.finish(&n, op);
+                    }
+                }
+                Err(errno) => self.reply(&n, Err(errno)),
+            }
+        }
+    }
+
+    /// Performs `op` and answers. A send that hits a closed stream raises
+    /// SIGPIPE in the target thread, as the kernel would have, unless the
+    /// target asked for MSG_NOSIGNAL (we always send with it ourselves).
+    fn finish(&self, n: &Notif, op: Op) {
+        let sigpipe = op.wants_sigpipe();
+        let r = op.perform();
+        self.reply(n, r);
+        if sigpipe && r == Err(libc::EPIPE) {
+            if let Some(tgid) = tgid_of(n.pid) {
+                // SAFETY: tgkill with ids from a notification we just
+                // answered; at worst the thread is gone (ESRCH).
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_tgkill,
+                        tgid as libc::pid_t,
+                        n.pid as libc::pid_t,
+                        libc::SIGPIPE,
+                    )
+                };
+            }
+        }
+    }
+
+    fn reply(&self, n: &Notif, r: Result<i64, i32>) {
+        let _ = notify::respond(self.listener.as_fd(), n.id, r);
+    }
+
+    /// Reads and judges; returns what to do.
+    fn prepare(&self, n: &Notif) -> Result<Work, i32> {
+        let nr = n.data.nr as u32;
+        let a = n.data.args;
+        match nr {
+            NR_SOCKET | NR_SOCKETPAIR => {
+                // Only refused calls reach us (the filter allows the rest);
+                // judged on registers, which cannot change under us.
+                let (family, ty, proto) = (a[0] as u32, a[1] as u32, a[2] as u32);
+                let hook = if nr == NR_SOCKET {
+                    "socket"
+                } else {
+                    "socketpair"
+                };
+                let reason = if decide_socket(family, ty, proto).allow {
+                    "socket-family-not-allowed"
+                } else {
+                    "socket-type-not-allowed"
+                };
+                self.event(n, hook, family, Some(ty), Some(proto), None, reason);
+                Ok(Work::Reply(Err(libc::EPERM)))
+            }
+            NR_SETSOCKOPT => {
+                self.event_sockopt(n, a[1] as i32, a[2] as i32);
+                Ok(Work::Reply(Err(libc::EPERM)))
+            }
+            NR_CONNECT => self.prepare_connect(n),
+            NR_SENDTO => self.prepare_sendto(n),
+            NR_SENDMSG => self
+                .prepare_sendmsg(n)
+                .map(|(op, _)| Work::Perform(Op::SendMsg(Box::new(op)))),
+            NR_SENDMMSG => self.prepare_sendmmsg(n),
+            _ => Err(libc::ENOSYS),
+        }
+    }
+
+    /// The target's socket, after checking the notification is still alive
+    /// (so `pid` is still the thread that made the call).
+    fn socket(&self, n: &Notif, fd: u64) -> Result<Sock, i32> {
+        let pidfd = notify::pidfd_for_thread(n.pid).map_err(|_| libc::ESRCH)?;
+        if !notify::id_valid(self.listener.as_fd(), n.id) {
+            return Err(libc::ESRCH);
+        }
+        let fd = notify::grab_fd(pidfd.as_fd(), fd as i32 as RawFd).map_err(errno)?;
+        let domain = sockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
+            .map_err(|_| libc::ENOTSOCK)?;
+        Ok(Sock {
+            fd,
+            domain: domain as u32,
+        })
+    }
+
+    fn read(&self, n: &Notif, addr: u64, len: usize) -> Result<Vec<u8>, i32> {
+        let buf = notify::read_mem(n.pid, addr, len).map_err(|_| libc::EFAULT)?;
+        // The pid may have been reused between notification and read: the
+        // data only counts if the notification is still pending.
+        if !notify::id_valid(self.listener.as_fd(), n.id) {
+            return Err(libc::ESRCH);
+        }
+        Ok(buf)
+    }
+
+    fn prepare_connect(&self, n: &Notif) -> Result<Work, i32> {
+        let a = n.data.args;
+        let len = (a[2] as u32 as usize).min(128);
+        let addr = self.read(n, a[1], len)?;
+        let sock = self.socket(n, a[0])?;
+        let addr = self.judge(n, "connect", &sock, addr, false)?;
+        Ok(Work::Perform(Op::Connect { sock, addr }))
+    }
+
+    fn prepare_sendto(&self, n: &Notif) -> Result<Work, i32> {
+        let a = n.data.args;
+        let alen = (a[5] as u32 as usize).min(128);
+        let addr = self.read(n, a[4], alen)?;
+        let len = (a[2] as usize).min(MAX_PAYLOAD);
+        let data = self.read(n, a[1], len)?;
+        let sock = self.socket(n, a[0])?;
+        let addr = self.judge(n, "sendto", &sock, addr, true)?;
+        Ok(Work::Perform(Op::SendTo {
+            sock,
+            data,
+            flags: a[3] as i32,
+            addr,
+        }))
+    }
+
+    /// Copies one `struct msghdr` at `ptr` and everything it points to.
+    fn copy_msghdr(
+        &self,
+        n: &Notif,
+        ptr: u64,
+        sock: &Sock,
+        hook: &'static str,
+    ) -> Result<Msg, i32> {
+        let raw = self.read(n, ptr, std::mem::size_of::<libc::msghdr>())?;
+        // SAFETY: `raw` holds exactly one msghdr's bytes; read_unaligned
+        // copes with any alignment; all fields are plain integers/pointers
+        // that we only use as numbers.
+        let h: libc::msghdr = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+        let name = if h.msg_name.is_null() || h.msg_namelen == 0 {
+            None
+        } else {
+            Some(self.read(n, h.msg_name as u64, (h.msg_namelen as usize).min(128))?)
+        };
+        let iovlen = h.msg_iovlen;
+        if iovlen > MAX_IOV {
+            return Err(libc::EMSGSIZE);
+        }
+        let iov_raw = self.read(
+            n,
+            h.msg_iov as u64,
+            iovlen * std::mem::size_of::<libc::iovec>(),
+        )?;
+        let mut data = Vec::new();
+        for i in 0..iovlen {
+            // SAFETY: bounds: iov_raw holds iovlen iovecs.
+            let v: libc::iovec = unsafe {
+                std::ptr::read_unaligned(
+                    iov_raw
+                        .as_ptr()
+                        .add(i * std::mem::size_of::<libc::iovec>())
+                        .cast(),
+                )
+            };
+            let room = MAX_PAYLOAD - data.len();
+            let take = v.iov_len.min(room);
+            data.extend(self.read(n, v.iov_base as u64, take)?);
+            if take < v.iov_len {
+                break;
+            }
+        }
+        let control = if h.msg_control.is_null() || h.msg_controllen == 0 {
+            Vec::new()
+        } else {
+            if h.msg_controllen > MAX_CONTROL {
+                return Err(libc::ENOBUFS);
+            }
+            self.read(n, h.msg_control as u64, h.msg_controllen)?
+        };
+        let (control, fds) = self.vet_control(n, control, hook)?;
+        let name = match name {
+            Some(a) => Some(self.judge(n, hook, sock, a, true)?),
+            None => None,
+        };
+        Ok(Msg {
+            name,
+            data,
+            control,
+            _fds: fds,
+        })
+    }
+
+    fn prepare_sendmsg(&self, n: &Notif) -> Result<(SendMsgOp, ()), i32> {
+        let a = n.data.args;
+        let sock = self.socket(n, a[0])?;
+        let msg = self.copy_msghdr(n, a[1], &sock, "sendmsg")?;
+        Ok((
+            SendMsgOp {
+                sock,
+                msgs: vec![msg],
+                flags: a[2] as i32,
+                many: false,
+            },
+            (),
+        ))
+    }
+
+    fn prepare_sendmmsg(&self, n: &Notif) -> Result<Work, i32> {
+        let a = n.data.args;
+        let vlen = (a[2] as u32 as usize).min(MAX_IOV);
+        let sock = self.socket(n, a[0])?;
+        let stride = std::mem::size_of::<libc::mmsghdr>();
+        let mut msgs = Vec::with_capacity(vlen);
+        for i in 0..vlen {
+            msgs.push(self.copy_msghdr(n, a[1] + (i * stride) as u64, &sock, "sendmmsg")?);
+        }
+        Ok(Work::Perform(Op::SendMsg(Box::new(SendMsgOp {
+            sock,
+            msgs,
+            flags: a[3] as i32,
+            many: true,
+        }))))
+    }
+
+    /// Judges a destination as the kernel would read it for this socket.
+    /// Returns the address to use (possibly rewritten, for relative unix
+    /// paths) or the errno to answer.
+    fn judge(
+        &self,
+        n: &Notif,
+        hook: &'static str,
+        sock: &Sock,
+        addr: Vec<u8>,
+        send: bool,
+    ) -> Result<Vec<u8>, i32> {
+        if addr.len() < 2 {
+            return Err(libc::EINVAL);
+        }
+        let family = u16::from_ne_bytes([addr[0], addr[1]]) as u32;
+        let inet_socket = sock.domain == consts::AF_INET || sock.domain == consts::AF_INET6;
+        if !inet_socket {
+            return Ok(if sock.domain == consts::AF_UNIX {
+                unix_path_for(n.pid, addr)
+            } else {
+                addr
+            });
+        }
+        let dest = match family {
+            f if f == consts::AF_INET
+                || (send && f == libc::AF_UNSPEC as u32 && addr.len() >= 16) =>
+            {
+                if addr.len() < 16 {
+                    return Err(libc::EINVAL);
+                }
+                Dest::v4(
+                    [addr[4], addr[5], addr[6], addr[7]],
+                    u16::from_be_bytes([addr[2], addr[3]]),
+                )
+            }
+            f if f == consts::AF_INET6 => {
+                if addr.len() < 24 {
+                    return Err(libc::EINVAL);
+                }
+                let mut o = [0u8; 16];
+                o.copy_from_slice(&addr[8..24]);
+                Dest::v6(o, u16::from_be_bytes([addr[2], addr[3]]))
+            }
+            // connect(AF_UNSPEC) dissolves an association; no destination.
+            f if f == libc::AF_UNSPEC as u32 => return Ok(addr),
+            // Any other family on an inet socket is refused by the kernel.
+            _ => return Ok(addr),
+        };
+        let d = decide_connect(&self.policy, &dest);
+        if d.allow {
+            Ok(addr)
+        } else {
+            self.event(n, hook, family, None, None, Some(&dest), d.reason.name());
+            Err(libc::EPERM)
+        }
+    }
+
+    /// Refuses ancillary data that reroutes packets or forges credentials;
+    /// translates SCM_RIGHTS descriptors into ours.
+    fn vet_control(
+        &self,
+        n: &Notif,
+        mut c: Vec<u8>,
+        hook: &'static str,
+    ) -> Result<(Vec<u8>, Vec<OwnedFd>), i32> {
+        const HDR: usize = std::mem::size_of::<libc::cmsghdr>();
+        let mut fds = Vec::new();
+        let mut off = 0usize;
+        let mut pidfd: Option<OwnedFd> = None;
+        while off + HDR <= c.len() {
+            // SAFETY: bounds checked above; unaligned read of a plain struct.
+            let h: libc::cmsghdr = unsafe { std::ptr::read_unaligned(c.as_ptr().add(off).cast()) };
+            let len = h.cmsg_len;
+            if len < HDR || off + len > c.len() {
+                return Err(libc::EINVAL);
+            }
+            let (level, ty) = (h.cmsg_level, h.cmsg_type);
+            let reroute = (level == libc::IPPROTO_IP
+                && (ty == libc::IP_RETOPTS || ty == libc::IP_OPTIONS))
+                || (level == libc::IPPROTO_IPV6
+                    && (ty == libc::IPV6_RTHDR || ty == 5 /* IPV6_2292RTHDR */ || ty == 6/* IPV6_2292PKTOPTIONS */));
+            // A chosen outgoing interface sends even 127.0.0.1 out of a real
+            // device (there is no egress check behind this enforcer).
+            let data = &c[off + HDR..off + len];
+            let ifindex_at = |at: usize| {
+                data.get(at..at + 4)
+                    .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                    .unwrap_or(0)
+            };
+            let forced_if = (level == libc::IPPROTO_IP
+                && ty == libc::IP_PKTINFO
+                && ifindex_at(0) != 0)
+                || (level == libc::IPPROTO_IPV6 && ty == libc::IPV6_PKTINFO && ifindex_at(16) != 0);
+            if reroute || forced_if {
+                self.event_sockopt_named(n, hook, level, ty);
+                return Err(libc::EPERM);
+            }
+            if level == libc::SOL_SOCKET && ty == libc::SCM_CREDENTIALS {
+                return Err(libc::EPERM);
+            }
+            if level == libc::SOL_SOCKET && ty == libc::SCM_RIGHTS {
+                if pidfd.is_none() {
+                    pidfd = Some(notify::pidfd_for_thread(n.pid).map_err(|_| libc::ESRCH)?);
+                }
+                let Some(p) = pidfd.as_ref() else {
+                    return Err(libc::ESRCH);
+                };
+                let mut i = off + HDR;
+                while i + 4 <= off + len {
+                    let theirs = i32::from_ne_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
+                    let ours = notify::grab_fd(p.as_fd(), theirs).map_err(errno)?;
+                    c[i..i + 4].copy_from_slice(&ours.as_raw_fd().to_ne_bytes());
+                    fds.push(ours);
+                    i += 4;
+                }
+            }
+            // CMSG_ALIGN
+            off += (len + 7) & !7;
+        }
+        if !notify::id_valid(self.listener.as_fd(), n.id) {
+            return Err(libc::ESRCH);
+        }
+        Ok((c, fds))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &self,
+        n: &Notif,
+        hook: &'static str,
+        family: u32,
+        ty: Option<u32>,
+        proto: Option<u32>,
+        dest: Option<&Dest>,
+        reason: &'static str,
+    ) {
+        let rec = EventRecord {
+            ts: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            sandbox: self.sandbox.clone(),
+            source: "seccomp",
+            hook,
+            verdict: "deny",
+            reason,
+            pid: n.pid,
+            tgid: tgid_of(n.pid).unwrap_or(n.pid),
+            comm: comm_of(n.pid),
+            cgroup_id: 0,
+            family: Some(crate::events::family_name(family)),
+            sock_type: ty.map(crate::events::type_name),
+            protocol: proto,
+            level: None,
+            optname: None,
+            addr: dest.map(|d| crate::events::addr_string(&d.addr)),
+            port: dest.map(|d| d.port),
+        };
+        let _ = self.events.send(rec.into_line());
+    }
+
+    fn event_sockopt(&self, n: &Notif, level: i32, optname: i32) {
+        self.event_sockopt_named(n, "setsockopt", level, optname);
+    }
+
+    fn event_sockopt_named(&self, n: &Notif, hook: &'static str, level: i32, optname: i32) {
+        let rec = EventRecord {
+            ts: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            sandbox: self.sandbox.clone(),
+            source: "seccomp",
+            hook,
+            verdict: "deny",
+            reason: "routing-option-not-allowed",
+            pid: n.pid,
+            tgid: tgid_of(n.pid).unwrap_or(n.pid),
+            comm: comm_of(n.pid),
+            cgroup_id: 0,
+            family: None,
+            sock_type: None,
+            protocol: None,
+            level: Some(level),
+            optname: Some(optname),
+            addr: None,
+            port: None,
+        };
+        let _ = self.events.send(rec.into_line());
+    }
+}
+
+fn errno(e: io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EINVAL)
+}
+
+fn sockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid fd and out-pointers sized for an int.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
+}
+
+/// Unix socket paths are relative to the target's working directory, not
+/// ours: rewrite a relative path to go through /proc/PID/cwd when it fits.
+fn unix_path_for(pid: u32, addr: Vec<u8>) -> Vec<u8> {
+    let path = &addr[2..];
+    if path.is_empty() || path[0] == 0 || path[0] == b'/' {
+        return addr;
+    }
+    let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+    let mut p = format!("/proc/{pid}/cwd/").into_bytes();
+    p.extend_from_slice(&path[..end]);
+    if p.len() >= 108 {
+        return addr; // too long to rewrite; the kernel resolves it against our cwd and most likely fails
+    }
+    let mut out = addr[..2].to_vec();
+    out.extend_from_slice(&p);
+    out.push(0);
+    out
+}
+
+fn tgid_of(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn comm_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_default()
+}
+
+/// The target's socket, held by us.
+struct Sock {
+    fd: OwnedFd,
+    domain: u32,
+}
+
+impl Sock {
+    fn nonblocking(&self) -> bool {
+        // SAFETY: F_GETFL on a valid fd.
+        let fl = unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_GETFL) };
+        fl >= 0 && fl & libc::O_NONBLOCK != 0
+    }
+}
+
+struct Msg {
+    name: Option<Vec<u8>>,
+    data: Vec<u8>,
+    control: Vec<u8>,
+    /// Our copies of SCM_RIGHTS descriptors, kept open until sent.
+    _fds: Vec<OwnedFd>,
+}
+
+struct SendMsgOp {
+    sock: Sock,
+    msgs: Vec<Msg>,
+    flags: i32,
+    many: bool,
+}
+
+enum Work {
+    Reply(Result<i64, i32>),
+    Perform(Op),
+}
+
+enum Op {
+    Connect {
+        sock: Sock,
+        addr: Vec<u8>,
+    },
+    SendTo {
+        sock: Sock,
+        data: Vec<u8>,
+        flags: i32,
+        addr: Vec<u8>,
+    },
+    SendMsg(Box<SendMsgOp>),
+}
+
+impl Op {
+    fn wants_sigpipe(&self) -> bool {
+        match self {
+            Op::Connect { .. } => false,
+            Op::SendTo { flags, .. } => flags & libc::MSG_NOSIGNAL == 0,
+            Op::SendMsg(m) => m.flags & libc::MSG_NOSIGNAL == 0,
+        }
+    }
+
+    fn may_block(&self) -> bool {
+        let (sock, flags) = match self {
+            Op::Connect { sock, .. } => (sock, 0),
+            Op::SendTo { sock, flags, .. } => (sock, *flags),
+            Op::SendMsg(m) => (&m.sock, m.flags),
+        };
+        !(sock.nonblocking() || flags & libc::MSG_DONTWAIT != 0)
+    }
+
+    /// Performs the operation on the target's socket with the copied data.
+    fn perform(self) -> Result<i64, i32> {
+        let ret = |r: isize| {
+            if r < 0 {
+                Err(io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO))
+            } else {
+                Ok(r as i64)
+            }
+        };
+        match self {
+            Op::Connect { sock, addr } => {
+                // SAFETY: addr is a buffer of addr.len() bytes.
+                let r = unsafe {
+                    libc::connect(
+                        sock.fd.as_raw_fd(),
+                        addr.as_ptr().cast(),
+                        addr.len() as libc::socklen_t,
+                    )
+                };
+                ret(r as isize)
+            }
+            Op::SendTo {
+                sock,
+                data,
+                flags,
+                addr,
+            } => {
+                // SAFETY: both buffers are valid for their lengths.
+                let r = unsafe {
+                    libc::sendto(
+                        sock.fd.as_raw_fd(),
+                        data.as_ptr().cast(),
+                        data.len(),
+                        flags | libc::MSG_NOSIGNAL,
+                        addr.as_ptr().cast(),
+                        addr.len() as libc::socklen_t,
+                    )
+                };
+                ret(r)
+            }
+            Op::SendMsg(op) => {
+                let mut sent = 0i64;
+                for (i, m) in op.msgs.iter().enumerate() {
+                    let mut iov = libc::iovec {
+                        iov_base: m.data.as_ptr() as *mut libc::c_void,
+                        iov_len: m.data.len(),
+                    };
+                    // SAFETY: zeroed msghdr, then every pointer set to our
+                    // own buffers, valid for the call.
+                    let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+                    if let Some(name) = &m.name {
+                        h.msg_name = name.as_ptr() as *mut libc::c_void;
+                        h.msg_namelen = name.len() as libc::socklen_t;
+                    }
+                    h.msg_iov = &mut iov;
+                    h.msg_iovlen = 1;
+                    if !m.control.is_empty() {
+                        h.msg_control = m.control.as_ptr() as *mut libc::c_void;
+                        h.msg_controllen = m.control.len();
+                    }
+                    // SAFETY: h describes valid buffers.
+                    let r = unsafe {
+                        libc::sendmsg(op.sock.fd.as_raw_fd(), &h, op.flags | libc::MSG_NOSIGNAL)
+                    };
+                    if r < 0 {
+                        let e = io::Error::last_os_error()
+                            .raw_os_error()
+                            .unwrap_or(libc::EIO);
+                        return if op.many && i > 0 { Ok(sent) } else { Err(e) };
+                    }
+                    if op.many {
+                        sent += 1;
+                    } else {
+                        sent = r as i64;
+                    }
+                }
+                Ok(sent)
+            }
+        }
+    }
+}
