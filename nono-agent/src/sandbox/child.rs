@@ -32,6 +32,8 @@ struct Privileged {
 }
 
 const TMPFS: &[u8] = b"tmpfs\0";
+const PROC: &[u8] = b"proc\0";
+const PROC_DIR: &[u8] = b"/proc\0";
 const MASK_DATA: &[u8] = b"mode=000,size=4k\0";
 const ROOT: &[u8] = b"/\0";
 
@@ -68,6 +70,12 @@ impl ChildSetup {
             privileged,
             seccomp,
         })
+    }
+
+    /// Whether the child gets its own pid namespace (privileged only): it
+    /// then runs as the namespace's init and starts the command itself.
+    pub fn pid_namespace(&self) -> bool {
+        self.privileged.is_some()
     }
 
     /// Runs in the child after fork. Async-signal-safe: syscalls only.
@@ -107,6 +115,22 @@ impl ChildSetup {
                 {
                     return Err(io::Error::last_os_error());
                 }
+            }
+            // We are pid 1 of a new pid namespace (see spawn): a /proc of
+            // that namespace shows the sandbox only, so no path such as
+            // /proc/PID/root leads into another process's view of the host.
+            // SAFETY: NUL-terminated static strings.
+            if unsafe {
+                libc::mount(
+                    PROC.as_ptr().cast(),
+                    PROC_DIR.as_ptr().cast(),
+                    PROC.as_ptr().cast(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                )
+            } != 0
+            {
+                return Err(io::Error::last_os_error());
             }
             privileges::drop_all_capabilities(p.last_cap)?;
         }

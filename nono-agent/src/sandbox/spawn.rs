@@ -225,6 +225,11 @@ pub fn spawn(
                 CLONE_INTO_CGROUP
             } else {
                 0
+            }
+            | if setup.pid_namespace() {
+                libc::CLONE_NEWPID as u64
+            } else {
+                0
             },
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
@@ -341,6 +346,17 @@ fn child_main(cmd: &Prepared, setup: &ChildSetup, report: RawFd, go: RawFd) -> !
             }
             Ok(None) => {}
         }
+        if setup.pid_namespace() {
+            init_main(cmd, report)
+        }
+        exec(cmd, report)
+    }
+}
+
+/// execve, or report why not and exit like `env` does.
+fn exec(cmd: &Prepared, report: RawFd) -> ! {
+    // SAFETY: prepared NUL-terminated arrays that outlive the call.
+    unsafe {
         libc::execve(
             cmd.path().as_ptr(),
             cmd.argv_ptrs.as_ptr(),
@@ -349,6 +365,86 @@ fn child_main(cmd: &Prepared, setup: &ChildSetup, report: RawFd, go: RawFd) -> !
         let errno = *libc::__errno_location();
         let code = if errno == libc::ENOENT { 127 } else { 126 };
         fail(report, 2, errno, code)
+    }
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Signals the init forwards to the command.
+const FORWARDED: [libc::c_int; 8] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGCONT,
+];
+
+/// pid 1 of the sandbox's pid namespace: starts the command, forwards
+/// signals sent to it by a process (the agent), reaps orphans, and exits with
+/// the command's status; the kernel then kills whatever is left in the
+/// namespace. Syscalls only, like the rest of the child.
+fn init_main(cmd: &Prepared, report: RawFd) -> ! {
+    // SAFETY: raw syscalls on prepared data; no allocation.
+    unsafe {
+        // A pid-namespace init receives signals from its ancestors only if
+        // it has a handler: install one (it never runs, the signals stay
+        // blocked and are taken with sigwaitinfo).
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        for sig in FORWARDED.iter().copied().chain([libc::SIGCHLD]) {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = ignore_signal as *const () as usize;
+            sa.sa_mask = all;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+        let pid = libc::syscall(libc::SYS_fork) as libc::pid_t;
+        if pid < 0 {
+            fail(report, 1, *libc::__errno_location(), 125);
+        }
+        if pid == 0 {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            for sig in FORWARDED.iter().copied().chain([libc::SIGCHLD]) {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            exec(cmd, report);
+        }
+        // The command holds the report pipe until its exec; the agent reads
+        // EOF (started) or its failure.
+        libc::close(report);
+        loop {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let sig = libc::sigwaitinfo(&all, &mut info);
+            if sig < 0 {
+                continue;
+            }
+            if sig == libc::SIGCHLD {
+                loop {
+                    let mut st = 0;
+                    let r = libc::waitpid(-1, &mut st, libc::WNOHANG);
+                    if r <= 0 {
+                        break;
+                    }
+                    if r == pid {
+                        let code = if libc::WIFEXITED(st) {
+                            libc::WEXITSTATUS(st)
+                        } else {
+                            128 + libc::WTERMSIG(st)
+                        };
+                        libc::_exit(code);
+                    }
+                }
+            } else if info.si_code <= 0 {
+                // Sent by a process (SI_USER, SI_QUEUE, SI_TKILL), not by
+                // the terminal, which signals the command's group itself.
+                libc::kill(pid, sig);
+            }
+        }
     }
 }
 
