@@ -51,16 +51,27 @@ pub fn run(json: bool) -> Result<i32> {
             detail: format!("not tried: {e:#}"),
         },
     };
+    let user_notif = std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
+        .map(|s| s.split_whitespace().any(|a| a == "user_notif"))
+        .unwrap_or(false);
     let (auto_enforcer, auto_reason) = if bpf.ok {
         (
             Some("bpf"),
             "cgroup BPF programs load and attach".to_string(),
         )
+    } else if user_notif {
+        (
+            Some("seccomp"),
+            format!(
+                "cgroup BPF is unavailable ({}); seccomp user notification is available",
+                bpf.detail
+            ),
+        )
     } else {
         (
             None,
             format!(
-                "cgroup BPF is unavailable ({}); no other enforcer is built yet, so `exec` would refuse to run",
+                "cgroup BPF is unavailable ({}) and so is seccomp user notification: exec refuses to run (unless --allow-unenforced)",
                 bpf.detail
             ),
         )
@@ -76,9 +87,7 @@ pub fn run(json: bool) -> Result<i32> {
         privileged,
         bpf,
         landlock_abi: landlock_abi(),
-        seccomp_user_notif: std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
-            .map(|s| s.split_whitespace().any(|a| a == "user_notif"))
-            .unwrap_or(false),
+        seccomp_user_notif: user_notif,
         auto_enforcer,
         auto_reason,
     };

@@ -367,10 +367,9 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     child_pid.store(child.pid, Ordering::SeqCst);
     if let Some(listener) = child.listener.take() {
         let sup = Supervisor::new(listener, policy, id.clone(), event_tx.clone());
-        let rt = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("nono-supervisor".into())
-            .spawn(move || sup.run(rt))
+            .spawn(move || sup.run())
             .context("starting the seccomp supervisor")?;
     }
     // SAFETY: the pidfd is owned by `child`, which outlives `exited`.

@@ -86,7 +86,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         sandboxed.p50.saturating_sub(plain.p50)
     );
 
-    println!("\n== loopback connect()+close(), {iterations} iterations, best of 6, alternating ==");
+    println!("\n== loopback connect()+close(), {iterations} iterations, best of 6 per side, order rotated ==");
     let listener = listen_loopback()?;
     let addr = listener.local_addr()?;
     // Accept and drop in the background so the backlog never fills.
@@ -100,35 +100,50 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         addr.to_string(),
         iterations.to_string(),
     ];
-    let mut outside = Vec::new();
-    let mut inside = Vec::new();
-    // Alternate which side goes first so drift (CPU frequency, cache,
-    // listener backlog) cannot favour one side.
+    // Alternate the order of the three sides each round so drift (CPU
+    // frequency, cache, listener backlog) cannot favour one of them.
+    let mut outside: Vec<f64> = Vec::new();
+    let mut bpf: Vec<f64> = Vec::new();
+    let mut seccomp: Vec<f64> = Vec::new();
     for round in 0..6 {
-        let mut sandboxed = Command::new(&agent);
-        sandboxed
-            .args(["exec", "-q", "--"])
-            .arg(&xtask)
-            .args(&loop_args);
-        let mut plain = Command::new(&xtask);
-        plain.args(&loop_args);
-        if round % 2 == 0 {
-            outside.push(run_loop(&mut plain)?);
-            inside.push(run_loop(&mut sandboxed)?);
-        } else {
-            inside.push(run_loop(&mut sandboxed)?);
-            outside.push(run_loop(&mut plain)?);
+        let mut order = [0usize, 1, 2];
+        order.rotate_left(round % 3);
+        for side in order {
+            let mut cmd = match side {
+                0 => Command::new(&xtask),
+                1 => {
+                    let mut c = Command::new(&agent);
+                    c.args(["exec", "-q", "--enforcer", "bpf", "--"])
+                        .arg(&xtask);
+                    c
+                }
+                _ => {
+                    let mut c = Command::new(&agent);
+                    c.args(["exec", "-q", "--enforcer", "seccomp", "--"])
+                        .arg(&xtask);
+                    c
+                }
+            };
+            cmd.args(&loop_args);
+            let v = run_loop(&mut cmd)?;
+            [&mut outside, &mut bpf, &mut seccomp][side].push(v);
         }
     }
     println!("outside runs (µs): {outside:.2?}");
-    println!("inside runs  (µs): {inside:.2?}");
+    println!("bpf runs     (µs): {bpf:.2?}");
+    println!("seccomp runs (µs): {seccomp:.2?}");
     let best = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
-    let (o, i) = (best(&outside), best(&inside));
+    let (o, b, s) = (best(&outside), best(&bpf), best(&seccomp));
     println!("outside the sandbox       {:>8.2} µs per connect+close", o);
-    println!("inside (bpf enforcer)     {:>8.2} µs per connect+close", i);
+    println!("bpf enforcer              {:>8.2} µs per connect+close", b);
+    println!("seccomp enforcer          {:>8.2} µs per connect+close", s);
     println!(
-        "ratio inside/outside      {:>8.3}x   (goal <= 1.05x)",
-        i / o
+        "ratio bpf/outside         {:>8.3}x   (goal <= 1.05x)",
+        b / o
+    );
+    println!(
+        "seccomp added per connect {:>8.2} µs   (goal <= 15 µs)",
+        s - o
     );
     Ok(())
 }

@@ -8,6 +8,7 @@
 //!   with running the same thing unsandboxed, in one run.
 
 mod bench;
+mod bench_proxy;
 
 use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
@@ -18,10 +19,13 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("build-ebpf") => build_ebpf(),
         Some("bench") => bench::run(&workspace_root(), &args[1..]),
+        Some("bench-proxy") => bench_proxy::run(&workspace_root(), &args[1..]),
         // Internal: the workload `bench` runs inside and outside a sandbox.
         Some("connect-loop") => bench::connect_loop(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <build-ebpf | bench [--iterations N]>");
+            eprintln!(
+                "usage: cargo xtask <build-ebpf | bench [--iterations N] | bench-proxy [--help]>"
+            );
             std::process::exit(2);
         }
     }

@@ -10,6 +10,7 @@
 use nono_common::{consts, decide_connect, decide_socket, Dest, Policy};
 use std::io;
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -34,7 +35,12 @@ pub struct Supervisor {
     policy: Policy,
     sandbox: String,
     events: EventTx,
+    /// Receivers currently waiting for a notification.
+    idle: AtomicUsize,
 }
+
+/// Idle receivers kept around after a burst of blocking operations.
+const MAX_IDLE_RECEIVERS: usize = 4;
 
 impl Supervisor {
     /// A supervisor for one sandbox's listener.
@@ -44,14 +50,37 @@ impl Supervisor {
             policy,
             sandbox,
             events,
+            idle: AtomicUsize::new(0),
         })
     }
 
     /// Serves notifications until the listener reports that every
-    /// supervised process is gone. Operations that may block (a blocking
-    /// connect or send) run on `rt`'s blocking pool so that one slow peer
-    /// never stalls other threads' notifications.
-    pub fn run(self: Arc<Self>, rt: tokio::runtime::Handle) {
+    /// supervised process is gone.
+    ///
+    /// Several receiver threads wait on the listener at once (the kernel
+    /// hands each notification to exactly one). A receiver performs the
+    /// operation itself, with no hand-off latency; before it starts one that
+    /// may block (a blocking connect or send), it makes sure another
+    /// receiver is idle, starting one if needed, so one slow peer never
+    /// stalls other threads' notifications.
+    pub fn run(self: Arc<Self>) {
+        self.idle.fetch_add(1, Ordering::SeqCst);
+        self.receive();
+    }
+
+    fn spawn_receiver(self: &Arc<Self>) {
+        self.idle.fetch_add(1, Ordering::SeqCst);
+        let me = self.clone();
+        if std::thread::Builder::new()
+            .name("nono-supervisor".into())
+            .spawn(move || me.receive())
+            .is_err()
+        {
+            self.idle.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn receive(self: Arc<Self>) {
         loop {
             let n = match notify::recv(self.listener.as_fd()) {
                 Ok(n) => n,
@@ -59,14 +88,24 @@ impl Supervisor {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
                 // Any other error (the filter's last user exited: the
                 // listener hangs up) ends supervision.
-                Err(_) => return,
+                Err(_) => {
+                    self.idle.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
             };
             match self.prepare(&n) {
                 Ok(Work::Reply(r)) => self.reply(&n, r),
                 Ok(Work::Perform(op)) => {
                     if op.may_block() {
-                        let me = self.clone();
-                        rt.spawn_blocking(move || me.finish(&n, op));
+                        if self.idle.fetch_sub(1, Ordering::SeqCst) <= 1 {
+                            self.spawn_receiver();
+                        }
+                        self.finish(&n, op);
+                        // Too many idle receivers: this one retires.
+                        if self.idle.fetch_add(1, Ordering::SeqCst) >= MAX_IDLE_RECEIVERS {
+                            self.idle.fetch_sub(1, Ordering::SeqCst);
+                            return;
+                        }
                     } else {
                         self.finish(&n, op);
                     }
