@@ -3,6 +3,9 @@
 //! * [`netns`]: client/server network namespaces joined by a veth pair.
 //! * [`oracle`]: the server side "truth": TCP listeners and an AF_PACKET sniffer
 //!   in the server namespace that count what actually arrived.
+//! * [`proxylab`]: the filtering-proxy fixture: HTTP/HTTPS/git/echo servers in
+//!   the server namespace, a logging DNS server, a test CA, and helpers that
+//!   run curl, Python and raw-socket clients inside `nono-agent exec`.
 //! * [`runner`]: runs `nono-probe` outside and inside a sandbox, parses results,
 //!   and guards against leftovers.
 //! * [`vectors`]: the single list of escape vectors, reusable per enforcer.
@@ -14,6 +17,7 @@
 
 pub mod netns;
 pub mod oracle;
+pub mod proxylab;
 pub mod runner;
 pub mod sys;
 pub mod vectors;
