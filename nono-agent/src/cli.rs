@@ -27,6 +27,25 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Run the filtering proxy alone (no sandbox).
     Proxy(StandaloneProxyArgs),
+    /// List, show and validate profiles.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfileCommand {
+    /// The profiles that can be named, and where each comes from.
+    List,
+    /// The fully resolved policy of a profile (extends applied).
+    Show {
+        /// Profile name or path.
+        profile: String,
+    },
+    /// Check a profile file; exit non-zero with the error if it is invalid.
+    Validate {
+        /// Path to the TOML file.
+        file: PathBuf,
+    },
 }
 
 /// What the filtering proxy lets through.
@@ -131,6 +150,44 @@ pub struct ExecArgs {
     /// confined; a warning is printed).
     #[arg(long)]
     pub allow_unenforced: bool,
+
+    /// A profile NAME (looked up in $XDG_CONFIG_HOME/nono-agent/profiles,
+    /// /etc/nono-agent/profiles, then the built-ins) or a PATH to a TOML file.
+    /// The flags below add to it.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub profile: Option<String>,
+
+    /// Allow reading beneath PATH (implies the `default` profile if none is given).
+    #[arg(long = "read", value_name = "PATH")]
+    pub read: Vec<PathBuf>,
+
+    /// Allow reading and writing beneath PATH.
+    #[arg(long = "write", value_name = "PATH")]
+    pub write: Vec<PathBuf>,
+
+    /// Allow executing beneath PATH.
+    #[arg(long = "exec", value_name = "PATH")]
+    pub exec: Vec<PathBuf>,
+
+    /// Narrow loopback to these ports (plus the proxy); repeatable. Without
+    /// it (and without a profile saying otherwise) every loopback port is
+    /// reachable.
+    #[arg(long = "loopback-port", value_name = "PORT")]
+    pub loopback_ports: Vec<u16>,
+
+    /// Allow connecting to this daemon socket (docker.sock, the system bus
+    /// ... are refused otherwise).
+    #[arg(long = "allow-unix-socket", value_name = "PATH")]
+    pub allow_unix_sockets: Vec<PathBuf>,
+
+    /// Run the command as this user (name or uid); needs root.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Run even if the kernel cannot enforce everything the profile asks of
+    /// Landlock (what is not enforced is printed).
+    #[arg(long)]
+    pub allow_degraded: bool,
 
     /// Do not print the summary line at exit.
     #[arg(long, short)]

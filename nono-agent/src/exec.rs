@@ -14,15 +14,40 @@ use tokio::io::unix::AsyncFd;
 use crate::bpf::{bpffs, loader};
 use crate::cli::{Enforcer, ExecArgs, ProxyArgs};
 use crate::events;
+use crate::plan;
 use crate::proxy;
 use crate::sandbox::{
-    cgroup, child::ChildSetup, hide, privileges, registry, resolve, spawn, sweep,
+    cgroup, child::ChildSetup, daemons, hide, landlock, privileges, registry, resolve, spawn, sweep,
 };
 use crate::seccomp::{filter, supervisor::Supervisor};
 use crate::signals::Forwarder;
 
 /// Exit code for the agent's own failures (as `env` and `timeout` use it).
 pub const EXIT_AGENT_ERROR: i32 = 125;
+
+/// Builds the kernel policy from the endpoints and the loopback ports
+/// (`None`: every loopback port).
+pub fn policy_with_ports(endpoints: &[SocketAddr], ports: Option<&[u16]>) -> Result<Policy> {
+    let mut p = policy(endpoints)?;
+    if let Some(ports) = ports {
+        let mut ports = ports.to_vec();
+        ports.sort_unstable();
+        ports.dedup();
+        if ports.len() > nono_common::MAX_LOOPBACK_PORTS {
+            bail!(
+                "too many loopback ports: {} given, at most {}",
+                ports.len(),
+                nono_common::MAX_LOOPBACK_PORTS
+            );
+        }
+        p.loopback_any = 0;
+        for (i, port) in ports.iter().enumerate() {
+            p.loopback_ports[i] = *port;
+        }
+        p.n_loopback_ports = ports.len() as u32;
+    }
+    Ok(p)
+}
 
 /// Builds the kernel policy from the CLI's endpoints.
 pub fn policy(endpoints: &[SocketAddr]) -> Result<Policy> {
@@ -252,12 +277,58 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
             return Ok(e.exit_code());
         }
     };
-    let policy = policy(&args.proxy_endpoints)?;
+    // Everything the user asked for is checked before anything is created.
+    let plan = plan::build(&args)?;
     let mut out = events::Output::open(args.events.as_deref())?;
     let privileged = privileged();
     let mut timing = Timing::new();
+    let user = match &plan.user {
+        Some(u) if !privileged => bail!("running the command as user {u} needs root"),
+        Some(u) => Some(lookup_user(u)?),
+        None => None,
+    };
+    let landlock = match &plan.fs {
+        Some(rules) => {
+            let l = landlock::prepare(rules, args.allow_degraded)?;
+            for d in &l.degraded {
+                eprintln!("nono-agent: WARNING: {d}");
+            }
+            Some(l)
+        }
+        None => None,
+    };
+    let denied_sockets = daemons::denied(&plan.allow_unix_sockets);
+    let denied_socket_ids: Vec<(u64, u64)> = denied_sockets
+        .iter()
+        .filter_map(|p| daemons::socket_id(p))
+        .collect();
 
     let id = registry::new_id()?;
+    let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut proxy_env = Vec::new();
+    let proxy = if plan.proxy.wanted() {
+        let secret = proxy::new_secret()?;
+        let running = proxy::start_loopback(proxy_state(
+            &plan.proxy,
+            Some(secret.clone()),
+            &id,
+            event_tx.clone(),
+        )?)
+        .await?;
+        proxy_env = proxy::child_env(running.addrs[0].port(), &secret);
+        Some(running)
+    } else {
+        None
+    };
+    // Narrowed loopback still includes the sandbox's own proxy.
+    let loopback_ports = plan.loopback_ports.as_ref().map(|ports| {
+        let mut v = ports.clone();
+        if let Some(p) = &proxy {
+            v.extend(p.addrs.iter().map(|a| a.port()));
+        }
+        v
+    });
+    let policy = policy_with_ports(&args.proxy_endpoints, loopback_ports.as_deref())?;
     let mut state = None;
     let mut lock = None;
     if privileged {
@@ -295,11 +366,12 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
         Applied::Seccomp => Some(filter::Mode::Notify),
         Applied::Unenforced => None,
     };
-    let setup = ChildSetup::new(privileged, &mask_refs, filter_mode)?;
+    let setup = ChildSetup::new(privileged, &mask_refs, filter_mode)?
+        .with_landlock(landlock)
+        .with_user(user)
+        .with_hidden_sockets(if privileged { &denied_sockets } else { &[] })?;
 
-    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(k, _)| !k.to_string_lossy().starts_with("NONO_"))
-        .collect();
+    let mut env: Vec<(OsString, OsString)> = plan::environment(&plan.env);
     env.push(("NONO_SANDBOX_ID".into(), id.clone().into()));
     env.push(("NONO_ENFORCER".into(), applied.name().into()));
     if let Applied::Bpf {
@@ -312,25 +384,10 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
         env.push(("NONO_BPF_PIN_DIR".into(), pin_dir.clone().into()));
     }
 
-    let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
-    let proxy = if args.proxy.wanted() {
-        let secret = proxy::new_secret()?;
-        let running = proxy::start_loopback(proxy_state(
-            &args.proxy,
-            Some(secret.clone()),
-            &id,
-            event_tx.clone(),
-        )?)
-        .await?;
-        let port = running.addrs[0].port();
-        for (k, v) in proxy::child_env(port, &secret) {
-            env.retain(|(ek, _)| ek.as_os_str() != k.as_str());
-            env.push((k.into(), v.into()));
-        }
-        Some(running)
-    } else {
-        None
-    };
+    for (k, v) in proxy_env {
+        env.retain(|(ek, _)| ek.as_os_str() != k.as_str());
+        env.push((k.into(), v.into()));
+    }
     let mut argv = vec![cmd.clone()];
     argv.extend(cmd_args.iter().cloned());
     let prepared = spawn::Prepared::new(program.as_os_str(), &argv, &env)
@@ -366,7 +423,13 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     timing.mark("spawn");
     child_pid.store(child.pid, Ordering::SeqCst);
     if let Some(listener) = child.listener.take() {
-        let sup = Supervisor::new(listener, policy, id.clone(), event_tx.clone());
+        let sup = Supervisor::new(
+            listener,
+            policy,
+            denied_socket_ids.clone(),
+            id.clone(),
+            event_tx.clone(),
+        );
         std::thread::Builder::new()
             .name("nono-supervisor".into())
             .spawn(move || sup.run())
@@ -440,6 +503,17 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
         spawn::Exit::Code(c) => c,
         spawn::Exit::Signal(sig) => 128 + sig,
     })
+}
+
+/// uid and gid of a user name or numeric uid.
+fn lookup_user(u: &str) -> Result<(libc::uid_t, libc::gid_t)> {
+    let user = match u.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => nix::unistd::User::from_name(u),
+    }
+    .with_context(|| format!("looking up user {u}"))?
+    .with_context(|| format!("no such user: {u}"))?;
+    Ok((user.uid.as_raw(), user.gid.as_raw()))
 }
 
 /// Kills every remaining descendant: as a subreaper we inherit orphans, so

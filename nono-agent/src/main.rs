@@ -7,6 +7,9 @@ mod doctor;
 mod events;
 mod exec;
 mod mountinfo;
+mod plan;
+mod profile;
+mod profile_cmd;
 mod proxy;
 mod proxy_cmd;
 mod sandbox;
@@ -60,6 +63,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<i32> {
             Ok(if swept.errors.is_empty() { 0 } else { 1 })
         }
         cli::Command::Doctor(args) => doctor::run(args.json),
+        cli::Command::Profile(cmd) => profile_cmd::run(cmd),
         cli::Command::Proxy(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result};
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::privileges;
 
@@ -24,6 +24,11 @@ use super::privileges;
 pub struct ChildSetup {
     privileged: Option<Privileged>,
     seccomp: Option<(Vec<libc::sock_filter>, bool)>,
+    landlock: Option<super::landlock::Prepared>,
+    /// Switch to this uid/gid (privileged only), dropping supplementary groups.
+    user: Option<(libc::uid_t, libc::gid_t)>,
+    /// Socket paths covered with /dev/null (privileged only).
+    hidden_sockets: Vec<CString>,
 }
 
 struct Privileged {
@@ -32,6 +37,7 @@ struct Privileged {
 }
 
 const TMPFS: &[u8] = b"tmpfs\0";
+const DEV_NULL: &[u8] = b"/dev/null\0";
 const PROC: &[u8] = b"proc\0";
 const PROC_DIR: &[u8] = b"/proc\0";
 const MASK_DATA: &[u8] = b"mode=000,size=4k\0";
@@ -69,7 +75,33 @@ impl ChildSetup {
         Ok(Self {
             privileged,
             seccomp,
+            landlock: None,
+            user: None,
+            hidden_sockets: Vec::new(),
         })
+    }
+
+    /// Applies this Landlock ruleset after the privileges are dropped.
+    pub fn with_landlock(mut self, l: Option<super::landlock::Prepared>) -> Self {
+        self.landlock = l;
+        self
+    }
+
+    /// Runs the command as this user (the agent must be privileged).
+    pub fn with_user(mut self, user: Option<(libc::uid_t, libc::gid_t)>) -> Self {
+        self.user = user;
+        self
+    }
+
+    /// Covers these daemon sockets with /dev/null in the child's mount
+    /// namespace (privileged only), so connecting to them fails.
+    pub fn with_hidden_sockets(mut self, paths: &[PathBuf]) -> Result<Self> {
+        self.hidden_sockets = paths
+            .iter()
+            .map(|p| CString::new(p.as_os_str().as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .context("socket path with a NUL byte")?;
+        Ok(self)
     }
 
     /// Whether the child gets its own pid namespace (privileged only): it
@@ -132,9 +164,44 @@ impl ChildSetup {
             {
                 return Err(io::Error::last_os_error());
             }
-            privileges::drop_all_capabilities(p.last_cap)?;
+            for target in &self.hidden_sockets {
+                // SAFETY: NUL-terminated strings that outlive the call.
+                if unsafe {
+                    libc::mount(
+                        DEV_NULL.as_ptr().cast(),
+                        target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    )
+                } != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            privileges::drop_bounding_set(p.last_cap)?;
+            if let Some((uid, gid)) = self.user {
+                // Raw syscalls: glibc's wrappers broadcast credential changes
+                // to every thread it believes exists, and in this copy of a
+                // multi-threaded process the others do not: they would wait
+                // forever.
+                // SAFETY: integer-only syscalls; an empty group list.
+                unsafe {
+                    if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
+                        != 0
+                        || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+                        || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+            }
+            privileges::clear_capability_sets()?;
         }
         privileges::set_no_new_privs()?;
+        if let Some(l) = &self.landlock {
+            l.restrict_self()?;
+        }
         match &self.seccomp {
             Some((prog, notify)) => {
                 let fd = crate::seccomp::notify::install_with_listener(prog, *notify)?;

@@ -2,7 +2,9 @@
 
 pub mod cgroup;
 pub mod child;
+pub mod daemons;
 pub mod hide;
+pub mod landlock;
 pub mod privileges;
 pub mod registry;
 pub mod resolve;

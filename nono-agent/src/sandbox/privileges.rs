@@ -33,13 +33,13 @@ fn check(r: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// Removes every capability from the bounding, ambient, inheritable,
-/// permitted and effective sets and locks the securebits so that exec'ing a
-/// setuid-root or file-capability binary cannot regain any. `last_cap` is
-/// `/proc/sys/kernel/cap_last_cap`, read before fork.
-///
-/// Must be called while the process still has CAP_SETPCAP.
-pub fn drop_all_capabilities(last_cap: u32) -> io::Result<()> {
+/// Removes every capability from the bounding set and locks the securebits
+/// so that exec'ing a setuid-root or file-capability binary cannot regain
+/// any, and uid 0 gains nothing on exec. `last_cap` is
+/// `/proc/sys/kernel/cap_last_cap`, read before fork. Needs CAP_SETPCAP;
+/// the other sets are cleared by [`clear_capability_sets`] afterwards (so a
+/// user switch can happen in between).
+pub fn drop_bounding_set(last_cap: u32) -> io::Result<()> {
     // SAFETY: prctl with integer arguments only; no memory is passed.
     check(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, LOCKED_SECUREBITS, 0, 0, 0) })?;
     for cap in 0..=last_cap {
@@ -54,6 +54,11 @@ pub fn drop_all_capabilities(last_cap: u32) -> io::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Empties the ambient, inheritable, permitted and effective sets.
+pub fn clear_capability_sets() -> io::Result<()> {
     // SAFETY: integer-only prctl.
     check(unsafe {
         libc::prctl(

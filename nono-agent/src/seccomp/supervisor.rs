@@ -33,6 +33,8 @@ const MAX_IOV: usize = 1024;
 pub struct Supervisor {
     listener: OwnedFd,
     policy: Policy,
+    /// (device, inode) of daemon sockets the sandbox may not connect to.
+    denied_sockets: Vec<(u64, u64)>,
     sandbox: String,
     events: EventTx,
     /// Receivers currently waiting for a notification.
@@ -44,10 +46,17 @@ const MAX_IDLE_RECEIVERS: usize = 4;
 
 impl Supervisor {
     /// A supervisor for one sandbox's listener.
-    pub fn new(listener: OwnedFd, policy: Policy, sandbox: String, events: EventTx) -> Arc<Self> {
+    pub fn new(
+        listener: OwnedFd,
+        policy: Policy,
+        denied_sockets: Vec<(u64, u64)>,
+        sandbox: String,
+        events: EventTx,
+    ) -> Arc<Self> {
         Arc::new(Self {
             listener,
             policy,
+            denied_sockets,
             sandbox,
             events,
             idle: AtomicUsize::new(0),
@@ -191,6 +200,7 @@ impl Supervisor {
         Ok(Sock {
             fd,
             domain: domain as u32,
+            pinned: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -344,11 +354,35 @@ impl Supervisor {
         let family = u16::from_ne_bytes([addr[0], addr[1]]) as u32;
         let inet_socket = sock.domain == consts::AF_INET || sock.domain == consts::AF_INET6;
         if !inet_socket {
-            return Ok(if sock.domain == consts::AF_UNIX {
-                unix_path_for(n.pid, addr)
-            } else {
-                addr
-            });
+            if sock.domain != consts::AF_UNIX {
+                return Ok(addr);
+            }
+            let addr = unix_path_for(n.pid, addr);
+            // Resolve the path once (O_PATH), judge that inode, and connect
+            // through /proc/self/fd/N: a symlink swapped after the check
+            // cannot redirect us to another socket.
+            let Some((pinned, id)) = open_unix_path(&addr) else {
+                return Ok(addr);
+            };
+            if self.denied_sockets.contains(&id) {
+                self.event(
+                    n,
+                    hook,
+                    family,
+                    None,
+                    None,
+                    None,
+                    "daemon-socket-not-allowed",
+                );
+                return Err(libc::EACCES);
+            }
+            let mut via = addr[..2].to_vec();
+            via.extend_from_slice(format!("/proc/self/fd/{}", pinned.as_raw_fd()).as_bytes());
+            via.push(0);
+            if let Ok(mut p) = sock.pinned.lock() {
+                p.push(pinned);
+            }
+            return Ok(via);
         }
         let dest = match family {
             f if f == consts::AF_INET
@@ -555,6 +589,31 @@ fn unix_path_for(pid: u32, addr: Vec<u8>) -> Vec<u8> {
     out
 }
 
+/// Opens (O_PATH) the socket a sockaddr_un path names and returns it with
+/// its (device, inode); `None` for abstract names or paths that are not
+/// sockets (the kernel then answers the connect as it would anyway).
+fn open_unix_path(addr: &[u8]) -> Option<(OwnedFd, (u64, u64))> {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _};
+    let path = addr.get(2..)?;
+    if path.first().is_none_or(|&b| b == 0) {
+        return None; // abstract: scoped by Landlock, not by path
+    }
+    let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(std::path::Path::new(std::ffi::OsStr::from_bytes(
+            &path[..end],
+        )))
+        .ok()?;
+    let m = f.metadata().ok()?;
+    if !m.file_type().is_socket() {
+        return None;
+    }
+    Some((OwnedFd::from(f), (m.dev(), m.ino())))
+}
+
 fn tgid_of(pid: u32) -> Option<u32> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -572,6 +631,9 @@ fn comm_of(pid: u32) -> String {
 struct Sock {
     fd: OwnedFd,
     domain: u32,
+    /// O_PATH descriptors of unix socket paths judged for this operation,
+    /// kept open until it is performed.
+    pinned: std::sync::Mutex<Vec<OwnedFd>>,
 }
 
 impl Sock {

@@ -1,0 +1,195 @@
+//! Filesystem confinement with Landlock, prepared in the agent and applied
+//! in the child with a single syscall.
+//!
+//! The handled ABI is pinned (V6: filesystem rights up to device ioctls, plus
+//! abstract-unix-socket and signal scoping), so a newer kernel never silently
+//! changes what a profile means. By default every requested right is a hard
+//! requirement: on a kernel that cannot enforce one, the sandbox refuses to
+//! start; with `--allow-degraded` it starts and says exactly what is not
+//! enforced.
+
+use anyhow::{bail, Context as _, Result};
+use landlock::{
+    Access, AccessFs, BitFlags, CompatLevel, Compatible as _, PathBeneath, PathFd, Ruleset,
+    RulesetAttr as _, RulesetCreatedAttr as _, Scope, ABI,
+};
+use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// The ABI whose rights are handled. Pinned on purpose (see module docs).
+pub const HANDLED_ABI: ABI = ABI::V6;
+
+/// What the profile grants.
+#[derive(Debug, Clone, Default)]
+pub struct FsRules {
+    /// Readable (files and directory listings) beneath these paths.
+    pub read: Vec<PathBuf>,
+    /// Writable (and readable) beneath these paths.
+    pub write: Vec<PathBuf>,
+    /// Executable (and readable) beneath these paths.
+    pub exec: Vec<PathBuf>,
+}
+
+/// A ruleset ready to be applied in the child.
+pub struct Prepared {
+    fd: OwnedFd,
+    /// Lines describing what is not enforced (only with --allow-degraded).
+    pub degraded: Vec<String>,
+}
+
+impl Prepared {
+    /// Applies the ruleset to the calling thread's process (in the child,
+    /// after no_new_privs). One syscall: async-signal-safe.
+    pub fn restrict_self(&self) -> std::io::Result<()> {
+        // SAFETY: a valid ruleset fd and no flags.
+        let r =
+            unsafe { libc::syscall(libc::SYS_landlock_restrict_self, self.fd.as_raw_fd(), 0u32) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Paths no sandbox may ever write, whatever the profile says: the cgroup
+/// filesystems and bpffs (where the sandbox's own confinement lives) and
+/// /proc/sys (kernel settings, writable by uid 0 without capabilities).
+pub fn forbidden_write_targets() -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from("/proc/sys"), PathBuf::from("/proc")];
+    if let Ok(text) = crate::mountinfo::read() {
+        for t in ["cgroup2", "cgroup", "bpf"] {
+            v.extend(
+                crate::mountinfo::find(&text, t)
+                    .into_iter()
+                    .map(|m| m.mount_point),
+            );
+        }
+    }
+    v
+}
+
+/// Refuses write rules that would cover a forbidden path (Landlock can only
+/// add rights beneath a directory, never take some back below it).
+pub fn check_write_rules(write: &[PathBuf], forbidden: &[PathBuf]) -> Result<()> {
+    for w in write {
+        for f in forbidden {
+            if f.starts_with(w) {
+                bail!(
+                    "write access to {} would include {}, which a sandbox may never write (cgroup filesystem, bpffs or /proc)",
+                    w.display(),
+                    f.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_rights() -> BitFlags<AccessFs> {
+    AccessFs::ReadFile | AccessFs::ReadDir
+}
+
+/// Builds the ruleset. Paths that do not exist are skipped (a profile may
+/// name tool directories that are not installed here).
+pub fn prepare(rules: &FsRules, allow_degraded: bool) -> Result<Prepared> {
+    check_write_rules(&rules.write, &forbidden_write_targets())?;
+    let level = if allow_degraded {
+        CompatLevel::BestEffort
+    } else {
+        CompatLevel::HardRequirement
+    };
+    let all = AccessFs::from_all(HANDLED_ABI);
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(level)
+        .handle_access(all)
+        .context("Landlock: handling filesystem access")?
+        .scope(Scope::AbstractUnixSocket | Scope::Signal)
+        .context("Landlock: scoping abstract unix sockets and signals")?
+        .create()
+        .context("Landlock: creating the ruleset (is Landlock enabled in this kernel?)")?;
+    let mut grants: Vec<(&Path, BitFlags<AccessFs>)> = Vec::new();
+    grants.extend(rules.read.iter().map(|p| (p.as_path(), read_rights())));
+    grants.extend(
+        rules
+            .exec
+            .iter()
+            .map(|p| (p.as_path(), read_rights() | AccessFs::Execute)),
+    );
+    grants.extend(rules.write.iter().map(|p| (p.as_path(), all)));
+    for (path, access) in grants {
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
+        };
+        let access = if meta.is_dir() {
+            access
+        } else {
+            access & AccessFs::from_file(HANDLED_ABI)
+        };
+        let fd =
+            PathFd::new(path).with_context(|| format!("Landlock: opening {}", path.display()))?;
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(fd, access))
+            .with_context(|| format!("Landlock: adding a rule for {}", path.display()))?;
+    }
+    let mut degraded = Vec::new();
+    // The crate reports the compatibility outcome only when restricting; ask
+    // the kernel for its ABI to say what best-effort mode leaves out.
+    let kernel_abi = kernel_abi();
+    if kernel_abi < HANDLED_ABI as i64 {
+        if !allow_degraded {
+            bail!(
+                "Landlock ABI {kernel_abi} is older than the required ABI {} (filesystem rights and signal/abstract-socket scoping); pass --allow-degraded to run with what this kernel enforces",
+                HANDLED_ABI as i64
+            );
+        }
+        degraded.push(format!(
+            "Landlock ABI {kernel_abi} < {}: rights and scopes introduced after ABI {kernel_abi} are NOT enforced",
+            HANDLED_ABI as i64
+        ));
+    }
+    let fd: Option<OwnedFd> = ruleset.into();
+    match fd {
+        Some(fd) => Ok(Prepared { fd, degraded }),
+        None => {
+            if allow_degraded {
+                bail!("Landlock is not available on this kernel; with --allow-degraded the filesystem would be unconfined, which is refused for a profile that asks for it")
+            }
+            bail!("Landlock is not available on this kernel (required by the profile's filesystem rules)")
+        }
+    }
+}
+
+/// The running kernel's Landlock ABI version (0 if unsupported).
+pub fn kernel_abi() -> i64 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_long = 1;
+    // SAFETY: version query: NULL attr, size 0, no memory touched.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    v.max(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_rules_may_not_cover_confinement_paths() {
+        let forbidden = vec![
+            PathBuf::from("/sys/fs/cgroup/unified"),
+            PathBuf::from("/proc/sys"),
+        ];
+        assert!(check_write_rules(&[PathBuf::from("/tmp")], &forbidden).is_ok());
+        assert!(check_write_rules(&[PathBuf::from("/")], &forbidden).is_err());
+        assert!(check_write_rules(&[PathBuf::from("/sys")], &forbidden).is_err());
+        assert!(check_write_rules(&[PathBuf::from("/proc")], &forbidden).is_err());
+        assert!(
+            check_write_rules(&[PathBuf::from("/sys/fs/cgroup/unified/nono")], &forbidden).is_ok()
+        );
+    }
+}
