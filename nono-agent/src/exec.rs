@@ -476,7 +476,7 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     }
     kill_descendants();
     if let Some(p) = proxy {
-        p.stop();
+        p.stop().await;
     }
     if let Some(r) = ring.as_mut() {
         drain(r.get_mut(), &id, &mut out);
@@ -585,6 +585,8 @@ pub fn proxy_state(
         },
         sandbox: sandbox.to_string(),
         events,
+        shutdown: Default::default(),
+        tasks: Default::default(),
     })
 }
 

@@ -23,7 +23,7 @@ pub async fn run(args: StandaloneProxyArgs) -> Result<i32> {
             Some(line) = rx.recv() => out.take(line),
         }
     }
-    running.stop();
+    running.stop().await;
     while let Ok(line) = rx.try_recv() {
         out.take(line);
     }

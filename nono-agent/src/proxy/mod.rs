@@ -24,14 +24,20 @@ pub struct Running {
     /// The addresses it listens on.
     pub addrs: Vec<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
+    state: Arc<State>,
 }
 
 impl Running {
-    /// Stops accepting and drops every open connection and tunnel.
-    pub fn stop(self) {
-        for t in self.tasks {
+    /// Stops accepting, closes every open tunnel and waits (up to 2 s) for
+    /// the connection tasks to finish, so each records its event.
+    pub async fn stop(self) {
+        for t in &self.tasks {
             t.abort();
         }
+        self.state.shutdown.cancel();
+        self.state.tasks.close();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(2), self.state.tasks.wait()).await;
     }
 }
 
@@ -47,7 +53,11 @@ pub async fn start(state: State, listen: &[SocketAddr]) -> Result<Running> {
         addrs.push(l.local_addr()?);
         tasks.push(tokio::spawn(server::serve(l, state.clone())));
     }
-    Ok(Running { addrs, tasks })
+    Ok(Running {
+        addrs,
+        tasks,
+        state,
+    })
 }
 
 /// Starts the sandbox's proxy on 127.0.0.1 and, on the same port when
@@ -63,9 +73,13 @@ pub async fn start_loopback(state: State) -> Result<Running> {
     // ::1 is optional (IPv6 may be disabled); clients use the 127.0.0.1 URL.
     if let Ok(v6) = TcpListener::bind((Ipv6Addr::LOCALHOST, port)).await {
         addrs.push(v6.local_addr()?);
-        tasks.push(tokio::spawn(server::serve(v6, state)));
+        tasks.push(tokio::spawn(server::serve(v6, state.clone())));
     }
-    Ok(Running { addrs, tasks })
+    Ok(Running {
+        addrs,
+        tasks,
+        state,
+    })
 }
 
 /// A random per-sandbox secret for the proxy URL (128 bits, hex).

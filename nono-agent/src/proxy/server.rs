@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::policy::{ProxyPolicy, Refusal, Target};
 use super::resolve::Resolver;
@@ -73,6 +75,11 @@ pub struct State {
     pub sandbox: String,
     /// Where events go.
     pub events: EventTx,
+    /// Cancelled when the sandbox ends: open tunnels close and record their
+    /// events instead of vanishing with the runtime.
+    pub shutdown: CancellationToken,
+    /// Every connection and tunnel task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
 }
 
 /// Serves connections from `listener` until the task is aborted.
@@ -98,7 +105,8 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
         let state = state.clone();
         let header_timeout = state.limits.header_timeout;
         let max_head = state.limits.max_header_bytes;
-        tokio::spawn(async move {
+        let tasks = state.tasks.clone();
+        tasks.spawn(async move {
             let svc = service_fn(move |req| handle(req, state.clone(), peer));
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -365,7 +373,7 @@ async fn connect(
     };
     let host = d.host.clone();
     let state2 = state.clone();
-    tokio::spawn(async move {
+    state.tasks.spawn(async move {
         let d = Decision {
             state: &state2,
             kind: "connect",
@@ -375,9 +383,14 @@ async fn connect(
         };
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
-                let (up, down) =
-                    tunnel(TokioIo::new(upgraded), upstream, state2.limits.idle_timeout).await;
-                d.record("allow", "tunnel closed".into(), addr, up, down);
+                let (up, down, why) = tunnel(
+                    TokioIo::new(upgraded),
+                    upstream,
+                    state2.limits.idle_timeout,
+                    &state2.shutdown,
+                )
+                .await;
+                d.record("allow", why.into(), addr, up, down);
             }
             Err(e) => d.record(
                 "allow",
@@ -394,7 +407,12 @@ async fn connect(
 /// Copies both ways until both directions finished or nothing moved for
 /// `idle`; a finished direction is half-closed on the other side. Returns
 /// (client→server, server→client) byte counts.
-async fn tunnel<C>(client: C, server: TcpStream, idle: Duration) -> (u64, u64)
+async fn tunnel<C>(
+    client: C,
+    server: TcpStream,
+    idle: Duration,
+    shutdown: &CancellationToken,
+) -> (u64, u64, &'static str)
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -407,19 +425,24 @@ where
         tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, 64 * 1024, 64 * 1024);
     tokio::pin!(copy);
     let mut last_seen = 0;
-    loop {
+    let why = loop {
         tokio::select! {
-            _ = &mut copy => break,
+            _ = &mut copy => break "tunnel closed",
+            _ = shutdown.cancelled() => break "tunnel closed: sandbox ended",
             _ = tokio::time::sleep(idle) => {
                 let now = activity.load(Ordering::Relaxed);
                 if now == last_seen {
-                    break;
+                    break "tunnel closed: idle timeout";
                 }
                 last_seen = now;
             }
         }
-    }
-    (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed))
+    };
+    (
+        up.load(Ordering::Relaxed),
+        down.load(Ordering::Relaxed),
+        why,
+    )
 }
 
 /// Counts bytes read and bumps a shared activity counter on every I/O.
@@ -544,6 +567,11 @@ pub fn check_forward_request(uri: &Uri, headers: &HeaderMap) -> Result<(String, 
         ));
     }
     // Conflicting framing: refuse rather than pick one (request smuggling).
+    // hyper already normalises what reaches us (RFC 9112 §6.1: with both,
+    // Transfer-Encoding wins, Content-Length is dropped and the connection
+    // closes after the response; identical duplicate lengths are merged,
+    // differing ones refused), and every request is re-serialised, so this
+    // is a second line should hyper's behaviour ever change.
     if headers.contains_key(header::TRANSFER_ENCODING)
         && headers.contains_key(header::CONTENT_LENGTH)
     {
@@ -614,7 +642,7 @@ async fn forward(
         Ok(x) => x,
         Err(e) => return d.deny(StatusCode::BAD_GATEWAY, &format!("upstream handshake: {e}")),
     };
-    tokio::spawn(conn);
+    state.tasks.spawn(conn);
 
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
