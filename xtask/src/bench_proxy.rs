@@ -6,7 +6,9 @@
 //! 2. HTTP request rate and latency (wrk, absolute-form GETs over keep-alive
 //!    connections) through our proxy, tinyproxy and squid, each configured
 //!    with a one-domain allowlist, same origin, same client, same
-//!    concurrency; a direct row for reference.
+//!    concurrency; a direct row for reference, and a diagnostic row of our
+//!    proxy with `tcp_tw_reuse=1` in its namespace (shows what its
+//!    TIME_WAIT sockets towards the origin cost).
 //! 3. Memory of the standalone proxy (VmRSS, VmHWM) with 0 tunnels and with
 //!    `--tunnels` open tunnels (idle, then after 64 KiB went each way
 //!    through each).
@@ -29,7 +31,8 @@
 //!
 //! Needs root, `ip`, `nsenter` and the Debian packages wrk, tinyproxy and
 //! squid (installed with apt-get when missing, without starting their
-//! services). Figures are printed, never asserted.
+//! services). Figures are printed, never asserted. `--agent PATH` measures
+//! another nono-agent build (e.g. before/after a change) with the same rig.
 
 use anyhow::{bail, Context as _, Result};
 use std::collections::HashMap;
@@ -53,6 +56,8 @@ const ORIGIN_DIRECT: u16 = 8080;
 const ORIGIN_NONO: u16 = 8081;
 const ORIGIN_TINYPROXY: u16 = 8082;
 const ORIGIN_SQUID: u16 = 8083;
+/// Our proxy again, for the tcp_tw_reuse diagnostic row.
+const ORIGIN_NONO_DIAG: u16 = 8084;
 const BULK_PORT: u16 = 9000;
 const ECHO_PORT: u16 = 9001;
 
@@ -79,6 +84,8 @@ struct Opts {
     skip_build: bool,
     install: bool,
     only: Vec<String>,
+    /// Another nono-agent binary to measure (e.g. a build of another commit).
+    agent: Option<PathBuf>,
 }
 
 impl Opts {
@@ -93,6 +100,7 @@ impl Opts {
             skip_build: false,
             install: true,
             only: vec!["tunnel".into(), "http".into(), "memory".into()],
+            agent: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -109,13 +117,14 @@ impl Opts {
                 "--wrk-threads" => o.wrk_threads = val(a)?.parse()?,
                 "--tunnels" => o.tunnels = val(a)?.parse()?,
                 "--only" => o.only = val(a)?.split(',').map(str::to_string).collect(),
+                "--agent" => o.agent = Some(PathBuf::from(val(a)?)),
                 "--skip-build" => o.skip_build = true,
                 "--no-install" => o.install = false,
                 "-h" | "--help" => {
                     println!(
                         "usage: cargo xtask bench-proxy [--mib N] [--rounds N] [--duration SECS] \
                          [--connections N] [--wrk-threads N] [--tunnels N] \
-                         [--only tunnel,http,memory] [--skip-build] [--no-install]"
+                         [--only tunnel,http,memory] [--agent PATH] [--skip-build] [--no-install]"
                     );
                     std::process::exit(0);
                 }
@@ -169,7 +178,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     block_signals()?;
     std::thread::spawn(signal_thread);
     raise_nofile_limit();
-    let agent = root.join("target/release/nono-agent");
+    let agent = match &opts.agent {
+        Some(a) => std::fs::canonicalize(a).with_context(|| format!("--agent {}", a.display()))?,
+        None => root.join("target/release/nono-agent"),
+    };
     if !agent.exists() {
         bail!("{} is missing (drop --skip-build)", agent.display());
     }
@@ -193,7 +205,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             "--resolve".into(),
             format!("{DOMAIN}={SERVER_V4}"),
         ];
-        for p in [ORIGIN_NONO, BULK_PORT, ECHO_PORT] {
+        for p in [ORIGIN_NONO, ORIGIN_NONO_DIAG, BULK_PORT, ECHO_PORT] {
             v.push("--allow-domain".into());
             v.push(format!("{DOMAIN}:{p}"));
         }
@@ -204,6 +216,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         "\nnono-agent proxy benchmark ({} cores; client, proxies and origin share them)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    println!("agent: {}", agent.display());
     println!(
         "versions: {} | {}",
         tools.tinyproxy_version, tools.squid_version
@@ -498,6 +511,7 @@ impl Proc {
             .stdout(out)
             .stderr(err)
             .process_group(0);
+        die_with_parent(cmd);
         // Hold the registry lock across spawn so a signal cannot slip in
         // between fork and registration.
         let mut r = registry();
@@ -539,6 +553,7 @@ fn run_registered(cmd: &mut Command) -> Result<std::process::Output> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    die_with_parent(cmd);
     let child = {
         let mut r = registry();
         let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
@@ -549,6 +564,21 @@ fn run_registered(cmd: &mut Command) -> Result<std::process::Output> {
     let out = child.wait_with_output();
     registry().pgids.retain(|&p| p != pid);
     Ok(out?)
+}
+
+/// SIGKILL the child if this process dies (even by SIGKILL). Programs that
+/// change credentials (squid) lose this; the stale-namespace sweep of the
+/// next run catches them.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 struct TempDir {
@@ -657,9 +687,42 @@ fn sweep_stale_netns() {
         else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            eprintln!("bench-proxy: removing stale network namespace {name}");
+        if !bench_alive(pid) {
+            eprintln!("bench-proxy: removing stale network namespace {name} and its processes");
+            kill_processes_in_netns(&format!("/run/netns/{name}"));
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            let _ = std::fs::remove_dir_all(
+                std::env::temp_dir().join(format!("nono-bench-proxy.{pid}")),
+            );
+        }
+    }
+}
+
+/// Whether `pid` is a running bench-proxy (a zombie has no command line).
+fn bench_alive(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"bench-proxy"))
+}
+
+/// SIGKILLs every process whose network namespace is the one at `path`
+/// (proxies left behind by a run that was SIGKILLed).
+fn kill_processes_in_netns(path: &str) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(ino) = std::fs::metadata(path).map(|m| m.ino()) else {
+        return;
+    };
+    let want = format!("net:[{ino}]");
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let ns = std::fs::read_link(format!("/proc/{pid}/ns/net"));
+        if ns.is_ok_and(|l| l.as_os_str() == want.as_str()) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 }
@@ -728,7 +791,13 @@ struct Server {
 impl Server {
     fn start(ns: &str) -> Result<Self> {
         let path = format!("/run/netns/{ns}");
-        let ports = [ORIGIN_DIRECT, ORIGIN_NONO, ORIGIN_TINYPROXY, ORIGIN_SQUID];
+        let ports = [
+            ORIGIN_DIRECT,
+            ORIGIN_NONO,
+            ORIGIN_TINYPROXY,
+            ORIGIN_SQUID,
+            ORIGIN_NONO_DIAG,
+        ];
         let accepts: HashMap<u16, Arc<AtomicU64>> =
             ports.iter().map(|&p| (p, Arc::default())).collect();
         let requests: HashMap<u16, Arc<AtomicU64>> =
@@ -950,6 +1019,7 @@ async fn echo_conn(mut s: tokio::net::TcpStream) {
 // ---------------------------------------------------------------------------
 // Proxies
 
+#[derive(Clone)]
 struct ProxyUnderTest {
     name: &'static str,
     port: u16,
@@ -1328,7 +1398,8 @@ fn bench_tunnels(net: &Net, opts: &Opts, proxies: &[ProxyUnderTest]) -> Result<S
 struct WrkResult {
     requests: u64,
     duration_us: f64,
-    errors: u64,
+    /// Socket errors: connect, read, write, timeout.
+    errors: [u64; 4],
     non2xx: u64,
     p50_us: f64,
     p99_us: f64,
@@ -1398,7 +1469,7 @@ fn run_wrk(
     Ok(WrkResult {
         requests: v[0] as u64,
         duration_us: v[1],
-        errors: (v[2] + v[3] + v[4] + v[6]) as u64,
+        errors: [v[2] as u64, v[3] as u64, v[4] as u64, v[6] as u64],
         non2xx: v[5] as u64,
         p50_us: v[7],
         p99_us: v[8],
@@ -1407,16 +1478,22 @@ fn run_wrk(
 }
 
 fn cpu_ticks(pid: i32) -> u64 {
+    let (u, s) = cpu_split(pid);
+    u + s
+}
+
+/// (user, system) CPU clock ticks of a process.
+fn cpu_split(pid: i32) -> (u64, u64) {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
+        return (0, 0);
     };
     let Some(rest) = s.rsplit_once(')').map(|x| x.1) else {
-        return 0;
+        return (0, 0);
     };
     // Fields after the command: state(3) ... utime(14) stime(15).
     let f: Vec<&str> = rest.split_whitespace().collect();
     let get = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
+    (get(11), get(12))
 }
 
 fn clock_ticks() -> f64 {
@@ -1462,11 +1539,22 @@ fn time_wait(net: &Net) -> u64 {
         .unwrap_or(0)
 }
 
-fn wait_time_wait_below(net: &Net, limit: u64, max: Duration) {
-    let t = Instant::now();
-    while time_wait(net) > limit && t.elapsed() < max {
-        std::thread::sleep(Duration::from_millis(250));
-    }
+/// Sets a sysctl in the client namespace; returns the previous value.
+fn cli_sysctl(net: &Net, key: &str, value: &str) -> Result<String> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let value = value.to_string();
+    in_netns(&net.cli, move || {
+        let old = std::fs::read_to_string(&path)?.trim().to_string();
+        std::fs::write(&path, &value)?;
+        Ok(old)
+    })
+}
+
+struct HttpRow {
+    label: String,
+    proxy: Option<ProxyUnderTest>,
+    /// Diagnostic: net.ipv4.tcp_tw_reuse=1 in the client namespace.
+    tw_reuse: bool,
 }
 
 fn bench_http(
@@ -1490,29 +1578,48 @@ fn bench_http(
     );
     let _ = writeln!(
         out,
-        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>11} {:>9} {:>9} {:>8}",
+        "{:<34} {:>8} {:>8} {:>8} {:>8} {:>16} {:>7} {:>8} {:>9} {:>5} {:>8} {:>9}",
         "client path",
         "req/s",
         "p50 ms",
         "p99 ms",
         "max ms",
-        "errors",
+        "errs c/r/w/t",
         "non-2xx",
-        "origin conn",
+        "orig conn",
         "CPU µs/rq",
-        "RSS KiB",
-        "TIME_WAIT"
+        "sys%",
+        "RSS MB",
+        "new TW"
     );
     let tck = clock_ticks();
-    let mut rows: Vec<(Option<&ProxyUnderTest>, &str)> = vec![(None, "direct (no proxy)")];
+    let mut rows = vec![HttpRow {
+        label: "direct (no proxy)".into(),
+        proxy: None,
+        tw_reuse: false,
+    }];
     for p in proxies {
-        rows.push((Some(p), p.name));
+        rows.push(HttpRow {
+            label: p.name.into(),
+            proxy: Some(p.clone()),
+            tw_reuse: false,
+        });
     }
+    // The same proxy once more, with TIME_WAIT reuse allowed for its
+    // connections to the origin (own origin port: fresh 4-tuples).
+    let mut diag = proxies[0].clone();
+    diag.http_authority = format!("{DOMAIN}:{ORIGIN_NONO_DIAG}");
+    diag.origin_port = ORIGIN_NONO_DIAG;
+    rows.push(HttpRow {
+        label: "nono-agent, tcp_tw_reuse=1 (diag)".into(),
+        proxy: Some(diag),
+        tw_reuse: true,
+    });
     let mut notes = Vec::new();
-    for (p, label) in rows {
-        let script = tmp
-            .path
-            .join(format!("wrk-{}.lua", label.replace(' ', "_")));
+    for (i, row) in rows.iter().enumerate() {
+        let p = row.proxy.as_ref();
+        let label = &row.label;
+        let script = tmp.path.join(format!("wrk-{i}.lua"));
         wrk_script(&script, p)?;
         let (url, origin_port) = match p {
             None => (
@@ -1521,39 +1628,51 @@ fn bench_http(
             ),
             Some(p) => (format!("http://127.0.0.1:{}/", p.port), p.origin_port),
         };
-        // Start each row without the previous rows' TIME_WAIT sockets.
-        wait_time_wait_below(net, 1000, Duration::from_secs(5));
+        let old = if row.tw_reuse {
+            Some(cli_sysctl(net, "net.ipv4.tcp_tw_reuse", "1")?)
+        } else {
+            None
+        };
         run_wrk(net, wrk, opts, &script, &url, 1)?;
         let (acc0, req0) = server.counts(origin_port);
-        let cpu0 = p.map(|p| cpu_ticks(p.pid));
-        let r = run_wrk(net, wrk, opts, &script, &url, opts.duration)?;
+        let cpu0 = p.map(|p| cpu_split(p.pid));
+        let tw0 = time_wait(net);
+        let r = run_wrk(net, wrk, opts, &script, &url, opts.duration);
+        if let Some(old) = old {
+            cli_sysctl(net, "net.ipv4.tcp_tw_reuse", &old)?;
+        }
+        let r = r?;
         let (acc1, req1) = server.counts(origin_port);
-        let tw = time_wait(net);
-        let secs = r.duration_us / 1e6;
-        let rate = r.requests as f64 / secs;
-        let (cpu, rss) = match (p, cpu0) {
-            (Some(p), Some(c0)) => {
-                let used = (cpu_ticks(p.pid) - c0) as f64 / tck;
+        let tw = time_wait(net).saturating_sub(tw0);
+        let rate = r.requests as f64 / (r.duration_us / 1e6);
+        let (cpu, sys, rss) = match (p, cpu0) {
+            (Some(p), Some((u0, s0))) => {
+                let (u1, s1) = cpu_split(p.pid);
+                let (u, s) = (u1 - u0, s1 - s0);
+                let used = (u + s) as f64 / tck;
                 (
                     format!("{:.1}", used * 1e6 / r.requests.max(1) as f64),
-                    mem_status(p.pid).0.to_string(),
+                    format!("{:.0}", 100.0 * s as f64 / (u + s).max(1) as f64),
+                    format!("{:.1}", mem_status(p.pid).0 as f64 / 1024.0),
                 )
             }
-            _ => ("-".into(), "-".into()),
+            _ => ("-".into(), "-".into(), "-".into()),
         };
         let conns = acc1 - acc0;
+        let e = r.errors;
         let _ = writeln!(
             out,
-            "{:<22} {:>9.0} {:>9.3} {:>9.3} {:>9.1} {:>8} {:>8} {:>11} {:>9} {:>9} {:>8}",
+            "{:<34} {:>8.0} {:>8.2} {:>8.2} {:>8.1} {:>16} {:>7} {:>8} {:>9} {:>5} {:>8} {:>9}",
             label,
             rate,
             r.p50_us / 1e3,
             r.p99_us / 1e3,
             r.max_us / 1e3,
-            r.errors,
+            format!("{}/{}/{}/{}", e[0], e[1], e[2], e[3]),
             r.non2xx,
             conns,
             cpu,
+            sys,
             rss,
             tw
         );
@@ -1565,17 +1684,27 @@ fn bench_http(
                 conns as f64 / origin_reqs as f64
             ));
         }
+        if e[1] * 2 > r.requests {
+            notes.push(format!(
+                "{label}: {} read errors for {} requests: it closes the client connection after \
+                 every response (wrk reconnects; the requests themselves succeeded unless non-2xx)",
+                e[1], r.requests
+            ));
+        }
     }
     let _ = writeln!(
         out,
-        "origin conn = TCP connections the origin accepted during the run; CPU µs/rq = the proxy \
-         process's user+system CPU per request; TIME_WAIT = sockets in TIME_WAIT in the client \
-         namespace right after the run."
+        "orig conn = TCP connections the origin accepted during the run; CPU µs/rq = the proxy \
+         process's user+system CPU per request, sys% = the kernel's share of it; new TW = sockets \
+         that entered TIME_WAIT in the client namespace during the run (default \
+         ip_local_port_range has 28232 ports)."
     );
     let _ = writeln!(
         out,
         "tinyproxy is given the origin's IP address (it can only resolve names through the \
-         system resolver); ours and squid resolve {DOMAIN} without DNS (--resolve, hosts_file)."
+         system resolver); ours and squid resolve {DOMAIN} without DNS (--resolve, hosts_file). \
+         (diag) is not a configuration to ship: it shows how much the proxy's closing of its \
+         origin connections (TIME_WAIT on its side) costs."
     );
     for n in notes {
         let _ = writeln!(out, "note: {n}");
@@ -1675,16 +1804,22 @@ fn bench_memory(
     );
     let _ = writeln!(
         out,
-        "{:<52} {:>10} {:>10} {:>8}",
-        "state", "VmRSS MB", "VmHWM MB", "threads"
+        "{:<52} {:>9} {:>9} {:>14} {:>8}",
+        "state", "VmRSS MB", "VmHWM MB", "KiB per tunnel", "threads"
     );
-    for (label, (rss, hwm, thr)) in samples.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+    let samples = samples.lock().unwrap_or_else(|e| e.into_inner());
+    let base = samples.first().map_or(0, |s| s.1 .0);
+    for (i, (label, (rss, hwm, thr))) in samples.iter().enumerate() {
+        let per = if (1..=2).contains(&i) && n > 0 {
+            format!("{:.1}", rss.saturating_sub(base) as f64 / n as f64)
+        } else {
+            "-".into()
+        };
         let _ = writeln!(
             out,
-            "{label:<52} {:>10.1} {:>10.1} {:>8}",
+            "{label:<52} {:>9.1} {:>9.1} {per:>14} {thr:>8}",
             *rss as f64 / 1024.0,
             *hwm as f64 / 1024.0,
-            thr
         );
     }
     let _ = writeln!(out, "goal: <= 30 MB with 1,000 open tunnels");
