@@ -4,7 +4,8 @@
 //! that `setns()` into the server namespace; the loops then run on ordinary
 //! threads (a socket stays in the namespace it was created in).
 //!
-//! * [`TcpCounter`]: a TCP listener that accepts, counts and drains connections.
+//! * [`TcpCounter`]: a TCP listener that accepts, counts and drains connections
+//!   ([`AcceptCounter`]: only counts, for many short connections).
 //! * The sniffer: an `AF_PACKET`/`ETH_P_ALL` socket bound to the server veth,
 //!   recording every incoming frame in parsed form.
 //! * [`Oracle::settle`]: sends a fence datagram from the client namespace and
@@ -371,6 +372,62 @@ impl Drop for TcpCounter {
     }
 }
 
+/// A TCP listener that accepts and immediately closes connections, only
+/// counting them: for tens of thousands of short connections (one thread,
+/// no per-connection work).
+pub struct AcceptCounter {
+    pub addr: SocketAddr,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AcceptCounter {
+    /// Binds `addr` in namespace `ns` (backlog 4096).
+    pub fn bind(ns: &str, addr: SocketAddr) -> AcceptCounter {
+        let listener = in_netns(ns, move || {
+            let l = tcp_listen_socket(addr, true);
+            // SAFETY: plain syscall on our listening socket.
+            cvt(unsafe { libc::listen(l.as_raw_fd(), 4096) }, "listen");
+            l
+        });
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, sp) = (count.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            while !sp.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        c.fetch_add(1, Ordering::Relaxed);
+                        drop(conn);
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        });
+        AcceptCounter {
+            addr,
+            count,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for AcceptCounter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The server oracle for one [`NetFixture`].
 pub struct Oracle {
     server_ns: String,
@@ -534,6 +591,17 @@ impl Oracle {
     /// at frames recorded afterwards.
     pub fn mark(&self) -> usize {
         self.frame_count()
+    }
+
+    /// Every frame recorded since `mark`.
+    pub fn frames_since(&self, mark: usize) -> Vec<Frame> {
+        self.frames
+            .lock()
+            .unwrap()
+            .iter()
+            .skip(mark)
+            .cloned()
+            .collect()
     }
 
     /// Incoming source-routed IP packets (IPv4 LSRR/SSRR, IPv6 routing

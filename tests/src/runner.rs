@@ -15,6 +15,130 @@ use crate::sys::{self, CmdOutput};
 /// Errnos acceptable for a denied attempt.
 pub const DENIED_ERRNOS: &[i32] = &[libc::EPERM, libc::EACCES];
 
+/// Which enforcer confines the sandbox, and whether the agent is root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enforcement {
+    /// `--enforcer bpf` as root: cgroup BPF, pid/cgroup/mount namespaces,
+    /// no capabilities.
+    Bpf,
+    /// `--enforcer seccomp` as root: the seccomp supervisor, with the same
+    /// namespaces and capability drop, but no cgroup.
+    Seccomp,
+    /// `--enforcer seccomp` as an unprivileged user ([`RunAs::fresh`]): no
+    /// namespaces, no cgroup; leftovers are killed through the agent being
+    /// a child subreaper.
+    SeccompUser,
+}
+
+impl Enforcement {
+    pub const ALL: [Enforcement; 3] = [
+        Enforcement::Bpf,
+        Enforcement::Seccomp,
+        Enforcement::SeccompUser,
+    ];
+
+    /// The `--enforcer` value (also NONO_ENFORCER in the sandbox and the
+    /// events' "source").
+    pub fn flag(self) -> &'static str {
+        match self {
+            Enforcement::Bpf => "bpf",
+            Enforcement::Seccomp | Enforcement::SeccompUser => "seccomp",
+        }
+    }
+
+    /// A name for messages.
+    pub fn label(self) -> &'static str {
+        match self {
+            Enforcement::Bpf => "bpf (root)",
+            Enforcement::Seccomp => "seccomp (root)",
+            Enforcement::SeccompUser => "seccomp (unprivileged)",
+        }
+    }
+
+    /// The agent runs as root (namespaces, capability drop).
+    pub fn privileged(self) -> bool {
+        self != Enforcement::SeccompUser
+    }
+
+    /// The sandbox has its own cgroup (NONO_CGROUP, NONO_BPF_PIN_DIR).
+    pub fn has_cgroup(self) -> bool {
+        self == Enforcement::Bpf
+    }
+
+    /// The event hook that reports a denied connect for `family` ("inet" /
+    /// "inet6"), and the one that reports a refused socket().
+    pub fn connect_hook(self, v6: bool) -> &'static str {
+        match (self, v6) {
+            (Enforcement::Bpf, false) => "connect4",
+            (Enforcement::Bpf, true) => "connect6",
+            _ => "connect",
+        }
+    }
+
+    pub fn socket_hook(self) -> &'static str {
+        match self {
+            Enforcement::Bpf => "sock_create",
+            _ => "socket",
+        }
+    }
+}
+
+/// First uid/gid handed out by [`RunAs::fresh`] (no account needs to exist).
+pub const FRESH_UID_BASE: u32 = 0x5e00_0000;
+const FRESH_UID_SPAN: u32 = 0x1_0000 * 64;
+
+/// An unprivileged identity for the agent (through `setpriv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl RunAs {
+    /// A uid/gid no other process uses: unique to this test process and
+    /// call. So a sandbox's `kill(-1)` reaches only its own run, and its
+    /// leftovers are exactly the processes with that uid.
+    pub fn fresh() -> RunAs {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed) % 64;
+        let id = FRESH_UID_BASE + (std::process::id() & 0xffff) * 64 + n;
+        RunAs { uid: id, gid: id }
+    }
+
+    /// Whether `uid` is one [`RunAs::fresh`] hands out (guards only ever
+    /// kill processes of such uids).
+    pub fn is_fresh(uid: u32) -> bool {
+        (FRESH_UID_BASE..FRESH_UID_BASE + FRESH_UID_SPAN).contains(&uid)
+    }
+
+    /// `setpriv` arguments that switch to this identity with no
+    /// capabilities (bounding and inheritable sets emptied too).
+    pub fn setpriv_args(self) -> Vec<String> {
+        vec![
+            format!("--reuid={}", self.uid),
+            format!("--regid={}", self.gid),
+            "--clear-groups".into(),
+            "--inh-caps=-all".into(),
+            "--bounding-set=-all".into(),
+            "--".into(),
+        ]
+    }
+}
+
+/// A fresh marker argument for one sandboxed probe run: the probe ignores
+/// it, its forks inherit it, so every process of the run can be found (and
+/// killed) from the host by its command line.
+pub fn fresh_marker() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "nono-mark-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// One parsed `nono-probe` result line.
 #[derive(Debug, Clone)]
 pub struct ProbeResult {
@@ -85,6 +209,10 @@ pub struct SandboxGuard {
     pub cgroup: Option<PathBuf>,
     pub pin_dir: Option<PathBuf>,
     pub pids: Vec<i32>,
+    /// Processes whose command line carries one of these are killed.
+    pub markers: Vec<String>,
+    /// Processes of these ([`RunAs::fresh`]) uids are killed.
+    pub uids: Vec<u32>,
 }
 
 impl SandboxGuard {
@@ -93,10 +221,13 @@ impl SandboxGuard {
             cgroup: None,
             pin_dir: None,
             pids: Vec::new(),
+            markers: Vec::new(),
+            uids: Vec::new(),
         }
     }
 
-    /// Records the cgroup/pin dir reported by a probe running in a sandbox.
+    /// Records the cgroup/pin dir, marker and fresh uid reported by a probe
+    /// running in a sandbox.
     pub fn track(&mut self, r: &ProbeResult) {
         if let Some(c) = &r.cgroup {
             self.cgroup = Some(PathBuf::from(c));
@@ -104,6 +235,34 @@ impl SandboxGuard {
         if let Some(p) = &r.pin_dir {
             self.pin_dir = Some(PathBuf::from(p));
         }
+        if let Some(m) = r.raw["marker"].as_str() {
+            if !self.markers.iter().any(|x| x == m) {
+                self.markers.push(m.to_string());
+            }
+        }
+        if let Some(u) = r.raw["uid"].as_u64() {
+            self.track_uid(u as u32);
+        }
+    }
+
+    /// Records a [`RunAs::fresh`] uid (others are ignored).
+    pub fn track_uid(&mut self, uid: u32) {
+        if RunAs::is_fresh(uid) && !self.uids.contains(&uid) {
+            self.uids.push(uid);
+        }
+    }
+
+    /// Live processes left by the tracked runs (by marker and fresh uid).
+    pub fn leftovers(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self
+            .markers
+            .iter()
+            .flat_map(|m| sys::pids_with_marker(m))
+            .chain(self.uids.iter().flat_map(|&u| sys::pids_of_uid(u)))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 }
 
@@ -128,6 +287,14 @@ impl Drop for SandboxGuard {
     fn drop(&mut self) {
         for &pid in &self.pids {
             sys::kill_pid(pid);
+        }
+        for _ in 0..3 {
+            let left = self.leftovers();
+            if left.is_empty() {
+                break;
+            }
+            left.into_iter().for_each(sys::kill_pid);
+            std::thread::sleep(Duration::from_millis(50));
         }
         if let Some(cg) = &self.cgroup {
             // Only ever touch directories under <cgroup2>/nono/.
@@ -165,6 +332,21 @@ pub struct ExecOpts {
     /// Run inside the fixture's client netns (otherwise in the test's netns;
     /// only for commands that send no traffic).
     pub in_client_netns: bool,
+    /// Run the agent as this unprivileged identity (`setpriv`).
+    pub user: Option<RunAs>,
+}
+
+impl ExecOpts {
+    /// `--enforcer` for `e`, in the client netns, as a fresh unprivileged
+    /// user for [`Enforcement::SeccompUser`].
+    pub fn for_enforcement(e: Enforcement) -> ExecOpts {
+        ExecOpts {
+            enforcer: Some(e.flag().to_string()),
+            in_client_netns: true,
+            user: (!e.privileged()).then(RunAs::fresh),
+            ..Default::default()
+        }
+    }
 }
 
 /// A fixture + oracle + binaries. Field order matters: the oracle (sockets in
@@ -226,27 +408,10 @@ impl Harness {
     }
 
     /// The `nono-agent exec ... --` command line (without the child command).
+    /// With `opts.user`, the agent runs through `setpriv` as that user (from
+    /// a copy any user can execute, if need be).
     pub fn agent_command(&self, opts: &ExecOpts) -> Command {
-        let mut cmd = if opts.in_client_netns {
-            self.fx.client_command(&self.agent)
-        } else {
-            Command::new(&self.agent)
-        };
-        cmd.arg("exec");
-        if let Some(e) = &opts.enforcer {
-            cmd.args(["--enforcer", e]);
-        }
-        for pe in &opts.proxy_endpoints {
-            cmd.arg("--proxy-endpoint").arg(pe.to_string());
-        }
-        if let Some(ev) = &opts.events {
-            cmd.arg("--events").arg(ev);
-        }
-        if opts.quiet {
-            cmd.arg("--quiet");
-        }
-        cmd.arg("--");
-        cmd
+        exec_command(&self.agent, opts.in_client_netns.then_some(&self.fx), opts)
     }
 
     /// Runs `nono-agent exec [opts] -- argv...` and returns its output.
@@ -254,38 +419,123 @@ impl Harness {
         sys::run_timeout(self.agent_command(opts).args(argv), sys::CMD_TIMEOUT)
     }
 
-    /// Runs the probe inside a sandbox (client netns, given enforcer, a fresh
-    /// proxy endpoint so the allow-list is never empty).
-    pub fn probe_sandboxed(&self, enforcer: &str, args: &[String]) -> (ProbeResult, CmdOutput) {
-        let opts = ExecOpts {
-            enforcer: Some(enforcer.to_string()),
+    /// Options for a sandboxed run under `e` with a fresh proxy endpoint (so
+    /// the allow-list is never empty).
+    pub fn opts(&self, e: Enforcement) -> ExecOpts {
+        ExecOpts {
             proxy_endpoints: vec![self.proxy_endpoint()],
-            in_client_netns: true,
-            ..Default::default()
-        };
-        self.probe_sandboxed_with(&opts, args)
+            ..ExecOpts::for_enforcement(e)
+        }
     }
 
+    /// Runs the probe inside a sandbox (client netns, enforcement `e`, a
+    /// fresh proxy endpoint so the allow-list is never empty).
+    pub fn probe_sandboxed(&self, e: Enforcement, args: &[String]) -> (ProbeResult, CmdOutput) {
+        self.probe_sandboxed_with(&self.opts(e), args)
+    }
+
+    /// Runs the probe inside a sandbox with `opts`, adding a fresh
+    /// `--marker` (see [`fresh_marker`]); the result echoes it.
     pub fn probe_sandboxed_with(
         &self,
         opts: &ExecOpts,
         args: &[String],
     ) -> (ProbeResult, CmdOutput) {
         let mut cmd = self.agent_command(opts);
-        cmd.arg(&self.probe).args(args);
+        cmd.arg(self.probe_for(opts))
+            .args(args)
+            .args(["--marker".to_string(), fresh_marker()]);
         let out = sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT);
         let r = ProbeResult::parse(&out.stdout).unwrap_or_else(|| {
             panic!(
-                "probe {args:?} (sandboxed) printed no result: {}",
+                "probe {args:?} (sandboxed, {:?} as {:?}) printed no result: {}",
+                opts.enforcer,
+                opts.user,
+                out.describe()
+            )
+        });
+        if let Some(u) = opts.user {
+            assert_eq!(
+                r.raw["uid"].as_u64(),
+                Some(u64::from(u.uid)),
+                "the sandboxed probe did not run as uid {}: {}",
+                u.uid,
+                r.raw
+            );
+        }
+        (r, out)
+    }
+
+    /// Runs the probe in the client netns as `user` (no sandbox).
+    pub fn probe_outside_as(&self, user: RunAs, args: &[String]) -> (ProbeResult, CmdOutput) {
+        let setpriv = sys::require_tool("setpriv", "runs the probe unprivileged");
+        let mut cmd = self.fx.client_command(&setpriv);
+        cmd.args(user.setpriv_args())
+            .arg(sys::accessible(&self.probe))
+            .args(args);
+        let out = sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT);
+        let r = ProbeResult::parse(&out.stdout).unwrap_or_else(|| {
+            panic!(
+                "probe {args:?} (outside, uid {}) printed no result: {}",
+                user.uid,
                 out.describe()
             )
         });
         (r, out)
     }
 
+    /// The probe binary as the sandbox for `opts` can execute it.
+    pub fn probe_for(&self, opts: &ExecOpts) -> PathBuf {
+        match opts.user {
+            Some(_) => sys::accessible(&self.probe),
+            None => self.probe.clone(),
+        }
+    }
+
     pub fn probe_path(&self) -> &str {
         self.probe.to_str().expect("utf-8 probe path")
     }
+}
+
+/// `[nsenter --net=<client netns>] [setpriv <user>] <agent> exec [opts] --`
+/// (without the child command): `netns` runs it in a fixture's client
+/// netns, `opts.user` as that unprivileged user (from a copy of the agent
+/// any user can execute, if need be).
+pub fn exec_command(agent: &Path, netns: Option<&NetFixture>, opts: &ExecOpts) -> Command {
+    let agent = match opts.user {
+        Some(_) => sys::accessible(agent),
+        None => agent.to_path_buf(),
+    };
+    let mut cmd = match opts.user {
+        None => match netns {
+            Some(fx) => fx.client_command(&agent),
+            None => Command::new(&agent),
+        },
+        Some(u) => {
+            let setpriv = sys::require_tool("setpriv", "runs the agent unprivileged");
+            let mut c = match netns {
+                Some(fx) => fx.client_command(&setpriv),
+                None => Command::new(&setpriv),
+            };
+            c.args(u.setpriv_args()).arg(&agent);
+            c
+        }
+    };
+    cmd.arg("exec");
+    if let Some(e) = &opts.enforcer {
+        cmd.args(["--enforcer", e]);
+    }
+    for pe in &opts.proxy_endpoints {
+        cmd.arg("--proxy-endpoint").arg(pe.to_string());
+    }
+    if let Some(ev) = &opts.events {
+        cmd.arg("--events").arg(ev);
+    }
+    if opts.quiet {
+        cmd.arg("--quiet");
+    }
+    cmd.arg("--");
+    cmd
 }
 
 /// Parses the agent's summary line for `sandbox` from stderr:
@@ -332,6 +582,32 @@ mod tests {
             parse_summary("nono-agent: sandbox x: 0 denied\n", "y"),
             None
         );
+    }
+
+    #[test]
+    fn fresh_identities_are_unique_and_recognised() {
+        let (a, b) = (RunAs::fresh(), RunAs::fresh());
+        assert_ne!(a, b);
+        assert!(RunAs::is_fresh(a.uid) && RunAs::is_fresh(b.uid));
+        assert!(!RunAs::is_fresh(0) && !RunAs::is_fresh(65534));
+        assert_eq!(a.uid, a.gid);
+        assert!(a.uid < 0x7fff_ffff, "inside ping_group_range");
+        assert_ne!(fresh_marker(), fresh_marker());
+    }
+
+    #[test]
+    fn enforcement_names() {
+        assert_eq!(Enforcement::Bpf.flag(), "bpf");
+        assert_eq!(Enforcement::SeccompUser.flag(), "seccomp");
+        assert!(!Enforcement::SeccompUser.privileged());
+        assert!(Enforcement::Bpf.has_cgroup() && !Enforcement::Seccomp.has_cgroup());
+        assert_eq!(Enforcement::Seccomp.connect_hook(true), "connect");
+        assert_eq!(Enforcement::Bpf.connect_hook(true), "connect6");
+        let opts = ExecOpts::for_enforcement(Enforcement::SeccompUser);
+        assert!(opts.user.is_some() && opts.in_client_netns);
+        assert!(ExecOpts::for_enforcement(Enforcement::Seccomp)
+            .user
+            .is_none());
     }
 
     #[test]

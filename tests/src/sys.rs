@@ -285,3 +285,163 @@ impl Drop for TempDir {
         let _ = fs::remove_dir_all(&self.0);
     }
 }
+
+impl TempDir {
+    /// Hands the directory to `uid:gid` (for an unprivileged sandbox that
+    /// writes pid files, logs or events into it).
+    pub fn chown(&self, uid: u32, gid: u32) {
+        std::os::unix::fs::chown(&self.0, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {} to {uid}:{gid}: {e}", self.0.display()));
+    }
+}
+
+/// Panics unless `tool` is in PATH (a missing prerequisite fails the test).
+pub fn require_tool(tool: &str, why: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(tool))
+                .find(|c| c.is_file())
+        })
+        .unwrap_or_else(|| panic!("required tool `{tool}` not found in PATH ({why})"))
+}
+
+/// Every process id in /proc (host view), except our own.
+pub fn all_pids() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut v: Vec<i32> = fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|&p| p != me)
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+/// A `Key:` line of /proc/PID/status, trimmed.
+pub fn status_line(pid: i32, key: &str) -> Option<String> {
+    let st = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    st.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+}
+
+/// The `NSpid` line of a process: its pid in each pid namespace, from the
+/// host's (first) to its own (last).
+pub fn nspid(pid: i32) -> Option<Vec<i32>> {
+    status_line(pid, "NSpid").map(|l| {
+        l.split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    })
+}
+
+/// The process's `comm`.
+pub fn comm(pid: i32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+/// Live (non-zombie) processes whose command line contains `marker` (an
+/// argument the tests pass to a sandboxed probe; forks inherit it).
+pub fn pids_with_marker(marker: &str) -> Vec<i32> {
+    assert!(
+        marker.len() >= 8,
+        "marker too short to be unique: {marker:?}"
+    );
+    all_pids()
+        .into_iter()
+        .filter(|&p| {
+            fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| c.split(|&b| b == 0).any(|a| a == marker.as_bytes()))
+                .unwrap_or(false)
+                && pid_alive(p)
+        })
+        .collect()
+}
+
+/// Live (non-zombie) processes whose real uid is `uid`.
+pub fn pids_of_uid(uid: u32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| {
+            status_line(p, "Uid").and_then(|l| l.split_whitespace().next()?.parse::<u32>().ok())
+                == Some(uid)
+                && pid_alive(p)
+        })
+        .collect()
+}
+
+/// The host pid of the process whose innermost pid is `inner` among
+/// `candidates` (host pids, e.g. a cgroup's `cgroup.procs`).
+pub fn host_pid_of(candidates: &[i32], inner: i32) -> Option<i32> {
+    candidates
+        .iter()
+        .copied()
+        .find(|&p| nspid(p).and_then(|ns| ns.last().copied()) == Some(inner))
+}
+
+/// Pids listed in a cgroup's `cgroup.procs` (host pids); empty if unreadable.
+pub fn cgroup_procs(cgroup: &Path) -> Vec<i32> {
+    fs::read_to_string(cgroup.join("cgroup.procs"))
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A path to `bin` that any user can execute: `bin` itself if every
+/// directory above it is world-searchable and it is world-executable,
+/// else a copy (mode 0755) in a per-process directory under the temp dir,
+/// removed when the test process exits.
+pub fn accessible(bin: &Path) -> PathBuf {
+    use std::collections::HashMap;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::{Mutex, OnceLock};
+    let open = |p: &Path, bits: u32| {
+        fs::metadata(p)
+            .map(|m| m.permissions().mode() & bits == bits)
+            .unwrap_or(false)
+    };
+    let bin = fs::canonicalize(bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    if open(&bin, 0o005) && bin.ancestors().skip(1).all(|d| open(d, 0o001)) {
+        return bin;
+    }
+    static COPIES: OnceLock<Mutex<HashMap<PathBuf, PathBuf>>> = OnceLock::new();
+    let mut copies = COPIES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = copies.get(&bin) {
+        return c.clone();
+    }
+    let dir = std::env::temp_dir().join(format!("nono-tests-bin-{}", std::process::id()));
+    if copies.is_empty() {
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create binary copy dir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod copy dir");
+        extern "C" fn remove_copies() {
+            let dir = std::env::temp_dir().join(format!("nono-tests-bin-{}", std::process::id()));
+            let _ = fs::remove_dir_all(dir);
+        }
+        // SAFETY: registers a plain function to run at exit.
+        unsafe { libc::atexit(remove_copies) };
+    }
+    let name = bin.file_name().expect("binary has a file name");
+    // One subdirectory per copy keeps the file name (and so `comm`).
+    let sub = dir.join(copies.len().to_string());
+    fs::create_dir_all(&sub).expect("create binary copy subdir");
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).expect("chmod copy subdir");
+    let copy = sub.join(name);
+    fs::copy(&bin, &copy)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", bin.display(), copy.display()));
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod copy");
+    copies.insert(bin, copy.clone());
+    copy
+}

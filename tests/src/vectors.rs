@@ -1,12 +1,14 @@
 //! The single list of escape vectors, and the generic check for network
-//! vectors. Every function takes the enforcer name so another enforcer (e.g. a
-//! later seccomp one) can reuse the battery unchanged.
+//! vectors. Every check takes the [`Enforcement`] (BPF as root, seccomp as
+//! root, seccomp unprivileged), so one list runs under every enforcer.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::netns::{SERVER_MAC, SERVER_V4, SERVER_V6};
 use crate::oracle::{ArpResponder, Proto};
-use crate::runner::{ExecOpts, Harness, ProbeResult, SandboxGuard, DENIED_ERRNOS};
+use crate::runner::{
+    Enforcement, ExecOpts, Harness, ProbeResult, RunAs, SandboxGuard, DENIED_ERRNOS,
+};
 use crate::sys::CmdOutput;
 
 /// Which destination the probe is aimed at.
@@ -120,6 +122,10 @@ pub const NETWORK_VECTORS: &[NetVector] = &[
     nv("ping6-socket", ServerV6, Icmp6Echo),
     nv("af-packet", ServerV4, EtherTag),
     nv("mptcp", ServerV4, Tcp),
+    // i386 system calls from a 64-bit process (`int 0x80`): socketcall
+    // (102) with SYS_CONNECT, and the direct i386 socket + connect.
+    nv("int80-socketcall", ServerV4, Tcp),
+    nv("int80-socket", ServerV4, Tcp),
     // Routing options: the hooks see ::1 / 127.0.0.1, the kernel sends to
     // the first segment / first hop (the server).
     rv("srh6-udp-sockopt", ServerV6, RoutedUdp, Rerouted),
@@ -153,6 +159,7 @@ pub const PROCESS_VECTORS: &[&str] = &[
     "detach-bpf",
     "kill-agent",
     "proc-root-cgroup",
+    "steal-fds",
 ];
 
 pub fn find(name: &str) -> NetVector {
@@ -410,15 +417,48 @@ pub fn assert_reachable_outside(h: &Harness, v: NetVector) -> Baseline {
 /// Runs the vector inside a sandbox and asserts it was denied and nothing
 /// reached the server (for rerouted vectors: only that nothing reached the
 /// server; what the probe saw is reported). Returns the probe's result.
-pub fn assert_blocked_inside(h: &Harness, enforcer: &str, v: NetVector) -> ProbeResult {
+pub fn assert_blocked_inside(h: &Harness, e: Enforcement, v: NetVector) -> ProbeResult {
+    if let (Enforcement::SeccompUser, Direct) = (e, v.mode) {
+        report_unprivileged_baseline(h, v);
+    }
+    assert_blocked_inside_with(h, ExecOpts::for_enforcement(e), Some(e), v)
+}
+
+/// For information: whether the kernel itself already refuses the vector
+/// to an unprivileged user outside any sandbox (raw sockets, AF_PACKET...).
+fn report_unprivileged_baseline(h: &Harness, v: NetVector) {
+    let a = Attempt::new(h, v);
+    let (r, _) = h.probe_outside_as(RunAs::fresh(), &a.args);
+    h.oracle.settle();
+    let (n, what) = a.observed(h);
+    if !(r.ok && n > 0) {
+        eprintln!(
+            "[{}] note: an unprivileged user is refused this vector even outside a sandbox              (ok={} errno={:?} {:?}; server saw {what})",
+            v.name, r.ok, r.errno, r.detail
+        );
+    }
+}
+
+/// [`assert_blocked_inside`] with explicit options (e.g. `--enforcer auto`);
+/// `expect` is the enforcer that must end up applied (NONO_ENFORCER), if known.
+pub fn assert_blocked_inside_with(
+    h: &Harness,
+    opts: ExecOpts,
+    expect: Option<Enforcement>,
+    v: NetVector,
+) -> ProbeResult {
     let a = Attempt::new(h, v);
     let mut guard = SandboxGuard::new();
     let opts = ExecOpts {
-        enforcer: Some(enforcer.to_string()),
         proxy_endpoints: vec![a.proxy],
-        in_client_netns: true,
-        ..Default::default()
+        ..opts
     };
+    let label = format!(
+        "--enforcer {} as {}",
+        opts.enforcer.as_deref().unwrap_or("(default)"),
+        opts.user
+            .map_or("root".to_string(), |u| format!("uid {}", u.uid))
+    );
     let (r, out) = h.probe_sandboxed_with(&opts, &a.args);
     guard.track(&r);
     h.oracle.settle();
@@ -426,7 +466,7 @@ pub fn assert_blocked_inside(h: &Harness, enforcer: &str, v: NetVector) -> Probe
     assert_eq!(
         n,
         0,
-        "[{}] LEAK with --enforcer {enforcer}: server saw {what}\n{}",
+        "[{}] LEAK with {label}: server saw {what}\n{}",
         v.name,
         context(&r, &out)
     );
@@ -436,11 +476,21 @@ pub fn assert_blocked_inside(h: &Harness, enforcer: &str, v: NetVector) -> Probe
         v.name,
         context(&r, &out)
     );
+    if let Some(e) = expect {
+        assert_eq!(
+            r.raw["enforcer"].as_str(),
+            Some(e.flag()),
+            "[{}] NONO_ENFORCER in the sandbox is not {} ({label})\n{}",
+            v.name,
+            e.flag(),
+            context(&r, &out)
+        );
+    }
     if v.mode == Direct {
         assert!(
             r.denied(),
-            "[{}] expected the attempt to fail with one of {DENIED_ERRNOS:?} (EPERM/EACCES), \
-             got ok={} errno={:?} detail={:?}\n{}",
+            "[{}] {label}: expected the attempt to fail with one of {DENIED_ERRNOS:?} \
+             (EPERM/EACCES), got ok={} errno={:?} detail={:?}\n{}",
             v.name,
             r.ok,
             r.errno,
@@ -449,7 +499,7 @@ pub fn assert_blocked_inside(h: &Harness, enforcer: &str, v: NetVector) -> Probe
         );
     } else {
         eprintln!(
-            "[{}] inside --enforcer {enforcer}: nothing arrived; the probe saw ok={} errno={:?} \
+            "[{}] inside {label}: nothing arrived; the probe saw ok={} errno={:?} \
              detail={:?} refused_at={:?}",
             v.name, r.ok, r.errno, r.detail, r.raw["refused_at"]
         );
@@ -457,17 +507,23 @@ pub fn assert_blocked_inside(h: &Harness, enforcer: &str, v: NetVector) -> Probe
     assert_eq!(
         out.code(),
         0,
-        "[{}] agent exit code should be the probe's (0)\n{}",
+        "[{}] {label}: agent exit code should be the probe's (0)\n{}",
         v.name,
         context(&r, &out)
+    );
+    let left = guard.leftovers();
+    assert!(
+        left.is_empty(),
+        "[{}] {label}: processes of the sandbox still alive after the agent exited: {left:?}",
+        v.name
     );
     r
 }
 
-/// The full check for one network vector under `enforcer`.
-pub fn check_network_vector(enforcer: &str, probe_bin: &str, name: &str) {
+/// The full check for one network vector under `e`.
+pub fn check_network_vector(e: Enforcement, probe_bin: &str, name: &str) {
     let v = find(name);
     let h = Harness::new(probe_bin);
     assert_reachable_outside(&h, v);
-    assert_blocked_inside(&h, enforcer, v);
+    assert_blocked_inside(&h, e, v);
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use nono_tests::oracle::Proto;
-use nono_tests::runner::Harness;
+use nono_tests::runner::{Harness, RunAs};
 use nono_tests::vectors::{self, Attempt, NETWORK_VECTORS};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_nono-probe");
@@ -20,6 +20,25 @@ fn every_vector_reaches_the_oracle_outside_a_sandbox() {
     for v in NETWORK_VECTORS {
         vectors::assert_reachable_outside(&h, *v);
     }
+}
+
+/// The unprivileged plumbing (setpriv, a fresh uid, a probe any user can
+/// execute) works: tcp4 as that user reaches the oracle.
+#[test]
+fn unprivileged_probe_reaches_the_oracle_outside_a_sandbox() {
+    let h = harness();
+    let user = RunAs::fresh();
+    let a = Attempt::new(&h, vectors::find("tcp4"));
+    let (r, out) = h.probe_outside_as(user, &a.args);
+    h.oracle.settle();
+    let (n, what) = a.observed(&h);
+    assert!(
+        r.ok && n > 0 && r.raw["uid"] == user.uid,
+        "tcp4 as uid {}: probe {}; server saw {what}\n{}",
+        user.uid,
+        r.raw,
+        out.describe()
+    );
 }
 
 #[test]

