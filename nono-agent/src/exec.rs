@@ -587,6 +587,7 @@ pub fn proxy_state(
         events,
         shutdown: Default::default(),
         tasks: Default::default(),
+        pool: Default::default(),
     })
 }
 

@@ -6,6 +6,7 @@
 
 pub mod pattern;
 pub mod policy;
+pub mod pool;
 pub mod resolve;
 pub mod server;
 pub mod upstream;
@@ -35,6 +36,7 @@ impl Running {
             t.abort();
         }
         self.state.shutdown.cancel();
+        self.state.pool.clear();
         self.state.tasks.close();
         let _ =
             tokio::time::timeout(std::time::Duration::from_secs(2), self.state.tasks.wait()).await;

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::policy::{ProxyPolicy, Refusal, Target};
+use super::pool::Key;
 use super::resolve::Resolver;
 use super::upstream::Upstream;
 use crate::events::{EventTx, ProxyRecord};
@@ -80,6 +81,8 @@ pub struct State {
     pub shutdown: CancellationToken,
     /// Every connection and tunnel task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Keep-alive connections for forwarded HTTP requests.
+    pub pool: super::pool::Pool,
 }
 
 /// Serves connections from `listener` until the task is aborted.
@@ -404,6 +407,10 @@ async fn connect(
     empty(StatusCode::OK)
 }
 
+/// Per-direction copy buffer of a tunnel. 16 KiB keeps 1,000 busy tunnels
+/// near 30 MB (64 KiB buffers measured 134 MB) at some CPU cost per GiB.
+const TUNNEL_BUF: usize = 16 * 1024;
+
 /// Copies both ways until both directions finished or nothing moved for
 /// `idle`; a finished direction is half-closed on the other side. Returns
 /// (client→server, server→client) byte counts.
@@ -422,7 +429,7 @@ where
     let mut client = Activity::new(client, activity.clone(), up.clone());
     let mut server = Activity::new(server, activity.clone(), down.clone());
     let copy =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, 64 * 1024, 64 * 1024);
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, TUNNEL_BUF, TUNNEL_BUF);
     tokio::pin!(copy);
     let mut last_seen = 0;
     let why = loop {
@@ -633,16 +640,52 @@ async fn forward(
         Ok(a) => a,
         Err(resp) => return resp,
     };
-    let (stream, addr) = match dial(&d, &target, &addrs, false).await {
-        Ok(x) => x,
-        Err(e) => return d.deny(StatusCode::BAD_GATEWAY, &e),
+    // A pooled connection to one of the addresses just checked, or a new one.
+    let keys: Vec<Key> = if state.upstream.is_some() {
+        vec![Key::Upstream]
+    } else {
+        addrs
+            .iter()
+            .map(|ip| Key::Direct(SocketAddr::new(*ip, port)))
+            .collect()
     };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    {
-        Ok(x) => x,
-        Err(e) => return d.deny(StatusCode::BAD_GATEWAY, &format!("upstream handshake: {e}")),
+    let mut pooled = None;
+    'find: for k in &keys {
+        while let Some(mut s) = state.pool.take(k) {
+            if s.ready().await.is_ok() {
+                pooled = Some((s, k.clone()));
+                break 'find;
+            }
+        }
+    }
+    let (mut sender, key, addr) = match pooled {
+        Some((s, k)) => {
+            let addr = match &k {
+                Key::Direct(sa) => Some(sa.ip()),
+                Key::Upstream => None,
+            };
+            (s, k, addr)
+        }
+        None => {
+            let (stream, addr) = match dial(&d, &target, &addrs, false).await {
+                Ok(x) => x,
+                Err(e) => return d.deny(StatusCode::BAD_GATEWAY, &e),
+            };
+            let (sender, conn) =
+                match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        return d.deny(StatusCode::BAD_GATEWAY, &format!("upstream handshake: {e}"))
+                    }
+                };
+            state.tasks.spawn(conn);
+            let key = match addr {
+                Some(ip) => Key::Direct(SocketAddr::new(ip, port)),
+                None => Key::Upstream,
+            };
+            (sender, key, addr)
+        }
     };
-    state.tasks.spawn(conn);
 
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -690,6 +733,8 @@ async fn forward(
         status,
         up: up_bytes,
         down: down_bytes.clone(),
+        reuse: Some((key, sender)),
+        finished: false,
     };
     let body = Counting::new(body, down_bytes).with_done(done).boxed();
     Response::from_parts(parts, body)
@@ -706,10 +751,19 @@ struct Done {
     status: u16,
     up: Arc<AtomicU64>,
     down: Arc<AtomicU64>,
+    /// The origin connection, returned to the pool if the response was read
+    /// to its end.
+    reuse: Option<(Key, hyper::client::conn::http1::SendRequest<ProxyBody>)>,
+    finished: bool,
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
+        if self.finished {
+            if let Some((key, sender)) = self.reuse.take() {
+                self.state.pool.put(key, sender);
+            }
+        }
         let d = Decision {
             state: &self.state,
             kind: "http",
@@ -766,8 +820,21 @@ where
                 if let Some(d) = f.data_ref() {
                     self.count.fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
+                // hyper stops polling a body that says it has ended, so the
+                // end is noticed here rather than by a final `None`.
+                if self.inner.is_end_stream() {
+                    if let Some(d) = self.done.as_mut() {
+                        d.finished = true;
+                    }
+                }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(None) => {
+                if let Some(d) = self.done.as_mut() {
+                    d.finished = true;
+                }
+                self.done.take();
+            }
+            Poll::Ready(Some(Err(_))) => {
                 self.done.take();
             }
             Poll::Pending => {}
