@@ -17,6 +17,7 @@
 
 pub mod netns;
 pub mod oracle;
+pub mod profilelab;
 pub mod proxylab;
 pub mod runner;
 pub mod sys;
