@@ -164,6 +164,9 @@ impl ChildSetup {
             {
                 return Err(io::Error::last_os_error());
             }
+            if let Some(l) = &self.landlock {
+                l.add_fresh_proc_rule()?;
+            }
             for target in &self.hidden_sockets {
                 // SAFETY: NUL-terminated strings that outlive the call.
                 if unsafe {

@@ -33,11 +33,59 @@ pub struct FsRules {
 /// A ruleset ready to be applied in the child.
 pub struct Prepared {
     fd: OwnedFd,
+    /// Rights granted on /proc, to be granted again on the fresh /proc a
+    /// privileged sandbox mounts for its pid namespace (a different inode
+    /// from the agent's /proc, which the ruleset's rule names).
+    proc_access: u64,
     /// Lines describing what is not enforced (only with --allow-degraded).
     pub degraded: Vec<String>,
 }
 
+/// `struct landlock_path_beneath_attr` (packed, as in the UAPI).
+#[repr(C, packed)]
+struct PathBeneathAttr {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+const LANDLOCK_RULE_PATH_BENEATH: libc::c_int = 1;
+
 impl Prepared {
+    /// Adds the profile's /proc rights for the /proc now mounted in the
+    /// child (call after mounting it, before `restrict_self`). Syscalls only.
+    pub fn add_fresh_proc_rule(&self) -> std::io::Result<()> {
+        if self.proc_access == 0 {
+            return Ok(());
+        }
+        // SAFETY: NUL-terminated static path; the fd is closed below.
+        let fd = unsafe { libc::open(b"/proc\0".as_ptr().cast(), libc::O_PATH | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let attr = PathBeneathAttr {
+            allowed_access: self.proc_access,
+            parent_fd: fd,
+        };
+        // SAFETY: valid ruleset fd, a packed attr struct as the kernel
+        // expects, no flags.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_landlock_add_rule,
+                self.fd.as_raw_fd(),
+                LANDLOCK_RULE_PATH_BENEATH,
+                &attr as *const PathBeneathAttr,
+                0u32,
+            )
+        };
+        let e = std::io::Error::last_os_error();
+        // SAFETY: closing the fd opened above.
+        unsafe { libc::close(fd) };
+        if r < 0 {
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Applies the ruleset to the calling thread's process (in the child,
     /// after no_new_privs). One syscall: async-signal-safe.
     pub fn restrict_self(&self) -> std::io::Result<()> {
@@ -116,6 +164,11 @@ pub fn prepare(rules: &FsRules, allow_degraded: bool) -> Result<Prepared> {
             .map(|p| (p.as_path(), read_rights() | AccessFs::Execute)),
     );
     grants.extend(rules.write.iter().map(|p| (p.as_path(), all)));
+    let proc_access: u64 = grants
+        .iter()
+        .filter(|(p, _)| *p == Path::new("/proc"))
+        .fold(BitFlags::<AccessFs>::empty(), |acc, (_, a)| acc | *a)
+        .bits();
     for (path, access) in grants {
         let Ok(meta) = std::fs::metadata(path) else {
             continue;
@@ -149,7 +202,11 @@ pub fn prepare(rules: &FsRules, allow_degraded: bool) -> Result<Prepared> {
     }
     let fd: Option<OwnedFd> = ruleset.into();
     match fd {
-        Some(fd) => Ok(Prepared { fd, degraded }),
+        Some(fd) => Ok(Prepared {
+            fd,
+            proc_access,
+            degraded,
+        }),
         None => {
             if allow_degraded {
                 bail!("Landlock is not available on this kernel; with --allow-degraded the filesystem would be unconfined, which is refused for a profile that asks for it")
