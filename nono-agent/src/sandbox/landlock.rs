@@ -58,7 +58,7 @@ impl Prepared {
             return Ok(());
         }
         // SAFETY: NUL-terminated static path; the fd is closed below.
-        let fd = unsafe { libc::open(b"/proc\0".as_ptr().cast(), libc::O_PATH | libc::O_CLOEXEC) };
+        let fd = unsafe { libc::open(c"/proc".as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
