@@ -392,12 +392,18 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     argv.extend(cmd_args.iter().cloned());
     let prepared = spawn::Prepared::new(program.as_os_str(), &argv, &env)
         .context("preparing the command line")?;
-    let cgroup_file = match &applied {
-        Applied::Bpf { cgroup_dir, .. } => Some(
-            std::fs::File::open(cgroup_dir)
-                .with_context(|| format!("opening {}", cgroup_dir.display()))?,
+    // A privileged sandbox always gets a cgroup: under seccomp too, so that
+    // `cleanup` can find and kill it if the agent dies.
+    if privileged && sb.cgroup.is_none() && !matches!(applied, Applied::Unenforced) {
+        let cg_parent = cgroup::parent_dir(&cgroup::discover_root()?)?;
+        sb.cgroup = Some(cgroup::Cgroup::create(&cg_parent, &id)?);
+    }
+    let cgroup_file = match &sb.cgroup {
+        Some(cg) => Some(
+            std::fs::File::open(cg.path())
+                .with_context(|| format!("opening {}", cg.path().display()))?,
         ),
-        _ => None,
+        None => None,
     };
 
     // Orphans (daemons, double forks) are re-parented to us, so that they

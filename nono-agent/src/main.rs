@@ -34,6 +34,11 @@ fn run(cli: cli::Cli) -> anyhow::Result<i32> {
     // Many tunnels need many descriptors; the child gets the original soft
     // limit back before exec (see sandbox::spawn).
     sandbox::spawn::raise_nofile_limit();
+    // Sandboxed processes run with our uid when we are not root: without
+    // this, they could ptrace us or take our descriptors (the seccomp
+    // listener!) with pidfd_getfd. The child makes itself dumpable again.
+    // SAFETY: integer-only prctl.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     match cli.command {
         cli::Command::Exec(args) => {
             // One thread is plenty: the agent only waits on the child, the

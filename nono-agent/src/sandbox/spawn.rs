@@ -321,6 +321,10 @@ fn read_full(fd: RawFd, buf: &mut [u8]) -> usize {
 fn child_main(cmd: &Prepared, setup: &ChildSetup, report: RawFd, go: RawFd) -> ! {
     // SAFETY: plain syscalls on prepared data; see module docs.
     unsafe {
+        // The agent is non-dumpable (see main); the child must be
+        // supervisable (pidfd_getfd, process_vm_readv) by the agent's uid.
+        // exec resets this anyway; the init sets it back to 0.
+        libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
         // Rust ignores SIGPIPE in the agent; an ignored disposition would
         // survive exec, so restore the default. Unblock every signal.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -370,6 +374,22 @@ fn exec(cmd: &Prepared, report: RawFd) -> ! {
 
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
+/// Closes every descriptor above stderr except `keep`. Syscalls only.
+fn close_all_except(keep: RawFd) {
+    // SAFETY: close_range on ranges of our own descriptor table.
+    unsafe {
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, (keep - 1) as u32, 0u32);
+        }
+        libc::syscall(
+            libc::SYS_close_range,
+            (keep.max(2) + 1) as u32,
+            u32::MAX,
+            0u32,
+        );
+    }
+}
+
 /// Signals the init forwards to the command.
 const FORWARDED: [libc::c_int; 8] = [
     libc::SIGINT,
@@ -389,6 +409,13 @@ const FORWARDED: [libc::c_int; 8] = [
 fn init_main(cmd: &Prepared, report: RawFd) -> ! {
     // SAFETY: raw syscalls on prepared data; no allocation.
     unsafe {
+        // The init is a copy of the agent that never execs, so it still
+        // holds every descriptor the agent had (the cgroup directory, BPF
+        // links, the owner lock): close them all, and make it non-dumpable
+        // so the command cannot ptrace it or take its descriptors with
+        // pidfd_getfd (found by the escape battery).
+        close_all_except(report);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         // A pid-namespace init receives signals from its ancestors only if
         // it has a handler: install one (it never runs, the signals stay
         // blocked and are taken with sigwaitinfo).
