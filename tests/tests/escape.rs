@@ -744,8 +744,9 @@ fn process_kill_agent_from_inside(e: Enforcement) {
 /// Takes its parent's descriptors with pidfd_getfd (under a privileged
 /// agent the parent is the pid namespace's init, a fork of the agent;
 /// without privileges, the agent itself) and uses them as `technique`
-/// says; then connects. Nothing may arrive, and no descriptor of the
-/// parent may be obtainable at all.
+/// says; then connects. Nothing may arrive, no descriptor of the parent
+/// (beyond the shared standard streams) may be obtainable, and the parent
+/// may not be ptraced.
 fn steal_fds(e: Enforcement, technique: &str) {
     let h = Harness::new(PROBE);
     let mut guard = SandboxGuard::new();
@@ -778,6 +779,15 @@ fn steal_fds(e: Enforcement, technique: &str) {
         &r,
         &out,
         port,
+    );
+    let seize = step(&steps, "ptrace-seize");
+    assert!(
+        seize.is_some_and(|s| !s.1),
+        "[steal-fds] {}: the sandbox could ptrace its parent (pid {} {}), which can then do \
+         anything it can: {seize:?}",
+        e.label(),
+        r.raw["from"],
+        r.raw["from_comm"]
     );
     // The standard streams (0-2) are the command's own anyway.
     let taken: Vec<_> = steps
