@@ -25,6 +25,20 @@ fn plan(mountinfo_text: &str, state_dir: &Path) -> Vec<PathBuf> {
         .flat_map(|t| mountinfo::find(mountinfo_text, t))
         .map(|m| m.mount_point)
         .collect();
+    // Hybrid layouts mount the cgroup hierarchies on a root-owned tmpfs at
+    // /sys/fs/cgroup, where a uid-0 sandbox could still create files: cover
+    // such a tmpfs whole (which also hides the hierarchies beneath it).
+    let tmpfs: Vec<PathBuf> = mountinfo::find(mountinfo_text, "tmpfs")
+        .into_iter()
+        .map(|m| m.mount_point)
+        .collect();
+    let holders: Vec<PathBuf> = all
+        .iter()
+        .filter_map(|p| p.parent())
+        .filter(|parent| tmpfs.iter().any(|t| t == parent))
+        .map(Path::to_path_buf)
+        .collect();
+    all.extend(holders);
     all.push(state_dir.to_path_buf());
     all.sort_by_key(|p| p.components().count());
     let mut out: Vec<PathBuf> = Vec::new();
@@ -56,8 +70,7 @@ mod tests {
             vec![
                 PathBuf::from("/run/nono-agent"),
                 PathBuf::from("/sys/fs/bpf"),
-                PathBuf::from("/sys/fs/cgroup/systemd"),
-                PathBuf::from("/sys/fs/cgroup/unified"),
+                PathBuf::from("/sys/fs/cgroup"),
             ]
         );
     }

@@ -413,7 +413,19 @@ impl Supervisor {
         if d.allow {
             Ok(addr)
         } else {
-            self.event(n, hook, family, None, None, Some(&dest), d.reason.name());
+            // Same fields as the BPF events: the socket's own family, type
+            // and protocol.
+            let ty = sockopt_int(sock.fd.as_fd(), libc::SOL_SOCKET, libc::SO_TYPE).ok();
+            let proto = sockopt_int(sock.fd.as_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL).ok();
+            self.event(
+                n,
+                hook,
+                sock.domain,
+                ty.map(|t| t as u32),
+                proto.map(|p| p as u32),
+                Some(&dest),
+                d.reason.name(),
+            );
             Err(libc::EPERM)
         }
     }
