@@ -129,6 +129,7 @@ pub fn load_and_attach(
         .context("loading the BPF object into the kernel")?;
 
     write_policy(&mut ebpf, policy).context("writing the sandbox policy")?;
+    verify_all(&mut ebpf)?;
 
     let cgroup =
         File::open(cgroup_dir).with_context(|| format!("opening {}", cgroup_dir.display()))?;
@@ -137,8 +138,6 @@ pub fn load_and_attach(
         let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?
             .try_into()
             .with_context(|| format!("program {name} has the wrong type"))?;
-        prog.load()
-            .with_context(|| format!("verifying program {name}"))?;
         let id = prog
             .attach(&cgroup, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {name} to {}", cgroup_dir.display()))?;
@@ -153,8 +152,6 @@ pub fn load_and_attach(
         let prog: &mut CgroupSock = program(&mut ebpf, name)?
             .try_into()
             .with_context(|| format!("program {name} has the wrong type"))?;
-        prog.load()
-            .with_context(|| format!("verifying program {name}"))?;
         let id = prog
             .attach(&cgroup, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {name} to {}", cgroup_dir.display()))?;
@@ -171,8 +168,6 @@ pub fn load_and_attach(
         let prog: &mut CgroupSkb = program(&mut ebpf, name)?
             .try_into()
             .with_context(|| format!("program {name} has the wrong type"))?;
-        prog.load()
-            .with_context(|| format!("verifying program {name}"))?;
         let id = prog
             .attach(
                 &cgroup,
@@ -192,8 +187,6 @@ pub fn load_and_attach(
         let prog: &mut CgroupSockopt = program(&mut ebpf, name)?
             .try_into()
             .with_context(|| format!("program {name} has the wrong type"))?;
-        prog.load()
-            .with_context(|| format!("verifying program {name}"))?;
         let id = prog
             .attach(&cgroup, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {name} to {}", cgroup_dir.display()))?;
@@ -221,6 +214,36 @@ pub fn load_and_attach(
         },
         events,
         dropped,
+    })
+}
+
+/// Loads (verifies) every program, in parallel: verification runs in the
+/// `bpf()` syscall of the calling thread, so on several cores it overlaps,
+/// and it is most of a sandbox's start-up time.
+fn verify_all(ebpf: &mut Ebpf) -> Result<()> {
+    use aya::programs::Program;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ebpf
+            .programs_mut()
+            .map(|(name, prog)| {
+                let name = name.to_string();
+                s.spawn(move || {
+                    let r = match prog {
+                        Program::CgroupSockAddr(p) => p.load(),
+                        Program::CgroupSock(p) => p.load(),
+                        Program::CgroupSkb(p) => p.load(),
+                        Program::CgroupSockopt(p) => p.load(),
+                        _ => return Err(anyhow!("program {name} has an unexpected type")),
+                    };
+                    r.with_context(|| format!("verifying program {name}"))
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow!("a BPF verification thread panicked"))??;
+        }
+        Ok(())
     })
 }
 
