@@ -134,67 +134,39 @@ pub fn load_and_attach(
     let cgroup =
         File::open(cgroup_dir).with_context(|| format!("opening {}", cgroup_dir.display()))?;
     let mut links = Vec::new();
+    // Each program type has its own attach signature and link type; the
+    // rest (take the link, make it an fd link, pin it) is the same.
+    macro_rules! attach {
+        ($ty:ty, $name:expr, |$p:ident| $attach:expr) => {{
+            let name: &str = $name;
+            let $p: &mut $ty = program(&mut ebpf, name)?
+                .try_into()
+                .with_context(|| format!("program {name} has the wrong type"))?;
+            let id =
+                $attach.with_context(|| format!("attaching {name} to {}", cgroup_dir.display()))?;
+            $p.take_link(id)
+                .with_context(|| format!("taking the {name} link"))?
+        }};
+    }
     for name in SOCK_ADDR_PROGRAMS {
-        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?
-            .try_into()
-            .with_context(|| format!("program {name} has the wrong type"))?;
-        let id = prog
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {name} to {}", cgroup_dir.display()))?;
-        let link = prog
-            .take_link(id)
-            .with_context(|| format!("taking the {name} link"))?;
-        let link =
-            FdLink::try_from(link).with_context(|| format!("{name} link is not an fd link"))?;
-        links.push(pin(link, pin_dir, name)?);
+        let link = attach!(CgroupSockAddr, name, |p| p
+            .attach(&cgroup, CgroupAttachMode::Single));
+        links.push(pin(fd_link(link, name)?, pin_dir, name)?);
     }
     for name in SOCK_PROGRAMS {
-        let prog: &mut CgroupSock = program(&mut ebpf, name)?
-            .try_into()
-            .with_context(|| format!("program {name} has the wrong type"))?;
-        let id = prog
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {name} to {}", cgroup_dir.display()))?;
-        let link = prog
-            .take_link(id)
-            .with_context(|| format!("taking the {name} link"))?;
-        let link =
-            FdLink::try_from(link).with_context(|| format!("{name} link is not an fd link"))?;
-        links.push(pin(link, pin_dir, name)?);
+        let link = attach!(CgroupSock, name, |p| p
+            .attach(&cgroup, CgroupAttachMode::Single));
+        links.push(pin(fd_link(link, name)?, pin_dir, name)?);
     }
-
-    {
-        let name = "egress";
-        let prog: &mut CgroupSkb = program(&mut ebpf, name)?
-            .try_into()
-            .with_context(|| format!("program {name} has the wrong type"))?;
-        let id = prog
-            .attach(
-                &cgroup,
-                CgroupSkbAttachType::Egress,
-                CgroupAttachMode::Single,
-            )
-            .with_context(|| format!("attaching {name} to {}", cgroup_dir.display()))?;
-        let link = prog
-            .take_link(id)
-            .with_context(|| format!("taking the {name} link"))?;
-        let link =
-            FdLink::try_from(link).with_context(|| format!("{name} link is not an fd link"))?;
-        links.push(pin(link, pin_dir, name)?);
-    }
-    {
-        let name = "setsockopt";
-        let prog: &mut CgroupSockopt = program(&mut ebpf, name)?
-            .try_into()
-            .with_context(|| format!("program {name} has the wrong type"))?;
-        let id = prog
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {name} to {}", cgroup_dir.display()))?;
-        let link = prog
-            .take_link(id)
-            .with_context(|| format!("taking the {name} link"))?;
-        links.push(Link::Sockopt(link));
-    }
+    let link = attach!(CgroupSkb, "egress", |p| p.attach(
+        &cgroup,
+        CgroupSkbAttachType::Egress,
+        CgroupAttachMode::Single
+    ));
+    links.push(pin(fd_link(link, "egress")?, pin_dir, "egress")?);
+    let link = attach!(CgroupSockopt, "setsockopt", |p| p
+        .attach(&cgroup, CgroupAttachMode::Single));
+    links.push(Link::Sockopt(link));
 
     let events = RingBuf::try_from(
         ebpf.take_map("EVENTS")
@@ -290,6 +262,13 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .ok_or_else(|| anyhow!("BPF object has no program {name}"))
+}
+
+fn fd_link<L>(link: L, name: &str) -> Result<FdLink>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    FdLink::try_from(link).with_context(|| format!("{name} link is not an fd link"))
 }
 
 fn pin(link: FdLink, dir: Option<&Path>, name: &str) -> Result<Link> {
