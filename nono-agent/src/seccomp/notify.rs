@@ -79,6 +79,22 @@ pub fn respond(listener: BorrowedFd<'_>, id: u64, result: Result<i64, i32>) -> i
     Ok(())
 }
 
+/// Asks the kernel to hand the CPU straight from the notifying thread to a
+/// receiver and back (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, Linux 6.6+): the
+/// supervisor answers inline, so this removes most of the scheduling
+/// latency of each round trip. Harmless if unsupported.
+pub fn set_sync_wakeup(listener: BorrowedFd<'_>) -> bool {
+    const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
+    // SAFETY: valid fd; the ioctl takes the flags by value.
+    unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+            SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+        ) == 0
+    }
+}
+
 /// A pidfd for the notifying thread (it may not be a thread-group leader).
 pub fn pidfd_for_thread(tid: u32) -> io::Result<OwnedFd> {
     const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;

@@ -73,6 +73,7 @@ impl Supervisor {
     /// receiver is idle, starting one if needed, so one slow peer never
     /// stalls other threads' notifications.
     pub fn run(self: Arc<Self>) {
+        let _ = notify::set_sync_wakeup(self.listener.as_fd());
         self.idle.fetch_add(1, Ordering::SeqCst);
         self.receive();
     }
