@@ -34,9 +34,29 @@ pub fn find(text: &str, fstype: &str) -> Vec<Mount> {
         .collect()
 }
 
-/// Reads this process's mountinfo.
+static CACHE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Reads this process's mountinfo (once per run: several modules ask, and
+/// each read of a large mount table costs a measurable part of start-up).
+/// Call [`invalidate`] after changing mounts.
 pub fn read() -> std::io::Result<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
+    if let Ok(guard) = CACHE.lock() {
+        if let Some(text) = guard.as_ref() {
+            return Ok(text.clone());
+        }
+    }
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    if let Ok(mut guard) = CACHE.lock() {
+        *guard = Some(text.clone());
+    }
+    Ok(text)
+}
+
+/// Forgets the cached mount table (after this process mounted something).
+pub fn invalidate() {
+    if let Ok(mut guard) = CACHE.lock() {
+        *guard = None;
+    }
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.

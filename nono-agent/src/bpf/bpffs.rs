@@ -44,6 +44,7 @@ pub fn ensure_mounted() -> Result<PathBuf> {
         Some("mode=0700"),
     )
     .with_context(|| format!("mounting a bpf filesystem at {DEFAULT_MOUNT} (none was mounted)"))?;
+    mountinfo::invalidate();
     mounts()?
         .into_iter()
         .next()
