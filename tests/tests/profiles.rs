@@ -1060,7 +1060,6 @@ fn user_cannot_reach_root_only_socket_bpf() {
 }
 
 #[test]
-#[ignore = "known limit (README, Limits): the seccomp supervisor performs unix connects with the agent's credentials; run with --ignored to check a fix"]
 fn user_cannot_reach_root_only_socket_seccomp() {
     user_cannot_reach_root_socket("seccomp");
 }

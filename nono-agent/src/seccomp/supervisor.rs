@@ -221,7 +221,18 @@ impl Supervisor {
         let addr = self.read(n, a[1], len)?;
         let sock = self.socket(n, a[0])?;
         let addr = self.judge(n, "connect", &sock, addr, false)?;
-        Ok(Work::Perform(Op::Connect { sock, addr }))
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let creds = if sock.domain == consts::AF_UNIX && root {
+            let c = Creds::of(n.pid).ok_or(libc::ESRCH)?;
+            if !notify::id_valid(self.listener.as_fd(), n.id) {
+                return Err(libc::ESRCH);
+            }
+            Some(c)
+        } else {
+            None
+        };
+        Ok(Work::Perform(Op::Connect { sock, addr, creds }))
     }
 
     fn prepare_sendto(&self, n: &Notif) -> Result<Work, i32> {
@@ -358,13 +369,16 @@ impl Supervisor {
             if sock.domain != consts::AF_UNIX {
                 return Ok(addr);
             }
-            let addr = unix_path_for(n.pid, addr);
-            // Resolve the path once (O_PATH), judge that inode, and connect
-            // through /proc/self/fd/N: a symlink swapped after the check
-            // cannot redirect us to another socket.
-            let Some((pinned, id)) = open_unix_path(&addr) else {
+            if addr.get(2).is_none_or(|&b| b == 0) {
+                // Abstract (or unnamed): no path to resolve.
                 return Ok(addr);
-            };
+            }
+            // Resolve the path once (O_PATH) as the target sees it (its root
+            // and working directory, so its mount namespace), judge that
+            // inode, and connect through /proc/self/fd/N: a symlink swapped
+            // after the check cannot redirect us to another socket.
+            let addr = unix_path_for(n.pid, addr);
+            let (pinned, id) = open_unix_path(&addr)?;
             if self.denied_sockets.contains(&id) {
                 self.event(
                     n,
@@ -583,35 +597,32 @@ fn sockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
     Ok(v)
 }
 
-/// Unix socket paths are relative to the target's working directory, not
-/// ours: rewrite a relative path to go through /proc/PID/cwd when it fits.
+/// The path a sockaddr_un names, as the target would resolve it: absolute
+/// paths through /proc/PID/root (its root and mount namespace), relative
+/// ones through /proc/PID/cwd. Only opened with O_PATH, never put back in a
+/// sockaddr, so its length is not limited to sun_path.
 fn unix_path_for(pid: u32, addr: Vec<u8>) -> Vec<u8> {
     let path = &addr[2..];
-    if path.is_empty() || path[0] == 0 || path[0] == b'/' {
-        return addr;
-    }
     let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
-    let mut p = format!("/proc/{pid}/cwd/").into_bytes();
-    p.extend_from_slice(&path[..end]);
-    if p.len() >= 108 {
-        return addr; // too long to rewrite; the kernel resolves it against our cwd and most likely fails
-    }
+    let base = if path.first() == Some(&b'/') {
+        format!("/proc/{pid}/root")
+    } else {
+        format!("/proc/{pid}/cwd/")
+    };
     let mut out = addr[..2].to_vec();
-    out.extend_from_slice(&p);
+    out.extend_from_slice(base.as_bytes());
+    out.extend_from_slice(&path[..end]);
     out.push(0);
     out
 }
 
-/// Opens (O_PATH) the socket a sockaddr_un path names and returns it with
-/// its (device, inode); `None` for abstract names or paths that are not
-/// sockets (the kernel then answers the connect as it would anyway).
-fn open_unix_path(addr: &[u8]) -> Option<(OwnedFd, (u64, u64))> {
+/// Opens (O_PATH) the socket a path-named sockaddr_un names (already
+/// rewritten to go through /proc/PID/root or /proc/PID/cwd) and returns it
+/// with its (device, inode), or the errno the kernel would give.
+fn open_unix_path(addr: &[u8]) -> Result<(OwnedFd, (u64, u64)), i32> {
     use std::os::unix::ffi::OsStrExt as _;
     use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _};
-    let path = addr.get(2..)?;
-    if path.first().is_none_or(|&b| b == 0) {
-        return None; // abstract: scoped by Landlock, not by path
-    }
+    let path = addr.get(2..).ok_or(libc::EINVAL)?;
     let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -619,12 +630,12 @@ fn open_unix_path(addr: &[u8]) -> Option<(OwnedFd, (u64, u64))> {
         .open(std::path::Path::new(std::ffi::OsStr::from_bytes(
             &path[..end],
         )))
-        .ok()?;
-    let m = f.metadata().ok()?;
+        .map_err(errno)?;
+    let m = f.metadata().map_err(errno)?;
     if !m.file_type().is_socket() {
-        return None;
+        return Err(libc::ECONNREFUSED);
     }
-    Some((OwnedFd::from(f), (m.dev(), m.ino())))
+    Ok((OwnedFd::from(f), (m.dev(), m.ino())))
 }
 
 fn tgid_of(pid: u32) -> Option<u32> {
@@ -638,6 +649,80 @@ fn comm_of(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim_end().to_string())
         .unwrap_or_default()
+}
+
+/// A thread's file-system credentials, read from /proc/TID/status.
+struct Creds {
+    fsuid: u32,
+    fsgid: u32,
+    groups: Vec<libc::gid_t>,
+}
+
+impl Creds {
+    fn of(tid: u32) -> Option<Self> {
+        let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+        let field = |name: &str| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::to_string)
+        };
+        // Uid:/Gid: real effective saved fs
+        let fs = |line: String| line.split_whitespace().nth(3).and_then(|v| v.parse().ok());
+        Some(Self {
+            fsuid: fs(field("Uid:")?)?,
+            fsgid: fs(field("Gid:")?)?,
+            groups: field("Groups:")?
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect(),
+        })
+    }
+
+    /// Makes the calling thread act with these credentials and without
+    /// capabilities (raw syscalls: per thread, unlike glibc's wrappers).
+    fn adopt(&self) -> Result<(), i32> {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: libc::c_int,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        // SAFETY: per-thread credential syscalls with valid arguments.
+        unsafe {
+            if libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr()) != 0 {
+                return Err(libc::EPERM);
+            }
+            libc::syscall(libc::SYS_setfsgid, self.fsgid);
+            libc::syscall(libc::SYS_setfsuid, self.fsuid);
+            // Drop every effective capability (CAP_DAC_OVERRIDE above all)
+            // for this thread; it exits after one connect.
+            let h = Header {
+                version: 0x2008_0522,
+                pid: 0,
+            };
+            let mut d = [Data {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            }; 2];
+            if libc::syscall(libc::SYS_capget, &h as *const Header, d.as_mut_ptr()) != 0 {
+                return Err(libc::EPERM);
+            }
+            for x in &mut d {
+                x.effective = 0;
+            }
+            if libc::syscall(libc::SYS_capset, &h as *const Header, d.as_ptr()) != 0 {
+                return Err(libc::EPERM);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The target's socket, held by us.
@@ -681,6 +766,10 @@ enum Op {
     Connect {
         sock: Sock,
         addr: Vec<u8>,
+        /// For unix sockets when the agent is root: the target's file
+        /// system credentials, so the socket's permissions are checked
+        /// against the target, not against the agent.
+        creds: Option<Creds>,
     },
     SendTo {
         sock: Sock,
@@ -721,16 +810,32 @@ impl Op {
             }
         };
         match self {
-            Op::Connect { sock, addr } => {
-                // SAFETY: addr is a buffer of addr.len() bytes.
-                let r = unsafe {
-                    libc::connect(
-                        sock.fd.as_raw_fd(),
-                        addr.as_ptr().cast(),
-                        addr.len() as libc::socklen_t,
-                    )
+            Op::Connect { sock, addr, creds } => {
+                let connect = move || {
+                    // SAFETY: addr is a buffer of addr.len() bytes.
+                    let r = unsafe {
+                        libc::connect(
+                            sock.fd.as_raw_fd(),
+                            addr.as_ptr().cast(),
+                            addr.len() as libc::socklen_t,
+                        )
+                    };
+                    ret(r as isize)
                 };
-                ret(r as isize)
+                match creds {
+                    None => connect(),
+                    // Credentials are per thread at the syscall level: a
+                    // short-lived thread takes the target's and connects.
+                    Some(c) => std::thread::Builder::new()
+                        .name("nono-unix-connect".into())
+                        .spawn(move || {
+                            c.adopt()?;
+                            connect()
+                        })
+                        .map_err(|_| libc::EAGAIN)?
+                        .join()
+                        .unwrap_or(Err(libc::EIO)),
+                }
             }
             Op::SendTo {
                 sock,
