@@ -32,14 +32,7 @@ pub fn run(json: bool) -> Result<i32> {
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_else(|e| format!("unknown ({e})"));
     let cg = cgroup::discover_root();
-    let caps = privileges::effective_caps().unwrap_or(0);
-    let privileged = [
-        privileges::CAP_SYS_ADMIN,
-        privileges::CAP_NET_ADMIN,
-        privileges::CAP_BPF,
-    ]
-    .iter()
-    .all(|c| caps & (1u64 << c) != 0);
+    let privileged = privileges::can_load_bpf();
     let bpf = match &cg {
         Ok(root) if privileged => try_bpf(root),
         Ok(_) => Check {
@@ -51,9 +44,7 @@ pub fn run(json: bool) -> Result<i32> {
             detail: format!("not tried: {e:#}"),
         },
     };
-    let user_notif = std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
-        .map(|s| s.split_whitespace().any(|a| a == "user_notif"))
-        .unwrap_or(false);
+    let user_notif = privileges::seccomp_user_notif_available();
     let (auto_enforcer, auto_reason) = if bpf.ok {
         (
             Some("bpf"),
@@ -86,7 +77,7 @@ pub fn run(json: bool) -> Result<i32> {
             .collect(),
         privileged,
         bpf,
-        landlock_abi: landlock_abi(),
+        landlock_abi: Some(crate::sandbox::landlock::kernel_abi()).filter(|v| *v > 0),
         seccomp_user_notif: user_notif,
         auto_enforcer,
         auto_reason,
@@ -137,7 +128,7 @@ fn try_bpf(root: &std::path::Path) -> Check {
         let parent = cgroup::parent_dir(root)?;
         let cg = cgroup::Cgroup::create(&parent, &id)?;
         let start = Instant::now();
-        let res = exec::policy(&[]).and_then(|p| loader::load_and_attach(cg.path(), &p, None));
+        let res = exec::policy(&[]).and_then(|p| loader::load_and_attach_fast(cg.path(), &p, None));
         let took = start.elapsed();
         let n = res.as_ref().map(|a| a.keep.link_count()).unwrap_or(0);
         let destroyed = cg.destroy(Duration::from_secs(5));
@@ -152,19 +143,4 @@ fn try_bpf(root: &std::path::Path) -> Check {
             detail: format!("{e:#}"),
         },
     }
-}
-
-fn landlock_abi() -> Option<i64> {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_long = 1;
-    // SAFETY: with a NULL attr and size 0 and the VERSION flag, the syscall
-    // only returns the ABI version; no memory is read or written.
-    let v = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    (v > 0).then_some(v)
 }

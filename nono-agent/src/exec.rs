@@ -123,25 +123,6 @@ impl Drop for Sandbox {
     }
 }
 
-/// Whether this process can load and attach cgroup BPF programs and set up
-/// namespaces for the child.
-fn privileged() -> bool {
-    let caps = privileges::effective_caps().unwrap_or(0);
-    [
-        privileges::CAP_SYS_ADMIN,
-        privileges::CAP_NET_ADMIN,
-        privileges::CAP_BPF,
-    ]
-    .iter()
-    .all(|c| caps & (1u64 << c) != 0)
-}
-
-fn seccomp_notify_available() -> bool {
-    std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
-        .map(|s| s.split_whitespace().any(|a| a == "user_notif"))
-        .unwrap_or(false)
-}
-
 /// The enforcer in force for this run (one value per run: its size does not
 /// matter).
 #[allow(clippy::large_enum_variant)]
@@ -201,7 +182,7 @@ fn apply_bpf(sb: &mut Sandbox, policy: &Policy) -> Result<Applied> {
 /// Picks and applies the enforcer, falling back (for `auto`) from BPF to
 /// seccomp, and to nothing only when the user explicitly allowed it.
 fn choose(args: &ExecArgs, sb: &mut Sandbox, policy: &Policy, privileged: bool) -> Result<Applied> {
-    let seccomp_ok = seccomp_notify_available();
+    let seccomp_ok = privileges::seccomp_user_notif_available();
     let no_seccomp = "seccomp user notification is not available on this kernel";
     let fallback = |why: String| -> Result<Applied> {
         if args.allow_unenforced {
@@ -280,7 +261,7 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     // Everything the user asked for is checked before anything is created.
     let plan = plan::build(&args)?;
     let mut out = events::Output::open(args.events.as_deref())?;
-    let privileged = privileged();
+    let privileged = privileges::can_load_bpf();
     let mut timing = Timing::new();
     let user = match &plan.user {
         Some(u) if !privileged => bail!("running the command as user {u} needs root"),
@@ -297,11 +278,10 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
         }
         None => None,
     };
-    let denied_sockets = daemons::denied(&plan.allow_unix_sockets);
-    let denied_socket_ids: Vec<(u64, u64)> = denied_sockets
-        .iter()
-        .filter_map(|p| daemons::socket_id(p))
-        .collect();
+    let (denied_sockets, denied_socket_ids): (Vec<PathBuf>, Vec<(u64, u64)>) =
+        daemons::denied(&plan.allow_unix_sockets)
+            .into_iter()
+            .unzip();
 
     let id = registry::new_id()?;
     let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -15,6 +15,7 @@ mod proxy_cmd;
 mod sandbox;
 mod seccomp;
 mod signals;
+mod util;
 
 use clap::Parser as _;
 

@@ -8,7 +8,6 @@
 use anyhow::{anyhow, Context as _, Result};
 use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use crate::mountinfo;
@@ -54,12 +53,7 @@ pub fn ensure_mounted() -> Result<PathBuf> {
 /// `<bpffs>/nono`, created 0700 if missing.
 pub fn parent_dir(bpffs: &Path) -> Result<PathBuf> {
     let p = bpffs.join(PARENT);
-    match fs::create_dir(&p) {
-        Ok(()) => fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("chmod {}", p.display()))?,
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("creating {}", p.display())),
-    }
+    crate::util::ensure_dir(&p, Some(0o700))?;
     Ok(p)
 }
 

@@ -12,7 +12,6 @@ pub mod server;
 pub mod upstream;
 
 use anyhow::{Context as _, Result};
-use std::io::Read as _;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -86,11 +85,7 @@ pub async fn start_loopback(state: State) -> Result<Running> {
 
 /// A random per-sandbox secret for the proxy URL (128 bits, hex).
 pub fn new_secret() -> Result<String> {
-    let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .context("reading /dev/urandom for the proxy secret")?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    crate::util::random_hex(16, "the proxy secret")
 }
 
 /// The environment a sandboxed command gets so that HTTP clients use the

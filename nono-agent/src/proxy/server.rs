@@ -257,9 +257,21 @@ async fn handle(
     })
 }
 
-/// Parses and judges host:port, resolves, checks every address. Returns the
-/// addresses that may be connected to.
-async fn admit(d: &Decision<'_>, target: &Target) -> Result<Vec<IpAddr>, Response<ProxyBody>> {
+/// Parses and judges host:port (normalising `d.host`), resolves, checks
+/// every address. Returns the target and the addresses that may be
+/// connected to.
+async fn admit(d: &mut Decision<'_>) -> Result<(Target, Vec<IpAddr>), Response<ProxyBody>> {
+    let target =
+        Target::parse(&d.host).map_err(|Refusal(why)| d.deny(StatusCode::BAD_REQUEST, &why))?;
+    d.host = target.to_string();
+    let addrs = admit_target(d, &target).await?;
+    Ok((target, addrs))
+}
+
+async fn admit_target(
+    d: &Decision<'_>,
+    target: &Target,
+) -> Result<Vec<IpAddr>, Response<ProxyBody>> {
     let state = d.state;
     let rule = state
         .policy
@@ -361,13 +373,8 @@ async fn connect(
         port,
         started,
     };
-    let target = match Target::parse(&d.host) {
-        Ok(t) => t,
-        Err(Refusal(why)) => return d.deny(StatusCode::BAD_REQUEST, &why),
-    };
-    d.host = target.to_string();
-    let addrs = match admit(&d, &target).await {
-        Ok(a) => a,
+    let (target, addrs) = match admit(&mut d).await {
+        Ok(x) => x,
         Err(resp) => return resp,
     };
     let (upstream, addr) = match dial(&d, &target, &addrs, true).await {
@@ -631,13 +638,8 @@ async fn forward(
         port,
         started,
     };
-    let target = match Target::parse(&d.host) {
-        Ok(t) => t,
-        Err(Refusal(why)) => return d.deny(StatusCode::BAD_REQUEST, &why),
-    };
-    d.host = target.to_string();
-    let addrs = match admit(&d, &target).await {
-        Ok(a) => a,
+    let (target, addrs) = match admit(&mut d).await {
+        Ok(x) => x,
         Err(resp) => return resp,
     };
     // A pooled connection to one of the addresses just checked, or a new one.

@@ -28,11 +28,7 @@ pub fn discover_root() -> Result<PathBuf> {
 /// `<cgroup2>/nono`, created if missing.
 pub fn parent_dir(root: &Path) -> Result<PathBuf> {
     let p = root.join(PARENT);
-    match fs::create_dir(&p) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("creating cgroup {}", p.display())),
-    }
+    crate::util::ensure_dir(&p, None)?;
     Ok(p)
 }
 

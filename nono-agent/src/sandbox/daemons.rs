@@ -23,9 +23,10 @@ pub const WELL_KNOWN: &[&str] = &[
     "/run/polkit/agent-helper.socket",
 ];
 
-/// The sockets to refuse: every well-known path (plus the per-user session
-/// buses under /run/user) that exists and is a socket, minus `allowed`.
-pub fn denied(allowed: &[PathBuf]) -> Vec<PathBuf> {
+/// The sockets to refuse, with their (device, inode): every well-known path
+/// (plus the per-user session buses under /run/user) that exists and is a
+/// socket, minus `allowed`.
+pub fn denied(allowed: &[PathBuf]) -> Vec<(PathBuf, (u64, u64))> {
     let mut candidates: Vec<PathBuf> = WELL_KNOWN.iter().map(PathBuf::from).collect();
     if let Ok(users) = std::fs::read_dir("/run/user") {
         for u in users.flatten() {
@@ -39,13 +40,11 @@ pub fn denied(allowed: &[PathBuf]) -> Vec<PathBuf> {
     let mut seen = HashSet::new();
     candidates
         .into_iter()
-        .filter(|p| match socket_id(p) {
-            Some(id) => {
-                !allowed_ids.contains(&id)
-                    && !allowed.iter().any(|a| a == p)
-                    && seen.insert(p.clone())
-            }
-            None => false,
+        .filter_map(|p| {
+            let id = socket_id(&p)?;
+            let refuse =
+                !allowed_ids.contains(&id) && !allowed.contains(&p) && seen.insert(p.clone());
+            refuse.then_some((p, id))
         })
         .collect()
 }

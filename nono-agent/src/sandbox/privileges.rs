@@ -111,6 +111,22 @@ pub fn effective_caps() -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapEff in /proc/self/status"))
 }
 
+/// Whether this process can load and attach cgroup BPF programs (and set up
+/// namespaces for the child): CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_BPF.
+pub fn can_load_bpf() -> bool {
+    let caps = effective_caps().unwrap_or(0);
+    [CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF]
+        .iter()
+        .all(|c| caps & (1u64 << c) != 0)
+}
+
+/// Whether the kernel offers seccomp user notification.
+pub fn seccomp_user_notif_available() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
+        .map(|s| s.split_whitespace().any(|a| a == "user_notif"))
+        .unwrap_or(false)
+}
+
 /// Capability numbers the BPF enforcer needs in the agent.
 pub const CAP_SYS_ADMIN: u32 = 21;
 /// CAP_NET_ADMIN (attaching cgroup programs).

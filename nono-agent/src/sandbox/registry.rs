@@ -8,8 +8,8 @@
 use anyhow::{bail, Context as _, Result};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read as _, Write as _};
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::io::{ErrorKind, Write as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 /// Runtime state directory (lock files). Root-only; hidden from sandboxes.
@@ -17,11 +17,7 @@ pub const STATE_DIR: &str = "/run/nono-agent";
 
 /// A fresh random sandbox id: 16 hex digits.
 pub fn new_id() -> Result<String> {
-    let mut b = [0u8; 8];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .context("reading /dev/urandom for a sandbox id")?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    crate::util::random_hex(8, "a sandbox id")
 }
 
 /// Whether `s` has the shape of a sandbox id (guards paths built from
@@ -35,12 +31,7 @@ pub fn is_id(s: &str) -> bool {
 /// The state directory, created 0700 if missing.
 pub fn state_dir() -> Result<PathBuf> {
     let p = PathBuf::from(STATE_DIR);
-    match fs::create_dir(&p) {
-        Ok(()) => fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("chmod {}", p.display()))?,
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("creating {}", p.display())),
-    }
+    crate::util::ensure_dir(&p, Some(0o700))?;
     Ok(p)
 }
 

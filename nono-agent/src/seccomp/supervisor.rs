@@ -175,7 +175,7 @@ impl Supervisor {
                 Ok(Work::Reply(Err(libc::EPERM)))
             }
             NR_SETSOCKOPT => {
-                self.event_sockopt(n, a[1] as i32, a[2] as i32);
+                self.event_sockopt(n, "setsockopt", a[1] as i32, a[2] as i32);
                 Ok(Work::Reply(Err(libc::EPERM)))
             }
             NR_CONNECT => self.prepare_connect(n),
@@ -482,7 +482,7 @@ impl Supervisor {
                 && ifindex_at(0) != 0)
                 || (level == libc::IPPROTO_IPV6 && ty == libc::IPV6_PKTINFO && ifindex_at(16) != 0);
             if reroute || forced_if {
-                self.event_sockopt_named(n, hook, level, ty);
+                self.event_sockopt(n, hook, level, ty);
                 return Err(libc::EPERM);
             }
             if level == libc::SOL_SOCKET && ty == libc::SCM_CREDENTIALS {
@@ -513,6 +513,29 @@ impl Supervisor {
         Ok((c, fds))
     }
 
+    /// A denial by this supervisor, with the socket fields left empty.
+    fn denial(&self, n: &Notif, hook: &'static str, reason: &'static str) -> EventRecord {
+        EventRecord {
+            ts: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            sandbox: self.sandbox.clone(),
+            source: "seccomp",
+            hook,
+            verdict: "deny",
+            reason,
+            pid: n.pid,
+            tgid: tgid_of(n.pid).unwrap_or(n.pid),
+            comm: comm_of(n.pid),
+            cgroup_id: 0,
+            family: None,
+            sock_type: None,
+            protocol: None,
+            level: None,
+            optname: None,
+            addr: None,
+            port: None,
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn event(
         &self,
@@ -525,50 +548,21 @@ impl Supervisor {
         reason: &'static str,
     ) {
         let rec = EventRecord {
-            ts: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-            sandbox: self.sandbox.clone(),
-            source: "seccomp",
-            hook,
-            verdict: "deny",
-            reason,
-            pid: n.pid,
-            tgid: tgid_of(n.pid).unwrap_or(n.pid),
-            comm: comm_of(n.pid),
-            cgroup_id: 0,
             family: Some(crate::events::family_name(family)),
             sock_type: ty.map(crate::events::type_name),
             protocol: proto,
-            level: None,
-            optname: None,
             addr: dest.map(|d| crate::events::addr_string(&d.addr)),
             port: dest.map(|d| d.port),
+            ..self.denial(n, hook, reason)
         };
         let _ = self.events.send(rec.into_line());
     }
 
-    fn event_sockopt(&self, n: &Notif, level: i32, optname: i32) {
-        self.event_sockopt_named(n, "setsockopt", level, optname);
-    }
-
-    fn event_sockopt_named(&self, n: &Notif, hook: &'static str, level: i32, optname: i32) {
+    fn event_sockopt(&self, n: &Notif, hook: &'static str, level: i32, optname: i32) {
         let rec = EventRecord {
-            ts: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-            sandbox: self.sandbox.clone(),
-            source: "seccomp",
-            hook,
-            verdict: "deny",
-            reason: "routing-option-not-allowed",
-            pid: n.pid,
-            tgid: tgid_of(n.pid).unwrap_or(n.pid),
-            comm: comm_of(n.pid),
-            cgroup_id: 0,
-            family: None,
-            sock_type: None,
-            protocol: None,
             level: Some(level),
             optname: Some(optname),
-            addr: None,
-            port: None,
+            ..self.denial(n, hook, "routing-option-not-allowed")
         };
         let _ = self.events.send(rec.into_line());
     }
