@@ -21,6 +21,10 @@ pub enum Reason {
     ConnectedPeer = 4,
     /// A socket option with no effect on where packets go.
     OptionAllowed = 5,
+    /// A bind to the wildcard address (0.0.0.0, ::): allowed, because the
+    /// inbound filter (BPF ingress program, or the supervisor's locked socket
+    /// filter) drops everything that does not arrive on the loopback device.
+    Wildcard = 6,
     /// Destination is neither loopback nor a proxy endpoint.
     NotAllowed = 16,
     /// Destination is the unspecified address (which Linux routes to the host
@@ -38,6 +42,19 @@ pub enum Reason {
     SocketOption = 21,
     /// A packet to a loopback address leaving through a non-loopback device.
     LoopbackOffDevice = 22,
+    /// A bind to an address that is neither loopback nor the wildcard (a
+    /// listener on a real interface's address).
+    BindAddress = 23,
+    /// A packet arriving for a sandbox socket from off the host (not on the
+    /// loopback device, not from a proxy endpoint): an inbound connection,
+    /// its SYN (which a SYN-cookie SYN-ACK would answer) or a datagram.
+    Inbound = 24,
+    /// A multicast or anycast membership option: the kernel itself sends
+    /// IGMP / MLD reports naming the group, which no socket owns.
+    Multicast = 25,
+    /// `SO_BINDTODEVICE` / `SO_BINDTOIFINDEX` to a device other than `lo`:
+    /// a send to 127.0.0.1 would leave through a real interface.
+    DeviceBinding = 26,
 }
 
 impl Reason {
@@ -49,6 +66,7 @@ impl Reason {
             3 => Some(Self::SocketAllowed),
             4 => Some(Self::ConnectedPeer),
             5 => Some(Self::OptionAllowed),
+            6 => Some(Self::Wildcard),
             16 => Some(Self::NotAllowed),
             17 => Some(Self::Unspecified),
             18 => Some(Self::OtherLoopback),
@@ -56,6 +74,10 @@ impl Reason {
             20 => Some(Self::SocketType),
             21 => Some(Self::SocketOption),
             22 => Some(Self::LoopbackOffDevice),
+            23 => Some(Self::BindAddress),
+            24 => Some(Self::Inbound),
+            25 => Some(Self::Multicast),
+            26 => Some(Self::DeviceBinding),
             _ => None,
         }
     }
@@ -68,6 +90,7 @@ impl Reason {
             Self::SocketAllowed => "socket-allowed",
             Self::ConnectedPeer => "connected-peer",
             Self::OptionAllowed => "option-allowed",
+            Self::Wildcard => "wildcard-bind",
             Self::NotAllowed => "not-allowed",
             Self::Unspecified => "unspecified-address",
             Self::OtherLoopback => "other-loopback-address",
@@ -75,6 +98,10 @@ impl Reason {
             Self::SocketType => "socket-type-not-allowed",
             Self::SocketOption => "routing-option-not-allowed",
             Self::LoopbackOffDevice => "loopback-address-off-loopback-device",
+            Self::BindAddress => "bind-address-not-allowed",
+            Self::Inbound => "inbound-not-from-loopback",
+            Self::Multicast => "multicast-membership-not-allowed",
+            Self::DeviceBinding => "device-binding-not-allowed",
         }
     }
 }
@@ -258,10 +285,61 @@ pub fn decide_egress<P: PolicyView + ?Sized>(
     decide_connect(policy, dest)
 }
 
-/// Socket option levels and names that reroute packets.
+/// Decide a `bind`: loopback addresses (127.0.0.0/8, ::1, and their
+/// v4-mapped forms) and the wildcard address are allowed, anything else (a
+/// real interface's address) is refused.
+///
+/// A wildcard listener is allowed because ordinary servers bind `0.0.0.0` or
+/// a dual-stack `::` and are reached on 127.0.0.1; what would make it an
+/// inbound path is stopped by [`decide_ingress`], which every enforcer runs
+/// on every packet delivered to a sandbox socket.
+#[inline(always)]
+pub fn decide_bind(dest: &Dest) -> Decision {
+    let a = &dest.addr;
+    if is_v4_mapped(a) {
+        if a[12] == 127 {
+            return Decision::allow(Reason::Loopback);
+        }
+        if a[12] == 0 && a[13] == 0 && a[14] == 0 && a[15] == 0 {
+            return Decision::allow(Reason::Wildcard);
+        }
+    } else if addr_eq(a, &LOOPBACK_V6) {
+        return Decision::allow(Reason::Loopback);
+    } else if addr_eq(a, &[0; 16]) {
+        return Decision::allow(Reason::Wildcard);
+    }
+    Decision::deny(Reason::BindAddress)
+}
+
+/// Decide a packet arriving for a sandbox socket, by its source address and
+/// (TCP/UDP) source port; `port` is 0 when unknown.
+///
+/// Only the loopback device and the proxy endpoints may talk to the sandbox:
+/// an inbound connection from anywhere else would be a path out (the sandbox
+/// writes to the accepted socket), and so would the SYN-ACKs the kernel
+/// sends from SYN cookies, which belong to no socket the egress check sees.
+/// Dropping the SYN before the listener sees it stops both.
+#[inline(always)]
+pub fn decide_ingress<P: PolicyView + ?Sized>(
+    policy: &P,
+    src: &Dest,
+    on_loopback_device: bool,
+) -> Decision {
+    if on_loopback_device {
+        return Decision::allow(Reason::Loopback);
+    }
+    if src.port != 0 && policy.is_proxy(&Endpoint::from_dest(*src)) {
+        return Decision::allow(Reason::Proxy);
+    }
+    Decision::deny(Reason::Inbound)
+}
+
+/// Socket option levels and names the policy knows about.
 pub mod sockopt {
     /// `SOL_IP`.
     pub const SOL_IP: i32 = 0;
+    /// `SOL_SOCKET`.
+    pub const SOL_SOCKET: i32 = 1;
     /// `SOL_IPV6`.
     pub const SOL_IPV6: i32 = 41;
     /// `IP_OPTIONS` (may carry LSRR/SSRR source routes).
@@ -279,24 +357,227 @@ pub mod sockopt {
     pub const IPV6_UNICAST_IF: i32 = 76;
     /// `IPV6_PKTINFO` as a socket option sets a sticky outgoing interface.
     pub const IPV6_PKTINFO: i32 = 50;
+    /// `IP_ADD_MEMBERSHIP`; `IP_DROP_MEMBERSHIP` (36), the source-filter
+    /// options `IP_UNBLOCK_SOURCE` .. `IP_MSFILTER` (37..=41) and the
+    /// protocol-independent `MCAST_JOIN_GROUP` .. `MCAST_MSFILTER` (42..=48)
+    /// follow it.
+    pub const IP_ADD_MEMBERSHIP: i32 = 35;
+    /// `MCAST_MSFILTER`, the last of the membership options at `SOL_IP`.
+    pub const MCAST_MSFILTER: i32 = 48;
+    /// `MCAST_JOIN_GROUP`, the first protocol-independent membership option
+    /// (also valid at `SOL_IPV6`).
+    pub const MCAST_JOIN_GROUP: i32 = 42;
+    /// `IPV6_ADD_MEMBERSHIP` (alias `IPV6_JOIN_GROUP`).
+    pub const IPV6_ADD_MEMBERSHIP: i32 = 20;
+    /// `IPV6_DROP_MEMBERSHIP` (alias `IPV6_LEAVE_GROUP`).
+    pub const IPV6_DROP_MEMBERSHIP: i32 = 21;
+    /// `IPV6_JOIN_ANYCAST`: joins the solicited-node group, so MLD reports.
+    pub const IPV6_JOIN_ANYCAST: i32 = 27;
+    /// `IPV6_LEAVE_ANYCAST`.
+    pub const IPV6_LEAVE_ANYCAST: i32 = 28;
+    /// `SO_BINDTODEVICE` (a device name).
+    pub const SO_BINDTODEVICE: i32 = 25;
+    /// `SO_BINDTOIFINDEX` (an interface index).
+    pub const SO_BINDTOIFINDEX: i32 = 62;
+    /// The loopback device's interface index, the same in every network
+    /// namespace.
+    pub const LOOPBACK_IFINDEX: u32 = 1;
 }
 
-/// Decide a `setsockopt`: options that make the kernel route packets to an
-/// address other than the one `connect`/`sendto` named, or out of an
-/// interface the routing table would not use, are refused.
-#[inline(always)]
-pub fn decide_setsockopt(level: i32, optname: i32) -> Decision {
-    use sockopt::*;
-    let reroutes = (level == SOL_IP && optname == IP_OPTIONS)
-        || (level == SOL_IPV6
-            && (optname == IPV6_RTHDR
-                || optname == IPV6_2292RTHDR
-                || optname == IPV6_2292PKTOPTIONS));
-    if reroutes {
-        Decision::deny(Reason::SocketOption)
-    } else {
-        Decision::allow(Reason::OptionAllowed)
+/// How a refused option may still be allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionRule {
+    /// Refused whatever its value.
+    Refuse,
+    /// Allowed only when it binds to the loopback device or unbinds, which
+    /// only an enforcer that reads the option's value can tell; the others
+    /// refuse it.
+    LoopbackDeviceOnly,
+    /// Allowed only when a packet filter on the sandbox's sockets (the BPF
+    /// egress program) drops what it would push off the loopback device.
+    NeedsPacketFilter,
+}
+
+/// One entry of [`REFUSED_OPTIONS`]: `optname` values `first..=last` at
+/// `level`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefusedOption {
+    /// `setsockopt` level.
+    pub level: i32,
+    /// First option name of the range.
+    pub first: i32,
+    /// Last option name of the range (inclusive).
+    pub last: i32,
+    /// When it may still be allowed.
+    pub rule: OptionRule,
+    /// The denial reason.
+    pub reason: Reason,
+}
+
+const fn refused(
+    level: i32,
+    first: i32,
+    last: i32,
+    rule: OptionRule,
+    reason: Reason,
+) -> RefusedOption {
+    RefusedOption {
+        level,
+        first,
+        last,
+        rule,
+        reason,
     }
+}
+
+/// The one table of socket options the sandbox may not set, read by the BPF
+/// setsockopt program (through [`decide_setsockopt`]) and turned into
+/// comparisons by the seccomp filter builder, so both enforcers refuse the
+/// same options.
+///
+/// - options that route a packet to an address `connect`/`sendto` never
+///   named (source routes, routing headers);
+/// - options that push a packet to 127.0.0.1 out of a real interface;
+/// - multicast and anycast memberships and source filters (IPv4 and IPv6,
+///   `MCAST_*` included): joining or leaving makes the kernel send IGMP / MLD
+///   reports naming the group, packets no sandbox socket owns, so neither
+///   socket hooks nor the egress program see them;
+/// - device binding to anything but `lo`.
+pub const REFUSED_OPTIONS: [RefusedOption; 12] = {
+    use sockopt::*;
+    use OptionRule::*;
+    [
+        refused(SOL_IP, IP_OPTIONS, IP_OPTIONS, Refuse, Reason::SocketOption),
+        refused(
+            SOL_IP,
+            IP_ADD_MEMBERSHIP,
+            MCAST_MSFILTER,
+            Refuse,
+            Reason::Multicast,
+        ),
+        refused(
+            SOL_IP,
+            IP_UNICAST_IF,
+            IP_UNICAST_IF,
+            NeedsPacketFilter,
+            Reason::LoopbackOffDevice,
+        ),
+        refused(
+            SOL_IPV6,
+            IPV6_2292RTHDR,
+            IPV6_2292PKTOPTIONS,
+            Refuse,
+            Reason::SocketOption,
+        ),
+        refused(
+            SOL_IPV6,
+            IPV6_RTHDR,
+            IPV6_RTHDR,
+            Refuse,
+            Reason::SocketOption,
+        ),
+        refused(
+            SOL_IPV6,
+            IPV6_ADD_MEMBERSHIP,
+            IPV6_DROP_MEMBERSHIP,
+            Refuse,
+            Reason::Multicast,
+        ),
+        refused(
+            SOL_IPV6,
+            IPV6_JOIN_ANYCAST,
+            IPV6_LEAVE_ANYCAST,
+            Refuse,
+            Reason::Multicast,
+        ),
+        refused(
+            SOL_IPV6,
+            MCAST_JOIN_GROUP,
+            MCAST_MSFILTER,
+            Refuse,
+            Reason::Multicast,
+        ),
+        refused(
+            SOL_IPV6,
+            IPV6_PKTINFO,
+            IPV6_PKTINFO,
+            NeedsPacketFilter,
+            Reason::LoopbackOffDevice,
+        ),
+        refused(
+            SOL_IPV6,
+            IPV6_UNICAST_IF,
+            IPV6_UNICAST_IF,
+            NeedsPacketFilter,
+            Reason::LoopbackOffDevice,
+        ),
+        refused(
+            SOL_SOCKET,
+            SO_BINDTODEVICE,
+            SO_BINDTODEVICE,
+            LoopbackDeviceOnly,
+            Reason::DeviceBinding,
+        ),
+        refused(
+            SOL_SOCKET,
+            SO_BINDTOIFINDEX,
+            SO_BINDTOIFINDEX,
+            LoopbackDeviceOnly,
+            Reason::DeviceBinding,
+        ),
+    ]
+};
+
+/// The entry of [`REFUSED_OPTIONS`] covering an option, if any.
+#[inline(always)]
+pub fn refused_option(level: i32, optname: i32) -> Option<RefusedOption> {
+    let mut i = 0;
+    while i < REFUSED_OPTIONS.len() {
+        let e = REFUSED_OPTIONS[i];
+        if e.level == level && optname >= e.first && optname <= e.last {
+            return Some(e);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// What the enforcer knows about a `setsockopt` beyond level and name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionContext {
+    /// The value was read and binds to the loopback device (or unbinds).
+    pub binds_loopback_device: bool,
+    /// A packet filter (the BPF egress program) backstops the sandbox's
+    /// sends.
+    pub packet_filter: bool,
+}
+
+/// Decide a `setsockopt` against [`REFUSED_OPTIONS`].
+#[inline(always)]
+pub fn decide_setsockopt(level: i32, optname: i32, ctx: OptionContext) -> Decision {
+    let Some(e) = refused_option(level, optname) else {
+        return Decision::allow(Reason::OptionAllowed);
+    };
+    let allowed = match e.rule {
+        OptionRule::Refuse => false,
+        OptionRule::LoopbackDeviceOnly => ctx.binds_loopback_device,
+        OptionRule::NeedsPacketFilter => ctx.packet_filter,
+    };
+    if allowed {
+        Decision::allow(Reason::OptionAllowed)
+    } else {
+        Decision::deny(e.reason)
+    }
+}
+
+/// Whether a `SO_BINDTODEVICE` value names the loopback device or unbinds:
+/// empty, `"lo"`, each optionally NUL-terminated. The kernel reads at most
+/// `IFNAMSIZ - 1` bytes and stops at the first NUL.
+#[inline(always)]
+pub fn device_name_is_loopback(name: &[u8]) -> bool {
+    let n = name.len();
+    (n == 0 || name[0] == 0)
+        || (n >= 2 && name[0] == b'l' && name[1] == b'o' && (n == 2 || name[2] == 0))
 }
 
 /// Decide whether a task in the sandbox may create a socket.

@@ -13,8 +13,9 @@ mod decision;
 mod types;
 
 pub use decision::{
-    decide_connect, decide_egress, decide_sendmsg, decide_setsockopt, decide_socket, sockopt,
-    Decision, PolicyView, Reason,
+    decide_bind, decide_connect, decide_egress, decide_ingress, decide_sendmsg, decide_setsockopt,
+    decide_socket, device_name_is_loopback, refused_option, sockopt, Decision, OptionContext,
+    OptionRule, PolicyView, Reason, RefusedOption, REFUSED_OPTIONS,
 };
 pub use types::{
     canonical_v4, canonical_v6, DenyEvent, Dest, Endpoint, Hook, Policy, Settings, LOOPBACK_ANY,

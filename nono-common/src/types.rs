@@ -174,6 +174,13 @@ pub enum Hook {
     Egress = 6,
     /// `cgroup/setsockopt`.
     Setsockopt = 7,
+    /// `cgroup_skb/ingress`: a packet arriving for a sandbox socket, by its
+    /// source.
+    Ingress = 8,
+    /// `cgroup/bind4`.
+    Bind4 = 9,
+    /// `cgroup/bind6`.
+    Bind6 = 10,
 }
 
 impl Hook {
@@ -187,6 +194,9 @@ impl Hook {
             5 => Some(Self::SockCreate),
             6 => Some(Self::Egress),
             7 => Some(Self::Setsockopt),
+            8 => Some(Self::Ingress),
+            9 => Some(Self::Bind4),
+            10 => Some(Self::Bind6),
             _ => None,
         }
     }
@@ -201,6 +211,9 @@ impl Hook {
             Self::SockCreate => "sock_create",
             Self::Egress => "egress",
             Self::Setsockopt => "setsockopt",
+            Self::Ingress => "ingress",
+            Self::Bind4 => "bind4",
+            Self::Bind6 => "bind6",
         }
     }
 }

@@ -15,9 +15,10 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use nono_common::{
-    consts, decide_connect, decide_egress, decide_sendmsg, decide_setsockopt, decide_socket,
-    Decision, DenyEvent, Dest, Endpoint, Hook, PolicyView, Reason, Settings, LOOPBACK_ANY,
-    MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
+    consts, decide_bind, decide_connect, decide_egress, decide_ingress, decide_sendmsg,
+    decide_setsockopt, decide_socket, device_name_is_loopback, refused_option, sockopt, Decision,
+    DenyEvent, Dest, Endpoint, Hook, OptionContext, OptionRule, PolicyView, Reason, Settings,
+    LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
 };
 
 /// Element 0 holds the sandbox's scalar settings. A zeroed element (nobody
@@ -93,6 +94,16 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     on_addr6(&ctx, Hook::Sendmsg6)
 }
 
+#[cgroup_sock_addr(bind4)]
+pub fn bind4(ctx: SockAddrContext) -> i32 {
+    on_addr4(&ctx, Hook::Bind4)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn bind6(ctx: SockAddrContext) -> i32 {
+    on_addr6(&ctx, Hook::Bind6)
+}
+
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
     // SAFETY: the kernel passes a valid `bpf_sock` context; the verifier
@@ -122,7 +133,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
 #[inline(always)]
 fn on_addr4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     // SAFETY: valid context from the kernel; `user_ip4` and `user_port` are
-    // readable in connect4/sendmsg4 with 4-byte loads.
+    // readable in connect4/sendmsg4/bind4 with 4-byte loads.
     let (ip, port, family, ty, proto) = unsafe {
         let s: *const bpf_sock_addr = ctx.sock_addr;
         (
@@ -142,7 +153,7 @@ fn on_addr4(ctx: &SockAddrContext, hook: Hook) -> i32 {
 #[inline(always)]
 fn on_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     // SAFETY: valid context; `user_ip6[0..4]` and `user_port` are readable in
-    // connect6/sendmsg6 with 4-byte loads.
+    // connect6/sendmsg6/bind6 with 4-byte loads.
     let (w, port, family, ty, proto) = unsafe {
         let s: *const bpf_sock_addr = ctx.sock_addr;
         (
@@ -174,6 +185,9 @@ fn on_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
 
 #[inline(always)]
 fn judge(hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest) -> i32 {
+    if let Hook::Bind4 | Hook::Bind6 = hook {
+        return verdict(decide_bind(dest), hook, family, ty, proto, dest);
+    }
     let Some(settings) = SETTINGS.get(0) else {
         emit(hook, family, ty, proto, dest, Reason::NotAllowed);
         return DENY;
@@ -195,17 +209,32 @@ fn verdict(d: Decision, hook: Hook, family: u32, ty: u32, proto: u32, dest: &Des
     DENY
 }
 
-/// Options that reroute packets (source routes, routing headers) are refused
-/// up front; `egress` would drop such packets anyway, but an EPERM here tells
-/// the program why.
+/// The shared table of refused options (`nono_common::REFUSED_OPTIONS`):
+/// routing options, multicast memberships, device binding to anything but
+/// `lo`. Options that only push loopback packets off the loopback device
+/// are left to `egress`, which drops such packets.
 #[cgroup_sockopt(setsockopt)]
 pub fn setsockopt(ctx: SockoptContext) -> i32 {
-    // SAFETY: valid context from the kernel; level and optname are readable.
-    let (level, optname) = unsafe {
+    // SAFETY: valid context from the kernel; level, optname and optlen are
+    // readable.
+    let (level, optname, optlen) = unsafe {
         let s: *const bpf_sockopt = ctx.sockopt;
-        ((*s).level, (*s).optname)
+        ((*s).level, (*s).optname, (*s).optlen)
     };
-    let d = decide_setsockopt(level, optname);
+    let mut binds_lo = false;
+    if let Some(e) = refused_option(level, optname) {
+        if e.rule == OptionRule::LoopbackDeviceOnly {
+            binds_lo = device_value_is_loopback(&ctx, optname, optlen);
+        }
+    }
+    let d = decide_setsockopt(
+        level,
+        optname,
+        OptionContext {
+            binds_loopback_device: binds_lo,
+            packet_filter: true,
+        },
+    );
     if d.allow {
         return ALLOW;
     }
@@ -221,6 +250,49 @@ pub fn setsockopt(ctx: SockoptContext) -> i32 {
         d.reason,
     );
     DENY
+}
+
+/// The largest option length whose value the program trusts: above a page
+/// the kernel hands the program a truncated copy and re-reads the caller's
+/// memory itself, which the caller could change in between.
+const MAX_DEVICE_OPTLEN: i32 = 64;
+
+/// Whether a `SO_BINDTODEVICE` / `SO_BINDTOIFINDEX` value binds to `lo` or
+/// unbinds. The kernel runs its own handler on the copy this program read
+/// (the value cannot change after the check) as long as the length stays
+/// under a page.
+#[inline(always)]
+fn device_value_is_loopback(ctx: &SockoptContext, optname: i32, optlen: i32) -> bool {
+    if !(0..=MAX_DEVICE_OPTLEN).contains(&optlen) {
+        return false;
+    }
+    // SAFETY: valid context; optval/optval_end bound the copied value and
+    // every read below is checked against optval_end first, as the verifier
+    // requires.
+    unsafe {
+        let s: *const bpf_sockopt = ctx.sockopt;
+        let start = (*s).__bindgen_anon_2.optval as *const u8;
+        let end = (*s).__bindgen_anon_3.optval_end as *const u8;
+        if optname == sockopt::SO_BINDTOIFINDEX {
+            if start.add(4) > end {
+                return false;
+            }
+            let idx = core::ptr::read_unaligned(start as *const u32);
+            return idx == 0 || idx == sockopt::LOOPBACK_IFINDEX;
+        }
+        // SO_BINDTODEVICE: the name's first three bytes decide.
+        let mut name = [0u8; 3];
+        let mut n = 0usize;
+        while n < 3 {
+            let p = start.add(n);
+            if p.add(1) > end || n as i32 >= optlen {
+                break;
+            }
+            name[n] = *p;
+            n += 1;
+        }
+        device_name_is_loopback(&name[..n])
+    }
 }
 
 const ETH_P_IP: u16 = 0x0800;
@@ -268,10 +340,63 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
     }
 }
 
+/// Every packet delivered to a sandbox socket: only what arrives on the
+/// loopback device or from a proxy endpoint gets in. It runs before TCP's
+/// listener code, so an off-host SYN is dropped before a SYN-cookie SYN-ACK
+/// (which no socket owns, so `egress` never sees it) can answer it.
+#[cgroup_skb(ingress)]
+pub fn ingress(ctx: SkBuffContext) -> i32 {
+    // ifindex 1 is the loopback device in every network namespace.
+    // SAFETY: reading a field of the valid __sk_buff context.
+    let on_lo = unsafe { (*ctx.skb.skb).ifindex } == 1;
+    if on_lo {
+        return ALLOW;
+    }
+    let (family, proto, src) = match packet_end(&ctx, End::Source) {
+        Some(t) => t,
+        None => (
+            0,
+            0,
+            Dest {
+                addr: [0; 16],
+                port: 0,
+            },
+        ),
+    };
+    let Some(settings) = SETTINGS.get(0) else {
+        emit(Hook::Ingress, family, 0, proto, &src, Reason::NotAllowed);
+        return DENY;
+    };
+    verdict(
+        decide_ingress(&MapPolicy { settings }, &src, false),
+        Hook::Ingress,
+        family,
+        0,
+        proto,
+        &src,
+    )
+}
+
+/// Which end of a packet [`packet_end`] reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Source,
+    Destination,
+}
+
 /// (family, IP protocol, destination) of the packet; the port is 0 when it is
 /// not a TCP/UDP first fragment directly after the fixed header.
 #[inline(always)]
 fn egress_dest(ctx: &SkBuffContext) -> Option<(u32, u32, Dest)> {
+    packet_end(ctx, End::Destination)
+}
+
+/// (family, IP protocol, one end) of the packet: its source or destination
+/// address, and port when it is a TCP/UDP first fragment right after the
+/// fixed header (else 0).
+#[inline(always)]
+fn packet_end(ctx: &SkBuffContext, end: End) -> Option<(u32, u32, Dest)> {
+    let src = end == End::Source;
     let proto = u16::from_be(ctx.skb.protocol() as u16);
     if proto == ETH_P_IP {
         let vihl: u8 = ctx.load(0).ok()?;
@@ -281,7 +406,7 @@ fn egress_dest(ctx: &SkBuffContext) -> Option<(u32, u32, Dest)> {
         let ihl = ((vihl & 0x0f) as usize) * 4;
         let frag: u16 = u16::from_be(ctx.load(6).ok()?);
         let l4: u8 = ctx.load(9).ok()?;
-        let daddr: [u8; 4] = ctx.load(16).ok()?;
+        let daddr: [u8; 4] = ctx.load(if src { 12 } else { 16 }).ok()?;
         let mut port = 0u16;
         let l4 = l4 as u32;
         if frag & 0x1fff == 0
@@ -289,7 +414,7 @@ fn egress_dest(ctx: &SkBuffContext) -> Option<(u32, u32, Dest)> {
             && ihl >= 20
             && ihl <= 60
         {
-            port = u16::from_be(ctx.load(ihl + 2).ok()?);
+            port = u16::from_be(ctx.load(ihl + if src { 0 } else { 2 }).ok()?);
         }
         Some((consts::AF_INET, l4, Dest::v4(daddr, port)))
     } else if proto == ETH_P_IPV6 {
@@ -298,11 +423,11 @@ fn egress_dest(ctx: &SkBuffContext) -> Option<(u32, u32, Dest)> {
             return None;
         }
         let next: u8 = ctx.load(6).ok()?;
-        let daddr: [u8; 16] = ctx.load(24).ok()?;
+        let daddr: [u8; 16] = ctx.load(if src { 8 } else { 24 }).ok()?;
         let next = next as u32;
         let mut port = 0u16;
         if next == consts::IPPROTO_TCP || next == consts::IPPROTO_UDP {
-            port = u16::from_be(ctx.load(42).ok()?);
+            port = u16::from_be(ctx.load(if src { 40 } else { 42 }).ok()?);
         }
         Some((consts::AF_INET6, next, Dest::v6(daddr, port)))
     } else {

@@ -10,13 +10,17 @@ use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
 use aya::programs::{CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockopt};
 use aya::{Ebpf, EbpfLoader};
 use nono_common::{Endpoint, Policy, Settings};
+
+use super::rawlink;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// The BPF object built by `build.rs` (see `cargo xtask build-ebpf`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nono"));
 
-const SOCK_ADDR_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+const SOCK_ADDR_PROGRAMS: [&str; 6] = [
+    "connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6",
+];
 const SOCK_PROGRAMS: [&str; 1] = ["sock_create"];
 
 /// What keeps the programs attached: the object (programs, maps) and the
@@ -48,11 +52,9 @@ pub struct Attached {
 enum Link {
     Pinned(PinnedLink),
     Unpinned(FdLink),
-    /// aya 0.14 cannot turn a sockopt link into an `FdLink`, so it cannot be
-    /// pinned: it lives as long as the agent. That is acceptable because it
-    /// only refuses rerouting options early; `egress` (pinned) drops the
-    /// packets such options would produce.
-    Sockopt(aya::programs::cgroup_sockopt::CgroupSockoptLink),
+    /// aya 0.14 cannot turn a sockopt link into an `FdLink`, so that one is
+    /// made with the raw call (see [`super::rawlink`]) and pinned by it.
+    Raw(std::os::fd::OwnedFd),
 }
 
 /// Sum of a per-CPU counter.
@@ -164,9 +166,13 @@ pub fn load_and_attach(
         CgroupAttachMode::Single
     ));
     links.push(pin(fd_link(link, "egress")?, pin_dir, "egress")?);
-    let link = attach!(CgroupSockopt, "setsockopt", |p| p
-        .attach(&cgroup, CgroupAttachMode::Single));
-    links.push(Link::Sockopt(link));
+    let link = attach!(CgroupSkb, "ingress", |p| p.attach(
+        &cgroup,
+        CgroupSkbAttachType::Ingress,
+        CgroupAttachMode::Single
+    ));
+    links.push(pin(fd_link(link, "ingress")?, pin_dir, "ingress")?);
+    links.push(attach_setsockopt(&mut ebpf, &cgroup, pin_dir)?);
 
     let events = RingBuf::try_from(
         ebpf.take_map("EVENTS")
@@ -187,6 +193,21 @@ pub fn load_and_attach(
         events,
         dropped,
     })
+}
+
+/// The setsockopt program, attached with a raw BPF link and pinned.
+fn attach_setsockopt(ebpf: &mut Ebpf, cgroup: &File, pin_dir: Option<&Path>) -> Result<Link> {
+    use std::os::fd::AsFd as _;
+    let p: &mut CgroupSockopt = program(ebpf, "setsockopt")?
+        .try_into()
+        .context("program setsockopt has the wrong type")?;
+    let prog = p.fd().context("the setsockopt program is not loaded")?;
+    let link = rawlink::link_create(prog.as_fd(), cgroup.as_fd(), rawlink::BPF_CGROUP_SETSOCKOPT)
+        .context("attaching setsockopt")?;
+    if let Some(dir) = pin_dir {
+        rawlink::pin(&link, &dir.join("setsockopt")).context("pinning the setsockopt link")?;
+    }
+    Ok(Link::Raw(link))
 }
 
 /// Loads (verifies) every program, in parallel: verification runs in the

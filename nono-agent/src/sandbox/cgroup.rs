@@ -6,6 +6,7 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::sockdiag;
 use crate::mountinfo;
 
 /// Name of the directory below the cgroup2 root that holds every sandbox.
@@ -62,12 +63,27 @@ impl Cgroup {
         kill_and_wait(&self.path, timeout)
     }
 
-    /// Kills everything and removes the cgroup, descendants first.
+    /// Kills everything, destroys every TCP/UDP socket the sandbox's
+    /// processes created (orphans with queued data, listeners, sockets passed
+    /// to other processes), and removes the cgroup, descendants first.
+    ///
+    /// The caller unpins the BPF programs only after this succeeded: a
+    /// socket that outlived them would send unjudged. The socket step comes
+    /// after the kill (nothing can create new ones) and before the removal
+    /// (the cgroup ids are read from the directories).
     pub fn destroy(&self, timeout: Duration) -> Result<()> {
         if !self.path.exists() {
             return Ok(());
         }
         self.kill_all(timeout)?;
+        let ids = sockdiag::cgroup_tree_ids(&self.path)
+            .with_context(|| format!("reading the cgroup ids below {}", self.path.display()))?;
+        sockdiag::destroy_cgroup_sockets(&ids).with_context(|| {
+            format!(
+                "destroying the sockets of {} (the programs stay attached)",
+                self.path.display()
+            )
+        })?;
         remove_tree(&self.path)
     }
 }

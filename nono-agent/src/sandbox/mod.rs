@@ -8,5 +8,6 @@ pub mod landlock;
 pub mod privileges;
 pub mod registry;
 pub mod resolve;
+pub mod sockdiag;
 pub mod spawn;
 pub mod sweep;

@@ -182,6 +182,11 @@ fn loopback_packets_must_stay_on_the_loopback_device() {
     assert!(!decide_egress(&p, &Dest::v6(Ipv6Addr::LOCALHOST.octets(), 53), false).allow);
 }
 
+const NO_CTX: OptionContext = OptionContext {
+    binds_loopback_device: false,
+    packet_filter: false,
+};
+
 #[test]
 fn rerouting_socket_options_are_refused() {
     use crate::decision::sockopt::*;
@@ -192,14 +197,140 @@ fn rerouting_socket_options_are_refused() {
         (SOL_IPV6, IPV6_2292PKTOPTIONS),
     ] {
         assert_eq!(
-            decide_setsockopt(l, o),
+            decide_setsockopt(l, o, NO_CTX),
             Decision::deny(Reason::SocketOption)
         );
     }
-    assert!(decide_setsockopt(SOL_IP, 1).allow); // IP_TOS
-    assert!(decide_setsockopt(1, 2).allow); // SOL_SOCKET, SO_REUSEADDR
-    assert!(decide_setsockopt(SOL_IPV6, 67).allow); // IPV6_TCLASS
-    assert!(decide_setsockopt(6, IP_OPTIONS).allow); // SOL_TCP, TCP_NODELAY-range
+    assert!(decide_setsockopt(SOL_IP, 1, NO_CTX).allow); // IP_TOS
+    assert!(decide_setsockopt(1, 2, NO_CTX).allow); // SOL_SOCKET, SO_REUSEADDR
+    assert!(decide_setsockopt(SOL_IPV6, 67, NO_CTX).allow); // IPV6_TCLASS
+    assert!(decide_setsockopt(6, IP_OPTIONS, NO_CTX).allow); // SOL_TCP, TCP_NODELAY-range
+    assert!(decide_setsockopt(SOL_IP, 8, NO_CTX).allow); // IP_PKTINFO (receive flag)
+    assert!(decide_setsockopt(SOL_IP, 49, NO_CTX).allow); // IP_MULTICAST_ALL
+    assert!(decide_setsockopt(SOL_IP, 32, NO_CTX).allow); // IP_MULTICAST_IF
+}
+
+#[test]
+fn every_membership_option_is_refused() {
+    // The kernel's numbers, spelled out independently of the table.
+    let v4 = [35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48];
+    let v6 = [20, 21, 27, 28, 42, 43, 44, 45, 46, 47, 48];
+    for o in v4 {
+        let d = decide_setsockopt(
+            0,
+            o,
+            OptionContext {
+                binds_loopback_device: true,
+                packet_filter: true,
+            },
+        );
+        assert_eq!(d, Decision::deny(Reason::Multicast), "SOL_IP {o}");
+    }
+    for o in v6 {
+        let d = decide_setsockopt(
+            41,
+            o,
+            OptionContext {
+                binds_loopback_device: true,
+                packet_filter: true,
+            },
+        );
+        assert_eq!(d, Decision::deny(Reason::Multicast), "SOL_IPV6 {o}");
+    }
+    // Their neighbours are ordinary options.
+    assert!(decide_setsockopt(0, 34, NO_CTX).allow); // IP_MULTICAST_LOOP
+    assert!(decide_setsockopt(41, 19, NO_CTX).allow); // IPV6_MULTICAST_LOOP
+    assert!(decide_setsockopt(41, 26, NO_CTX).allow); // IPV6_V6ONLY
+}
+
+#[test]
+fn device_binding_only_to_loopback() {
+    let lo = OptionContext {
+        binds_loopback_device: true,
+        packet_filter: false,
+    };
+    for o in [25, 62] {
+        assert_eq!(
+            decide_setsockopt(1, o, NO_CTX),
+            Decision::deny(Reason::DeviceBinding)
+        );
+        assert!(decide_setsockopt(1, o, lo).allow);
+    }
+    assert!(device_name_is_loopback(b""));
+    assert!(device_name_is_loopback(b"\0eth0"));
+    assert!(device_name_is_loopback(b"lo"));
+    assert!(device_name_is_loopback(b"lo\0garbage"));
+    assert!(!device_name_is_loopback(b"lo0"));
+    assert!(!device_name_is_loopback(b"l"));
+    assert!(!device_name_is_loopback(b"eth0"));
+    assert!(!device_name_is_loopback(b"veth-nono"));
+}
+
+#[test]
+fn off_device_options_need_a_packet_filter() {
+    let filtered = OptionContext {
+        binds_loopback_device: false,
+        packet_filter: true,
+    };
+    for (l, o) in [(0, 50), (41, 76), (41, 50)] {
+        assert_eq!(
+            decide_setsockopt(l, o, NO_CTX),
+            Decision::deny(Reason::LoopbackOffDevice)
+        );
+        assert!(decide_setsockopt(l, o, filtered).allow);
+    }
+}
+
+#[test]
+fn table_ranges_are_well_formed() {
+    for e in REFUSED_OPTIONS {
+        assert!(e.first <= e.last, "{e:?}");
+        assert!(!e.reason.name().is_empty());
+        assert!(Reason::from_u32(e.reason as u32) == Some(e.reason));
+    }
+}
+
+#[test]
+fn binds() {
+    for (ip, allow, reason) in [
+        ("127.0.0.1", true, Reason::Loopback),
+        ("127.8.9.10", true, Reason::Loopback),
+        ("::1", true, Reason::Loopback),
+        ("::ffff:127.0.0.1", true, Reason::Loopback),
+        ("0.0.0.0", true, Reason::Wildcard),
+        ("::", true, Reason::Wildcard),
+        ("::ffff:0.0.0.0", true, Reason::Wildcard),
+        ("198.51.100.1", false, Reason::BindAddress),
+        ("2001:db8::1", false, Reason::BindAddress),
+        ("::ffff:198.51.100.1", false, Reason::BindAddress),
+        ("169.254.1.1", false, Reason::BindAddress),
+        ("fe80::1", false, Reason::BindAddress),
+    ] {
+        let d = decide_bind(&dest(ip.parse().unwrap(), 8080));
+        assert_eq!((d.allow, d.reason), (allow, reason), "{ip}");
+    }
+}
+
+#[test]
+fn inbound_only_from_loopback_device_or_proxies() {
+    let p = policy_with(&[("203.0.113.2".parse().unwrap(), 3128)]);
+    assert!(decide_ingress(&p, &Dest::v4([198, 51, 100, 2], 40000), true).allow);
+    assert_eq!(
+        decide_ingress(&p, &Dest::v4([198, 51, 100, 2], 40000), false),
+        Decision::deny(Reason::Inbound)
+    );
+    assert_eq!(
+        decide_ingress(&p, &Dest::v4([127, 0, 0, 1], 40000), false).reason,
+        Reason::Inbound
+    );
+    assert_eq!(
+        decide_ingress(&p, &Dest::v4([203, 0, 113, 2], 3128), false),
+        Decision::allow(Reason::Proxy)
+    );
+    let mapped = Ipv4Addr::new(203, 0, 113, 2).to_ipv6_mapped().octets();
+    assert!(decide_ingress(&p, &Dest::v6(mapped, 3128), false).allow);
+    assert!(!decide_ingress(&p, &Dest::v4([203, 0, 113, 2], 3129), false).allow);
+    assert!(!decide_ingress(&p, &Dest::v4([203, 0, 113, 2], 0), false).allow);
 }
 
 fn any_ip() -> impl Strategy<Value = IpAddr> {
