@@ -8,15 +8,15 @@
 //! it, and the program is small enough to read in full (see `build`) and is
 //! executed by an interpreter in the tests.
 
-use nono_common::consts;
-use nono_common::sockopt as so;
+use nono_common::{consts, decide_setsockopt, OptionContext, REFUSED_OPTIONS};
 
 /// What the filter does with the calls it watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// The seccomp enforcer: `connect`, `sendmsg`, `sendmmsg` and `sendto`
-    /// with a destination go to the supervisor, as do refused `socket`,
-    /// `socketpair` and `setsockopt` calls (so they are logged).
+    /// The seccomp enforcer: `connect`, `bind`, `listen`, `sendmsg`,
+    /// `sendmmsg` and `sendto` with a destination go to the supervisor, as do
+    /// refused `socket`, `socketpair` and `setsockopt` calls (so they are
+    /// logged).
     Notify,
     /// Extra hardening under the BPF enforcer: socket families the BPF hooks
     /// do not see are refused outright, as is io_uring (its socket creation
@@ -45,6 +45,8 @@ pub(crate) const NR_SENDMMSG: u32 = 307;
 pub(crate) const NR_SOCKET: u32 = 41;
 pub(crate) const NR_SOCKETPAIR: u32 = 53;
 pub(crate) const NR_SETSOCKOPT: u32 = 54;
+pub(crate) const NR_BIND: u32 = 49;
+pub(crate) const NR_LISTEN: u32 = 50;
 const NR_IO_URING_SETUP: u32 = 425;
 const NR_IO_URING_ENTER: u32 = 426;
 const NR_IO_URING_REGISTER: u32 = 427;
@@ -75,6 +77,8 @@ const BPF_RET_K: u16 = 0x06;
 enum To {
     Next,
     Label(&'static str),
+    /// Over this many instructions (for generated blocks).
+    Skip(u8),
 }
 
 #[derive(Clone, Debug)]
@@ -106,6 +110,7 @@ fn assemble(prog: &[Insn]) -> Result<Vec<libc::sock_filter>, String> {
     let offset = |from: usize, to: To| -> Result<u8, String> {
         match to {
             To::Next => Ok(0),
+            To::Skip(n) => Ok(n),
             To::Label(l) => {
                 let target = *labels.get(l).ok_or_else(|| format!("unknown label {l}"))?;
                 let off = target
@@ -128,6 +133,58 @@ fn assemble(prog: &[Insn]) -> Result<Vec<libc::sock_filter>, String> {
         }
     }
     Ok(out)
+}
+
+/// The `setsockopt` checks, generated from the shared table
+/// (`nono_common::REFUSED_OPTIONS`) so this filter and the BPF setsockopt
+/// program refuse the same options. This filter cannot read the option's
+/// value, so under the supervisor every entry is refused, device binding
+/// even to `lo` included; under the BPF enforcer (`Harden`) the entries the
+/// BPF side judges by value or backstops with its egress program are left to
+/// it.
+fn setsockopt_section(mode: Mode) -> Vec<Insn> {
+    use Insn::*;
+    use To::{Label as L, Next};
+    let ctx = match mode {
+        Mode::Notify => OptionContext {
+            binds_loopback_device: false,
+            packet_filter: false,
+        },
+        Mode::Harden => OptionContext {
+            binds_loopback_device: true,
+            packet_filter: true,
+        },
+    };
+    let mut levels: Vec<i32> = Vec::new();
+    for e in REFUSED_OPTIONS {
+        if !levels.contains(&e.level) {
+            levels.push(e.level);
+        }
+    }
+    let mut out = vec![Ld(off_arg_lo(1))];
+    for level in levels {
+        let mut block = vec![Ld(off_arg_lo(2))];
+        for e in REFUSED_OPTIONS.iter().filter(|e| e.level == level) {
+            if decide_setsockopt(e.level, e.first, ctx).allow {
+                continue;
+            }
+            if e.first == e.last {
+                block.push(Jeq(e.first as u32, L("refuse"), Next));
+            } else {
+                // first <= optname <= last
+                block.push(Jge(e.first as u32, Next, To::Skip(1)));
+                block.push(Jge(e.last as u32 + 1, Next, L("refuse")));
+            }
+        }
+        // Option names were loaded over the level: a level's block ends
+        // the decision.
+        block.push(Ret(RET_ALLOW));
+        let len = u8::try_from(block.len()).unwrap_or(u8::MAX);
+        out.push(Jeq(level as u32, Next, To::Skip(len)));
+        out.extend(block);
+    }
+    out.push(Ret(RET_ALLOW));
+    out
 }
 
 /// The filter program for `mode`.
@@ -160,6 +217,8 @@ pub fn build(mode: Mode) -> Vec<libc::sock_filter> {
         Jeq(NR_SOCKET, L("socket"), Next),
         Jeq(NR_SOCKETPAIR, L("socketpair"), Next),
         Jeq(NR_SETSOCKOPT, L("setsockopt"), Next),
+        Jeq(NR_BIND, L("watch"), Next),
+        Jeq(NR_LISTEN, L("watch"), Next),
         Jeq(NR_IO_URING_SETUP, L("io_uring"), Next),
         Jeq(NR_IO_URING_ENTER, L("io_uring"), Next),
         Jeq(NR_IO_URING_REGISTER, L("io_uring"), Next),
@@ -198,22 +257,12 @@ pub fn build(mode: Mode) -> Vec<libc::sock_filter> {
         Label("socketpair"),
         Ld(off_arg_lo(0)),
         Jeq(consts::AF_UNIX, L("allow"), L("refuse")),
-        // setsockopt(fd, level, optname, ...): options that reroute packets
-        // or force them out of a chosen interface (nono_common::sockopt).
+        // setsockopt(fd, level, optname, ...): nono_common::REFUSED_OPTIONS.
         Label("setsockopt"),
-        Ld(off_arg_lo(1)),
-        Jeq(so::SOL_IP as u32, Next, L("sso_v6")),
-        Ld(off_arg_lo(2)),
-        Jeq(so::IP_OPTIONS as u32, L("refuse"), Next),
-        Jeq(so::IP_UNICAST_IF as u32, L("refuse"), L("allow")),
-        Label("sso_v6"),
-        Jeq(so::SOL_IPV6 as u32, Next, L("allow")),
-        Ld(off_arg_lo(2)),
-        Jeq(so::IPV6_RTHDR as u32, L("refuse"), Next),
-        Jeq(so::IPV6_2292RTHDR as u32, L("refuse"), Next),
-        Jeq(so::IPV6_2292PKTOPTIONS as u32, L("refuse"), Next),
-        Jeq(so::IPV6_UNICAST_IF as u32, L("refuse"), Next),
-        Jeq(so::IPV6_PKTINFO as u32, L("refuse"), L("allow")),
+    ];
+    let mut prog = prog;
+    prog.extend(setsockopt_section(mode));
+    prog.extend(vec![
         // i386 (int 0x80) and anything else not x86_64: only exit.
         Label("foreign_arch"),
         Ld(OFF_NR),
@@ -233,7 +282,7 @@ pub fn build(mode: Mode) -> Vec<libc::sock_filter> {
         Ret(refuse),
         Label("allow"),
         Ret(RET_ALLOW),
-    ];
+    ]);
     // The program is fixed: a failure here is a bug caught by the tests.
     assemble(&prog).unwrap_or_else(|e| panic!("seccomp filter does not assemble: {e}"))
 }
@@ -278,7 +327,7 @@ mod tests {
     #[test]
     fn notify_mode() {
         let p = build(Mode::Notify);
-        assert!(p.len() < 100);
+        assert!(p.len() < 150);
         let n = |nr, args| run(&p, nr, X86, args);
         assert_eq!(n(NR_CONNECT, [3, 0x1000, 16, 0, 0, 0]), RET_USER_NOTIF);
         assert_eq!(n(NR_SENDMSG, [3, 0x1000, 0, 0, 0, 0]), RET_USER_NOTIF);
@@ -292,6 +341,8 @@ mod tests {
         assert_eq!(n(0, [0; 6]), RET_ALLOW); // read
         assert_eq!(n(NR_IO_URING_SETUP, [0; 6]), errno(libc::EPERM));
         assert_eq!(n(NR_CONNECT | X32_SYSCALL_BIT, [0; 6]), errno(libc::EPERM));
+        assert_eq!(n(NR_BIND, [3, 0x1000, 16, 0, 0, 0]), RET_USER_NOTIF);
+        assert_eq!(n(NR_LISTEN, [3, 0, 0, 0, 0, 0]), RET_USER_NOTIF);
     }
 
     #[test]
@@ -333,10 +384,28 @@ mod tests {
             assert_eq!(sso(41, 57), refused);
             assert_eq!(sso(41, 5), refused);
             assert_eq!(sso(41, 6), refused);
-            assert_eq!(sso(0, 50), refused); // IP_UNICAST_IF
-            assert_eq!(sso(41, 76), refused); // IPV6_UNICAST_IF
-            assert_eq!(sso(41, 50), refused); // IPV6_PKTINFO (sticky)
+            // Left to the BPF egress program under the BPF enforcer.
+            let off_device = if mode == Mode::Notify {
+                refused
+            } else {
+                RET_ALLOW
+            };
+            assert_eq!(sso(0, 50), off_device); // IP_UNICAST_IF
+            assert_eq!(sso(41, 76), off_device); // IPV6_UNICAST_IF
+            assert_eq!(sso(41, 50), off_device); // IPV6_PKTINFO (sticky)
+            assert_eq!(sso(1, 25), off_device); // SO_BINDTODEVICE (BPF reads the name)
+            assert_eq!(sso(1, 62), off_device); // SO_BINDTOIFINDEX
             assert_eq!(sso(0, 8), RET_ALLOW); // IP_PKTINFO (receive flag)
+            for o in 35..=48 {
+                assert_eq!(sso(0, o), refused, "SOL_IP {o}"); // memberships
+                assert_eq!(sso(0x1234_0000_0000_0000, o), refused, "upper half ignored");
+            }
+            for o in [20, 21, 27, 28, 42, 43, 44, 45, 46, 47, 48] {
+                assert_eq!(sso(41, o), refused, "SOL_IPV6 {o}");
+            }
+            for (l, o) in [(0, 34), (0, 49), (41, 19), (41, 26), (41, 49), (1, 24), (1, 26)] {
+                assert_eq!(sso(l, o), RET_ALLOW, "{l} {o}");
+            }
             assert_eq!(sso(0, 1), RET_ALLOW);
             assert_eq!(sso(1, 4), RET_ALLOW);
             assert_eq!(sso(41, 67), RET_ALLOW);
@@ -357,6 +426,8 @@ mod tests {
     fn harden_mode_lets_socket_calls_through() {
         let p = build(Mode::Harden);
         assert_eq!(run(&p, NR_CONNECT, X86, [0; 6]), RET_ALLOW);
+        assert_eq!(run(&p, NR_BIND, X86, [0; 6]), RET_ALLOW);
+        assert_eq!(run(&p, NR_LISTEN, X86, [0; 6]), RET_ALLOW);
         assert_eq!(run(&p, NR_SENDTO, X86, [3, 0, 0, 0, 0x1000, 16]), RET_ALLOW);
         assert_eq!(run(&p, NR_IO_URING_SETUP, X86, [0; 6]), errno(libc::EPERM));
     }

@@ -79,6 +79,34 @@ pub fn respond(listener: BorrowedFd<'_>, id: u64, result: Result<i64, i32>) -> i
     Ok(())
 }
 
+/// Lets the target's own system call proceed
+/// (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`). Only for calls whose arguments the
+/// supervisor does not need to trust (see the callers).
+pub fn respond_continue(listener: BorrowedFd<'_>, id: u64) -> io::Result<()> {
+    let mut resp = libc::seccomp_notif_resp {
+        id,
+        val: 0,
+        error: 0,
+        flags: libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
+    };
+    // SAFETY: valid fd and response struct.
+    let r = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SEND,
+            &mut resp,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Asks the kernel to hand the CPU straight from the notifying thread to a
 /// receiver and back (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, Linux 6.6+): the
 /// supervisor answers inline, so this removes most of the scheduling

@@ -7,7 +7,9 @@
 //! rewrites the sockaddr, the msghdr or the fd table after the check changes
 //! nothing: the kernel never looks at the target's memory again.
 
-use nono_common::{consts, decide_connect, decide_socket, Dest, Policy};
+use nono_common::{
+    consts, decide_bind, decide_connect, decide_socket, refused_option, Dest, Policy,
+};
 use std::io;
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,8 +17,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::filter::{
-    NR_CONNECT, NR_SENDMMSG, NR_SENDMSG, NR_SENDTO, NR_SETSOCKOPT, NR_SOCKET, NR_SOCKETPAIR,
+    NR_BIND, NR_CONNECT, NR_LISTEN, NR_SENDMMSG, NR_SENDMSG, NR_SENDTO, NR_SETSOCKOPT, NR_SOCKET,
+    NR_SOCKETPAIR,
 };
+use super::identity::{Creds, Identity};
+use super::inbound;
 use super::notify::{self, Notif};
 use crate::events::{EventRecord, EventTx};
 
@@ -39,6 +44,11 @@ pub struct Supervisor {
     events: EventTx,
     /// Receivers currently waiting for a notification.
     idle: AtomicUsize,
+    /// The inbound socket filter put on every inet socket ([`inbound`]).
+    inbound: Vec<libc::sock_filter>,
+    /// The agent is root: operations run with the target's credentials
+    /// ([`Identity`]), never the agent's.
+    root: bool,
 }
 
 /// Idle receivers kept around after a burst of blocking operations.
@@ -60,6 +70,9 @@ impl Supervisor {
             sandbox,
             events,
             idle: AtomicUsize::new(0),
+            inbound: inbound::program(&policy),
+            // SAFETY: geteuid has no preconditions.
+            root: unsafe { libc::geteuid() } == 0,
         })
     }
 
@@ -105,6 +118,9 @@ impl Supervisor {
             };
             match self.prepare(&n) {
                 Ok(Work::Reply(r)) => self.reply(&n, r),
+                Ok(Work::Continue) => {
+                    let _ = notify::respond_continue(self.listener.as_fd(), n.id);
+                }
                 Ok(Work::Perform(op)) => {
                     if op.may_block() {
                         if self.idle.fetch_sub(1, Ordering::SeqCst) <= 1 {
@@ -178,6 +194,8 @@ impl Supervisor {
                 self.event_sockopt(n, "setsockopt", a[1] as i32, a[2] as i32);
                 Ok(Work::Reply(Err(libc::EPERM)))
             }
+            NR_BIND => self.prepare_bind(n),
+            NR_LISTEN => self.prepare_listen(n),
             NR_CONNECT => self.prepare_connect(n),
             NR_SENDTO => self.prepare_sendto(n),
             NR_SENDMSG => self
@@ -189,7 +207,10 @@ impl Supervisor {
     }
 
     /// The target's socket, after checking the notification is still alive
-    /// (so `pid` is still the thread that made the call).
+    /// (so `pid` is still the thread that made the call). An inet socket
+    /// gets the locked inbound filter before anything is done with it; if
+    /// that fails (the sandbox locked a filter of its own first), the
+    /// operation is refused.
     fn socket(&self, n: &Notif, fd: u64) -> Result<Sock, i32> {
         let pidfd = notify::pidfd_for_thread(n.pid).map_err(|_| libc::ESRCH)?;
         if !notify::id_valid(self.listener.as_fd(), n.id) {
@@ -197,12 +218,100 @@ impl Supervisor {
         }
         let fd = notify::grab_fd(pidfd.as_fd(), fd as i32 as RawFd).map_err(errno)?;
         let domain = sockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
-            .map_err(|_| libc::ENOTSOCK)?;
+            .map_err(|_| libc::ENOTSOCK)? as u32;
+        if domain == consts::AF_INET || domain == consts::AF_INET6 {
+            if inbound::ensure(fd.as_fd(), &self.inbound).is_err() {
+                self.event(
+                    n,
+                    "socket-filter",
+                    domain,
+                    None,
+                    None,
+                    None,
+                    "inbound-filter-not-applied",
+                );
+                return Err(libc::EPERM);
+            }
+        }
+        let creds = if self.root {
+            let c = Creds::of(n.pid).ok_or(libc::ESRCH)?;
+            if !notify::id_valid(self.listener.as_fd(), n.id) {
+                return Err(libc::ESRCH);
+            }
+            Some(c)
+        } else {
+            None
+        };
         Ok(Sock {
             fd,
-            domain: domain as u32,
+            domain,
             pinned: std::sync::Mutex::new(Vec::new()),
+            creds,
         })
+    }
+
+    /// `bind`: inet binds are judged ([`decide_bind`]) and performed on our
+    /// copy of the socket, which already carries the inbound filter. Other
+    /// families go ahead as the target's own call: a unix path is created
+    /// with the target's credentials, umask and view of the file system,
+    /// which only its own call has. If another thread swaps an inet socket
+    /// onto that fd number in between, that socket is bound unjudged but
+    /// still cannot listen, connect or send without passing through here
+    /// (and getting the filter) first.
+    fn prepare_bind(&self, n: &Notif) -> Result<Work, i32> {
+        let a = n.data.args;
+        let len = (a[2] as u32 as usize).min(128);
+        let addr = self.read(n, a[1], len)?;
+        let sock = self.socket(n, a[0])?;
+        if sock.domain != consts::AF_INET && sock.domain != consts::AF_INET6 {
+            return Ok(Work::Continue);
+        }
+        if let Some(local) = inet_dest(sock.domain, &addr) {
+            let d = decide_bind(&local);
+            if !d.allow {
+                self.socket_event(n, "bind", &sock, &local, d.reason.name());
+                return Err(libc::EPERM);
+            }
+        }
+        // Not parseable as the socket's family: the kernel refuses it.
+        Ok(Work::Perform(Op::Bind { sock, addr }))
+    }
+
+    /// `listen`, always performed on our copy (never the target's call,
+    /// whose fd could be swapped for an unfiltered socket). An unbound inet
+    /// socket autobinds to the wildcard address, which the inbound filter
+    /// makes loopback-only; a bound one must be bound where `bind` allows.
+    fn prepare_listen(&self, n: &Notif) -> Result<Work, i32> {
+        let a = n.data.args;
+        let sock = self.socket(n, a[0])?;
+        if sock.domain == consts::AF_INET || sock.domain == consts::AF_INET6 {
+            let local = local_name(sock.fd.as_fd()).map_err(errno)?;
+            if let Some(local) = inet_dest(sock.domain, &local) {
+                let d = decide_bind(&local);
+                if local.port != 0 && !d.allow {
+                    self.socket_event(n, "listen", &sock, &local, d.reason.name());
+                    return Err(libc::EPERM);
+                }
+            }
+        }
+        Ok(Work::Perform(Op::Listen {
+            sock,
+            backlog: a[1] as i32,
+        }))
+    }
+
+    fn socket_event(&self, n: &Notif, hook: &'static str, sock: &Sock, d: &Dest, why: &'static str) {
+        let ty = sockopt_int(sock.fd.as_fd(), libc::SOL_SOCKET, libc::SO_TYPE).ok();
+        let proto = sockopt_int(sock.fd.as_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL).ok();
+        self.event(
+            n,
+            hook,
+            sock.domain,
+            ty.map(|t| t as u32),
+            proto.map(|p| p as u32),
+            Some(d),
+            why,
+        );
     }
 
     fn read(&self, n: &Notif, addr: u64, len: usize) -> Result<Vec<u8>, i32> {
@@ -221,18 +330,7 @@ impl Supervisor {
         let addr = self.read(n, a[1], len)?;
         let sock = self.socket(n, a[0])?;
         let addr = self.judge(n, "connect", &sock, addr, false)?;
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        let creds = if sock.domain == consts::AF_UNIX && root {
-            let c = Creds::of(n.pid).ok_or(libc::ESRCH)?;
-            if !notify::id_valid(self.listener.as_fd(), n.id) {
-                return Err(libc::ESRCH);
-            }
-            Some(c)
-        } else {
-            None
-        };
-        Ok(Work::Perform(Op::Connect { sock, addr, creds }))
+        Ok(Work::Perform(Op::Connect { sock, addr }))
     }
 
     fn prepare_sendto(&self, n: &Notif) -> Result<Work, i32> {
@@ -378,7 +476,11 @@ impl Supervisor {
             // inode, and connect through /proc/self/fd/N: a symlink swapped
             // after the check cannot redirect us to another socket.
             let addr = unix_path_for(n.pid, addr);
-            let (pinned, id) = open_unix_path(&addr)?;
+            // The lookup, like the operation, with the target's rights.
+            let (pinned, id) = {
+                let _as = Identity::assume_opt(sock.creds.as_ref(), 0)?;
+                open_unix_path(&addr)?
+            };
             if self.denied_sockets.contains(&id) {
                 self.event(
                     n,
@@ -559,10 +661,13 @@ impl Supervisor {
     }
 
     fn event_sockopt(&self, n: &Notif, hook: &'static str, level: i32, optname: i32) {
+        let reason = refused_option(level, optname)
+            .map(|e| e.reason.name())
+            .unwrap_or("routing-option-not-allowed");
         let rec = EventRecord {
             level: Some(level),
             optname: Some(optname),
-            ..self.denial(n, hook, "routing-option-not-allowed")
+            ..self.denial(n, hook, reason)
         };
         let _ = self.events.send(rec.into_line());
     }
@@ -645,80 +750,6 @@ fn comm_of(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// A thread's file-system credentials, read from /proc/TID/status.
-struct Creds {
-    fsuid: u32,
-    fsgid: u32,
-    groups: Vec<libc::gid_t>,
-}
-
-impl Creds {
-    fn of(tid: u32) -> Option<Self> {
-        let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-        let field = |name: &str| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(str::to_string)
-        };
-        // Uid:/Gid: real effective saved fs
-        let fs = |line: String| line.split_whitespace().nth(3).and_then(|v| v.parse().ok());
-        Some(Self {
-            fsuid: fs(field("Uid:")?)?,
-            fsgid: fs(field("Gid:")?)?,
-            groups: field("Groups:")?
-                .split_whitespace()
-                .filter_map(|g| g.parse().ok())
-                .collect(),
-        })
-    }
-
-    /// Makes the calling thread act with these credentials and without
-    /// capabilities (raw syscalls: per thread, unlike glibc's wrappers).
-    fn adopt(&self) -> Result<(), i32> {
-        #[repr(C)]
-        struct Header {
-            version: u32,
-            pid: libc::c_int,
-        }
-        #[repr(C)]
-        #[derive(Clone, Copy)]
-        struct Data {
-            effective: u32,
-            permitted: u32,
-            inheritable: u32,
-        }
-        // SAFETY: per-thread credential syscalls with valid arguments.
-        unsafe {
-            if libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr()) != 0 {
-                return Err(libc::EPERM);
-            }
-            libc::syscall(libc::SYS_setfsgid, self.fsgid);
-            libc::syscall(libc::SYS_setfsuid, self.fsuid);
-            // Drop every effective capability (CAP_DAC_OVERRIDE above all)
-            // for this thread; it exits after one connect.
-            let h = Header {
-                version: 0x2008_0522,
-                pid: 0,
-            };
-            let mut d = [Data {
-                effective: 0,
-                permitted: 0,
-                inheritable: 0,
-            }; 2];
-            if libc::syscall(libc::SYS_capget, &h as *const Header, d.as_mut_ptr()) != 0 {
-                return Err(libc::EPERM);
-            }
-            for x in &mut d {
-                x.effective = 0;
-            }
-            if libc::syscall(libc::SYS_capset, &h as *const Header, d.as_ptr()) != 0 {
-                return Err(libc::EPERM);
-            }
-        }
-        Ok(())
-    }
-}
-
 /// The target's socket, held by us.
 struct Sock {
     fd: OwnedFd,
@@ -726,6 +757,9 @@ struct Sock {
     /// O_PATH descriptors of unix socket paths judged for this operation,
     /// kept open until it is performed.
     pinned: std::sync::Mutex<Vec<OwnedFd>>,
+    /// The target's credentials when the agent is root: the operation is
+    /// performed with them.
+    creds: Option<Creds>,
 }
 
 impl Sock {
@@ -753,6 +787,8 @@ struct SendMsgOp {
 
 enum Work {
     Reply(Result<i64, i32>),
+    /// Let the target's own call proceed (see `prepare_bind`).
+    Continue,
     Perform(Op),
 }
 
@@ -760,10 +796,14 @@ enum Op {
     Connect {
         sock: Sock,
         addr: Vec<u8>,
-        /// For unix sockets when the agent is root: the target's file
-        /// system credentials, so the socket's permissions are checked
-        /// against the target, not against the agent.
-        creds: Option<Creds>,
+    },
+    Bind {
+        sock: Sock,
+        addr: Vec<u8>,
+    },
+    Listen {
+        sock: Sock,
+        backlog: i32,
     },
     SendTo {
         sock: Sock,
@@ -777,7 +817,7 @@ enum Op {
 impl Op {
     fn wants_sigpipe(&self) -> bool {
         match self {
-            Op::Connect { .. } => false,
+            Op::Connect { .. } | Op::Bind { .. } | Op::Listen { .. } => false,
             Op::SendTo { flags, .. } => flags & libc::MSG_NOSIGNAL == 0,
             Op::SendMsg(m) => m.flags & libc::MSG_NOSIGNAL == 0,
         }
@@ -786,14 +826,46 @@ impl Op {
     fn may_block(&self) -> bool {
         let (sock, flags) = match self {
             Op::Connect { sock, .. } => (sock, 0),
+            Op::Bind { .. } | Op::Listen { .. } => return false,
             Op::SendTo { sock, flags, .. } => (sock, *flags),
             Op::SendMsg(m) => (&m.sock, m.flags),
         };
         !(sock.nonblocking() || flags & libc::MSG_DONTWAIT != 0)
     }
 
-    /// Performs the operation on the target's socket with the copied data.
+    fn sock(&self) -> &Sock {
+        match self {
+            Op::Connect { sock, .. }
+            | Op::Bind { sock, .. }
+            | Op::Listen { sock, .. }
+            | Op::SendTo { sock, .. } => sock,
+            Op::SendMsg(m) => &m.sock,
+        }
+    }
+
+    /// Performs the operation on the target's socket with the copied data,
+    /// with the target's credentials and capabilities when the agent is
+    /// root: a unix peer sees the target's uid and gid (and, on sends, its
+    /// pid), socket permissions are checked against the target, and
+    /// capability-gated control messages (`SO_MARK`, IPv6 hop-by-hop
+    /// options) are refused as they would be for the target.
     fn perform(self) -> Result<i64, i32> {
+        let sock = self.sock();
+        // A unix send says who sent it with an explicit SCM_CREDENTIALS
+        // naming the target: the kernel would otherwise stamp the agent's
+        // pid. Naming another process's pid needs CAP_SYS_ADMIN, the only
+        // capability added for that call.
+        let unix_send = sock.domain == consts::AF_UNIX
+            && matches!(self, Op::SendTo { .. } | Op::SendMsg(_));
+        let extra = match (&sock.creds, unix_send) {
+            (Some(_), true) => 1u64 << CAP_SYS_ADMIN,
+            _ => 0,
+        };
+        let creds_cmsg = match (&sock.creds, unix_send) {
+            (Some(c), true) => Some(c.scm_credentials()),
+            _ => None,
+        };
+        let _as = Identity::assume_opt(sock.creds.as_ref(), extra)?;
         let ret = |r: isize| {
             if r < 0 {
                 Err(io::Error::last_os_error()
@@ -803,77 +875,57 @@ impl Op {
                 Ok(r as i64)
             }
         };
-        match self {
-            Op::Connect { sock, addr, creds } => {
-                let connect = move || {
-                    // SAFETY: addr is a buffer of addr.len() bytes.
-                    let r = unsafe {
-                        libc::connect(
-                            sock.fd.as_raw_fd(),
-                            addr.as_ptr().cast(),
-                            addr.len() as libc::socklen_t,
-                        )
-                    };
-                    ret(r as isize)
+        match &self {
+            Op::Connect { sock, addr } => {
+                // SAFETY: addr is a buffer of addr.len() bytes.
+                let r = unsafe {
+                    libc::connect(
+                        sock.fd.as_raw_fd(),
+                        addr.as_ptr().cast(),
+                        addr.len() as libc::socklen_t,
+                    )
                 };
-                match creds {
-                    None => connect(),
-                    // Credentials are per thread at the syscall level: a
-                    // short-lived thread takes the target's and connects.
-                    Some(c) => std::thread::Builder::new()
-                        .name("nono-unix-connect".into())
-                        .spawn(move || {
-                            c.adopt()?;
-                            connect()
-                        })
-                        .map_err(|_| libc::EAGAIN)?
-                        .join()
-                        .unwrap_or(Err(libc::EIO)),
-                }
+                ret(r as isize)
+            }
+            Op::Bind { sock, addr } => {
+                // SAFETY: addr is a buffer of addr.len() bytes.
+                let r = unsafe {
+                    libc::bind(
+                        sock.fd.as_raw_fd(),
+                        addr.as_ptr().cast(),
+                        addr.len() as libc::socklen_t,
+                    )
+                };
+                ret(r as isize)
+            }
+            Op::Listen { sock, backlog } => {
+                // SAFETY: listen on a valid fd.
+                let r = unsafe { libc::listen(sock.fd.as_raw_fd(), *backlog) };
+                ret(r as isize)
             }
             Op::SendTo {
                 sock,
                 data,
                 flags,
                 addr,
-            } => {
-                // SAFETY: both buffers are valid for their lengths.
-                let r = unsafe {
-                    libc::sendto(
-                        sock.fd.as_raw_fd(),
-                        data.as_ptr().cast(),
-                        data.len(),
-                        flags | libc::MSG_NOSIGNAL,
-                        addr.as_ptr().cast(),
-                        addr.len() as libc::socklen_t,
-                    )
-                };
-                ret(r)
-            }
+            } => ret(send_one(
+                sock.fd.as_fd(),
+                Some(addr),
+                data,
+                &with_cmsg(&[], creds_cmsg.as_deref()),
+                flags | libc::MSG_NOSIGNAL,
+            )),
             Op::SendMsg(op) => {
                 let mut sent = 0i64;
                 for (i, m) in op.msgs.iter().enumerate() {
-                    let mut iov = libc::iovec {
-                        iov_base: m.data.as_ptr() as *mut libc::c_void,
-                        iov_len: m.data.len(),
-                    };
-                    // SAFETY: zeroed msghdr, then every pointer set to our
-                    // own buffers, valid for the call.
-                    let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-                    if let Some(name) = &m.name {
-                        h.msg_name = name.as_ptr() as *mut libc::c_void;
-                        h.msg_namelen = name.len() as libc::socklen_t;
-                    }
-                    h.msg_iov = &mut iov;
-                    h.msg_iovlen = 1;
-                    if !m.control.is_empty() {
-                        h.msg_control = m.control.as_ptr() as *mut libc::c_void;
-                        h.msg_controllen = m.control.len();
-                    }
-                    // SAFETY: h describes valid buffers.
-                    let r = unsafe {
-                        libc::sendmsg(op.sock.fd.as_raw_fd(), &h, op.flags | libc::MSG_NOSIGNAL)
-                    };
+                    let control = with_cmsg(&m.control, creds_cmsg.as_deref());
+                    let r = send_one(
+                        op.sock.fd.as_fd(),
+                        m.name.as_deref(),
+                        &m.data,
+                        &control,
+                        op.flags | libc::MSG_NOSIGNAL,
+                    );
                     if r < 0 {
                         let e = io::Error::last_os_error()
                             .raw_os_error()
@@ -890,4 +942,81 @@ impl Op {
             }
         }
     }
+}
+
+/// `CAP_SYS_ADMIN`'s bit number.
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// `control` with `extra` (an already aligned cmsg) appended.
+fn with_cmsg(control: &[u8], extra: Option<&[u8]>) -> Vec<u8> {
+    let mut c = control.to_vec();
+    if let Some(x) = extra {
+        // CMSG_ALIGN the existing part first.
+        c.resize((c.len() + 7) & !7, 0);
+        c.extend_from_slice(x);
+    }
+    c
+}
+
+/// One `sendmsg` of our own buffers.
+fn send_one(
+    fd: BorrowedFd<'_>,
+    name: Option<&[u8]>,
+    data: &[u8],
+    control: &[u8],
+    flags: i32,
+) -> isize {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: zeroed msghdr, then every pointer set to our own buffers,
+    // valid for the call.
+    let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+    if let Some(name) = name {
+        h.msg_name = name.as_ptr() as *mut libc::c_void;
+        h.msg_namelen = name.len() as libc::socklen_t;
+    }
+    h.msg_iov = &mut iov;
+    h.msg_iovlen = 1;
+    if !control.is_empty() {
+        h.msg_control = control.as_ptr() as *mut libc::c_void;
+        h.msg_controllen = control.len();
+    }
+    // SAFETY: h describes valid buffers.
+    unsafe { libc::sendmsg(fd.as_raw_fd(), &h, flags) }
+}
+
+/// The local (bind) address a sockaddr names for a socket of `domain`, or
+/// None when the kernel will refuse it for that socket anyway. An `AF_INET`
+/// socket also takes `AF_UNSPEC` (as `INADDR_ANY` only).
+fn inet_dest(domain: u32, addr: &[u8]) -> Option<Dest> {
+    let family = u16::from_ne_bytes([*addr.first()?, *addr.get(1)?]) as u32;
+    if domain == consts::AF_INET
+        && (family == consts::AF_INET || family == libc::AF_UNSPEC as u32)
+        && addr.len() >= 16
+    {
+        return Some(Dest::v4(
+            [addr[4], addr[5], addr[6], addr[7]],
+            u16::from_be_bytes([addr[2], addr[3]]),
+        ));
+    }
+    if domain == consts::AF_INET6 && family == consts::AF_INET6 && addr.len() >= 24 {
+        let mut o = [0u8; 16];
+        o.copy_from_slice(&addr[8..24]);
+        return Some(Dest::v6(o, u16::from_be_bytes([addr[2], addr[3]])));
+    }
+    None
+}
+
+/// `getsockname` of our copy of a socket.
+fn local_name(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let mut buf = [0u8; 128];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf has room for `len` bytes.
+    let r = unsafe { libc::getsockname(fd.as_raw_fd(), buf.as_mut_ptr().cast(), &mut len) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(buf[..(len as usize).min(buf.len())].to_vec())
 }

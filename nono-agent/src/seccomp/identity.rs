@@ -1,0 +1,362 @@
+//! Acting as the sandbox: a per-thread switch to a target thread's
+//! credentials and capabilities for the duration of one operation.
+//!
+//! Why: a root supervisor that performs `connect`, `sendmsg` or a path
+//! lookup with its own rights lends them to the sandbox: a root-only socket
+//! accepts the message, peers read uid 0 in `SO_PEERCRED` and
+//! `SCM_CREDENTIALS`, and capability-gated control messages (`SO_MARK`,
+//! IPv6 hop-by-hop options) pass. Credentials are per thread in the kernel;
+//! the raw system calls here change only the calling thread (glibc's
+//! wrappers would change every thread of the agent). The saved uid stays 0,
+//! which keeps the permitted capabilities, so the thread can switch back.
+
+use std::fmt;
+
+/// A thread's credentials, read from `/proc/TID/status`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Creds {
+    /// Thread-group id (the pid peers should see).
+    pub tgid: u32,
+    /// Real, effective, file-system uid.
+    pub uid: [u32; 3],
+    /// Real, effective, file-system gid.
+    pub gid: [u32; 3],
+    /// Supplementary groups.
+    pub groups: Vec<libc::gid_t>,
+    /// Effective capabilities (bit mask).
+    pub cap_eff: u64,
+}
+
+impl fmt::Debug for Creds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "uid {:?} gid {:?}", self.uid, self.gid)
+    }
+}
+
+impl Creds {
+    /// The credentials of thread `tid`, or None if it is gone.
+    pub fn of(tid: u32) -> Option<Self> {
+        parse_status(&std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?)
+    }
+
+    /// A `SCM_CREDENTIALS` control message naming this thread's process,
+    /// real uid and real gid (what the kernel would stamp for it).
+    pub fn scm_credentials(&self) -> Vec<u8> {
+        const HDR: usize = std::mem::size_of::<libc::cmsghdr>();
+        let ucred = libc::ucred {
+            pid: self.tgid as libc::pid_t,
+            uid: self.uid[0],
+            gid: self.gid[0],
+        };
+        let data_len = std::mem::size_of::<libc::ucred>();
+        let len = HDR + data_len;
+        let mut out = vec![0u8; (len + 7) & !7];
+        // SAFETY: zeroed plain struct.
+        let mut h: libc::cmsghdr = unsafe { std::mem::zeroed() };
+        h.cmsg_len = len;
+        h.cmsg_level = libc::SOL_SOCKET;
+        h.cmsg_type = libc::SCM_CREDENTIALS;
+        // SAFETY: `out` has room for the header and the ucred after it;
+        // unaligned writes of plain structs.
+        unsafe {
+            std::ptr::write_unaligned(out.as_mut_ptr().cast(), h);
+            std::ptr::write_unaligned(out.as_mut_ptr().add(HDR).cast(), ucred);
+        }
+        out
+    }
+}
+
+fn parse_status(s: &str) -> Option<Creds> {
+    let field = |name: &str| s.lines().find_map(|l| l.strip_prefix(name));
+    let ids = |line: &str| -> Option<[u32; 3]> {
+        // real effective saved fs
+        let v: Vec<u32> = line
+            .split_whitespace()
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        Some([*v.first()?, *v.get(1)?, *v.get(3)?])
+    };
+    Some(Creds {
+        tgid: field("Tgid:")?.trim().parse().ok()?,
+        uid: ids(field("Uid:")?)?,
+        gid: ids(field("Gid:")?)?,
+        groups: field("Groups:")?
+            .split_whitespace()
+            .map(|g| g.parse().ok())
+            .collect::<Option<_>>()?,
+        cap_eff: u64::from_str_radix(field("CapEff:")?.trim(), 16).ok()?,
+    })
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_V3: u32 = 0x2008_0522;
+
+fn capget() -> Result<[CapData; 2], i32> {
+    let h = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let mut d = [CapData::default(); 2];
+    // SAFETY: header and a two-element data array, as capget v3 expects.
+    if unsafe { libc::syscall(libc::SYS_capget, &h as *const CapHeader, d.as_mut_ptr()) } != 0 {
+        return Err(libc::EPERM);
+    }
+    Ok(d)
+}
+
+fn capset(d: &[CapData; 2]) -> Result<(), i32> {
+    let h = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    // SAFETY: as for capget; capset(2) changes only the calling thread.
+    if unsafe { libc::syscall(libc::SYS_capset, &h as *const CapHeader, d.as_ptr()) } != 0 {
+        return Err(libc::EPERM);
+    }
+    Ok(())
+}
+
+fn with_effective(mut d: [CapData; 2], eff: u64) -> [CapData; 2] {
+    d[0].effective = (eff as u32) & d[0].permitted;
+    d[1].effective = ((eff >> 32) as u32) & d[1].permitted;
+    d
+}
+
+fn raw(nr: libc::c_long, a: u64, b: u64, c: u64) -> Result<(), i32> {
+    // SAFETY: the credential system calls used here take integer arguments
+    // (or, for setgroups, a pointer the caller keeps valid) and change only
+    // the calling thread.
+    if unsafe { libc::syscall(nr, a, b, c) } != 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EPERM));
+    }
+    Ok(())
+}
+
+fn getres(nr: libc::c_long) -> Result<[u32; 3], i32> {
+    let mut v = [0u32; 3];
+    // SAFETY: three valid out-pointers.
+    let r = unsafe {
+        libc::syscall(
+            nr,
+            &mut v[0] as *mut u32,
+            &mut v[1] as *mut u32,
+            &mut v[2] as *mut u32,
+        )
+    };
+    if r != 0 {
+        return Err(libc::EPERM);
+    }
+    Ok(v)
+}
+
+/// While alive, the calling thread acts as a target; dropping it switches
+/// back. Not `Send`: credentials belong to the thread that switched.
+pub struct Identity {
+    uid: [u32; 3],
+    gid: [u32; 3],
+    groups: Vec<libc::gid_t>,
+    caps: [CapData; 2],
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Identity {
+    /// Switches to `c` (uid, gid, groups, effective capabilities plus
+    /// `extra_caps`, never beyond our own) if given; None does nothing.
+    pub fn assume_opt(c: Option<&Creds>, extra_caps: u64) -> Result<Option<Identity>, i32> {
+        c.map(|c| Self::assume(c, extra_caps)).transpose()
+    }
+
+    /// Switches the calling thread to `c`.
+    pub fn assume(c: &Creds, extra_caps: u64) -> Result<Identity, i32> {
+        let saved = Identity {
+            uid: getres(libc::SYS_getresuid)?,
+            gid: getres(libc::SYS_getresgid)?,
+            groups: groups()?,
+            caps: capget()?,
+            _not_send: std::marker::PhantomData,
+        };
+        let switched = (|| {
+            raw(
+                libc::SYS_setgroups,
+                c.groups.len() as u64,
+                c.groups.as_ptr() as u64,
+                0,
+            )?;
+            // The saved ids stay ours (0), so the way back stays open.
+            raw(
+                libc::SYS_setresgid,
+                c.gid[0].into(),
+                c.gid[1].into(),
+                saved.gid[2].into(),
+            )?;
+            raw(
+                libc::SYS_setresuid,
+                c.uid[0].into(),
+                c.uid[1].into(),
+                saved.uid[2].into(),
+            )?;
+            // setfsuid/setfsgid report the previous value, not errors.
+            // SAFETY: integer arguments, calling thread only.
+            unsafe {
+                libc::syscall(libc::SYS_setfsgid, c.gid[2]);
+                libc::syscall(libc::SYS_setfsuid, c.uid[2]);
+            }
+            capset(&with_effective(saved.caps, c.cap_eff | extra_caps))
+        })();
+        match switched {
+            Ok(()) => Ok(saved),
+            // Dropping `saved` switches back whatever part succeeded.
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn groups() -> Result<Vec<libc::gid_t>, i32> {
+    // SAFETY: size query, then a buffer of that size.
+    let n = unsafe { libc::syscall(libc::SYS_getgroups, 0, std::ptr::null_mut::<libc::gid_t>()) };
+    if n < 0 {
+        return Err(libc::EPERM);
+    }
+    let mut g = vec![0 as libc::gid_t; n as usize];
+    // SAFETY: `g` has room for n entries.
+    let m = unsafe { libc::syscall(libc::SYS_getgroups, n, g.as_mut_ptr()) };
+    if m < 0 {
+        return Err(libc::EPERM);
+    }
+    g.truncate(m as usize);
+    Ok(g)
+}
+
+impl Drop for Identity {
+    fn drop(&mut self) {
+        let back = (|| {
+            // uid first: with euid 0 again the capabilities to restore the
+            // rest are back in the permitted set.
+            raw(
+                libc::SYS_setresuid,
+                self.uid[0].into(),
+                self.uid[1].into(),
+                self.uid[2].into(),
+            )?;
+            capset(&self.caps)?;
+            raw(
+                libc::SYS_setresgid,
+                self.gid[0].into(),
+                self.gid[1].into(),
+                self.gid[2].into(),
+            )?;
+            // Unchanged (the switch failed before it): nothing to do, and
+            // setgroups would need CAP_SETGID even to set the same list.
+            if groups()? == self.groups {
+                return Ok(());
+            }
+            raw(
+                libc::SYS_setgroups,
+                self.groups.len() as u64,
+                self.groups.as_ptr() as u64,
+                0,
+            )
+        })();
+        if let Err(e) = back {
+            // A supervisor thread stuck with a sandbox's identity would do
+            // the next sandbox operation with the wrong rights; there is no
+            // safe way on. Exiting ends supervision: every supervised call
+            // of the sandbox fails from then on.
+            eprintln!(
+                "nono-agent: supervisor could not restore its credentials (errno {e}); exiting"
+            );
+            std::process::abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_parsing() {
+        let s = "Name:\tx\nTgid:\t42\nPid:\t43\nUid:\t65534\t65534\t65534\t65534\nGid:\t100\t101\t102\t103\nGroups:\t100 27 \nCapEff:\t0000000000003000\n";
+        let c = parse_status(s).unwrap();
+        assert_eq!(c.tgid, 42);
+        assert_eq!(c.uid, [65534, 65534, 65534]);
+        assert_eq!(c.gid, [100, 101, 103]);
+        assert_eq!(c.groups, vec![100, 27]);
+        assert_eq!(c.cap_eff, 0x3000);
+        assert!(parse_status("Tgid:\t1\n").is_none());
+    }
+
+    #[test]
+    fn own_status_parses() {
+        let me = Creds::of(std::process::id()).unwrap();
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(me.uid[0], unsafe { libc::getuid() });
+    }
+
+    #[test]
+    fn credentials_message_layout() {
+        let c = Creds {
+            tgid: 7,
+            uid: [1000, 1000, 1000],
+            gid: [100, 100, 100],
+            groups: vec![],
+            cap_eff: 0,
+        };
+        let m = c.scm_credentials();
+        assert_eq!(m.len() % 8, 0);
+        // SAFETY: test reads of the plain structs written above.
+        let h: libc::cmsghdr = unsafe { std::ptr::read_unaligned(m.as_ptr().cast()) };
+        assert_eq!(h.cmsg_type, libc::SCM_CREDENTIALS);
+        let u: libc::ucred = unsafe {
+            std::ptr::read_unaligned(m.as_ptr().add(std::mem::size_of::<libc::cmsghdr>()).cast())
+        };
+        assert_eq!((u.pid, u.uid, u.gid), (7, 1000, 100));
+    }
+
+    /// As root: a thread takes nobody's identity, sees it, and comes back.
+    #[test]
+    fn switch_and_back() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            panic!("this test needs root (CI runs as root)");
+        }
+        std::thread::spawn(|| {
+            let nobody = Creds {
+                tgid: 1,
+                uid: [65534, 65534, 65534],
+                gid: [65534, 65534, 65534],
+                groups: vec![65534],
+                cap_eff: 0,
+            };
+            {
+                let _as = Identity::assume(&nobody, 0).unwrap();
+                assert_eq!(getres(libc::SYS_getresuid).unwrap(), [65534, 65534, 0]);
+                let caps = capget().unwrap();
+                assert_eq!(caps[0].effective, 0);
+                assert_ne!(caps[0].permitted, 0);
+                // A root-only file is out of reach.
+                assert!(std::fs::read("/etc/shadow").is_err());
+            }
+            assert_eq!(getres(libc::SYS_getresuid).unwrap(), [0, 0, 0]);
+            assert_ne!(capget().unwrap()[0].effective, 0);
+            assert!(std::fs::read("/etc/shadow").is_ok());
+        })
+        .join()
+        .unwrap();
+    }
+}
