@@ -11,6 +11,7 @@
 //! which keeps the permitted capabilities, so the thread can switch back.
 
 use std::fmt;
+use std::os::fd::{AsRawFd as _, BorrowedFd};
 
 /// A thread's credentials, read from `/proc/TID/status`.
 #[derive(Clone, PartialEq, Eq)]
@@ -223,6 +224,79 @@ impl Identity {
             // Dropping `saved` switches back whatever part succeeded.
             Err(e) => Err(e),
         }
+    }
+}
+
+/// `connect(fd, addr)` from a short-lived child process that has taken
+/// `c`'s identity for good, so that a unix peer's `SO_PEERCRED` (and
+/// `SO_PEERPIDFD`) names an unprivileged process with the target's uid and
+/// gid, never the root agent: the kernel records the connecting *process*,
+/// which no per-thread switch can change. The child exits right after the
+/// call; its exit status carries the errno.
+pub fn connect_in_child(fd: BorrowedFd<'_>, addr: &[u8], c: &Creds) -> Result<i64, i32> {
+    let groups = c.groups.as_ptr();
+    let ngroups = c.groups.len();
+    let (uid, gid, cap_eff) = (c.uid, c.gid, c.cap_eff);
+    let caps = capget()?;
+    let child_caps = with_effective(caps, cap_eff);
+    let drop_all = [CapData::default(); 2];
+    let raw_fd = fd.as_raw_fd();
+    // SAFETY: the child runs only raw system calls on memory prepared
+    // before the fork (no allocation, no locks: the agent is
+    // multi-threaded) and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(libc::EAGAIN);
+    }
+    if pid == 0 {
+        // SAFETY: as above; every pointer refers to data owned by the
+        // parent's stack or heap, copied into the child by fork.
+        unsafe {
+            let fail = |e: i32| -> ! { libc::_exit(if e == 0 { 255 } else { e & 0xff }) };
+            let err = || *libc::__errno_location();
+            if libc::syscall(libc::SYS_setgroups, ngroups, groups) != 0 {
+                fail(err());
+            }
+            if libc::syscall(libc::SYS_setresgid, gid[0], gid[1], gid[1]) != 0 {
+                fail(err());
+            }
+            if libc::syscall(libc::SYS_setresuid, uid[0], uid[1], uid[1]) != 0 {
+                fail(err());
+            }
+            libc::syscall(libc::SYS_setfsgid, gid[2]);
+            libc::syscall(libc::SYS_setfsuid, uid[2]);
+            // A root target keeps its own effective set; anyone else has
+            // lost every capability with the uid change already.
+            let h = CapHeader {
+                version: CAP_V3,
+                pid: 0,
+            };
+            let want = if uid[1] == 0 { &child_caps } else { &drop_all };
+            if libc::syscall(libc::SYS_capset, &h as *const CapHeader, want.as_ptr()) != 0 {
+                fail(err());
+            }
+            let r = libc::connect(raw_fd, addr.as_ptr().cast(), addr.len() as libc::socklen_t);
+            libc::_exit(if r == 0 { 0 } else { err() & 0xff });
+        }
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+        if r == pid {
+            break;
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Err(libc::EIO);
+        }
+    }
+    if !libc::WIFEXITED(status) {
+        return Err(libc::EIO);
+    }
+    match libc::WEXITSTATUS(status) {
+        0 => Ok(0),
+        255 => Err(libc::EPERM),
+        e => Err(e),
     }
 }
 

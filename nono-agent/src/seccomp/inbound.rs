@@ -77,9 +77,8 @@ pub fn program(policy: &Policy) -> Vec<libc::sock_filter> {
     }
     let mut b6 = Vec::new();
     for p in &v6 {
-        let w = |i: usize| {
-            u32::from_be_bytes([p.addr[i], p.addr[i + 1], p.addr[i + 2], p.addr[i + 3]])
-        };
+        let w =
+            |i: usize| u32::from_be_bytes([p.addr[i], p.addr[i + 1], p.addr[i + 2], p.addr[i + 3]]);
         // Four address words (each mismatch skips the rest of this
         // endpoint), then the source port right after the fixed header.
         b6.push(vec![
@@ -113,10 +112,16 @@ pub fn program(policy: &Policy) -> Vec<libc::sock_filter> {
     out.push(insn(LD_B_ABS, 0, 0, net(0)));
     out.push(insn(ALU_RSH_K, 0, 0, 4));
     out.push(insn(JEQ_K, 0, jump(4, 5 + n4 + 1), 4));
-    for block in b4.into_iter().chain(std::iter::once(vec![insn(RET_K, 0, 0, DROP)])) {
+    for block in b4
+        .into_iter()
+        .chain(std::iter::once(vec![insn(RET_K, 0, 0, DROP)]))
+    {
         push_block(&mut out, block, keep_at);
     }
-    for block in b6.into_iter().chain(std::iter::once(vec![insn(RET_K, 0, 0, DROP)])) {
+    for block in b6
+        .into_iter()
+        .chain(std::iter::once(vec![insn(RET_K, 0, 0, DROP)]))
+    {
         push_block(&mut out, block, keep_at);
     }
     out.push(insn(RET_K, 0, 0, KEEP));
@@ -304,7 +309,10 @@ mod tests {
 
     #[test]
     fn proxy_endpoints_by_address_and_port() {
-        let v6 = "2001:db8::7".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let v6 = "2001:db8::7"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
         let prog = program(&policy(&[
             Dest::v4([203, 0, 113, 2], 3128),
             Dest::v6(v6, 8080),

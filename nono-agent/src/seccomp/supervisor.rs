@@ -20,7 +20,7 @@ use super::filter::{
     NR_BIND, NR_CONNECT, NR_LISTEN, NR_SENDMMSG, NR_SENDMSG, NR_SENDTO, NR_SETSOCKOPT, NR_SOCKET,
     NR_SOCKETPAIR,
 };
-use super::identity::{Creds, Identity};
+use super::identity::{self, Creds, Identity};
 use super::inbound;
 use super::notify::{self, Notif};
 use crate::events::{EventRecord, EventTx};
@@ -219,19 +219,18 @@ impl Supervisor {
         let fd = notify::grab_fd(pidfd.as_fd(), fd as i32 as RawFd).map_err(errno)?;
         let domain = sockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
             .map_err(|_| libc::ENOTSOCK)? as u32;
-        if domain == consts::AF_INET || domain == consts::AF_INET6 {
-            if inbound::ensure(fd.as_fd(), &self.inbound).is_err() {
-                self.event(
-                    n,
-                    "socket-filter",
-                    domain,
-                    None,
-                    None,
-                    None,
-                    "inbound-filter-not-applied",
-                );
-                return Err(libc::EPERM);
-            }
+        let inet = domain == consts::AF_INET || domain == consts::AF_INET6;
+        if inet && inbound::ensure(fd.as_fd(), &self.inbound).is_err() {
+            self.event(
+                n,
+                "socket-filter",
+                domain,
+                None,
+                None,
+                None,
+                "inbound-filter-not-applied",
+            );
+            return Err(libc::EPERM);
         }
         let creds = if self.root {
             let c = Creds::of(n.pid).ok_or(libc::ESRCH)?;
@@ -300,7 +299,14 @@ impl Supervisor {
         }))
     }
 
-    fn socket_event(&self, n: &Notif, hook: &'static str, sock: &Sock, d: &Dest, why: &'static str) {
+    fn socket_event(
+        &self,
+        n: &Notif,
+        hook: &'static str,
+        sock: &Sock,
+        d: &Dest,
+        why: &'static str,
+    ) {
         let ty = sockopt_int(sock.fd.as_fd(), libc::SOL_SOCKET, libc::SO_TYPE).ok();
         let proto = sockopt_int(sock.fd.as_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL).ok();
         self.event(
@@ -855,8 +861,8 @@ impl Op {
         // naming the target: the kernel would otherwise stamp the agent's
         // pid. Naming another process's pid needs CAP_SYS_ADMIN, the only
         // capability added for that call.
-        let unix_send = sock.domain == consts::AF_UNIX
-            && matches!(self, Op::SendTo { .. } | Op::SendMsg(_));
+        let unix_send =
+            sock.domain == consts::AF_UNIX && matches!(self, Op::SendTo { .. } | Op::SendMsg(_));
         let extra = match (&sock.creds, unix_send) {
             (Some(_), true) => 1u64 << CAP_SYS_ADMIN,
             _ => 0,
@@ -865,6 +871,11 @@ impl Op {
             (Some(c), true) => Some(c.scm_credentials()),
             _ => None,
         };
+        if let (Op::Connect { sock, addr }, Some(c)) = (&self, &sock.creds) {
+            if sock.domain == consts::AF_UNIX {
+                return identity::connect_in_child(sock.fd.as_fd(), addr, c);
+            }
+        }
         let _as = Identity::assume_opt(sock.creds.as_ref(), extra)?;
         let ret = |r: isize| {
             if r < 0 {
