@@ -143,6 +143,23 @@ fn push_block(out: &mut Vec<libc::sock_filter>, block: Vec<libc::sock_filter>, k
     }
 }
 
+/// The filter for `policy` if this kernel lets the agent attach socket
+/// filters to TCP sockets (tried on a throwaway one): the kernels here refuse
+/// `SO_ATTACH_FILTER` on a TCP socket without `CAP_NET_ADMIN` (UDP is
+/// allowed), which an unprivileged agent lacks.
+pub fn available(policy: &Policy) -> Option<Vec<libc::sock_filter>> {
+    use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
+    let prog = program(policy);
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a new descriptor nobody else owns.
+    let probe = unsafe { OwnedFd::from_raw_fd(fd) };
+    ensure(probe.as_fd(), &prog).ok().map(|()| prog)
+}
+
 /// Puts `prog` on the socket and locks it, unless it is already there and
 /// locked. Fails (the caller refuses the operation) if the socket carries a
 /// locked filter that is not ours: the sandbox locked its own first.

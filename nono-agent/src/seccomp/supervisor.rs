@@ -8,7 +8,7 @@
 //! nothing: the kernel never looks at the target's memory again.
 
 use nono_common::{
-    consts, decide_bind, decide_connect, decide_socket, refused_option, Dest, Policy,
+    consts, decide_bind, decide_connect, decide_socket, refused_option, Dest, Policy, Reason,
 };
 use std::io;
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd, RawFd};
@@ -44,8 +44,11 @@ pub struct Supervisor {
     events: EventTx,
     /// Receivers currently waiting for a notification.
     idle: AtomicUsize,
-    /// The inbound socket filter put on every inet socket ([`inbound`]).
-    inbound: Vec<libc::sock_filter>,
+    /// The inbound socket filter put on every inet socket ([`inbound`]),
+    /// when this kernel lets the agent attach one (some refuse
+    /// `SO_ATTACH_FILTER` without `CAP_NET_ADMIN`). Without it, wildcard
+    /// binds are rewritten to loopback instead ([`loopback_of`]).
+    inbound: Option<Vec<libc::sock_filter>>,
     /// The agent is root: operations run with the target's credentials
     /// ([`Identity`]), never the agent's.
     root: bool,
@@ -70,7 +73,7 @@ impl Supervisor {
             sandbox,
             events,
             idle: AtomicUsize::new(0),
-            inbound: inbound::program(&policy),
+            inbound: inbound::available(&policy),
             // SAFETY: geteuid has no preconditions.
             root: unsafe { libc::geteuid() } == 0,
         })
@@ -220,7 +223,11 @@ impl Supervisor {
         let domain = sockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
             .map_err(|_| libc::ENOTSOCK)? as u32;
         let inet = domain == consts::AF_INET || domain == consts::AF_INET6;
-        if inet && inbound::ensure(fd.as_fd(), &self.inbound).is_err() {
+        let filtered = match &self.inbound {
+            Some(prog) if inet => inbound::ensure(fd.as_fd(), prog).is_ok(),
+            _ => true,
+        };
+        if !filtered {
             self.event(
                 n,
                 "socket-filter",
@@ -265,11 +272,17 @@ impl Supervisor {
         if sock.domain != consts::AF_INET && sock.domain != consts::AF_INET6 {
             return Ok(Work::Continue);
         }
+        let mut addr = addr;
         if let Some(local) = inet_dest(sock.domain, &addr) {
             let d = decide_bind(&local);
             if !d.allow {
                 self.socket_event(n, "bind", &sock, &local, d.reason.name());
                 return Err(libc::EPERM);
+            }
+            if d.reason == Reason::Wildcard && self.inbound.is_none() {
+                // No filter to make a wildcard listener loopback-only:
+                // bind to loopback itself (same port).
+                addr = loopback_of(&addr);
             }
         }
         // Not parseable as the socket's family: the kernel refuses it.
@@ -283,12 +296,22 @@ impl Supervisor {
     fn prepare_listen(&self, n: &Notif) -> Result<Work, i32> {
         let a = n.data.args;
         let sock = self.socket(n, a[0])?;
+        let mut bind_first = None;
         if sock.domain == consts::AF_INET || sock.domain == consts::AF_INET6 {
-            let local = local_name(sock.fd.as_fd()).map_err(errno)?;
-            if let Some(local) = inet_dest(sock.domain, &local) {
+            let name = local_name(sock.fd.as_fd()).map_err(errno)?;
+            if let Some(local) = inet_dest(sock.domain, &name) {
                 let d = decide_bind(&local);
-                if local.port != 0 && !d.allow {
-                    self.socket_event(n, "listen", &sock, &local, d.reason.name());
+                let unfiltered = self.inbound.is_none();
+                if local.port == 0 && unfiltered {
+                    // Unbound: listen would autobind to the wildcard.
+                    bind_first = Some(loopback_of(&name));
+                } else if !d.allow || (unfiltered && d.reason == Reason::Wildcard) {
+                    let why = if d.allow {
+                        "wildcard-listener-without-inbound-filter"
+                    } else {
+                        d.reason.name()
+                    };
+                    self.socket_event(n, "listen", &sock, &local, why);
                     return Err(libc::EPERM);
                 }
             }
@@ -296,6 +319,7 @@ impl Supervisor {
         Ok(Work::Perform(Op::Listen {
             sock,
             backlog: a[1] as i32,
+            bind_first,
         }))
     }
 
@@ -810,6 +834,8 @@ enum Op {
     Listen {
         sock: Sock,
         backlog: i32,
+        /// Bind here first (an unbound socket without the inbound filter).
+        bind_first: Option<Vec<u8>>,
     },
     SendTo {
         sock: Sock,
@@ -909,7 +935,24 @@ impl Op {
                 };
                 ret(r as isize)
             }
-            Op::Listen { sock, backlog } => {
+            Op::Listen {
+                sock,
+                backlog,
+                bind_first,
+            } => {
+                if let Some(addr) = bind_first {
+                    // SAFETY: addr is a buffer of addr.len() bytes.
+                    let r = unsafe {
+                        libc::bind(
+                            sock.fd.as_raw_fd(),
+                            addr.as_ptr().cast(),
+                            addr.len() as libc::socklen_t,
+                        )
+                    };
+                    if r != 0 {
+                        return ret(r as isize);
+                    }
+                }
                 // SAFETY: listen on a valid fd.
                 let r = unsafe { libc::listen(sock.fd.as_raw_fd(), *backlog) };
                 ret(r as isize)
@@ -1018,6 +1061,26 @@ fn inet_dest(domain: u32, addr: &[u8]) -> Option<Dest> {
         return Some(Dest::v6(o, u16::from_be_bytes([addr[2], addr[3]])));
     }
     None
+}
+
+/// The same sockaddr (family, port, v6 flow info and scope) with the
+/// loopback address of its family in place of the wildcard: 127.0.0.1,
+/// ::1, or ::ffff:127.0.0.1 for the v4-mapped wildcard.
+fn loopback_of(addr: &[u8]) -> Vec<u8> {
+    let mut a = addr.to_vec();
+    let family = u16::from_ne_bytes([a[0], a[1]]) as u32;
+    if family == consts::AF_INET6 && a.len() >= 24 {
+        if a[8..20] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+            a[20..24].copy_from_slice(&[127, 0, 0, 1]);
+        } else {
+            a[8..24].copy_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+        }
+    } else if a.len() >= 8 {
+        // AF_INET (or AF_UNSPEC, which an inet socket binds as AF_INET).
+        a[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        a[4..8].copy_from_slice(&[127, 0, 0, 1]);
+    }
+    a
 }
 
 /// `getsockname` of our copy of a socket.
