@@ -9,8 +9,10 @@
 //!    cgroup nor open pinned links by path to detach them; the cgroup
 //!    namespace (rooted at the sandbox) keeps a cgroup2 it mounts itself in a
 //!    user namespace limited to the sandbox's subtree;
-//! 2. (privileged) drop every capability;
-//! 3. no_new_privs.
+//! 2. (privileged) system paths, kernel tunables and the agent's own files
+//!    bound read-only (see `protect`);
+//! 3. (privileged) drop every capability;
+//! 4. no_new_privs.
 
 use anyhow::{Context as _, Result};
 use std::ffi::CString;
@@ -34,6 +36,8 @@ pub struct ChildSetup {
 struct Privileged {
     last_cap: u32,
     masks: Vec<CString>,
+    /// Bound read-only onto themselves (see `protect`).
+    readonly: Vec<CString>,
 }
 
 const TMPFS: &[u8] = b"tmpfs\0";
@@ -59,9 +63,15 @@ impl ChildSetup {
                 .map(|p| CString::new(p.as_os_str().as_bytes()))
                 .collect::<Result<Vec<_>, _>>()
                 .context("path with a NUL byte")?;
+            let readonly = super::protect::readonly_targets()
+                .iter()
+                .map(|p| CString::new(p.as_os_str().as_bytes()))
+                .collect::<Result<Vec<_>, _>>()
+                .context("path with a NUL byte")?;
             Some(Privileged {
                 last_cap: privileges::last_cap().context("reading cap_last_cap")?,
                 masks,
+                readonly,
             })
         } else {
             None
@@ -167,6 +177,9 @@ impl ChildSetup {
             if let Some(l) = &self.landlock {
                 l.add_fresh_proc_rule()?;
             }
+            for target in &p.readonly {
+                bind_readonly(target)?;
+            }
             for target in &self.hidden_sockets {
                 // SAFETY: NUL-terminated strings that outlive the call.
                 if unsafe {
@@ -213,4 +226,56 @@ impl ChildSetup {
             None => Ok(None),
         }
     }
+}
+
+/// `struct mount_attr` (UAPI).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+/// Binds `target` onto itself with everything below it, then makes that
+/// whole tree read-only. Syscalls only (runs between fork and exec).
+fn bind_readonly(target: &CString) -> io::Result<()> {
+    // SAFETY: NUL-terminated path that outlives the call; a bind needs no
+    // fstype or data.
+    if unsafe {
+        libc::mount(
+            target.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: valid path and attr struct of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -6,6 +6,7 @@ pub mod daemons;
 pub mod hide;
 pub mod landlock;
 pub mod privileges;
+pub mod protect;
 pub mod registry;
 pub mod resolve;
 pub mod sockdiag;

@@ -46,6 +46,7 @@ pub(crate) const NR_SOCKET: u32 = 41;
 pub(crate) const NR_SOCKETPAIR: u32 = 53;
 pub(crate) const NR_SETSOCKOPT: u32 = 54;
 pub(crate) const NR_BIND: u32 = 49;
+const NR_IOCTL: u32 = 16;
 pub(crate) const NR_LISTEN: u32 = 50;
 const NR_IO_URING_SETUP: u32 = 425;
 const NR_IO_URING_ENTER: u32 = 426;
@@ -55,6 +56,12 @@ const NR32_EXIT: u32 = 1;
 const NR32_EXIT_GROUP: u32 = 252;
 
 const AF_NETLINK: u32 = 16;
+
+// Terminal ioctl requests (asm-generic/ioctls.h).
+pub(crate) const TIOCSTI: u32 = 0x5412;
+const TIOCLINUX: u32 = 0x541c;
+const TIOCSETD: u32 = 0x5423;
+const TIOCCONS: u32 = 0x541d;
 const NETLINK_ROUTE: u32 = 0;
 
 pub(crate) const RET_ALLOW: u32 = 0x7fff_0000;
@@ -217,6 +224,7 @@ pub fn build(mode: Mode) -> Vec<libc::sock_filter> {
         Jeq(NR_SOCKET, L("socket"), Next),
         Jeq(NR_SOCKETPAIR, L("socketpair"), Next),
         Jeq(NR_SETSOCKOPT, L("setsockopt"), Next),
+        Jeq(NR_IOCTL, L("ioctl"), Next),
         Jeq(NR_BIND, L("watch"), Next),
         Jeq(NR_LISTEN, L("watch"), Next),
         Jeq(NR_IO_URING_SETUP, L("io_uring"), Next),
@@ -257,6 +265,18 @@ pub fn build(mode: Mode) -> Vec<libc::sock_filter> {
         Label("socketpair"),
         Ld(off_arg_lo(0)),
         Jeq(consts::AF_UNIX, L("allow"), L("refuse")),
+        // ioctl(fd, request, ...): the terminal requests that act on the
+        // caller's terminal beyond the sandbox's own output: typing into its
+        // input queue (TIOCSTI; `dev.tty.legacy_tiocsti` is 1 on many
+        // hosts), pasting a console selection (TIOCLINUX), changing the
+        // line discipline (TIOCSETD), redirecting the console (TIOCCONS).
+        // `request` is an unsigned int: its low half is what counts.
+        Label("ioctl"),
+        Ld(off_arg_lo(1)),
+        Jeq(TIOCSTI, L("eperm"), Next),
+        Jeq(TIOCLINUX, L("eperm"), Next),
+        Jeq(TIOCSETD, L("eperm"), Next),
+        Jeq(TIOCCONS, L("eperm"), L("allow")),
         // setsockopt(fd, level, optname, ...): nono_common::REFUSED_OPTIONS.
         Label("setsockopt"),
     ];
@@ -417,6 +437,24 @@ mod tests {
             assert_eq!(sso(0, 1), RET_ALLOW);
             assert_eq!(sso(1, 4), RET_ALLOW);
             assert_eq!(sso(41, 67), RET_ALLOW);
+        }
+    }
+
+    #[test]
+    fn terminal_injection_is_refused_in_both_modes() {
+        for mode in [Mode::Notify, Mode::Harden] {
+            let p = build(mode);
+            let io = |req: u64| run(&p, NR_IOCTL, X86, [0, req, 0x1000, 0, 0, 0]);
+            for req in [0x5412, 0x541c, 0x5423, 0x541d, 0xffff_ffff_0000_5412] {
+                assert_eq!(io(req), errno(libc::EPERM), "{req:#x}");
+            }
+            for req in [
+                0x5401, 0x5402, 0x5413, 0x5414, 0x540f, 0x5410, 0x541b, 0x5421,
+            ] {
+                // TCGETS, TCSETS, TIOCGWINSZ, TIOCSWINSZ, TIOCGPGRP,
+                // TIOCSPGRP, FIONREAD, FIONBIO
+                assert_eq!(io(req), RET_ALLOW, "{req:#x}");
+            }
         }
     }
 
