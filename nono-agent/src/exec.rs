@@ -276,7 +276,13 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
             }
             Some(l)
         }
-        None => None,
+        None => {
+            let l = landlock::prepare_baseline(args.allow_degraded)?;
+            if l.is_none() {
+                eprintln!("nono-agent: WARNING: no Landlock domain (kernel ABI < 6): the sandbox can ptrace, signal and reach the abstract unix sockets of this user's other processes");
+            }
+            l
+        }
     };
     let (denied_sockets, denied_socket_ids): (Vec<PathBuf>, Vec<(u64, u64)>) =
         daemons::denied(&plan.allow_unix_sockets)

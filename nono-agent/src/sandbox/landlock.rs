@@ -216,6 +216,37 @@ pub fn prepare(rules: &FsRules, allow_degraded: bool) -> Result<Prepared> {
     }
 }
 
+/// The baseline domain of a sandbox without filesystem rules: no path is
+/// restricted, but the sandbox becomes a Landlock domain of its own, so it
+/// can no longer ptrace, `pidfd_getfd`, `process_vm_readv` or open
+/// `/proc/PID/mem` of any process outside it (Landlock denies ptrace access
+/// from a domain to anything not inside it), nor signal them or connect to
+/// their abstract unix sockets (scopes, ABI 6).
+pub fn prepare_baseline(allow_degraded: bool) -> Result<Option<Prepared>> {
+    let abi = kernel_abi();
+    if abi < ABI::V6 as i64 {
+        if allow_degraded {
+            return Ok(None);
+        }
+        bail!(
+            "Landlock ABI {abi} is older than 6: the sandbox could ptrace, signal and reach the abstract unix sockets of the user's other processes; pass --allow-degraded to run without that protection"
+        );
+    }
+    let ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .scope(Scope::AbstractUnixSocket | Scope::Signal)
+        .context("Landlock: scoping abstract unix sockets and signals")?
+        .create()
+        .context("Landlock: creating the baseline ruleset")?;
+    let fd: Option<OwnedFd> = ruleset.into();
+    let fd = fd.ok_or_else(|| anyhow::anyhow!("Landlock: no ruleset was created"))?;
+    Ok(Some(Prepared {
+        fd,
+        proc_access: 0,
+        degraded: Vec::new(),
+    }))
+}
+
 /// The running kernel's Landlock ABI version (0 if unsupported).
 pub fn kernel_abi() -> i64 {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_long = 1;
