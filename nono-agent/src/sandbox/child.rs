@@ -178,7 +178,12 @@ impl ChildSetup {
                 l.add_fresh_proc_rule()?;
             }
             for target in &p.readonly {
-                bind_readonly(target)?;
+                match bind_readonly(target) {
+                    // Removed since the agent listed it (a user config
+                    // directory being deleted): nothing left to protect.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    r => r?,
+                }
             }
             for target in &self.hidden_sockets {
                 // SAFETY: NUL-terminated strings that outlive the call.

@@ -1,0 +1,538 @@
+//! Host protection battery (issue 9, first part): whatever the enforcer and
+//! privilege, a sandbox cannot act on the host outside its own process tree
+//! through the kernel's tunables, system files, other processes of the same
+//! user, or the caller's terminal.
+//!
+//! Every vector is first shown to work outside a sandbox (writing a
+//! tunable's current value back, a scratch file, a helper process of the
+//! same uid, a real pseudo-terminal), then refused inside, with the host
+//! side as the oracle (file contents, the terminal's input queue). The
+//! over-blocking checks run in the same sandboxes: the working directory and
+//! temp dir stay writable, system files readable.
+//!
+//! Tests are grouped by enforcement (`bpf::`, `seccomp::`, `seccomp_user::`).
+//! Needs root and a real kernel. Run with `cargo test -p nono-tests --test host`.
+
+use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nono_tests::runner::{exec_command, Enforcement, ExecOpts, RunAs};
+use nono_tests::sys::{self, CmdOutput, TempDir};
+
+const PYTHON: &str = "/usr/bin/python3";
+
+macro_rules! per_enforcement {
+    ($module:ident, $e:expr, [$($f:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[test]
+                fn $f() {
+                    super::$f($e);
+                }
+            )*
+        }
+    };
+}
+
+per_enforcement!(
+    bpf,
+    super::Enforcement::Bpf,
+    [
+        tunables_and_system_files_are_read_only,
+        terminal_injection_is_refused,
+        other_processes_are_out_of_reach,
+        ordinary_files_stay_writable,
+    ]
+);
+per_enforcement!(
+    seccomp,
+    super::Enforcement::Seccomp,
+    [
+        tunables_and_system_files_are_read_only,
+        terminal_injection_is_refused,
+        other_processes_are_out_of_reach,
+        ordinary_files_stay_writable,
+    ]
+);
+per_enforcement!(
+    seccomp_user,
+    super::Enforcement::SeccompUser,
+    [
+        terminal_injection_is_refused,
+        other_processes_are_out_of_reach,
+        ordinary_files_stay_writable,
+    ]
+);
+
+fn opts(e: Enforcement) -> ExecOpts {
+    ExecOpts {
+        enforcer: Some(e.flag().to_string()),
+        user: (!e.privileged()).then(RunAs::fresh),
+        ..Default::default()
+    }
+}
+
+/// Runs `python3 -c code args...` in a sandbox under `o`.
+fn sandboxed(o: &ExecOpts, code: &str, args: &[&str]) -> CmdOutput {
+    sys::require_prereqs();
+    let mut cmd = exec_command(&sys::agent_bin(), None, o);
+    cmd.args([PYTHON, "-c", code]).args(args);
+    sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT)
+}
+
+/// Runs `python3 -c code args...` outside any sandbox, as `user` if given.
+fn outside(user: Option<RunAs>, code: &str, args: &[&str]) -> CmdOutput {
+    let mut cmd = match user {
+        Some(u) => {
+            let mut c = Command::new(sys::require_tool("setpriv", "runs helpers unprivileged"));
+            c.args(u.setpriv_args()).arg(PYTHON);
+            c
+        }
+        None => Command::new(PYTHON),
+    };
+    cmd.args(["-c", code]).args(args);
+    sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT)
+}
+
+/// Tries to append `data` to each path given; prints `PATH ok` or
+/// `PATH ERRNO` per path.
+const APPEND: &str = r#"
+import sys, errno
+data = sys.argv[1].encode()
+for p in sys.argv[2:]:
+    try:
+        with open(p, "ab") as f:
+            f.write(data)
+        print(p, "ok")
+    except OSError as e:
+        print(p, errno.errorcode.get(e.errno, e.errno))
+"#;
+
+/// Writes each tunable's current value back; prints `PATH ok` or the errno.
+const WRITE_BACK: &str = r#"
+import sys, errno
+for p in sys.argv[1:]:
+    try:
+        v = open(p, "rb").read()
+        with open(p, "wb") as f:
+            f.write(v)
+        print(p, "ok")
+    except OSError as e:
+        print(p, errno.errorcode.get(e.errno, e.errno))
+"#;
+
+fn verdicts(out: &CmdOutput) -> Vec<(String, String)> {
+    out.stdout
+        .lines()
+        .filter_map(|l| {
+            let (p, v) = l.rsplit_once(' ')?;
+            Some((p.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Scratch files in protected system directories, removed on drop.
+struct Scratch(Vec<PathBuf>);
+
+impl Scratch {
+    fn new(dirs: &[&str]) -> Scratch {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let tag = format!(
+            "nono-host-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut v = Vec::new();
+        for d in dirs {
+            if !Path::new(d).is_dir() {
+                panic!("{d} does not exist on this machine: the test needs it");
+            }
+            let p = Path::new(d).join(&tag);
+            fs::write(&p, b"original\n").unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+            v.push(p);
+        }
+        Scratch(v)
+    }
+
+    fn args(&self) -> Vec<&str> {
+        self.0.iter().map(|p| p.to_str().unwrap()).collect()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+const TUNABLES: &[&str] = &[
+    "/proc/sys/kernel/core_pattern",
+    "/proc/sys/kernel/core_uses_pid",
+    "/proc/sys/net/ipv4/ip_forward",
+    "/sys/kernel/mm/ksm/run",
+];
+
+/// As root the sandbox is uid 0 without capabilities, which still owns
+/// these files: the read-only binds are what refuses the writes.
+fn tunables_and_system_files_are_read_only(e: Enforcement) {
+    // Outside: root can write every tunable back and append to scratch
+    // files in every protected directory.
+    let out = outside(None, WRITE_BACK, TUNABLES);
+    for (p, v) in verdicts(&out) {
+        assert_eq!(
+            v,
+            "ok",
+            "outside, {p} should be writable by root: {}",
+            out.describe()
+        );
+    }
+    let scratch = Scratch::new(&["/etc", "/usr/local", "/var/lib", "/opt"]);
+    let mut args = vec!["appended\n"];
+    args.extend(scratch.args());
+    let before: Vec<String> = scratch
+        .0
+        .iter()
+        .map(|p| fs::read_to_string(p).unwrap())
+        .collect();
+    let out = outside(None, APPEND, &args);
+    for (p, v) in verdicts(&out) {
+        assert_eq!(
+            v,
+            "ok",
+            "outside, {p} should be writable: {}",
+            out.describe()
+        );
+    }
+    for (p, b) in scratch.0.iter().zip(&before) {
+        fs::write(p, b).unwrap();
+    }
+
+    let o = opts(e);
+    let out = sandboxed(&o, WRITE_BACK, TUNABLES);
+    let v = verdicts(&out);
+    assert_eq!(v.len(), TUNABLES.len(), "{}", out.describe());
+    for (p, verdict) in v {
+        assert_eq!(
+            verdict,
+            "EROFS",
+            "{}: {p} must be read-only: {}",
+            e.label(),
+            out.describe()
+        );
+    }
+    let out = sandboxed(&o, APPEND, &args);
+    let v = verdicts(&out);
+    assert_eq!(v.len(), scratch.0.len(), "{}", out.describe());
+    for (p, verdict) in v {
+        assert_eq!(
+            verdict,
+            "EROFS",
+            "{}: {p} must be read-only: {}",
+            e.label(),
+            out.describe()
+        );
+    }
+    for (p, b) in scratch.0.iter().zip(&before) {
+        assert_eq!(
+            &fs::read_to_string(p).unwrap(),
+            b,
+            "{} changed",
+            p.display()
+        );
+    }
+    // The agent's own binary cannot be replaced (it is a mount point in the
+    // sandbox): shown on a copy of the agent, which runs this sandbox.
+    let dir = TempDir::new("host-agent-copy");
+    let copy = dir.path("nono-agent");
+    fs::copy(sys::agent_bin(), &copy).unwrap();
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+    let original = fs::read(&copy).unwrap();
+    let replace = r#"
+import os, sys, errno
+open(sys.argv[1], "w").write("junk")
+try:
+    os.replace(sys.argv[1], sys.argv[2]); print(sys.argv[2], "ok")
+except OSError as e:
+    print(sys.argv[2], errno.errorcode.get(e.errno, e.errno))
+"#;
+    let spare = dir.path("nono-agent-spare");
+    fs::copy(&copy, &spare).unwrap();
+    let junk = dir.path("junk");
+    let out = outside(
+        None,
+        replace,
+        &[junk.to_str().unwrap(), spare.to_str().unwrap()],
+    );
+    assert_eq!(
+        verdicts(&out).first().map(|v| v.1.as_str()),
+        Some("ok"),
+        "outside: {}",
+        out.describe()
+    );
+    let mut cmd = exec_command(&copy, None, &o);
+    cmd.args([
+        PYTHON,
+        "-c",
+        replace,
+        junk.to_str().unwrap(),
+        copy.to_str().unwrap(),
+    ]);
+    let out = sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT);
+    let v = verdicts(&out);
+    assert!(
+        matches!(v.first().map(|v| v.1.as_str()), Some("EBUSY" | "EROFS")),
+        "{}: the agent binary must not be replaceable: {}",
+        e.label(),
+        out.describe()
+    );
+    assert_eq!(
+        fs::read(&copy).unwrap(),
+        original,
+        "the agent binary changed"
+    );
+}
+
+/// Writes in the working directory's temp area and reads of system files
+/// keep working.
+fn ordinary_files_stay_writable(e: Enforcement) {
+    let o = opts(e);
+    let dir = TempDir::new("host-ordinary");
+    if let Some(u) = o.user {
+        dir.chown(u.uid, u.gid);
+    }
+    let f = dir.path("work.txt");
+    let code = r#"
+import sys
+open(sys.argv[1], "w").write("written inside\n")
+print(len(open("/etc/hosts").read()) > 0, len(open("/etc/passwd").read()) > 0)
+"#;
+    let out = sandboxed(&o, code, &[f.to_str().unwrap()]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(out.stdout.trim(), "True True", "{}", out.describe());
+    assert_eq!(fs::read_to_string(&f).unwrap(), "written inside\n");
+}
+
+/// ptrace, /proc/PID/mem, /proc/PID/environ and signals aimed at a helper
+/// process of the sandbox's own uid outside the sandbox.
+const PEEK: &str = r#"
+import os, sys, ctypes, errno
+pid = int(sys.argv[1])
+def res(name, f):
+    try:
+        f(); print(name, "ok")
+    except OSError as e:
+        print(name, errno.errorcode.get(e.errno, e.errno))
+res("mem", lambda: open(f"/proc/{pid}/mem", "rb").close())
+res("environ", lambda: open(f"/proc/{pid}/environ", "rb").read())
+def attach():
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.ptrace(16, pid, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "ptrace")
+    libc.ptrace(17, pid, 0, 0)
+res("ptrace", attach)
+res("signal", lambda: os.kill(pid, 0))
+"#;
+
+fn other_processes_are_out_of_reach(e: Enforcement) {
+    let o = opts(e);
+    // The helper runs with the sandbox's uid (root for privileged runs).
+    let mut helper = match o.user {
+        Some(u) => {
+            let mut c = Command::new(sys::require_tool("setpriv", "runs helpers unprivileged"));
+            c.args(u.setpriv_args()).args(["sleep", "30"]);
+            c
+        }
+        None => {
+            let mut c = Command::new("sleep");
+            c.arg("30");
+            c
+        }
+    };
+    let mut child = helper.stdin(Stdio::null()).spawn().expect("start helper");
+    let pid = child.id().to_string();
+    let out = outside(o.user, PEEK, &[&pid]);
+    let v = verdicts(&out);
+    assert_eq!(v.len(), 4, "{}", out.describe());
+    for (what, verdict) in &v {
+        assert_eq!(
+            verdict,
+            "ok",
+            "outside, {what} of a same-uid process must work: {}",
+            out.describe()
+        );
+    }
+    let out = sandboxed(&o, PEEK, &[&pid]);
+    let v = verdicts(&out);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(v.len(), 4, "{}", out.describe());
+    for (what, verdict) in &v {
+        assert_ne!(
+            verdict,
+            "ok",
+            "{}: {what} of an outside process must be refused: {}",
+            e.label(),
+            out.describe()
+        );
+    }
+}
+
+/// TIOCSTI into the terminal the sandbox got as its stdin and controlling
+/// terminal. The oracle is the terminal's input queue, read by the test
+/// from the terminal side after the command ended.
+const INJECT: &str = r#"
+import fcntl, termios, errno
+try:
+    fcntl.ioctl(0, termios.TIOCSTI, b"Z")
+    print("tiocsti ok")
+except OSError as e:
+    print("tiocsti", errno.errorcode.get(e.errno, e.errno))
+"#;
+
+fn open_pty() -> (OwnedFd, OwnedFd) {
+    let (mut m, mut s) = (0, 0);
+    // SAFETY: out-pointers for two fds; no name, termios or winsize.
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty returned two new fds we own.
+    unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
+}
+
+/// Runs `cmd` with the pty's slave as stdin and controlling terminal (new
+/// session), then returns what is waiting in the terminal's input queue.
+fn run_on_pty(mut cmd: Command) -> (CmdOutput, Vec<u8>) {
+    let (_master, slave) = open_pty();
+    let stdin = slave.try_clone().unwrap();
+    // SAFETY: setsid and ioctl are async-signal-safe; the child's fd 0 is
+    // the slave.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.stdin(Stdio::from(stdin))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {what}: {e}"));
+    let (mut so, mut se) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let status = sys::wait_child(&mut child, sys::CMD_TIMEOUT, &what);
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    use std::io::Read as _;
+    let _ = so.read_to_string(&mut stdout);
+    let _ = se.read_to_string(&mut stderr);
+    let out = CmdOutput {
+        status,
+        stdout,
+        stderr,
+        pipes_held_open: false,
+    };
+    let fd = slave.as_raw_fd();
+    // SAFETY: termios calls and a non-blocking read on our own slave fd.
+    let queued = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        libc::tcgetattr(fd, &mut t);
+        t.c_lflag &= !libc::ICANON;
+        t.c_cc[libc::VMIN] = 0;
+        t.c_cc[libc::VTIME] = 0;
+        libc::tcsetattr(fd, libc::TCSANOW, &t);
+        let mut buf = [0u8; 64];
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        buf[..n.max(0) as usize].to_vec()
+    };
+    (out, queued)
+}
+
+fn terminal_injection_is_refused(e: Enforcement) {
+    let o = opts(e);
+    // Outside, as the same user: the byte lands in the terminal's queue.
+    let mut cmd = match o.user {
+        Some(u) => {
+            let mut c = Command::new(sys::require_tool("setpriv", "runs helpers unprivileged"));
+            c.args(u.setpriv_args()).arg(PYTHON);
+            c
+        }
+        None => Command::new(PYTHON),
+    };
+    cmd.args(["-c", INJECT]);
+    let (out, queued) = run_on_pty(cmd);
+    assert_eq!(
+        out.stdout.trim(),
+        "tiocsti ok",
+        "outside: {}",
+        out.describe()
+    );
+    assert_eq!(
+        queued, b"Z",
+        "outside, the injected byte must reach the terminal"
+    );
+
+    let mut cmd = exec_command(&sys::agent_bin(), None, &o);
+    cmd.args([PYTHON, "-c", INJECT]);
+    let (out, queued) = run_on_pty(cmd);
+    assert_eq!(
+        out.stdout.trim(),
+        "tiocsti EPERM",
+        "{}: {}",
+        e.label(),
+        out.describe()
+    );
+    assert!(
+        queued.is_empty(),
+        "{}: bytes reached the caller's terminal: {queued:?}",
+        e.label()
+    );
+    // The sandboxed command still had the terminal as stdin (over-blocking:
+    // ordinary terminal ioctls work).
+    let mut cmd = exec_command(&sys::agent_bin(), None, &o);
+    cmd.args([
+        PYTHON,
+        "-c",
+        "import os, termios; termios.tcgetattr(0); print(os.isatty(0))",
+    ]);
+    let (out, _) = run_on_pty(cmd);
+    assert_eq!(
+        out.stdout.trim(),
+        "True",
+        "{}: {}",
+        e.label(),
+        out.describe()
+    );
+}
+
+#[test]
+fn host_mounts_are_unchanged_by_a_sandbox() {
+    sys::require_prereqs();
+    let before = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let out = sandboxed(&opts(Enforcement::Bpf), "print('hi')", &[]);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    std::thread::sleep(Duration::from_millis(50));
+    let after = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert_eq!(
+        before.lines().count(),
+        after.lines().count(),
+        "mounts leaked to the host"
+    );
+}
