@@ -44,6 +44,7 @@ per_enforcement!(
     super::Enforcement::Bpf,
     [
         tunables_and_system_files_are_read_only,
+        autorun_files_are_read_only,
         terminal_injection_is_refused,
         other_processes_are_out_of_reach,
         ordinary_files_stay_writable,
@@ -54,6 +55,7 @@ per_enforcement!(
     super::Enforcement::Seccomp,
     [
         tunables_and_system_files_are_read_only,
+        autorun_files_are_read_only,
         terminal_injection_is_refused,
         other_processes_are_out_of_reach,
         ordinary_files_stay_writable,
@@ -299,6 +301,92 @@ except OSError as e:
         original,
         "the agent binary changed"
     );
+}
+
+fn git(dir: &Path, args: &[&str]) -> CmdOutput {
+    let mut c = Command::new(sys::require_tool("git", "auto-run file tests"));
+    c.current_dir(dir)
+        .args(["-c", "user.email=t@example.invalid", "-c", "user.name=t"])
+        .args(args);
+    let out = sys::run_timeout(&mut c, sys::CMD_TIMEOUT);
+    assert_eq!(out.code(), 0, "git {args:?}: {}", out.describe());
+    out
+}
+
+/// The working directory's repository hooks and configuration and the
+/// shell startup files of `$HOME` cannot be written from a root sandbox,
+/// while ordinary git work in that repository goes on.
+fn autorun_files_are_read_only(e: Enforcement) {
+    let o = opts(e);
+    let base = TempDir::new("host-autorun");
+    let repo = base.path("repo");
+    let home = base.path("home");
+    fs::create_dir_all(&repo).unwrap();
+    fs::create_dir_all(&home).unwrap();
+    git(&repo, &["init", "-q", "."]);
+    git(&repo, &["commit", "-q", "--allow-empty", "-m", "init"]);
+    fs::write(home.join(".bashrc"), "# rc\n").unwrap();
+    let targets = [
+        repo.join(".git/hooks/pre-commit"),
+        repo.join(".git/config"),
+        home.join(".bashrc"),
+    ];
+    let args: Vec<&str> = std::iter::once("\n# appended\n")
+        .chain(targets.iter().map(|p| p.to_str().unwrap()))
+        .collect();
+    // Outside: each can be written (then put back).
+    let saved: Vec<Option<Vec<u8>>> = targets.iter().map(|p| fs::read(p).ok()).collect();
+    let out = outside(None, APPEND, &args);
+    for (p, v) in verdicts(&out) {
+        assert_eq!(
+            v,
+            "ok",
+            "outside, {p} should be writable: {}",
+            out.describe()
+        );
+    }
+    for (p, s) in targets.iter().zip(&saved) {
+        match s {
+            Some(b) => fs::write(p, b).unwrap(),
+            None => fs::remove_file(p).unwrap(),
+        }
+    }
+    let mut cmd = exec_command(&sys::agent_bin(), None, &o);
+    cmd.current_dir(&repo)
+        .env("HOME", &home)
+        .args([PYTHON, "-c", APPEND])
+        .args(&args);
+    let out = sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT);
+    let v = verdicts(&out);
+    assert_eq!(v.len(), targets.len(), "{}", out.describe());
+    for (p, verdict) in v {
+        assert_eq!(
+            verdict,
+            "EROFS",
+            "{}: {p} must be read-only: {}",
+            e.label(),
+            out.describe()
+        );
+    }
+    for (p, s) in targets.iter().zip(&saved) {
+        assert_eq!(&fs::read(p).ok(), s, "{} changed", p.display());
+    }
+    // Ordinary work in the repository.
+    let mut cmd = exec_command(&sys::agent_bin(), None, &o);
+    cmd.current_dir(&repo).env("HOME", &home).args([
+        "sh",
+        "-c",
+        "echo data > f && git add f && git -c user.email=t@example.invalid -c user.name=t commit -q -m c && git checkout -q -b side && git log --oneline | wc -l",
+    ]);
+    let out = sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT);
+    assert_eq!(
+        out.code(),
+        0,
+        "{}: git work inside: {}",
+        e.label(),
+        out.describe()
+    );
+    assert_eq!(out.stdout.trim(), "2", "{}", out.describe());
 }
 
 /// Writes in the working directory's temp area and reads of system files

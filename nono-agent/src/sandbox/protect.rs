@@ -35,8 +35,10 @@ const SYSTEM: &[&str] = &[
 ];
 
 /// Paths to bind read-only: the system paths that exist, the agent's own
-/// binary, and its user configuration directory (`$XDG_CONFIG_HOME/nono-agent`
-/// or `~/.config/nono-agent`) when it exists. Symlinks are resolved (on a
+/// binary, its user configuration directory (`$XDG_CONFIG_HOME/nono-agent`
+/// or `~/.config/nono-agent`), and the auto-run files of the working
+/// directory's repository and of `$HOME` ([`autorun_targets`]), when they
+/// exist. Symlinks are resolved (on a
 /// merged-/usr system `/lib` is `/usr/lib`) and a path already inside
 /// another one is dropped.
 pub fn readonly_targets() -> Vec<PathBuf> {
@@ -47,7 +49,122 @@ pub fn readonly_targets() -> Vec<PathBuf> {
     if let Some(dir) = user_config_dir() {
         want.push(dir.join("nono-agent"));
     }
+    if let Ok(cwd) = std::env::current_dir() {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        want.extend(autorun_targets(&cwd, home.as_deref()));
+    }
     plan(want.into_iter().filter_map(|p| resolve(&p)).collect())
+}
+
+/// Files in `$HOME` that programs outside the sandbox run or obey later:
+/// shell startup files, ssh and git configuration, user services and
+/// autostart entries, places on `PATH` or `sys.path`, tool configuration
+/// that names programs to run, the coding agents' own hook settings.
+const HOME_AUTORUN: &[&str] = &[
+    ".bashrc",
+    ".bash_profile",
+    ".bash_login",
+    ".bash_logout",
+    ".profile",
+    ".zshrc",
+    ".zshenv",
+    ".zprofile",
+    ".zlogin",
+    ".zlogout",
+    ".ssh",
+    ".gitconfig",
+    ".config/git",
+    ".config/systemd/user",
+    ".config/autostart",
+    ".config/pip",
+    ".config/environment.d",
+    ".local/bin",
+    ".local/lib",
+    ".cargo/bin",
+    ".cargo/config.toml",
+    ".cargo/config",
+    ".npmrc",
+    ".pam_environment",
+    ".claude/settings.json",
+    ".claude/settings.local.json",
+    ".claude/commands",
+    ".claude/agents",
+    ".codex",
+    ".vscode",
+];
+
+/// Files in a project whose contents editors, git and coding agents run or
+/// obey when the user works in it later.
+const PROJECT_AUTORUN: &[&str] = &[
+    ".gitmodules",
+    ".envrc",
+    ".vscode",
+    ".idea",
+    ".claude/settings.json",
+    ".claude/settings.local.json",
+    ".claude/commands",
+    ".claude/agents",
+    ".codex",
+    ".mcp.json",
+];
+
+/// The auto-run files of the git repository containing `cwd` (its hooks and
+/// configuration, the common directory of a worktree, submodules' hooks and
+/// configuration, the project files in [`PROJECT_AUTORUN`]) and of `home`
+/// ([`HOME_AUTORUN`]). Only what exists is returned: a bind needs an
+/// existing target, and none is ever created on the host.
+pub fn autorun_targets(cwd: &Path, home: Option<&Path>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let top = cwd
+        .ancestors()
+        .find(|d| d.join(".git").exists())
+        .map(Path::to_path_buf);
+    if let Some(top) = &top {
+        out.extend(git_autorun(&top.join(".git")));
+    }
+    let project = top.as_deref().unwrap_or(cwd);
+    out.extend(PROJECT_AUTORUN.iter().map(|f| project.join(f)));
+    if let Some(h) = home {
+        out.extend(HOME_AUTORUN.iter().map(|f| h.join(f)));
+    }
+    out.retain(|p| p.symlink_metadata().is_ok());
+    out
+}
+
+/// Hooks and configuration of the repository whose `.git` is `dotgit` (a
+/// directory, or a file naming the real one for worktrees and submodules).
+fn git_autorun(dotgit: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Some(gitdir) = real_gitdir(dotgit) else {
+        return out;
+    };
+    let common = std::fs::read_to_string(gitdir.join("commondir"))
+        .ok()
+        .map(|c| gitdir.join(c.trim()))
+        .unwrap_or_else(|| gitdir.clone());
+    for dir in [&gitdir, &common] {
+        out.push(dir.join("hooks"));
+        out.push(dir.join("config"));
+        out.push(dir.join("config.worktree"));
+        out.push(dir.join("info/attributes"));
+    }
+    // Submodules keep their repositories under modules/<name>/.
+    if let Ok(entries) = std::fs::read_dir(common.join("modules")) {
+        for e in entries.flatten() {
+            out.push(e.path().join("hooks"));
+            out.push(e.path().join("config"));
+        }
+    }
+    out
+}
+
+fn real_gitdir(dotgit: &Path) -> Option<PathBuf> {
+    if dotgit.is_dir() {
+        return Some(dotgit.to_path_buf());
+    }
+    let text = std::fs::read_to_string(dotgit).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("gitdir:"))?.trim();
+    Some(dotgit.parent()?.join(rel))
 }
 
 fn user_config_dir() -> Option<PathBuf> {
@@ -109,6 +226,65 @@ mod tests {
             .map(PathBuf::from)
             .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn repository_and_home_autorun_files() {
+        let base = std::env::temp_dir().join(format!("nono-protect-{}", std::process::id()));
+        let repo = base.join("repo");
+        let home = base.join("home");
+        for d in [
+            repo.join(".git/hooks"),
+            repo.join(".git/modules/sub/hooks"),
+            repo.join("src/deep"),
+            repo.join(".claude/commands"),
+            home.join(".ssh"),
+            home.join(".config/git"),
+        ] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for f in [
+            repo.join(".git/config"),
+            repo.join(".envrc"),
+            home.join(".bashrc"),
+            home.join(".gitconfig"),
+        ] {
+            std::fs::write(f, "x").unwrap();
+        }
+        let got = autorun_targets(&repo.join("src/deep"), Some(&home));
+        for want in [
+            repo.join(".git/hooks"),
+            repo.join(".git/config"),
+            repo.join(".git/modules/sub/hooks"),
+            repo.join(".envrc"),
+            repo.join(".claude/commands"),
+            home.join(".ssh"),
+            home.join(".bashrc"),
+            home.join(".gitconfig"),
+            home.join(".config/git"),
+        ] {
+            assert!(
+                got.contains(&want),
+                "{} missing from {got:?}",
+                want.display()
+            );
+        }
+        // Nothing that does not exist.
+        assert!(got.iter().all(|p| p.exists()), "{got:?}");
+        // A worktree: .git is a file naming the real directory.
+        let wt = base.join("wt");
+        let wtgit = repo.join(".git/worktrees/wt");
+        std::fs::create_dir_all(&wt).unwrap();
+        std::fs::create_dir_all(&wtgit).unwrap();
+        std::fs::write(wt.join(".git"), format!("gitdir: {}\n", wtgit.display())).unwrap();
+        std::fs::write(wtgit.join("commondir"), "../..\n").unwrap();
+        let got = autorun_targets(&wt, None);
+        assert!(
+            got.iter()
+                .any(|p| p.ends_with(".git/worktrees/wt/../../hooks")),
+            "{got:?}"
+        );
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]
