@@ -361,6 +361,9 @@ fn write_rules_covering_confinement_paths_are_refused_at_start() {
             v.stderr.trim()
         );
     }
+    let proc_link = RemoveOnDrop::fresh(std::env::temp_dir().join(unique("proclink")));
+    symlink("/proc", &proc_link.0).expect("symlink to /proc");
+    let proc_bind = DirBind::new(Path::new("/proc"), &unique("procbind"));
     let cases: Vec<(Vec<String>, String)> = vec![
         (vec!["--profile".into(), s(&sys_prof)], "/sys".into()),
         (vec!["--profile".into(), s(&root_prof)], "/".into()),
@@ -379,6 +382,13 @@ fn write_rules_covering_confinement_paths_are_refused_at_start() {
         ),
         (vec!["--write".into(), s(&cg2)], s(&cg2)),
         (vec!["--write".into(), s(&bpffs)], s(&bpffs)),
+        // Judged after resolution: `..`, a symlink, a bind mount.
+        (
+            vec!["--write".into(), "/tmp/../proc".into()],
+            "/tmp/../proc".into(),
+        ),
+        (vec!["--write".into(), proc_link.s()], proc_link.s()),
+        (vec!["--write".into(), proc_bind.s()], proc_bind.s()),
         (
             vec![
                 "--profile".into(),
@@ -404,14 +414,42 @@ fn write_rules_covering_confinement_paths_are_refused_at_start() {
                 out.describe()
             );
             assert!(
-                out.stderr
-                    .contains(&format!("write access to {path} would include"))
+                out.stderr.contains(&format!("write access to {path}"))
+                    && out.stderr.contains("would include")
                     && out.stderr.contains("may never write"),
                 "{what}: the error should name {path} and why\n{}",
                 out.describe()
             );
             left.assert_none(&what);
         }
+    }
+}
+
+/// `mount --bind SRC DIR` on a fresh directory in the temp dir; detached and
+/// removed on drop.
+struct DirBind(PathBuf);
+
+impl DirBind {
+    fn new(src: &Path, name: &str) -> DirBind {
+        let dir = std::env::temp_dir().join(name);
+        fs::create_dir_all(&dir).expect("bind mount directory");
+        let out = sys::run_timeout(
+            Command::new("mount").arg("--bind").arg(src).arg(&dir),
+            sys::CMD_TIMEOUT,
+        );
+        assert!(out.status.success(), "mount --bind: {}", out.describe());
+        DirBind(dir)
+    }
+
+    fn s(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for DirBind {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = fs::remove_dir(&self.0);
     }
 }
 
@@ -462,12 +500,13 @@ fn confinement_paths_unwritable(enf: &str) {
         with_broad,
     ));
     for (label, flags) in runs {
-        let p = Exec::new(enf).flags(&flags).cwd(&cwd.0).probe(&probe_ops);
-        if p.out.code() == 125 {
+        let start = Exec::new(enf).flags(&flags).cwd(&cwd.0).run(&["true"]);
+        if start.code() == 125 {
             // Refusing such rules at start is fine too.
-            eprintln!("{enf} {label}: refused at start: {}", p.out.stderr.trim());
+            eprintln!("{enf} {label}: refused at start: {}", start.stderr.trim());
             continue;
         }
+        let p = Exec::new(enf).flags(&flags).cwd(&cwd.0).probe(&probe_ops);
         assert_code(&p.out, 0, &format!("{enf} {label}"));
         eprintln!("{enf} {label}: {:?}", p.results);
         for i in 0..probe_ops.len() {
