@@ -304,10 +304,10 @@ mod tests {
             PathBuf::from("/proc/self/fd/.."),
             PathBuf::from("/proc/sys/kernel"),
         ] {
-            let e = check_write_rules(&[w.clone()], &forbidden);
+            let e = check_write_rules(std::slice::from_ref(&w), &forbidden);
             assert!(e.is_err(), "{} must be refused", w.display());
         }
-        assert!(check_write_rules(&[base.clone()], &forbidden).is_ok());
+        assert!(check_write_rules(std::slice::from_ref(&base), &forbidden).is_ok());
         let _ = std::fs::remove_dir_all(&base);
     }
 
