@@ -1437,3 +1437,57 @@ fn builtin_claude_code_and_codex_start() {
         }
     }
 }
+
+/// A profile another user (or an earlier sandbox) could have written is
+/// refused, and a user profile that shadows a built-in is flagged: the file
+/// decides the next sandbox's policy.
+#[test]
+fn planted_profiles_are_refused_or_flagged() {
+    use std::os::unix::fs::chown;
+    prereqs();
+    let cfg = Scratch::new(OUTSIDE, "xdg");
+    let dir = cfg.path("nono-agent/profiles");
+    fs::create_dir_all(&dir).expect("profile dir");
+    let file = dir.join("default.toml");
+    fs::write(&file, "extends = \"default\"\n").expect("write profile");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    let run = || {
+        Exec::new("bpf")
+            .env("XDG_CONFIG_HOME", &cfg.0)
+            .flags(["--profile", "default"])
+            .run(&["sh", "-c", "echo COMMAND-RAN"])
+    };
+    let out = run();
+    assert_code(&out, 0, "a safe user profile shadowing a built-in");
+    assert!(
+        out.stderr.contains("not the built-in profile"),
+        "the shadowing should be flagged\n{}",
+        out.describe()
+    );
+    let refused = |what: &str, needle: &str| {
+        let out = run();
+        assert_code(&out, 125, what);
+        assert!(
+            !out.stdout.contains("COMMAND-RAN"),
+            "{what}: the command ran"
+        );
+        assert!(
+            out.stderr.contains("refusing profile") && out.stderr.contains(needle),
+            "{what}: the error should say why ({needle})\n{}",
+            out.describe()
+        );
+    };
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o666)).unwrap();
+    refused("a world-writable profile", "writable by others");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    refused(
+        "a profile in a world-writable directory",
+        "writable by everyone",
+    );
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    chown(&file, Some(54321), None).unwrap();
+    refused("a profile owned by another user", "belongs to uid 54321");
+    chown(&file, Some(0), None).unwrap();
+    assert_code(&run(), 0, "the same profile, safe again");
+}
