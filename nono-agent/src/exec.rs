@@ -245,6 +245,20 @@ fn choose(args: &ExecArgs, sb: &mut Sandbox, policy: &Policy, privileged: bool) 
     }
 }
 
+/// What the filesystem layer is, for the start-up line.
+fn filesystem_line(profile: Option<&str>, rules: bool, privileged: bool) -> String {
+    let protected = if privileged {
+        "system paths and auto-run files read-only"
+    } else {
+        "system files by host permissions only"
+    };
+    match (profile, rules) {
+        (Some(name), _) => format!("profile {name} ({protected})"),
+        (None, true) => format!("profile default with --read/--write/--exec ({protected})"),
+        (None, false) => format!("host, protected ({protected}; other processes out of reach)"),
+    }
+}
+
 /// Runs the command; returns the exit code for the agent.
 pub async fn run(args: ExecArgs) -> Result<i32> {
     let (cmd, cmd_args) = args
@@ -341,6 +355,12 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     };
     let applied = choose(&args, &mut sb, &policy, privileged)?;
     timing.mark("enforcer applied");
+    if !args.quiet {
+        eprintln!(
+            "nono-agent: filesystem: {}",
+            filesystem_line(args.profile.as_deref(), plan.fs.is_some(), privileged)
+        );
+    }
 
     let masks = match &state {
         Some(st) => hide::mask_targets(st)?,
