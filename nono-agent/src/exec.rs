@@ -250,7 +250,7 @@ fn filesystem_line(profile: Option<&str>, rules: bool, privileged: bool) -> Stri
     let protected = if privileged {
         "system paths and auto-run files read-only"
     } else {
-        "system files by host permissions only"
+        "auto-run files read-only in a user namespace, system files by host permissions"
     };
     match (profile, rules) {
         (Some(name), _) => format!("profile {name} ({protected})"),
@@ -372,7 +372,7 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
         Applied::Seccomp => Some(filter::Mode::Notify),
         Applied::Unenforced => None,
     };
-    let setup = ChildSetup::new(privileged, &mask_refs, filter_mode)?
+    let setup = ChildSetup::new(privileged, &mask_refs, filter_mode, args.allow_degraded)?
         .with_landlock(landlock)
         .with_user(user)
         .with_hidden_sockets(if privileged { &denied_sockets } else { &[] })?;

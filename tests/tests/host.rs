@@ -65,6 +65,7 @@ per_enforcement!(
     seccomp_user,
     super::Enforcement::SeccompUser,
     [
+        autorun_files_are_read_only,
         terminal_injection_is_refused,
         other_processes_are_out_of_reach,
         ordinary_files_stay_writable,
@@ -326,6 +327,11 @@ fn autorun_files_are_read_only(e: Enforcement) {
     git(&repo, &["init", "-q", "."]);
     git(&repo, &["commit", "-q", "--allow-empty", "-m", "init"]);
     fs::write(home.join(".bashrc"), "# rc\n").unwrap();
+    if let Some(u) = o.user {
+        // The unprivileged sandbox's own files: its user could write them.
+        let owner = format!("{}:{}", u.uid, u.gid);
+        sys::run_ok("chown", &["-R", &owner, base.path("").to_str().unwrap()]);
+    }
     let targets = [
         repo.join(".git/hooks/pre-commit"),
         repo.join(".git/config"),
@@ -336,7 +342,7 @@ fn autorun_files_are_read_only(e: Enforcement) {
         .collect();
     // Outside: each can be written (then put back).
     let saved: Vec<Option<Vec<u8>>> = targets.iter().map(|p| fs::read(p).ok()).collect();
-    let out = outside(None, APPEND, &args);
+    let out = outside(o.user, APPEND, &args);
     for (p, v) in verdicts(&out) {
         assert_eq!(
             v,

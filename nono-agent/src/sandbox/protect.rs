@@ -167,6 +167,25 @@ fn real_gitdir(dotgit: &Path) -> Option<PathBuf> {
     Some(dotgit.parent()?.join(rel))
 }
 
+/// What an unprivileged sandbox gets bound read-only: what its user could
+/// otherwise change and an unconfined program runs later (the auto-run
+/// files, the agent's user configuration, the agent's binary when the user
+/// owns it). System paths belong to root and are read-only for it anyway.
+pub fn user_targets() -> Vec<PathBuf> {
+    let mut want = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        want.push(exe);
+    }
+    if let Some(dir) = user_config_dir() {
+        want.push(dir.join("nono-agent"));
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        want.extend(autorun_targets(&cwd, home.as_deref()));
+    }
+    plan(want.into_iter().filter_map(|p| resolve(&p)).collect())
+}
+
 fn user_config_dir() -> Option<PathBuf> {
     match std::env::var_os("XDG_CONFIG_HOME") {
         Some(d) if !d.is_empty() => Some(PathBuf::from(d)),
