@@ -91,8 +91,19 @@ impl Sandbox {
     fn teardown(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
         let mut cgroup_gone = true;
+        // Sockets outliving the sandbox matter only when programs judged
+        // them (BPF) and the sandbox made any; an unreadable count means
+        // look anyway.
+        let attached = &self.attached;
+        let pinned = self.pin_dir.is_some();
+        let sockets = || match attached {
+            Some(k) if k.sockets_created() == Some(0) => cgroup::Sockets::Keep,
+            Some(_) => cgroup::Sockets::Destroy,
+            None if pinned => cgroup::Sockets::Destroy,
+            None => cgroup::Sockets::Keep,
+        };
         if let Some(cg) = self.cgroup.take() {
-            if let Err(e) = cg.destroy(Duration::from_secs(10)) {
+            if let Err(e) = cg.destroy(Duration::from_secs(10), sockets) {
                 errors.push(format!("{e:#}"));
                 cgroup_gone = false;
             }
