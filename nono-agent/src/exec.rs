@@ -383,10 +383,17 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
         Applied::Seccomp => Some(filter::Mode::Notify),
         Applied::Unenforced => None,
     };
-    let setup = ChildSetup::new(privileged, &mask_refs, filter_mode, args.allow_degraded)?
-        .with_landlock(landlock)
-        .with_user(user)
-        .with_hidden_sockets(if privileged { &denied_sockets } else { &[] })?;
+    let self_files: Vec<PathBuf> = args.events.iter().cloned().collect();
+    let setup = ChildSetup::new(
+        privileged,
+        &mask_refs,
+        filter_mode,
+        args.allow_degraded,
+        &self_files,
+    )?
+    .with_landlock(landlock)
+    .with_user(user)
+    .with_hidden_sockets(if privileged { &denied_sockets } else { &[] })?;
 
     let mut env: Vec<(OsString, OsString)> = plan::environment(&plan.env);
     env.push(("NONO_SANDBOX_ID".into(), id.clone().into()));

@@ -65,12 +65,15 @@ impl ChildSetup {
     /// `masks` are directories hidden from the child (only when
     /// `privileged`, i.e. the agent may create namespaces and drop caps).
     /// `seccomp`: a filter to install last, with a notification listener for
-    /// the supervisor when `Mode::Notify`.
+    /// the supervisor when `Mode::Notify`. `self_files`: files the agent
+    /// writes during the run (the events file), bound read-only so the
+    /// sandbox cannot forge or erase its own record.
     pub fn new(
         privileged: bool,
         masks: &[&Path],
         seccomp: Option<crate::seccomp::filter::Mode>,
         allow_degraded: bool,
+        self_files: &[PathBuf],
     ) -> Result<Self> {
         let cstrings = |v: Vec<PathBuf>| {
             v.iter()
@@ -87,7 +90,7 @@ impl ChildSetup {
                 last_cap: privileges::last_cap().context("reading cap_last_cap")?,
                 uid_map: CString::new(format!("{uid} {uid} 1")).context("uid map")?,
                 gid_map: CString::new(format!("{gid} {gid} 1")).context("gid map")?,
-                readonly: cstrings(super::protect::user_targets())?,
+                readonly: cstrings(super::protect::user_targets(&self_files))?,
                 required: !allow_degraded,
             })
         };
@@ -97,7 +100,7 @@ impl ChildSetup {
                 .map(|p| CString::new(p.as_os_str().as_bytes()))
                 .collect::<Result<Vec<_>, _>>()
                 .context("path with a NUL byte")?;
-            let readonly = super::protect::readonly_targets()
+            let readonly = super::protect::readonly_targets(&self_files)
                 .iter()
                 .map(|p| CString::new(p.as_os_str().as_bytes()))
                 .collect::<Result<Vec<_>, _>>()
