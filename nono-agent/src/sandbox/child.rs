@@ -90,7 +90,7 @@ impl ChildSetup {
                 last_cap: privileges::last_cap().context("reading cap_last_cap")?,
                 uid_map: CString::new(format!("{uid} {uid} 1")).context("uid map")?,
                 gid_map: CString::new(format!("{gid} {gid} 1")).context("gid map")?,
-                readonly: cstrings(super::protect::user_targets(&self_files))?,
+                readonly: cstrings(super::protect::user_targets(self_files))?,
                 required: !allow_degraded,
             })
         };
@@ -100,7 +100,7 @@ impl ChildSetup {
                 .map(|p| CString::new(p.as_os_str().as_bytes()))
                 .collect::<Result<Vec<_>, _>>()
                 .context("path with a NUL byte")?;
-            let readonly = super::protect::readonly_targets(&self_files)
+            let readonly = super::protect::readonly_targets(self_files)
                 .iter()
                 .map(|p| CString::new(p.as_os_str().as_bytes()))
                 .collect::<Result<Vec<_>, _>>()
