@@ -43,6 +43,7 @@ per_enforcement!(
     bpf,
     super::Enforcement::Bpf,
     [
+        command_servers_are_out_of_reach,
         events_file_cannot_be_forged,
         tunables_and_system_files_are_read_only,
         autorun_files_are_read_only,
@@ -55,6 +56,7 @@ per_enforcement!(
     seccomp,
     super::Enforcement::Seccomp,
     [
+        command_servers_are_out_of_reach,
         events_file_cannot_be_forged,
         tunables_and_system_files_are_read_only,
         autorun_files_are_read_only,
@@ -67,6 +69,7 @@ per_enforcement!(
     seccomp_user,
     super::Enforcement::SeccompUser,
     [
+        command_servers_are_out_of_reach,
         events_file_cannot_be_forged,
         autorun_files_are_read_only,
         terminal_injection_is_refused,
@@ -429,6 +432,70 @@ fn events_file_cannot_be_forged(e: Enforcement) {
         Some("ok"),
         "{}",
         out.describe()
+    );
+}
+
+/// A tmux server of the sandbox's own user runs whatever a client asks,
+/// outside every sandbox: its socket is refused like a container engine's.
+fn command_servers_are_out_of_reach(e: Enforcement) {
+    let tmux = sys::require_tool("tmux", "a command server of the sandbox's user");
+    let o = opts(e);
+    let dir = TempDir::new("host-tmux");
+    if let Some(u) = o.user {
+        dir.chown(u.uid, u.gid);
+    }
+    let marker = dir.path("ran");
+    let name = format!("nono-host-{}-{}", std::process::id(), e.flag());
+    let as_user = |args: &[&str]| -> CmdOutput {
+        let mut c = match o.user {
+            Some(u) => {
+                let mut c = Command::new(sys::require_tool("setpriv", "unprivileged tmux"));
+                c.args(u.setpriv_args()).arg(&tmux);
+                c
+            }
+            None => Command::new(&tmux),
+        };
+        c.env("TMUX_TMPDIR", dir.path(""))
+            .args(["-L", &name])
+            .args(args);
+        sys::run_timeout(&mut c, sys::CMD_TIMEOUT)
+    };
+    let out = as_user(&["new-session", "-d", "sleep 60"]);
+    assert_eq!(out.code(), 0, "start tmux: {}", out.describe());
+    struct Kill<'a>(&'a dyn Fn(&[&str]) -> CmdOutput);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = (self.0)(&["kill-server"]);
+        }
+    }
+    let _kill = Kill(&as_user);
+    let run = format!("touch {}", marker.display());
+    // Outside, a client of the same user makes the server run a command.
+    let out = as_user(&["run-shell", &run]);
+    assert_eq!(out.code(), 0, "outside: {}", out.describe());
+    assert!(
+        sys::wait_until(Duration::from_secs(5), || marker.exists()),
+        "outside: the server did not run the command"
+    );
+    fs::remove_file(&marker).unwrap();
+    // Inside: refused, nothing runs.
+    let mut cmd = exec_command(&sys::agent_bin(), None, &o);
+    cmd.env("TMUX_TMPDIR", dir.path(""))
+        .arg(&tmux)
+        .args(["-L", &name, "run-shell", &run]);
+    let out = sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT);
+    assert_ne!(
+        out.code(),
+        0,
+        "{}: tmux inside should fail: {}",
+        e.label(),
+        out.describe()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !marker.exists(),
+        "{}: the tmux server ran a command for the sandbox",
+        e.label()
     );
 }
 
