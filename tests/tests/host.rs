@@ -734,3 +734,70 @@ fn host_mounts_are_unchanged_by_a_sandbox() {
         "mounts leaked to the host"
     );
 }
+
+/// A root-only datagram socket, reached by the root seccomp supervisor on
+/// behalf of a `--user nobody` sandbox that made a user namespace of its own
+/// (where it shows every capability): still refused, nothing delivered.
+#[test]
+fn supervisor_lends_no_capabilities_to_a_nested_user_namespace() {
+    use std::os::unix::net::UnixDatagram;
+    sys::require_prereqs();
+    let dir = TempDir::new("host-rootonly");
+    fs::set_permissions(dir.path(""), fs::Permissions::from_mode(0o700)).unwrap();
+    let sock = dir.path("sock");
+    let rx = UnixDatagram::bind(&sock).unwrap();
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o600)).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let code = r#"
+import socket, ctypes, sys, errno
+libc = ctypes.CDLL(None, use_errno=True)
+if sys.argv[2] == "unshare" and libc.unshare(0x10000000) != 0:
+    print("unshare failed"); sys.exit(1)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+try:
+    s.sendto(b"from-sandbox", sys.argv[1]); print("send ok")
+except OSError as e:
+    print("send", errno.errorcode.get(e.errno, e.errno))
+"#;
+    // Outside, root reaches it (the oracle works).
+    let out = outside(None, code, &[sock.to_str().unwrap(), "plain"]);
+    assert_eq!(out.stdout.trim(), "send ok", "{}", out.describe());
+    let mut buf = [0u8; 64];
+    assert_eq!(rx.recv(&mut buf).unwrap(), 12);
+    for how in ["plain", "unshare"] {
+        let mut cmd = exec_command(
+            &sys::agent_bin(),
+            None,
+            &ExecOpts {
+                enforcer: Some("seccomp".into()),
+                ..Default::default()
+            },
+        );
+        // `--user` goes before `--`: rebuild the tail.
+        let mut argv: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let dashdash = argv.iter().position(|a| a == "--").unwrap();
+        argv.splice(
+            dashdash..dashdash,
+            ["--user".to_string(), "nobody".to_string()],
+        );
+        let mut c = Command::new(cmd.get_program());
+        c.args(&argv)
+            .args([PYTHON, "-c", code, sock.to_str().unwrap(), how]);
+        cmd = c;
+        let out = sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT);
+        assert_eq!(
+            out.stdout.trim(),
+            "send EACCES",
+            "{how}: {}",
+            out.describe()
+        );
+        assert!(
+            rx.recv(&mut buf).is_err(),
+            "{how}: the root-only socket received the sandbox's message"
+        );
+    }
+}

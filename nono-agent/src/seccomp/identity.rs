@@ -36,8 +36,17 @@ impl fmt::Debug for Creds {
 
 impl Creds {
     /// The credentials of thread `tid`, or None if it is gone.
+    ///
+    /// Capabilities count only when the thread is in the agent's own user
+    /// namespace: `CapEff` is relative to the thread's namespace, and a
+    /// sandbox that made one of its own shows every capability there, none
+    /// of which it has over the host's files and sockets.
     pub fn of(tid: u32) -> Option<Self> {
-        parse_status(&std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?)
+        let mut c = parse_status(&std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?)?;
+        if !same_user_namespace(tid) {
+            c.cap_eff = 0;
+        }
+        Some(c)
     }
 
     /// A `SCM_CREDENTIALS` control message naming this thread's process,
@@ -64,6 +73,19 @@ impl Creds {
             std::ptr::write_unaligned(out.as_mut_ptr().add(HDR).cast(), ucred);
         }
         out
+    }
+}
+
+/// Whether thread `tid` is in the agent's user namespace (unknown: no).
+fn same_user_namespace(tid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    match (
+        id("/proc/self/ns/user"),
+        id(&format!("/proc/{tid}/ns/user")),
+    ) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
     }
 }
 
