@@ -334,6 +334,9 @@ pub struct ExecOpts {
     pub in_client_netns: bool,
     /// Run the agent as this unprivileged identity (`setpriv`).
     pub user: Option<RunAs>,
+    /// More `exec` options, before `--` (e.g. `--profile default`,
+    /// `--loopback-port P`, `--user nobody`).
+    pub extra: Vec<String>,
 }
 
 impl ExecOpts {
@@ -534,6 +537,7 @@ pub fn exec_command(agent: &Path, netns: Option<&NetFixture>, opts: &ExecOpts) -
     if opts.quiet {
         cmd.arg("--quiet");
     }
+    cmd.args(&opts.extra);
     cmd.arg("--");
     cmd
 }
