@@ -457,8 +457,8 @@ pub fn netstat(ns: &str, group: &str, key: &str) -> Option<u64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
-/// Lines of `ss -tanH` in the fixture's client namespace that mention
-/// `addr` (as local or peer address): the kernel's view of a connection,
+/// Lines of `ss -tanH` in the fixture's client namespace whose local
+/// address is `addr`: the kernel's view of that end of a connection,
 /// orphans and TIME_WAIT included.
 pub fn tcp_sockets_with(fx: &NetFixture, addr: SocketAddr) -> Vec<String> {
     let ss = sys::require_tool("ss", "lists the client namespace's TCP sockets");
@@ -470,7 +470,7 @@ pub fn tcp_sockets_with(fx: &NetFixture, addr: SocketAddr) -> Vec<String> {
     };
     out.stdout
         .lines()
-        .filter(|l| l.split_whitespace().any(|f| f == want))
+        .filter(|l| l.split_whitespace().nth(3) == Some(want.as_str()))
         .map(str::to_string)
         .collect()
 }

@@ -337,6 +337,9 @@ pub struct ExecOpts {
     /// More `exec` options, before `--` (e.g. `--profile default`,
     /// `--loopback-port P`, `--user nobody`).
     pub extra: Vec<String>,
+    /// Environment variables set for the agent (e.g. a `HOME` the
+    /// unprivileged agent can read, where it looks up user profiles).
+    pub env: Vec<(String, String)>,
 }
 
 impl ExecOpts {
@@ -538,6 +541,7 @@ pub fn exec_command(agent: &Path, netns: Option<&NetFixture>, opts: &ExecOpts) -
         cmd.arg("--quiet");
     }
     cmd.args(&opts.extra);
+    cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
     cmd.arg("--");
     cmd
 }

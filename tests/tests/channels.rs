@@ -149,7 +149,16 @@ channel_tests![
 /// sockets (BPF only: the other enforcers have no cgroup to find them by).
 #[test]
 fn bpf_teardown_queued_data_after_agent_killed_and_cleanup() {
-    teardown_after_agent_killed(Enforcement::Bpf);
+    teardown_after_agent_killed(Enforcement::Bpf, true);
+}
+
+/// The same with `nono-agent cleanup` run from the test's own network
+/// namespace, not the one the sandbox ran in (as an administrator would
+/// run it): the sandbox's sockets are still its sockets and must not be
+/// left transmitting once the programs are unpinned.
+#[test]
+fn bpf_teardown_queued_data_after_agent_killed_and_cleanup_from_other_netns() {
+    teardown_after_agent_killed(Enforcement::Bpf, false);
 }
 
 // ---------------------------------------------------------------------------
@@ -175,6 +184,13 @@ fn add_profile(h: &Harness, o: &mut ExecOpts, loopback: &[u16]) {
         .to_string();
     o.extra
         .extend(["--profile".into(), "default".into(), "--exec".into(), dir]);
+    if o.user.is_some() {
+        // The test runs with root's HOME, which an unprivileged agent cannot
+        // read (it looks for user profiles under $HOME/.config and refuses
+        // on EACCES); a real user has a HOME of their own. This one does
+        // not exist, so the built-in `default` is used.
+        o.env.push(("HOME".into(), "/nonexistent-nono-home".into()));
+    }
     for p in loopback {
         o.extra.extend(["--loopback-port".into(), p.to_string()]);
     }
@@ -370,9 +386,16 @@ impl Drop for Background {
     }
 }
 
-/// `nono-agent cleanup`, which must succeed.
-fn run_cleanup(h: &Harness) -> CmdOutput {
-    let out = sys::run_timeout(Command::new(&h.agent).arg("cleanup"), sys::CMD_TIMEOUT);
+/// `nono-agent cleanup`, which must succeed: in the client netns (where
+/// the sandbox ran and its sockets are) if `in_client_netns`, else in the
+/// test's own.
+fn run_cleanup(h: &Harness, in_client_netns: bool) -> CmdOutput {
+    let mut cmd = if in_client_netns {
+        h.fx.client_command(&h.agent)
+    } else {
+        Command::new(&h.agent)
+    };
+    let out = sys::run_timeout(cmd.arg("cleanup"), sys::CMD_TIMEOUT);
     assert!(
         out.status.success(),
         "nono-agent cleanup failed: {}",
@@ -608,7 +631,7 @@ fn inbound_after_agent_killed(e: Enforcement) {
             "[{label}] under bpf the sandbox should outlive its agent (pinned programs keep \
              enforcing until cleanup)"
         );
-        let c = run_cleanup(&h);
+        let c = run_cleanup(&h, true);
         let gone = sys::wait_until(Duration::from_secs(3), || inside.others().is_empty());
         assert!(
             gone,
@@ -909,7 +932,7 @@ fn teardown_queued_data_to_loopback_profile(e: Enforcement) {
 /// The probe writes to the proxy endpoint and holds; the agent is
 /// SIGKILLed (the probe lives on, confined by pinned programs); `nono-agent
 /// cleanup` must kill it and destroy its socket before unpinning.
-fn teardown_after_agent_killed(e: Enforcement) {
+fn teardown_after_agent_killed(e: Enforcement, cleanup_in_client_netns: bool) {
     let _c = cleanup_lock();
     let h = Harness::new(PROBE);
     let port = h.fx.port();
@@ -919,7 +942,15 @@ fn teardown_after_agent_killed(e: Enforcement) {
         proxy_endpoints: vec![rx2.addr],
         ..ExecOpts::for_enforcement(e)
     };
-    let label = format!("teardown via cleanup after kill, {}", what(e, &opts));
+    let label = format!(
+        "teardown via cleanup (in the {} netns) after kill, {}",
+        if cleanup_in_client_netns {
+            "sandbox's"
+        } else {
+            "test's"
+        },
+        what(e, &opts)
+    );
     teardown_baseline(&h, opts.user, &rx1, &label);
 
     let mut bg = Background::start(&h, &Where::Inside(opts.clone()), &bulk_args(rx2.addr));
@@ -936,7 +967,7 @@ fn teardown_after_agent_killed(e: Enforcement) {
         "[{label}] the probe should outlive its SIGKILLed agent under bpf\n{}",
         bg.output()
     );
-    let c = run_cleanup(&h);
+    let c = run_cleanup(&h, cleanup_in_client_netns);
     let gone = sys::wait_until(Duration::from_secs(3), || bg.others().is_empty());
     assert!(
         gone,
@@ -1306,37 +1337,43 @@ fn peer_credentials(h: &Harness, opts: &ExecOpts, label: &str) {
         });
         let msgs: Vec<_> = srx.messages().into_iter().chain(drx.messages()).collect();
         assert!(ok, "[{label}] {where_}: receivers got {msgs:?}");
+        let mut problems = Vec::new();
         for m in &msgs {
+            let text = String::from_utf8_lossy(&m.payload);
             for (kind, c) in [("SCM_CREDENTIALS", m.cred), ("SO_PEERCRED", m.peer)] {
                 let Some(c) = c else {
-                    assert_eq!(
-                        kind, "SO_PEERCRED",
-                        "[{label}] {where_}: no {kind} on {m:?}"
-                    );
+                    if kind != "SO_PEERCRED" {
+                        problems.push(format!("no {kind} on {text:?}"));
+                    }
                     continue;
                 };
-                let who = format!(
-                    "pid {} ({:?}, uid line {:?})",
-                    c.pid,
-                    sys::comm(c.pid),
-                    sys::status_line(c.pid, "Uid")
-                );
-                assert!(
-                    c.uid == uid && c.gid == gid && c.uid != 0 && c.gid != 0,
-                    "[{label}] {where_}: {kind} of {:?} names uid {} gid {} ({who}), the \
-                     sandbox runs as {uid}:{gid}",
-                    String::from_utf8_lossy(&m.payload),
-                    c.uid,
-                    c.gid
-                );
-                assert!(
-                    c.pid > 0 && !(inside && agent_pids.contains(&c.pid)),
-                    "[{label}] {where_}: {kind} of {:?} names the agent ({who}); agents \
-                     {agent_pids:?}",
-                    String::from_utf8_lossy(&m.payload)
-                );
+                if !(c.uid == uid && c.gid == gid && c.uid != 0 && c.gid != 0) {
+                    problems.push(format!(
+                        "{kind} of {text:?} names uid {} gid {}, the sandbox runs as {uid}:{gid}",
+                        c.uid, c.gid
+                    ));
+                }
+                if c.pid <= 0 || (inside && agent_pids.contains(&c.pid)) {
+                    problems.push(format!(
+                        "{kind} of {text:?} names pid {}: the agent (agents {agent_pids:?})",
+                        c.pid
+                    ));
+                }
             }
         }
+        assert!(
+            problems.is_empty(),
+            "[{label}] {where_}: {}\nall credentials (payload, SCM_CREDENTIALS, SO_PEERCRED): \
+             {:?}",
+            problems.join("; "),
+            msgs.iter()
+                .map(|m| (
+                    String::from_utf8_lossy(&m.payload).into_owned(),
+                    m.cred,
+                    m.peer
+                ))
+                .collect::<Vec<_>>()
+        );
         eprintln!(
             "[{label}] {where_}: credentials {:?}",
             msgs.iter()
