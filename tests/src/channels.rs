@@ -1,7 +1,7 @@
 //! Receivers for the channel battery (`tests/tests/channels.rs`): the
 //! test-host side of an inbound connection, a TCP receiver that holds a
-//! connection without reading (so the sender's data stays queued), a SYN
-//! burst, unix receivers that record the sender's credentials, and small
+//! connection without reading (so the sender's data stays queued), raw
+//! SYNs, unix receivers that record the sender's credentials, and small
 //! readers of per-namespace kernel state (`/proc/net/netstat`, `ss`).
 //!
 //! Each is created by the test outside any sandbox; what it records is the
@@ -78,46 +78,111 @@ pub fn connect_and_read(ns: &str, to: SocketAddr, wait: Duration) -> Inbound {
     })
 }
 
-/// Starts `n` non-blocking connects from namespace `ns` to `to` at once
-/// and keeps them for `hold` (SYN retransmissions included), then drops
-/// them: each SYN a listener with a full accept queue answers gets a
+/// The one's-complement sum of `data` (16-bit big-endian words), folded.
+fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
+/// A TCP SYN from `src_port` to `dst` with an MSS option of 1460 and a
+/// checksum over the IPv4 / IPv6 pseudo-header.
+fn syn_segment(src: IpAddr, src_port: u16, dst: SocketAddr, seq: u32) -> Vec<u8> {
+    let mut t = Vec::with_capacity(24);
+    t.extend_from_slice(&src_port.to_be_bytes());
+    t.extend_from_slice(&dst.port().to_be_bytes());
+    t.extend_from_slice(&seq.to_be_bytes());
+    t.extend_from_slice(&0u32.to_be_bytes());
+    // Data offset 6 words (MSS option), SYN, window 64240.
+    t.extend_from_slice(&[0x60, 0x02, 0xfa, 0xf0, 0, 0, 0, 0]);
+    t.extend_from_slice(&[2, 4, 0x05, 0xb4]);
+    let mut pseudo = Vec::new();
+    match (src, dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&[0, 6]);
+            pseudo.extend_from_slice(&(t.len() as u16).to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&(t.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 6]);
+        }
+        _ => panic!("SYN from {src} to {dst}: mixed families"),
+    }
+    let sum = !(csum_add(csum_add(0, &pseudo), &t) as u16);
+    t[16..18].copy_from_slice(&sum.to_be_bytes());
+    t
+}
+
+/// Sends `n` TCP SYNs (raw socket, distinct source ports from 40000)
+/// from `src` in namespace `ns` to `dst`, 20 ms apart. `src` need not be
+/// an address of that namespace (IP_TRANSPARENT): with a source nobody
+/// owns, no reset ever answers the SYN-ACK, so the listener's request
+/// queue stays full and, with `listen(fd, 0)`, every later SYN gets a
 /// SYN-cookie SYN-ACK.
-pub fn syn_burst(ns: &str, to: SocketAddr, n: usize, hold: Duration) {
-    let socks: Vec<OwnedFd> = in_netns(ns, move || {
-        (0..n)
-            .filter_map(|_| {
-                let dom = if to.is_ipv4() {
-                    libc::AF_INET
-                } else {
-                    libc::AF_INET6
-                };
-                // SAFETY: plain syscall.
-                let fd = unsafe {
-                    libc::socket(
-                        dom,
-                        libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                        0,
-                    )
-                };
-                (fd >= 0).then(|| {
-                    // SAFETY: a fresh descriptor we own.
-                    unsafe { OwnedFd::from_raw_fd(fd) }
-                })
-            })
-            .collect()
+pub fn raw_syns(ns: &str, src: IpAddr, dst: SocketAddr, n: u16) {
+    let name = ns.to_string();
+    let fd = in_netns(ns, move || {
+        let dom = if dst.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        // SAFETY: plain syscall.
+        let fd =
+            unsafe { libc::socket(dom, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_TCP) };
+        assert!(
+            fd >= 0,
+            "raw TCP socket in {name}: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a fresh descriptor we own.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let (level, transparent) = if dst.is_ipv4() {
+            (libc::SOL_IP, libc::IP_TRANSPARENT)
+        } else {
+            (libc::SOL_IPV6, libc::IPV6_TRANSPARENT)
+        };
+        setsockopt_int(fd, level, transparent, 1);
+        let (ss, len) = socket2_addr(SocketAddr::new(src, 0));
+        // SAFETY: valid sockaddr.
+        let rc = unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) };
+        assert!(
+            rc == 0,
+            "bind raw socket to {src} in {name}: {}",
+            std::io::Error::last_os_error()
+        );
+        owned
     });
-    for s in &socks {
-        let sa = socket2_addr(to);
-        // SAFETY: valid sockaddr; EINPROGRESS is the expected outcome.
-        unsafe {
-            libc::connect(
-                s.as_raw_fd(),
-                &sa.0 as *const _ as *const libc::sockaddr,
-                sa.1,
+    // The kernel's port field of a raw socket's destination must be 0.
+    let (ss, len) = socket2_addr(SocketAddr::new(dst.ip(), 0));
+    for i in 0..n {
+        let seg = syn_segment(src, 40000 + i, dst, 0x1000_0000 + u32::from(i));
+        // SAFETY: valid buffer and sockaddr.
+        let rc = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                seg.as_ptr() as *const libc::c_void,
+                seg.len(),
+                0,
+                &ss as *const _ as *const libc::sockaddr,
+                len,
             )
         };
+        assert!(
+            rc == seg.len() as isize,
+            "raw SYN to {dst}: {}",
+            std::io::Error::last_os_error()
+        );
+        thread::sleep(Duration::from_millis(20));
     }
-    thread::sleep(hold);
 }
 
 fn socket2_addr(sa: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
@@ -444,9 +509,12 @@ fn chmod(path: &Path, mode: u32) {
 }
 
 /// A counter of `/proc/net/netstat` (e.g. "TcpExt", "SyncookiesSent") in
-/// namespace `ns`.
+/// namespace `ns` (read through `/proc/thread-self`: `/proc/self/net` is
+/// the main thread's namespace).
 pub fn netstat(ns: &str, group: &str, key: &str) -> Option<u64> {
-    let text = in_netns(ns, || std::fs::read_to_string("/proc/net/netstat").ok())?;
+    let text = in_netns(ns, || {
+        std::fs::read_to_string("/proc/thread-self/net/netstat").ok()
+    })?;
     let prefix = format!("{group}:");
     let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
     let (names, values) = (lines.next()?, lines.next()?);
