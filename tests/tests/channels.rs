@@ -51,13 +51,14 @@
 //! Needs root and a real kernel. Run with
 //! `cargo test -p nono-tests --test channels`.
 
+use std::cell::Cell;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -88,11 +89,43 @@ const NOBODY: RunAs = RunAs {
     gid: 65534,
 };
 
-/// Serializes the tests that SIGKILL an agent and run `nono-agent cleanup`.
-static CLEANUP: Mutex<()> = Mutex::new(());
+/// Every `nono-agent exec` first sweeps orphaned sandboxes (like
+/// `nono-agent cleanup`), and so would remove the sandbox a test has just
+/// orphaned by SIGKILLing its agent, from another network namespace, before
+/// the test looks at it. Sandboxed runs hold this shared; the tests that
+/// kill an agent hold it exclusively ([`exclusive`]) for their whole run.
+static EXECS: RwLock<()> = RwLock::new(());
 
-fn cleanup_lock() -> std::sync::MutexGuard<'static, ()> {
-    CLEANUP.lock().unwrap_or_else(|e| e.into_inner())
+thread_local! {
+    /// This test thread holds [`EXECS`] exclusively.
+    static EXCLUSIVE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Held by a test that orphans a sandbox: no other sandbox starts meanwhile.
+struct Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>);
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        EXCLUSIVE.with(|x| x.set(false));
+    }
+}
+
+fn exclusive() -> Exclusive {
+    let g = EXECS.write().unwrap_or_else(|e| e.into_inner());
+    EXCLUSIVE.with(|x| x.set(true));
+    Exclusive(g)
+}
+
+/// Shared hold on [`EXECS`] for one sandboxed run (None on the thread that
+/// holds it exclusively).
+fn shared() -> Option<RwLockReadGuard<'static, ()>> {
+    (!EXCLUSIVE.with(Cell::get)).then(|| EXECS.read().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// [`Harness::probe_sandboxed_with`] under a shared hold of [`EXECS`].
+fn sandboxed(h: &Harness, opts: &ExecOpts, args: &[String]) -> (ProbeResult, CmdOutput) {
+    let _g = shared();
+    h.probe_sandboxed_with(opts, args)
 }
 
 /// Defines, in module `$module`, one `#[test]` per listed function calling
@@ -247,6 +280,8 @@ struct Background {
     logdir: PathBuf,
     guard: SandboxGuard,
     label: String,
+    /// For a sandboxed run: a shared hold of [`EXECS`] while it lives.
+    _execs: Option<RwLockReadGuard<'static, ()>>,
 }
 
 impl Background {
@@ -256,6 +291,10 @@ impl Background {
         fs::create_dir(&logdir).expect("create log dir");
         fs::set_permissions(&logdir, fs::Permissions::from_mode(0o777)).expect("chmod log dir");
         let marker = fresh_marker();
+        let execs = match at {
+            Where::Inside(_) => shared(),
+            Where::Outside(_) => None,
+        };
         let (mut cmd, user, label) = match at {
             Where::Outside(None) => (
                 h.fx.client_command(&h.probe),
@@ -297,6 +336,7 @@ impl Background {
             logdir,
             guard,
             label,
+            _execs: execs,
         }
     }
 
@@ -550,7 +590,7 @@ fn inbound_bind_to_interface_address_refused(e: Enforcement) {
         );
     }
     let mut guard = SandboxGuard::new();
-    let (r, out) = h.probe_sandboxed_with(&opts, &iface);
+    let (r, out) = sandboxed(&h, &opts, &iface);
     guard.track(&r);
     for (name, ok, errno, detail) in r.steps() {
         assert!(
@@ -561,7 +601,7 @@ fn inbound_bind_to_interface_address_refused(e: Enforcement) {
         );
     }
     assert_eq!(r.steps().len(), 4, "[{label}] {}", r.raw);
-    let (r, out) = h.probe_sandboxed_with(&opts, &allowed);
+    let (r, out) = sandboxed(&h, &opts, &allowed);
     guard.track(&r);
     assert!(
         r.ok,
@@ -575,7 +615,7 @@ fn inbound_bind_to_interface_address_refused(e: Enforcement) {
 /// receives nothing; under bpf the sandbox outlives the agent (pinned
 /// programs) until `nono-agent cleanup`, which must leave no process.
 fn inbound_after_agent_killed(e: Enforcement) {
-    let _c = cleanup_lock();
+    let _x = exclusive();
     let h = Harness::new(PROBE);
     let opts = h.opts(e);
     let label = format!("inbound after the agent is killed, {}", what(e, &opts));
@@ -920,7 +960,7 @@ fn teardown_case(e: Enforcement, to_loopback: bool) {
     teardown_baseline(&h, opts.user, &rx1, &label);
 
     let mut guard = SandboxGuard::new();
-    let (r, out) = h.probe_sandboxed_with(&opts, &bulk_args(rx2.addr));
+    let (r, out) = sandboxed(&h, &opts, &bulk_args(rx2.addr));
     guard.track(&r);
     assert!(
         r.ok && rx2.peer().is_some(),
@@ -945,7 +985,7 @@ fn teardown_queued_data_to_loopback_profile(e: Enforcement) {
 /// SIGKILLed (the probe lives on, confined by pinned programs); `nono-agent
 /// cleanup` must kill it and destroy its socket before unpinning.
 fn teardown_after_agent_killed(e: Enforcement, cleanup_in_client_netns: bool) {
-    let _c = cleanup_lock();
+    let _x = exclusive();
     let h = Harness::new(PROBE);
     let port = h.fx.port();
     let rx1 = HeldReceiver::bind(&h.fx.server, SocketAddr::new(PROXY_V4.into(), port));
@@ -1036,7 +1076,7 @@ fn device_bound_case(e: Enforcement, how: &str, profile: bool) {
     a.args.extend(sargs(&["--how", how]));
     opts.proxy_endpoints = vec![a.proxy];
     let mut guard = SandboxGuard::new();
-    let (r, out) = h.probe_sandboxed_with(&opts, &a.args);
+    let (r, out) = sandboxed(&h, &opts, &a.args);
     guard.track(&r);
     h.oracle.settle();
     let (n, seen) = a.observed(&h);
@@ -1095,7 +1135,7 @@ fn device_binding_to_lo(e: Enforcement) {
         out.describe()
     );
     let mut guard = SandboxGuard::new();
-    let (r, out) = h.probe_sandboxed_with(&opts, &args);
+    let (r, out) = sandboxed(&h, &opts, &args);
     guard.track(&r);
     if e == Enforcement::Bpf {
         assert!(
@@ -1186,7 +1226,7 @@ fn multicast_case(e: Enforcement, profile: bool, joins: &[(&str, bool)]) {
         }
         let group = pick(fresh_groups());
         let mark = h.oracle.mark();
-        let (r, out) = h.probe_sandboxed_with(&opts, &mcast_args(&h, how, group));
+        let (r, out) = sandboxed(&h, &opts, &mcast_args(&h, how, group));
         guard.track(&r);
         h.oracle.settle();
         std::thread::sleep(Duration::from_millis(300));
@@ -1274,7 +1314,7 @@ fn root_only_socket(h: &Harness, opts: &ExecOpts, label: &str) {
         r.raw
     );
     let mut guard = SandboxGuard::new();
-    let (r, out) = h.probe_sandboxed_with(opts, &args("sandbox"));
+    let (r, out) = sandboxed(h, opts, &args("sandbox"));
     guard.track(&r);
     std::thread::sleep(Duration::from_millis(300));
     let msgs = rx.messages();
@@ -1435,7 +1475,7 @@ fn capability_cmsgs(h: &Harness, opts: &ExecOpts, label: &str) {
             user.uid,
             r.raw
         );
-        let (r, out) = h.probe_sandboxed_with(opts, &args);
+        let (r, out) = sandboxed(h, opts, &args);
         guard.track(&r);
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(
@@ -1501,7 +1541,7 @@ fn loopback_case(e: Enforcement, profile: bool) {
         out.describe()
     );
     let mut guard = SandboxGuard::new();
-    let (r, out) = h.probe_sandboxed_with(&opts, &args);
+    let (r, out) = sandboxed(&h, &opts, &args);
     guard.track(&r);
     let failed: Vec<_> = r.steps().into_iter().filter(|s| !s.1).collect();
     assert!(
@@ -1511,7 +1551,8 @@ fn loopback_case(e: Enforcement, profile: bool) {
         out.describe()
     );
     let proxy = opts.proxy_endpoints[0];
-    let (r, out) = h.probe_sandboxed_with(
+    let (r, out) = sandboxed(
+        &h,
         &opts,
         &sargs(&["proxy", "--proxy-endpoint", &proxy.to_string()]),
     );
