@@ -321,12 +321,14 @@ impl Drop for HeldReceiver {
     }
 }
 
-/// The sender's credentials as the kernel reported them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The sender's credentials as the kernel reported them, and the `comm`
+/// of that pid when they were received (the process may be gone later).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cred {
     pub pid: i32,
     pub uid: u32,
     pub gid: u32,
+    pub comm: Option<String>,
 }
 
 impl From<libc::ucred> for Cred {
@@ -335,6 +337,7 @@ impl From<libc::ucred> for Cred {
             pid: c.pid,
             uid: c.uid,
             gid: c.gid,
+            comm: sys::comm(c.pid),
         }
     }
 }
@@ -466,7 +469,7 @@ impl UnixReceiver {
                                     g2.lock().unwrap().push(UnixMsg {
                                         payload,
                                         cred,
-                                        peer,
+                                        peer: peer.clone(),
                                     });
                                 }
                             }

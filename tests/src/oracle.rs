@@ -1323,6 +1323,76 @@ mod tests {
     }
 
     #[test]
+    fn parses_syn_ack_flags_and_mss() {
+        // Ports 20000 -> 40000, data offset 6 (MSS 1234), SYN+ACK.
+        let mut t = vec![
+            0x4e, 0x20, 0x9c, 0x40, 0, 0, 0, 1, 0, 0, 0, 2, 0x60, 0x12, 0xff, 0xff,
+        ];
+        t.extend_from_slice(&[0, 0, 0, 0, 2, 4, 0x04, 0xd2]);
+        let f = parse_frame(&eth(0x0800, &ipv4(6, &t)));
+        let Frame::Ip {
+            src_port: Some(20000),
+            dst_port: Some(40000),
+            tcp: Some(info),
+            ..
+        } = f
+        else {
+            panic!("{f:?}")
+        };
+        assert!(info.is_syn_ack());
+        assert_eq!(info.mss, Some(1234));
+        // A reset (RST+ACK, no options) is no SYN-ACK.
+        let rst = [
+            0x4e, 0x20, 0x9c, 0x40, 0, 0, 0, 1, 0, 0, 0, 2, 0x50, 0x14, 0, 0, 0, 0, 0, 0,
+        ];
+        let f = parse_frame(&eth(0x0800, &ipv4(6, &rst)));
+        assert!(
+            matches!(f, Frame::Ip { tcp: Some(i), .. } if !i.is_syn_ack() && i.mss.is_none()),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn parses_igmp_and_mld_groups() {
+        // IGMPv3 report, two records (the first with one source).
+        let mut m = vec![0x22, 0, 0, 0, 0, 0, 0, 2];
+        m.extend_from_slice(&[1, 0, 0, 1, 239, 1, 2, 3, 198, 51, 100, 2]);
+        m.extend_from_slice(&[4, 0, 0, 0, 239, 1, 2, 4]);
+        let mut p = vec![0x46, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0];
+        p.extend_from_slice(&[198, 51, 100, 1, 224, 0, 0, 22]);
+        p.extend_from_slice(&[148, 4, 0, 0]);
+        p.extend_from_slice(&m);
+        let f = parse_frame(&eth(0x0800, &p));
+        let g: Vec<IpAddr> = vec![
+            Ipv4Addr::new(239, 1, 2, 3).into(),
+            Ipv4Addr::new(239, 1, 2, 4).into(),
+        ];
+        assert!(
+            matches!(&f, Frame::Ip { groups, .. } if *groups == g),
+            "{f:?}"
+        );
+        // IGMPv2 leave.
+        let f = parse_frame(&eth(0x0800, &ipv4(2, &[0x17, 0, 0, 0, 239, 9, 9, 9])));
+        assert!(
+            matches!(&f, Frame::Ip { groups, .. } if *groups == vec![IpAddr::from(Ipv4Addr::new(239, 9, 9, 9))]),
+            "{f:?}"
+        );
+        // MLDv2 report after a hop-by-hop header (router alert).
+        let group = Ipv6Addr::new(0xff15, 0, 0, 0, 0, 0, 0, 0x1234);
+        let mut rest = vec![58, 0, 5, 2, 0, 0, 1, 0];
+        rest.extend_from_slice(&[143, 0, 0, 0, 0, 0, 0, 1, 4, 0, 0, 0]);
+        rest.extend_from_slice(&group.octets());
+        let f = parse_frame(&eth(0x86DD, &ipv6(0, &rest)));
+        assert!(
+            matches!(&f, Frame::Ip { groups, .. } if *groups == vec![IpAddr::from(group)]),
+            "{f:?}"
+        );
+        // An echo request names no group.
+        let f = parse_frame(&eth(0x0800, &ipv4(1, &[8, 0, 0, 0, 0, 1, 0, 1])));
+        assert!(matches!(&f, Frame::Ip { groups, .. } if groups.is_empty()));
+    }
+
+    #[test]
     fn honours_ipv4_header_length() {
         // IHL 7: LSRR option (7 bytes) + 1 byte padding, then UDP.
         let mut p = vec![0x47, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];

@@ -1392,7 +1392,7 @@ fn peer_credentials(h: &Harness, opts: &ExecOpts, label: &str) {
         let mut problems = Vec::new();
         for m in &msgs {
             let text = String::from_utf8_lossy(&m.payload);
-            for (kind, c) in [("SCM_CREDENTIALS", m.cred), ("SO_PEERCRED", m.peer)] {
+            for (kind, c) in [("SCM_CREDENTIALS", &m.cred), ("SO_PEERCRED", &m.peer)] {
                 let Some(c) = c else {
                     if kind != "SO_PEERCRED" {
                         problems.push(format!("no {kind} on {text:?}"));
@@ -1407,35 +1407,30 @@ fn peer_credentials(h: &Harness, opts: &ExecOpts, label: &str) {
                 }
                 if c.pid <= 0 || (inside && agent_pids.contains(&c.pid)) {
                     problems.push(format!(
-                        "{kind} of {text:?} names pid {}: the agent (agents {agent_pids:?})",
-                        c.pid
+                        "{kind} of {text:?} names pid {} ({:?}): the agent (agents \
+                         {agent_pids:?})",
+                        c.pid, c.comm
                     ));
                 }
             }
         }
+        let creds: Vec<_> = msgs
+            .iter()
+            .map(|m| {
+                (
+                    String::from_utf8_lossy(&m.payload).into_owned(),
+                    &m.cred,
+                    &m.peer,
+                )
+            })
+            .collect();
         assert!(
             problems.is_empty(),
             "[{label}] {where_}: {}\nall credentials (payload, SCM_CREDENTIALS, SO_PEERCRED): \
-             {:?}",
+             {creds:?}",
             problems.join("; "),
-            msgs.iter()
-                .map(|m| (
-                    String::from_utf8_lossy(&m.payload).into_owned(),
-                    m.cred,
-                    m.peer
-                ))
-                .collect::<Vec<_>>()
         );
-        eprintln!(
-            "[{label}] {where_}: credentials {:?}",
-            msgs.iter()
-                .map(|m| (
-                    String::from_utf8_lossy(&m.payload).into_owned(),
-                    m.cred,
-                    m.peer
-                ))
-                .collect::<Vec<_>>()
-        );
+        eprintln!("[{label}] {where_}: credentials {creds:?}");
     }
 }
 

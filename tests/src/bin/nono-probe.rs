@@ -39,6 +39,19 @@
 //! logging to `--logdir`, for a test that kills the agent meanwhile).
 //! `hold-nocaps` is not a vector: it drops every capability (bounding,
 //! ambient, effective, permitted, inheritable), stays uid 0 and sleeps.
+//!
+//! For the channel battery (`tests/tests/channels.rs`): `listen-serve` (a
+//! TCP listener that writes `--secret` to every connection, or with
+//! `--backlog 0 --accept 0 --mss N` one whose full queue makes the kernel
+//! answer with SYN cookies; `ready.json` / `stop` in `--logdir`),
+//! `bind-check` (TCP and UDP binds to `--addrs`), `bulk-hold` (queue up to
+//! `--bytes` on a connection that is not read, then exit),
+//! `bindtodevice-loopback4` / `bindtodevice-lo` (device-bound sends to
+//! 127.0.0.1), `mcast-join` (one membership option, `--how`),
+//! `unix-dgram-send` / `unix-stream-creds` (unix sends whose receiver
+//! checks the credentials), `udp-cap-cmsg` (`SO_MARK` / IPv6 hop-by-hop
+//! control messages) and `loopback-selftest` (servers and clients on
+//! loopback in one process). The result line also carries `gid`.
 
 use std::collections::HashMap;
 use std::ffi::CString;
