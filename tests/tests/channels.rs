@@ -1436,10 +1436,13 @@ fn peer_credentials(h: &Harness, opts: &ExecOpts, label: &str) {
 
 /// (c) UDP with a capability-gated control message: `SO_MARK` to
 /// 127.0.0.1 and IPv6 hop-by-hop options to ::1. Root outside is accepted
-/// (the receiver works); the sandbox's user is refused outside (EPERM),
-/// so it must be refused inside too, and the receiver gets nothing.
+/// (the receiver works); the sandbox's identity (its user, or uid 0
+/// without capabilities) is refused outside (EPERM), so it must be refused
+/// inside too, and the receiver gets nothing.
 fn capability_cmsgs(h: &Harness, opts: &ExecOpts, label: &str) {
-    let user = sandbox_user(opts).expect("an unprivileged sandbox user");
+    // A root agent's sandbox without --user is uid 0 without capabilities:
+    // outside, the same is `setpriv` to uid 0 with empty capability sets.
+    let user = sandbox_user(opts).unwrap_or(RunAs { uid: 0, gid: 0 });
     let mut guard = SandboxGuard::new();
     for (cmsg, lo) in [
         ("mark", IpAddr::from(Ipv4Addr::LOCALHOST)),
@@ -1505,6 +1508,32 @@ fn supervisor_capability_gated_cmsgs(e: Enforcement) {
     let h = Harness::new(PROBE);
     let opts = unprivileged_opts(&h, e, false);
     capability_cmsgs(&h, &opts, &format!("capability cmsgs, {}", what(e, &opts)));
+}
+
+/// The same for a root sandbox (uid 0, no capabilities: what a root agent
+/// runs without `--user`), whose sends the root supervisor would perform
+/// with its own capabilities.
+fn capability_gated_cmsgs_capless_root(e: Enforcement) {
+    let h = Harness::new(PROBE);
+    let opts = h.opts(e);
+    capability_cmsgs(
+        &h,
+        &opts,
+        &format!(
+            "capability cmsgs, uid 0 without capabilities, {}",
+            what(e, &opts)
+        ),
+    );
+}
+
+#[test]
+fn bpf_capability_gated_cmsgs_capless_root() {
+    capability_gated_cmsgs_capless_root(Enforcement::Bpf);
+}
+
+#[test]
+fn seccomp_capability_gated_cmsgs_capless_root() {
+    capability_gated_cmsgs_capless_root(Enforcement::Seccomp);
 }
 
 fn supervisor_rights_profile(e: Enforcement) {
