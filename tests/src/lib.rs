@@ -29,3 +29,20 @@ pub mod vectors;
 pub use netns::NetFixture;
 pub use oracle::Oracle;
 pub use runner::{Harness, ProbeResult};
+
+/// Defines, in module `$module`, one `#[test]` per listed function calling
+/// `super::f($e)` (e.g. `$e` an [`runner::Enforcement`]), so a failure
+/// names both the check and the enforcement.
+#[macro_export]
+macro_rules! per_enforcement {
+    ($module:ident, $e:expr, [$($f:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[test]
+                fn $f() {
+                    super::$f($e);
+                }
+            )*
+        }
+    };
+}

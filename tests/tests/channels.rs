@@ -122,32 +122,43 @@ fn shared() -> Option<RwLockReadGuard<'static, ()>> {
     (!EXCLUSIVE.with(Cell::get)).then(|| EXECS.read().unwrap_or_else(|e| e.into_inner()))
 }
 
-/// [`Harness::probe_sandboxed_with`] under a shared hold of [`EXECS`].
-fn sandboxed(h: &Harness, opts: &ExecOpts, args: &[String]) -> (ProbeResult, CmdOutput) {
+/// [`Harness::probe_sandboxed_with`] under a shared hold of [`EXECS`]; the
+/// run's processes are tracked by `guard`.
+fn sandboxed(
+    h: &Harness,
+    opts: &ExecOpts,
+    args: &[String],
+    guard: &mut SandboxGuard,
+) -> (ProbeResult, CmdOutput) {
     let _g = shared();
-    h.probe_sandboxed_with(opts, args)
+    let (r, out) = h.probe_sandboxed_with(opts, args);
+    guard.track(&r);
+    (r, out)
 }
 
-/// Defines, in module `$module`, one `#[test]` per listed function calling
-/// `super::f($e)`.
-macro_rules! per_enforcement {
-    ($module:ident, $e:expr, [$($f:ident),* $(,)?]) => {
-        mod $module {
-            $(
-                #[test]
-                fn $f() {
-                    super::$f($e);
-                }
-            )*
-        }
-    };
+/// Runs the probe outside the sandbox (as `user`) and asserts it
+/// succeeded: the baseline of a check that must keep working inside.
+fn assert_outside_ok(h: &Harness, user: Option<RunAs>, args: &[String], label: &str) {
+    let (r, out) = probe_outside(h, user, args);
+    assert!(
+        r.ok,
+        "[{label}] outside the sandbox: {:?}\n{}",
+        r.steps(),
+        out.describe()
+    );
 }
 
+/// One module per enforcement (`bpf`, `seccomp`, `seccomp_user`), each with
+/// one test per listed function.
 macro_rules! channel_tests {
     ($($f:ident),* $(,)?) => {
-        per_enforcement!(bpf, super::Enforcement::Bpf, [$($f),*]);
-        per_enforcement!(seccomp, super::Enforcement::Seccomp, [$($f),*]);
-        per_enforcement!(seccomp_user, super::Enforcement::SeccompUser, [$($f),*]);
+        nono_tests::per_enforcement!(bpf, super::Enforcement::Bpf, [$($f),*]);
+        nono_tests::per_enforcement!(seccomp, super::Enforcement::Seccomp, [$($f),*]);
+        nono_tests::per_enforcement!(
+            seccomp_user,
+            super::Enforcement::SeccompUser,
+            [$($f),*]
+        );
     };
 }
 
@@ -581,17 +592,10 @@ fn inbound_bind_to_interface_address_refused(e: Enforcement) {
     let iface = sargs(&["bind-check", "--addrs", "198.51.100.1,2001:db8:100::1"]);
     let allowed = sargs(&["bind-check", "--addrs", "127.0.0.1,::1,0.0.0.0,::"]);
     for args in [&iface, &allowed] {
-        let (r, out) = probe_outside(&h, opts.user, args);
-        assert!(
-            r.ok,
-            "[{label}] outside the sandbox every bind should work: {:?}\n{}",
-            r.steps(),
-            out.describe()
-        );
+        assert_outside_ok(&h, opts.user, args, &label);
     }
     let mut guard = SandboxGuard::new();
-    let (r, out) = sandboxed(&h, &opts, &iface);
-    guard.track(&r);
+    let (r, out) = sandboxed(&h, &opts, &iface, &mut guard);
     for (name, ok, errno, detail) in r.steps() {
         assert!(
             !ok && errno == Some(libc::EPERM),
@@ -601,8 +605,7 @@ fn inbound_bind_to_interface_address_refused(e: Enforcement) {
         );
     }
     assert_eq!(r.steps().len(), 4, "[{label}] {}", r.raw);
-    let (r, out) = sandboxed(&h, &opts, &allowed);
-    guard.track(&r);
+    let (r, out) = sandboxed(&h, &opts, &allowed, &mut guard);
     assert!(
         r.ok,
         "[{label}] binds to loopback and the wildcard must stay allowed: {:?}\n{}",
@@ -960,8 +963,7 @@ fn teardown_case(e: Enforcement, to_loopback: bool) {
     teardown_baseline(&h, opts.user, &rx1, &label);
 
     let mut guard = SandboxGuard::new();
-    let (r, out) = sandboxed(&h, &opts, &bulk_args(rx2.addr));
-    guard.track(&r);
+    let (r, out) = sandboxed(&h, &opts, &bulk_args(rx2.addr), &mut guard);
     assert!(
         r.ok && rx2.peer().is_some(),
         "[{label}] the connection to the allowed {} must work: {}\n{}",
@@ -1076,8 +1078,7 @@ fn device_bound_case(e: Enforcement, how: &str, profile: bool) {
     a.args.extend(sargs(&["--how", how]));
     opts.proxy_endpoints = vec![a.proxy];
     let mut guard = SandboxGuard::new();
-    let (r, out) = sandboxed(&h, &opts, &a.args);
-    guard.track(&r);
+    let (r, out) = sandboxed(&h, &opts, &a.args, &mut guard);
     h.oracle.settle();
     let (n, seen) = a.observed(&h);
     assert_eq!(
@@ -1135,8 +1136,7 @@ fn device_binding_to_lo(e: Enforcement) {
         out.describe()
     );
     let mut guard = SandboxGuard::new();
-    let (r, out) = sandboxed(&h, &opts, &args);
-    guard.track(&r);
+    let (r, out) = sandboxed(&h, &opts, &args, &mut guard);
     if e == Enforcement::Bpf {
         assert!(
             r.ok && sys::wait_until(Duration::from_secs(2), || rx.count() == 8),
@@ -1226,8 +1226,7 @@ fn multicast_case(e: Enforcement, profile: bool, joins: &[(&str, bool)]) {
         }
         let group = pick(fresh_groups());
         let mark = h.oracle.mark();
-        let (r, out) = sandboxed(&h, &opts, &mcast_args(&h, how, group));
-        guard.track(&r);
+        let (r, out) = sandboxed(&h, &opts, &mcast_args(&h, how, group), &mut guard);
         h.oracle.settle();
         std::thread::sleep(Duration::from_millis(300));
         let n = h.oracle.membership_reports(group);
@@ -1314,8 +1313,7 @@ fn root_only_socket(h: &Harness, opts: &ExecOpts, label: &str) {
         r.raw
     );
     let mut guard = SandboxGuard::new();
-    let (r, out) = sandboxed(h, opts, &args("sandbox"));
-    guard.track(&r);
+    let (r, out) = sandboxed(h, opts, &args("sandbox"), &mut guard);
     std::thread::sleep(Duration::from_millis(300));
     let msgs = rx.messages();
     assert_eq!(
@@ -1473,8 +1471,7 @@ fn capability_cmsgs(h: &Harness, opts: &ExecOpts, label: &str) {
             user.uid,
             r.raw
         );
-        let (r, out) = sandboxed(h, opts, &args);
-        guard.track(&r);
+        let (r, out) = sandboxed(h, opts, &args, &mut guard);
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(
             rx.count(),
@@ -1557,16 +1554,9 @@ fn loopback_case(e: Enforcement, profile: bool) {
     let opts = sandbox_opts(&h, e, profile, &[]);
     let label = format!("loopback servers, {}", what(e, &opts));
     let args = sargs(&["loopback-selftest"]);
-    let (r, out) = probe_outside(&h, opts.user, &args);
-    assert!(
-        r.ok,
-        "[{label}] outside: {:?}\n{}",
-        r.steps(),
-        out.describe()
-    );
+    assert_outside_ok(&h, opts.user, &args, &label);
     let mut guard = SandboxGuard::new();
-    let (r, out) = sandboxed(&h, &opts, &args);
-    guard.track(&r);
+    let (r, out) = sandboxed(&h, &opts, &args, &mut guard);
     let failed: Vec<_> = r.steps().into_iter().filter(|s| !s.1).collect();
     assert!(
         r.ok && failed.is_empty(),
@@ -1579,8 +1569,8 @@ fn loopback_case(e: Enforcement, profile: bool) {
         &h,
         &opts,
         &sargs(&["proxy", "--proxy-endpoint", &proxy.to_string()]),
+        &mut guard,
     );
-    guard.track(&r);
     h.oracle.settle();
     assert!(
         r.ok && h.oracle.tcp_connections(proxy.port()) == 1,
