@@ -131,7 +131,9 @@ fn try_bpf(root: &std::path::Path) -> Check {
         let res = exec::policy(&[]).and_then(|p| loader::load_and_attach_fast(cg.path(), &p, None));
         let took = start.elapsed();
         let n = res.as_ref().map(|a| a.keep.link_count()).unwrap_or(0);
-        let destroyed = cg.destroy(Duration::from_secs(5));
+        let destroyed = cg.destroy(Duration::from_secs(5), || {
+            crate::sandbox::cgroup::Sockets::Keep
+        });
         res?;
         destroyed?;
         Ok(format!("{n} programs loaded and attached in {took:.1?}"))

@@ -91,8 +91,19 @@ impl Sandbox {
     fn teardown(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
         let mut cgroup_gone = true;
+        // Sockets outliving the sandbox matter only when programs judged
+        // them (BPF) and the sandbox made any; an unreadable count means
+        // look anyway.
+        let attached = &self.attached;
+        let pinned = self.pin_dir.is_some();
+        let sockets = || match attached {
+            Some(k) if k.sockets_created() == Some(0) => cgroup::Sockets::Keep,
+            Some(_) => cgroup::Sockets::Destroy,
+            None if pinned => cgroup::Sockets::Destroy,
+            None => cgroup::Sockets::Keep,
+        };
         if let Some(cg) = self.cgroup.take() {
-            if let Err(e) = cg.destroy(Duration::from_secs(10)) {
+            if let Err(e) = cg.destroy(Duration::from_secs(10), sockets) {
                 errors.push(format!("{e:#}"));
                 cgroup_gone = false;
             }
@@ -245,6 +256,20 @@ fn choose(args: &ExecArgs, sb: &mut Sandbox, policy: &Policy, privileged: bool) 
     }
 }
 
+/// What the filesystem layer is, for the start-up line.
+fn filesystem_line(profile: Option<&str>, rules: bool, privileged: bool) -> String {
+    let protected = if privileged {
+        "system paths and auto-run files read-only"
+    } else {
+        "auto-run files read-only in a user namespace, system files by host permissions"
+    };
+    match (profile, rules) {
+        (Some(name), _) => format!("profile {name} ({protected})"),
+        (None, true) => format!("profile default with --read/--write/--exec ({protected})"),
+        (None, false) => format!("host, protected ({protected}; other processes out of reach)"),
+    }
+}
+
 /// Runs the command; returns the exit code for the agent.
 pub async fn run(args: ExecArgs) -> Result<i32> {
     let (cmd, cmd_args) = args
@@ -341,6 +366,12 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     };
     let applied = choose(&args, &mut sb, &policy, privileged)?;
     timing.mark("enforcer applied");
+    if !args.quiet {
+        eprintln!(
+            "nono-agent: filesystem: {}",
+            filesystem_line(args.profile.as_deref(), plan.fs.is_some(), privileged)
+        );
+    }
 
     let masks = match &state {
         Some(st) => hide::mask_targets(st)?,
@@ -352,10 +383,17 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
         Applied::Seccomp => Some(filter::Mode::Notify),
         Applied::Unenforced => None,
     };
-    let setup = ChildSetup::new(privileged, &mask_refs, filter_mode)?
-        .with_landlock(landlock)
-        .with_user(user)
-        .with_hidden_sockets(if privileged { &denied_sockets } else { &[] })?;
+    let self_files: Vec<PathBuf> = args.events.iter().cloned().collect();
+    let setup = ChildSetup::new(
+        privileged,
+        &mask_refs,
+        filter_mode,
+        args.allow_degraded,
+        &self_files,
+    )?
+    .with_landlock(landlock)
+    .with_user(user)
+    .with_hidden_sockets(if privileged { &denied_sockets } else { &[] })?;
 
     let mut env: Vec<(OsString, OsString)> = plan::environment(&plan.env);
     env.push(("NONO_SANDBOX_ID".into(), id.clone().into()));

@@ -38,11 +38,13 @@ pub fn build(args: &ExecArgs) -> Result<Plan> {
     let profile: Option<ResolvedProfile> = match &spec {
         Some(s) => {
             let ctx = ExpandContext::from_env();
-            Some(
-                profile::load(s, &ctx)
-                    .map_err(anyhow::Error::new)
-                    .with_context(|| format!("profile {s}"))?,
-            )
+            let p = profile::load(s, &ctx)
+                .map_err(anyhow::Error::new)
+                .with_context(|| format!("profile {s}"))?;
+            if let Some(file) = profile::shadowed_builtin(&p) {
+                eprintln!("nono-agent: WARNING: profile {s:?} is {file}, not the built-in profile of that name");
+            }
+            Some(p)
         }
         None => None,
     };

@@ -26,6 +26,14 @@ pub fn run(cmd: ProfileCommand) -> Result<i32> {
         },
         ProfileCommand::Validate { file } => match profile::validate_file(&file, &ctx) {
             Ok(p) => {
+                // The same check `exec` makes, on the resolved paths.
+                if let Err(e) = crate::sandbox::landlock::check_write_rules(
+                    &p.filesystem.write,
+                    &crate::sandbox::landlock::forbidden_write_targets(),
+                ) {
+                    eprintln!("nono-agent: {}: {e:#}", file.display());
+                    return Ok(2);
+                }
                 println!("{}: valid (profile {})", file.display(), p.name);
                 Ok(0)
             }

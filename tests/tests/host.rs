@@ -43,6 +43,7 @@ per_enforcement!(
     bpf,
     super::Enforcement::Bpf,
     [
+        events_file_cannot_be_forged,
         tunables_and_system_files_are_read_only,
         autorun_files_are_read_only,
         terminal_injection_is_refused,
@@ -54,6 +55,7 @@ per_enforcement!(
     seccomp,
     super::Enforcement::Seccomp,
     [
+        events_file_cannot_be_forged,
         tunables_and_system_files_are_read_only,
         autorun_files_are_read_only,
         terminal_injection_is_refused,
@@ -65,6 +67,8 @@ per_enforcement!(
     seccomp_user,
     super::Enforcement::SeccompUser,
     [
+        events_file_cannot_be_forged,
+        autorun_files_are_read_only,
         terminal_injection_is_refused,
         other_processes_are_out_of_reach,
         ordinary_files_stay_writable,
@@ -326,6 +330,11 @@ fn autorun_files_are_read_only(e: Enforcement) {
     git(&repo, &["init", "-q", "."]);
     git(&repo, &["commit", "-q", "--allow-empty", "-m", "init"]);
     fs::write(home.join(".bashrc"), "# rc\n").unwrap();
+    if let Some(u) = o.user {
+        // The unprivileged sandbox's own files: its user could write them.
+        let owner = format!("{}:{}", u.uid, u.gid);
+        sys::run_ok("chown", &["-R", &owner, base.path("").to_str().unwrap()]);
+    }
     let targets = [
         repo.join(".git/hooks/pre-commit"),
         repo.join(".git/config"),
@@ -336,7 +345,7 @@ fn autorun_files_are_read_only(e: Enforcement) {
         .collect();
     // Outside: each can be written (then put back).
     let saved: Vec<Option<Vec<u8>>> = targets.iter().map(|p| fs::read(p).ok()).collect();
-    let out = outside(None, APPEND, &args);
+    let out = outside(o.user, APPEND, &args);
     for (p, v) in verdicts(&out) {
         assert_eq!(
             v,
@@ -387,6 +396,40 @@ fn autorun_files_are_read_only(e: Enforcement) {
         out.describe()
     );
     assert_eq!(out.stdout.trim(), "2", "{}", out.describe());
+}
+
+/// The events file the agent writes during the run is read-only inside:
+/// the sandbox cannot forge or erase its own record.
+fn events_file_cannot_be_forged(e: Enforcement) {
+    let dir = TempDir::new("host-events");
+    let mut o = opts(e);
+    if let Some(u) = o.user {
+        dir.chown(u.uid, u.gid);
+    }
+    let ev = dir.path("events.jsonl");
+    o.events = Some(ev.clone());
+    let out = sandboxed(&o, APPEND, &["{\"forged\": true}\n", ev.to_str().unwrap()]);
+    assert_eq!(
+        verdicts(&out).first().map(|v| v.1.as_str()),
+        Some("EROFS"),
+        "{}: {}",
+        e.label(),
+        out.describe()
+    );
+    let text = fs::read_to_string(&ev).unwrap_or_default();
+    assert!(
+        !text.contains("forged"),
+        "{}: the events file was forged: {text}",
+        e.label()
+    );
+    // Outside, the same user could have written it.
+    let out = outside(o.user, APPEND, &["{\"x\": 1}\n", ev.to_str().unwrap()]);
+    assert_eq!(
+        verdicts(&out).first().map(|v| v.1.as_str()),
+        Some("ok"),
+        "{}",
+        out.describe()
+    );
 }
 
 /// Writes in the working directory's temp area and reads of system files

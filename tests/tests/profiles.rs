@@ -361,6 +361,9 @@ fn write_rules_covering_confinement_paths_are_refused_at_start() {
             v.stderr.trim()
         );
     }
+    let proc_link = RemoveOnDrop::fresh(std::env::temp_dir().join(unique("proclink")));
+    symlink("/proc", &proc_link.0).expect("symlink to /proc");
+    let proc_bind = DirBind::new(Path::new("/proc"), &unique("procbind"));
     let cases: Vec<(Vec<String>, String)> = vec![
         (vec!["--profile".into(), s(&sys_prof)], "/sys".into()),
         (vec!["--profile".into(), s(&root_prof)], "/".into()),
@@ -379,6 +382,13 @@ fn write_rules_covering_confinement_paths_are_refused_at_start() {
         ),
         (vec!["--write".into(), s(&cg2)], s(&cg2)),
         (vec!["--write".into(), s(&bpffs)], s(&bpffs)),
+        // Judged after resolution: `..`, a symlink, a bind mount.
+        (
+            vec!["--write".into(), "/tmp/../proc".into()],
+            "/tmp/../proc".into(),
+        ),
+        (vec!["--write".into(), proc_link.s()], proc_link.s()),
+        (vec!["--write".into(), proc_bind.s()], proc_bind.s()),
         (
             vec![
                 "--profile".into(),
@@ -404,14 +414,42 @@ fn write_rules_covering_confinement_paths_are_refused_at_start() {
                 out.describe()
             );
             assert!(
-                out.stderr
-                    .contains(&format!("write access to {path} would include"))
+                out.stderr.contains(&format!("write access to {path}"))
+                    && out.stderr.contains("would include")
                     && out.stderr.contains("may never write"),
                 "{what}: the error should name {path} and why\n{}",
                 out.describe()
             );
             left.assert_none(&what);
         }
+    }
+}
+
+/// `mount --bind SRC DIR` on a fresh directory in the temp dir; detached and
+/// removed on drop.
+struct DirBind(PathBuf);
+
+impl DirBind {
+    fn new(src: &Path, name: &str) -> DirBind {
+        let dir = std::env::temp_dir().join(name);
+        fs::create_dir_all(&dir).expect("bind mount directory");
+        let out = sys::run_timeout(
+            Command::new("mount").arg("--bind").arg(src).arg(&dir),
+            sys::CMD_TIMEOUT,
+        );
+        assert!(out.status.success(), "mount --bind: {}", out.describe());
+        DirBind(dir)
+    }
+
+    fn s(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for DirBind {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = fs::remove_dir(&self.0);
     }
 }
 
@@ -462,12 +500,13 @@ fn confinement_paths_unwritable(enf: &str) {
         with_broad,
     ));
     for (label, flags) in runs {
-        let p = Exec::new(enf).flags(&flags).cwd(&cwd.0).probe(&probe_ops);
-        if p.out.code() == 125 {
+        let start = Exec::new(enf).flags(&flags).cwd(&cwd.0).run(&["true"]);
+        if start.code() == 125 {
             // Refusing such rules at start is fine too.
-            eprintln!("{enf} {label}: refused at start: {}", p.out.stderr.trim());
+            eprintln!("{enf} {label}: refused at start: {}", start.stderr.trim());
             continue;
         }
+        let p = Exec::new(enf).flags(&flags).cwd(&cwd.0).probe(&probe_ops);
         assert_code(&p.out, 0, &format!("{enf} {label}"));
         eprintln!("{enf} {label}: {:?}", p.results);
         for i in 0..probe_ops.len() {
@@ -1397,4 +1436,58 @@ fn builtin_claude_code_and_codex_start() {
             );
         }
     }
+}
+
+/// A profile another user (or an earlier sandbox) could have written is
+/// refused, and a user profile that shadows a built-in is flagged: the file
+/// decides the next sandbox's policy.
+#[test]
+fn planted_profiles_are_refused_or_flagged() {
+    use std::os::unix::fs::chown;
+    prereqs();
+    let cfg = Scratch::new(OUTSIDE, "xdg");
+    let dir = cfg.path("nono-agent/profiles");
+    fs::create_dir_all(&dir).expect("profile dir");
+    let file = dir.join("default.toml");
+    fs::write(&file, "extends = \"default\"\n").expect("write profile");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    let run = || {
+        Exec::new("bpf")
+            .env("XDG_CONFIG_HOME", &cfg.0)
+            .flags(["--profile", "default"])
+            .run(&["sh", "-c", "echo COMMAND-RAN"])
+    };
+    let out = run();
+    assert_code(&out, 0, "a safe user profile shadowing a built-in");
+    assert!(
+        out.stderr.contains("not the built-in profile"),
+        "the shadowing should be flagged\n{}",
+        out.describe()
+    );
+    let refused = |what: &str, needle: &str| {
+        let out = run();
+        assert_code(&out, 125, what);
+        assert!(
+            !out.stdout.contains("COMMAND-RAN"),
+            "{what}: the command ran"
+        );
+        assert!(
+            out.stderr.contains("refusing profile") && out.stderr.contains(needle),
+            "{what}: the error should say why ({needle})\n{}",
+            out.describe()
+        );
+    };
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o666)).unwrap();
+    refused("a world-writable profile", "writable by others");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    refused(
+        "a profile in a world-writable directory",
+        "writable by everyone",
+    );
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    chown(&file, Some(54321), None).unwrap();
+    refused("a profile owned by another user", "belongs to uid 54321");
+    chown(&file, Some(0), None).unwrap();
+    assert_code(&run(), 0, "the same profile, safe again");
 }

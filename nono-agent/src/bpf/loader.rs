@@ -29,12 +29,19 @@ const SOCK_PROGRAMS: [&str; 1] = ["sock_create"];
 pub struct Keep {
     _ebpf: Ebpf,
     _links: Vec<Link>,
+    sockets: Option<PerCpuArray<MapData, u64>>,
 }
 
 impl Keep {
     /// Number of attached links.
     pub fn link_count(&self) -> usize {
         self._links.len()
+    }
+
+    /// How many inet sockets the sandbox created, if the count can be read.
+    pub fn sockets_created(&self) -> Option<u64> {
+        let m = self.sockets.as_ref()?;
+        m.get(&0, 0).ok().map(|v| v.iter().sum())
     }
 }
 
@@ -184,11 +191,15 @@ pub fn load_and_attach(
             .ok_or_else(|| anyhow!("BPF object has no DROPPED map"))?,
     )
     .context("DROPPED map")?;
+    let sockets = ebpf
+        .take_map("SOCKETS")
+        .and_then(|m| PerCpuArray::try_from(m).ok());
 
     Ok(Attached {
         keep: Keep {
             _ebpf: ebpf,
             _links: links,
+            sockets,
         },
         events,
         dropped,

@@ -307,6 +307,16 @@ pub enum ProfileError {
         /// The `extends` that used it, if any.
         from: Option<Location>,
     },
+    /// The file, or a directory on its path, could be changed by someone
+    /// else than root and the user running nono-agent: whoever can write it
+    /// decides the next sandbox's policy.
+    #[error("refusing profile {}: {why}", .file.display())]
+    Unsafe {
+        /// The file.
+        file: PathBuf,
+        /// Which path and why.
+        why: String,
+    },
 }
 
 /// Loads the profile `spec` (a NAME or a PATH, see the module docs) with its
@@ -396,12 +406,76 @@ fn load_in(spec: &str, ctx: &ExpandContext, dirs: &Dirs) -> Result<ResolvedProfi
 
 fn read_file(path: &Path) -> Result<Option<String>, ProfileError> {
     match std::fs::read_to_string(path) {
-        Ok(t) => Ok(Some(t)),
+        Ok(t) => {
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            if let Some(why) = unsafe_path(path, me) {
+                return Err(ProfileError::Unsafe {
+                    file: path.to_path_buf(),
+                    why,
+                });
+            }
+            Ok(Some(t))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(ProfileError::Read {
             file: path.to_path_buf(),
             source: e,
         }),
+    }
+}
+
+/// Why a profile file could be planted or changed by someone else, if it
+/// could: the file and every directory above it (symlinks resolved) must
+/// belong to root or to `me`, the file must not be group- or
+/// world-writable, and a directory must not be world-writable unless it is
+/// sticky (as `/tmp` is: others cannot replace what they do not own there).
+fn unsafe_path(path: &Path, me: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let real = std::fs::canonicalize(path).ok()?;
+    let owner_ok = |uid: u32| uid == 0 || uid == me;
+    let m = std::fs::metadata(&real).ok()?;
+    if !owner_ok(m.uid()) {
+        return Some(format!("{} belongs to uid {}", real.display(), m.uid()));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Some(format!(
+            "{} is writable by others (mode {:o})",
+            real.display(),
+            m.mode() & 0o7777
+        ));
+    }
+    for dir in real.ancestors().skip(1) {
+        let Ok(d) = std::fs::metadata(dir) else {
+            continue;
+        };
+        if !owner_ok(d.uid()) {
+            return Some(format!(
+                "directory {} belongs to uid {}",
+                dir.display(),
+                d.uid()
+            ));
+        }
+        if d.mode() & 0o002 != 0 && d.mode() & 0o1000 == 0 {
+            return Some(format!(
+                "directory {} is writable by everyone (mode {:o})",
+                dir.display(),
+                d.mode() & 0o7777
+            ));
+        }
+    }
+    None
+}
+
+/// A built-in profile of this name exists but a user or system file of the
+/// same name is used instead (worth a warning: such a file may have been
+/// planted by an earlier sandbox).
+pub fn shadowed_builtin(p: &ResolvedProfile) -> Option<String> {
+    let top = p.chain.last()?;
+    if builtin::get(&p.name).is_some() && !top.contains("builtin:") {
+        Some(top.clone())
+    } else {
+        None
     }
 }
 

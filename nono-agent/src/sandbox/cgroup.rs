@@ -63,29 +63,44 @@ impl Cgroup {
         kill_and_wait(&self.path, timeout)
     }
 
-    /// Kills everything, destroys every TCP/UDP socket the sandbox's
-    /// processes created (orphans with queued data, listeners, sockets passed
-    /// to other processes), and removes the cgroup, descendants first.
+    /// Kills everything and removes the cgroup, descendants first; if
+    /// `sockets()`, asked once the processes are gone (so none can make a
+    /// socket after the answer), says [`Sockets::Destroy`], also destroys
+    /// every TCP/UDP socket the sandbox's processes created (orphans with
+    /// queued data, listeners, sockets passed to other processes) in
+    /// between.
     ///
     /// The caller unpins the BPF programs only after this succeeded: a
     /// socket that outlived them would send unjudged. The socket step comes
     /// after the kill (nothing can create new ones) and before the removal
     /// (the cgroup ids are read from the directories).
-    pub fn destroy(&self, timeout: Duration) -> Result<()> {
+    pub fn destroy(&self, timeout: Duration, sockets: impl FnOnce() -> Sockets) -> Result<()> {
         if !self.path.exists() {
             return Ok(());
         }
         self.kill_all(timeout)?;
-        let ids = sockdiag::cgroup_tree_ids(&self.path)
-            .with_context(|| format!("reading the cgroup ids below {}", self.path.display()))?;
-        sockdiag::destroy_cgroup_sockets(&ids).with_context(|| {
-            format!(
-                "destroying the sockets of {} (the programs stay attached)",
-                self.path.display()
-            )
-        })?;
+        if sockets() == Sockets::Destroy {
+            let ids = sockdiag::cgroup_tree_ids(&self.path)
+                .with_context(|| format!("reading the cgroup ids below {}", self.path.display()))?;
+            sockdiag::destroy_cgroup_sockets(&ids).with_context(|| {
+                format!(
+                    "destroying the sockets of {} (the programs stay attached)",
+                    self.path.display()
+                )
+            })?;
+        }
         remove_tree(&self.path)
     }
+}
+
+/// Whether [`Cgroup::destroy`] looks for the sandbox's sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sockets {
+    /// Destroy them (BPF programs are about to be unpinned).
+    Destroy,
+    /// Leave them: nothing unfiltered follows (no programs to remove, or
+    /// the sandbox created no inet socket).
+    Keep,
 }
 
 fn kill_and_wait(path: &Path, timeout: Duration) -> Result<()> {

@@ -25,12 +25,26 @@ use super::privileges;
 /// What the child does between fork and exec.
 pub struct ChildSetup {
     privileged: Option<Privileged>,
+    /// Unprivileged: a user and mount namespace of its own, to bind the
+    /// user's auto-run files read-only (see `protect`).
+    unprivileged: Option<Unprivileged>,
     seccomp: Option<(Vec<libc::sock_filter>, bool)>,
     landlock: Option<super::landlock::Prepared>,
     /// Switch to this uid/gid (privileged only), dropping supplementary groups.
     user: Option<(libc::uid_t, libc::gid_t)>,
     /// Socket paths covered with /dev/null (privileged only).
     hidden_sockets: Vec<CString>,
+}
+
+struct Unprivileged {
+    last_cap: u32,
+    /// `"UID UID 1"` and `"GID GID 1"`: the sandbox keeps its identity.
+    uid_map: CString,
+    gid_map: CString,
+    readonly: Vec<CString>,
+    /// Refuse to start when no user namespace can be made (else run without
+    /// these binds, with a warning).
+    required: bool,
 }
 
 struct Privileged {
@@ -51,19 +65,42 @@ impl ChildSetup {
     /// `masks` are directories hidden from the child (only when
     /// `privileged`, i.e. the agent may create namespaces and drop caps).
     /// `seccomp`: a filter to install last, with a notification listener for
-    /// the supervisor when `Mode::Notify`.
+    /// the supervisor when `Mode::Notify`. `self_files`: files the agent
+    /// writes during the run (the events file), bound read-only so the
+    /// sandbox cannot forge or erase its own record.
     pub fn new(
         privileged: bool,
         masks: &[&Path],
         seccomp: Option<crate::seccomp::filter::Mode>,
+        allow_degraded: bool,
+        self_files: &[PathBuf],
     ) -> Result<Self> {
+        let cstrings = |v: Vec<PathBuf>| {
+            v.iter()
+                .map(|p| CString::new(p.as_os_str().as_bytes()))
+                .collect::<Result<Vec<_>, _>>()
+                .context("path with a NUL byte")
+        };
+        let unprivileged = if privileged {
+            None
+        } else {
+            // SAFETY: getters without preconditions.
+            let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+            Some(Unprivileged {
+                last_cap: privileges::last_cap().context("reading cap_last_cap")?,
+                uid_map: CString::new(format!("{uid} {uid} 1")).context("uid map")?,
+                gid_map: CString::new(format!("{gid} {gid} 1")).context("gid map")?,
+                readonly: cstrings(super::protect::user_targets(self_files))?,
+                required: !allow_degraded,
+            })
+        };
         let privileged = if privileged {
             let masks = masks
                 .iter()
                 .map(|p| CString::new(p.as_os_str().as_bytes()))
                 .collect::<Result<Vec<_>, _>>()
                 .context("path with a NUL byte")?;
-            let readonly = super::protect::readonly_targets()
+            let readonly = super::protect::readonly_targets(self_files)
                 .iter()
                 .map(|p| CString::new(p.as_os_str().as_bytes()))
                 .collect::<Result<Vec<_>, _>>()
@@ -84,6 +121,7 @@ impl ChildSetup {
         });
         Ok(Self {
             privileged,
+            unprivileged,
             seccomp,
             landlock: None,
             user: None,
@@ -219,6 +257,9 @@ impl ChildSetup {
             }
             privileges::clear_capability_sets()?;
         }
+        if let Some(u) = &self.unprivileged {
+            u.apply()?;
+        }
         privileges::set_no_new_privs()?;
         if let Some(l) = &self.landlock {
             l.restrict_self()?;
@@ -231,6 +272,69 @@ impl ChildSetup {
             None => Ok(None),
         }
     }
+}
+
+impl Unprivileged {
+    /// A user namespace mapping only our own uid and gid (so files and
+    /// peers see the same identity), a mount namespace owned by it with the
+    /// read-only binds, then every capability it gave us dropped again.
+    /// Syscalls only.
+    fn apply(&self) -> io::Result<()> {
+        // SAFETY: integer-only syscall.
+        if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) } != 0 {
+            let e = io::Error::last_os_error();
+            if self.required {
+                return Err(e);
+            }
+            let msg = b"nono-agent: WARNING: no user namespace (--allow-degraded): the sandbox can write this user's auto-run files (~/.bashrc, .git/hooks ...)\n";
+            // SAFETY: writing a static buffer to stderr.
+            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+            return Ok(());
+        }
+        write_file(c"/proc/self/setgroups", b"deny")?;
+        write_file(c"/proc/self/uid_map", self.uid_map.as_bytes())?;
+        write_file(c"/proc/self/gid_map", self.gid_map.as_bytes())?;
+        // SAFETY: NUL-terminated static strings; a propagation change.
+        if unsafe {
+            libc::mount(
+                std::ptr::null(),
+                ROOT.as_ptr().cast(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            )
+        } != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        for target in &self.readonly {
+            match bind_readonly(target) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                r => r?,
+            }
+        }
+        // The namespace gave us every capability inside it: none may stay.
+        privileges::drop_bounding_set(self.last_cap)?;
+        privileges::clear_capability_sets()
+    }
+}
+
+/// Writes `data` to `path` (a /proc file). Syscalls only.
+fn write_file(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
+    // SAFETY: NUL-terminated path; the fd is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `data` is valid for its length.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    let e = io::Error::last_os_error();
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::close(fd) };
+    if n != data.len() as isize {
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// `struct mount_attr` (UAPI).

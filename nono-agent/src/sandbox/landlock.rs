@@ -118,12 +118,36 @@ pub fn forbidden_write_targets() -> Vec<PathBuf> {
 
 /// Refuses write rules that would cover a forbidden path (Landlock can only
 /// add rights beneath a directory, never take some back below it).
+///
+/// Judged on what the rule really opens, not on its spelling: `..` and
+/// symlinks are resolved first (`/tmp/../proc` or a link to `/proc` is
+/// `/proc`), and a rule on the same filesystem as a forbidden path (a bind
+/// mount of `/proc` or of a cgroup filesystem somewhere else) is refused by
+/// its device number. Rules that do not exist are skipped, as `prepare`
+/// skips them.
 pub fn check_write_rules(write: &[PathBuf], forbidden: &[PathBuf]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let forbidden: Vec<(PathBuf, Option<u64>)> = forbidden
+        .iter()
+        .map(|f| {
+            let real = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
+            let dev = std::fs::metadata(&real).ok().map(|m| m.dev());
+            (real, dev)
+        })
+        .collect();
     for w in write {
-        for f in forbidden {
-            if f.starts_with(w) {
+        let real = std::fs::canonicalize(w).unwrap_or_else(|_| w.clone());
+        let dev = std::fs::metadata(&real).ok().map(|m| m.dev());
+        for (f, fdev) in &forbidden {
+            let same_fs = dev.is_some() && dev == *fdev;
+            if f.starts_with(&real) || same_fs {
+                let via = if real != *w {
+                    format!(" (it resolves to {})", real.display())
+                } else {
+                    String::new()
+                };
                 bail!(
-                    "write access to {} would include {}, which a sandbox may never write (cgroup filesystem, bpffs or /proc)",
+                    "write access to {}{via} would include {}, which a sandbox may never write (cgroup filesystem, bpffs or /proc)",
                     w.display(),
                     f.display()
                 );
@@ -267,6 +291,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn write_rules_are_judged_after_resolution() {
+        let forbidden = forbidden_write_targets();
+        let base = std::env::temp_dir().join(format!("nono-ll-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        let link = base.join("to-proc");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/proc", &link).unwrap();
+        for w in [
+            PathBuf::from("/tmp/../proc"),
+            link.clone(),
+            PathBuf::from("/proc/self/fd/.."),
+            PathBuf::from("/proc/sys/kernel"),
+        ] {
+            let e = check_write_rules(std::slice::from_ref(&w), &forbidden);
+            assert!(e.is_err(), "{} must be refused", w.display());
+        }
+        assert!(check_write_rules(std::slice::from_ref(&base), &forbidden).is_ok());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
     fn write_rules_may_not_cover_confinement_paths() {
         let forbidden = vec![
             PathBuf::from("/sys/fs/cgroup/unified"),
@@ -276,8 +321,11 @@ mod tests {
         assert!(check_write_rules(&[PathBuf::from("/")], &forbidden).is_err());
         assert!(check_write_rules(&[PathBuf::from("/sys")], &forbidden).is_err());
         assert!(check_write_rules(&[PathBuf::from("/proc")], &forbidden).is_err());
-        assert!(
-            check_write_rules(&[PathBuf::from("/sys/fs/cgroup/unified/nono")], &forbidden).is_ok()
-        );
+        // Beneath a cgroup filesystem is part of it.
+        let cg = forbidden_write_targets()
+            .into_iter()
+            .find(|p| p.starts_with("/sys/fs/cgroup"))
+            .expect("a cgroup mount");
+        assert!(check_write_rules(&[cg.join("nono")], &forbidden_write_targets()).is_err());
     }
 }

@@ -41,8 +41,9 @@ const SYSTEM: &[&str] = &[
 /// exist. Symlinks are resolved (on a
 /// merged-/usr system `/lib` is `/usr/lib`) and a path already inside
 /// another one is dropped.
-pub fn readonly_targets() -> Vec<PathBuf> {
+pub fn readonly_targets(extra: &[PathBuf]) -> Vec<PathBuf> {
     let mut want: Vec<PathBuf> = SYSTEM.iter().map(PathBuf::from).collect();
+    want.extend_from_slice(extra);
     if let Ok(exe) = std::env::current_exe() {
         want.push(exe);
     }
@@ -167,6 +168,25 @@ fn real_gitdir(dotgit: &Path) -> Option<PathBuf> {
     Some(dotgit.parent()?.join(rel))
 }
 
+/// What an unprivileged sandbox gets bound read-only: what its user could
+/// otherwise change and an unconfined program runs later (the auto-run
+/// files, the agent's user configuration, the agent's binary when the user
+/// owns it). System paths belong to root and are read-only for it anyway.
+pub fn user_targets(extra: &[PathBuf]) -> Vec<PathBuf> {
+    let mut want = extra.to_vec();
+    if let Ok(exe) = std::env::current_exe() {
+        want.push(exe);
+    }
+    if let Some(dir) = user_config_dir() {
+        want.push(dir.join("nono-agent"));
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        want.extend(autorun_targets(&cwd, home.as_deref()));
+    }
+    plan(want.into_iter().filter_map(|p| resolve(&p)).collect())
+}
+
 fn user_config_dir() -> Option<PathBuf> {
     match std::env::var_os("XDG_CONFIG_HOME") {
         Some(d) if !d.is_empty() => Some(PathBuf::from(d)),
@@ -289,7 +309,7 @@ mod tests {
 
     #[test]
     fn system_paths_are_covered() {
-        let t = readonly_targets();
+        let t = readonly_targets(&[]);
         for p in ["/etc", "/usr", "/sys", "/proc/sys"] {
             assert!(
                 t.iter().any(|q| Path::new(p).starts_with(q)),

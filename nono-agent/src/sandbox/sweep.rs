@@ -44,7 +44,7 @@ pub fn sweep() -> Result<Swept> {
             continue;
         };
         let cg = Cgroup::existing(cg_parent.join(&id));
-        if let Err(e) = cg.destroy(Duration::from_secs(10)) {
+        if let Err(e) = cg.destroy(Duration::from_secs(10), || cgroup::Sockets::Destroy) {
             // Pins stay: the sandbox may still have processes.
             out.errors.push(format!("sandbox {id}: {e:#}"));
             continue;

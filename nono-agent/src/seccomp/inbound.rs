@@ -143,21 +143,52 @@ fn push_block(out: &mut Vec<libc::sock_filter>, block: Vec<libc::sock_filter>, k
     }
 }
 
-/// The filter for `policy` if this kernel lets the agent attach socket
-/// filters to TCP sockets (tried on a throwaway one): the kernels here refuse
-/// `SO_ATTACH_FILTER` on a TCP socket without `CAP_NET_ADMIN` (UDP is
-/// allowed), which an unprivileged agent lacks.
-pub fn available(policy: &Policy) -> Option<Vec<libc::sock_filter>> {
-    use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
-    let prog = program(policy);
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return None;
+/// The inbound filter and the socket types this agent can put it on.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    prog: Vec<libc::sock_filter>,
+    stream: bool,
+    dgram: bool,
+}
+
+impl Inbound {
+    /// The filter to put on a socket of type `ty` (`SO_TYPE`), or None when
+    /// this agent cannot attach one to that type (then the supervisor binds
+    /// such sockets to loopback instead).
+    pub fn for_type(&self, ty: u32) -> Option<&[libc::sock_filter]> {
+        let ok = match ty as i32 {
+            libc::SOCK_STREAM => self.stream,
+            libc::SOCK_DGRAM => self.dgram,
+            _ => false,
+        };
+        ok.then_some(self.prog.as_slice())
     }
-    // SAFETY: a new descriptor nobody else owns.
-    let probe = unsafe { OwnedFd::from_raw_fd(fd) };
-    ensure(probe.as_fd(), &prog).ok().map(|()| prog)
+}
+
+/// The filter for `policy`, and whether this kernel lets the agent attach
+/// it to TCP and to UDP sockets (each tried on a throwaway socket): the
+/// kernels here refuse `SO_ATTACH_FILTER` on a TCP socket without
+/// `CAP_NET_ADMIN`, which an unprivileged agent lacks, and allow it on UDP.
+pub fn available(policy: &Policy) -> Inbound {
+    let prog = program(policy);
+    let works = |ty: i32| {
+        use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let fd = unsafe { libc::socket(libc::AF_INET, ty | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return false;
+        }
+        // SAFETY: a new descriptor nobody else owns.
+        let probe = unsafe { OwnedFd::from_raw_fd(fd) };
+        ensure(probe.as_fd(), &prog).is_ok()
+    };
+    let stream = works(libc::SOCK_STREAM);
+    let dgram = works(libc::SOCK_DGRAM);
+    Inbound {
+        prog,
+        stream,
+        dgram,
+    }
 }
 
 /// Puts `prog` on the socket and locks it, unless it is already there and

@@ -48,7 +48,7 @@ pub struct Supervisor {
     /// when this kernel lets the agent attach one (some refuse
     /// `SO_ATTACH_FILTER` without `CAP_NET_ADMIN`). Without it, wildcard
     /// binds are rewritten to loopback instead ([`loopback_of`]).
-    inbound: Option<Vec<libc::sock_filter>>,
+    inbound: inbound::Inbound,
     /// The agent is root: operations run with the target's credentials
     /// ([`Identity`]), never the agent's.
     root: bool,
@@ -223,7 +223,8 @@ impl Supervisor {
         let domain = sockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
             .map_err(|_| libc::ENOTSOCK)? as u32;
         let inet = domain == consts::AF_INET || domain == consts::AF_INET6;
-        let filtered = match &self.inbound {
+        let ty = sockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_TYPE).unwrap_or(0) as u32;
+        let filtered = match self.inbound.for_type(ty) {
             Some(prog) if inet => inbound::ensure(fd.as_fd(), prog).is_ok(),
             _ => true,
         };
@@ -251,6 +252,7 @@ impl Supervisor {
         Ok(Sock {
             fd,
             domain,
+            ty,
             pinned: std::sync::Mutex::new(Vec::new()),
             creds,
         })
@@ -279,7 +281,7 @@ impl Supervisor {
                 self.socket_event(n, "bind", &sock, &local, d.reason.name());
                 return Err(libc::EPERM);
             }
-            if d.reason == Reason::Wildcard && self.inbound.is_none() {
+            if d.reason == Reason::Wildcard && self.inbound.for_type(sock.ty).is_none() {
                 // No filter to make a wildcard listener loopback-only:
                 // bind to loopback itself (same port).
                 addr = loopback_of(&addr);
@@ -301,7 +303,7 @@ impl Supervisor {
             let name = local_name(sock.fd.as_fd()).map_err(errno)?;
             if let Some(local) = inet_dest(sock.domain, &name) {
                 let d = decide_bind(&local);
-                let unfiltered = self.inbound.is_none();
+                let unfiltered = self.inbound.for_type(sock.ty).is_none();
                 if local.port == 0 && unfiltered {
                     // Unbound: listen would autobind to the wildcard.
                     bind_first = Some(loopback_of(&name));
@@ -784,6 +786,8 @@ fn comm_of(pid: u32) -> String {
 struct Sock {
     fd: OwnedFd,
     domain: u32,
+    /// `SO_TYPE` (0 if unknown).
+    ty: u32,
     /// O_PATH descriptors of unix socket paths judged for this operation,
     /// kept open until it is performed.
     pinned: std::sync::Mutex<Vec<OwnedFd>>,
