@@ -102,7 +102,9 @@ thread_local! {
 }
 
 /// Held by a test that orphans a sandbox: no other sandbox starts meanwhile.
-struct Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>);
+struct Exclusive {
+    _execs: RwLockWriteGuard<'static, ()>,
+}
 
 impl Drop for Exclusive {
     fn drop(&mut self) {
@@ -113,7 +115,7 @@ impl Drop for Exclusive {
 fn exclusive() -> Exclusive {
     let g = EXECS.write().unwrap_or_else(|e| e.into_inner());
     EXCLUSIVE.with(|x| x.set(true));
-    Exclusive(g)
+    Exclusive { _execs: g }
 }
 
 /// Shared hold on [`EXECS`] for one sandboxed run (None on the thread that
@@ -163,6 +165,7 @@ macro_rules! channel_tests {
 }
 
 channel_tests![
+    inbound_udp_datagrams,
     inbound_tcp4_wildcard,
     inbound_tcp6_dual_stack,
     inbound_tcp_unbound_listen,
@@ -289,7 +292,8 @@ struct Background {
     marker: String,
     tmp: TempDir,
     logdir: PathBuf,
-    guard: SandboxGuard,
+    /// Kills what is left of the run (by pid, marker, fresh uid) on drop.
+    _guard: SandboxGuard,
     label: String,
     /// For a sandboxed run: a shared hold of [`EXECS`] while it lives.
     _execs: Option<RwLockReadGuard<'static, ()>>,
@@ -345,7 +349,7 @@ impl Background {
             marker,
             tmp,
             logdir,
-            guard,
+            _guard: guard,
             label,
             _execs: execs,
         }
@@ -431,8 +435,7 @@ impl Drop for Background {
         let _ = fs::write(self.logdir.join("stop"), "");
         sys::kill_pid(self.pid);
         let _ = self.child.wait();
-        // The guard (dropped next) kills what is left by marker and uid.
-        let _ = &self.guard;
+        // `_guard`, dropped next, kills what is left by marker and uid.
     }
 }
 
@@ -496,7 +499,7 @@ fn connect_all(
 /// connection carries no data).
 fn inbound_case(e: Enforcement, profile: bool, bind: &str, targets: &[IpAddr]) {
     let h = Harness::new(PROBE);
-    let opts = sandbox_opts(&h, e, profile, &[]);
+    let opts = sandbox_opts(&h, e, profile, &[PROFILE_LOOPBACK_PORT]);
     let label = format!("inbound {bind}, {}", what(e, &opts));
     let secret = format!("SECRET-{}", h.fx.tag());
     let port = if bind.starts_with("unbound") {
@@ -564,6 +567,64 @@ fn inbound_case(e: Enforcement, profile: bool, bind: &str, targets: &[IpAddr]) {
     }
 }
 
+/// Datagrams from the test host to a UDP socket on [::] (dual stack) in
+/// the sandbox: outside, the probe receives them (v4 and v6); inside, none
+/// may be delivered. The receiver is the sandboxed probe itself here (what
+/// arrives is a way in, not out); its report is cross-checked outside.
+fn inbound_udp_datagrams(e: Enforcement) {
+    let h = Harness::new(PROBE);
+    let opts = h.opts(e);
+    let label = format!("inbound UDP, {}", what(e, &opts));
+    let send = |to: SocketAddr, tag: &str| {
+        let tag = tag.to_string();
+        in_netns(&h.fx.server, move || {
+            let any: SocketAddr = if to.is_ipv4() {
+                "0.0.0.0:0".parse().expect("addr")
+            } else {
+                "[::]:0".parse().expect("addr")
+            };
+            let s = std::net::UdpSocket::bind(any).expect("udp socket on the test host");
+            s.send_to(tag.as_bytes(), to).expect("send to the client");
+        });
+    };
+    for inside in [false, true] {
+        let at = if inside {
+            Where::Inside(opts.clone())
+        } else {
+            Where::Outside(opts.user)
+        };
+        let port = h.fx.port();
+        let mut bg = Background::start(
+            &h,
+            &at,
+            &sargs(&["udp-serve", "--bind", "::", "--port", &port.to_string()]),
+        );
+        let local = bg.ready_local();
+        for ip in [IpAddr::from(CLIENT_V4), IpAddr::from(CLIENT_V6)] {
+            send(SocketAddr::new(ip, local.port()), &format!("to {ip}"));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let r = bg
+            .stop()
+            .unwrap_or_else(|| panic!("[{label}] no result\n{}", bg.output()));
+        let got = r.raw["received"].as_array().cloned().unwrap_or_default();
+        if inside {
+            assert!(
+                got.is_empty(),
+                "[{label}] datagrams from the test host reached the sandbox's socket on \
+                 {local}: {got:?}"
+            );
+        } else {
+            assert_eq!(
+                got.len(),
+                2,
+                "[{label}] OUTSIDE the socket on {local} should receive both datagrams: {got:?}\n{}",
+                bg.output()
+            );
+        }
+    }
+}
+
 fn inbound_tcp4_wildcard(e: Enforcement) {
     inbound_case(e, false, "0.0.0.0", &[CLIENT_V4.into()]);
 }
@@ -582,6 +643,10 @@ fn inbound_tcp_unbound_listen(e: Enforcement) {
 fn inbound_tcp_dual_stack_profile(e: Enforcement) {
     inbound_case(e, true, "::", &[CLIENT_V6.into(), CLIENT_V4.into()]);
 }
+
+/// A loopback port the profile variants narrow loopback to (as in the
+/// issue's reproduction, `--profile default --loopback-port 5432`).
+const PROFILE_LOOPBACK_PORT: u16 = 5432;
 
 /// Binds to the client's own interface addresses are refused with EPERM
 /// inside (they work outside); loopback and wildcard binds stay allowed.
@@ -756,7 +821,7 @@ const SYN_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 
 fn syn_cookie_case(e: Enforcement, v6: bool, profile: bool) {
     let h = Harness::new(PROBE);
     let _cookies = SyncookiesOn::new(&h.fx.client);
-    let opts = sandbox_opts(&h, e, profile, &[]);
+    let opts = sandbox_opts(&h, e, profile, &[PROFILE_LOOPBACK_PORT]);
     let label = format!(
         "syn-cookie {}, {}",
         if v6 { "v6" } else { "v4" },

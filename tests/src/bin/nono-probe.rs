@@ -44,6 +44,7 @@
 //! TCP listener that writes `--secret` to every connection, or with
 //! `--backlog 0 --accept 0 --mss N` one whose full queue makes the kernel
 //! answer with SYN cookies; `ready.json` / `stop` in `--logdir`),
+//! `udp-serve` (a UDP socket that records what it receives),
 //! `bind-check` (TCP and UDP binds to `--addrs`), `bulk-hold` (queue up to
 //! `--bytes` on a connection that is not read, then exit),
 //! `bindtodevice-loopback4` / `bindtodevice-lo` (device-bound sends to
@@ -142,6 +143,7 @@ const VECTORS: &[&str] = &[
     "unix-stream-creds",
     "udp-cap-cmsg",
     "loopback-selftest",
+    "udp-serve",
 ];
 
 // ---------------------------------------------------------------------------
@@ -3312,6 +3314,74 @@ fn listen_serve(
     listening
 }
 
+/// A UDP socket bound to `--bind:--port` (an address, e.g. `::` for dual
+/// stack) that records every datagram it receives until `<--logdir>/stop`
+/// (or `--secs`); writes `ready.json` once bound. The result lists the
+/// payloads and their senders.
+fn udp_serve(args: &Args, extra: &mut serde_json::Map<String, Value>) -> Attempt {
+    let dir = PathBuf::from(args.req("logdir"));
+    let ip: IpAddr = args
+        .req("bind")
+        .parse()
+        .unwrap_or_else(|_| usage("--bind: bad address"));
+    let sa = SocketAddr::new(ip, args.num("port", Some(0)));
+    let bound = socket(family(&ip), libc::SOCK_DGRAM, 0).and_then(|fd| {
+        if ip.is_ipv6() {
+            setsockopt_i32(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+        }
+        bind_fd(fd.as_raw_fd(), &sa)?;
+        Ok(fd)
+    });
+    let fd = match bound {
+        Ok(fd) => fd,
+        Err(e) => {
+            let a = Attempt::fail(&format!("bind udp {sa}"), &e);
+            write_json(
+                &dir,
+                "ready.json",
+                &json!({"ok": false, "detail": a.detail}),
+            );
+            return a;
+        }
+    };
+    let local = sockname(fd.as_raw_fd());
+    write_json(
+        &dir,
+        "ready.json",
+        &json!({"ok": true, "local": local.map(|l| l.to_string())}),
+    );
+    let mut got = Vec::new();
+    until_stopped(&dir, args.num("secs", Some(20)), || {
+        if !poll_in(fd.as_raw_fd(), 50) {
+            return;
+        }
+        let mut buf = [0u8; 2048];
+        // SAFETY: zeroed storage is a valid out-parameter.
+        let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: valid buffers.
+        let n = unsafe {
+            libc::recvfrom(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                libc::MSG_DONTWAIT,
+                &mut ss as *mut _ as *mut libc::sockaddr,
+                &mut len,
+            )
+        };
+        if n >= 0 {
+            got.push(json!({
+                "from": from_sockaddr(&ss).map(|a| a.to_string()),
+                "payload": String::from_utf8_lossy(&buf[..n as usize]),
+            }));
+        }
+    });
+    let n = got.len();
+    extra.insert("received".into(), Value::Array(got));
+    Attempt::success(format!("bound {local:?}, received {n} datagrams"))
+}
+
 /// Binds a TCP and a UDP socket to each of `--addrs` (comma-separated, port
 /// 0), one step per bind ("tcp ADDR", "udp ADDR") with the address the
 /// kernel reports afterwards.
@@ -4106,6 +4176,7 @@ fn main() {
         "unix-stream-creds" => unix_stream_creds(&args, &mut steps),
         "udp-cap-cmsg" => udp_cap_cmsg(&args),
         "loopback-selftest" => loopback_selftest(&mut steps),
+        "udp-serve" => udp_serve(&args, &mut extra),
         other => usage(&format!("unknown vector {other:?}")),
     };
 
