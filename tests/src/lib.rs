@@ -1,5 +1,7 @@
 //! Integration test harness for `nono-agent`.
 //!
+//! * [`channels`]: receivers for the channel battery (inbound connector,
+//!   held TCP receiver, SYN burst, unix receivers with credentials).
 //! * [`netns`]: client/server network namespaces joined by a veth pair.
 //! * [`oracle`]: the server side "truth": TCP listeners and an AF_PACKET sniffer
 //!   in the server namespace that count what actually arrived.
@@ -15,6 +17,7 @@
 //! Every test needs root and a real kernel; a missing prerequisite panics with
 //! a clear message rather than skipping.
 
+pub mod channels;
 pub mod netns;
 pub mod oracle;
 pub mod profilelab;
@@ -26,3 +29,20 @@ pub mod vectors;
 pub use netns::NetFixture;
 pub use oracle::Oracle;
 pub use runner::{Harness, ProbeResult};
+
+/// Defines, in module `$module`, one `#[test]` per listed function calling
+/// `super::f($e)` (e.g. `$e` an [`runner::Enforcement`]), so a failure
+/// names both the check and the enforcement.
+#[macro_export]
+macro_rules! per_enforcement {
+    ($module:ident, $e:expr, [$($f:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[test]
+                fn $f() {
+                    super::$f($e);
+                }
+            )*
+        }
+    };
+}

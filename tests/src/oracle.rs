@@ -53,6 +53,14 @@ pub enum Frame {
         /// Source routed: an IPv4 LSRR/SSRR option or an IPv6 routing
         /// header (router alerts in MLD/IGMP do not count).
         routed: bool,
+        /// TCP/UDP source port.
+        src_port: Option<u16>,
+        /// TCP segments: the flags byte and the MSS option (SYN segments
+        /// carry it), so SYN-ACKs and the value they leak can be told.
+        tcp: Option<TcpInfo>,
+        /// IGMP (v1/v2/v3) and MLD (v1/v2) reports and leaves: the group
+        /// addresses they name (kernel-generated packets no socket owns).
+        groups: Vec<IpAddr>,
     },
     Tagged(Vec<u8>),
     Other(u16),
@@ -118,6 +126,96 @@ fn ipv4_source_routed(opts: &[u8]) -> bool {
     false
 }
 
+/// What a TCP header says beyond the ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpInfo {
+    pub flags: u8,
+    pub mss: Option<u16>,
+}
+
+impl TcpInfo {
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+
+    /// SYN and ACK set (and no RST).
+    pub fn is_syn_ack(&self) -> bool {
+        self.flags & (Self::SYN | Self::ACK | Self::RST) == Self::SYN | Self::ACK
+    }
+}
+
+/// Flags and MSS option of the TCP header `t` (None if truncated).
+fn tcp_info(t: &[u8]) -> Option<TcpInfo> {
+    let hlen = ((*t.get(12)? >> 4) as usize) * 4;
+    let flags = *t.get(13)?;
+    let opts = t.get(20..hlen.max(20)).unwrap_or(&[]);
+    let mut mss = None;
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                let Some(&len) = opts.get(i + 1) else { break };
+                if len < 2 {
+                    break;
+                }
+                if kind == 2 && len == 4 {
+                    mss = opts
+                        .get(i + 2..i + 4)
+                        .map(|b| u16::from_be_bytes([b[0], b[1]]));
+                }
+                i += len as usize;
+            }
+        }
+    }
+    Some(TcpInfo { flags, mss })
+}
+
+/// Group addresses named by an IGMP message (`v6` false) or an MLD message
+/// (ICMPv6, `v6` true): v1/v2 reports and leaves carry one, v3 / MLDv2
+/// reports a list of group records.
+fn membership_groups(v6: bool, m: &[u8]) -> Vec<IpAddr> {
+    let addr = |b: &[u8]| -> Option<IpAddr> {
+        if v6 {
+            let a: [u8; 16] = b.get(..16)?.try_into().ok()?;
+            Some(Ipv6Addr::from(a).into())
+        } else {
+            let a: [u8; 4] = b.get(..4)?.try_into().ok()?;
+            Some(Ipv4Addr::from(a).into())
+        }
+    };
+    let (alen, single_at, v3) = match (v6, m.first()) {
+        // IGMPv1/v2 report, v2 leave: group at offset 4.
+        (false, Some(0x12 | 0x16 | 0x17)) => (4, 4, false),
+        (false, Some(0x22)) => (4, 0, true),
+        // MLDv1 report / done: address at offset 8.
+        (true, Some(131 | 132)) => (16, 8, false),
+        (true, Some(143)) => (16, 0, true),
+        _ => return Vec::new(),
+    };
+    if !v3 {
+        return m.get(single_at..).and_then(addr).into_iter().collect();
+    }
+    let Some(n) = m.get(6..8).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut off = 8;
+    for _ in 0..n {
+        let Some(rec) = m.get(off..off + 4 + alen) else {
+            break;
+        };
+        let (aux, nsrc) = (
+            rec[1] as usize,
+            u16::from_be_bytes([rec[2], rec[3]]) as usize,
+        );
+        out.extend(addr(&rec[4..]));
+        off += 4 + alen + nsrc * alen + aux * 4;
+    }
+    out
+}
+
 fn parse_frame(buf: &[u8]) -> Frame {
     if buf.len() < 14 {
         return Frame::Other(0);
@@ -136,6 +234,10 @@ fn parse_frame(buf: &[u8]) -> Frame {
             _ => (None, None),
         }
     };
+    let src_port = |proto: u8, l4: &[u8]| match proto {
+        6 | 17 if l4.len() >= 2 => Some(u16::from_be_bytes([l4[0], l4[1]])),
+        _ => None,
+    };
     match ethertype {
         0x0800 if p.len() >= 20 => {
             // The header length (IHL) covers any options: source-routed
@@ -152,6 +254,13 @@ fn parse_frame(buf: &[u8]) -> Frame {
             };
             let (dst_port, echo_id) = l4(proto, upper, false);
             Frame::Ip {
+                src_port: src_port(proto, upper),
+                tcp: (proto == 6).then(|| tcp_info(upper)).flatten(),
+                groups: if proto == 2 {
+                    membership_groups(false, upper)
+                } else {
+                    Vec::new()
+                },
                 v6: false,
                 src,
                 dst,
@@ -172,6 +281,13 @@ fn parse_frame(buf: &[u8]) -> Frame {
             let upper = off.and_then(|o| p.get(o..)).unwrap_or(&[]);
             let (dst_port, echo_id) = l4(proto, upper, true);
             Frame::Ip {
+                src_port: src_port(proto, upper),
+                tcp: (proto == 6).then(|| tcp_info(upper)).flatten(),
+                groups: if proto == 58 {
+                    membership_groups(true, upper)
+                } else {
+                    Vec::new()
+                },
                 v6: true,
                 src: Ipv6Addr::from(s).into(),
                 dst: Ipv6Addr::from(d).into(),
@@ -200,7 +316,7 @@ fn cvt(rc: libc::c_int, what: &str) -> libc::c_int {
     rc
 }
 
-fn set_rcvtimeo(fd: libc::c_int, d: Duration) {
+pub(crate) fn set_rcvtimeo(fd: libc::c_int, d: Duration) {
     let tv = libc::timeval {
         tv_sec: d.as_secs() as libc::time_t,
         tv_usec: d.subsec_micros() as libc::suseconds_t,
@@ -217,7 +333,12 @@ fn set_rcvtimeo(fd: libc::c_int, d: Duration) {
     };
 }
 
-fn setsockopt_int(fd: libc::c_int, level: libc::c_int, opt: libc::c_int, v: libc::c_int) {
+pub(crate) fn setsockopt_int(
+    fd: libc::c_int,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) {
     // SAFETY: valid pointer and length.
     let rc = unsafe {
         libc::setsockopt(
@@ -233,7 +354,7 @@ fn setsockopt_int(fd: libc::c_int, level: libc::c_int, opt: libc::c_int, v: libc
 
 /// Creates a listening TCP socket (`v6only` applies to IPv6 binds). Must be
 /// called on a thread in the desired namespace.
-fn tcp_listen_socket(addr: SocketAddr, v6only: bool) -> TcpListener {
+pub(crate) fn tcp_listen_socket(addr: SocketAddr, v6only: bool) -> TcpListener {
     let dom = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -646,6 +767,56 @@ impl Oracle {
             .iter()
             .filter(|f| matches!(f, Frame::Ip { dst_port: Some(p), .. } if *p == port))
             .cloned()
+            .collect()
+    }
+
+    /// Incoming TCP segments from source port `port` (any address) with
+    /// SYN and ACK set, as their MSS option (None: no MSS option): the
+    /// answers a listener on that port gave, cookie SYN-ACKs included.
+    pub fn syn_acks_from(&self, port: u16) -> Vec<Option<u16>> {
+        self.frames
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Ip {
+                    src_port: Some(sp),
+                    tcp: Some(t),
+                    ..
+                } if *sp == port && t.is_syn_ack() => Some(t.mss),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Incoming TCP segments from source port `port` carrying data or SYN
+    /// (any flags but a bare ACK/RST), for diagnostics.
+    pub fn tcp_from_port(&self, port: u16) -> Vec<Frame> {
+        self.frames
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(
+                |f| matches!(f, Frame::Ip { src_port: Some(sp), tcp: Some(_), .. } if *sp == port),
+            )
+            .cloned()
+            .collect()
+    }
+
+    /// Incoming IGMP / MLD reports and leaves that name `group`.
+    pub fn membership_reports(&self, group: IpAddr) -> usize {
+        self.count(|f| matches!(f, Frame::Ip { groups, .. } if groups.contains(&group)))
+    }
+
+    /// Every group named by incoming IGMP / MLD messages since `mark`, for
+    /// diagnostics.
+    pub fn membership_groups_since(&self, mark: usize) -> Vec<IpAddr> {
+        self.frames_since(mark)
+            .into_iter()
+            .flat_map(|f| match f {
+                Frame::Ip { groups, .. } => groups,
+                _ => Vec::new(),
+            })
             .collect()
     }
 
@@ -1149,6 +1320,76 @@ mod tests {
             ),
             "{f:?}"
         );
+    }
+
+    #[test]
+    fn parses_syn_ack_flags_and_mss() {
+        // Ports 20000 -> 40000, data offset 6 (MSS 1234), SYN+ACK.
+        let mut t = vec![
+            0x4e, 0x20, 0x9c, 0x40, 0, 0, 0, 1, 0, 0, 0, 2, 0x60, 0x12, 0xff, 0xff,
+        ];
+        t.extend_from_slice(&[0, 0, 0, 0, 2, 4, 0x04, 0xd2]);
+        let f = parse_frame(&eth(0x0800, &ipv4(6, &t)));
+        let Frame::Ip {
+            src_port: Some(20000),
+            dst_port: Some(40000),
+            tcp: Some(info),
+            ..
+        } = f
+        else {
+            panic!("{f:?}")
+        };
+        assert!(info.is_syn_ack());
+        assert_eq!(info.mss, Some(1234));
+        // A reset (RST+ACK, no options) is no SYN-ACK.
+        let rst = [
+            0x4e, 0x20, 0x9c, 0x40, 0, 0, 0, 1, 0, 0, 0, 2, 0x50, 0x14, 0, 0, 0, 0, 0, 0,
+        ];
+        let f = parse_frame(&eth(0x0800, &ipv4(6, &rst)));
+        assert!(
+            matches!(f, Frame::Ip { tcp: Some(i), .. } if !i.is_syn_ack() && i.mss.is_none()),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn parses_igmp_and_mld_groups() {
+        // IGMPv3 report, two records (the first with one source).
+        let mut m = vec![0x22, 0, 0, 0, 0, 0, 0, 2];
+        m.extend_from_slice(&[1, 0, 0, 1, 239, 1, 2, 3, 198, 51, 100, 2]);
+        m.extend_from_slice(&[4, 0, 0, 0, 239, 1, 2, 4]);
+        let mut p = vec![0x46, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0];
+        p.extend_from_slice(&[198, 51, 100, 1, 224, 0, 0, 22]);
+        p.extend_from_slice(&[148, 4, 0, 0]);
+        p.extend_from_slice(&m);
+        let f = parse_frame(&eth(0x0800, &p));
+        let g: Vec<IpAddr> = vec![
+            Ipv4Addr::new(239, 1, 2, 3).into(),
+            Ipv4Addr::new(239, 1, 2, 4).into(),
+        ];
+        assert!(
+            matches!(&f, Frame::Ip { groups, .. } if *groups == g),
+            "{f:?}"
+        );
+        // IGMPv2 leave.
+        let f = parse_frame(&eth(0x0800, &ipv4(2, &[0x17, 0, 0, 0, 239, 9, 9, 9])));
+        assert!(
+            matches!(&f, Frame::Ip { groups, .. } if *groups == vec![IpAddr::from(Ipv4Addr::new(239, 9, 9, 9))]),
+            "{f:?}"
+        );
+        // MLDv2 report after a hop-by-hop header (router alert).
+        let group = Ipv6Addr::new(0xff15, 0, 0, 0, 0, 0, 0, 0x1234);
+        let mut rest = vec![58, 0, 5, 2, 0, 0, 1, 0];
+        rest.extend_from_slice(&[143, 0, 0, 0, 0, 0, 0, 1, 4, 0, 0, 0]);
+        rest.extend_from_slice(&group.octets());
+        let f = parse_frame(&eth(0x86DD, &ipv6(0, &rest)));
+        assert!(
+            matches!(&f, Frame::Ip { groups, .. } if *groups == vec![IpAddr::from(group)]),
+            "{f:?}"
+        );
+        // An echo request names no group.
+        let f = parse_frame(&eth(0x0800, &ipv4(1, &[8, 0, 0, 0, 0, 1, 0, 1])));
+        assert!(matches!(&f, Frame::Ip { groups, .. } if groups.is_empty()));
     }
 
     #[test]

@@ -334,6 +334,12 @@ pub struct ExecOpts {
     pub in_client_netns: bool,
     /// Run the agent as this unprivileged identity (`setpriv`).
     pub user: Option<RunAs>,
+    /// More `exec` options, before `--` (e.g. `--profile default`,
+    /// `--loopback-port P`, `--user nobody`).
+    pub extra: Vec<String>,
+    /// Environment variables set for the agent (e.g. a `HOME` the
+    /// unprivileged agent can read, where it looks up user profiles).
+    pub env: Vec<(String, String)>,
 }
 
 impl ExecOpts {
@@ -534,6 +540,8 @@ pub fn exec_command(agent: &Path, netns: Option<&NetFixture>, opts: &ExecOpts) -
     if opts.quiet {
         cmd.arg("--quiet");
     }
+    cmd.args(&opts.extra);
+    cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
     cmd.arg("--");
     cmd
 }

@@ -39,6 +39,20 @@
 //! logging to `--logdir`, for a test that kills the agent meanwhile).
 //! `hold-nocaps` is not a vector: it drops every capability (bounding,
 //! ambient, effective, permitted, inheritable), stays uid 0 and sleeps.
+//!
+//! For the channel battery (`tests/tests/channels.rs`): `listen-serve` (a
+//! TCP listener that writes `--secret` to every connection, or with
+//! `--backlog 0 --accept 0 --mss N` one whose full queue makes the kernel
+//! answer with SYN cookies; `ready.json` / `stop` in `--logdir`),
+//! `udp-serve` (a UDP socket that records what it receives),
+//! `bind-check` (TCP and UDP binds to `--addrs`), `bulk-hold` (queue up to
+//! `--bytes` on a connection that is not read, then exit),
+//! `bindtodevice-loopback4` / `bindtodevice-lo` (device-bound sends to
+//! 127.0.0.1), `mcast-join` (one membership option, `--how`),
+//! `unix-dgram-send` / `unix-stream-creds` (unix sends whose receiver
+//! checks the credentials), `udp-cap-cmsg` (`SO_MARK` / IPv6 hop-by-hop
+//! control messages) and `loopback-selftest` (servers and clients on
+//! loopback in one process). The result line also carries `gid`.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -119,6 +133,17 @@ const VECTORS: &[&str] = &[
     "scm-rights",
     "steal-fds",
     "hold-nocaps",
+    "listen-serve",
+    "bind-check",
+    "bulk-hold",
+    "bindtodevice-loopback4",
+    "bindtodevice-lo",
+    "mcast-join",
+    "unix-dgram-send",
+    "unix-stream-creds",
+    "udp-cap-cmsg",
+    "loopback-selftest",
+    "udp-serve",
 ];
 
 // ---------------------------------------------------------------------------
@@ -3098,6 +3123,907 @@ fn kill_agent(
 }
 
 // ---------------------------------------------------------------------------
+// Channels of issue 8: inbound listeners, data queued at teardown, device
+// binding, multicast memberships, the supervisor's rights.
+
+/// A `sockaddr_storage` as a `SocketAddr` (AF_INET / AF_INET6 only).
+fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match ss.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: family checked.
+            let sin = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into(),
+                u16::from_be(sin.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: family checked.
+            let sin6 = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
+            Some(SocketAddr::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr).into(),
+                u16::from_be(sin6.sin6_port),
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// getsockname() of an inet socket, either family.
+fn sockname(fd: RawFd) -> Option<SocketAddr> {
+    // SAFETY: zeroed storage is a valid out-parameter.
+    let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: valid out pointers.
+    if unsafe { libc::getsockname(fd, &mut ss as *mut _ as *mut libc::sockaddr, &mut len) } != 0 {
+        return None;
+    }
+    from_sockaddr(&ss)
+}
+
+fn bind_fd(fd: RawFd, sa: &SocketAddr) -> io::Result<()> {
+    let (ss, len) = sockaddr(sa);
+    // SAFETY: ss/len describe a valid sockaddr.
+    cvt(unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) }).map(|_| ())
+}
+
+/// Writes `v` to `<dir>/<name>` through a rename, so the test never reads
+/// a half-written file.
+fn write_json(dir: &Path, name: &str, v: &Value) {
+    let tmp = dir.join(format!("{name}.tmp"));
+    if fs::write(&tmp, v.to_string()).is_ok() {
+        let _ = fs::rename(&tmp, dir.join(name));
+    }
+}
+
+/// Waits until `<dir>/stop` exists (the test is done) or `secs` passed,
+/// calling `tick` every 50 ms meanwhile (0 ms poll granularity otherwise).
+fn until_stopped(dir: &Path, secs: u64, mut tick: impl FnMut()) {
+    let start = Instant::now();
+    while !dir.join("stop").exists() && start.elapsed() < Duration::from_secs(secs) {
+        tick();
+    }
+}
+
+fn poll_in(fd: RawFd, ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+}
+
+/// A TCP listener: `--bind ADDR` (or `unbound4` / `unbound6`: `listen()`
+/// on an unbound socket, which autobinds to the wildcard address),
+/// `--port` (0: any), `--v6only 0|1`, `--mss N` (TCP_MAXSEG), `--backlog N`,
+/// `--accept 1|0`. Writes `<--logdir>/ready.json` (the bound address, or
+/// the refusal), then until `<--logdir>/stop` appears or `--secs` pass,
+/// accepts and writes `--secret` to every connection (peers appended to
+/// `accepted.log`). The result lists the accepted peers.
+fn listen_serve(
+    args: &Args,
+    steps: &mut Steps,
+    extra: &mut serde_json::Map<String, Value>,
+) -> Attempt {
+    let dir = PathBuf::from(args.req("logdir"));
+    let bind = args.req("bind");
+    let port: u16 = args.num("port", Some(0));
+    let (dom, addr) = match bind {
+        "unbound4" => (libc::AF_INET, None),
+        "unbound6" => (libc::AF_INET6, None),
+        a => {
+            let ip: IpAddr = a
+                .parse()
+                .unwrap_or_else(|_| usage(&format!("--bind: bad address {a:?}")));
+            (family(&ip), Some(SocketAddr::new(ip, port)))
+        }
+    };
+    let ready = |a: &Attempt, local: Option<SocketAddr>| {
+        write_json(
+            &dir,
+            "ready.json",
+            &json!({"ok": a.ok, "errno": a.errno, "detail": a.detail,
+                    "local": local.map(|l| l.to_string())}),
+        );
+    };
+    let fail = |what: &str, e: io::Error| {
+        let a = Attempt::fail(what, &e);
+        ready(&a, None);
+        a
+    };
+    let fd = match socket(dom, libc::SOCK_STREAM, 0) {
+        Ok(fd) => fd,
+        Err(e) => return fail("socket", e),
+    };
+    let raw = fd.as_raw_fd();
+    let _ = setsockopt_i32(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+    if let Some(mss) = args.get("mss") {
+        let v: i32 = mss.parse().unwrap_or_else(|_| usage("--mss: bad number"));
+        if let Err(e) = setsockopt_i32(raw, libc::IPPROTO_TCP, libc::TCP_MAXSEG, v) {
+            return fail(&format!("setsockopt TCP_MAXSEG {v}"), e);
+        }
+        steps.push("mss", &Attempt::success(format!("TCP_MAXSEG {v}")));
+    }
+    if dom == libc::AF_INET6 {
+        let v6only = args.num("v6only", Some(0));
+        if let Err(e) = setsockopt_i32(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, v6only) {
+            return fail("setsockopt IPV6_V6ONLY", e);
+        }
+    }
+    if let Some(sa) = addr {
+        if let Err(e) = bind_fd(raw, &sa) {
+            return fail(&format!("bind {sa}"), e);
+        }
+    }
+    let backlog = args.num("backlog", Some(16));
+    // SAFETY: plain syscall.
+    if let Err(e) = cvt(unsafe { libc::listen(raw, backlog) }) {
+        return fail(&format!("listen({backlog}) on {bind}"), e);
+    }
+    let local = sockname(raw);
+    extra.insert("local".into(), json!(local.map(|l| l.to_string())));
+    let listening = Attempt::success(format!("listening on {local:?} (asked {bind})"));
+    ready(&listening, local);
+    let secret = args
+        .get("secret")
+        .unwrap_or("nono-secret")
+        .as_bytes()
+        .to_vec();
+    let mut peers = Vec::new();
+    let accept = args.num::<u8>("accept", Some(1)) == 1;
+    until_stopped(&dir, args.num("secs", Some(20)), || {
+        if !accept || !poll_in(raw, 50) {
+            if !accept {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return;
+        }
+        // SAFETY: zeroed storage is a valid out-parameter.
+        let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: valid out pointers.
+        let c = unsafe {
+            libc::accept4(
+                raw,
+                &mut ss as *mut _ as *mut libc::sockaddr,
+                &mut len,
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if c < 0 {
+            return;
+        }
+        // SAFETY: a fresh descriptor we own.
+        let conn = unsafe { OwnedFd::from_raw_fd(c) };
+        let peer = from_sockaddr(&ss).map(|p| p.to_string());
+        let sent = send_fd(conn.as_raw_fd(), &secret);
+        let line = json!({"peer": peer, "sent": sent.as_ref().ok(),
+                          "error": sent.as_ref().err().map(|e| e.to_string())});
+        if let Ok(mut f) = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("accepted.log"))
+        {
+            let _ = writeln!(f, "{line}");
+        }
+        peers.push(line);
+    });
+    extra.insert("accepted".into(), Value::Array(peers));
+    listening
+}
+
+/// A UDP socket bound to `--bind:--port` (an address, e.g. `::` for dual
+/// stack) that records every datagram it receives until `<--logdir>/stop`
+/// (or `--secs`); writes `ready.json` once bound. The result lists the
+/// payloads and their senders.
+fn udp_serve(args: &Args, extra: &mut serde_json::Map<String, Value>) -> Attempt {
+    let dir = PathBuf::from(args.req("logdir"));
+    let ip: IpAddr = args
+        .req("bind")
+        .parse()
+        .unwrap_or_else(|_| usage("--bind: bad address"));
+    let sa = SocketAddr::new(ip, args.num("port", Some(0)));
+    let bound = socket(family(&ip), libc::SOCK_DGRAM, 0).and_then(|fd| {
+        if ip.is_ipv6() {
+            setsockopt_i32(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+        }
+        bind_fd(fd.as_raw_fd(), &sa)?;
+        Ok(fd)
+    });
+    let fd = match bound {
+        Ok(fd) => fd,
+        Err(e) => {
+            let a = Attempt::fail(&format!("bind udp {sa}"), &e);
+            write_json(
+                &dir,
+                "ready.json",
+                &json!({"ok": false, "detail": a.detail}),
+            );
+            return a;
+        }
+    };
+    let local = sockname(fd.as_raw_fd());
+    write_json(
+        &dir,
+        "ready.json",
+        &json!({"ok": true, "local": local.map(|l| l.to_string())}),
+    );
+    let mut got = Vec::new();
+    until_stopped(&dir, args.num("secs", Some(20)), || {
+        if !poll_in(fd.as_raw_fd(), 50) {
+            return;
+        }
+        let mut buf = [0u8; 2048];
+        // SAFETY: zeroed storage is a valid out-parameter.
+        let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: valid buffers.
+        let n = unsafe {
+            libc::recvfrom(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                libc::MSG_DONTWAIT,
+                &mut ss as *mut _ as *mut libc::sockaddr,
+                &mut len,
+            )
+        };
+        if n >= 0 {
+            got.push(json!({
+                "from": from_sockaddr(&ss).map(|a| a.to_string()),
+                "payload": String::from_utf8_lossy(&buf[..n as usize]),
+            }));
+        }
+    });
+    let n = got.len();
+    extra.insert("received".into(), Value::Array(got));
+    Attempt::success(format!("bound {local:?}, received {n} datagrams"))
+}
+
+/// Binds a TCP and a UDP socket to each of `--addrs` (comma-separated, port
+/// 0), one step per bind ("tcp ADDR", "udp ADDR") with the address the
+/// kernel reports afterwards.
+fn bind_check(args: &Args, steps: &mut Steps) -> Attempt {
+    let mut all = true;
+    for a in args.req("addrs").split(',') {
+        let ip: IpAddr = a
+            .parse()
+            .unwrap_or_else(|_| usage(&format!("--addrs: bad address {a:?}")));
+        for (ty, name) in [(libc::SOCK_STREAM, "tcp"), (libc::SOCK_DGRAM, "udp")] {
+            let sa = SocketAddr::new(ip, 0);
+            let r = socket(family(&ip), ty, 0).and_then(|fd| {
+                bind_fd(fd.as_raw_fd(), &sa)?;
+                Ok(sockname(fd.as_raw_fd()))
+            });
+            let at = match r {
+                Ok(local) => Attempt::success(format!("bound, getsockname {local:?}")),
+                Err(e) => Attempt::fail(&format!("bind {sa}"), &e),
+            };
+            all &= at.ok;
+            steps.push(&format!("{name} {a}"), &at);
+        }
+    }
+    if all {
+        Attempt::success("every bind succeeded")
+    } else {
+        Attempt {
+            ok: false,
+            errno: None,
+            detail: "some binds were refused (see steps)".into(),
+        }
+    }
+}
+
+/// Connects to `--target:--port`, writes up to `--bytes` without blocking
+/// (stopping once the send queue has been full for 300 ms), reports what was
+/// written and what is still queued (SIOCOUTQ), and exits with the data
+/// queued; with `--logdir`, first writes `ready.json` and waits for
+/// `<logdir>/stop` (or `--secs`), so the test can kill the agent meanwhile.
+fn bulk_hold(args: &Args, extra: &mut serde_json::Map<String, Value>) -> Attempt {
+    let sa = args.target_sa();
+    let bytes: usize = args.num("bytes", Some(1 << 20));
+    let fd = match socket(family(&sa.ip()), libc::SOCK_STREAM, 0) {
+        Ok(fd) => fd,
+        Err(e) => return Attempt::fail("socket", &e),
+    };
+    let raw = fd.as_raw_fd();
+    let _ = setsockopt_i32(raw, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes as i32);
+    set_timeouts(raw, CONNECT_TIMEOUT);
+    if let Err(e) = connect_fd(raw, &sa) {
+        return Attempt::fail(&format!("connect {sa}"), &e);
+    }
+    // SAFETY: plain fcntl on our descriptor.
+    unsafe { libc::fcntl(raw, libc::F_SETFL, libc::O_NONBLOCK) };
+    let chunk = vec![0x5au8; 65536];
+    let mut written = 0usize;
+    while written < bytes {
+        let n = (bytes - written).min(chunk.len());
+        match send_fd(raw, &chunk[..n]) {
+            Ok(k) => written += k,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                let mut pfd = libc::pollfd {
+                    fd: raw,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                if unsafe { libc::poll(&mut pfd, 1, 300) } <= 0 {
+                    break;
+                }
+            }
+            Err(e) => return Attempt::fail(&format!("send to {sa} after {written} bytes"), &e),
+        }
+    }
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes an int.
+    unsafe { libc::ioctl(raw, libc::TIOCOUTQ, &mut queued) };
+    let local = sockname(raw).map(|l| l.to_string());
+    extra.insert("written".into(), json!(written));
+    extra.insert("queued".into(), json!(queued));
+    extra.insert("local".into(), json!(local));
+    if let Some(d) = args.get("logdir") {
+        let dir = PathBuf::from(d);
+        write_json(
+            &dir,
+            "ready.json",
+            &json!({"written": written, "queued": queued, "local": local}),
+        );
+        until_stopped(&dir, args.num("secs", Some(20)), || {
+            std::thread::sleep(Duration::from_millis(50))
+        });
+    }
+    Attempt::success(format!(
+        "wrote {written} of {bytes} bytes to {sa} from {local:?}, {queued} still queued"
+    ))
+}
+
+/// SO_BINDTODEVICE (`--how name`) or SO_BINDTOIFINDEX (`--how index`) of a
+/// UDP socket to `--iface`, then `--count` datagrams to 127.0.0.1:--port
+/// (no capability needed since Linux 5.7 for an unbound socket: the packet
+/// leaves through that interface once a host there answers ARP for
+/// 127.0.0.1). Adds `refused_at` (the step that was refused, or null).
+fn bindtodevice_loopback(
+    args: &Args,
+    steps: &mut Steps,
+    extra: &mut serde_json::Map<String, Value>,
+) -> Attempt {
+    extra.insert("refused_at".into(), Value::Null);
+    let iface = args.req("iface");
+    let dst = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.port());
+    let fd = match udp_socket(&dst.ip()) {
+        Ok(fd) => fd,
+        Err(e) => return Attempt::fail("socket", &e),
+    };
+    let how = args.get("how").unwrap_or("name");
+    if let Err(a) = bind_device(fd.as_raw_fd(), how, iface) {
+        return refused(extra, "setsockopt", a);
+    }
+    steps.push(
+        "setsockopt",
+        &Attempt::success(format!("bound to {iface} ({how})")),
+    );
+    let count = args.num("count", Some(3));
+    let mut sent = 0;
+    let mut last = None;
+    for i in 0..count {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        match sendto_fd(fd.as_raw_fd(), PAYLOAD, 0, &dst) {
+            Ok(_) => sent += 1,
+            Err(e) => last = Some(e),
+        }
+    }
+    match (sent, last) {
+        (0, Some(e)) => refused(extra, "send", Attempt::fail(&format!("sendto {dst}"), &e)),
+        _ => Attempt::success(format!(
+            "{sent}/{count} datagrams to {dst} bound to {iface}"
+        )),
+    }
+}
+
+/// SO_BINDTODEVICE with `dev` as the name (`how` "name"; "" unbinds) or
+/// SO_BINDTOIFINDEX with its index (`how` "index"; `dev` may be a number,
+/// "0" unbinds).
+fn bind_device(fd: RawFd, how: &str, dev: &str) -> Result<(), Attempt> {
+    let r = match how {
+        "name" => setsockopt_bytes(fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_bytes()),
+        "index" => {
+            let idx = match dev.parse::<u32>() {
+                Ok(i) => i,
+                Err(_) => iface_index(dev).map_err(|e| Attempt::fail("if_nametoindex", &e))?,
+            };
+            setsockopt_i32(fd, libc::SOL_SOCKET, 62, idx as i32)
+        }
+        other => usage(&format!("--how: name or index, not {other:?}")),
+    };
+    r.map_err(|e| {
+        let opt = if how == "name" {
+            "SO_BINDTODEVICE"
+        } else {
+            "SO_BINDTOIFINDEX"
+        };
+        Attempt::fail(&format!("setsockopt {opt} {dev:?}"), &e)
+    })
+}
+
+/// What must keep working under the BPF enforcer: a UDP socket bound to
+/// `lo` by name, by index, and "unbound" (name "", index 0) each sends
+/// one datagram ("lo-name", "lo-index", "unbind-name", "unbind-index") to
+/// 127.0.0.1:--port. One step per setsockopt and per send.
+fn bindtodevice_lo(args: &Args, steps: &mut Steps) -> Attempt {
+    let dst = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.port());
+    let plan: [(&str, &[(&str, &str)]); 4] = [
+        ("lo-name", &[("name", "lo")]),
+        ("lo-index", &[("index", "1")]),
+        // A bound socket may only be rebound with CAP_NET_RAW: unbinding
+        // is tried on a fresh socket (what a program clearing the option
+        // does).
+        ("unbind-name", &[("name", "")]),
+        ("unbind-index", &[("index", "0")]),
+    ];
+    let mut all = true;
+    for (label, opts) in plan {
+        let fd = match udp_socket(&dst.ip()) {
+            Ok(fd) => fd,
+            Err(e) => return Attempt::fail("socket", &e),
+        };
+        let mut ok = true;
+        for (how, dev) in opts.iter() {
+            let r = bind_device(fd.as_raw_fd(), how, dev);
+            let a = r
+                .err()
+                .unwrap_or_else(|| Attempt::success(format!("{how} {dev:?}")));
+            ok &= a.ok;
+            steps.push(&format!("{label}: setsockopt {how} {dev:?}"), &a);
+        }
+        if ok {
+            let a = match sendto_fd(fd.as_raw_fd(), label.as_bytes(), 0, &dst) {
+                Ok(n) => Attempt::success(format!("sent {n} bytes to {dst}")),
+                Err(e) => Attempt::fail(&format!("sendto {dst}"), &e),
+            };
+            ok &= a.ok;
+            steps.push(&format!("{label}: send"), &a);
+        }
+        all &= ok;
+    }
+    if all {
+        Attempt::success("every binding to lo, unbinding and send worked")
+    } else {
+        Attempt {
+            ok: false,
+            errno: None,
+            detail: "some step failed (see steps)".into(),
+        }
+    }
+}
+
+/// `struct group_req` / `struct group_source_req` (MCAST_* options).
+#[repr(C)]
+struct GroupReq {
+    interface: u32,
+    group: libc::sockaddr_storage,
+    source: libc::sockaddr_storage,
+}
+
+const IP_ADD_SOURCE_MEMBERSHIP: libc::c_int = 39;
+const MCAST_JOIN_GROUP: libc::c_int = 42;
+const MCAST_JOIN_SOURCE_GROUP: libc::c_int = 46;
+
+fn as_bytes<T>(v: &T, len: usize) -> &[u8] {
+    assert!(len <= mem::size_of::<T>());
+    // SAFETY: a plain-data value viewed as its first `len` bytes.
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, len) }
+}
+
+/// Joins multicast group `--group` on `--iface` with one option (`--how`):
+/// `ip-add-membership` (ip_mreqn), `ip-add-source-membership`
+/// (ip_mreq_source, source `--source`), `mcast-join-group` and
+/// `mcast-join-source-group` (group_req / group_source_req, at SOL_IP or
+/// SOL_IPV6 by the group's family), `ipv6-join-group` (ipv6_mreq,
+/// IPV6_ADD_MEMBERSHIP = IPV6_JOIN_GROUP), or `ip-drop-membership`
+/// (IP_ADD_MEMBERSHIP, then IP_DROP_MEMBERSHIP: the result is the drop's).
+/// A successful join is held `--hold-ms` (300) so the kernel's reports go
+/// out, then the socket is closed (which leaves the group: another report).
+fn mcast_join(args: &Args, steps: &mut Steps) -> Attempt {
+    let iface = args.req("iface");
+    let group: IpAddr = args
+        .req("group")
+        .parse()
+        .unwrap_or_else(|_| usage("--group: bad address"));
+    let source: Option<IpAddr> = args.get("source").map(|s| {
+        s.parse()
+            .unwrap_or_else(|_| usage(&format!("--source: bad address {s:?}")))
+    });
+    let how = args.req("how");
+    let idx = match iface_index(iface) {
+        Ok(i) => i,
+        Err(e) => return Attempt::fail(&format!("if_nametoindex({iface})"), &e),
+    };
+    let fd = match udp_socket(&group) {
+        Ok(fd) => fd,
+        Err(e) => return Attempt::fail("socket", &e),
+    };
+    let raw = fd.as_raw_fd();
+    let level = if group.is_ipv4() {
+        libc::IPPROTO_IP
+    } else {
+        libc::IPPROTO_IPV6
+    };
+    let v4 = |ip: IpAddr| libc::in_addr {
+        s_addr: u32::from_ne_bytes(v4_target(ip).octets()),
+    };
+    let mreqn = || libc::ip_mreqn {
+        imr_multiaddr: v4(group),
+        imr_address: libc::in_addr { s_addr: 0 },
+        imr_ifindex: idx as i32,
+    };
+    let set = |name: libc::c_int, bytes: &[u8], label: &str| -> Attempt {
+        match setsockopt_bytes(raw, level, name, bytes) {
+            Ok(()) => Attempt::success(format!("{label} {group} on {iface} ({idx})")),
+            Err(e) => Attempt::fail(&format!("setsockopt {label} {group} on {iface}"), &e),
+        }
+    };
+    let group_req = |with_source: bool| {
+        // SAFETY: all-zero is a valid GroupReq.
+        let mut g: GroupReq = unsafe { mem::zeroed() };
+        g.interface = idx;
+        g.group = sockaddr(&SocketAddr::new(group, 0)).0;
+        if let Some(s) = source.filter(|_| with_source) {
+            g.source = sockaddr(&SocketAddr::new(s, 0)).0;
+        }
+        g
+    };
+    // The offset of the sockaddr_storage after the u32 (alignment padding).
+    let ss = mem::size_of::<libc::sockaddr_storage>();
+    let gr_len = mem::size_of::<GroupReq>() - ss;
+    let a = match how {
+        "ip-add-membership" => {
+            let m = mreqn();
+            set(
+                libc::IP_ADD_MEMBERSHIP,
+                as_bytes(&m, mem::size_of_val(&m)),
+                "IP_ADD_MEMBERSHIP",
+            )
+        }
+        "ip-add-source-membership" => {
+            let Some(src) = source else {
+                usage("--source needed")
+            };
+            let Some(local) = iface_addr4(iface) else {
+                return Attempt {
+                    ok: false,
+                    errno: None,
+                    detail: format!("no IPv4 address on {iface}"),
+                };
+            };
+            let m = libc::ip_mreq_source {
+                imr_multiaddr: v4(group),
+                imr_interface: v4(local.into()),
+                imr_sourceaddr: v4(src),
+            };
+            set(
+                IP_ADD_SOURCE_MEMBERSHIP,
+                as_bytes(&m, mem::size_of_val(&m)),
+                "IP_ADD_SOURCE_MEMBERSHIP",
+            )
+        }
+        "mcast-join-group" => {
+            let g = group_req(false);
+            set(MCAST_JOIN_GROUP, as_bytes(&g, gr_len), "MCAST_JOIN_GROUP")
+        }
+        "mcast-join-source-group" => {
+            if source.is_none() {
+                usage("--source needed");
+            }
+            let g = group_req(true);
+            set(
+                MCAST_JOIN_SOURCE_GROUP,
+                as_bytes(&g, mem::size_of::<GroupReq>()),
+                "MCAST_JOIN_SOURCE_GROUP",
+            )
+        }
+        "ipv6-join-group" => {
+            let m = libc::ipv6_mreq {
+                ipv6mr_multiaddr: libc::in6_addr {
+                    s6_addr: v6_target(group).octets(),
+                },
+                ipv6mr_interface: idx,
+            };
+            set(
+                libc::IPV6_ADD_MEMBERSHIP,
+                as_bytes(&m, mem::size_of_val(&m)),
+                "IPV6_JOIN_GROUP",
+            )
+        }
+        "ip-drop-membership" => {
+            let m = mreqn();
+            let bytes = as_bytes(&m, mem::size_of_val(&m));
+            let join = set(libc::IP_ADD_MEMBERSHIP, bytes, "IP_ADD_MEMBERSHIP");
+            steps.push("join", &join);
+            if join.ok {
+                std::thread::sleep(Duration::from_millis(args.num("hold-ms", Some(300))));
+            }
+            let drop = set(libc::IP_DROP_MEMBERSHIP, bytes, "IP_DROP_MEMBERSHIP");
+            steps.push("drop", &drop);
+            return drop;
+        }
+        other => usage(&format!("--how: unknown {other:?}")),
+    };
+    steps.push("join", &a);
+    if a.ok {
+        std::thread::sleep(Duration::from_millis(args.num("hold-ms", Some(300))));
+    }
+    a
+}
+
+/// A unix datagram to `--path` (sendto, unconnected) carrying `--secret`.
+fn unix_dgram_send(args: &Args) -> Attempt {
+    let path = args.req("path");
+    let fd = match socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0) {
+        Ok(fd) => fd,
+        Err(e) => return Attempt::fail("socket", &e),
+    };
+    let (sun, len) = match sockaddr_un(path) {
+        Ok(s) => s,
+        Err(e) => return Attempt::fail("sockaddr_un", &e),
+    };
+    let msg = args.get("secret").unwrap_or("nono-secret");
+    // SAFETY: valid buffer and sockaddr_un.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            msg.as_ptr() as *const libc::c_void,
+            msg.len(),
+            0,
+            &sun as *const _ as *const libc::sockaddr,
+            len,
+        )
+    };
+    match errno_of(n as libc::c_long) {
+        Ok(n) => Attempt::success(format!("sendto {path}: {n} bytes")),
+        Err(e) => Attempt::fail(&format!("sendto {path}"), &e),
+    }
+}
+
+fn sockaddr_un(path: &str) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: all-zero is a valid sockaddr_un.
+    let mut sun: libc::sockaddr_un = unsafe { mem::zeroed() };
+    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let b = path.as_bytes();
+    if b.len() >= sun.sun_path.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    for (d, s) in sun.sun_path.iter_mut().zip(b) {
+        *d = *s as libc::c_char;
+    }
+    let len = mem::size_of::<libc::sa_family_t>() + b.len() + 1;
+    Ok((sun, len as libc::socklen_t))
+}
+
+/// Connects a unix stream socket to `--path` and sends two messages,
+/// "send" with send() and "sendmsg" with sendmsg(); the listener reads the
+/// peer's credentials (SO_PEERCRED, SCM_CREDENTIALS).
+fn unix_stream_creds(args: &Args, steps: &mut Steps) -> Attempt {
+    let path = args.req("path");
+    let fd = match socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) {
+        Ok(fd) => fd,
+        Err(e) => return Attempt::fail("socket", &e),
+    };
+    let (sun, len) = match sockaddr_un(path) {
+        Ok(s) => s,
+        Err(e) => return Attempt::fail("sockaddr_un", &e),
+    };
+    // SAFETY: valid sockaddr_un.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &sun as *const _ as *const libc::sockaddr,
+            len,
+        )
+    };
+    if rc != 0 {
+        return Attempt::last_os(&format!("connect {path}"));
+    }
+    let s = match send_fd(fd.as_raw_fd(), b"send") {
+        Ok(n) => Attempt::success(format!("send: {n} bytes")),
+        Err(e) => Attempt::fail("send", &e),
+    };
+    steps.push("send", &s);
+    // Let the receiver read the first message on its own.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut iov = libc::iovec {
+        iov_base: b"sendmsg".as_ptr() as *mut libc::c_void,
+        iov_len: 7,
+    };
+    // SAFETY: all-zero msghdr is valid; fields set below.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    // SAFETY: msg points to live buffers for the call.
+    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) };
+    let m = match errno_of(n as libc::c_long) {
+        Ok(n) => Attempt::success(format!("sendmsg: {n} bytes")),
+        Err(e) => Attempt::fail("sendmsg", &e),
+    };
+    steps.push("sendmsg", &m);
+    std::thread::sleep(Duration::from_millis(100));
+    if s.ok && m.ok {
+        Attempt::success(format!("connected to {path}, sent two messages"))
+    } else if !s.ok {
+        s
+    } else {
+        m
+    }
+}
+
+/// A UDP datagram to `--target:--port` with a capability-gated control
+/// message (`--cmsg mark`: SOL_SOCKET SO_MARK; `--cmsg hopopts`: an IPv6
+/// hop-by-hop options header, IPV6_HOPOPTS): the kernel wants CAP_NET_ADMIN
+/// / CAP_NET_RAW for them.
+fn udp_cap_cmsg(args: &Args) -> Attempt {
+    let sa = args.target_sa();
+    let fd = match udp_socket(&sa.ip()) {
+        Ok(fd) => fd,
+        Err(e) => return Attempt::fail("socket", &e),
+    };
+    let (level, ty, data, what): (libc::c_int, libc::c_int, Vec<u8>, &str) = match args.req("cmsg")
+    {
+        "mark" => (
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            0x4e4fu32.to_ne_bytes().to_vec(),
+            "SO_MARK",
+        ),
+        // Next header (ignored), length 0 (8 bytes), PadN of 4.
+        "hopopts" => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_HOPOPTS,
+            vec![0, 0, 1, 4, 0, 0, 0, 0],
+            "IPV6_HOPOPTS",
+        ),
+        other => usage(&format!("--cmsg: mark or hopopts, not {other:?}")),
+    };
+    match sendmsg_cmsg(fd.as_raw_fd(), Some(&sa), level, ty, &data) {
+        Ok(n) => Attempt::success(format!("sendmsg {sa} with {what} cmsg: {n} bytes")),
+        Err(e) => Attempt::fail(&format!("sendmsg {sa} with {what} cmsg"), &e),
+    }
+}
+
+/// One listener, one client, one round trip ("ping" / "pong") over TCP.
+fn tcp_round(listener: &std::net::TcpListener, to: SocketAddr) -> io::Result<()> {
+    use std::net::TcpStream;
+    let mut c = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)?;
+    c.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    listener.set_nonblocking(false)?;
+    let (mut s, _) = listener.accept()?;
+    s.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    c.write_all(b"ping")?;
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b)?;
+    s.write_all(b"pong")?;
+    c.read_exact(&mut b)?;
+    if &b != b"pong" {
+        return Err(io::Error::other("wrong reply"));
+    }
+    Ok(())
+}
+
+fn udp_round(server: &std::net::UdpSocket, to: SocketAddr) -> io::Result<()> {
+    let any: SocketAddr = match to {
+        SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("addr"),
+        SocketAddr::V6(_) => "[::]:0".parse().expect("addr"),
+    };
+    let c = std::net::UdpSocket::bind(any)?;
+    c.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    server.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    c.send_to(b"ping", to)?;
+    let mut b = [0u8; 4];
+    let (_, from) = server.recv_from(&mut b)?;
+    server.send_to(b"pong", from)?;
+    c.recv_from(&mut b)?;
+    if &b != b"pong" {
+        return Err(io::Error::other("wrong reply"));
+    }
+    Ok(())
+}
+
+/// A listener from `listen()` on an unbound socket of `dom` (the kernel
+/// picks a port and, outside a sandbox, the wildcard address).
+fn unbound_listener(dom: libc::c_int) -> io::Result<std::net::TcpListener> {
+    let fd = socket(dom, libc::SOCK_STREAM, 0)?;
+    if dom == libc::AF_INET6 {
+        setsockopt_i32(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+    }
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), 16) })?;
+    Ok(std::net::TcpListener::from(fd))
+}
+
+/// Servers and clients in the same process, over loopback only: TCP
+/// listeners on 0.0.0.0, [::] (dual stack), 127.0.0.1, ::1 and from an
+/// unbound listen(), reached via 127.0.0.1 and ::1 as each allows; UDP the
+/// same way. One step per pair ("tcp [::] <- 127.0.0.1").
+fn loopback_selftest(steps: &mut Steps) -> Attempt {
+    let lo4 = IpAddr::from(Ipv4Addr::LOCALHOST);
+    let lo6 = IpAddr::from(Ipv6Addr::LOCALHOST);
+    let mut all = true;
+    let mut record = |name: String, r: io::Result<()>| {
+        let a = match r {
+            Ok(()) => Attempt::success("round trip"),
+            Err(e) => Attempt::fail(&name, &e),
+        };
+        all &= a.ok;
+        steps.push(&name, &a);
+    };
+    let tcp: [(&str, Option<&str>, &[IpAddr]); 6] = [
+        ("0.0.0.0", Some("0.0.0.0:0"), &[lo4]),
+        ("[::]", Some("[::]:0"), &[lo4, lo6]),
+        ("127.0.0.1", Some("127.0.0.1:0"), &[lo4]),
+        ("[::1]", Some("[::1]:0"), &[lo6]),
+        ("unbound4", None, &[lo4]),
+        ("unbound6", None, &[lo6]),
+    ];
+    for (label, bind, to) in tcp {
+        let l = match bind {
+            Some(b) => std::net::TcpListener::bind(b),
+            None => unbound_listener(if label == "unbound4" {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            }),
+        };
+        let l = match l {
+            Ok(l) => l,
+            Err(e) => {
+                record(format!("tcp listen {label}"), Err(e));
+                continue;
+            }
+        };
+        let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+        for ip in to {
+            record(
+                format!("tcp {label} <- {ip}"),
+                tcp_round(&l, SocketAddr::new(*ip, port)),
+            );
+        }
+    }
+    let udp: [(&str, &[IpAddr]); 4] = [
+        ("0.0.0.0:0", &[lo4]),
+        ("[::]:0", &[lo4, lo6]),
+        ("127.0.0.1:0", &[lo4]),
+        ("[::1]:0", &[lo6]),
+    ];
+    for (bind, to) in udp {
+        let s = match std::net::UdpSocket::bind(bind) {
+            Ok(s) => s,
+            Err(e) => {
+                record(format!("udp bind {bind}"), Err(e));
+                continue;
+            }
+        };
+        let port = s.local_addr().map(|a| a.port()).unwrap_or(0);
+        for ip in to {
+            record(
+                format!("udp {bind} <- {ip}"),
+                udp_round(&s, SocketAddr::new(*ip, port)),
+            );
+        }
+    }
+    if all {
+        Attempt::success("every loopback round trip worked")
+    } else {
+        Attempt {
+            ok: false,
+            errno: None,
+            detail: "some loopback round trips failed (see steps)".into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 
 fn main() {
     let args = Args::parse();
@@ -3240,6 +4166,17 @@ fn main() {
         "signal-storm" => signal_storm(&args, &mut extra),
         "scm-rights" => scm_rights(&mut steps),
         "steal-fds" => steal_fds(&args, &mut steps, &mut extra),
+        "listen-serve" => listen_serve(&args, &mut steps, &mut extra),
+        "bind-check" => bind_check(&args, &mut steps),
+        "bulk-hold" => bulk_hold(&args, &mut extra),
+        "bindtodevice-loopback4" => bindtodevice_loopback(&args, &mut steps, &mut extra),
+        "bindtodevice-lo" => bindtodevice_lo(&args, &mut steps),
+        "mcast-join" => mcast_join(&args, &mut steps),
+        "unix-dgram-send" => unix_dgram_send(&args),
+        "unix-stream-creds" => unix_stream_creds(&args, &mut steps),
+        "udp-cap-cmsg" => udp_cap_cmsg(&args),
+        "loopback-selftest" => loopback_selftest(&mut steps),
+        "udp-serve" => udp_serve(&args, &mut extra),
         other => usage(&format!("unknown vector {other:?}")),
     };
 
@@ -3257,6 +4194,8 @@ fn main() {
     out.insert("enforcer".into(), json!(env("NONO_ENFORCER")));
     // SAFETY: geteuid never fails.
     out.insert("uid".into(), json!(unsafe { libc::geteuid() }));
+    // SAFETY: getegid never fails.
+    out.insert("gid".into(), json!(unsafe { libc::getegid() }));
     out.insert("marker".into(), json!(args.get("marker")));
     out.insert("steps".into(), Value::Array(steps.0));
     out.extend(extra);
