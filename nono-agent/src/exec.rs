@@ -102,14 +102,42 @@ impl Sandbox {
             None if pinned => cgroup::Sockets::Destroy,
             None => cgroup::Sockets::Keep,
         };
+        let mut destroyed = cgroup::Sockets::Keep;
         if let Some(cg) = self.cgroup.take() {
-            if let Err(e) = cg.destroy(Duration::from_secs(10), sockets) {
-                errors.push(format!("{e:#}"));
-                cgroup_gone = false;
+            match cg.destroy(Duration::from_secs(10), sockets) {
+                Ok(chosen) => destroyed = chosen,
+                Err(e) => {
+                    errors.push(format!("{e:#}"));
+                    cgroup_gone = false;
+                }
+            }
+        }
+        // A socket no sweep reached (another network namespace, kept alive
+        // by a descriptor passed out) still holds the programs: unpinning
+        // now would let it send unjudged.
+        let mut sockets_gone = true;
+        if cgroup_gone && destroyed == cgroup::Sockets::Destroy {
+            if let Some(dir) = &self.pin_dir {
+                match bpffs::wait_released(dir, Duration::from_secs(2)) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        errors.push(format!(
+                            "a socket of the sandbox outlives it out of the agent's reach; its \
+                             programs stay attached to it (pins in {}) until it closes, and \
+                             `nono-agent cleanup` removes them after that",
+                            dir.display()
+                        ));
+                        sockets_gone = false;
+                    }
+                    Err(e) => {
+                        errors.push(format!("{e:#}"));
+                        sockets_gone = false;
+                    }
+                }
             }
         }
         // Never unpin while processes may remain: they would run unconfined.
-        if cgroup_gone {
+        if cgroup_gone && sockets_gone {
             if let Some(dir) = self.pin_dir.take() {
                 if let Err(e) = bpffs::remove_pins(&dir) {
                     errors.push(format!("{e:#}"));
@@ -344,7 +372,7 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     let mut lock = None;
     if privileged {
         // Crashed agents' leftovers go first; a failure here must not stop us.
-        match sweep::sweep() {
+        match sweep::sweep(Duration::ZERO) {
             Ok(s) => {
                 for e in s.errors {
                     eprintln!("nono-agent: cleaning a stale sandbox: {e}");

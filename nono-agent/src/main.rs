@@ -56,14 +56,21 @@ fn run(cli: cli::Cli) -> anyhow::Result<i32> {
             rt.block_on(exec::run(args))
         }
         cli::Command::Cleanup => {
-            let swept = sandbox::sweep::sweep()?;
+            let swept = sandbox::sweep::sweep(std::time::Duration::from_secs(2))?;
             for id in &swept.removed {
                 println!("removed stale sandbox {id}");
+            }
+            for id in &swept.pending {
+                println!(
+                    "sandbox {id}: processes gone, but a socket it made still exists out of \
+                     reach (another network namespace or a descriptor held elsewhere); its \
+                     programs stay attached to judge it until it closes: run cleanup again later"
+                );
             }
             for e in &swept.errors {
                 eprintln!("nono-agent: {e}");
             }
-            if swept.removed.is_empty() && swept.errors.is_empty() {
+            if swept.removed.is_empty() && swept.errors.is_empty() && swept.pending.is_empty() {
                 println!("no stale sandboxes");
             }
             Ok(if swept.errors.is_empty() { 0 } else { 1 })

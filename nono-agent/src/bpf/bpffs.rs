@@ -66,3 +66,49 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
         Err(e) => Err(e).with_context(|| format!("removing pins in {}", dir.display())),
     }
 }
+
+/// Whether every link pinned in `dir` is defunct: the kernel released the
+/// programs of the (removed) cgroup they were attached to, which it does
+/// only once no socket refers to that cgroup any more (each socket holds a
+/// reference on its cgroup's programs). Until then a socket of the sandbox
+/// still exists somewhere (another network namespace, a file descriptor
+/// passed out) and its packets are still judged by these programs; removing
+/// the pins would let it send unjudged. A missing directory counts as
+/// released.
+pub fn released(dir: &Path) -> Result<bool> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for e in entries {
+        let e = e.with_context(|| format!("listing {}", dir.display()))?;
+        let path = e.path();
+        let fd = super::rawlink::obj_get(&path)
+            .with_context(|| format!("opening the pin {}", path.display()))?;
+        let target = super::rawlink::cgroup_link_target(std::os::fd::AsFd::as_fd(&fd))
+            .with_context(|| format!("reading the link pinned at {}", path.display()))?;
+        if matches!(target, Some(id) if id != 0) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Waits up to `timeout` for [`released`]: the kernel frees a destroyed
+/// socket and then the removed cgroup's programs asynchronously (after an
+/// RCU grace period, from a workqueue).
+pub fn wait_released(dir: &Path, timeout: std::time::Duration) -> Result<bool> {
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_micros(200);
+    loop {
+        if released(dir)? {
+            return Ok(true);
+        }
+        if start.elapsed() >= timeout {
+            return Ok(false);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+    }
+}

@@ -6,7 +6,7 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::sockdiag;
+use super::{netns, sockdiag};
 use crate::mountinfo;
 
 /// Name of the directory below the cgroup2 root that holds every sandbox.
@@ -73,23 +73,38 @@ impl Cgroup {
     /// The caller unpins the BPF programs only after this succeeded: a
     /// socket that outlived them would send unjudged. The socket step comes
     /// after the kill (nothing can create new ones) and before the removal
-    /// (the cgroup ids are read from the directories).
-    pub fn destroy(&self, timeout: Duration, sockets: impl FnOnce() -> Sockets) -> Result<()> {
+    /// (the cgroup ids are read from the directories). Returns what
+    /// `sockets()` chose; after [`Sockets::Destroy`] the caller still checks
+    /// [`crate::bpf::bpffs::released`] before unpinning, for sockets no
+    /// sweep could reach.
+    pub fn destroy(&self, timeout: Duration, sockets: impl FnOnce() -> Sockets) -> Result<Sockets> {
         if !self.path.exists() {
-            return Ok(());
+            return Ok(Sockets::Keep);
         }
+        // Opened before the kill, while members still hold them: the
+        // sockets of a namespace other than ours are only visible from it.
+        let namespaces = netns::of_cgroup_tree(&self.path);
         self.kill_all(timeout)?;
-        if sockets() == Sockets::Destroy {
+        let chosen = sockets();
+        if chosen == Sockets::Destroy {
             let ids = sockdiag::cgroup_tree_ids(&self.path)
                 .with_context(|| format!("reading the cgroup ids below {}", self.path.display()))?;
-            sockdiag::destroy_cgroup_sockets(&ids).with_context(|| {
+            let what = || {
                 format!(
                     "destroying the sockets of {} (the programs stay attached)",
                     self.path.display()
                 )
-            })?;
+            };
+            sockdiag::destroy_cgroup_sockets(&ids).with_context(what)?;
+            for ns in &namespaces {
+                let there = || format!("{} in network namespace {}", what(), ns.ino());
+                ns.run(|| sockdiag::destroy_cgroup_sockets(&ids))
+                    .with_context(there)?
+                    .with_context(there)?;
+            }
         }
-        remove_tree(&self.path)
+        remove_tree(&self.path)?;
+        Ok(chosen)
     }
 }
 

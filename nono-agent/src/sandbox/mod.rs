@@ -5,6 +5,7 @@ pub mod child;
 pub mod daemons;
 pub mod hide;
 pub mod landlock;
+pub mod netns;
 pub mod privileges;
 pub mod protect;
 pub mod registry;

@@ -18,12 +18,20 @@ use crate::bpf::bpffs;
 pub struct Swept {
     /// Ids of sandboxes removed.
     pub removed: Vec<String>,
+    /// Sandboxes whose processes and cgroup are gone but a socket of which
+    /// still exists out of reach (another network namespace, a descriptor
+    /// held by another process): their programs stay pinned, and judge that
+    /// socket, until it closes; a later sweep removes them.
+    pub pending: Vec<String>,
     /// Problems met (the sweep goes on past them).
     pub errors: Vec<String>,
 }
 
-/// Removes every sandbox whose owner lock is free.
-pub fn sweep() -> Result<Swept> {
+/// Removes every sandbox whose owner lock is free. `wait` bounds how long
+/// to wait, per sandbox, for the kernel to release the programs of a
+/// sandbox whose sockets were destroyed (zero at an `exec`'s start, which
+/// must not stall on a sandbox left pending by an earlier run).
+pub fn sweep(wait: Duration) -> Result<Swept> {
     let mut out = Swept::default();
     let state = registry::state_dir()?;
     let mut ids = std::collections::BTreeSet::new();
@@ -51,7 +59,21 @@ pub fn sweep() -> Result<Swept> {
         }
         let mut ok = true;
         for p in &pin_parents {
-            if let Err(e) = bpffs::remove_pins(&p.join(&id)) {
+            let dir = p.join(&id);
+            match bpffs::wait_released(&dir, wait) {
+                Ok(true) => {}
+                Ok(false) => {
+                    out.pending.push(id.clone());
+                    ok = false;
+                    continue;
+                }
+                Err(e) => {
+                    out.errors.push(format!("sandbox {id}: {e:#}"));
+                    ok = false;
+                    continue;
+                }
+            }
+            if let Err(e) = bpffs::remove_pins(&dir) {
                 out.errors.push(format!("sandbox {id}: {e:#}"));
                 ok = false;
             }

@@ -11,7 +11,6 @@
 //! which keeps the permitted capabilities, so the thread can switch back.
 
 use std::fmt;
-use std::os::fd::{AsRawFd as _, BorrowedFd};
 
 /// A thread's credentials, read from `/proc/TID/status`.
 #[derive(Clone, PartialEq, Eq)]
@@ -87,6 +86,40 @@ fn same_user_namespace(tid: u32) -> bool {
         (Some(a), Some(b)) => a == b,
         _ => false,
     }
+}
+
+/// Whether the `struct ucred` in `data` (an `SCM_CREDENTIALS` payload sent
+/// by the process whose `/proc/PID/status` is `status`) names that process
+/// and one of its own ids, as the kernel demands of a sender without
+/// `CAP_SYS_ADMIN`: its thread-group id as seen from any of its pid
+/// namespaces, a real, effective or saved uid, and the same for the gid.
+pub fn ucred_names_itself(status: &str, data: &[u8]) -> bool {
+    let Some(b) = data.get(..12) else {
+        return false;
+    };
+    let word = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let (pid, uid, gid) = (word(0), word(4), word(8));
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|x| x.parse::<u32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let tgids = {
+        let mut t = field("NStgid:");
+        t.extend(field("Tgid:"));
+        t
+    };
+    let ids3 = |v: Vec<u32>| v.into_iter().take(3).collect::<Vec<_>>();
+    pid != 0
+        && tgids.contains(&pid)
+        && ids3(field("Uid:")).contains(&uid)
+        && ids3(field("Gid:")).contains(&gid)
 }
 
 fn parse_status(s: &str) -> Option<Creds> {
@@ -249,58 +282,107 @@ impl Identity {
     }
 }
 
-/// `connect(fd, addr)` from a short-lived child process that has taken
-/// `c`'s identity for good, so that a unix peer's `SO_PEERCRED` (and
-/// `SO_PEERPIDFD`) names an unprivileged process with the target's uid and
-/// gid, never the root agent: the kernel records the connecting *process*,
-/// which no per-thread switch can change. The child exits right after the
-/// call; its exit status carries the errno.
-pub fn connect_in_child(fd: BorrowedFd<'_>, addr: &[u8], c: &Creds) -> Result<i64, i32> {
-    let groups = c.groups.as_ptr();
-    let ngroups = c.groups.len();
-    let (uid, gid, cap_eff) = (c.uid, c.gid, c.cap_eff);
-    let caps = capget()?;
-    let child_caps = with_effective(caps, cap_eff);
+/// Runs `op` (raw system calls on memory prepared before, returning a
+/// syscall-style result: a count, or -1 with errno set) in a short-lived
+/// child process that has taken `c`'s identity for good (or keeps ours when
+/// `c` is None: the unprivileged agent is the target's user already), and
+/// returns its result.
+///
+/// Why a process: a unix peer learns the sender's *process* (`SO_PEERCRED`
+/// and `SO_PEERPIDFD` at connect, the pid stamped into `SCM_CREDENTIALS`),
+/// which no per-thread switch changes, and an unprivileged agent may not
+/// name any pid but its own. A peer must never see the agent, a long-lived
+/// unconfined process whose rights it might grant; it sees an unprivileged
+/// process with the target's uid and gid that exits right after the call.
+pub fn in_child(c: Option<&Creds>, op: &dyn Fn() -> isize) -> Result<i64, i32> {
+    let switch = match c {
+        Some(c) => {
+            let caps = capget()?;
+            Some((
+                c.groups.as_ptr(),
+                c.groups.len(),
+                c.uid,
+                c.gid,
+                with_effective(caps, c.cap_eff),
+            ))
+        }
+        None => None,
+    };
     let drop_all = [CapData::default(); 2];
-    let raw_fd = fd.as_raw_fd();
+    let mut result = [0i64; 2];
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 into a two-int array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(libc::EMFILE);
+    }
+    let (rd, wr) = (fds[0], fds[1]);
     // SAFETY: the child runs only raw system calls on memory prepared
     // before the fork (no allocation, no locks: the agent is
     // multi-threaded) and leaves with _exit.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
+        // SAFETY: closing our own pipe.
+        unsafe {
+            libc::close(rd);
+            libc::close(wr);
+        }
         return Err(libc::EAGAIN);
     }
     if pid == 0 {
         // SAFETY: as above; every pointer refers to data owned by the
         // parent's stack or heap, copied into the child by fork.
         unsafe {
-            let fail = |e: i32| -> ! { libc::_exit(if e == 0 { 255 } else { e & 0xff }) };
             let err = || *libc::__errno_location();
-            if libc::syscall(libc::SYS_setgroups, ngroups, groups) != 0 {
-                fail(err());
-            }
-            if libc::syscall(libc::SYS_setresgid, gid[0], gid[1], gid[1]) != 0 {
-                fail(err());
-            }
-            if libc::syscall(libc::SYS_setresuid, uid[0], uid[1], uid[1]) != 0 {
-                fail(err());
-            }
-            libc::syscall(libc::SYS_setfsgid, gid[2]);
-            libc::syscall(libc::SYS_setfsuid, uid[2]);
-            // A root target keeps its own effective set; anyone else has
-            // lost every capability with the uid change already.
-            let h = CapHeader {
-                version: CAP_V3,
-                pid: 0,
+            let report = |r: i64, e: i32| -> ! {
+                let out = [r, i64::from(e)];
+                libc::write(wr, out.as_ptr().cast(), std::mem::size_of_val(&out));
+                libc::_exit(0)
             };
-            let want = if uid[1] == 0 { &child_caps } else { &drop_all };
-            if libc::syscall(libc::SYS_capset, &h as *const CapHeader, want.as_ptr()) != 0 {
-                fail(err());
+            if let Some((groups, ngroups, uid, gid, child_caps)) = &switch {
+                if libc::syscall(libc::SYS_setgroups, *ngroups, *groups) != 0 {
+                    report(-1, err());
+                }
+                if libc::syscall(libc::SYS_setresgid, gid[0], gid[1], gid[1]) != 0 {
+                    report(-1, err());
+                }
+                if libc::syscall(libc::SYS_setresuid, uid[0], uid[1], uid[1]) != 0 {
+                    report(-1, err());
+                }
+                libc::syscall(libc::SYS_setfsgid, gid[2]);
+                libc::syscall(libc::SYS_setfsuid, uid[2]);
+                // A root target keeps its own effective set; anyone else
+                // has lost every capability with the uid change already.
+                let h = CapHeader {
+                    version: CAP_V3,
+                    pid: 0,
+                };
+                let want = if uid[1] == 0 { child_caps } else { &drop_all };
+                if libc::syscall(libc::SYS_capset, &h as *const CapHeader, want.as_ptr()) != 0 {
+                    report(-1, err());
+                }
             }
-            let r = libc::connect(raw_fd, addr.as_ptr().cast(), addr.len() as libc::socklen_t);
-            libc::_exit(if r == 0 { 0 } else { err() & 0xff });
+            let r = op();
+            report(r as i64, if r < 0 { err() } else { 0 });
         }
     }
+    // SAFETY: our end of the pipe; the child holds its own copy.
+    unsafe { libc::close(wr) };
+    let got = loop {
+        // SAFETY: reading at most sizeof(result) bytes into it.
+        let n = unsafe {
+            libc::read(
+                rd,
+                result.as_mut_ptr().cast(),
+                std::mem::size_of_val(&result),
+            )
+        };
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        break n;
+    };
+    // SAFETY: closing our read end.
+    unsafe { libc::close(rd) };
     let mut status = 0;
     loop {
         // SAFETY: waiting for our own child.
@@ -312,13 +394,13 @@ pub fn connect_in_child(fd: BorrowedFd<'_>, addr: &[u8], c: &Creds) -> Result<i6
             return Err(libc::EIO);
         }
     }
-    if !libc::WIFEXITED(status) {
+    if got != std::mem::size_of_val(&result) as isize {
         return Err(libc::EIO);
     }
-    match libc::WEXITSTATUS(status) {
-        0 => Ok(0),
-        255 => Err(libc::EPERM),
-        e => Err(e),
+    match result {
+        [r, _] if r >= 0 => Ok(r),
+        [_, e] if e > 0 => Err(e as i32),
+        _ => Err(libc::EIO),
     }
 }
 
@@ -384,6 +466,37 @@ impl Drop for Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ucred(pid: u32, uid: u32, gid: u32) -> Vec<u8> {
+        [pid, uid, gid]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn a_ucred_may_name_only_the_sender_and_its_own_ids() {
+        let s = "Tgid:\t42\nPid:\t43\nNStgid:\t42\t7\nUid:\t1000\t1001\t1002\t0\nGid:\t100\t101\t102\t0\n";
+        assert!(ucred_names_itself(s, &ucred(42, 1000, 100)));
+        assert!(
+            ucred_names_itself(s, &ucred(7, 1002, 101)),
+            "the pid in its own namespace"
+        );
+        assert!(
+            !ucred_names_itself(s, &ucred(43, 1000, 100)),
+            "a thread id is not the pid"
+        );
+        assert!(
+            !ucred_names_itself(s, &ucred(1, 1000, 100)),
+            "another process"
+        );
+        assert!(
+            !ucred_names_itself(s, &ucred(42, 0, 100)),
+            "the fs uid is not allowed"
+        );
+        assert!(!ucred_names_itself(s, &ucred(42, 1000, 0)));
+        assert!(!ucred_names_itself(s, &ucred(42, 1000, 100)[..8]), "short");
+    }
 
     #[test]
     fn status_parsing() {

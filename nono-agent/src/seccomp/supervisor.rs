@@ -620,7 +620,20 @@ impl Supervisor {
                 return Err(libc::EPERM);
             }
             if level == libc::SOL_SOCKET && ty == libc::SCM_CREDENTIALS {
-                return Err(libc::EPERM);
+                // The kernel lets a process name only itself (D-Bus clients
+                // do, on every connection); we check that as it would for
+                // the target, then drop it: the send is made with the
+                // target's credentials stamped by us (root) or by a child
+                // of ours (unprivileged), never with a forged pid.
+                let status = std::fs::read_to_string(format!("/proc/{}/status", n.pid))
+                    .map_err(|_| libc::ESRCH)?;
+                if !identity::ucred_names_itself(&status, data) {
+                    self.event_sockopt(n, hook, level, ty);
+                    return Err(libc::EPERM);
+                }
+                let end = (off + ((len + 7) & !7)).min(c.len());
+                c.drain(off..end);
+                continue;
             }
             if level == libc::SOL_SOCKET && ty == libc::SCM_RIGHTS {
                 if pidfd.is_none() {
@@ -869,6 +882,41 @@ impl Op {
         !(sock.nonblocking() || flags & libc::MSG_DONTWAIT != 0)
     }
 
+    /// A unix `sendto`/`sendmsg`/`sendmmsg` made by a child process (see
+    /// [`identity::in_child`]); a datagram goes whole or not at all, so one
+    /// child per message reports what it sent.
+    fn send_in_child(&self) -> Result<i64, i32> {
+        match self {
+            Op::SendTo {
+                sock,
+                data,
+                flags,
+                addr,
+            } => {
+                let fd = sock.fd.as_fd();
+                let flags = flags | libc::MSG_NOSIGNAL;
+                identity::in_child(None, &|| send_one(fd, Some(addr), data, &[], flags))
+            }
+            Op::SendMsg(op) => {
+                let fd = op.sock.fd.as_fd();
+                let flags = op.flags | libc::MSG_NOSIGNAL;
+                let mut sent = 0i64;
+                for (i, m) in op.msgs.iter().enumerate() {
+                    let r = identity::in_child(None, &|| {
+                        send_one(fd, m.name.as_deref(), &m.data, &m.control, flags)
+                    });
+                    match r {
+                        Ok(_) if op.many => sent += 1,
+                        Ok(n) => sent = n,
+                        Err(e) => return if op.many && i > 0 { Ok(sent) } else { Err(e) },
+                    }
+                }
+                Ok(sent)
+            }
+            _ => Err(libc::EINVAL),
+        }
+    }
+
     fn sock(&self) -> &Sock {
         match self {
             Op::Connect { sock, .. }
@@ -901,10 +949,23 @@ impl Op {
             (Some(c), true) => Some(c.scm_credentials()),
             _ => None,
         };
-        if let (Op::Connect { sock, addr }, Some(c)) = (&self, &sock.creds) {
-            if sock.domain == consts::AF_UNIX {
-                return identity::connect_in_child(sock.fd.as_fd(), addr, c);
-            }
+        // A unix connect, and an unprivileged agent's unix sends (it cannot
+        // stamp the target's pid), are made by a child process: see
+        // `identity::in_child`. Everything the child touches is prepared
+        // here, before the fork.
+        let unix = sock.domain == consts::AF_UNIX;
+        if let (Op::Connect { sock, addr }, true) = (&self, unix) {
+            let fd = sock.fd.as_raw_fd();
+            return identity::in_child(sock.creds.as_ref(), &|| {
+                // SAFETY: addr is a buffer of addr.len() bytes.
+                let r = unsafe {
+                    libc::connect(fd, addr.as_ptr().cast(), addr.len() as libc::socklen_t)
+                };
+                r as isize
+            });
+        }
+        if unix_send && sock.creds.is_none() {
+            return self.send_in_child();
         }
         let _as = Identity::assume_opt(sock.creds.as_ref(), extra)?;
         let ret = |r: isize| {

@@ -3788,6 +3788,46 @@ fn unix_dgram_send(args: &Args) -> Attempt {
     }
 }
 
+/// `sendmsg` of `data` with a `SCM_CREDENTIALS` naming `(pid, uid, gid)`.
+fn send_with_ucred(fd: i32, data: &[u8], (pid, uid, gid): (u32, u32, u32)) -> io::Result<usize> {
+    const HDR: usize = mem::size_of::<libc::cmsghdr>();
+    let mut control = [0u64; 4];
+    let cred = libc::ucred {
+        pid: pid as libc::pid_t,
+        uid,
+        gid,
+    };
+    // SAFETY: zeroed plain struct.
+    let mut h: libc::cmsghdr = unsafe { mem::zeroed() };
+    h.cmsg_len = HDR + mem::size_of::<libc::ucred>();
+    h.cmsg_level = libc::SOL_SOCKET;
+    h.cmsg_type = libc::SCM_CREDENTIALS;
+    // SAFETY: `control` has 32 bytes, room for the header (16) and the
+    // ucred (12); unaligned writes of plain structs.
+    unsafe {
+        let base = control.as_mut_ptr().cast::<u8>();
+        std::ptr::write_unaligned(base.cast(), h);
+        std::ptr::write_unaligned(base.add(HDR).cast(), cred);
+    }
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: all-zero msghdr is valid; fields set below.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = HDR + mem::size_of::<libc::ucred>();
+    // SAFETY: msg points to live buffers for the call.
+    let n = unsafe { libc::sendmsg(fd, &msg, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 fn sockaddr_un(path: &str) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     // SAFETY: all-zero is a valid sockaddr_un.
     let mut sun: libc::sockaddr_un = unsafe { mem::zeroed() };
@@ -3850,6 +3890,35 @@ fn unix_stream_creds(args: &Args, steps: &mut Steps) -> Attempt {
     };
     steps.push("sendmsg", &m);
     std::thread::sleep(Duration::from_millis(100));
+    // D-Bus clients name themselves in an explicit SCM_CREDENTIALS: that
+    // must work; naming another pid (1) must fail with EPERM, as the kernel
+    // refuses it for anyone without CAP_SYS_ADMIN.
+    // SAFETY: plain id queries.
+    let me = unsafe { (libc::getpid() as u32, libc::getuid(), libc::getgid()) };
+    let own = send_with_ucred(fd.as_raw_fd(), b"sendmsg-own-creds", me);
+    let own = match own {
+        Ok(n) => Attempt::success(format!("sendmsg with its own SCM_CREDENTIALS: {n} bytes")),
+        Err(e) => Attempt::fail("sendmsg with its own SCM_CREDENTIALS", &e),
+    };
+    steps.push("sendmsg-own-creds", &own);
+    std::thread::sleep(Duration::from_millis(100));
+    let forged = match send_with_ucred(fd.as_raw_fd(), b"forged", (1, me.1, me.2)) {
+        Ok(n) => Attempt::fail(
+            "sendmsg naming pid 1 in SCM_CREDENTIALS",
+            &io::Error::other(format!("accepted ({n} bytes)")),
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            Attempt::success("naming pid 1 refused with EPERM".to_string())
+        }
+        Err(e) => Attempt::fail("sendmsg naming pid 1 in SCM_CREDENTIALS", &e),
+    };
+    steps.push("sendmsg-forged-creds", &forged);
+    if !own.ok {
+        return own;
+    }
+    if !forged.ok {
+        return forged;
+    }
     if s.ok && m.ok {
         Attempt::success(format!("connected to {path}, sent two messages"))
     } else if !s.ok {
