@@ -14,10 +14,12 @@
 //! dump per family and protocol, not a copy of its whole socket table.
 //! Needs `CAP_NET_ADMIN` (the BPF enforcer runs as root).
 //!
-//! Not found: sockets in network namespaces other than the agent's (a
-//! namespace the sandbox made has only its own loopback device), TIME_WAIT
-//! and request sockets (no cgroup: they only acknowledge what the peer sends,
-//! and the peer was an allowed destination).
+//! One sweep sees one network namespace (the caller runs it again inside
+//! each namespace the sandbox's processes were in, see [`super::netns`]).
+//! Not found: TIME_WAIT and request sockets (no cgroup: they only
+//! acknowledge what the peer sends, and the peer was an allowed
+//! destination). Whatever no sweep reached keeps the programs alive (see
+//! `bpffs::released`).
 
 use nix::sys::socket::{
     recv, send, socket, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType,
