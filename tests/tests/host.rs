@@ -47,6 +47,7 @@ per_enforcement!(
         events_file_cannot_be_forged,
         tunables_and_system_files_are_read_only,
         autorun_files_are_read_only,
+        protected_directories_cannot_be_moved_away,
         terminal_injection_is_refused,
         other_processes_are_out_of_reach,
         ordinary_files_stay_writable,
@@ -60,6 +61,7 @@ per_enforcement!(
         events_file_cannot_be_forged,
         tunables_and_system_files_are_read_only,
         autorun_files_are_read_only,
+        protected_directories_cannot_be_moved_away,
         terminal_injection_is_refused,
         other_processes_are_out_of_reach,
         ordinary_files_stay_writable,
@@ -72,6 +74,7 @@ per_enforcement!(
         command_servers_are_out_of_reach,
         events_file_cannot_be_forged,
         autorun_files_are_read_only,
+        protected_directories_cannot_be_moved_away,
         terminal_injection_is_refused,
         other_processes_are_out_of_reach,
         ordinary_files_stay_writable,
@@ -204,7 +207,7 @@ fn tunables_and_system_files_are_read_only(e: Enforcement) {
             out.describe()
         );
     }
-    let scratch = Scratch::new(&["/etc", "/usr/local", "/var/lib", "/opt"]);
+    let scratch = Scratch::new(&["/etc", "/usr/local", "/var/lib", "/opt", "/run"]);
     let mut args = vec!["appended\n"];
     args.extend(scratch.args());
     let before: Vec<String> = scratch
@@ -258,6 +261,17 @@ fn tunables_and_system_files_are_read_only(e: Enforcement) {
             p.display()
         );
     }
+    // Ordinary runtime files stay writable: lock files in /run/lock.
+    let lock = format!("/run/lock/nono-host-test-{}", std::process::id());
+    let out = sandboxed(&o, APPEND, &["x", &lock]);
+    let _ = fs::remove_file(&lock);
+    assert_eq!(
+        verdicts(&out),
+        vec![(lock.clone(), "ok".to_string())],
+        "{}: /run/lock must stay writable: {}",
+        e.label(),
+        out.describe()
+    );
     // The agent's own binary cannot be replaced (it is a mount point in the
     // sandbox): shown on a copy of the agent, which runs this sandbox.
     let dir = TempDir::new("host-agent-copy");
@@ -399,6 +413,97 @@ fn autorun_files_are_read_only(e: Enforcement) {
         out.describe()
     );
     assert_eq!(out.stdout.trim(), "2", "{}", out.describe());
+}
+
+/// Renames each of `pairs` (from, to), printing `FROM ok` (and renaming it
+/// back) or `FROM ERRNO`; then appends to `.git/config` by a path relative
+/// to the working directory.
+const RENAME: &str = r#"
+import os, sys, errno
+args = sys.argv[1:]
+for a, b in zip(args[::2], args[1::2]):
+    try:
+        os.rename(a, b)
+        os.rename(b, a)
+        print(a, "ok")
+    except OSError as e:
+        print(a, errno.errorcode.get(e.errno, e.errno))
+try:
+    with open(".git/config", "ab") as f:
+        f.write(b"\n# appended\n")
+    print("relative", "ok")
+except OSError as e:
+    print("relative", errno.errorcode.get(e.errno, e.errno))
+"#;
+
+/// The directories above protected files cannot be moved aside (a sandbox
+/// would make a fresh `.git`, `~/.config` or `$HOME` beside the moved one,
+/// whose hooks nothing protects), and a path relative to the working
+/// directory meets the same read-only binds as an absolute one.
+fn protected_directories_cannot_be_moved_away(e: Enforcement) {
+    let o = opts(e);
+    let base = TempDir::new("host-rename");
+    let repo = base.path("repo");
+    let home = base.path("home");
+    fs::create_dir_all(&repo).unwrap();
+    fs::create_dir_all(home.join(".config/git")).unwrap();
+    git(&repo, &["init", "-q", "."]);
+    fs::write(home.join(".bashrc"), "# rc\n").unwrap();
+    if let Some(u) = o.user {
+        let owner = format!("{}:{}", u.uid, u.gid);
+        sys::run_ok("chown", &["-R", &owner, base.path("").to_str().unwrap()]);
+    }
+    let moved = |p: &Path| {
+        let mut s = p.as_os_str().to_owned();
+        s.push(".moved");
+        PathBuf::from(s)
+    };
+    let dirs = [repo.join(".git"), home.join(".config"), home.clone(), repo.clone()];
+    let mut args: Vec<String> = Vec::new();
+    for d in &dirs {
+        args.push(d.to_str().unwrap().to_string());
+        args.push(moved(d).to_str().unwrap().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let config = fs::read(repo.join(".git/config")).unwrap();
+    // Outside: every rename works (and is undone), the relative write too.
+    let mut cmd = match o.user {
+        Some(u) => {
+            let mut c = Command::new(sys::require_tool("setpriv", "runs helpers unprivileged"));
+            c.args(u.setpriv_args()).arg(PYTHON);
+            c
+        }
+        None => Command::new(PYTHON),
+    };
+    cmd.current_dir(&repo).args(["-c", RENAME]).args(&args);
+    let out = sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT);
+    let v = verdicts(&out);
+    assert_eq!(v.len(), dirs.len() + 1, "outside: {}", out.describe());
+    assert!(v.iter().all(|(_, r)| r == "ok"), "outside: {}", out.describe());
+    fs::write(repo.join(".git/config"), &config).unwrap();
+
+    let mut cmd = exec_command(&sys::agent_bin(), None, &o);
+    cmd.current_dir(&repo)
+        .env("HOME", &home)
+        .args([PYTHON, "-c", RENAME])
+        .args(&args);
+    let out = sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT);
+    let v = verdicts(&out);
+    assert_eq!(v.len(), dirs.len() + 1, "{}", out.describe());
+    for (p, verdict) in &v {
+        let want = if p == "relative" { "EROFS" } else { "EBUSY" };
+        assert_eq!(
+            verdict,
+            want,
+            "{}: {p} must not be movable (or writable): {}",
+            e.label(),
+            out.describe()
+        );
+    }
+    for d in &dirs {
+        assert!(d.is_dir() && !moved(d).exists(), "{} moved", d.display());
+    }
+    assert_eq!(fs::read(repo.join(".git/config")).unwrap(), config);
 }
 
 /// The events file the agent writes during the run is read-only inside:

@@ -21,6 +21,7 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 use super::privileges;
+use super::protect::Kind;
 
 /// What the child does between fork and exec.
 pub struct ChildSetup {
@@ -41,7 +42,9 @@ struct Unprivileged {
     /// `"UID UID 1"` and `"GID GID 1"`: the sandbox keeps its identity.
     uid_map: CString,
     gid_map: CString,
-    readonly: Vec<CString>,
+    readonly: Vec<(CString, super::protect::Kind)>,
+    /// The working directory, entered again after the binds.
+    cwd: Option<CString>,
     /// Refuse to start when no user namespace can be made (else run without
     /// these binds, with a warning).
     required: bool,
@@ -50,8 +53,10 @@ struct Unprivileged {
 struct Privileged {
     last_cap: u32,
     masks: Vec<CString>,
-    /// Bound read-only onto themselves (see `protect`).
-    readonly: Vec<CString>,
+    /// Bound onto themselves, read-only or as anchors (see `protect`).
+    readonly: Vec<(CString, super::protect::Kind)>,
+    /// The working directory, entered again after the binds.
+    cwd: Option<CString>,
 }
 
 const TMPFS: &[u8] = b"tmpfs\0";
@@ -75,12 +80,15 @@ impl ChildSetup {
         allow_degraded: bool,
         self_files: &[PathBuf],
     ) -> Result<Self> {
-        let cstrings = |v: Vec<PathBuf>| {
-            v.iter()
-                .map(|p| CString::new(p.as_os_str().as_bytes()))
+        let binds = |v: Vec<super::protect::Bind>| {
+            v.into_iter()
+                .map(|b| CString::new(b.path.as_os_str().as_bytes()).map(|c| (c, b.kind)))
                 .collect::<Result<Vec<_>, _>>()
                 .context("path with a NUL byte")
         };
+        let cwd = std::env::current_dir()
+            .ok()
+            .and_then(|d| CString::new(d.as_os_str().as_bytes()).ok());
         let unprivileged = if privileged {
             None
         } else {
@@ -90,7 +98,8 @@ impl ChildSetup {
                 last_cap: privileges::last_cap().context("reading cap_last_cap")?,
                 uid_map: CString::new(format!("{uid} {uid} 1")).context("uid map")?,
                 gid_map: CString::new(format!("{gid} {gid} 1")).context("gid map")?,
-                readonly: cstrings(super::protect::user_targets(self_files))?,
+                readonly: binds(super::protect::user_targets(self_files))?,
+                cwd: cwd.clone(),
                 required: !allow_degraded,
             })
         };
@@ -100,15 +109,12 @@ impl ChildSetup {
                 .map(|p| CString::new(p.as_os_str().as_bytes()))
                 .collect::<Result<Vec<_>, _>>()
                 .context("path with a NUL byte")?;
-            let readonly = super::protect::readonly_targets(self_files)
-                .iter()
-                .map(|p| CString::new(p.as_os_str().as_bytes()))
-                .collect::<Result<Vec<_>, _>>()
-                .context("path with a NUL byte")?;
+            let readonly = binds(super::protect::readonly_targets(self_files))?;
             Some(Privileged {
                 last_cap: privileges::last_cap().context("reading cap_last_cap")?,
                 masks,
                 readonly,
+                cwd,
             })
         } else {
             None
@@ -215,14 +221,7 @@ impl ChildSetup {
             if let Some(l) = &self.landlock {
                 l.add_fresh_proc_rule()?;
             }
-            for target in &p.readonly {
-                match bind_readonly(target) {
-                    // Removed since the agent listed it (a user config
-                    // directory being deleted): nothing left to protect.
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                    r => r?,
-                }
-            }
+            apply_binds(&p.readonly, p.cwd.as_ref())?;
             for target in &self.hidden_sockets {
                 // SAFETY: NUL-terminated strings that outlive the call.
                 if unsafe {
@@ -307,12 +306,7 @@ impl Unprivileged {
         {
             return Err(io::Error::last_os_error());
         }
-        for target in &self.readonly {
-            match bind_readonly(target) {
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                r => r?,
-            }
-        }
+        apply_binds(&self.readonly, self.cwd.as_ref())?;
         // The namespace gave us every capability inside it: none may stay.
         privileges::drop_bounding_set(self.last_cap)?;
         privileges::clear_capability_sets()
@@ -349,9 +343,34 @@ struct MountAttr {
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 
+/// Makes the binds (in order: anchors and read-only paths, outer first),
+/// then enters the working directory again: the inherited one still points
+/// into the mounts as they were, where a path relative to it would pass
+/// below an anchor without meeting the read-only binds made on top of it.
+/// Syscalls only.
+fn apply_binds(binds: &[(CString, Kind)], cwd: Option<&CString>) -> io::Result<()> {
+    for (target, kind) in binds {
+        match bind_self(target, *kind) {
+            // Removed since the agent listed it (a user config directory
+            // being deleted): nothing left to protect.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            r => r?,
+        }
+    }
+    if let Some(cwd) = cwd {
+        // SAFETY: NUL-terminated path that outlives the call.
+        if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Binds `target` onto itself with everything below it, then makes that
-/// whole tree read-only. Syscalls only (runs between fork and exec).
-fn bind_readonly(target: &CString) -> io::Result<()> {
+/// whole tree read-only ([`Kind::ReadOnly`]) or writable again
+/// ([`Kind::Writable`]); an anchor stays as it was. Syscalls only (runs
+/// between fork and exec).
+fn bind_self(target: &CString, kind: Kind) -> io::Result<()> {
     // SAFETY: NUL-terminated path that outlives the call; a bind needs no
     // fstype or data.
     if unsafe {
@@ -366,9 +385,14 @@ fn bind_readonly(target: &CString) -> io::Result<()> {
     {
         return Err(io::Error::last_os_error());
     }
+    let (attr_set, attr_clr) = match kind {
+        Kind::Anchor => return Ok(()),
+        Kind::ReadOnly => (MOUNT_ATTR_RDONLY, 0),
+        Kind::Writable => (0, MOUNT_ATTR_RDONLY),
+    };
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
+        attr_set,
+        attr_clr,
         propagation: 0,
         userns_fd: 0,
     };

@@ -14,6 +14,31 @@
 
 use std::path::{Path, PathBuf};
 
+/// One bind of a path onto itself in the sandbox's mount namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// The (resolved) path.
+    pub path: PathBuf,
+    /// What the bind is for.
+    pub kind: Kind,
+}
+
+/// What a [`Bind`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// A directory above a protected path, made a mount point only so that
+    /// it cannot be renamed or removed (`EBUSY`), left as writable as it
+    /// was. Without anchors a sandbox could `mv .git .git.old` (or
+    /// `~/.config`, or `$HOME` itself) and make a fresh one beside it whose
+    /// hooks nothing protects.
+    Anchor,
+    /// A protected path: read-only with everything below it.
+    ReadOnly,
+    /// A place inside a read-only path that ordinary work writes
+    /// ([`WRITABLE`]): made writable again.
+    Writable,
+}
+
 /// System paths, in the order they are bound. `/proc` entries refer to the
 /// sandbox's own `/proc`, mounted before these.
 const SYSTEM: &[&str] = &[
@@ -32,7 +57,14 @@ const SYSTEM: &[&str] = &[
     "/sys",
     "/proc/sys",
     "/proc/sysrq-trigger",
+    // Runtime configuration that root daemons read later: systemd units
+    // and generators, udev rules, modprobe.d, tmpfiles.d, sysctl.d.
+    "/run",
 ];
+
+/// Places inside [`SYSTEM`] paths that programs in a sandbox write as part
+/// of ordinary work: per-user runtime directories and lock files.
+const WRITABLE: &[&str] = &["/run/user", "/run/lock"];
 
 /// Paths to bind read-only: the system paths that exist, the agent's own
 /// binary, its user configuration directory (`$XDG_CONFIG_HOME/nono-agent`
@@ -41,7 +73,7 @@ const SYSTEM: &[&str] = &[
 /// exist. Symlinks are resolved (on a
 /// merged-/usr system `/lib` is `/usr/lib`) and a path already inside
 /// another one is dropped.
-pub fn readonly_targets(extra: &[PathBuf]) -> Vec<PathBuf> {
+pub fn readonly_targets(extra: &[PathBuf]) -> Vec<Bind> {
     let mut want: Vec<PathBuf> = SYSTEM.iter().map(PathBuf::from).collect();
     want.extend_from_slice(extra);
     if let Ok(exe) = std::env::current_exe() {
@@ -54,7 +86,18 @@ pub fn readonly_targets(extra: &[PathBuf]) -> Vec<PathBuf> {
         let home = std::env::var_os("HOME").map(PathBuf::from);
         want.extend(autorun_targets(&cwd, home.as_deref()));
     }
-    plan(want.into_iter().filter_map(|p| resolve(&p)).collect())
+    let mut binds = plan(want.into_iter().filter_map(|p| resolve(&p)).collect());
+    binds.extend(
+        WRITABLE
+            .iter()
+            .filter_map(|p| resolve(Path::new(p)))
+            .map(|path| Bind {
+                path,
+                kind: Kind::Writable,
+            }),
+    );
+    binds.sort_by(|a, b| a.path.cmp(&b.path));
+    binds
 }
 
 /// Files in `$HOME` that programs outside the sandbox run or obey later:
@@ -172,7 +215,7 @@ fn real_gitdir(dotgit: &Path) -> Option<PathBuf> {
 /// otherwise change and an unconfined program runs later (the auto-run
 /// files, the agent's user configuration, the agent's binary when the user
 /// owns it). System paths belong to root and are read-only for it anyway.
-pub fn user_targets(extra: &[PathBuf]) -> Vec<PathBuf> {
+pub fn user_targets(extra: &[PathBuf]) -> Vec<Bind> {
     let mut want = extra.to_vec();
     if let Ok(exe) = std::env::current_exe() {
         want.push(exe);
@@ -205,19 +248,41 @@ fn resolve(p: &Path) -> Option<PathBuf> {
     std::fs::canonicalize(p).ok()
 }
 
-/// Sorted, without duplicates and without paths inside another path of the
-/// list (a recursive bind already covers them). Order is kept for the
-/// rest: a parent always comes before a child, so nothing is hidden by a
-/// later bind.
-fn plan(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
+/// The binds for the read-only `paths`: each path once, none inside
+/// another (a recursive bind already covers it), and before them an anchor
+/// for every directory above one of them (but `/` and `/proc`) that no
+/// read-only path covers. Sorted, so a parent always comes before its
+/// children and no bind hides a later one (each bind is recursive and
+/// carries what was mounted below it before).
+fn plan(mut paths: Vec<PathBuf>) -> Vec<Bind> {
     paths.sort();
     paths.dedup();
-    let mut out: Vec<PathBuf> = Vec::new();
+    let mut ro: Vec<PathBuf> = Vec::new();
     for p in paths {
-        if !out.iter().any(|q| p.starts_with(q)) {
-            out.push(p);
+        if !ro.iter().any(|q| p.starts_with(q)) {
+            ro.push(p);
         }
     }
+    let mut anchors: Vec<PathBuf> = ro
+        .iter()
+        .flat_map(|p| p.ancestors().skip(1).map(Path::to_path_buf))
+        .filter(|a| a.parent().is_some() && !a.starts_with("/proc"))
+        .filter(|a| !ro.iter().any(|q| a.starts_with(q)))
+        .collect();
+    anchors.sort();
+    anchors.dedup();
+    let mut out: Vec<Bind> = ro
+        .into_iter()
+        .map(|path| Bind {
+            path,
+            kind: Kind::ReadOnly,
+        })
+        .chain(anchors.into_iter().map(|path| Bind {
+            path,
+            kind: Kind::Anchor,
+        }))
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
     out
 }
 
@@ -245,6 +310,44 @@ mod tests {
             .iter()
             .map(PathBuf::from)
             .collect();
+        assert_eq!(got.iter().map(|b| b.path.clone()).collect::<Vec<_>>(), want);
+        assert!(got.iter().all(|b| b.kind == Kind::ReadOnly));
+    }
+
+    #[test]
+    fn directories_above_protected_paths_are_anchored_outer_first() {
+        let got = plan(
+            [
+                "/home/u/.git/hooks",
+                "/home/u/.config/git",
+                "/home/u/.bashrc",
+                "/var/lib",
+                "/usr",
+                "/usr/local/bin/x",
+            ]
+            .iter()
+            .map(PathBuf::from)
+            .collect(),
+        );
+        let got: Vec<(String, bool)> = got
+            .iter()
+            .map(|b| (b.path.display().to_string(), b.kind == Kind::ReadOnly))
+            .collect();
+        let want: Vec<(String, bool)> = [
+            ("/home", false),
+            ("/home/u", false),
+            ("/home/u/.bashrc", true),
+            ("/home/u/.config", false),
+            ("/home/u/.config/git", true),
+            ("/home/u/.git", false),
+            ("/home/u/.git/hooks", true),
+            ("/usr", true),
+            ("/var", false),
+            ("/var/lib", true),
+        ]
+        .iter()
+        .map(|(p, r)| (p.to_string(), *r))
+        .collect();
         assert_eq!(got, want);
     }
 
@@ -312,10 +415,11 @@ mod tests {
         let t = readonly_targets(&[]);
         for p in ["/etc", "/usr", "/sys", "/proc/sys"] {
             assert!(
-                t.iter().any(|q| Path::new(p).starts_with(q)),
+                t.iter()
+                    .any(|q| q.kind == Kind::ReadOnly && Path::new(p).starts_with(&q.path)),
                 "{p} in {t:?}"
             );
         }
-        assert!(t.iter().all(|p| p.is_absolute()));
+        assert!(t.iter().all(|b| b.path.is_absolute()));
     }
 }
