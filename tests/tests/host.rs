@@ -458,7 +458,12 @@ fn protected_directories_cannot_be_moved_away(e: Enforcement) {
         s.push(".moved");
         PathBuf::from(s)
     };
-    let dirs = [repo.join(".git"), home.join(".config"), home.clone(), repo.clone()];
+    let dirs = [
+        repo.join(".git"),
+        home.join(".config"),
+        home.clone(),
+        repo.clone(),
+    ];
     let mut args: Vec<String> = Vec::new();
     for d in &dirs {
         args.push(d.to_str().unwrap().to_string());
@@ -479,7 +484,11 @@ fn protected_directories_cannot_be_moved_away(e: Enforcement) {
     let out = sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT);
     let v = verdicts(&out);
     assert_eq!(v.len(), dirs.len() + 1, "outside: {}", out.describe());
-    assert!(v.iter().all(|(_, r)| r == "ok"), "outside: {}", out.describe());
+    assert!(
+        v.iter().all(|(_, r)| r == "ok"),
+        "outside: {}",
+        out.describe()
+    );
     fs::write(repo.join(".git/config"), &config).unwrap();
 
     let mut cmd = exec_command(&sys::agent_bin(), None, &o);
