@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::proxy::{pattern::DomainRule, policy::CidrRule, resolve::Pin, upstream::Upstream};
+use nono_proxy::{CidrRule, DomainRule, Pin, Upstream};
 
 /// Run a command with its network confined to loopback and its proxy.
 #[derive(Debug, Parser)]

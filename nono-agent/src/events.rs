@@ -1,6 +1,7 @@
 //! Turning BPF denial records into JSON lines and the exit summary.
 
 use nono_common::{consts, DenyEvent, Hook, Reason};
+use nono_proxy::{EventSink, ProxyEvent};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr};
@@ -20,7 +21,7 @@ pub struct Line {
 /// Where concurrent producers (the proxy) send events.
 pub type EventTx = tokio::sync::mpsc::UnboundedSender<Line>;
 
-/// A proxy decision.
+/// A proxy decision as written to `--events`.
 #[derive(Debug, Serialize)]
 pub struct ProxyRecord {
     /// "connect" (tunnel) or "http" (forwarded request).
@@ -28,7 +29,7 @@ pub struct ProxyRecord {
     pub kind: &'static str,
     /// "allow" or "deny".
     pub verdict: &'static str,
-    /// Rule or error.
+    /// Why refused, or how the allowed exchange ended.
     pub reason: String,
     /// Requested host (normalised) or IP literal.
     pub host: String,
@@ -43,6 +44,42 @@ pub struct ProxyRecord {
     pub bytes_down: u64,
     /// Time from request to end of exchange.
     pub duration_ms: u64,
+    /// The rule that allowed the request (or the deny rule that refused
+    /// it); absent when no rule decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RuleRecord>,
+}
+
+/// A proxy rule in an event: which kind, as written, and where.
+#[derive(Debug, Serialize)]
+pub struct RuleRecord {
+    /// "allow-domain", "deny-domain" or "allow-cidr".
+    pub kind: &'static str,
+    /// The rule as written.
+    pub text: String,
+    /// "command line", or the profile's `FILE:LINE:COLUMN`.
+    pub origin: String,
+}
+
+impl From<&ProxyEvent> for ProxyRecord {
+    fn from(e: &ProxyEvent) -> Self {
+        Self {
+            kind: e.hook.name(),
+            verdict: e.verdict.name(),
+            reason: e.reason.to_string(),
+            host: e.host.clone(),
+            port: e.port,
+            addr: e.addr,
+            bytes_up: e.bytes_up,
+            bytes_down: e.bytes_down,
+            duration_ms: e.duration.as_millis() as u64,
+            rule: e.rule.as_ref().map(|r| RuleRecord {
+                kind: r.kind(),
+                text: r.text().to_string(),
+                origin: r.origin().to_string(),
+            }),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -55,10 +92,10 @@ struct ProxyEnvelope<'a> {
 }
 
 impl ProxyRecord {
-    /// The event line for this record.
-    pub fn into_line(self, sandbox: &str) -> Line {
+    /// The event line for this record, stamped `now`.
+    pub fn into_line(self, sandbox: &str, now: SystemTime) -> Line {
         let env = ProxyEnvelope {
-            ts: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            ts: humantime::format_rfc3339_micros(now).to_string(),
             sandbox,
             source: "proxy",
             record: &self,
@@ -68,6 +105,19 @@ impl ProxyRecord {
             deny: self.verdict == "deny",
             json: serde_json::to_vec(&env).unwrap_or_default(),
         }
+    }
+}
+
+/// Sends the proxy's events, as lines, to the agent's event channel (which
+/// the seccomp supervisor shares), so they are written and counted in the
+/// order they happen.
+pub struct ProxySink(pub EventTx);
+
+impl EventSink for ProxySink {
+    fn record(&self, event: ProxyEvent) {
+        let line = ProxyRecord::from(&event).into_line(&event.sandbox, SystemTime::now());
+        // A closed channel: the agent is past writing events.
+        let _ = self.0.send(line);
     }
 }
 
@@ -354,6 +404,91 @@ mod tests {
     #[test]
     fn truncated_records_are_rejected() {
         assert!(parse(&[0u8; 10]).is_none());
+    }
+
+    fn proxy_event(verdict: nono_proxy::Verdict, reason: nono_proxy::Reason) -> ProxyEvent {
+        ProxyEvent {
+            sandbox: "abc".into(),
+            hook: nono_proxy::Hook::Http,
+            verdict,
+            rule: reason.rule(),
+            reason,
+            host: "evil.test".into(),
+            port: 80,
+            addr: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            duration: std::time::Duration::from_micros(2500),
+        }
+    }
+
+    /// The line of a refused request, byte for byte as the agent wrote it
+    /// before the proxy became a crate of its own.
+    #[test]
+    fn proxy_denial_line_is_unchanged() {
+        let refusal = nono_proxy::Refusal::NotAllowed {
+            name: "evil.test".into(),
+            port: 80,
+        };
+        let ev = proxy_event(
+            nono_proxy::Verdict::Deny,
+            nono_proxy::Reason::Refused(refusal),
+        );
+        let line = ProxyRecord::from(&ev).into_line(&ev.sandbox, SystemTime::UNIX_EPOCH);
+        assert!(line.deny);
+        assert_eq!(line.key, "proxy");
+        assert_eq!(
+            String::from_utf8(line.json).unwrap(),
+            r#"{"ts":"1970-01-01T00:00:00.000000Z","sandbox":"abc","source":"proxy","hook":"http","verdict":"deny","reason":"evil.test:80 is not allowed by any allow-domain rule","host":"evil.test","port":80,"bytes_up":0,"bytes_down":0,"duration_ms":2}"#
+        );
+    }
+
+    /// Allowed requests (and deny-rule refusals) name their rule and where
+    /// it was written, after the fields the line always had.
+    #[test]
+    fn proxy_lines_name_the_deciding_rule() {
+        let rule: nono_proxy::DomainRule = "*.allowed.test".parse().unwrap();
+        let rule = rule.with_origin(nono_proxy::Origin::Profile {
+            file: "/p/dev.toml".into(),
+            line: 3,
+            column: 18,
+        });
+        let mut ev = proxy_event(
+            nono_proxy::Verdict::Allow,
+            nono_proxy::Reason::Forwarded { status: 200 },
+        );
+        ev.rule = Some(nono_proxy::Rule::AllowDomain(rule.clone()));
+        ev.host = "a.allowed.test".into();
+        ev.addr = Some("198.51.100.2".parse().unwrap());
+        ev.bytes_down = 10;
+        let line = ProxyRecord::from(&ev).into_line(&ev.sandbox, SystemTime::UNIX_EPOCH);
+        assert!(!line.deny);
+        assert_eq!(
+            String::from_utf8(line.json).unwrap(),
+            r#"{"ts":"1970-01-01T00:00:00.000000Z","sandbox":"abc","source":"proxy","hook":"http","verdict":"allow","reason":"forwarded, upstream status 200","host":"a.allowed.test","port":80,"addr":"198.51.100.2","bytes_up":0,"bytes_down":10,"duration_ms":2,"rule":{"kind":"allow-domain","text":"*.allowed.test","origin":"/p/dev.toml:3:18"}}"#
+        );
+
+        let refusal = nono_proxy::Refusal::Denied {
+            name: "evil.test".into(),
+            port: 80,
+            rule: Box::new("evil.test".parse().unwrap()),
+        };
+        let ev = proxy_event(
+            nono_proxy::Verdict::Deny,
+            nono_proxy::Reason::Refused(refusal),
+        );
+        let json = String::from_utf8(
+            ProxyRecord::from(&ev)
+                .into_line("abc", SystemTime::UNIX_EPOCH)
+                .json,
+        )
+        .unwrap();
+        assert!(
+            json.ends_with(
+                r#""rule":{"kind":"deny-domain","text":"evil.test","origin":"command line"}}"#
+            ),
+            "{json}"
+        );
     }
 
     #[test]

@@ -12,10 +12,10 @@ use std::time::{Duration, SystemTime};
 use tokio::io::unix::AsyncFd;
 
 use crate::bpf::{bpffs, loader};
-use crate::cli::{Enforcer, ExecArgs, ProxyArgs};
+use crate::cli::{Enforcer, ExecArgs};
 use crate::events;
 use crate::plan;
-use crate::proxy;
+use crate::proxy_config;
 use crate::sandbox::{
     cgroup, child::ChildSetup, daemons, hide, landlock, privileges, registry, resolve, spawn, sweep,
 };
@@ -346,15 +346,13 @@ pub async fn run(args: ExecArgs) -> Result<i32> {
     let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut proxy_env = Vec::new();
     let proxy = if plan.proxy.wanted() {
-        let secret = proxy::new_secret()?;
-        let running = proxy::start_loopback(proxy_state(
-            &plan.proxy,
-            Some(secret.clone()),
-            &id,
-            event_tx.clone(),
-        )?)
+        let secret = nono_proxy::new_secret()?;
+        let running = nono_proxy::start_loopback(
+            proxy_config::from_args(&plan.proxy, Some(secret.clone()), &id),
+            Arc::new(events::ProxySink(event_tx.clone())),
+        )
         .await?;
-        proxy_env = proxy::child_env(running.addrs[0].port(), &secret);
+        proxy_env = nono_proxy::child_env(running.addrs[0].port(), &secret);
         Some(running)
     } else {
         None
@@ -616,37 +614,6 @@ fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, id: &str, out: &mut 
             out.take(events::record(&ev, id, SystemTime::now()).into_line());
         }
     }
-}
-
-/// The proxy's state from the command line.
-pub fn proxy_state(
-    a: &ProxyArgs,
-    secret: Option<String>,
-    sandbox: &str,
-    events: events::EventTx,
-) -> Result<proxy::State> {
-    Ok(proxy::State {
-        policy: proxy::policy::ProxyPolicy {
-            allow: a.allow_domain.clone(),
-            deny: a.deny_domain.clone(),
-            cidrs: a.allow_cidr.clone(),
-        },
-        resolver: proxy::resolve::Resolver::new(&a.resolve, a.dns_server)
-            .map_err(anyhow::Error::msg)?,
-        secret,
-        upstream: a.upstream_proxy.clone(),
-        limits: proxy::Limits {
-            connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
-            idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
-            max_connections: a.max_connections.max(1),
-            ..Default::default()
-        },
-        sandbox: sandbox.to_string(),
-        events,
-        shutdown: Default::default(),
-        tasks: Default::default(),
-        pool: Default::default(),
-    })
 }
 
 /// Phase timings on stderr when `NONO_AGENT_TIMINGS=1` (for benchmarking

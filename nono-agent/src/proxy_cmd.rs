@@ -3,14 +3,16 @@
 use anyhow::Result;
 use tokio::signal::unix::{signal, SignalKind};
 
+use std::sync::Arc;
+
 use crate::cli::StandaloneProxyArgs;
-use crate::{events, exec, proxy};
+use crate::{events, proxy_config};
 
 pub async fn run(args: StandaloneProxyArgs) -> Result<i32> {
     let mut out = events::Output::open(args.events.as_deref())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let state = exec::proxy_state(&args.proxy, args.secret.clone(), "standalone", tx)?;
-    let running = proxy::start(state, &args.listen).await?;
+    let config = proxy_config::from_args(&args.proxy, args.secret.clone(), "standalone");
+    let running = nono_proxy::start(config, &args.listen, Arc::new(events::ProxySink(tx))).await?;
     for a in &running.addrs {
         eprintln!("nono-agent: proxy listening on {a}");
     }

@@ -9,7 +9,55 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
-use super::pattern::{normalize_host, NameError};
+use crate::pattern::{normalize_host, NameError};
+
+/// Why a `--resolve` value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PinError {
+    /// No `=`.
+    #[error("--resolve {0:?}: expected NAME=ADDR")]
+    Syntax(String),
+    /// The name is not a host name.
+    #[error("--resolve {text:?}: {source}")]
+    Name {
+        /// The value as written.
+        text: String,
+        /// Why the name was refused.
+        source: NameError,
+    },
+    /// One of the addresses is not an IP address.
+    #[error("--resolve {text:?}: {addr:?} is not an IP address")]
+    Addr {
+        /// The value as written.
+        text: String,
+        /// The offending address.
+        addr: String,
+    },
+}
+
+/// Why a name could not be resolved, or the resolver not built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsError {
+    /// The `--dns-server` resolver could not be built.
+    #[error("--dns-server {addr}: {message}")]
+    Server {
+        /// The server.
+        addr: SocketAddr,
+        /// The resolver library's reason.
+        message: String,
+    },
+    /// The query failed.
+    #[error("DNS lookup of {name} failed: {message}")]
+    Lookup {
+        /// The name asked for.
+        name: String,
+        /// The resolver's reason.
+        message: String,
+    },
+    /// The answer was empty.
+    #[error("{0} has no addresses")]
+    NoAddresses(String),
+}
 
 /// `--resolve NAME=ADDR[,ADDR...]` (like curl's `--resolve`, without a port).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,21 +69,26 @@ pub struct Pin {
 }
 
 impl FromStr for Pin {
-    type Err = NameError;
+    type Err = PinError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: String| NameError(format!("--resolve {s:?}: {why}"));
         let (name, addrs) = s
             .split_once('=')
-            .ok_or_else(|| bad("expected NAME=ADDR".into()))?;
-        let name = normalize_host(name).map_err(|e| bad(e.to_string()))?;
+            .ok_or_else(|| PinError::Syntax(s.to_string()))?;
+        let name = normalize_host(name).map_err(|source| PinError::Name {
+            text: s.to_string(),
+            source,
+        })?;
         let addrs = addrs
             .split(',')
             .map(|a| {
                 a.trim_start_matches('[')
                     .trim_end_matches(']')
                     .parse::<IpAddr>()
-                    .map_err(|_| bad(format!("{a:?} is not an IP address")))
+                    .map_err(|_| PinError::Addr {
+                        text: s.to_string(),
+                        addr: a.to_string(),
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { name, addrs })
@@ -51,7 +104,7 @@ pub struct Resolver {
 impl Resolver {
     /// `dns_server`: use this server (UDP, then TCP) instead of the system
     /// resolver configuration.
-    pub fn new(pins: &[Pin], dns_server: Option<SocketAddr>) -> Result<Self, String> {
+    pub fn new(pins: &[Pin], dns_server: Option<SocketAddr>) -> Result<Self, DnsError> {
         let dns = match dns_server {
             None => None,
             Some(addr) => {
@@ -65,7 +118,10 @@ impl Resolver {
                     TokioRuntimeProvider::default(),
                 )
                 .build()
-                .map_err(|e| format!("--dns-server {addr}: {e}"))?;
+                .map_err(|e| DnsError::Server {
+                    addr,
+                    message: e.to_string(),
+                })?;
                 Some(r)
             }
         };
@@ -79,26 +135,30 @@ impl Resolver {
     }
 
     /// Addresses of an (already normalised and allowed) name.
-    pub async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, String> {
+    pub async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
         if let Some(a) = self.pins.get(name) {
             return Ok(a.clone());
         }
+        let failed = |e: &dyn std::fmt::Display| DnsError::Lookup {
+            name: name.to_string(),
+            message: e.to_string(),
+        };
         let addrs: Vec<IpAddr> = match &self.dns {
             // Trailing dot: an absolute name, so no search domain is tried.
             Some(r) => r
                 .lookup_ip(format!("{name}."))
                 .await
-                .map_err(|e| format!("DNS lookup of {name} failed: {e}"))?
+                .map_err(|e| failed(&e))?
                 .iter()
                 .collect(),
             None => tokio::net::lookup_host((name, 0))
                 .await
-                .map_err(|e| format!("DNS lookup of {name} failed: {e}"))?
+                .map_err(|e| failed(&e))?
                 .map(|sa| sa.ip())
                 .collect(),
         };
         if addrs.is_empty() {
-            return Err(format!("{name} has no addresses"));
+            return Err(DnsError::NoAddresses(name.to_string()));
         }
         Ok(addrs)
     }

@@ -3,21 +3,77 @@
 //! The kernel layer lets the sandbox reach loopback and nothing else; this
 //! proxy, on loopback, is therefore the only way out, and it only goes where
 //! the domain rules allow.
+//!
+//! A library of its own (rather than a module of `nono-agent`) so that the
+//! fuzz targets and tests link exactly the code the agent runs. It knows
+//! nothing of the command line: callers fill a [`ProxyConfig`], start it with
+//! [`start`] or [`start_loopback`], receive a [`ProxyEvent`] per decision
+//! through their [`EventSink`], and [`Running::stop`] it.
 
+pub mod dns;
+pub mod event;
+mod forward;
 pub mod pattern;
 pub mod policy;
-pub mod pool;
-pub mod resolve;
-pub mod server;
+mod pool;
+pub mod request;
+mod server;
+mod tunnel;
 pub mod upstream;
 
-use anyhow::{Context as _, Result};
+use std::io::Read as _;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use server::{Limits, State};
+pub use dns::Pin;
+pub use event::{EventSink, Hook, ProxyEvent, Reason, Verdict};
+pub use pattern::{DomainRule, Origin};
+pub use policy::{CidrRule, ProxyPolicy, Refusal, Rule, Target};
+pub use server::Limits;
+pub use upstream::Upstream;
+
+use server::State;
+
+/// Everything the proxy needs to know, as plain data.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyConfig {
+    /// Domain and address rules.
+    pub policy: ProxyPolicy,
+    /// Names resolved without DNS (`--resolve`).
+    pub pins: Vec<Pin>,
+    /// Ask this DNS server instead of the system resolver.
+    pub dns_server: Option<SocketAddr>,
+    /// Required `Proxy-Authorization: Basic nono:SECRET`, if any.
+    pub secret: Option<String>,
+    /// Chain every allowed request to this proxy instead of connecting
+    /// directly.
+    pub upstream: Option<Upstream>,
+    /// Limits and timeouts.
+    pub limits: Limits,
+    /// Sandbox id, copied into every event.
+    pub sandbox: String,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listening socket could not be opened.
+    #[error("proxy: listening on {addr}: {source}")]
+    Listen {
+        /// The address as asked for (`127.0.0.1` for the loopback proxy).
+        addr: String,
+        /// The system's reason.
+        source: std::io::Error,
+    },
+    /// The `--dns-server` resolver could not be built.
+    #[error(transparent)]
+    Dns(#[from] dns::DnsError),
+    /// No randomness for the secret.
+    #[error("reading /dev/urandom for the proxy secret: {0}")]
+    Secret(std::io::Error),
+}
 
 /// A running proxy.
 pub struct Running {
@@ -42,16 +98,26 @@ impl Running {
     }
 }
 
-/// Starts the proxy on the given addresses (port 0 = ephemeral).
-pub async fn start(state: State, listen: &[SocketAddr]) -> Result<Running> {
-    let state = Arc::new(state);
+fn listen_error(addr: impl ToString) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Listen {
+        addr: addr.to_string(),
+        source,
+    }
+}
+
+/// Starts the proxy on the given addresses (port 0 = ephemeral), for the
+/// standalone `proxy` command.
+pub async fn start(
+    config: ProxyConfig,
+    listen: &[SocketAddr],
+    events: Arc<dyn EventSink>,
+) -> Result<Running, Error> {
+    let state = Arc::new(State::new(config, events)?);
     let mut addrs = Vec::new();
     let mut tasks = Vec::new();
     for a in listen {
-        let l = TcpListener::bind(a)
-            .await
-            .with_context(|| format!("proxy: listening on {a}"))?;
-        addrs.push(l.local_addr()?);
+        let l = TcpListener::bind(a).await.map_err(listen_error(a))?;
+        addrs.push(l.local_addr().map_err(listen_error(a))?);
         tasks.push(tokio::spawn(server::serve(l, state.clone())));
     }
     Ok(Running {
@@ -63,18 +129,23 @@ pub async fn start(state: State, listen: &[SocketAddr]) -> Result<Running> {
 
 /// Starts the sandbox's proxy on 127.0.0.1 and, on the same port when
 /// possible, ::1.
-pub async fn start_loopback(state: State) -> Result<Running> {
-    let state = Arc::new(state);
+pub async fn start_loopback(
+    config: ProxyConfig,
+    events: Arc<dyn EventSink>,
+) -> Result<Running, Error> {
+    let state = Arc::new(State::new(config, events)?);
     let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .await
-        .context("proxy: listening on 127.0.0.1")?;
-    let port = v4.local_addr()?.port();
-    let mut addrs = vec![v4.local_addr()?];
+        .map_err(listen_error("127.0.0.1"))?;
+    let v4_addr = v4.local_addr().map_err(listen_error("127.0.0.1"))?;
+    let mut addrs = vec![v4_addr];
     let mut tasks = vec![tokio::spawn(server::serve(v4, state.clone()))];
     // ::1 is optional (IPv6 may be disabled); clients use the 127.0.0.1 URL.
-    if let Ok(v6) = TcpListener::bind((Ipv6Addr::LOCALHOST, port)).await {
-        addrs.push(v6.local_addr()?);
-        tasks.push(tokio::spawn(server::serve(v6, state.clone())));
+    if let Ok(v6) = TcpListener::bind((Ipv6Addr::LOCALHOST, v4_addr.port())).await {
+        if let Ok(a) = v6.local_addr() {
+            addrs.push(a);
+            tasks.push(tokio::spawn(server::serve(v6, state.clone())));
+        }
     }
     Ok(Running {
         addrs,
@@ -84,8 +155,12 @@ pub async fn start_loopback(state: State) -> Result<Running> {
 }
 
 /// A random per-sandbox secret for the proxy URL (128 bits, hex).
-pub fn new_secret() -> Result<String> {
-    crate::util::random_hex(16, "the proxy secret")
+pub fn new_secret() -> Result<String, Error> {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(Error::Secret)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// The environment a sandboxed command gets so that HTTP clients use the

@@ -10,20 +10,78 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Why a host name or pattern was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NameError(pub String);
-
-impl fmt::Display for NameError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Why a host name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Nothing at all.
+    #[error("empty host name")]
+    Empty,
+    /// Empty labels, bad characters, a label too long.
+    #[error("{0:?} is not a valid host name")]
+    Invalid(String),
+    /// IDNA (UTS 46) refused it.
+    #[error("{0:?} is not a valid host name (IDNA)")]
+    Idna(String),
+    /// Over 253 octets once in ASCII.
+    #[error("{0:?} is longer than 253 characters")]
+    TooLong(String),
+    /// The last label is all digits (resolvers would read an IPv4 address).
+    #[error("{0:?} looks like an IP address, not a host name")]
+    Numeric(String),
 }
 
-impl std::error::Error for NameError {}
+/// Why a domain pattern (`--allow-domain`, `--deny-domain`) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// `:PORT` is not a number.
+    #[error("pattern {pattern:?}: bad port {port:?}")]
+    BadPort {
+        /// The pattern as written.
+        pattern: String,
+        /// The text after the last `:`.
+        port: String,
+    },
+    /// `:0`.
+    #[error("pattern {0:?}: port 0")]
+    PortZero(String),
+    /// `*` anywhere but as the whole first label.
+    #[error("pattern {0:?}: '*' is only allowed as a whole first label (\"*.example.com\")")]
+    Wildcard(String),
+    /// The host part is not a host name.
+    #[error("pattern {pattern:?}: {source}")]
+    Host {
+        /// The pattern as written.
+        pattern: String,
+        /// Why the host part was refused.
+        source: NameError,
+    },
+}
 
-fn err(msg: impl Into<String>) -> NameError {
-    NameError(msg.into())
+/// Where a rule was written, so events and messages can point at it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line flag; also what parsing a rule from text gives, until
+    /// the caller says otherwise ([`DomainRule::with_origin`]).
+    #[default]
+    CommandLine,
+    /// A profile file.
+    Profile {
+        /// The file as its loader names it.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column (characters).
+        column: usize,
+    },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::CommandLine => f.write_str("command line"),
+            Self::Profile { file, line, column } => write!(f, "{file}:{line}:{column}"),
+        }
+    }
 }
 
 /// Normalises a host name: IDNA to ASCII, lower case, at most one trailing
@@ -32,16 +90,16 @@ fn err(msg: impl Into<String>) -> NameError {
 /// would read as an IPv4 address such as `127.1`).
 pub fn normalize_host(raw: &str) -> Result<String, NameError> {
     if raw.is_empty() {
-        return Err(err("empty host name"));
+        return Err(NameError::Empty);
     }
     let trimmed = raw.strip_suffix('.').unwrap_or(raw);
     if trimmed.is_empty() || trimmed.ends_with('.') {
-        return Err(err(format!("{raw:?} is not a valid host name")));
+        return Err(NameError::Invalid(raw.to_string()));
     }
-    let ascii = idna::domain_to_ascii_strict(trimmed)
-        .map_err(|_| err(format!("{raw:?} is not a valid host name (IDNA)")))?;
+    let ascii =
+        idna::domain_to_ascii_strict(trimmed).map_err(|_| NameError::Idna(raw.to_string()))?;
     if ascii.len() > 253 {
-        return Err(err(format!("{raw:?} is longer than 253 characters")));
+        return Err(NameError::TooLong(raw.to_string()));
     }
     let labels: Vec<&str> = ascii.split('.').collect();
     for l in &labels {
@@ -50,16 +108,14 @@ pub fn normalize_host(raw: &str) -> Result<String, NameError> {
             .bytes()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
         if !ok_len || !ok_chars || l.starts_with('-') || l.ends_with('-') {
-            return Err(err(format!("{raw:?} is not a valid host name")));
+            return Err(NameError::Invalid(raw.to_string()));
         }
     }
     if labels
         .last()
         .is_some_and(|l| l.bytes().all(|c| c.is_ascii_digit()))
     {
-        return Err(err(format!(
-            "{raw:?} looks like an IP address, not a host name"
-        )));
+        return Err(NameError::Numeric(raw.to_string()));
     }
     Ok(ascii)
 }
@@ -83,46 +139,57 @@ pub struct DomainRule {
     pub host: HostPattern,
     /// Port; `None` means the defaults 80 and 443.
     pub port: Option<u16>,
+    /// Where it was written.
+    pub origin: Origin,
 }
 
 /// Ports allowed when a rule names none.
 pub const DEFAULT_PORTS: [u16; 2] = [80, 443];
 
 impl FromStr for DomainRule {
-    type Err = NameError;
+    type Err = RuleError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let text = s.to_string();
         let (host, port) = match s.rsplit_once(':') {
             Some((h, p)) => {
-                let port: u16 = p
-                    .parse()
-                    .map_err(|_| err(format!("pattern {s:?}: bad port {p:?}")))?;
+                let port: u16 = p.parse().map_err(|_| RuleError::BadPort {
+                    pattern: text.clone(),
+                    port: p.to_string(),
+                })?;
                 if port == 0 {
-                    return Err(err(format!("pattern {s:?}: port 0")));
+                    return Err(RuleError::PortZero(text));
                 }
                 (h, Some(port))
             }
             None => (s, None),
         };
-        let host = if let Some(suffix) = host.strip_prefix("*.") {
-            HostPattern::Subdomains(
-                normalize_host(suffix).map_err(|e| err(format!("pattern {s:?}: {e}")))?,
-            )
-        } else if host.contains('*') {
-            return Err(err(format!(
-                "pattern {s:?}: '*' is only allowed as a whole first label (\"*.example.com\")"
-            )));
-        } else {
-            HostPattern::Exact(
-                normalize_host(host).map_err(|e| err(format!("pattern {s:?}: {e}")))?,
-            )
+        let host_error = |source| RuleError::Host {
+            pattern: s.to_string(),
+            source,
         };
-        Ok(Self { text, host, port })
+        let host = if let Some(suffix) = host.strip_prefix("*.") {
+            HostPattern::Subdomains(normalize_host(suffix).map_err(host_error)?)
+        } else if host.contains('*') {
+            return Err(RuleError::Wildcard(text));
+        } else {
+            HostPattern::Exact(normalize_host(host).map_err(host_error)?)
+        };
+        Ok(Self {
+            text,
+            host,
+            port,
+            origin: Origin::CommandLine,
+        })
     }
 }
 
 impl DomainRule {
+    /// The same rule, said to come from `origin`.
+    pub fn with_origin(self, origin: Origin) -> Self {
+        Self { origin, ..self }
+    }
+
     /// Whether `host` (already normalised) on `port` matches.
     pub fn matches(&self, host: &str, port: u16) -> bool {
         let port_ok = match self.port {

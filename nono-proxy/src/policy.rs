@@ -1,12 +1,16 @@
 //! What the proxy may connect to: domain rules before any DNS query, then
 //! address rules on every resolved address.
+//!
+//! Every judgement is a typed value naming the rule that decided it, so the
+//! event of an allowed request can say which rule allowed it and a refusal
+//! can say which rule (or fixed range) refused it.
 
 use ipnet::IpNet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use super::pattern::{normalize_host, DomainRule, NameError};
+use crate::pattern::{normalize_host, DomainRule, NameError, Origin};
 
 /// `--allow-cidr NET[:PORT]`: IP literals and resolved addresses in NET are
 /// allowed (on PORT, or on any port when none is given).
@@ -18,14 +22,29 @@ pub struct CidrRule {
     pub net: IpNet,
     /// The port, if restricted.
     pub port: Option<u16>,
+    /// Where it was written.
+    pub origin: Origin,
+}
+
+/// Why an `--allow-cidr` value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--allow-cidr {text:?}: {why}")]
+pub struct CidrError {
+    /// The value as written.
+    pub text: String,
+    /// What is wrong with it.
+    pub why: &'static str,
 }
 
 impl FromStr for CidrRule {
-    type Err = NameError;
+    type Err = CidrError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // "[2001:db8::/32]:443", "10.0.0.0/8:5432", "10.0.0.0/8", "2001:db8::/32"
-        let bad = |why: &str| NameError(format!("--allow-cidr {s:?}: {why}"));
+        let bad = |why: &'static str| CidrError {
+            text: s.to_string(),
+            why,
+        };
         let (net, port) = if let Some(rest) = s.strip_prefix('[') {
             let (net, tail) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
             let port = match tail.strip_prefix(':') {
@@ -51,18 +70,122 @@ impl FromStr for CidrRule {
             text: s.to_string(),
             net: net.trunc(),
             port,
+            origin: Origin::CommandLine,
         })
     }
 }
 
-/// A refusal, with the rule or range that caused it (sent to the client in
-/// the 403 body and recorded in events).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal(pub String);
+impl CidrRule {
+    /// The same rule, said to come from `origin`.
+    pub fn with_origin(self, origin: Origin) -> Self {
+        Self { origin, ..self }
+    }
+}
 
-impl fmt::Display for Refusal {
+/// The rule that decided a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// `--allow-domain` / `allow_domains` allowed it.
+    AllowDomain(DomainRule),
+    /// `--deny-domain` / `deny_domains` refused it.
+    DenyDomain(DomainRule),
+    /// `--allow-cidr` / `allow_cidrs` allowed the IP literal.
+    AllowCidr(CidrRule),
+}
+
+impl Rule {
+    /// `allow-domain`, `deny-domain` or `allow-cidr`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::AllowDomain(_) => "allow-domain",
+            Self::DenyDomain(_) => "deny-domain",
+            Self::AllowCidr(_) => "allow-cidr",
+        }
+    }
+
+    /// The rule as the user wrote it.
+    pub fn text(&self) -> &str {
+        match self {
+            Self::AllowDomain(r) | Self::DenyDomain(r) => &r.text,
+            Self::AllowCidr(r) => &r.text,
+        }
+    }
+
+    /// Where it was written.
+    pub fn origin(&self) -> &Origin {
+        match self {
+            Self::AllowDomain(r) | Self::DenyDomain(r) => &r.origin,
+            Self::AllowCidr(r) => &r.origin,
+        }
+    }
+}
+
+impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        write!(f, "{} {}", self.kind(), self.text())
+    }
+}
+
+/// A refusal, with the rule or range that caused it. Its text is sent to the
+/// client in the 403 body and recorded in events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The host is neither an IP literal nor a valid host name.
+    #[error("invalid host: {0}")]
+    InvalidHost(NameError),
+    /// An IP literal no `--allow-cidr` covers.
+    #[error("IP address {ip} is not allowed: no --allow-cidr rule covers {ip} port {port}")]
+    IpNotCovered {
+        /// The literal (canonical form).
+        ip: IpAddr,
+        /// The port asked for.
+        port: u16,
+    },
+    /// A deny rule matched the name.
+    #[error("{name}:{port} is denied by rule deny-domain {}", rule.text)]
+    Denied {
+        /// The normalised name.
+        name: String,
+        /// The port asked for.
+        port: u16,
+        /// The deny rule that matched (boxed: refusals are passed by value
+        /// on every request).
+        rule: Box<DomainRule>,
+    },
+    /// No allow rule matched the name.
+    #[error("{name}:{port} is not allowed by any allow-domain rule")]
+    NotAllowed {
+        /// The normalised name.
+        name: String,
+        /// The port asked for.
+        port: u16,
+    },
+    /// Link-local, metadata, multicast and the like: no rule opens these.
+    #[error("address {ip} is refused: {range}")]
+    Never {
+        /// The address (canonical form).
+        ip: IpAddr,
+        /// Which range it is in.
+        range: &'static str,
+    },
+    /// A resolved loopback/private/CGNAT/ULA address without `--allow-cidr`.
+    #[error("resolved address {ip} is in {range}; add --allow-cidr to reach it")]
+    Private {
+        /// The address (canonical form).
+        ip: IpAddr,
+        /// Which range it is in.
+        range: &'static str,
+    },
+}
+
+impl Refusal {
+    /// The rule that refused, if a rule did (rather than the absence of one
+    /// or a fixed range).
+    pub fn rule(&self) -> Option<Rule> {
+        match self {
+            Self::Denied { rule, .. } => Some(Rule::DenyDomain(DomainRule::clone(rule))),
+            _ => None,
+        }
     }
 }
 
@@ -88,7 +211,7 @@ impl Target {
         }
         normalize_host(host)
             .map(Self::Name)
-            .map_err(|e| Refusal(format!("invalid host: {e}")))
+            .map_err(Refusal::InvalidHost)
     }
 }
 
@@ -115,32 +238,32 @@ pub struct ProxyPolicy {
 impl ProxyPolicy {
     /// Judges the request target before anything is resolved. Returns the
     /// rule that allows it.
-    pub fn check_target(&self, target: &Target, port: u16) -> Result<String, Refusal> {
+    pub fn check_target(&self, target: &Target, port: u16) -> Result<Rule, Refusal> {
         match target {
             Target::Ip(ip) => {
                 let ip = canonical(*ip);
                 match self.cidr_for(ip, port) {
                     Some(rule) => {
                         check_always_blocked(ip)?;
-                        Ok(format!("allow-cidr {rule}"))
+                        Ok(Rule::AllowCidr(rule.clone()))
                     }
-                    None => Err(Refusal(format!(
-                        "IP address {ip} is not allowed: no --allow-cidr rule covers {ip} port {port}"
-                    ))),
+                    None => Err(Refusal::IpNotCovered { ip, port }),
                 }
             }
             Target::Name(name) => {
                 if let Some(r) = self.deny.iter().find(|r| r.matches(name, port)) {
-                    return Err(Refusal(format!(
-                        "{name}:{port} is denied by rule deny-domain {}",
-                        r.text
-                    )));
+                    return Err(Refusal::Denied {
+                        name: name.clone(),
+                        port,
+                        rule: Box::new(r.clone()),
+                    });
                 }
                 match self.allow.iter().find(|r| r.matches(name, port)) {
-                    Some(r) => Ok(format!("allow-domain {}", r.text)),
-                    None => Err(Refusal(format!(
-                        "{name}:{port} is not allowed by any allow-domain rule"
-                    ))),
+                    Some(r) => Ok(Rule::AllowDomain(r.clone())),
+                    None => Err(Refusal::NotAllowed {
+                        name: name.clone(),
+                        port,
+                    }),
                 }
             }
         }
@@ -152,19 +275,16 @@ impl ProxyPolicy {
         check_always_blocked(ip)?;
         if let Some(range) = private_range(ip) {
             if self.cidr_for(ip, port).is_none() {
-                return Err(Refusal(format!(
-                    "resolved address {ip} is in {range}; add --allow-cidr to reach it"
-                )));
+                return Err(Refusal::Private { ip, range });
             }
         }
         Ok(())
     }
 
-    fn cidr_for(&self, ip: IpAddr, port: u16) -> Option<&str> {
+    fn cidr_for(&self, ip: IpAddr, port: u16) -> Option<&CidrRule> {
         self.cidrs
             .iter()
             .find(|c| c.net.contains(&ip) && c.port.is_none_or(|p| p == port))
-            .map(|c| c.text.as_str())
     }
 }
 
@@ -228,7 +348,7 @@ fn check_always_blocked(ip: IpAddr) -> Result<(), Refusal> {
         }
     };
     match why {
-        Some(w) => Err(Refusal(format!("address {ip} is refused: {w}"))),
+        Some(range) => Err(Refusal::Never { ip, range }),
         None => Ok(()),
     }
 }
@@ -285,7 +405,19 @@ mod tests {
         let p = policy(&["*.allowed.test"], &["bad.allowed.test"], &[]);
         assert!(p.check_target(&name("ok.allowed.test"), 443).is_ok());
         let e = p.check_target(&name("BAD.allowed.test."), 443).unwrap_err();
-        assert!(e.0.contains("deny-domain bad.allowed.test"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "bad.allowed.test:443 is denied by rule deny-domain bad.allowed.test"
+        );
+        assert_eq!(
+            e.rule().map(|r| r.to_string()).as_deref(),
+            Some("deny-domain bad.allowed.test")
+        );
+        assert_eq!(
+            p.check_target(&name("ok.allowed.test"), 443)
+                .map(|r| r.to_string()),
+            Ok("allow-domain *.allowed.test".to_string())
+        );
         assert!(p.check_target(&name("allowed.test"), 443).is_err());
     }
 

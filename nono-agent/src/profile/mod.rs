@@ -32,7 +32,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::proxy::{pattern::DomainRule, policy::CidrRule, resolve::Pin, upstream::Upstream};
+use nono_proxy::{CidrRule, DomainRule, Pin, Upstream};
 
 /// A profile with its `extends` chain applied and every variable expanded:
 /// what the enforcers are given.

@@ -17,7 +17,7 @@ use std::str::FromStr;
 use toml::Spanned;
 
 use super::{expand, EnvPolicy, ExpandContext, FsPolicy, Location, Loopback, ProfileError};
-use crate::proxy::{pattern::DomainRule, policy::CidrRule, resolve::Pin, upstream::Upstream};
+use nono_proxy::{CidrRule, DomainRule, Pin, Upstream};
 
 /// One profile file, parsed and expanded, before merging.
 #[derive(Debug, Default)]

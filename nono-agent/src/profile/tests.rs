@@ -450,7 +450,7 @@ user = "1000"
 
 #[test]
 fn deny_from_any_level_wins() {
-    use crate::proxy::policy::{ProxyPolicy, Target};
+    use nono_proxy::{ProxyPolicy, Target};
     let env = Env::new();
     env.user(
         "base",

@@ -1,0 +1,208 @@
+//! What the proxy reports about each request: one [`ProxyEvent`] per
+//! decision, handed to the caller's [`EventSink`] (the agent turns it into
+//! its JSON event line).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::dns::DnsError;
+use crate::policy::{Refusal, Rule};
+use crate::request::RequestError;
+use crate::upstream::UpstreamError;
+
+/// Which kind of request an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// A CONNECT tunnel.
+    Connect,
+    /// A forwarded absolute-form HTTP request.
+    Http,
+}
+
+impl Hook {
+    /// `connect` or `http`, as written in events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Http => "http",
+        }
+    }
+}
+
+/// Whether the request went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Connected (the event is recorded when the exchange ends).
+    Allow,
+    /// Refused with an error response.
+    Deny,
+}
+
+impl Verdict {
+    /// `allow` or `deny`, as written in events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+/// How a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// Both directions finished (or one failed).
+    Closed,
+    /// The proxy was stopped.
+    SandboxEnded,
+    /// Nothing moved for the idle timeout.
+    IdleTimeout,
+}
+
+/// Why a connection to the destination (or the upstream proxy) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The upstream proxy failed.
+    #[error("upstream proxy: {0}")]
+    Upstream(#[from] UpstreamError),
+    /// No address was left to try.
+    #[error("no address to connect to")]
+    NoAddress,
+    /// The last address tried refused or failed.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// Address and port.
+        addr: std::net::SocketAddr,
+        /// The system's reason.
+        source: std::io::Error,
+    },
+    /// The last address tried did not answer in time.
+    #[error("connect to {addr}: timed out after {timeout:?}")]
+    Timeout {
+        /// Address and port.
+        addr: std::net::SocketAddr,
+        /// The connect timeout.
+        timeout: Duration,
+    },
+}
+
+/// Why a request was refused, or how an allowed one ended. Its text is the
+/// event's `reason` (and, for refusals, the error response's body).
+#[derive(Debug)]
+pub enum Reason {
+    /// No or wrong `Proxy-Authorization`.
+    AuthRequired,
+    /// The request itself is not acceptable.
+    BadRequest(RequestError),
+    /// The rules refused the target.
+    Refused(Refusal),
+    /// Every resolved address was refused (`first` says why the first was).
+    NoUsableAddress {
+        /// The target as judged.
+        target: String,
+        /// The first address's refusal.
+        first: Option<Refusal>,
+    },
+    /// Name resolution failed.
+    Lookup(DnsError),
+    /// Connecting failed.
+    Dial(DialError),
+    /// The HTTP handshake with the destination failed.
+    Handshake(hyper::Error),
+    /// Sending the request or reading the response head failed.
+    Upstream(hyper::Error),
+    /// No response head within the idle timeout.
+    UpstreamTimeout,
+    /// The request's path and query are not a valid origin-form target.
+    BadPath,
+    /// An allowed tunnel ended.
+    Tunnel(TunnelEnd),
+    /// The client left before the tunnel was set up.
+    ClientGone(hyper::Error),
+    /// An allowed request was forwarded and answered.
+    Forwarded {
+        /// The destination's status code.
+        status: u16,
+    },
+}
+
+impl Reason {
+    /// The rule that refused, when a rule did.
+    pub fn rule(&self) -> Option<Rule> {
+        match self {
+            Self::Refused(r) => r.rule(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AuthRequired => f.write_str(
+                "proxy authentication required (use the proxy URL from HTTP_PROXY/HTTPS_PROXY)",
+            ),
+            Self::BadRequest(e) => e.fmt(f),
+            Self::Refused(r) => r.fmt(f),
+            Self::NoUsableAddress { target, first } => match first {
+                Some(r) => write!(f, "{target}: {r}"),
+                None => write!(f, "{target}: no address"),
+            },
+            Self::Lookup(e) => e.fmt(f),
+            Self::Dial(e) => e.fmt(f),
+            Self::Handshake(e) => write!(f, "upstream handshake: {e}"),
+            Self::Upstream(e) => write!(f, "upstream: {e}"),
+            Self::UpstreamTimeout => f.write_str("upstream did not answer in time"),
+            Self::BadPath => f.write_str("bad request path"),
+            Self::Tunnel(TunnelEnd::Closed) => f.write_str("tunnel closed"),
+            Self::Tunnel(TunnelEnd::SandboxEnded) => f.write_str("tunnel closed: sandbox ended"),
+            Self::Tunnel(TunnelEnd::IdleTimeout) => f.write_str("tunnel closed: idle timeout"),
+            Self::ClientGone(e) => write!(f, "client went away before the tunnel: {e}"),
+            Self::Forwarded { status } => write!(f, "forwarded, upstream status {status}"),
+        }
+    }
+}
+
+/// One proxy decision.
+#[derive(Debug)]
+pub struct ProxyEvent {
+    /// The sandbox the proxy serves ([`crate::ProxyConfig::sandbox`]).
+    pub sandbox: Arc<str>,
+    /// Tunnel or forwarded request.
+    pub hook: Hook,
+    /// Allowed or refused.
+    pub verdict: Verdict,
+    /// Why refused, or how the allowed exchange ended.
+    pub reason: Reason,
+    /// The rule that decided: for allowed requests the allowing rule, for
+    /// requests a deny rule refused that rule, otherwise none.
+    pub rule: Option<Rule>,
+    /// Requested host (normalised) or IP literal.
+    pub host: String,
+    /// Requested port.
+    pub port: u16,
+    /// Address actually connected to (none through an upstream proxy).
+    pub addr: Option<IpAddr>,
+    /// Bytes from the sandbox to the destination.
+    pub bytes_up: u64,
+    /// Bytes from the destination to the sandbox.
+    pub bytes_down: u64,
+    /// Time from request to end of exchange.
+    pub duration: Duration,
+}
+
+/// Where the proxy sends its events. Called from connection tasks, so it
+/// must not block for long.
+pub trait EventSink: Send + Sync + 'static {
+    /// Takes one event.
+    fn record(&self, event: ProxyEvent);
+}
+
+impl EventSink for tokio::sync::mpsc::UnboundedSender<ProxyEvent> {
+    fn record(&self, event: ProxyEvent) {
+        // A closed receiver means nobody wants events any more.
+        let _ = self.send(event);
+    }
+}
