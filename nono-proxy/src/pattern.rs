@@ -131,7 +131,8 @@ pub enum HostPattern {
 }
 
 /// A domain rule: `example.com`, `*.example.com`, either with `:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Equal rules are the same text: where each was written does not count.
+#[derive(Debug, Clone, Eq)]
 pub struct DomainRule {
     /// The rule as the user wrote it (for error messages and events).
     pub text: String,
@@ -181,6 +182,12 @@ impl FromStr for DomainRule {
             port,
             origin: Origin::CommandLine,
         })
+    }
+}
+
+impl PartialEq for DomainRule {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.text, &self.host, self.port) == (&other.text, &other.host, other.port)
     }
 }
 

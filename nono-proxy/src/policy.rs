@@ -13,8 +13,9 @@ use std::str::FromStr;
 use crate::pattern::{normalize_host, DomainRule, NameError, Origin};
 
 /// `--allow-cidr NET[:PORT]`: IP literals and resolved addresses in NET are
-/// allowed (on PORT, or on any port when none is given).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// allowed (on PORT, or on any port when none is given). Equal rules are
+/// the same text: where each was written does not count.
+#[derive(Debug, Clone, Eq)]
 pub struct CidrRule {
     /// As written.
     pub text: String,
@@ -72,6 +73,12 @@ impl FromStr for CidrRule {
             port,
             origin: Origin::CommandLine,
         })
+    }
+}
+
+impl PartialEq for CidrRule {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.text, self.net, self.port) == (&other.text, other.net, other.port)
     }
 }
 

@@ -17,7 +17,7 @@ use std::str::FromStr;
 use toml::Spanned;
 
 use super::{expand, EnvPolicy, ExpandContext, FsPolicy, Location, Loopback, ProfileError};
-use nono_proxy::{CidrRule, DomainRule, Pin, Upstream};
+use nono_proxy::{CidrRule, DomainRule, Origin, Pin, Upstream};
 
 /// One profile file, parsed and expanded, before merging.
 #[derive(Debug, Default)]
@@ -53,9 +53,9 @@ struct RawProfile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawNetwork {
-    allow_domains: Vec<Parsed<DomainRule>>,
-    deny_domains: Vec<Parsed<DomainRule>>,
-    allow_cidrs: Vec<Parsed<CidrRule>>,
+    allow_domains: Vec<Spanned<Parsed<DomainRule>>>,
+    deny_domains: Vec<Spanned<Parsed<DomainRule>>>,
+    allow_cidrs: Vec<Spanned<Parsed<CidrRule>>>,
     loopback: Option<Loopback>,
     upstream_proxy: Option<Parsed<Upstream>>,
     resolve: Vec<Parsed<Pin>>,
@@ -274,9 +274,9 @@ pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer
     Ok(Layer {
         extends,
         description: raw.description,
-        allow_domains: values(n.allow_domains),
-        deny_domains: values(n.deny_domains),
-        allow_cidrs: values(n.allow_cidrs),
+        allow_domains: placed(n.allow_domains, text, file, DomainRule::with_origin),
+        deny_domains: placed(n.deny_domains, text, file, DomainRule::with_origin),
+        allow_cidrs: placed(n.allow_cidrs, text, file, CidrRule::with_origin),
         loopback: n.loopback,
         upstream_proxy: n.upstream_proxy.map(|Parsed(u)| u),
         resolve: values(n.resolve),
@@ -289,6 +289,22 @@ pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer
         env: raw.process.env,
         user,
     })
+}
+
+/// The rules of `list`, each told where in `file` it was written (the
+/// proxy's events name the rule that allowed or denied a request).
+fn placed<T>(
+    list: Vec<Spanned<Parsed<T>>>,
+    text: &str,
+    file: &str,
+    place: fn(T, Origin) -> T,
+) -> Vec<T> {
+    list.into_iter()
+        .map(|s| {
+            let Location { file, line, column } = location(text, file, s.span().start);
+            place(s.into_inner().0, Origin::Profile { file, line, column })
+        })
+        .collect()
 }
 
 fn values<T>(v: Vec<Parsed<T>>) -> Vec<T> {
@@ -313,4 +329,27 @@ pub(super) fn description(text: &str) -> Option<String> {
         description: Option<String>,
     }
     toml::from_str::<Only>(text).ok()?.description
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_remember_where_they_were_written() {
+        let ctx = ExpandContext {
+            cwd: PathBuf::from("/w"),
+            home: None,
+            tmpdir: PathBuf::from("/tmp"),
+            xdg_config_home: None,
+        };
+        let text = "[network]\nallow_domains = [\n  \"a.test\",\n  \"*.b.test\",\n]\n\
+                    deny_domains = [\"x.b.test\"]\nallow_cidrs = [\"10.0.0.0/8\"]\n";
+        let l = parse(text, "/p/dev.toml", &ctx).unwrap();
+        let at = |o: &Origin| o.to_string();
+        assert_eq!(at(&l.allow_domains[0].origin), "/p/dev.toml:3:3");
+        assert_eq!(at(&l.allow_domains[1].origin), "/p/dev.toml:4:3");
+        assert_eq!(at(&l.deny_domains[0].origin), "/p/dev.toml:6:17");
+        assert_eq!(at(&l.allow_cidrs[0].origin), "/p/dev.toml:7:16");
+    }
 }
