@@ -13,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nono_agent_fuzz::proxy::pattern::{normalize_host, DomainRule, HostPattern, DEFAULT_PORTS};
+use nono_proxy::pattern::{normalize_host, DomainRule, HostPattern, DEFAULT_PORTS};
 
 fn check_normalised(raw: &str, n: &str) {
     assert!(!n.is_empty() && n.len() <= 253, "{raw:?} -> {n:?}");
@@ -28,7 +28,10 @@ fn check_normalised(raw: &str, n: &str) {
             !label.is_empty() && label.len() <= 63,
             "{raw:?} -> {n:?}: label {label:?}"
         );
-        assert!(!label.starts_with('-') && !label.ends_with('-'), "{raw:?} -> {n:?}");
+        assert!(
+            !label.starts_with('-') && !label.ends_with('-'),
+            "{raw:?} -> {n:?}"
+        );
     }
     assert_eq!(
         normalize_host(n).as_deref(),
@@ -80,13 +83,19 @@ fuzz_target!(|data: &[u8]| {
     // The rule matches its own name (exact rules) on its port.
     let own_port = rule.port.unwrap_or(443);
     if let HostPattern::Exact(e) = &rule.host {
-        assert!(rule.matches(e, own_port), "{pattern:?} does not match {e:?}");
+        assert!(
+            rule.matches(e, own_port),
+            "{pattern:?} does not match {e:?}"
+        );
     }
     if let HostPattern::Subdomains(s) = &rule.host {
         assert!(!rule.matches(s, own_port), "{pattern:?} matches its apex");
         let sub = format!("a.{s}");
         if sub.len() <= 253 {
-            assert!(rule.matches(&sub, own_port), "{pattern:?} does not match {sub:?}");
+            assert!(
+                rule.matches(&sub, own_port),
+                "{pattern:?} does not match {sub:?}"
+            );
         }
     }
 

@@ -11,8 +11,8 @@
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::Uri;
 use libfuzzer_sys::fuzz_target;
-use nono_agent_fuzz::proxy::policy::Target;
-use nono_agent_fuzz::proxy::server::{authorized, check_forward_request, strip_hop_by_hop};
+use nono_proxy::policy::Target;
+use nono_proxy::request::{authorized, check_forward_request, strip_hop_by_hop};
 
 fuzz_target!(|data: &[u8]| {
     let mut lines = data.split(|&b| b == b'\n');
@@ -49,7 +49,13 @@ fuzz_target!(|data: &[u8]| {
             !(headers.contains_key(hyper::header::TRANSFER_ENCODING)
                 && headers.contains_key(hyper::header::CONTENT_LENGTH))
         );
-        assert!(headers.get_all(hyper::header::CONTENT_LENGTH).iter().count() <= 1);
+        assert!(
+            headers
+                .get_all(hyper::header::CONTENT_LENGTH)
+                .iter()
+                .count()
+                <= 1
+        );
         let t = Target::parse(&host).expect("accepted host must parse as a target");
         let host_header = headers[hyper::header::HOST].to_str().unwrap();
         // The Host header names the same target (after normalisation).

@@ -12,8 +12,8 @@
 
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
-use nono_agent_fuzz::proxy::pattern::normalize_host;
-use nono_agent_fuzz::proxy::policy::{canonical, CidrRule, ProxyPolicy, Target};
+use nono_proxy::pattern::normalize_host;
+use nono_proxy::policy::{canonical, CidrRule, ProxyPolicy, Target};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 fn everything() -> ProxyPolicy {
@@ -110,7 +110,10 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     if never {
-        assert!(all.check_resolved(ip, port).is_err(), "{ip} resolved is allowed");
+        assert!(
+            all.check_resolved(ip, port).is_err(),
+            "{ip} resolved is allowed"
+        );
         assert!(
             all.check_target(&Target::Ip(ip), port).is_err(),
             "{ip} literal is allowed"
@@ -124,8 +127,13 @@ fuzz_target!(|data: &[u8]| {
             text: net.to_string(),
             net,
             port: None,
+            origin: Default::default(),
         }],
         ..Default::default()
     };
-    assert_eq!(one.check_target(&Target::Ip(ip), port).is_ok(), !never, "{ip}");
+    assert_eq!(
+        one.check_target(&Target::Ip(ip), port).is_ok(),
+        !never,
+        "{ip}"
+    );
 });
