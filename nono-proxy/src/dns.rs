@@ -18,12 +18,12 @@ pub enum PinError {
     #[error("--resolve {0:?}: expected NAME=ADDR")]
     Syntax(String),
     /// The name is not a host name.
-    #[error("--resolve {text:?}: {source}")]
+    #[error("--resolve {text:?}: {error}")]
     Name {
         /// The value as written.
         text: String,
         /// Why the name was refused.
-        source: NameError,
+        error: NameError,
     },
     /// One of the addresses is not an IP address.
     #[error("--resolve {text:?}: {addr:?} is not an IP address")]
@@ -75,9 +75,9 @@ impl FromStr for Pin {
         let (name, addrs) = s
             .split_once('=')
             .ok_or_else(|| PinError::Syntax(s.to_string()))?;
-        let name = normalize_host(name).map_err(|source| PinError::Name {
+        let name = normalize_host(name).map_err(|error| PinError::Name {
             text: s.to_string(),
-            source,
+            error,
         })?;
         let addrs = addrs
             .split(',')

@@ -66,17 +66,17 @@ pub enum TunnelEnd {
 pub enum DialError {
     /// The upstream proxy failed.
     #[error("upstream proxy: {0}")]
-    Upstream(#[from] UpstreamError),
+    Upstream(UpstreamError),
     /// No address was left to try.
     #[error("no address to connect to")]
     NoAddress,
     /// The last address tried refused or failed.
-    #[error("connect to {addr}: {source}")]
+    #[error("connect to {addr}: {error}")]
     Connect {
         /// Address and port.
         addr: std::net::SocketAddr,
         /// The system's reason.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The last address tried did not answer in time.
     #[error("connect to {addr}: timed out after {timeout:?}")]

@@ -9,6 +9,13 @@
 //! nothing of the command line: callers fill a [`ProxyConfig`], start it with
 //! [`start`] or [`start_loopback`], receive a [`ProxyEvent`] per decision
 //! through their [`EventSink`], and [`Running::stop`] it.
+//!
+//! Errors are `thiserror` enums, one per module. The parse errors, refusals
+//! and request errors include the inner error's text in their own message
+//! (that message is what clap, profile errors, 403 bodies and event reasons
+//! show, byte for byte as before), so they do not also report it as
+//! `source()`, which `{:#}` would print twice; only the start-up [`Error`]
+//! keeps the system's error as its source.
 
 pub mod dns;
 pub mod event;
@@ -56,11 +63,12 @@ pub struct ProxyConfig {
     pub sandbox: String,
 }
 
-/// Why the proxy could not start.
+/// Why the proxy could not start. The system's reason is the error's
+/// source (printed after the message by `{:#}`).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A listening socket could not be opened.
-    #[error("proxy: listening on {addr}: {source}")]
+    #[error("proxy: listening on {addr}")]
     Listen {
         /// The address as asked for (`127.0.0.1` for the loopback proxy).
         addr: String,
@@ -71,8 +79,8 @@ pub enum Error {
     #[error(transparent)]
     Dns(#[from] dns::DnsError),
     /// No randomness for the secret.
-    #[error("reading /dev/urandom for the proxy secret: {0}")]
-    Secret(std::io::Error),
+    #[error("reading /dev/urandom for the proxy secret")]
+    Secret(#[source] std::io::Error),
 }
 
 /// A running proxy.

@@ -48,12 +48,12 @@ pub enum RuleError {
     #[error("pattern {0:?}: '*' is only allowed as a whole first label (\"*.example.com\")")]
     Wildcard(String),
     /// The host part is not a host name.
-    #[error("pattern {pattern:?}: {source}")]
+    #[error("pattern {pattern:?}: {error}")]
     Host {
         /// The pattern as written.
         pattern: String,
         /// Why the host part was refused.
-        source: NameError,
+        error: NameError,
     },
 }
 
@@ -165,9 +165,9 @@ impl FromStr for DomainRule {
             }
             None => (s, None),
         };
-        let host_error = |source| RuleError::Host {
+        let host_error = |error| RuleError::Host {
             pattern: s.to_string(),
-            source,
+            error,
         };
         let host = if let Some(suffix) = host.strip_prefix("*.") {
             HostPattern::Subdomains(normalize_host(suffix).map_err(host_error)?)

@@ -340,7 +340,8 @@ pub(crate) async fn dial(
             up.tunnel(&target.to_string(), d.port, timeout).await
         } else {
             up.connect(timeout).await
-        }?;
+        }
+        .map_err(DialError::Upstream)?;
         return Ok((s, None));
     }
     let mut last = DialError::NoAddress;
@@ -351,7 +352,7 @@ pub(crate) async fn dial(
                 let _ = s.set_nodelay(true);
                 return Ok((s, Some(*ip)));
             }
-            Ok(Err(source)) => last = DialError::Connect { addr, source },
+            Ok(Err(error)) => last = DialError::Connect { addr, error },
             Err(_) => last = DialError::Timeout { addr, timeout },
         }
     }

@@ -33,16 +33,16 @@ pub enum UpstreamError {
     #[error("connect to {0} timed out")]
     ConnectTimeout(String),
     /// Connecting to it failed.
-    #[error("connect to {authority}: {source}")]
+    #[error("connect to {authority}: {error}")]
     Connect {
         /// Its `host:port`.
         authority: String,
         /// The system's reason.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Writing the CONNECT request or reading its answer failed.
     #[error("{0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The answer's head exceeded 16 KiB.
     #[error("response head too large")]
     HeadTooLarge,
@@ -113,9 +113,9 @@ impl Upstream {
         let s = tokio::time::timeout(timeout, TcpStream::connect(&self.authority))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout(self.authority.clone()))?
-            .map_err(|source| UpstreamError::Connect {
+            .map_err(|error| UpstreamError::Connect {
                 authority: self.authority.clone(),
-                source,
+                error,
             })?;
         let _ = s.set_nodelay(true);
         Ok(s)
@@ -142,7 +142,9 @@ impl Upstream {
             req.push_str(&format!("Proxy-Authorization: {a}\r\n"));
         }
         req.push_str("\r\n");
-        s.write_all(req.as_bytes()).await?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(UpstreamError::Io)?;
         // Read the response head byte by byte so no tunnel data is consumed.
         let mut head = Vec::with_capacity(256);
         let read = async {
@@ -150,7 +152,7 @@ impl Upstream {
                 if head.len() > 16 * 1024 {
                     return Err(UpstreamError::HeadTooLarge);
                 }
-                let b = s.read_u8().await?;
+                let b = s.read_u8().await.map_err(UpstreamError::Io)?;
                 head.push(b);
             }
             Ok(())
