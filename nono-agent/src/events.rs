@@ -286,6 +286,15 @@ impl Summary {
     }
 }
 
+/// Turns every record waiting in the BPF ring buffer into an event line.
+pub fn drain_ring(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, id: &str, out: &mut Output) {
+    while let Some(item) = ring.next() {
+        if let Some(ev) = parse(&item) {
+            out.take(record(&ev, id, SystemTime::now()).into_line());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,12 +4,16 @@ use anyhow::Result;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::StandaloneProxyArgs;
-use crate::{events, exec, proxy};
+use crate::proxy_config::ProxyRules;
+use crate::{events, proxy};
 
 pub async fn run(args: StandaloneProxyArgs) -> Result<i32> {
     let mut out = events::Output::open(args.events.as_deref())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let state = exec::proxy_state(&args.proxy, args.secret.clone(), "standalone", tx)?;
+    let rules = ProxyRules::from(args.proxy);
+    let state = rules
+        .state(args.secret.clone(), "standalone", tx)
+        .map_err(anyhow::Error::msg)?;
     let running = proxy::start(state, &args.listen).await?;
     for a in &running.addrs {
         eprintln!("nono-agent: proxy listening on {a}");
