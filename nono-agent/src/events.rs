@@ -322,6 +322,8 @@ mod tests {
     #[test]
     fn v4_mapped_destination_is_shown_as_v4() {
         let e = ev(Hook::Connect6, canonical_v4([198, 51, 100, 2]), 443);
+        // SAFETY: DenyEvent is a plain repr(C) struct; its bytes are read
+        // while it lives.
         let bytes = unsafe {
             std::slice::from_raw_parts(
                 (&e as *const DenyEvent).cast::<u8>(),
