@@ -21,7 +21,7 @@ use crate::events;
 use crate::plan::{self, ExecRequest, Plan};
 use crate::proxy;
 use crate::sandbox::{
-    cgroup, child::ChildSetup, daemons, hide, landlock, privileges, reap, registry, resolve, spawn,
+    cgroup, child::ChildSetup, command_path, daemons, hide, landlock, privileges, reap, registry, spawn,
     sweep, teardown::Resources, users,
 };
 use crate::seccomp::{filter, supervisor::Supervisor};
@@ -34,7 +34,7 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         .command
         .split_first()
         .context("no command given after --")?;
-    let program = match resolve::resolve(cmd, std::env::var_os("PATH").as_deref()) {
+    let program = match command_path::resolve(cmd, std::env::var_os("PATH").as_deref()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("nono-agent: {e}");

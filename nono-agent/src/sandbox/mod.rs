@@ -10,7 +10,7 @@ pub mod privileges;
 pub mod protect;
 pub mod reap;
 pub mod registry;
-pub mod resolve;
+pub mod command_path;
 pub mod sockdiag;
 pub mod spawn;
 pub mod sweep;
