@@ -21,8 +21,8 @@ use crate::events;
 use crate::plan::{self, ExecRequest, Plan};
 use crate::proxy;
 use crate::sandbox::{
-    cgroup, child::ChildSetup, command_path, daemons, hide, landlock, privileges, reap, registry, spawn,
-    sweep, teardown::Resources, users,
+    cgroup, child::ChildSetup, command_path, daemons, hide, landlock, privileges, reap, registry,
+    spawn, sweep, teardown::Resources, users,
 };
 use crate::seccomp::{filter, supervisor::Supervisor};
 use crate::signals::Forwarder;

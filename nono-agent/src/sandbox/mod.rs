@@ -2,6 +2,7 @@
 
 pub mod cgroup;
 pub mod child;
+pub mod command_path;
 pub mod daemons;
 pub mod hide;
 pub mod landlock;
@@ -10,7 +11,6 @@ pub mod privileges;
 pub mod protect;
 pub mod reap;
 pub mod registry;
-pub mod command_path;
 pub mod sockdiag;
 pub mod spawn;
 pub mod sweep;
