@@ -1,10 +1,15 @@
-//! Command-line interface.
+//! Command-line interface: clap types only. Each command's arguments are
+//! turned into plain data (`plan::ExecRequest`, `proxy_config::ProxyRules`)
+//! right here, so nothing past this module knows about clap.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::enforcer::Requested;
+use crate::plan::ExecRequest;
+use crate::proxy_config::ProxyRules;
 use nono_proxy::{CidrRule, DomainRule, Pin, Upstream};
 
 /// Run a command with its network confined to loopback and its proxy.
@@ -93,13 +98,19 @@ pub struct ProxyArgs {
     pub connect_timeout: u64,
 }
 
-impl ProxyArgs {
-    /// Whether any option asks for the proxy.
-    pub fn wanted(&self) -> bool {
-        !self.allow_domain.is_empty()
-            || !self.deny_domain.is_empty()
-            || !self.allow_cidr.is_empty()
-            || self.upstream_proxy.is_some()
+impl From<ProxyArgs> for ProxyRules {
+    fn from(a: ProxyArgs) -> Self {
+        Self {
+            allow_domain: a.allow_domain,
+            deny_domain: a.deny_domain,
+            allow_cidr: a.allow_cidr,
+            resolve: a.resolve,
+            dns_server: a.dns_server,
+            upstream_proxy: a.upstream_proxy,
+            max_connections: a.max_connections,
+            idle_timeout: a.idle_timeout,
+            connect_timeout: a.connect_timeout,
+        }
     }
 }
 
@@ -199,6 +210,38 @@ pub struct ExecArgs {
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+impl From<Enforcer> for Requested {
+    fn from(e: Enforcer) -> Self {
+        match e {
+            Enforcer::Auto => Requested::Auto,
+            Enforcer::Bpf => Requested::Bpf,
+            Enforcer::Seccomp => Requested::Seccomp,
+        }
+    }
+}
+
+impl From<ExecArgs> for ExecRequest {
+    fn from(a: ExecArgs) -> Self {
+        Self {
+            proxy_endpoints: a.proxy_endpoints,
+            enforcer: a.enforcer.into(),
+            events: a.events,
+            allow_unenforced: a.allow_unenforced,
+            profile: a.profile,
+            read: a.read,
+            write: a.write,
+            exec: a.exec,
+            loopback_ports: a.loopback_ports,
+            allow_unix_sockets: a.allow_unix_sockets,
+            user: a.user,
+            allow_degraded: a.allow_degraded,
+            quiet: a.quiet,
+            proxy: a.proxy.into(),
+            command: a.command,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]

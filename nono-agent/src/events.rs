@@ -336,6 +336,15 @@ impl Summary {
     }
 }
 
+/// Turns every record waiting in the BPF ring buffer into an event line.
+pub fn drain_ring(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, id: &str, out: &mut Output) {
+    while let Some(item) = ring.next() {
+        if let Some(ev) = parse(&item) {
+            out.take(record(&ev, id, SystemTime::now()).into_line());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,6 +372,8 @@ mod tests {
     #[test]
     fn v4_mapped_destination_is_shown_as_v4() {
         let e = ev(Hook::Connect6, canonical_v4([198, 51, 100, 2]), 443);
+        // SAFETY: DenyEvent is a plain repr(C) struct; its bytes are read
+        // while it lives.
         let bytes = unsafe {
             std::slice::from_raw_parts(
                 (&e as *const DenyEvent).cast::<u8>(),

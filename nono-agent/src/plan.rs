@@ -1,20 +1,82 @@
-//! What one `exec` will enforce: the profile (if any) with the command-line
-//! flags layered on top, in the shapes the enforcers need.
+//! What one `exec` will enforce, worked out once before anything is created:
+//! the profile (if any) with the command-line flags layered on top, in the
+//! shapes the enforcers need.
+//!
+//! Data flows one way: `cli` (clap) turns the flags into an [`ExecRequest`]
+//! (plain data), [`build`] turns that into a [`Plan`], and `commands::exec`
+//! carries the plan out. Nothing here knows about clap, and every check the
+//! user's input needs happens here, so that bad input is refused before a
+//! cgroup, a pin or a proxy exists.
 
-use anyhow::{Context as _, Result};
+use nono_common::{Dest, Endpoint, Policy, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS};
+use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::cli::{ExecArgs, ProxyArgs};
-use crate::profile::{self, EnvPolicy, ExpandContext, Loopback, ResolvedProfile};
+use crate::enforcer::Requested;
+use crate::profile::{self, EnvPolicy, ExpandContext, Loopback, ProfileError, ResolvedProfile};
+use crate::proxy_config::ProxyRules;
 use crate::sandbox::landlock::FsRules;
+
+/// Why a plan could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("profile {spec}")]
+    Profile {
+        spec: String,
+        #[source]
+        source: ProfileError,
+    },
+    #[error("too many --proxy-endpoint values: {0} given, at most {MAX_PROXY_ENDPOINTS}")]
+    TooManyEndpoints(usize),
+    #[error("--proxy-endpoint {0}: port 0 is not a valid endpoint")]
+    EndpointPortZero(SocketAddr),
+    #[error("--proxy-endpoint {0}: the unspecified address is not a valid endpoint")]
+    EndpointUnspecified(SocketAddr),
+    #[error("too many loopback ports: {0} given, at most {MAX_LOOPBACK_PORTS}")]
+    TooManyLoopbackPorts(usize),
+}
+
+/// Everything `exec` was asked for, as plain data (see `cli::ExecArgs`).
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    pub proxy_endpoints: Vec<SocketAddr>,
+    pub enforcer: Requested,
+    pub events: Option<PathBuf>,
+    pub allow_unenforced: bool,
+    pub profile: Option<String>,
+    pub read: Vec<PathBuf>,
+    pub write: Vec<PathBuf>,
+    pub exec: Vec<PathBuf>,
+    pub loopback_ports: Vec<u16>,
+    pub allow_unix_sockets: Vec<PathBuf>,
+    pub user: Option<String>,
+    pub allow_degraded: bool,
+    pub quiet: bool,
+    pub proxy: ProxyRules,
+    pub command: Vec<OsString>,
+}
 
 /// The merged sandbox description.
 pub struct Plan {
-    /// Proxy rules (profile's, then the flags').
-    pub proxy: ProxyArgs,
-    /// `None`: every loopback port; otherwise these (the proxy's port is
-    /// added when the proxy starts).
-    pub loopback_ports: Option<Vec<u16>>,
+    /// The command and its arguments (non-empty: clap requires it).
+    pub command: Vec<OsString>,
+    /// Which enforcer the user asked for.
+    pub enforcer: Requested,
+    /// Run unconfined if no enforcer applies (the user said so).
+    pub allow_unenforced: bool,
+    /// Run with what the kernel's Landlock enforces (the user said so).
+    pub allow_degraded: bool,
+    /// No enforcer line, no summary.
+    pub quiet: bool,
+    /// Where events go (`-` = stdout).
+    pub events: Option<PathBuf>,
+    /// The profile named on the command line, for the start-up line.
+    pub profile_name: Option<String>,
+    /// What the kernel programs (or the supervisor) allow.
+    pub kernel: KernelPolicy,
+    /// Proxy rules (profile's, then the flags'); `None`: no proxy.
+    pub proxy: Option<ProxyRules>,
     /// Filesystem rules for Landlock; `None` without a profile or fs flags.
     pub fs: Option<FsRules>,
     /// Environment handling.
@@ -25,12 +87,87 @@ pub struct Plan {
     pub allow_unix_sockets: Vec<PathBuf>,
 }
 
+/// The kernel-side policy, checked: proxy endpoints and the loopback ports
+/// (`None`: every port). The sandbox's own proxy port is added when the
+/// proxy has started ([`KernelPolicy::policy`]); room for it is kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelPolicy {
+    endpoints: Vec<SocketAddr>,
+    loopback_ports: Option<Vec<u16>>,
+}
+
+impl KernelPolicy {
+    /// Checks the endpoints and ports; `proxy` says whether a sandbox proxy
+    /// will take a loopback port of its own.
+    pub fn new(
+        endpoints: &[SocketAddr],
+        loopback_ports: Option<&[u16]>,
+        proxy: bool,
+    ) -> Result<Self, PlanError> {
+        if endpoints.len() > MAX_PROXY_ENDPOINTS {
+            return Err(PlanError::TooManyEndpoints(endpoints.len()));
+        }
+        for ep in endpoints {
+            if ep.port() == 0 {
+                return Err(PlanError::EndpointPortZero(*ep));
+            }
+            if ep.ip().is_unspecified() {
+                return Err(PlanError::EndpointUnspecified(*ep));
+            }
+        }
+        let loopback_ports = loopback_ports.map(|p| {
+            let mut p = p.to_vec();
+            p.sort_unstable();
+            p.dedup();
+            p
+        });
+        if let Some(p) = &loopback_ports {
+            let n = p.len() + usize::from(proxy);
+            if n > MAX_LOOPBACK_PORTS {
+                return Err(PlanError::TooManyLoopbackPorts(n));
+            }
+        }
+        Ok(Self {
+            endpoints: endpoints.to_vec(),
+            loopback_ports,
+        })
+    }
+
+    /// The policy the enforcers read, with the sandbox proxy's ports added
+    /// to narrowed loopback (a narrowed sandbox still reaches its proxy).
+    pub fn policy(&self, proxy_ports: &[u16]) -> Policy {
+        let mut p = Policy::DENY_ALL;
+        p.loopback_any = LOOPBACK_ANY;
+        for (slot, ep) in p.proxies.iter_mut().zip(&self.endpoints) {
+            let d = match ep {
+                SocketAddr::V4(a) => Dest::v4(a.ip().octets(), a.port()),
+                SocketAddr::V6(a) => Dest::v6(a.ip().octets(), a.port()),
+            };
+            *slot = Endpoint::from_dest(d);
+        }
+        p.n_proxies = self.endpoints.len().min(MAX_PROXY_ENDPOINTS) as u32;
+        if let Some(ports) = &self.loopback_ports {
+            let mut ports = ports.clone();
+            ports.extend_from_slice(proxy_ports);
+            ports.sort_unstable();
+            ports.dedup();
+            ports.truncate(MAX_LOOPBACK_PORTS);
+            p.loopback_any = 0;
+            for (slot, port) in p.loopback_ports.iter_mut().zip(&ports) {
+                *slot = *port;
+            }
+            p.n_loopback_ports = ports.len() as u32;
+        }
+        p
+    }
+}
+
 /// Builds the plan. Filesystem flags without `--profile` start from the
 /// built-in `default` profile, so that `--write DIR` alone does not mean
 /// "nothing else is readable".
-pub fn build(args: &ExecArgs) -> Result<Plan> {
-    let wants_fs = !args.read.is_empty() || !args.write.is_empty() || !args.exec.is_empty();
-    let spec = match (&args.profile, wants_fs) {
+pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
+    let wants_fs = !req.read.is_empty() || !req.write.is_empty() || !req.exec.is_empty();
+    let spec = match (&req.profile, wants_fs) {
         (Some(p), _) => Some(p.clone()),
         (None, true) => Some("default".to_string()),
         (None, false) => None,
@@ -38,9 +175,10 @@ pub fn build(args: &ExecArgs) -> Result<Plan> {
     let profile: Option<ResolvedProfile> = match &spec {
         Some(s) => {
             let ctx = ExpandContext::from_env();
-            let p = profile::load(s, &ctx)
-                .map_err(anyhow::Error::new)
-                .with_context(|| format!("profile {s}"))?;
+            let p = profile::load(s, &ctx).map_err(|source| PlanError::Profile {
+                spec: s.clone(),
+                source,
+            })?;
             if let Some(file) = profile::shadowed_builtin(&p) {
                 eprintln!("nono-agent: WARNING: profile {s:?} is {file}, not the built-in profile of that name");
             }
@@ -48,7 +186,7 @@ pub fn build(args: &ExecArgs) -> Result<Plan> {
         }
         None => None,
     };
-    let mut proxy = args.proxy.clone();
+    let mut proxy = req.proxy.clone();
     let mut loopback_ports = None;
     let mut fs = None;
     let mut env = EnvPolicy::Inherit;
@@ -75,23 +213,36 @@ pub fn build(args: &ExecArgs) -> Result<Plan> {
         env = p.process.env.clone();
         user = p.process.user.clone();
     }
-    if !args.loopback_ports.is_empty() {
-        let mut ports = loopback_ports.unwrap_or_default();
-        ports.extend(&args.loopback_ports);
+    if !req.loopback_ports.is_empty() {
+        let mut ports: Vec<u16> = loopback_ports.unwrap_or_default();
+        ports.extend(&req.loopback_ports);
         loopback_ports = Some(ports);
     }
     if let Some(f) = fs.as_mut() {
-        f.read.extend(args.read.iter().cloned());
-        f.write.extend(args.write.iter().cloned());
-        f.exec.extend(args.exec.iter().cloned());
+        f.read.extend(req.read.iter().cloned());
+        f.write.extend(req.write.iter().cloned());
+        f.exec.extend(req.exec.iter().cloned());
     }
-    if args.user.is_some() {
-        user = args.user.clone();
+    if req.user.is_some() {
+        user = req.user.clone();
     }
-    allow_unix_sockets.extend(args.allow_unix_sockets.iter().cloned());
+    allow_unix_sockets.extend(req.allow_unix_sockets.iter().cloned());
+    let proxy = proxy.wanted().then_some(proxy);
+    let kernel = KernelPolicy::new(
+        &req.proxy_endpoints,
+        loopback_ports.as_deref(),
+        proxy.is_some(),
+    )?;
     Ok(Plan {
+        command: req.command.clone(),
+        enforcer: req.enforcer,
+        allow_unenforced: req.allow_unenforced,
+        allow_degraded: req.allow_degraded,
+        quiet: req.quiet,
+        events: req.events.clone(),
+        profile_name: req.profile.clone(),
+        kernel,
         proxy,
-        loopback_ports,
         fs,
         env,
         user,
@@ -99,8 +250,26 @@ pub fn build(args: &ExecArgs) -> Result<Plan> {
     })
 }
 
+impl Plan {
+    /// What the filesystem layer is, for the start-up line.
+    pub fn filesystem_line(&self, privileged: bool) -> String {
+        let protected = if privileged {
+            "system paths and auto-run files read-only"
+        } else {
+            "auto-run files read-only in a user namespace, system files by host permissions"
+        };
+        match (&self.profile_name, self.fs.is_some()) {
+            (Some(name), _) => format!("profile {name} ({protected})"),
+            (None, true) => format!("profile default with --read/--write/--exec ({protected})"),
+            (None, false) => {
+                format!("host, protected ({protected}; other processes out of reach)")
+            }
+        }
+    }
+}
+
 /// The environment the command starts with under `env`.
-pub fn environment(env: &EnvPolicy) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+pub fn environment(env: &EnvPolicy) -> Vec<(OsString, OsString)> {
     let all = std::env::vars_os().filter(|(k, _)| !k.to_string_lossy().starts_with("NONO_"));
     match env {
         EnvPolicy::Inherit => all.collect(),
@@ -112,5 +281,59 @@ pub fn environment(env: &EnvPolicy) -> Vec<(std::ffi::OsString, std::ffi::OsStri
         EnvPolicy::PassThrough(keep) => all
             .filter(|(k, _)| keep.iter().any(|n| k.to_str() == Some(n.as_str())))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn endpoints_are_checked() {
+        assert!(matches!(
+            KernelPolicy::new(&[v4("198.51.100.2:0")], None, false),
+            Err(PlanError::EndpointPortZero(_))
+        ));
+        assert!(matches!(
+            KernelPolicy::new(&[v4("0.0.0.0:3128")], None, false),
+            Err(PlanError::EndpointUnspecified(_))
+        ));
+        let many: Vec<SocketAddr> = (1..=17).map(|i| v4(&format!("198.51.100.2:{i}"))).collect();
+        assert!(matches!(
+            KernelPolicy::new(&many, None, false),
+            Err(PlanError::TooManyEndpoints(17))
+        ));
+        let p = KernelPolicy::new(&many[..16], None, false)
+            .unwrap()
+            .policy(&[]);
+        assert_eq!(p.n_proxies, 16);
+        assert_eq!(p.loopback_any, LOOPBACK_ANY);
+    }
+
+    #[test]
+    fn narrowed_loopback_keeps_the_proxy_port() {
+        let k = KernelPolicy::new(&[], Some(&[5432, 80, 5432]), true).unwrap();
+        let p = k.policy(&[41000]);
+        assert_eq!(p.loopback_any, 0);
+        assert_eq!(p.n_loopback_ports, 3);
+        assert_eq!(&p.loopback_ports[..3], &[80, 5432, 41000]);
+        // Without narrowing, every port is open and the proxy port adds nothing.
+        let p = KernelPolicy::new(&[], None, true).unwrap().policy(&[41000]);
+        assert_eq!(p.loopback_any, LOOPBACK_ANY);
+        assert_eq!(p.n_loopback_ports, 0);
+    }
+
+    #[test]
+    fn room_is_kept_for_the_proxy_port() {
+        let ports: Vec<u16> = (1..=MAX_LOOPBACK_PORTS as u16).collect();
+        assert!(KernelPolicy::new(&[], Some(&ports), false).is_ok());
+        assert!(matches!(
+            KernelPolicy::new(&[], Some(&ports), true),
+            Err(PlanError::TooManyLoopbackPorts(n)) if n == MAX_LOOPBACK_PORTS + 1
+        ));
     }
 }

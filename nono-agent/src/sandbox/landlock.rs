@@ -321,11 +321,15 @@ mod tests {
         assert!(check_write_rules(&[PathBuf::from("/")], &forbidden).is_err());
         assert!(check_write_rules(&[PathBuf::from("/sys")], &forbidden).is_err());
         assert!(check_write_rules(&[PathBuf::from("/proc")], &forbidden).is_err());
-        // Beneath a cgroup filesystem is part of it.
+        // Beneath a cgroup filesystem is part of it (judged by device: a
+        // path that exists on every cgroup2 root, not one a sandbox run may
+        // or may not have left behind).
         let cg = forbidden_write_targets()
             .into_iter()
             .find(|p| p.starts_with("/sys/fs/cgroup"))
             .expect("a cgroup mount");
-        assert!(check_write_rules(&[cg.join("nono")], &forbidden_write_targets()).is_err());
+        let beneath = cg.join("cgroup.procs");
+        assert!(beneath.exists(), "{} must exist", beneath.display());
+        assert!(check_write_rules(&[beneath], &forbidden_write_targets()).is_err());
     }
 }

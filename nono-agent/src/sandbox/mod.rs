@@ -2,14 +2,17 @@
 
 pub mod cgroup;
 pub mod child;
+pub mod command_path;
 pub mod daemons;
 pub mod hide;
 pub mod landlock;
 pub mod netns;
 pub mod privileges;
 pub mod protect;
+pub mod reap;
 pub mod registry;
-pub mod resolve;
 pub mod sockdiag;
 pub mod spawn;
 pub mod sweep;
+pub mod teardown;
+pub mod users;

@@ -254,9 +254,9 @@ pub fn spawn(
     }
     drop(wr);
     drop(go_rd);
-    // SAFETY: the kernel stored a new pidfd for us (CLONE_PIDFD).
     let mut child = Child {
         pid: r as i32,
+        // SAFETY: the kernel stored a new pidfd for us (CLONE_PIDFD).
         pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
         listener: None,
     };

@@ -531,6 +531,7 @@ mod tests {
         // SAFETY: test reads of the plain structs written above.
         let h: libc::cmsghdr = unsafe { std::ptr::read_unaligned(m.as_ptr().cast()) };
         assert_eq!(h.cmsg_type, libc::SCM_CREDENTIALS);
+        // SAFETY: as above, the ucred written after the header.
         let u: libc::ucred = unsafe {
             std::ptr::read_unaligned(m.as_ptr().add(std::mem::size_of::<libc::cmsghdr>()).cast())
         };

@@ -6,12 +6,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use std::sync::Arc;
 
 use crate::cli::StandaloneProxyArgs;
-use crate::{events, proxy_config};
+use crate::events;
+use crate::proxy_config::ProxyRules;
 
 pub async fn run(args: StandaloneProxyArgs) -> Result<i32> {
     let mut out = events::Output::open(args.events.as_deref())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let config = proxy_config::from_args(&args.proxy, args.secret.clone(), "standalone");
+    let rules = ProxyRules::from(args.proxy);
+    let config = rules.config(args.secret.clone(), "standalone");
     let running = nono_proxy::start(config, &args.listen, Arc::new(events::ProxySink(tx))).await?;
     for a in &running.addrs {
         eprintln!("nono-agent: proxy listening on {a}");

@@ -5,7 +5,8 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 
 use crate::bpf::loader;
-use crate::exec;
+use crate::enforcer::{self, Choice, Host, Requested};
+use crate::plan::KernelPolicy;
 use crate::sandbox::{cgroup, privileges, registry};
 
 #[derive(Debug, Serialize)]
@@ -45,28 +46,34 @@ pub fn run(json: bool) -> Result<i32> {
         },
     };
     let user_notif = privileges::seccomp_user_notif_available();
-    let (auto_enforcer, auto_reason) = if bpf.ok {
-        (
-            Some("bpf"),
-            "cgroup BPF programs load and attach".to_string(),
-        )
-    } else if user_notif {
-        (
-            Some("seccomp"),
-            format!(
-                "cgroup BPF is unavailable ({}); seccomp user notification is available",
-                bpf.detail
-            ),
-        )
-    } else {
-        (
-            None,
-            format!(
-                "cgroup BPF is unavailable ({}) and so is seccomp user notification: exec refuses to run (unless --allow-unenforced)",
-                bpf.detail
-            ),
-        )
+    // The same choice `exec --enforcer auto` makes, BPF tried for real on a
+    // throwaway cgroup (already done above: its outcome is replayed here).
+    let host = Host {
+        privileged,
+        seccomp_user_notif: user_notif,
     };
+    let bpf_outcome = if bpf.ok { Ok(()) } else { Err(&bpf.detail) };
+    let (auto_enforcer, auto_reason) =
+        match enforcer::choose(Requested::Auto, host, false, || bpf_outcome) {
+            Ok(Choice::Bpf(())) => (
+                Some("bpf"),
+                "cgroup BPF programs load and attach".to_string(),
+            ),
+            Ok(Choice::Seccomp { .. }) => (
+                Some("seccomp"),
+                format!(
+                    "cgroup BPF is unavailable ({}); seccomp user notification is available",
+                    bpf.detail
+                ),
+            ),
+            Ok(Choice::Unenforced { .. }) | Err(_) => (
+                None,
+                format!(
+                    "cgroup BPF is unavailable ({}) and so is seccomp user notification: exec refuses to run (unless --allow-unenforced)",
+                    bpf.detail
+                ),
+            ),
+        };
     let report = Report {
         kernel,
         cgroup2_mount: cg.as_ref().ok().map(|p| p.display().to_string()),
@@ -128,7 +135,8 @@ fn try_bpf(root: &std::path::Path) -> Check {
         let parent = cgroup::parent_dir(root)?;
         let cg = cgroup::Cgroup::create(&parent, &id)?;
         let start = Instant::now();
-        let res = exec::policy(&[]).and_then(|p| loader::load_and_attach_fast(cg.path(), &p, None));
+        let policy = KernelPolicy::default().policy(&[]);
+        let res = loader::load_and_attach_fast(cg.path(), &policy, None);
         let took = start.elapsed();
         let n = res.as_ref().map(|a| a.keep.link_count()).unwrap_or(0);
         let destroyed = cg.destroy(Duration::from_secs(5), || {

@@ -1,0 +1,339 @@
+//! `nono-agent exec`: carry out the plan: start the proxy, create the
+//! sandbox, apply the enforcer, run the command, tear it all down.
+//!
+//! Orchestration only: every decision is made in `plan` (what to enforce)
+//! and `enforcer::choose` (with what); the pieces live in `sandbox`,
+//! `enforcer`, `proxy` and `events`.
+
+use anyhow::{bail, Context as _, Result};
+use nono_common::Policy;
+use std::ffi::OsString;
+use std::os::fd::AsFd as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+
+use crate::bpf::loader;
+use crate::enforcer::{self, Applied, Choice, Host, Requested};
+use crate::events;
+use crate::plan::{self, ExecRequest, Plan};
+use crate::sandbox::{
+    cgroup, child::ChildSetup, command_path, daemons, hide, landlock, privileges, reap, registry,
+    spawn, sweep, teardown::Resources, users,
+};
+use crate::seccomp::{filter, supervisor::Supervisor};
+use crate::signals::Forwarder;
+use crate::timing::Timing;
+use nono_proxy as proxy;
+
+/// Runs the command; returns the exit code for the agent.
+pub async fn run(req: ExecRequest) -> Result<i32> {
+    let (cmd, _) = req
+        .command
+        .split_first()
+        .context("no command given after --")?;
+    let program = match command_path::resolve(cmd, std::env::var_os("PATH").as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("nono-agent: {e}");
+            return Ok(e.exit_code());
+        }
+    };
+    // Everything the user asked for is checked before anything is created.
+    let plan = plan::build(&req)?;
+    let mut out = events::Output::open(plan.events.as_deref())?;
+    let privileged = privileges::can_load_bpf();
+    let mut timing = Timing::new();
+    let user = match &plan.user {
+        Some(u) if !privileged => bail!("running the command as user {u} needs root"),
+        Some(u) => Some(users::lookup_user(u)?),
+        None => None,
+    };
+    let landlock = prepare_landlock(&plan)?;
+    let (denied_sockets, denied_socket_ids): (Vec<PathBuf>, Vec<(u64, u64)>) =
+        daemons::denied(&plan.allow_unix_sockets)
+            .into_iter()
+            .unzip();
+
+    let id = registry::new_id()?;
+    let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (proxy, proxy_env) = match &plan.proxy {
+        Some(rules) => {
+            let secret = proxy::new_secret()?;
+            let running = proxy::start_loopback(
+                rules.config(Some(secret.clone()), &id),
+                Arc::new(events::ProxySink(event_tx.clone())),
+            )
+            .await?;
+            let env = proxy::child_env(running.addrs[0].port(), &secret);
+            (Some(running), env)
+        }
+        None => (None, Vec::new()),
+    };
+    let proxy_ports: Vec<u16> = proxy
+        .iter()
+        .flat_map(|p| p.addrs.iter().map(|a| a.port()))
+        .collect();
+    let policy = plan.kernel.policy(&proxy_ports);
+    let (state, lock) = if privileged {
+        sweep_stale();
+        let st = registry::state_dir()?;
+        let lock = registry::OwnerLock::acquire(&st, &id)?;
+        (Some(st), Some(lock))
+    } else {
+        (None, None)
+    };
+    timing.mark("sweep");
+    let mut res = Resources::new(id.clone(), lock);
+    let applied = apply_enforcer(&plan, &mut res, &policy, privileged)?;
+    timing.mark("enforcer applied");
+    if !plan.quiet {
+        eprintln!(
+            "nono-agent: filesystem: {}",
+            plan.filesystem_line(privileged)
+        );
+    }
+
+    let masks = match &state {
+        Some(st) => hide::mask_targets(st)?,
+        None => Vec::new(),
+    };
+    let mask_refs: Vec<&Path> = masks.iter().map(PathBuf::as_path).collect();
+    let filter_mode = match applied {
+        Applied::Bpf { .. } => Some(filter::Mode::Harden),
+        Applied::Seccomp => Some(filter::Mode::Notify),
+        Applied::Unenforced => None,
+    };
+    let self_files: Vec<PathBuf> = plan.events.iter().cloned().collect();
+    let setup = ChildSetup::new(
+        privileged,
+        &mask_refs,
+        filter_mode,
+        plan.allow_degraded,
+        &self_files,
+    )?
+    .with_landlock(landlock)
+    .with_user(user)
+    .with_hidden_sockets(if privileged { &denied_sockets } else { &[] })?;
+
+    let env = child_environment(&plan, &id, &applied, proxy_env);
+    let prepared = spawn::Prepared::new(program.as_os_str(), &plan.command, &env)
+        .context("preparing the command line")?;
+    // A privileged sandbox always gets a cgroup: under seccomp too, so that
+    // `cleanup` can find and kill it if the agent dies.
+    if privileged && res.cgroup.is_none() && !matches!(applied, Applied::Unenforced) {
+        let cg_parent = cgroup::parent_dir(&cgroup::discover_root()?)?;
+        res.cgroup = Some(cgroup::Cgroup::create(&cg_parent, &id)?);
+    }
+    let cgroup_file = match &res.cgroup {
+        Some(cg) => Some(
+            std::fs::File::open(cg.path())
+                .with_context(|| format!("opening {}", cg.path().display()))?,
+        ),
+        None => None,
+    };
+
+    reap::become_subreaper();
+    let child_pid = Arc::new(AtomicI32::new(0));
+    let _forwarder = Forwarder::start(child_pid.clone()).context("installing signal handlers")?;
+
+    let mut child = match spawn::spawn(&prepared, cgroup_file.as_ref().map(|f| f.as_fd()), &setup) {
+        Ok(c) => c,
+        Err(spawn::SpawnError::Child(spawn::Stage::Exec, e)) => {
+            eprintln!("nono-agent: {}: {e}", program.display());
+            return Ok(if e.raw_os_error() == Some(libc::ENOENT) {
+                127
+            } else {
+                126
+            });
+        }
+        Err(e) => return Err(e).context("starting the command in the sandbox"),
+    };
+    timing.mark("spawn");
+    child_pid.store(child.pid, Ordering::SeqCst);
+    if let Some(listener) = child.listener.take() {
+        let sup = Supervisor::new(
+            listener,
+            policy,
+            denied_socket_ids.clone(),
+            id.clone(),
+            event_tx.clone(),
+        );
+        std::thread::Builder::new()
+            .name("nono-supervisor".into())
+            .spawn(move || sup.run())
+            .context("starting the seccomp supervisor")?;
+    }
+    // SAFETY: the pidfd is owned by `child`, which outlives `exited`.
+    let exited = unsafe {
+        AsyncFd::register_with_interest(child.pidfd.as_fd(), tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| anyhow::anyhow!("watching the child: {}", e.into_parts().1))?;
+
+    let (mut ring, dropped) = match applied {
+        Applied::Bpf { ring, dropped, .. } => (Some(ring), Some(dropped)),
+        _ => (None, None),
+    };
+    loop {
+        tokio::select! {
+            r = exited.readable() => {
+                let _ready = r.context("waiting for the command")?;
+                break;
+            }
+            guard = async { ring.as_mut()?.readable_mut().await.ok() }, if ring.is_some() => {
+                if let Some(mut guard) = guard {
+                    events::drain_ring(guard.get_inner_mut(), &id, &mut out);
+                    guard.clear_ready();
+                }
+            }
+            Some(line) = event_rx.recv() => out.take(line),
+        }
+    }
+    drop(exited);
+    timing.mark("child ran");
+    let status = child
+        .reap()
+        .context("collecting the command's exit status")?;
+    child_pid.store(0, Ordering::SeqCst);
+
+    // Kill what is left (daemons, background jobs) before reading the last
+    // events and removing anything.
+    if let Some(cg) = res.cgroup.as_ref() {
+        if let Err(e) = cg.kill_all(Duration::from_secs(10)) {
+            eprintln!("nono-agent: sandbox {id}: {e:#}");
+        }
+    }
+    reap::kill_descendants();
+    if let Some(p) = proxy {
+        p.stop().await;
+    }
+    if let Some(r) = ring.as_mut() {
+        events::drain_ring(r.get_mut(), &id, &mut out);
+    }
+    // Give the supervisor's last events a moment to arrive.
+    tokio::task::yield_now().await;
+    while let Ok(line) = event_rx.try_recv() {
+        out.take(line);
+    }
+    if let Some(d) = &dropped {
+        out.summary.dropped = loader::dropped_events(d);
+    }
+    drop(ring);
+    for e in res.teardown() {
+        eprintln!("nono-agent: sandbox {id}: cleanup: {e}");
+    }
+    timing.mark("teardown");
+    timing.report();
+    if !plan.quiet {
+        eprintln!("{}", out.summary.line(&id));
+    }
+
+    Ok(match status {
+        spawn::Exit::Code(c) => c,
+        spawn::Exit::Signal(sig) => 128 + sig,
+    })
+}
+
+/// The Landlock domain: the profile's rules, or the baseline (scopes only)
+/// without filesystem rules.
+fn prepare_landlock(plan: &Plan) -> Result<Option<landlock::Prepared>> {
+    Ok(match &plan.fs {
+        Some(rules) => {
+            let l = landlock::prepare(rules, plan.allow_degraded)?;
+            for d in &l.degraded {
+                eprintln!("nono-agent: WARNING: {d}");
+            }
+            Some(l)
+        }
+        None => {
+            let l = landlock::prepare_baseline(plan.allow_degraded)?;
+            if l.is_none() {
+                eprintln!("nono-agent: WARNING: no Landlock domain (kernel ABI < 6): the sandbox can ptrace, signal and reach the abstract unix sockets of this user's other processes");
+            }
+            l
+        }
+    })
+}
+
+/// Crashed agents' leftovers go first; a failure here must not stop us.
+fn sweep_stale() {
+    match sweep::sweep(Duration::ZERO) {
+        Ok(s) => {
+            for e in s.errors {
+                eprintln!("nono-agent: cleaning a stale sandbox: {e}");
+            }
+        }
+        Err(e) => eprintln!("nono-agent: cleaning stale sandboxes: {e:#}"),
+    }
+}
+
+/// Chooses and applies the enforcer (see `enforcer::choose`) and says which
+/// one runs.
+fn apply_enforcer(
+    plan: &Plan,
+    res: &mut Resources,
+    policy: &Policy,
+    privileged: bool,
+) -> Result<Applied> {
+    let host = Host {
+        privileged,
+        seccomp_user_notif: privileges::seccomp_user_notif_available(),
+    };
+    let try_bpf = || match enforcer::apply_bpf(res, policy) {
+        Ok(a) => Ok(a),
+        Err(e) => {
+            for t in res.teardown() {
+                eprintln!("nono-agent: cleanup: {t}");
+            }
+            Err(format!("{e:#}"))
+        }
+    };
+    let choice = enforcer::choose(plan.enforcer, host, plan.allow_unenforced, try_bpf)?;
+    Ok(match choice {
+        Choice::Bpf(a) => {
+            if plan.enforcer == Requested::Auto && !plan.quiet {
+                eprintln!("nono-agent: enforcer: bpf");
+            }
+            a
+        }
+        Choice::Seccomp { why_not_bpf } => {
+            if let Some(why) = why_not_bpf {
+                eprintln!("nono-agent: enforcer: seccomp ({why})");
+            }
+            Applied::Seccomp
+        }
+        Choice::Unenforced { why } => {
+            eprintln!("nono-agent: WARNING: NO NETWORK ENFORCEMENT: {why}; running anyway because --allow-unenforced was given");
+            Applied::Unenforced
+        }
+    })
+}
+
+/// The command's environment: the plan's, the sandbox's identity, and the
+/// proxy variables (which replace any the caller had).
+fn child_environment(
+    plan: &Plan,
+    id: &str,
+    applied: &Applied,
+    proxy_env: Vec<(String, String)>,
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = plan::environment(&plan.env);
+    env.push(("NONO_SANDBOX_ID".into(), id.into()));
+    env.push(("NONO_ENFORCER".into(), applied.name().into()));
+    if let Applied::Bpf {
+        cgroup_dir,
+        pin_dir,
+        ..
+    } = applied
+    {
+        env.push(("NONO_CGROUP".into(), cgroup_dir.clone().into()));
+        env.push(("NONO_BPF_PIN_DIR".into(), pin_dir.clone().into()));
+    }
+    for (k, v) in proxy_env {
+        env.retain(|(ek, _)| ek.as_os_str() != k.as_str());
+        env.push((k.into(), v.into()));
+    }
+    env
+}

@@ -1,0 +1,38 @@
+//! One module per subcommand. Commands use the library's modules and never
+//! each other; `anyhow` is used here and in `main` only, at the edge where
+//! errors become a message and an exit code.
+
+pub mod cleanup;
+pub mod doctor;
+pub mod exec;
+pub mod profile;
+pub mod proxy;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+
+/// Exit code for the agent's own failures (as `env` and `timeout` use it).
+pub const EXIT_AGENT_ERROR: i32 = 125;
+
+/// Runs one command line; returns the exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Exec(args) => runtime()?.block_on(exec::run(args.into())),
+        Command::Cleanup => cleanup::run(),
+        Command::Doctor(args) => doctor::run(args.json),
+        Command::Profile(cmd) => profile::run(cmd),
+        Command::Proxy(args) => runtime()?.block_on(proxy::run(args)),
+    }
+}
+
+/// Two workers: the proxy may carry bulk traffic while the main task waits
+/// on the child and the ring buffer. The child is started with clone3 and
+/// only makes raw syscalls before exec, so other running threads are no
+/// hazard.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,66 @@
+//! Applying the chosen enforcer to a sandbox's resources.
+
+use anyhow::{Context as _, Result};
+use nono_common::Policy;
+use std::path::PathBuf;
+use tokio::io::unix::AsyncFd;
+
+use crate::bpf::{bpffs, loader};
+use crate::sandbox::{cgroup, teardown::Resources};
+
+/// The enforcer in force for this run (one value per run: its size does not
+/// matter).
+#[allow(clippy::large_enum_variant)]
+pub enum Applied {
+    Bpf {
+        ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+        dropped: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
+        cgroup_dir: PathBuf,
+        pin_dir: PathBuf,
+    },
+    Seccomp,
+    Unenforced,
+}
+
+impl Applied {
+    /// The name the command sees in `NONO_ENFORCER`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Applied::Bpf { .. } => "bpf",
+            Applied::Seccomp => "seccomp",
+            Applied::Unenforced => "none",
+        }
+    }
+}
+
+/// Creates the cgroup, pins and programs; on failure everything created so
+/// far is removed by `res`'s teardown.
+pub fn apply_bpf(res: &mut Resources, policy: &Policy) -> Result<Applied> {
+    let cg_root = cgroup::discover_root()?;
+    let cg_parent = cgroup::parent_dir(&cg_root)?;
+    let cg = cgroup::Cgroup::create(&cg_parent, &res.id)?;
+    let cg_path = cg.path().to_path_buf();
+    res.cgroup = Some(cg);
+
+    let bpffs_root = bpffs::ensure_mounted()?;
+    let pin_parent = bpffs::parent_dir(&bpffs_root)?;
+    let pin_dir = pin_parent.join(&res.id);
+    std::fs::create_dir(&pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+    res.pin_dir = Some(pin_dir.clone());
+
+    let attached = loader::load_and_attach_fast(&cg_path, policy, Some(&pin_dir))?;
+    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
+    // until the RingBuf (owned by the AsyncFd) is dropped.
+    let ring =
+        unsafe { AsyncFd::register_with_interest(attached.events, tokio::io::Interest::READABLE) }
+            .map_err(|e| {
+                anyhow::anyhow!("registering the event ring buffer: {}", e.into_parts().1)
+            })?;
+    res.attached = Some(attached.keep);
+    Ok(Applied::Bpf {
+        ring,
+        dropped: attached.dropped,
+        cgroup_dir: cg_path,
+        pin_dir,
+    })
+}

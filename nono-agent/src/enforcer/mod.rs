@@ -1,0 +1,175 @@
+//! Which enforcer a sandbox gets, decided in one place ([`choose`]) for
+//! `exec`, which applies it, and `doctor`, which reports what `auto` would
+//! pick; and the enforcer a run ended up with ([`Applied`]).
+
+mod apply;
+
+pub use apply::{apply_bpf, Applied};
+
+use std::fmt;
+
+/// The enforcer the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Requested {
+    /// BPF when it can be loaded and attached here, else seccomp.
+    #[default]
+    Auto,
+    /// cgroup BPF only.
+    Bpf,
+    /// The seccomp supervisor only.
+    Seccomp,
+}
+
+/// What the host offers, as far as the choice goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Host {
+    /// Root (or the capabilities BPF needs).
+    pub privileged: bool,
+    /// The kernel has seccomp user notification.
+    pub seccomp_user_notif: bool,
+}
+
+/// The outcome of [`choose`].
+#[derive(Debug)]
+pub enum Choice<B> {
+    /// BPF was applied; `B` is what applying it returned.
+    Bpf(B),
+    /// The seccomp supervisor; `why_not_bpf` is set when `auto` fell back.
+    Seccomp { why_not_bpf: Option<String> },
+    /// Nothing can enforce, and the user allowed running anyway: why.
+    Unenforced { why: String },
+}
+
+/// No enforcer can be applied and running unconfined was not allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("{why}; refusing to run the command unconfined (pass --allow-unenforced to run it anyway)")]
+pub struct Refused {
+    /// What is missing.
+    pub why: String,
+}
+
+const BPF_CAPS: &str = "CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF";
+const NO_SECCOMP: &str = "seccomp user notification is not available on this kernel";
+
+/// Picks the enforcer, falling back (for `auto`) from BPF to seccomp, and to
+/// nothing only when `allow_unenforced`. `try_bpf` applies BPF (or, for
+/// `doctor`, tries it on a throwaway cgroup); it is called only when BPF is
+/// asked for and the host is privileged, and its error says why it failed.
+pub fn choose<B, E: fmt::Display>(
+    requested: Requested,
+    host: Host,
+    allow_unenforced: bool,
+    try_bpf: impl FnOnce() -> Result<B, E>,
+) -> Result<Choice<B>, Refused> {
+    let fallback = |why: String| {
+        if allow_unenforced {
+            Ok(Choice::Unenforced { why })
+        } else {
+            Err(Refused { why })
+        }
+    };
+    match requested {
+        Requested::Bpf if !host.privileged => {
+            fallback(format!("the bpf enforcer needs root ({BPF_CAPS})"))
+        }
+        Requested::Bpf => match try_bpf() {
+            Ok(b) => Ok(Choice::Bpf(b)),
+            Err(e) => fallback(format!("the bpf enforcer could not be applied: {e}")),
+        },
+        Requested::Seccomp if host.seccomp_user_notif => Ok(Choice::Seccomp { why_not_bpf: None }),
+        Requested::Seccomp => fallback(NO_SECCOMP.into()),
+        Requested::Auto => {
+            let why_not_bpf = if host.privileged {
+                match try_bpf() {
+                    Ok(b) => return Ok(Choice::Bpf(b)),
+                    Err(e) => format!("cgroup BPF could not be applied: {e}"),
+                }
+            } else {
+                format!("cgroup BPF needs root ({BPF_CAPS})")
+            };
+            if host.seccomp_user_notif {
+                Ok(Choice::Seccomp {
+                    why_not_bpf: Some(why_not_bpf),
+                })
+            } else {
+                fallback(format!("{why_not_bpf}, and {NO_SECCOMP}"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROOT: Host = Host {
+        privileged: true,
+        seccomp_user_notif: true,
+    };
+    const USER: Host = Host {
+        privileged: false,
+        seccomp_user_notif: true,
+    };
+    const BARE: Host = Host {
+        privileged: false,
+        seccomp_user_notif: false,
+    };
+
+    fn ok() -> Result<u8, String> {
+        Ok(7)
+    }
+    fn fails() -> Result<u8, String> {
+        Err("no bpffs".into())
+    }
+    fn never() -> Result<u8, String> {
+        panic!("BPF must not be tried")
+    }
+
+    #[test]
+    fn auto_prefers_bpf_and_falls_back_to_seccomp() {
+        assert!(matches!(
+            choose(Requested::Auto, ROOT, false, ok),
+            Ok(Choice::Bpf(7))
+        ));
+        match choose(Requested::Auto, ROOT, false, fails) {
+            Ok(Choice::Seccomp {
+                why_not_bpf: Some(w),
+            }) => assert_eq!(w, "cgroup BPF could not be applied: no bpffs"),
+            other => panic!("{other:?}"),
+        }
+        match choose(Requested::Auto, USER, false, never) {
+            Ok(Choice::Seccomp {
+                why_not_bpf: Some(w),
+            }) => assert!(w.contains("needs root")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn nothing_to_enforce_refuses_unless_allowed() {
+        let e = choose(Requested::Auto, BARE, false, never).unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("refusing to run the command unconfined"));
+        assert!(e.why.contains("seccomp user notification is not available"));
+        assert!(matches!(
+            choose(Requested::Auto, BARE, true, never),
+            Ok(Choice::Unenforced { .. })
+        ));
+    }
+
+    #[test]
+    fn an_explicit_enforcer_never_falls_back_to_another() {
+        assert!(choose(Requested::Bpf, USER, false, never).is_err());
+        assert!(choose(Requested::Bpf, ROOT, false, fails).is_err());
+        assert!(matches!(
+            choose(Requested::Bpf, ROOT, true, fails),
+            Ok(Choice::Unenforced { .. })
+        ));
+        assert!(matches!(
+            choose(Requested::Seccomp, ROOT, false, never),
+            Ok(Choice::Seccomp { why_not_bpf: None })
+        ));
+        assert!(choose(Requested::Seccomp, BARE, false, never).is_err());
+    }
+}

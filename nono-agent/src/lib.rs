@@ -1,0 +1,20 @@
+//! nono-agent as a library: the command line (`cli`) is turned into a plan
+//! (`plan`), an enforcer is chosen and applied (`enforcer`, `bpf`,
+//! `seccomp`), the sandbox is built and torn down (`sandbox`), and what
+//! happened is reported (`events`). `commands` holds one module per
+//! subcommand; the binary (`main.rs`) only calls `commands::run`.
+
+pub mod bpf;
+pub mod cli;
+pub mod commands;
+pub mod enforcer;
+pub mod events;
+pub mod mountinfo;
+pub mod plan;
+pub mod profile;
+pub mod proxy_config;
+pub mod sandbox;
+pub mod seccomp;
+pub mod signals;
+pub mod timing;
+pub mod util;
