@@ -14,6 +14,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use nono_proxy::pattern::{normalize_host, DomainRule, HostPattern, DEFAULT_PORTS};
+use nono_proxy::policy::{ProxyPolicy, Refusal, Rule, Target};
 
 fn check_normalised(raw: &str, n: &str) {
     assert!(!n.is_empty() && n.len() <= 253, "{raw:?} -> {n:?}");
@@ -115,6 +116,32 @@ fuzz_target!(|data: &[u8]| {
                 assert!(n.ends_with(&format!(".{s}")), "{pattern:?} matched {n:?}");
             }
         }
+    }
+    // The policy's typed verdict names this rule exactly when it matches:
+    // as the allowing rule, or (as a deny rule) as the refusing one.
+    let target = Target::Name(n.clone());
+    let allow = ProxyPolicy {
+        allow: vec![rule.clone()],
+        ..Default::default()
+    };
+    match allow.check_target(&target, port) {
+        Ok(Rule::AllowDomain(r)) => assert!(m && r == rule, "{pattern:?} allowed {n:?}"),
+        Ok(other) => panic!("{pattern:?}: allowed by {other}"),
+        Err(Refusal::NotAllowed { .. }) => assert!(!m, "{pattern:?} matches {n:?}"),
+        Err(e) => panic!("{pattern:?} vs {n:?}: {e}"),
+    }
+    let deny = ProxyPolicy {
+        allow: vec![rule.clone()],
+        deny: vec![rule.clone()],
+        ..Default::default()
+    };
+    match deny.check_target(&target, port) {
+        Err(e @ Refusal::Denied { .. }) => {
+            assert!(m, "{pattern:?} denied {n:?}");
+            assert_eq!(e.rule(), Some(Rule::DenyDomain(rule.clone())));
+        }
+        Err(Refusal::NotAllowed { .. }) => assert!(!m, "{pattern:?} matches {n:?}"),
+        other => panic!("{pattern:?} vs {n:?}: deny rule gave {other:?}"),
     }
     // Spelling never changes the verdict.
     if host.is_ascii() {

@@ -173,13 +173,17 @@ pub(crate) fn empty(status: StatusCode) -> Response<ProxyBody> {
 /// Records the event of one request: what was asked, when, and (once the
 /// rules allowed it) the rule that did.
 pub(crate) struct Recorder {
+    /// Where events go (and the limits, pool, tasks the handlers use).
     pub state: Arc<State>,
+    /// Tunnel or forwarded request.
     pub hook: Hook,
     /// The host as asked for, normalised once parsed.
     pub host: String,
+    /// The port asked for.
     pub port: u16,
+    /// When the request arrived, for the event's duration.
     pub started: Instant,
-    /// The rule that allowed the target.
+    /// The rule that allowed the target, once [`admit`] has judged it.
     pub rule: Option<Rule>,
 }
 
