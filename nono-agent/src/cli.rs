@@ -1,16 +1,16 @@
 //! Command-line interface: clap types only. Each command's arguments are
-//! turned into plain data (`plan::ExecRequest`, `proxy_config::ProxyRules`)
+//! turned into plain data (`plan::ExecRequest`, `nono_proxy::ProxyConfig`)
 //! right here, so nothing past this module knows about clap.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::enforcer::Requested;
 use crate::plan::ExecRequest;
-use crate::proxy_config::ProxyRules;
-use nono_proxy::{CidrRule, DomainRule, Pin, Upstream};
+use nono_proxy::{CidrRule, DomainRule, Limits, Pin, ProxyConfig, ProxyPolicy, Upstream};
 
 /// Run a command with its network confined to loopback and its proxy.
 #[derive(Debug, Parser)]
@@ -98,18 +98,27 @@ pub struct ProxyArgs {
     pub connect_timeout: u64,
 }
 
-impl From<ProxyArgs> for ProxyRules {
+impl From<ProxyArgs> for ProxyConfig {
+    /// Timeouts and the connection limit are at least 1: 0 would fail every
+    /// request. The secret and the sandbox id are the caller's to fill in.
     fn from(a: ProxyArgs) -> Self {
         Self {
-            allow_domain: a.allow_domain,
-            deny_domain: a.deny_domain,
-            allow_cidr: a.allow_cidr,
-            resolve: a.resolve,
+            policy: ProxyPolicy {
+                allow: a.allow_domain,
+                deny: a.deny_domain,
+                cidrs: a.allow_cidr,
+            },
+            pins: a.resolve,
             dns_server: a.dns_server,
-            upstream_proxy: a.upstream_proxy,
-            max_connections: a.max_connections,
-            idle_timeout: a.idle_timeout,
-            connect_timeout: a.connect_timeout,
+            secret: None,
+            upstream: a.upstream_proxy,
+            limits: Limits {
+                connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
+                idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
+                max_connections: a.max_connections.max(1),
+                ..Default::default()
+            },
+            sandbox: String::new(),
         }
     }
 }

@@ -12,7 +12,6 @@ pub mod events;
 pub mod mountinfo;
 pub mod plan;
 pub mod profile;
-pub mod proxy_config;
 pub mod sandbox;
 pub mod seccomp;
 pub mod signals;

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 
 use crate::enforcer::Requested;
 use crate::profile::{self, EnvPolicy, ExpandContext, Loopback, ProfileError, ResolvedProfile};
-use crate::proxy_config::ProxyRules;
 use crate::sandbox::landlock::FsRules;
+use nono_proxy::ProxyConfig;
 
 /// Why a plan could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,7 @@ pub struct ExecRequest {
     pub user: Option<String>,
     pub allow_degraded: bool,
     pub quiet: bool,
-    pub proxy: ProxyRules,
+    pub proxy: ProxyConfig,
     pub command: Vec<OsString>,
 }
 
@@ -76,7 +76,7 @@ pub struct Plan {
     /// What the kernel programs (or the supervisor) allow.
     pub kernel: KernelPolicy,
     /// Proxy rules (profile's, then the flags'); `None`: no proxy.
-    pub proxy: Option<ProxyRules>,
+    pub proxy: Option<ProxyConfig>,
     /// Filesystem rules for Landlock; `None` without a profile or fs flags.
     pub fs: Option<FsRules>,
     /// Environment handling.
@@ -194,12 +194,13 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
     let mut allow_unix_sockets = Vec::new();
     if let Some(p) = &profile {
         let n = &p.network;
-        proxy.allow_domain = [n.allow_domains.clone(), proxy.allow_domain].concat();
-        proxy.deny_domain = [n.deny_domains.clone(), proxy.deny_domain].concat();
-        proxy.allow_cidr = [n.allow_cidrs.clone(), proxy.allow_cidr].concat();
-        proxy.resolve = [n.resolve.clone(), proxy.resolve].concat();
-        if proxy.upstream_proxy.is_none() {
-            proxy.upstream_proxy = n.upstream_proxy.clone();
+        let rules = &mut proxy.policy;
+        rules.allow = [n.allow_domains.clone(), std::mem::take(&mut rules.allow)].concat();
+        rules.deny = [n.deny_domains.clone(), std::mem::take(&mut rules.deny)].concat();
+        rules.cidrs = [n.allow_cidrs.clone(), std::mem::take(&mut rules.cidrs)].concat();
+        proxy.pins = [n.resolve.clone(), std::mem::take(&mut proxy.pins)].concat();
+        if proxy.upstream.is_none() {
+            proxy.upstream = n.upstream_proxy.clone();
         }
         if let Loopback::Ports(ports) = &n.loopback {
             loopback_ports = Some(ports.clone());
@@ -227,7 +228,7 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         user = req.user.clone();
     }
     allow_unix_sockets.extend(req.allow_unix_sockets.iter().cloned());
-    let proxy = proxy.wanted().then_some(proxy);
+    let proxy = proxy_wanted(&proxy).then_some(proxy);
     let kernel = KernelPolicy::new(
         &req.proxy_endpoints,
         loopback_ports.as_deref(),
@@ -248,6 +249,15 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         user,
         allow_unix_sockets,
     })
+}
+
+/// Whether any rule asks for the proxy (pins, a DNS server and limits alone
+/// do not: they only shape a proxy that rules start).
+pub fn proxy_wanted(c: &ProxyConfig) -> bool {
+    !c.policy.allow.is_empty()
+        || !c.policy.deny.is_empty()
+        || !c.policy.cidrs.is_empty()
+        || c.upstream.is_some()
 }
 
 impl Plan {

@@ -60,13 +60,16 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     let id = registry::new_id()?;
     let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
     let (proxy, proxy_env) = match &plan.proxy {
-        Some(rules) => {
+        Some(config) => {
             let secret = proxy::new_secret()?;
-            let running = proxy::start_loopback(
-                rules.config(Some(secret.clone()), &id),
-                Arc::new(events::ProxySink(event_tx.clone())),
-            )
-            .await?;
+            let config = proxy::ProxyConfig {
+                secret: Some(secret.clone()),
+                sandbox: id.clone(),
+                ..config.clone()
+            };
+            let running =
+                proxy::start_loopback(config, Arc::new(events::ProxySink(event_tx.clone())))
+                    .await?;
             let env = proxy::child_env(running.addrs[0].port(), &secret);
             (Some(running), env)
         }

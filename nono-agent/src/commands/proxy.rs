@@ -7,13 +7,15 @@ use std::sync::Arc;
 
 use crate::cli::StandaloneProxyArgs;
 use crate::events;
-use crate::proxy_config::ProxyRules;
 
 pub async fn run(args: StandaloneProxyArgs) -> Result<i32> {
     let mut out = events::Output::open(args.events.as_deref())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let rules = ProxyRules::from(args.proxy);
-    let config = rules.config(args.secret.clone(), "standalone");
+    let config = nono_proxy::ProxyConfig {
+        secret: args.secret.clone(),
+        sandbox: "standalone".into(),
+        ..args.proxy.into()
+    };
     let running = nono_proxy::start(config, &args.listen, Arc::new(events::ProxySink(tx))).await?;
     for a in &running.addrs {
         eprintln!("nono-agent: proxy listening on {a}");
