@@ -10,7 +10,49 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::{ExpandContext, Location, ProfileError};
+use super::{Location, ProfileError};
+
+/// The values `$CWD`, `$HOME` and `$TMPDIR` expand to, and where user
+/// profiles live. Explicit rather than read from the environment at each
+/// use so that tests (and a future `--user` that changes `$HOME`) can say
+/// exactly what a profile means.
+#[derive(Debug, Clone)]
+pub struct ExpandContext {
+    /// `$CWD`. Empty means unknown: `$CWD` is then an error rather than a
+    /// guess (a wrong guess could grant write access to the wrong tree).
+    pub cwd: PathBuf,
+    /// `$HOME`; `None` makes `$HOME` an error.
+    pub home: Option<PathBuf>,
+    /// `$TMPDIR`.
+    pub tmpdir: PathBuf,
+    /// `$XDG_CONFIG_HOME`; `None` means `$HOME/.config`.
+    pub xdg_config_home: Option<PathBuf>,
+}
+
+impl ExpandContext {
+    /// From the process: the current directory, `$HOME` (or the passwd
+    /// entry of the real uid when unset), `$TMPDIR` (default `/tmp`) and
+    /// `$XDG_CONFIG_HOME` (ignored unless absolute, as the XDG spec says).
+    pub fn from_env() -> Self {
+        let var = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let home = var("HOME").or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.dir)
+        });
+        Self {
+            cwd: std::env::current_dir().unwrap_or_default(),
+            home,
+            tmpdir: var("TMPDIR").unwrap_or_else(|| PathBuf::from("/tmp")),
+            xdg_config_home: var("XDG_CONFIG_HOME").filter(|p| p.is_absolute()),
+        }
+    }
+}
 
 /// Expands `raw` and normalises it lexically (no `.` components, no
 /// repeated or trailing `/`; symlinks and `..` are left to the kernel).

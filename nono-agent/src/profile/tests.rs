@@ -1,4 +1,11 @@
+//! Profile lookup, layering, validation and listing, against temporary
+//! user and system directories. Over 600 lines: one test per rule of
+//! profiles/README.md, kept together so the rules read as a list.
+
+use super::lookup::toml_files;
 use super::*;
+use nono_proxy::DomainRule;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A temporary directory holding a user dir (`config/nono-agent/profiles`),

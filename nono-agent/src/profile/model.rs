@@ -1,0 +1,83 @@
+//! What a resolved profile says, in the shapes `plan` hands to the
+//! enforcers: network, filesystem and process parts.
+
+use std::path::PathBuf;
+
+use nono_proxy::{CidrRule, DomainRule, Pin, Upstream};
+
+/// A profile with its `extends` chain applied and every variable expanded:
+/// what the enforcers are given.
+#[derive(Debug, Clone)]
+pub struct ResolvedProfile {
+    /// The name it was asked for by (or the file stem for a path).
+    pub name: String,
+    /// The `extends` chain, base first, each as `NAME (SOURCE)`.
+    pub chain: Vec<String>,
+    /// The most derived `description`.
+    pub description: Option<String>,
+    /// What the proxy and the kernel network layer allow.
+    pub network: NetworkPolicy,
+    /// What Landlock allows.
+    pub filesystem: FsPolicy,
+    /// How the command is started.
+    pub process: ProcessPolicy,
+}
+
+/// Network part of a profile.
+#[derive(Debug, Clone)]
+pub struct NetworkPolicy {
+    /// Hosts the proxy lets through.
+    pub allow_domains: Vec<DomainRule>,
+    /// Hosts the proxy refuses even if allowed (from every level).
+    pub deny_domains: Vec<DomainRule>,
+    /// IP ranges the proxy lets through.
+    pub allow_cidrs: Vec<CidrRule>,
+    /// Which loopback ports the command may connect to.
+    pub loopback: Loopback,
+    /// Chain the proxy to this one.
+    pub upstream_proxy: Option<Upstream>,
+    /// Names resolved without DNS.
+    pub resolve: Vec<Pin>,
+    /// Daemon sockets (docker.sock, ...) the command may connect to.
+    pub allow_unix_sockets: Vec<PathBuf>,
+}
+
+/// Loopback ports reachable from the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loopback {
+    /// Every port (test containers, local databases ...).
+    Any,
+    /// Only these (the proxy's own port is added by the agent).
+    Ports(Vec<u16>),
+}
+
+/// Filesystem part of a profile: absolute paths, variables expanded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FsPolicy {
+    /// Readable beneath.
+    pub read: Vec<PathBuf>,
+    /// Every right beneath (read, write, create, remove, execute).
+    pub write: Vec<PathBuf>,
+    /// Readable and executable beneath.
+    pub exec: Vec<PathBuf>,
+}
+
+/// Which environment variables the command gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvPolicy {
+    /// All of the agent's.
+    Inherit,
+    /// None (the agent supplies a minimal PATH).
+    Clean,
+    /// Only these names.
+    PassThrough(Vec<String>),
+}
+
+/// Process part of a profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessPolicy {
+    /// Environment handling.
+    pub env: EnvPolicy,
+    /// Run the command as this user (name or numeric uid).
+    pub user: Option<String>,
+}
