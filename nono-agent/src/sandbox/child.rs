@@ -119,12 +119,12 @@ impl ChildSetup {
         } else {
             None
         };
-        let seccomp = seccomp.map(|m| {
-            (
-                crate::seccomp::filter::build(m),
-                m == crate::seccomp::filter::Mode::Notify,
-            )
-        });
+        let seccomp = seccomp
+            .map(|m| {
+                crate::seccomp::filter::build(m)
+                    .map(|prog| (prog, m == crate::seccomp::filter::Mode::Notify))
+            })
+            .transpose()?;
         Ok(Self {
             privileged,
             unprivileged,

@@ -8,7 +8,8 @@
 //! nothing: the kernel never looks at the target's memory again.
 
 use nono_common::{
-    consts, decide_bind, decide_connect, decide_socket, refused_option, Dest, Policy, Reason,
+    consts, decide_bind, decide_connect, decide_socket, decide_socketpair, refused_option, Dest,
+    Policy, Reason,
 };
 use std::io;
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd, RawFd};
@@ -185,10 +186,15 @@ impl Supervisor {
                 } else {
                     "socketpair"
                 };
-                let reason = if decide_socket(family, ty, proto).allow {
-                    "socket-family-not-allowed"
+                let d = if nr == NR_SOCKET {
+                    decide_socket(family, ty, proto)
                 } else {
-                    "socket-type-not-allowed"
+                    decide_socketpair(family, ty, proto)
+                };
+                let reason = if d.allow {
+                    Reason::SocketFamily.name()
+                } else {
+                    d.reason.name()
                 };
                 self.event(n, hook, family, Some(ty), Some(proto), None, reason);
                 Ok(Work::Reply(Err(libc::EPERM)))
