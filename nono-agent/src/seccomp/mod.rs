@@ -4,12 +4,14 @@
 //! enforcer.
 //!
 //! `filter` generates the classic-BPF filter from the shared tables;
-//! `supervisor` answers the calls the filter sends it.
+//! `supervisor` answers the calls the filter sends it, judged by the pure
+//! functions of `judge`.
 
 mod error;
 pub mod filter;
 pub mod identity;
 pub mod inbound;
+pub mod judge;
 pub mod notify;
 pub mod supervisor;
 
