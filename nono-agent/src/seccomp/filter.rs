@@ -110,6 +110,18 @@ pub(crate) fn socket_left_to_bpf(mode: Mode, family: u32) -> bool {
     mode == Mode::Harden && cgroup_hook_sees(family)
 }
 
+/// The distinct values of `it`, in the order they first appear (the order
+/// of the tables, so the generated program reads like them).
+fn distinct<T: PartialEq>(it: impl Iterator<Item = T>) -> Vec<T> {
+    let mut out = Vec::new();
+    for v in it {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
+}
+
 /// The `socket` (or, with `pair`, `socketpair`) checks, generated from the
 /// shared table (`nono_common::ALLOWED_SOCKETS`) so this filter and the BPF
 /// sock_create program allow the same sockets. Arguments are judged by
@@ -118,14 +130,8 @@ fn socket_section(mode: Mode, pair: bool) -> Result<Vec<Insn>, Error> {
     use Insn::*;
     use To::{Label as L, Next};
     let refuse = refusal(mode);
-    let mut families: Vec<u32> = Vec::new();
-    for r in ALLOWED_SOCKETS {
-        if !families.contains(&r.family) {
-            families.push(r.family);
-        }
-    }
     let mut out = vec![Ld(off_arg_lo(0))];
-    for family in families {
+    for family in distinct(ALLOWED_SOCKETS.iter().map(|r| r.family)) {
         let rules: Vec<_> = ALLOWED_SOCKETS
             .iter()
             .filter(|r| r.family == family && (r.socketpair || !pair))
@@ -136,13 +142,7 @@ fn socket_section(mode: Mode, pair: bool) -> Result<Vec<Insn>, Error> {
         } else if rules.is_empty() {
             continue;
         } else {
-            let mut types: Vec<u32> = Vec::new();
-            for r in &rules {
-                if !types.contains(&r.ty) {
-                    types.push(r.ty);
-                }
-            }
-            for ty in types {
+            for ty in distinct(rules.iter().map(|r| r.ty)) {
                 // Protocols allowed with this type: a match allows, a
                 // mismatch falls through to the next type (or the refusal).
                 let mut protos = Vec::new();
@@ -179,14 +179,8 @@ fn setsockopt_section(mode: Mode) -> Result<Vec<Insn>, Error> {
     use Insn::*;
     use To::{Label as L, Next};
     let ctx = option_context(mode);
-    let mut levels: Vec<i32> = Vec::new();
-    for e in REFUSED_OPTIONS {
-        if !levels.contains(&e.level) {
-            levels.push(e.level);
-        }
-    }
     let mut out = vec![Ld(off_arg_lo(1))];
-    for level in levels {
+    for level in distinct(REFUSED_OPTIONS.iter().map(|e| e.level)) {
         let mut block = vec![Ld(off_arg_lo(2))];
         for e in REFUSED_OPTIONS.iter().filter(|e| e.level == level) {
             if decide_setsockopt(e.level, e.first, ctx).allow {

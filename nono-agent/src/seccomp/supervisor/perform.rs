@@ -191,44 +191,17 @@ impl Op {
             }
         };
         match &self {
-            Op::Connect { sock, addr } => {
-                // SAFETY: addr is a buffer of addr.len() bytes.
-                let r = unsafe {
-                    libc::connect(
-                        sock.fd.as_raw_fd(),
-                        addr.as_ptr().cast(),
-                        addr.len() as libc::socklen_t,
-                    )
-                };
-                ret(r as isize)
-            }
-            Op::Bind { sock, addr } => {
-                // SAFETY: addr is a buffer of addr.len() bytes.
-                let r = unsafe {
-                    libc::bind(
-                        sock.fd.as_raw_fd(),
-                        addr.as_ptr().cast(),
-                        addr.len() as libc::socklen_t,
-                    )
-                };
-                ret(r as isize)
-            }
+            Op::Connect { sock, addr } => ret(with_addr(libc::connect, sock.fd.as_fd(), addr)),
+            Op::Bind { sock, addr } => ret(with_addr(libc::bind, sock.fd.as_fd(), addr)),
             Op::Listen {
                 sock,
                 backlog,
                 bind_first,
             } => {
                 if let Some(addr) = bind_first {
-                    // SAFETY: addr is a buffer of addr.len() bytes.
-                    let r = unsafe {
-                        libc::bind(
-                            sock.fd.as_raw_fd(),
-                            addr.as_ptr().cast(),
-                            addr.len() as libc::socklen_t,
-                        )
-                    };
+                    let r = with_addr(libc::bind, sock.fd.as_fd(), addr);
                     if r != 0 {
-                        return ret(r as isize);
+                        return ret(r);
                     }
                 }
                 // SAFETY: listen on a valid fd.
@@ -273,6 +246,23 @@ impl Op {
                 Ok(sent)
             }
         }
+    }
+}
+
+/// `connect` or `bind` (`call`) of our copy of a socket to `addr`.
+fn with_addr(
+    call: unsafe extern "C" fn(libc::c_int, *const libc::sockaddr, libc::socklen_t) -> libc::c_int,
+    fd: BorrowedFd<'_>,
+    addr: &[u8],
+) -> isize {
+    // SAFETY: a valid fd, and addr is a buffer of addr.len() bytes for the
+    // duration of the call.
+    unsafe {
+        call(
+            fd.as_raw_fd(),
+            addr.as_ptr().cast(),
+            addr.len() as libc::socklen_t,
+        ) as isize
     }
 }
 
