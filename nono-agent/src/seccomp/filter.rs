@@ -13,6 +13,8 @@ use nono_common::{
     REFUSED_OPTIONS,
 };
 
+use std::os::fd::RawFd;
+
 use super::Error;
 use asm::{assemble, skip, Insn, To};
 
@@ -202,6 +204,37 @@ fn setsockopt_section(mode: Mode) -> Result<Vec<Insn>, Error> {
     }
     out.push(Ret(RET_ALLOW));
     Ok(out)
+}
+
+/// A built filter, ready to install in the sandbox's first process.
+///
+/// Built in the agent before fork (the child may only make system calls,
+/// not allocate), installed by the child last, after everything else that
+/// needs the calls it refuses.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    prog: Vec<libc::sock_filter>,
+    /// Installed with a notification listener for the supervisor.
+    notify: bool,
+}
+
+impl Filter {
+    /// The filter for `mode`.
+    pub fn new(mode: Mode) -> Result<Self, Error> {
+        Ok(Self {
+            prog: build(mode)?,
+            notify: mode == Mode::Notify,
+        })
+    }
+
+    /// Installs the filter on the calling thread (inherited by everything
+    /// it starts). Runs in the child between fork and exec: system calls
+    /// only. Returns the notification listener when a supervisor is to take
+    /// it.
+    pub fn install(&self) -> std::io::Result<Option<RawFd>> {
+        let fd = super::notify::install_with_listener(&self.prog, self.notify)?;
+        Ok(self.notify.then_some(fd))
+    }
 }
 
 /// The filter program for `mode`.
