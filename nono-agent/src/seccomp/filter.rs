@@ -1,4 +1,8 @@
-//! The seccomp filter (classic BPF), written out instruction by instruction.
+//! The seccomp filter (classic BPF): a dispatch on the system call written
+//! out instruction by instruction, and `socket`, `socketpair` and
+//! `setsockopt` sections generated from `nono_common`'s tables
+//! (`ALLOWED_SOCKETS`, `REFUSED_OPTIONS`), the ones the BPF programs decide
+//! from, so the two enforcers cannot refuse different things.
 //!
 //! Why not a crate: seccompiler has no `SECCOMP_RET_USER_NOTIF` action, and
 //! libseccomp compares arguments as 64-bit values, so an `int` argument
@@ -6,13 +10,13 @@
 //! equality rule, while the kernel only looks at the lower half. Here every
 //! `int` argument is judged by its low 32 bits, exactly as the kernel reads
 //! it, and the program is small enough to read in full (see `build`) and is
-//! executed by an interpreter in the tests.
+//! executed by an interpreter in the tests, against the shared `decide_*`
+//! functions over every family, type, protocol and option around the tables.
 
 use nono_common::{
     cgroup_hook_sees, consts, decide_setsockopt, OptionContext, ALLOWED_SOCKETS, ANY,
     REFUSED_OPTIONS,
 };
-
 use std::os::fd::RawFd;
 
 use super::Error;
@@ -317,7 +321,7 @@ pub fn build(mode: Mode) -> Result<Vec<libc::sock_filter>, Error> {
         Label("allow"),
         Ret(RET_ALLOW),
     ]);
-    // The program is fixed: a failure here is a bug caught by the tests.
+    // The program is fixed: a failure here is a bug the tests catch.
     assemble(&prog)
 }
 

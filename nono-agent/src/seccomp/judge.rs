@@ -107,7 +107,7 @@ pub fn is_credentials(level: i32, ty: i32) -> bool {
     level == sockopt::SOL_SOCKET && ty == sockopt::SCM_CREDENTIALS
 }
 
-/// The address of a sockaddr's family field, if it has one.
+/// A sockaddr's family field, if it is long enough to have one.
 fn family_of(addr: &[u8]) -> Option<u32> {
     Some(u16::from_ne_bytes([*addr.first()?, *addr.get(1)?]) as u32)
 }
