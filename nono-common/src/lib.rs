@@ -1,8 +1,9 @@
 //! Types and the one policy decision shared by every enforcer.
 //!
-//! The BPF programs, the userspace agent and (later) the seccomp supervisor all
-//! link this crate, so "is this destination allowed?" has exactly one answer
-//! regardless of which enforcer asks. The crate is `no_std` without `alloc` so
+//! The BPF programs and the userspace agent (its seccomp filter and
+//! supervisor) all link this crate, so "is this destination, socket, option
+//! or control message allowed?" has exactly one answer regardless of which
+//! enforcer asks. The crate is `no_std` without `alloc` so
 //! it compiles for the `bpfel-unknown-none` target, and every function that the
 //! BPF side calls is a bounded loop over fixed-size arrays so the verifier
 //! accepts it.
@@ -13,9 +14,11 @@ mod decision;
 mod types;
 
 pub use decision::{
-    decide_bind, decide_connect, decide_egress, decide_ingress, decide_sendmsg, decide_setsockopt,
-    decide_socket, device_name_is_loopback, refused_option, sockopt, Decision, OptionContext,
-    OptionRule, PolicyView, Reason, RefusedOption, REFUSED_OPTIONS,
+    cgroup_hook_sees, decide_bind, decide_connect, decide_control, decide_egress, decide_ingress,
+    decide_sendmsg, decide_setsockopt, decide_socket, decide_socketpair, device_name_is_loopback,
+    refused_option, sockopt, ControlContext, ControlRule, Decision, OptionContext, OptionRule,
+    PolicyView, Reason, RefusedControl, RefusedOption, SocketRule, ALLOWED_SOCKETS, ANY,
+    REFUSED_CONTROL, REFUSED_OPTIONS,
 };
 pub use types::{
     canonical_v4, canonical_v6, DenyEvent, Dest, Endpoint, Hook, Policy, Settings, LOOPBACK_ANY,
@@ -31,6 +34,10 @@ pub mod consts {
     pub const AF_INET: u32 = 2;
     /// `AF_INET6`.
     pub const AF_INET6: u32 = 10;
+    /// `AF_NETLINK`.
+    pub const AF_NETLINK: u32 = 16;
+    /// `NETLINK_ROUTE`, the netlink protocol of address and route queries.
+    pub const NETLINK_ROUTE: u32 = 0;
     /// `SOCK_STREAM`.
     pub const SOCK_STREAM: u32 = 1;
     /// `SOCK_DGRAM`.

@@ -102,7 +102,10 @@ impl Endpoint {
     }
 }
 
-/// One sandbox's network policy, stored in element 0 of the `POLICY` array map.
+/// One sandbox's network policy as userspace holds it: the seccomp
+/// supervisor judges against it, and the BPF loader writes it into the
+/// `SETTINGS`, `PROXIES` and `LOOPBACK_PORTS` maps (which the programs
+/// query through their own `PolicyView`).
 ///
 /// A zeroed policy (no proxies, no loopback ports, `loopback_any == 0`) denies
 /// everything, so a map the agent failed to fill fails closed.

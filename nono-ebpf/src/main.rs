@@ -1,9 +1,10 @@
 //! cgroup sock_addr / sock programs enforcing one sandbox's network policy.
 //!
-//! Each sandbox loads its own copy of this object, so `POLICY` and `EVENTS`
-//! are private to one sandbox and no lookup by cgroup id is needed. Every
-//! decision is delegated to `nono_common`, the same code the userspace
-//! enforcers run.
+//! Each sandbox loads its own copy of this object, so its maps (`SETTINGS`,
+//! `PROXIES`, `LOOPBACK_PORTS`, `EVENTS`, ...) are private to one sandbox and
+//! no lookup by cgroup id is needed. Every decision is delegated to
+//! `nono_common`, the same code and tables the seccomp filter and supervisor
+//! are built from.
 #![no_std]
 #![no_main]
 
@@ -15,10 +16,10 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use nono_common::{
-    consts, decide_bind, decide_connect, decide_egress, decide_ingress, decide_sendmsg,
-    decide_setsockopt, decide_socket, device_name_is_loopback, refused_option, sockopt, Decision,
-    DenyEvent, Dest, Endpoint, Hook, OptionContext, OptionRule, PolicyView, Reason, Settings,
-    LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
+    cgroup_hook_sees, consts, decide_bind, decide_connect, decide_egress, decide_ingress,
+    decide_sendmsg, decide_setsockopt, decide_socket, device_name_is_loopback, refused_option,
+    sockopt, Decision, DenyEvent, Dest, Endpoint, Hook, OptionContext, OptionRule, PolicyView,
+    Reason, Settings, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
 };
 
 /// Element 0 holds the sandbox's scalar settings. A zeroed element (nobody
@@ -110,6 +111,10 @@ pub fn bind6(ctx: SockAddrContext) -> i32 {
     on_addr6(&ctx, Hook::Bind6)
 }
 
+/// The shared socket table (`nono_common::ALLOWED_SOCKETS`). The kernel
+/// runs this hook for inet and inet6 sockets only
+/// (`nono_common::cgroup_hook_sees`); the seccomp filter refuses the
+/// families the table does not list.
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
     // SAFETY: the kernel passes a valid `bpf_sock` context; the verifier
@@ -120,7 +125,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     };
     let d = decide_socket(family, ty, proto);
     if d.allow {
-        if family == consts::AF_INET || family == consts::AF_INET6 {
+        if cgroup_hook_sees(family) {
             if let Some(p) = SOCKETS.get_ptr_mut(0) {
                 // SAFETY: element 0 exists and is this CPU's own slot.
                 unsafe { *p += 1 };

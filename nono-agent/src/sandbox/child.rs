@@ -29,7 +29,7 @@ pub struct ChildSetup {
     /// Unprivileged: a user and mount namespace of its own, to bind the
     /// user's auto-run files read-only (see `protect`).
     unprivileged: Option<Unprivileged>,
-    seccomp: Option<(Vec<libc::sock_filter>, bool)>,
+    seccomp: Option<crate::seccomp::filter::Filter>,
     landlock: Option<super::landlock::Prepared>,
     /// Switch to this uid/gid (privileged only), dropping supplementary groups.
     user: Option<(libc::uid_t, libc::gid_t)>,
@@ -119,12 +119,9 @@ impl ChildSetup {
         } else {
             None
         };
-        let seccomp = seccomp.map(|m| {
-            (
-                crate::seccomp::filter::build(m),
-                m == crate::seccomp::filter::Mode::Notify,
-            )
-        });
+        let seccomp = seccomp
+            .map(crate::seccomp::filter::Filter::new)
+            .transpose()?;
         Ok(Self {
             privileged,
             unprivileged,
@@ -264,10 +261,7 @@ impl ChildSetup {
             l.restrict_self()?;
         }
         match &self.seccomp {
-            Some((prog, notify)) => {
-                let fd = crate::seccomp::notify::install_with_listener(prog, *notify)?;
-                Ok(notify.then_some(fd))
-            }
+            Some(filter) => filter.install(),
             None => Ok(None),
         }
     }

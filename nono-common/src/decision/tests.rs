@@ -1,6 +1,7 @@
 extern crate std;
 
 use super::*;
+use crate::consts::*;
 use crate::types::{Endpoint, MAX_PROXY_ENDPOINTS};
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -127,6 +128,136 @@ fn sockets() {
     assert!(!decide_socket(AF_INET, 5, 132).allow); // SOCK_SEQPACKET
     assert!(!decide_socket(AF_INET, SOCK_DGRAM, 136).allow); // UDP-Lite
     assert!(!decide_socket(AF_INET, SOCK_STREAM, IPPROTO_UDP).allow);
+    assert_eq!(
+        decide_socket(AF_INET, SOCK_RAW, IPPROTO_ICMP).reason,
+        Reason::SocketType
+    );
+    // Families other than unix, netlink-route and inet.
+    for family in [0, 3, 4, 5, 17, 40, 44, 46, 0xffff_ffff] {
+        assert_eq!(
+            decide_socket(family, SOCK_STREAM, 0),
+            Decision::deny(Reason::SocketFamily),
+            "{family}"
+        );
+    }
+    assert!(decide_socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE).allow);
+    assert!(decide_socket(AF_NETLINK, SOCK_DGRAM | 0o2000000, NETLINK_ROUTE).allow);
+    for proto in [9, 15, 12] {
+        // NETLINK_AUDIT, NETLINK_KOBJECT_UEVENT, NETLINK_NETFILTER
+        assert_eq!(
+            decide_socket(AF_NETLINK, SOCK_RAW, proto),
+            Decision::deny(Reason::SocketFamily)
+        );
+    }
+}
+
+#[test]
+fn socketpairs_are_unix_only() {
+    assert!(decide_socketpair(AF_UNIX, SOCK_STREAM, 0).allow);
+    assert!(decide_socketpair(AF_UNIX, SOCK_DGRAM | 0o4000, 0).allow);
+    for (f, t, p, reason) in [
+        (AF_INET, SOCK_STREAM, 0, Reason::SocketFamily),
+        (AF_INET6, SOCK_DGRAM, IPPROTO_UDP, Reason::SocketFamily),
+        (AF_NETLINK, SOCK_RAW, NETLINK_ROUTE, Reason::SocketFamily),
+        (AF_INET, SOCK_RAW, IPPROTO_ICMP, Reason::SocketType),
+        (40, SOCK_STREAM, 0, Reason::SocketFamily),
+    ] {
+        assert_eq!(
+            decide_socketpair(f, t, p),
+            Decision::deny(reason),
+            "{f} {t} {p}"
+        );
+    }
+}
+
+#[test]
+fn socket_table_is_well_formed() {
+    for r in ALLOWED_SOCKETS {
+        // One refusal reason per family.
+        for o in ALLOWED_SOCKETS.iter().filter(|o| o.family == r.family) {
+            assert_eq!(o.refused, r.refused, "{r:?}");
+        }
+        assert!(!r.refused.name().is_empty());
+        assert!(r.ty == ANY || r.ty & !SOCK_TYPE_MASK == 0, "{r:?}");
+        // socketpair is judged on families the cgroup hook never sees.
+        assert!(!(r.socketpair && cgroup_hook_sees(r.family)), "{r:?}");
+    }
+}
+
+const NOT_SENDER: ControlContext = ControlContext {
+    names_sender: false,
+};
+
+#[test]
+fn rerouting_control_messages_are_refused() {
+    use crate::decision::sockopt::*;
+    for (l, t, reason) in [
+        (SOL_IP, IP_OPTIONS, Reason::SocketOption),
+        (SOL_IP, IP_RETOPTS, Reason::SocketOption),
+        (SOL_IPV6, IPV6_RTHDR, Reason::SocketOption),
+        (SOL_IPV6, IPV6_2292RTHDR, Reason::SocketOption),
+        (SOL_IPV6, IPV6_2292PKTOPTIONS, Reason::SocketOption),
+    ] {
+        assert_eq!(
+            decide_control(l, t, &[], NOT_SENDER),
+            Decision::deny(reason),
+            "{l} {t}"
+        );
+    }
+    // Ordinary control messages.
+    for (l, t) in [(SOL_IP, 1), (SOL_IPV6, 67), (SOL_SOCKET, 1), (6, 4)] {
+        assert!(decide_control(l, t, &[1; 32], NOT_SENDER).allow, "{l} {t}");
+    }
+}
+
+#[test]
+fn pktinfo_control_messages_may_not_choose_an_interface() {
+    use crate::decision::sockopt::*;
+    let mut v4 = [0u8; 12];
+    assert!(decide_control(SOL_IP, IP_PKTINFO, &v4, NOT_SENDER).allow);
+    v4[0] = 2;
+    assert_eq!(
+        decide_control(SOL_IP, IP_PKTINFO, &v4, NOT_SENDER),
+        Decision::deny(Reason::SocketOption)
+    );
+    let mut v6 = [0u8; 20];
+    v6[0] = 0xff; // the address alone chooses no interface
+    assert!(decide_control(SOL_IPV6, IPV6_PKTINFO, &v6, NOT_SENDER).allow);
+    v6[16] = 1;
+    assert_eq!(
+        decide_control(SOL_IPV6, IPV6_PKTINFO, &v6, NOT_SENDER),
+        Decision::deny(Reason::LoopbackOffDevice)
+    );
+    // Too short to hold an index: none chosen (the kernel refuses it).
+    assert!(decide_control(SOL_IPV6, IPV6_PKTINFO, &v6[..19], NOT_SENDER).allow);
+}
+
+#[test]
+fn credentials_must_name_the_sender() {
+    use crate::decision::sockopt::*;
+    assert_eq!(
+        decide_control(SOL_SOCKET, SCM_CREDENTIALS, &[0; 12], NOT_SENDER),
+        Decision::deny(Reason::SocketOption)
+    );
+    let me = ControlContext { names_sender: true };
+    assert!(decide_control(SOL_SOCKET, SCM_CREDENTIALS, &[0; 12], me).allow);
+}
+
+#[test]
+fn reasons_round_trip() {
+    for v in 0..64 {
+        if let Some(r) = Reason::from_u32(v) {
+            assert_eq!(r as u32, v);
+            assert!(!r.name().is_empty());
+        }
+    }
+    assert_eq!(Reason::SocketFamily.name(), "socket-family-not-allowed");
+    assert_eq!(Reason::InboundFilter.name(), "inbound-filter-not-applied");
+    assert_eq!(
+        Reason::WildcardListener.name(),
+        "wildcard-listener-without-inbound-filter"
+    );
+    assert_eq!(Reason::DaemonSocket.name(), "daemon-socket-not-allowed");
 }
 
 #[test]
