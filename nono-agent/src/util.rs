@@ -1,32 +1,106 @@
 //! Small helpers shared by several modules.
 
-use anyhow::{Context as _, Result};
 use std::io::{ErrorKind, Read as _};
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Errors of the helpers in this module.
+#[derive(Debug, thiserror::Error)]
+pub enum UtilError {
+    /// [`ensure_dir`] could not create the directory.
+    #[error("creating {}", .path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// [`ensure_dir`] created the directory but could not set its mode.
+    #[error("chmod {}", .path.display())]
+    Chmod {
+        /// The directory.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// [`random_hex`] could not read the kernel's random source.
+    #[error("reading /dev/urandom for {what}")]
+    Random {
+        /// What the random bytes were for.
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// Creates directory `p` if it is missing, and gives a directory it created
 /// `mode` (an existing one is left as it is).
-pub fn ensure_dir(p: &Path, mode: Option<u32>) -> Result<()> {
+pub fn ensure_dir(p: &Path, mode: Option<u32>) -> Result<(), UtilError> {
     match std::fs::create_dir(p) {
         Ok(()) => {
             if let Some(mode) = mode {
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-                    .with_context(|| format!("chmod {}", p.display()))?;
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(
+                    |source| UtilError::Chmod {
+                        path: p.to_path_buf(),
+                        source,
+                    },
+                )?;
             }
             Ok(())
         }
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("creating {}", p.display())),
+        Err(source) => Err(UtilError::CreateDir {
+            path: p.to_path_buf(),
+            source,
+        }),
     }
 }
 
 /// `bytes` random bytes from the kernel, as lower-case hex; `what` names the
 /// use in the error message.
-pub fn random_hex(bytes: usize, what: &str) -> Result<String> {
+pub fn random_hex(bytes: usize, what: &str) -> Result<String, UtilError> {
     let mut b = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
-        .with_context(|| format!("reading /dev/urandom for {what}"))?;
+        .map_err(|source| UtilError::Random {
+            what: what.to_string(),
+            source,
+        })?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// `e` followed by its sources, joined by ": ": what `anyhow`'s `{:#}`
+/// prints, for errors reported as text (teardown, sweeps) rather than
+/// returned to `main`.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_joins_sources_as_anyhow_alternate_does() {
+        let e = UtilError::CreateDir {
+            path: PathBuf::from("/x"),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        };
+        let expected = format!(
+            "{:#}",
+            anyhow::Error::from(UtilError::CreateDir {
+                path: PathBuf::from("/x"),
+                source: std::io::Error::from_raw_os_error(libc::EACCES),
+            })
+        );
+        assert_eq!(chain(&e), expected);
+        assert!(chain(&e).starts_with("creating /x: "));
+    }
 }

@@ -17,7 +17,7 @@ pub const STATE_DIR: &str = "/run/nono-agent";
 
 /// A fresh random sandbox id: 16 hex digits.
 pub fn new_id() -> Result<String> {
-    crate::util::random_hex(8, "a sandbox id")
+    Ok(crate::util::random_hex(8, "a sandbox id")?)
 }
 
 /// Whether `s` has the shape of a sandbox id (guards paths built from
