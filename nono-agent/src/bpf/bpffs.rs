@@ -5,12 +5,80 @@
 //! sandbox confined (never unconfined) until `cleanup` or the next run kills
 //! the sandbox and then removes the pins, in that order.
 
-use anyhow::{anyhow, Context as _, Result};
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
+use super::rawlink;
 use crate::mountinfo;
+use crate::util::UtilError;
+
+/// Errors of finding, mounting and reading the bpffs and its pins.
+#[derive(Debug, thiserror::Error)]
+pub enum BpffsError {
+    /// The mount table could not be read.
+    #[error("reading /proc/self/mountinfo")]
+    Mountinfo(#[source] std::io::Error),
+    /// No bpffs was mounted and its mount point could not be created.
+    #[error("creating {}", .path.display())]
+    CreateMountPoint {
+        /// The mount point.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// No bpffs was mounted and mounting one failed.
+    #[error("mounting a bpf filesystem at {} (none was mounted)", .path.display())]
+    Mount {
+        /// The mount point.
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    /// The bpffs just mounted does not show in the mount table.
+    #[error("mounted bpffs at {} but it is not in mountinfo", .path.display())]
+    NotInMountinfo {
+        /// The mount point.
+        path: PathBuf,
+    },
+    /// `<bpffs>/nono` could not be created.
+    #[error(transparent)]
+    ParentDir(#[from] UtilError),
+    /// A sandbox's pin directory could not be removed.
+    #[error("removing pins in {}", .path.display())]
+    RemovePins {
+        /// The pin directory.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A sandbox's pin directory could not be listed.
+    #[error("listing {}", .path.display())]
+    List {
+        /// The pin directory.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A pinned link could not be opened.
+    #[error("opening the pin {}", .path.display())]
+    OpenPin {
+        /// The pin.
+        path: PathBuf,
+        #[source]
+        source: rawlink::Error,
+    },
+    /// A pinned link's target could not be read.
+    #[error("reading the link pinned at {}", .path.display())]
+    ReadLink {
+        /// The pin.
+        path: PathBuf,
+        #[source]
+        source: rawlink::Error,
+    },
+}
+
+type Result<T, E = BpffsError> = std::result::Result<T, E>;
 
 /// Where a bpffs is mounted when the host has none.
 const DEFAULT_MOUNT: &str = "/sys/fs/bpf";
@@ -19,7 +87,7 @@ pub const PARENT: &str = "nono";
 
 /// Every bpffs mount point on the host (all are hidden from sandboxes).
 pub fn mounts() -> Result<Vec<PathBuf>> {
-    let text = mountinfo::read().context("reading /proc/self/mountinfo")?;
+    let text = mountinfo::read().map_err(BpffsError::Mountinfo)?;
     Ok(mountinfo::find(&text, "bpf")
         .into_iter()
         .map(|m| m.mount_point)
@@ -32,7 +100,10 @@ pub fn ensure_mounted() -> Result<PathBuf> {
         return Ok(m);
     }
     let target = Path::new(DEFAULT_MOUNT);
-    fs::create_dir_all(target).with_context(|| format!("creating {DEFAULT_MOUNT}"))?;
+    fs::create_dir_all(target).map_err(|source| BpffsError::CreateMountPoint {
+        path: target.to_path_buf(),
+        source,
+    })?;
     nix::mount::mount(
         Some("bpf"),
         target,
@@ -42,12 +113,17 @@ pub fn ensure_mounted() -> Result<PathBuf> {
             | nix::mount::MsFlags::MS_NOEXEC,
         Some("mode=0700"),
     )
-    .with_context(|| format!("mounting a bpf filesystem at {DEFAULT_MOUNT} (none was mounted)"))?;
+    .map_err(|source| BpffsError::Mount {
+        path: target.to_path_buf(),
+        source,
+    })?;
     mountinfo::invalidate();
     mounts()?
         .into_iter()
         .next()
-        .ok_or_else(|| anyhow!("mounted bpffs at {DEFAULT_MOUNT} but it is not in mountinfo"))
+        .ok_or_else(|| BpffsError::NotInMountinfo {
+            path: target.to_path_buf(),
+        })
 }
 
 /// `<bpffs>/nono`, created 0700 if missing.
@@ -63,7 +139,10 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
     match fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing pins in {}", dir.display())),
+        Err(source) => Err(BpffsError::RemovePins {
+            path: dir.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -76,18 +155,23 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
 /// the pins would let it send unjudged. A missing directory counts as
 /// released.
 pub fn released(dir: &Path) -> Result<bool> {
+    let list = |source| BpffsError::List {
+        path: dir.to_path_buf(),
+        source,
+    };
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(true),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        Err(e) => return Err(list(e)),
     };
     for e in entries {
-        let e = e.with_context(|| format!("listing {}", dir.display()))?;
-        let path = e.path();
-        let fd = super::rawlink::obj_get(&path)
-            .with_context(|| format!("opening the pin {}", path.display()))?;
-        let target = super::rawlink::cgroup_link_target(std::os::fd::AsFd::as_fd(&fd))
-            .with_context(|| format!("reading the link pinned at {}", path.display()))?;
+        let path = e.map_err(list)?.path();
+        let fd = rawlink::obj_get(&path).map_err(|source| BpffsError::OpenPin {
+            path: path.clone(),
+            source,
+        })?;
+        let target = rawlink::cgroup_link_target(std::os::fd::AsFd::as_fd(&fd))
+            .map_err(|source| BpffsError::ReadLink { path, source })?;
         if matches!(target, Some(id) if id != 0) {
             return Ok(false);
         }

@@ -4,16 +4,147 @@
 //! maps belong to it alone: concurrent sandboxes cannot see or change each
 //! other's policy, and no per-cgroup lookup is needed in the hot path.
 
-use anyhow::{anyhow, Context as _, Result};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
-use aya::programs::{CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockopt};
-use aya::{Ebpf, EbpfLoader};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::links::{CgroupAttachMode, FdLink, LinkError, PinnedLink};
+use aya::programs::{
+    CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockopt, ProgramError,
+};
+use aya::{Ebpf, EbpfError, EbpfLoader};
 use nono_common::{Endpoint, Policy, Settings};
 
 use super::rawlink;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+
+/// Errors of loading the BPF object and attaching its programs.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The helper thread of [`load_and_attach_fast`] panicked.
+    #[error("the BPF loader thread panicked")]
+    LoaderPanicked,
+    /// The kernel refused the object (maps or BTF).
+    #[error("loading the BPF object into the kernel")]
+    Load(#[source] Box<EbpfError>),
+    /// The policy maps could not be filled (a [`LoadError::NoMap`] or
+    /// [`LoadError::Map`]).
+    #[error("writing the sandbox policy")]
+    WritePolicy(#[source] Box<LoadError>),
+    /// The object lacks a map this agent needs (a build mismatch).
+    #[error("BPF object has no {name} map")]
+    NoMap {
+        /// The map.
+        name: &'static str,
+    },
+    /// A map could not be opened as its type, or written.
+    #[error("{what}")]
+    Map {
+        /// The map and the operation (`PROXIES insert`).
+        what: &'static str,
+        #[source]
+        source: MapError,
+    },
+    /// The object lacks a program this agent needs (a build mismatch).
+    #[error("BPF object has no program {name}")]
+    NoProgram {
+        /// The program.
+        name: String,
+    },
+    /// A program of the object has a type this agent does not load.
+    #[error("program {name} has an unexpected type")]
+    UnexpectedProgram {
+        /// The program.
+        name: String,
+    },
+    /// The verifier rejected a program.
+    #[error("verifying program {name}")]
+    Verify {
+        /// The program.
+        name: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// A verification thread panicked.
+    #[error("a BPF verification thread panicked")]
+    VerifierPanicked,
+    /// The sandbox's cgroup directory could not be opened.
+    #[error("opening {}", .path.display())]
+    OpenCgroup {
+        /// The cgroup directory.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A program is not of the type it is attached as.
+    #[error("program {name} has the wrong type")]
+    WrongType {
+        /// The program.
+        name: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// A program could not be attached to the cgroup.
+    #[error("attaching {name} to {}", .cgroup.display())]
+    Attach {
+        /// The program.
+        name: String,
+        /// The cgroup directory.
+        cgroup: PathBuf,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// aya would not hand over an attached program's link.
+    #[error("taking the {name} link")]
+    TakeLink {
+        /// The program.
+        name: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// A link could not be made an fd link (needed to pin it).
+    #[error("{name} link is not an fd link")]
+    NotFdLink {
+        /// The program.
+        name: String,
+        #[source]
+        source: LinkError,
+    },
+    /// A link could not be pinned in the sandbox's pin directory.
+    #[error("pinning the {name} link at {}", .path.display())]
+    Pin {
+        /// The program.
+        name: String,
+        /// The pin.
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    /// A program to attach with a raw link has no fd (it was not loaded).
+    #[error("the {name} program is not loaded")]
+    NotLoaded {
+        /// The program.
+        name: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// The raw `BPF_LINK_CREATE` failed.
+    #[error("attaching {name}")]
+    RawAttach {
+        /// The program.
+        name: &'static str,
+        #[source]
+        source: rawlink::Error,
+    },
+    /// A raw link could not be pinned.
+    #[error("pinning the {name} link")]
+    RawPin {
+        /// The program.
+        name: &'static str,
+        #[source]
+        source: rawlink::Error,
+    },
+}
+
+type Result<T, E = LoadError> = std::result::Result<T, E>;
 
 /// The BPF object built by `build.rs` (see `cargo xtask build-ebpf`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nono"));
@@ -91,7 +222,7 @@ pub fn load_and_attach_fast(
             load_and_attach(&cgroup_dir, &policy, pin_dir.as_deref())
         })
         .join()
-        .map_err(|_| anyhow!("the BPF loader thread panicked"))?
+        .map_err(|_| LoadError::LoaderPanicked)?
     })
 }
 
@@ -135,26 +266,37 @@ pub fn load_and_attach(
     let mut ebpf = EbpfLoader::new()
         .btf(None)
         .load(OBJECT)
-        .context("loading the BPF object into the kernel")?;
+        .map_err(|e| LoadError::Load(Box::new(e)))?;
 
-    write_policy(&mut ebpf, policy).context("writing the sandbox policy")?;
+    write_policy(&mut ebpf, policy).map_err(|e| LoadError::WritePolicy(Box::new(e)))?;
     verify_all(&mut ebpf)?;
 
-    let cgroup =
-        File::open(cgroup_dir).with_context(|| format!("opening {}", cgroup_dir.display()))?;
+    let cgroup = File::open(cgroup_dir).map_err(|source| LoadError::OpenCgroup {
+        path: cgroup_dir.to_path_buf(),
+        source,
+    })?;
     let mut links = Vec::new();
     // Each program type has its own attach signature and link type; the
     // rest (take the link, make it an fd link, pin it) is the same.
     macro_rules! attach {
         ($ty:ty, $name:expr, |$p:ident| $attach:expr) => {{
             let name: &str = $name;
-            let $p: &mut $ty = program(&mut ebpf, name)?
-                .try_into()
-                .with_context(|| format!("program {name} has the wrong type"))?;
-            let id =
-                $attach.with_context(|| format!("attaching {name} to {}", cgroup_dir.display()))?;
-            $p.take_link(id)
-                .with_context(|| format!("taking the {name} link"))?
+            let $p: &mut $ty =
+                program(&mut ebpf, name)?
+                    .try_into()
+                    .map_err(|source| LoadError::WrongType {
+                        name: name.to_string(),
+                        source: Box::new(source),
+                    })?;
+            let id = $attach.map_err(|source| LoadError::Attach {
+                name: name.to_string(),
+                cgroup: cgroup_dir.to_path_buf(),
+                source: Box::new(source),
+            })?;
+            $p.take_link(id).map_err(|source| LoadError::TakeLink {
+                name: name.to_string(),
+                source: Box::new(source),
+            })?
         }};
     }
     for name in SOCK_ADDR_PROGRAMS {
@@ -183,14 +325,14 @@ pub fn load_and_attach(
 
     let events = RingBuf::try_from(
         ebpf.take_map("EVENTS")
-            .ok_or_else(|| anyhow!("BPF object has no EVENTS map"))?,
+            .ok_or(LoadError::NoMap { name: "EVENTS" })?,
     )
-    .context("EVENTS map")?;
+    .map_err(map_err("EVENTS map"))?;
     let dropped = PerCpuArray::try_from(
         ebpf.take_map("DROPPED")
-            .ok_or_else(|| anyhow!("BPF object has no DROPPED map"))?,
+            .ok_or(LoadError::NoMap { name: "DROPPED" })?,
     )
-    .context("DROPPED map")?;
+    .map_err(map_err("DROPPED map"))?;
     let sockets = ebpf
         .take_map("SOCKETS")
         .and_then(|m| PerCpuArray::try_from(m).ok());
@@ -209,14 +351,23 @@ pub fn load_and_attach(
 /// The setsockopt program, attached with a raw BPF link and pinned.
 fn attach_setsockopt(ebpf: &mut Ebpf, cgroup: &File, pin_dir: Option<&Path>) -> Result<Link> {
     use std::os::fd::AsFd as _;
-    let p: &mut CgroupSockopt = program(ebpf, "setsockopt")?
-        .try_into()
-        .context("program setsockopt has the wrong type")?;
-    let prog = p.fd().context("the setsockopt program is not loaded")?;
+    const NAME: &str = "setsockopt";
+    let p: &mut CgroupSockopt =
+        program(ebpf, NAME)?
+            .try_into()
+            .map_err(|source| LoadError::WrongType {
+                name: NAME.to_string(),
+                source: Box::new(source),
+            })?;
+    let prog = p.fd().map_err(|source| LoadError::NotLoaded {
+        name: NAME,
+        source: Box::new(source),
+    })?;
     let link = rawlink::link_create(prog.as_fd(), cgroup.as_fd(), rawlink::BPF_CGROUP_SETSOCKOPT)
-        .context("attaching setsockopt")?;
+        .map_err(|source| LoadError::RawAttach { name: NAME, source })?;
     if let Some(dir) = pin_dir {
-        rawlink::pin(&link, &dir.join("setsockopt")).context("pinning the setsockopt link")?;
+        rawlink::pin(&link, &dir.join(NAME))
+            .map_err(|source| LoadError::RawPin { name: NAME, source })?;
     }
     Ok(Link::Raw(link))
 }
@@ -237,15 +388,17 @@ fn verify_all(ebpf: &mut Ebpf) -> Result<()> {
                         Program::CgroupSock(p) => p.load(),
                         Program::CgroupSkb(p) => p.load(),
                         Program::CgroupSockopt(p) => p.load(),
-                        _ => return Err(anyhow!("program {name} has an unexpected type")),
+                        _ => return Err(LoadError::UnexpectedProgram { name }),
                     };
-                    r.with_context(|| format!("verifying program {name}"))
+                    r.map_err(|source| LoadError::Verify {
+                        name,
+                        source: Box::new(source),
+                    })
                 })
             })
             .collect();
         for h in handles {
-            h.join()
-                .map_err(|_| anyhow!("a BPF verification thread panicked"))??;
+            h.join().map_err(|_| LoadError::VerifierPanicked)??;
         }
         Ok(())
     })
@@ -256,24 +409,27 @@ fn verify_all(ebpf: &mut Ebpf) -> Result<()> {
 fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<()> {
     {
         let mut proxies: HashMap<&mut MapData, Endpoint, u8> =
-            HashMap::try_from(map(ebpf, "PROXIES")?).context("PROXIES map")?;
+            HashMap::try_from(map(ebpf, "PROXIES")?).map_err(map_err("PROXIES map"))?;
         for e in policy.proxies.iter().take(policy.n_proxies as usize) {
-            proxies.insert(e, 1, 0).context("PROXIES insert")?;
+            proxies.insert(e, 1, 0).map_err(map_err("PROXIES insert"))?;
         }
     }
     {
         let mut ports: HashMap<&mut MapData, u16, u8> =
-            HashMap::try_from(map(ebpf, "LOOPBACK_PORTS")?).context("LOOPBACK_PORTS map")?;
+            HashMap::try_from(map(ebpf, "LOOPBACK_PORTS")?)
+                .map_err(map_err("LOOPBACK_PORTS map"))?;
         for p in policy
             .loopback_ports
             .iter()
             .take(policy.n_loopback_ports as usize)
         {
-            ports.insert(p, 1, 0).context("LOOPBACK_PORTS insert")?;
+            ports
+                .insert(p, 1, 0)
+                .map_err(map_err("LOOPBACK_PORTS insert"))?;
         }
     }
     let mut settings: Array<&mut MapData, Settings> =
-        Array::try_from(map(ebpf, "SETTINGS")?).context("SETTINGS map")?;
+        Array::try_from(map(ebpf, "SETTINGS")?).map_err(map_err("SETTINGS map"))?;
     settings
         .set(
             0,
@@ -282,34 +438,45 @@ fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<()> {
             },
             0,
         )
-        .context("SETTINGS set")?;
+        .map_err(map_err("SETTINGS set"))?;
     Ok(())
 }
 
-fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name)
-        .ok_or_else(|| anyhow!("BPF object has no {name} map"))
+/// Wraps a map error with what was being done to which map.
+fn map_err(what: &'static str) -> impl FnOnce(MapError) -> LoadError {
+    move |source| LoadError::Map { what, source }
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name).ok_or(LoadError::NoMap { name })
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| anyhow!("BPF object has no program {name}"))
+    ebpf.program_mut(name).ok_or_else(|| LoadError::NoProgram {
+        name: name.to_string(),
+    })
 }
 
 fn fd_link<L>(link: L, name: &str) -> Result<FdLink>
 where
     FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
 {
-    FdLink::try_from(link).with_context(|| format!("{name} link is not an fd link"))
+    FdLink::try_from(link).map_err(|source| LoadError::NotFdLink {
+        name: name.to_string(),
+        source,
+    })
 }
 
 fn pin(link: FdLink, dir: Option<&Path>, name: &str) -> Result<Link> {
     match dir {
         Some(dir) => {
             let path: PathBuf = dir.join(name);
-            Ok(Link::Pinned(link.pin(&path).with_context(|| {
-                format!("pinning the {name} link at {}", path.display())
-            })?))
+            let pinned = link.pin(&path).map_err(|source| LoadError::Pin {
+                name: name.to_string(),
+                path,
+                source,
+            })?;
+            Ok(Link::Pinned(pinned))
         }
         None => Ok(Link::Unpinned(link)),
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::cgroup::{self, Cgroup};
 use super::registry;
 use crate::bpf::bpffs;
+use crate::util::chain;
 
 /// What a sweep removed.
 #[derive(Debug, Default)]
@@ -68,13 +69,13 @@ pub fn sweep(wait: Duration) -> Result<Swept> {
                     continue;
                 }
                 Err(e) => {
-                    out.errors.push(format!("sandbox {id}: {e:#}"));
+                    out.errors.push(format!("sandbox {id}: {}", chain(&e)));
                     ok = false;
                     continue;
                 }
             }
             if let Err(e) = bpffs::remove_pins(&dir) {
-                out.errors.push(format!("sandbox {id}: {e:#}"));
+                out.errors.push(format!("sandbox {id}: {}", chain(&e)));
                 ok = false;
             }
         }

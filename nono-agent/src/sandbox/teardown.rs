@@ -79,7 +79,7 @@ impl Resources {
                         sockets_gone = false;
                     }
                     Err(e) => {
-                        errors.push(format!("{e:#}"));
+                        errors.push(crate::util::chain(&e));
                         sockets_gone = false;
                     }
                 }
@@ -89,7 +89,7 @@ impl Resources {
         if cgroup_gone && sockets_gone {
             if let Some(dir) = self.pin_dir.take() {
                 if let Err(e) = bpffs::remove_pins(&dir) {
-                    errors.push(format!("{e:#}"));
+                    errors.push(crate::util::chain(&e));
                 }
             }
             self.attached = None;
