@@ -42,7 +42,7 @@ pub fn run(json: bool) -> Result<i32> {
         },
         Err(e) => Check {
             ok: false,
-            detail: format!("not tried: {e:#}"),
+            detail: format!("not tried: {}", crate::util::chain(e)),
         },
     };
     let user_notif = privileges::seccomp_user_notif_available();

@@ -26,6 +26,7 @@ use crate::sandbox::{
 use crate::seccomp::{filter, supervisor::Supervisor};
 use crate::signals::Forwarder;
 use crate::timing::Timing;
+use crate::util;
 use nono_proxy as proxy;
 
 /// Runs the command; returns the exit code for the agent.
@@ -205,7 +206,7 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     // events and removing anything.
     if let Some(cg) = res.cgroup.as_ref() {
         if let Err(e) = cg.kill_all(Duration::from_secs(10)) {
-            eprintln!("nono-agent: sandbox {id}: {e:#}");
+            eprintln!("nono-agent: sandbox {id}: {}", util::chain(&e));
         }
     }
     reap::kill_descendants();

@@ -1,6 +1,5 @@
 //! The sandbox's cgroup v2 directory: create, kill everything in it, remove.
 
-use anyhow::{anyhow, bail, Context as _, Result};
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -8,13 +7,119 @@ use std::time::{Duration, Instant};
 
 use super::{netns, sockdiag};
 use crate::mountinfo;
+use crate::util::UtilError;
+
+/// Errors of finding, creating, emptying and removing cgroups.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// The mount table could not be read.
+    #[error("reading /proc/self/mountinfo")]
+    Mountinfo(#[source] std::io::Error),
+    /// No cgroup2 filesystem is mounted.
+    #[error(
+        "no cgroup2 filesystem is mounted (checked /proc/self/mountinfo); cgroup v2 is required"
+    )]
+    NoCgroup2,
+    /// `<cgroup2>/nono` could not be created.
+    #[error(transparent)]
+    ParentDir(#[from] UtilError),
+    /// A sandbox's cgroup could not be created (or already exists).
+    #[error("creating cgroup {}", .path.display())]
+    Create {
+        /// The cgroup directory.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `cgroup.kill` could not be written.
+    #[error("writing {}", .path.display())]
+    Kill {
+        /// The `cgroup.kill` file.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Processes were left after `cgroup.kill` and the timeout.
+    #[error("processes in {} did not exit within {timeout:?} after cgroup.kill", .path.display())]
+    KillTimeout {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// How long was waited.
+        timeout: Duration,
+    },
+    /// `cgroup.events` could not be read.
+    #[error("reading {}", .path.display())]
+    Events {
+        /// The `cgroup.events` file.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The ids of the cgroup tree (to find its sockets) could not be read.
+    #[error("reading the cgroup ids below {}", .path.display())]
+    TreeIds {
+        /// The cgroup directory.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sandbox's sockets in the agent's network namespace could not all
+    /// be destroyed.
+    #[error("destroying the sockets of {} (the programs stay attached)", .path.display())]
+    DestroySockets {
+        /// The cgroup directory.
+        path: PathBuf,
+        #[source]
+        source: sockdiag::Error,
+    },
+    /// A network namespace the sandbox's processes were in could not be
+    /// entered to destroy their sockets there.
+    #[error("destroying the sockets of {} (the programs stay attached) in network namespace {ino}", .path.display())]
+    EnterNetns {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// The namespace's inode.
+        ino: u64,
+        #[source]
+        source: netns::Error,
+    },
+    /// The sandbox's sockets in another network namespace could not all be
+    /// destroyed.
+    #[error("destroying the sockets of {} (the programs stay attached) in network namespace {ino}", .path.display())]
+    DestroySocketsIn {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// The namespace's inode.
+        ino: u64,
+        #[source]
+        source: sockdiag::Error,
+    },
+    /// A cgroup directory could not be listed.
+    #[error("listing {}", .path.display())]
+    List {
+        /// The cgroup directory.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A cgroup directory could not be removed.
+    #[error("removing cgroup {}", .path.display())]
+    Remove {
+        /// The cgroup directory.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T, E = CgroupError> = std::result::Result<T, E>;
 
 /// Name of the directory below the cgroup2 root that holds every sandbox.
 pub const PARENT: &str = "nono";
 
 /// The cgroup2 mount point, discovered from mountinfo.
 pub fn discover_root() -> Result<PathBuf> {
-    let text = mountinfo::read().context("reading /proc/self/mountinfo")?;
+    let text = mountinfo::read().map_err(CgroupError::Mountinfo)?;
     let mounts = mountinfo::find(&text, "cgroup2");
     // Prefer a mount of the real hierarchy root; a mount whose root is not
     // "/" is a view from inside a cgroup namespace or a bind mount.
@@ -23,7 +128,7 @@ pub fn discover_root() -> Result<PathBuf> {
         .find(|m| m.root == "/")
         .or_else(|| mounts.first())
         .map(|m| m.mount_point.clone())
-        .ok_or_else(|| anyhow!("no cgroup2 filesystem is mounted (checked /proc/self/mountinfo); cgroup v2 is required"))
+        .ok_or(CgroupError::NoCgroup2)
 }
 
 /// `<cgroup2>/nono`, created if missing.
@@ -43,8 +148,10 @@ impl Cgroup {
     /// Creates `<parent>/<id>`; fails if it exists (ids are never reused).
     pub fn create(parent: &Path, id: &str) -> Result<Self> {
         let path = parent.join(id);
-        fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
-        Ok(Self { path })
+        match fs::create_dir(&path) {
+            Ok(()) => Ok(Self { path }),
+            Err(source) => Err(CgroupError::Create { path, source }),
+        }
     }
 
     /// An existing cgroup (for cleanup of a dead agent's sandbox).
@@ -87,20 +194,31 @@ impl Cgroup {
         self.kill_all(timeout)?;
         let chosen = sockets();
         if chosen == Sockets::Destroy {
-            let ids = sockdiag::cgroup_tree_ids(&self.path)
-                .with_context(|| format!("reading the cgroup ids below {}", self.path.display()))?;
-            let what = || {
-                format!(
-                    "destroying the sockets of {} (the programs stay attached)",
-                    self.path.display()
-                )
-            };
-            sockdiag::destroy_cgroup_sockets(&ids).with_context(what)?;
+            let path = || self.path.clone();
+            let ids =
+                sockdiag::cgroup_tree_ids(&self.path).map_err(|source| CgroupError::TreeIds {
+                    path: path(),
+                    source,
+                })?;
+            sockdiag::destroy_cgroup_sockets(&ids).map_err(|source| {
+                CgroupError::DestroySockets {
+                    path: path(),
+                    source,
+                }
+            })?;
             for ns in &namespaces {
-                let there = || format!("{} in network namespace {}", what(), ns.ino());
+                let ino = ns.ino();
                 ns.run(|| sockdiag::destroy_cgroup_sockets(&ids))
-                    .with_context(there)?
-                    .with_context(there)?;
+                    .map_err(|source| CgroupError::EnterNetns {
+                        path: path(),
+                        ino,
+                        source,
+                    })?
+                    .map_err(|source| CgroupError::DestroySocketsIn {
+                        path: path(),
+                        ino,
+                        source,
+                    })?;
             }
         }
         remove_tree(&self.path)?;
@@ -123,7 +241,7 @@ fn kill_and_wait(path: &Path, timeout: Duration) -> Result<()> {
     match fs::write(&kill, b"1") {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::NotFound && !path.exists() => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("writing {}", kill.display())),
+        Err(source) => return Err(CgroupError::Kill { path: kill, source }),
     }
     let start = Instant::now();
     let mut pause = Duration::from_micros(100);
@@ -132,11 +250,10 @@ fn kill_and_wait(path: &Path, timeout: Duration) -> Result<()> {
             return Ok(());
         }
         if start.elapsed() > timeout {
-            bail!(
-                "processes in {} did not exit within {:?} after cgroup.kill",
-                path.display(),
-                timeout
-            );
+            return Err(CgroupError::KillTimeout {
+                path: path.to_path_buf(),
+                timeout,
+            });
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));
@@ -149,19 +266,28 @@ pub fn populated(path: &Path) -> Result<bool> {
     let text = match fs::read_to_string(&events) {
         Ok(t) => t,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", events.display())),
+        Err(source) => {
+            return Err(CgroupError::Events {
+                path: events,
+                source,
+            })
+        }
     };
     Ok(text.lines().any(|l| l.trim() == "populated 1"))
 }
 
 fn remove_tree(path: &Path) -> Result<()> {
+    let list = |source| CgroupError::List {
+        path: path.to_path_buf(),
+        source,
+    };
     let entries = match fs::read_dir(path) {
         Ok(e) => e,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", path.display())),
+        Err(e) => return Err(list(e)),
     };
     for entry in entries {
-        let entry = entry.with_context(|| format!("listing {}", path.display()))?;
+        let entry = entry.map_err(list)?;
         if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
             remove_tree(&entry.path())?;
         }
@@ -169,6 +295,9 @@ fn remove_tree(path: &Path) -> Result<()> {
     match fs::remove_dir(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing cgroup {}", path.display())),
+        Err(source) => Err(CgroupError::Remove {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }

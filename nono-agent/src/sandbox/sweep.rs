@@ -55,7 +55,7 @@ pub fn sweep(wait: Duration) -> Result<Swept> {
         let cg = Cgroup::existing(cg_parent.join(&id));
         if let Err(e) = cg.destroy(Duration::from_secs(10), || cgroup::Sockets::Destroy) {
             // Pins stay: the sandbox may still have processes.
-            out.errors.push(format!("sandbox {id}: {e:#}"));
+            out.errors.push(format!("sandbox {id}: {}", chain(&e)));
             continue;
         }
         let mut ok = true;

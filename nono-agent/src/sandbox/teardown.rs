@@ -56,7 +56,7 @@ impl Resources {
             match cg.destroy(Duration::from_secs(10), sockets) {
                 Ok(chosen) => destroyed = chosen,
                 Err(e) => {
-                    errors.push(format!("{e:#}"));
+                    errors.push(crate::util::chain(&e));
                     cgroup_gone = false;
                 }
             }
