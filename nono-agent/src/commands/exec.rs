@@ -269,7 +269,7 @@ fn sweep_stale() {
                 eprintln!("nono-agent: cleaning a stale sandbox: {e}");
             }
         }
-        Err(e) => eprintln!("nono-agent: cleaning stale sandboxes: {e:#}"),
+        Err(e) => eprintln!("nono-agent: cleaning stale sandboxes: {}", util::chain(&e)),
     }
 }
 

@@ -8,14 +8,21 @@
 //! covered, along with every bpffs (pinned links could be opened and
 //! detached) and the agent's state directory (owner locks).
 
-use anyhow::{Context as _, Result};
 use std::path::{Path, PathBuf};
 
 use crate::mountinfo;
 
+/// Errors of finding what to hide.
+#[derive(Debug, thiserror::Error)]
+pub enum HideError {
+    /// The mount table could not be read.
+    #[error("reading /proc/self/mountinfo")]
+    Mountinfo(#[source] std::io::Error),
+}
+
 /// Mount points to cover, outermost first, none beneath another.
-pub fn mask_targets(state_dir: &Path) -> Result<Vec<PathBuf>> {
-    let text = mountinfo::read().context("reading /proc/self/mountinfo")?;
+pub fn mask_targets(state_dir: &Path) -> Result<Vec<PathBuf>, HideError> {
+    let text = mountinfo::read().map_err(HideError::Mountinfo)?;
     Ok(plan(&text, state_dir))
 }
 

@@ -5,12 +5,57 @@
 //! "lock can be taken" is a reliable "owner is gone" test with no pid reuse
 //! problem.
 
-use anyhow::{bail, Context as _, Result};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write as _};
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
+
+use crate::util::UtilError;
+
+/// Errors of making sandbox ids and of taking owner locks.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No random id could be made, or the state directory could not be
+    /// created.
+    #[error(transparent)]
+    Util(#[from] UtilError),
+    /// A lock file could not be created.
+    #[error("creating {}", .path.display())]
+    Create {
+        /// The lock file.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A lock file could not be opened.
+    #[error("opening {}", .path.display())]
+    Open {
+        /// The lock file.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `flock` failed (for an owner lock: another agent holds it).
+    #[error("locking {}", .path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    /// The lock just taken could not be compared with the file on disk.
+    #[error("fstat lock")]
+    Fstat(#[source] std::io::Error),
+    /// Sweepers kept unlinking the lock file between open and lock.
+    #[error("could not take the owner lock {}", .path.display())]
+    Contended {
+        /// The lock file.
+        path: PathBuf,
+    },
+}
+
+type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 /// Runtime state directory (lock files). Root-only; hidden from sandboxes.
 pub const STATE_DIR: &str = "/run/nono-agent";
@@ -54,13 +99,20 @@ impl OwnerLock {
                 .mode(0o600)
                 .custom_flags(libc::O_CLOEXEC)
                 .open(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-                .map_err(|(_, e)| e)
-                .with_context(|| format!("locking {}", path.display()))?;
+                .map_err(|source| RegistryError::Create {
+                    path: path.clone(),
+                    source,
+                })?;
+            let mut lock =
+                Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, source)| {
+                    RegistryError::Lock {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
             // A sweeper may have unlinked the file between our open and our
             // lock; a lock on an unlinked file protects nothing, so retry.
-            let held = lock.metadata().context("fstat lock")?;
+            let held = lock.metadata().map_err(RegistryError::Fstat)?;
             match fs::metadata(&path) {
                 Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => {
                     let _ = writeln!(&mut *lock, "{}", std::process::id());
@@ -69,7 +121,7 @@ impl OwnerLock {
                 _ => continue,
             }
         }
-        bail!("could not take the owner lock {}", path.display())
+        Err(RegistryError::Contended { path })
     }
 }
 
@@ -108,7 +160,7 @@ pub fn try_claim_stale(state: &Path, id: &str) -> Result<Option<StaleLock>> {
         Err(e) if e.kind() == ErrorKind::NotFound => {
             return Ok(Some(StaleLock { path, _lock: None }))
         }
-        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        Err(source) => return Err(RegistryError::Open { path, source }),
     };
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(Some(StaleLock {
@@ -116,7 +168,7 @@ pub fn try_claim_stale(state: &Path, id: &str) -> Result<Option<StaleLock>> {
             _lock: Some(lock),
         })),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+        Err((_, source)) => Err(RegistryError::Lock { path, source }),
     }
 }
 

@@ -3,16 +3,41 @@
 //! then the pinned links, so a sandbox is never unconfined while anything in
 //! it still runs.
 
-use anyhow::{Context as _, Result};
 use std::fs;
 use std::io::ErrorKind;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::cgroup::{self, Cgroup};
-use super::registry;
-use crate::bpf::bpffs;
+use super::cgroup::{self, Cgroup, CgroupError};
+use super::registry::{self, RegistryError};
+use crate::bpf::bpffs::{self, BpffsError};
 use crate::util::chain;
+
+/// Errors that stop a sweep before it looked at any sandbox (problems with
+/// one sandbox are collected in [`Swept::errors`] instead).
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// The state directory could not be created, or a lock not examined.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The cgroup2 root could not be found.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// The bpffs mounts could not be listed.
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    /// A directory holding sandboxes (cgroups, pins or locks) could not be
+    /// listed.
+    #[error("listing {}", .path.display())]
+    List {
+        /// The directory.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T, E = SweepError> = std::result::Result<T, E>;
 
 /// What a sweep removed.
 #[derive(Debug, Default)]
@@ -91,7 +116,12 @@ fn collect_ids(dir: &Path, ids: &mut std::collections::BTreeSet<String>) -> Resu
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        Err(source) => {
+            return Err(SweepError::List {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
     };
     for e in entries.flatten() {
         if let Some(name) = e.file_name().to_str() {
@@ -104,7 +134,10 @@ fn collect_ids(dir: &Path, ids: &mut std::collections::BTreeSet<String>) -> Resu
 }
 
 fn collect_lock_ids(dir: &Path, ids: &mut std::collections::BTreeSet<String>) -> Result<()> {
-    let entries = fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
+    let entries = fs::read_dir(dir).map_err(|source| SweepError::List {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     for e in entries.flatten() {
         if let Some(id) = e.file_name().to_str().and_then(|n| n.strip_suffix(".lock")) {
             if registry::is_id(id) {
