@@ -31,7 +31,7 @@ pub fn run(cmd: ProfileCommand) -> Result<i32> {
                     &p.filesystem.write,
                     &crate::sandbox::landlock::forbidden_write_targets(),
                 ) {
-                    eprintln!("nono-agent: {}: {e:#}", file.display());
+                    eprintln!("nono-agent: {}: {}", file.display(), crate::util::chain(&e));
                     return Ok(2);
                 }
                 println!("{}: valid (profile {})", file.display(), p.name);

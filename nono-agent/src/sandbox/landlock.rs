@@ -8,13 +8,103 @@
 //! start; with `--allow-degraded` it starts and says exactly what is not
 //! enforced.
 
-use anyhow::{bail, Context as _, Result};
 use landlock::{
-    Access, AccessFs, BitFlags, CompatLevel, Compatible as _, PathBeneath, PathFd, Ruleset,
-    RulesetAttr as _, RulesetCreatedAttr as _, Scope, ABI,
+    Access, AccessFs, BitFlags, CompatLevel, Compatible as _, PathBeneath, PathFd, PathFdError,
+    Ruleset, RulesetAttr as _, RulesetCreatedAttr as _, RulesetError, Scope, ABI,
 };
 use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
+
+/// Errors of checking the filesystem rules and preparing the ruleset.
+#[derive(Debug, thiserror::Error)]
+pub enum LandlockError {
+    /// A write rule would cover a path no sandbox may write.
+    #[error(
+        "write access to {}{} would include {}, which a sandbox may never write (cgroup filesystem, bpffs or /proc)",
+        .path.display(),
+        resolves_to(.path, .resolved),
+        .forbidden.display()
+    )]
+    ForbiddenWrite {
+        /// The rule as given.
+        path: PathBuf,
+        /// What it resolves to.
+        resolved: PathBuf,
+        /// The forbidden path it covers.
+        forbidden: PathBuf,
+    },
+    /// The kernel cannot handle the filesystem rights asked for.
+    #[error("Landlock: handling filesystem access")]
+    HandleAccess(#[source] RulesetError),
+    /// The kernel cannot scope abstract unix sockets and signals.
+    #[error("Landlock: scoping abstract unix sockets and signals")]
+    Scope(#[source] RulesetError),
+    /// The profile's ruleset could not be created.
+    #[error("Landlock: creating the ruleset (is Landlock enabled in this kernel?)")]
+    Create(#[source] RulesetError),
+    /// A rule's path could not be opened.
+    #[error("Landlock: opening {}", .path.display())]
+    OpenPath {
+        /// The rule's path.
+        path: PathBuf,
+        #[source]
+        source: PathFdError,
+    },
+    /// A rule could not be added to the ruleset.
+    #[error("Landlock: adding a rule for {}", .path.display())]
+    AddRule {
+        /// The rule's path.
+        path: PathBuf,
+        #[source]
+        source: RulesetError,
+    },
+    /// The kernel's ABI is older than the handled one and degraded mode was
+    /// not allowed.
+    #[error(
+        "Landlock ABI {kernel} is older than the required ABI {required} (filesystem rights and signal/abstract-socket scoping); pass --allow-degraded to run with what this kernel enforces"
+    )]
+    AbiTooOld {
+        /// The kernel's ABI.
+        kernel: i64,
+        /// The handled ABI.
+        required: i64,
+    },
+    /// No Landlock at all, with --allow-degraded: still refused, as the
+    /// profile asks for filesystem rules.
+    #[error("Landlock is not available on this kernel; with --allow-degraded the filesystem would be unconfined, which is refused for a profile that asks for it")]
+    UnavailableDegraded,
+    /// No Landlock at all, for a profile with filesystem rules.
+    #[error(
+        "Landlock is not available on this kernel (required by the profile's filesystem rules)"
+    )]
+    Unavailable,
+    /// The kernel's ABI cannot scope signals and abstract sockets (the
+    /// baseline domain) and degraded mode was not allowed.
+    #[error(
+        "Landlock ABI {abi} is older than 6: the sandbox could ptrace, signal and reach the abstract unix sockets of the user's other processes; pass --allow-degraded to run without that protection"
+    )]
+    BaselineAbiTooOld {
+        /// The kernel's ABI.
+        abi: i64,
+    },
+    /// The baseline ruleset could not be created.
+    #[error("Landlock: creating the baseline ruleset")]
+    CreateBaseline(#[source] RulesetError),
+    /// The baseline ruleset came back without a file descriptor.
+    #[error("Landlock: no ruleset was created")]
+    NoRuleset,
+}
+
+type Result<T, E = LandlockError> = std::result::Result<T, E>;
+
+/// ` (it resolves to R)` when a rule's path is not what it resolves to.
+fn resolves_to(path: &Path, resolved: &Path) -> String {
+    if resolved != path {
+        format!(" (it resolves to {})", resolved.display())
+    } else {
+        String::new()
+    }
+}
 
 /// The ABI whose rights are handled. Pinned on purpose (see module docs).
 pub const HANDLED_ABI: ABI = ABI::V6;
@@ -141,16 +231,11 @@ pub fn check_write_rules(write: &[PathBuf], forbidden: &[PathBuf]) -> Result<()>
         for (f, fdev) in &forbidden {
             let same_fs = dev.is_some() && dev == *fdev;
             if f.starts_with(&real) || same_fs {
-                let via = if real != *w {
-                    format!(" (it resolves to {})", real.display())
-                } else {
-                    String::new()
-                };
-                bail!(
-                    "write access to {}{via} would include {}, which a sandbox may never write (cgroup filesystem, bpffs or /proc)",
-                    w.display(),
-                    f.display()
-                );
+                return Err(LandlockError::ForbiddenWrite {
+                    path: w.clone(),
+                    resolved: real,
+                    forbidden: f.clone(),
+                });
             }
         }
     }
@@ -174,11 +259,11 @@ pub fn prepare(rules: &FsRules, allow_degraded: bool) -> Result<Prepared> {
     let mut ruleset = Ruleset::default()
         .set_compatibility(level)
         .handle_access(all)
-        .context("Landlock: handling filesystem access")?
+        .map_err(LandlockError::HandleAccess)?
         .scope(Scope::AbstractUnixSocket | Scope::Signal)
-        .context("Landlock: scoping abstract unix sockets and signals")?
+        .map_err(LandlockError::Scope)?
         .create()
-        .context("Landlock: creating the ruleset (is Landlock enabled in this kernel?)")?;
+        .map_err(LandlockError::Create)?;
     let mut grants: Vec<(&Path, BitFlags<AccessFs>)> = Vec::new();
     grants.extend(rules.read.iter().map(|p| (p.as_path(), read_rights())));
     grants.extend(
@@ -202,11 +287,16 @@ pub fn prepare(rules: &FsRules, allow_degraded: bool) -> Result<Prepared> {
         } else {
             access & AccessFs::from_file(HANDLED_ABI)
         };
-        let fd =
-            PathFd::new(path).with_context(|| format!("Landlock: opening {}", path.display()))?;
+        let fd = PathFd::new(path).map_err(|source| LandlockError::OpenPath {
+            path: path.to_path_buf(),
+            source,
+        })?;
         ruleset = ruleset
             .add_rule(PathBeneath::new(fd, access))
-            .with_context(|| format!("Landlock: adding a rule for {}", path.display()))?;
+            .map_err(|source| LandlockError::AddRule {
+                path: path.to_path_buf(),
+                source,
+            })?;
     }
     let mut degraded = Vec::new();
     // The crate reports the compatibility outcome only when restricting; ask
@@ -214,10 +304,10 @@ pub fn prepare(rules: &FsRules, allow_degraded: bool) -> Result<Prepared> {
     let kernel_abi = kernel_abi();
     if kernel_abi < HANDLED_ABI as i64 {
         if !allow_degraded {
-            bail!(
-                "Landlock ABI {kernel_abi} is older than the required ABI {} (filesystem rights and signal/abstract-socket scoping); pass --allow-degraded to run with what this kernel enforces",
-                HANDLED_ABI as i64
-            );
+            return Err(LandlockError::AbiTooOld {
+                kernel: kernel_abi,
+                required: HANDLED_ABI as i64,
+            });
         }
         degraded.push(format!(
             "Landlock ABI {kernel_abi} < {}: rights and scopes introduced after ABI {kernel_abi} are NOT enforced",
@@ -233,9 +323,9 @@ pub fn prepare(rules: &FsRules, allow_degraded: bool) -> Result<Prepared> {
         }),
         None => {
             if allow_degraded {
-                bail!("Landlock is not available on this kernel; with --allow-degraded the filesystem would be unconfined, which is refused for a profile that asks for it")
+                return Err(LandlockError::UnavailableDegraded);
             }
-            bail!("Landlock is not available on this kernel (required by the profile's filesystem rules)")
+            Err(LandlockError::Unavailable)
         }
     }
 }
@@ -252,18 +342,16 @@ pub fn prepare_baseline(allow_degraded: bool) -> Result<Option<Prepared>> {
         if allow_degraded {
             return Ok(None);
         }
-        bail!(
-            "Landlock ABI {abi} is older than 6: the sandbox could ptrace, signal and reach the abstract unix sockets of the user's other processes; pass --allow-degraded to run without that protection"
-        );
+        return Err(LandlockError::BaselineAbiTooOld { abi });
     }
     let ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::HardRequirement)
         .scope(Scope::AbstractUnixSocket | Scope::Signal)
-        .context("Landlock: scoping abstract unix sockets and signals")?
+        .map_err(LandlockError::Scope)?
         .create()
-        .context("Landlock: creating the baseline ruleset")?;
+        .map_err(LandlockError::CreateBaseline)?;
     let fd: Option<OwnedFd> = ruleset.into();
-    let fd = fd.ok_or_else(|| anyhow::anyhow!("Landlock: no ruleset was created"))?;
+    let fd = fd.ok_or(LandlockError::NoRuleset)?;
     Ok(Some(Prepared {
         fd,
         proc_access: 0,
