@@ -250,6 +250,19 @@ pub struct Output {
     pub summary: Summary,
 }
 
+/// Errors of the event output.
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    /// The `--events` file could not be opened for appending.
+    #[error("opening events file {}", .path.display())]
+    Open {
+        /// The file.
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 enum Sink {
     None,
     Stdout,
@@ -258,8 +271,7 @@ enum Sink {
 
 impl Output {
     /// `None`: no file; `-`: stdout; otherwise append to the file.
-    pub fn open(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
-        use anyhow::Context as _;
+    pub fn open(path: Option<&std::path::Path>) -> Result<Self, EventsError> {
         let sink = match path {
             None => Sink::None,
             Some(p) if p.as_os_str() == "-" => Sink::Stdout,
@@ -268,7 +280,10 @@ impl Output {
                     .create(true)
                     .append(true)
                     .open(p)
-                    .with_context(|| format!("opening events file {}", p.display()))?,
+                    .map_err(|source| EventsError::Open {
+                        path: p.to_path_buf(),
+                        source,
+                    })?,
             ),
         };
         Ok(Self {

@@ -291,7 +291,7 @@ fn apply_enforcer(
             for t in res.teardown() {
                 eprintln!("nono-agent: cleanup: {t}");
             }
-            Err(format!("{e:#}"))
+            Err(util::chain(&e))
         }
     };
     let choice = enforcer::choose(plan.enforcer, host, plan.allow_unenforced, try_bpf)?;

@@ -4,7 +4,7 @@
 
 mod apply;
 
-pub use apply::{apply_bpf, Applied};
+pub use apply::{apply_bpf, Applied, ApplyError};
 
 use std::fmt;
 
