@@ -14,7 +14,6 @@
 //! 3. (privileged) drop every capability;
 //! 4. no_new_privs.
 
-use anyhow::{Context as _, Result};
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt as _;
@@ -22,6 +21,24 @@ use std::path::{Path, PathBuf};
 
 use super::privileges;
 use super::protect::Kind;
+
+/// Why the child's setup could not be prepared (before any fork).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A path or map line the child needs as a C string holds a NUL byte.
+    #[error("{what} with a NUL byte")]
+    Nul {
+        what: &'static str,
+        #[source]
+        source: std::ffi::NulError,
+    },
+    /// `/proc/sys/kernel/cap_last_cap` could not be read.
+    #[error("reading cap_last_cap")]
+    LastCap(#[source] io::Error),
+    /// The seccomp filter could not be built.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::Error),
+}
 
 /// What the child does between fork and exec.
 pub struct ChildSetup {
@@ -79,12 +96,15 @@ impl ChildSetup {
         seccomp: Option<crate::seccomp::filter::Mode>,
         allow_degraded: bool,
         self_files: &[PathBuf],
-    ) -> Result<Self> {
+    ) -> Result<Self, SetupError> {
         let binds = |v: Vec<super::protect::Bind>| {
             v.into_iter()
                 .map(|b| CString::new(b.path.as_os_str().as_bytes()).map(|c| (c, b.kind)))
                 .collect::<Result<Vec<_>, _>>()
-                .context("path with a NUL byte")
+                .map_err(|source| SetupError::Nul {
+                    what: "path",
+                    source,
+                })
         };
         let cwd = std::env::current_dir()
             .ok()
@@ -95,9 +115,19 @@ impl ChildSetup {
             // SAFETY: getters without preconditions.
             let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
             Some(Unprivileged {
-                last_cap: privileges::last_cap().context("reading cap_last_cap")?,
-                uid_map: CString::new(format!("{uid} {uid} 1")).context("uid map")?,
-                gid_map: CString::new(format!("{gid} {gid} 1")).context("gid map")?,
+                last_cap: privileges::last_cap().map_err(SetupError::LastCap)?,
+                uid_map: CString::new(format!("{uid} {uid} 1")).map_err(|source| {
+                    SetupError::Nul {
+                        what: "uid map",
+                        source,
+                    }
+                })?,
+                gid_map: CString::new(format!("{gid} {gid} 1")).map_err(|source| {
+                    SetupError::Nul {
+                        what: "gid map",
+                        source,
+                    }
+                })?,
                 readonly: binds(super::protect::user_targets(self_files))?,
                 cwd: cwd.clone(),
                 required: !allow_degraded,
@@ -108,10 +138,13 @@ impl ChildSetup {
                 .iter()
                 .map(|p| CString::new(p.as_os_str().as_bytes()))
                 .collect::<Result<Vec<_>, _>>()
-                .context("path with a NUL byte")?;
+                .map_err(|source| SetupError::Nul {
+                    what: "path",
+                    source,
+                })?;
             let readonly = binds(super::protect::readonly_targets(self_files))?;
             Some(Privileged {
-                last_cap: privileges::last_cap().context("reading cap_last_cap")?,
+                last_cap: privileges::last_cap().map_err(SetupError::LastCap)?,
                 masks,
                 readonly,
                 cwd,
@@ -146,12 +179,15 @@ impl ChildSetup {
 
     /// Covers these daemon sockets with /dev/null in the child's mount
     /// namespace (privileged only), so connecting to them fails.
-    pub fn with_hidden_sockets(mut self, paths: &[PathBuf]) -> Result<Self> {
+    pub fn with_hidden_sockets(mut self, paths: &[PathBuf]) -> Result<Self, SetupError> {
         self.hidden_sockets = paths
             .iter()
             .map(|p| CString::new(p.as_os_str().as_bytes()))
             .collect::<Result<Vec<_>, _>>()
-            .context("socket path with a NUL byte")?;
+            .map_err(|source| SetupError::Nul {
+                what: "socket path",
+                source,
+            })?;
         Ok(self)
     }
 
