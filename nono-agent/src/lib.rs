@@ -4,7 +4,6 @@
 //! happened is reported (`events`). `commands` holds one module per
 //! subcommand; the binary (`main.rs`) only calls `commands::run`.
 
-pub mod bpf;
 pub mod cli;
 pub mod commands;
 pub mod enforcer;
@@ -13,7 +12,6 @@ pub mod mountinfo;
 pub mod plan;
 pub mod profile;
 pub mod sandbox;
-pub mod seccomp;
 pub mod signals;
 pub mod timing;
 pub mod util;

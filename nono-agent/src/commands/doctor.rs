@@ -4,7 +4,7 @@ use anyhow::Result;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
-use crate::bpf::loader;
+use crate::enforcer::bpf::loader;
 use crate::enforcer::{self, Choice, Host, Requested};
 use crate::plan::KernelPolicy;
 use crate::sandbox::{cgroup, privileges, registry};
@@ -77,7 +77,7 @@ pub fn run(json: bool) -> Result<i32> {
     let report = Report {
         kernel,
         cgroup2_mount: cg.as_ref().ok().map(|p| p.display().to_string()),
-        bpffs_mounts: crate::bpf::bpffs::mounts()
+        bpffs_mounts: crate::enforcer::bpf::bpffs::mounts()
             .unwrap_or_default()
             .iter()
             .map(|p| p.display().to_string())

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
-use crate::bpf::loader;
+use crate::enforcer::bpf::loader;
+use crate::enforcer::seccomp::{filter, supervisor::Supervisor};
 use crate::enforcer::{self, Applied, Choice, Host, Requested};
 use crate::events;
 use crate::plan::{self, ExecRequest, Plan};
@@ -23,7 +24,6 @@ use crate::sandbox::{
     cgroup, child::ChildSetup, command_path, daemons, hide, landlock, privileges, reap, registry,
     spawn, sweep, teardown::Resources, users,
 };
-use crate::seccomp::{filter, supervisor::Supervisor};
 use crate::signals::Forwarder;
 use crate::timing::Timing;
 use crate::util;

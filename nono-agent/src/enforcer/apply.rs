@@ -4,8 +4,8 @@ use nono_common::Policy;
 use std::path::PathBuf;
 use tokio::io::unix::AsyncFd;
 
-use crate::bpf::bpffs::{self, BpffsError};
-use crate::bpf::loader::{self, LoadError};
+use crate::enforcer::bpf::bpffs::{self, BpffsError};
+use crate::enforcer::bpf::loader::{self, LoadError};
 use crate::sandbox::cgroup::{self, CgroupError};
 use crate::sandbox::teardown::Resources;
 

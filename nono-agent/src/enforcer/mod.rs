@@ -1,8 +1,12 @@
-//! Which enforcer a sandbox gets, decided in one place ([`choose`]) for
-//! `exec`, which applies it, and `doctor`, which reports what `auto` would
-//! pick; and the enforcer a run ended up with ([`Applied`]).
+//! The two enforcers of the network policy, `bpf` (cgroup BPF programs) and
+//! `seccomp` (a user-notification supervisor), and which one a sandbox gets:
+//! decided in one place ([`choose`]) for `exec`, which applies it, and
+//! `doctor`, which reports what `auto` would pick; [`Applied`] is the one a
+//! run ended up with.
 
 mod apply;
+pub mod bpf;
+pub mod seccomp;
 
 pub use apply::{apply_bpf, Applied, ApplyError};
 

@@ -182,7 +182,7 @@ impl Cgroup {
     /// after the kill (nothing can create new ones) and before the removal
     /// (the cgroup ids are read from the directories). Returns what
     /// `sockets()` chose; after [`Sockets::Destroy`] the caller still checks
-    /// [`crate::bpf::bpffs::released`] before unpinning, for sockets no
+    /// [`crate::enforcer::bpf::bpffs::released`] before unpinning, for sockets no
     /// sweep could reach.
     pub fn destroy(&self, timeout: Duration, sockets: impl FnOnce() -> Sockets) -> Result<Sockets> {
         if !self.path.exists() {

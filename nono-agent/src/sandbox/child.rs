@@ -37,7 +37,7 @@ pub enum SetupError {
     LastCap(#[source] io::Error),
     /// The seccomp filter could not be built.
     #[error(transparent)]
-    Seccomp(#[from] crate::seccomp::Error),
+    Seccomp(#[from] crate::enforcer::seccomp::Error),
 }
 
 /// What the child does between fork and exec.
@@ -46,7 +46,7 @@ pub struct ChildSetup {
     /// Unprivileged: a user and mount namespace of its own, to bind the
     /// user's auto-run files read-only (see `protect`).
     unprivileged: Option<Unprivileged>,
-    seccomp: Option<crate::seccomp::filter::Filter>,
+    seccomp: Option<crate::enforcer::seccomp::filter::Filter>,
     landlock: Option<super::landlock::Prepared>,
     /// Switch to this uid/gid (privileged only), dropping supplementary groups.
     user: Option<(libc::uid_t, libc::gid_t)>,
@@ -93,7 +93,7 @@ impl ChildSetup {
     pub fn new(
         privileged: bool,
         masks: &[&Path],
-        seccomp: Option<crate::seccomp::filter::Mode>,
+        seccomp: Option<crate::enforcer::seccomp::filter::Mode>,
         allow_degraded: bool,
         self_files: &[PathBuf],
     ) -> Result<Self, SetupError> {
@@ -153,7 +153,7 @@ impl ChildSetup {
             None
         };
         let seccomp = seccomp
-            .map(crate::seccomp::filter::Filter::new)
+            .map(crate::enforcer::seccomp::filter::Filter::new)
             .transpose()?;
         Ok(Self {
             privileged,

@@ -266,7 +266,7 @@ pub fn spawn(
         // The child installed its filter and waits: take the listener, then
         // let it exec (exec would close the listener: it is O_CLOEXEC).
         let fd = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-        match super::super::seccomp::notify::grab_fd(child.pidfd.as_fd(), fd) {
+        match crate::enforcer::seccomp::notify::grab_fd(child.pidfd.as_fd(), fd) {
             Ok(l) => child.listener = Some(l),
             Err(e) => {
                 // SAFETY: kill of our own unreaped child.

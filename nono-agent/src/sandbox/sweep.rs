@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::cgroup::{self, Cgroup, CgroupError};
 use super::registry::{self, RegistryError};
-use crate::bpf::bpffs::{self, BpffsError};
+use crate::enforcer::bpf::bpffs::{self, BpffsError};
 use crate::util::chain;
 
 /// Errors that stop a sweep before it looked at any sandbox (problems with

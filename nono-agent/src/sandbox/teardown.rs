@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::bpf::{bpffs, loader};
+use crate::enforcer::bpf::{bpffs, loader};
 use crate::sandbox::{cgroup, registry};
 
 /// Everything a sandbox created that must be undone, in reverse order of

@@ -7,8 +7,8 @@ use std::time::SystemTime;
 
 use super::perform::{sockopt_int, Sock};
 use super::Supervisor;
+use crate::enforcer::seccomp::notify::Notif;
 use crate::events::EventRecord;
-use crate::seccomp::notify::Notif;
 
 impl Supervisor {
     /// A denial on a socket the supervisor holds: its own family, type and

@@ -1,7 +1,7 @@
 //! Loading this sandbox's copy of the BPF object and attaching it.
 //!
-//! Every sandbox loads its own object instance, so its `POLICY` and `EVENTS`
-//! maps belong to it alone: concurrent sandboxes cannot see or change each
+//! Every sandbox loads its own object instance, so its policy maps
+//! (`SETTINGS`, `PROXIES`, `LOOPBACK_PORTS`) and its `EVENTS` ring belong to it alone: concurrent sandboxes cannot see or change each
 //! other's policy, and no per-cgroup lookup is needed in the hot path.
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};

@@ -5,9 +5,9 @@ use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 
 use super::perform::{errno, Msg, Sock};
 use super::Supervisor;
-use crate::seccomp::identity;
-use crate::seccomp::judge;
-use crate::seccomp::notify::{self, Notif};
+use crate::enforcer::seccomp::identity;
+use crate::enforcer::seccomp::judge;
+use crate::enforcer::seccomp::notify::{self, Notif};
 
 /// Largest payload copied for one send (bigger stream sends are partial
 /// writes, which the caller must handle anyway; datagrams this big do not

@@ -6,7 +6,7 @@ use nono_common::consts;
 use std::io;
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd};
 
-use crate::seccomp::identity::{self, Creds, Identity};
+use crate::enforcer::seccomp::identity::{self, Creds, Identity};
 
 /// The target's socket, held by us.
 pub(super) struct Sock {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::seccomp::Error;
+use crate::enforcer::seccomp::Error;
 
 // Classic BPF opcodes.
 pub(super) const BPF_LD_W_ABS: u16 = 0x20;
