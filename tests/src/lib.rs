@@ -8,6 +8,8 @@
 //! * [`proxylab`]: the filtering-proxy fixture: HTTP/HTTPS/git/echo servers in
 //!   the server namespace, a logging DNS server, a test CA, and helpers that
 //!   run curl, Python and raw-socket clients inside `nono-agent exec`.
+//! * [`probe_vectors`]: the names of every `nono-probe` attempt and mode,
+//!   declared once for the probe and the tests.
 //! * [`runner`]: runs `nono-probe` outside and inside a sandbox, parses results,
 //!   and guards against leftovers.
 //! * [`vectors`]: the single list of escape vectors, reusable per enforcer.
@@ -20,6 +22,7 @@
 pub mod channels;
 pub mod netns;
 pub mod oracle;
+pub mod probe_vectors;
 pub mod profilelab;
 pub mod proxylab;
 pub mod runner;
