@@ -55,13 +55,13 @@
 //! loopback in one process). The result line also carries `gid`.
 //!
 //! The names live once in `nono_tests::probe_vectors::Vector` (shared with
-//! the tests' tables); [`dispatch`] maps each to its implementation, one
-//! module per family: [`connect`] / [`raw`] (direct attempts), [`reroute`]
-//! (routing options), [`cgroup`] / [`detach`] / [`process`] / [`fds`] /
-//! [`nocaps`] (process and host-protection vectors), [`int80`], [`loops`] /
-//! [`storm`] (long-running modes), [`inbound`] / [`device`] / [`multicast`] /
-//! [`unix`] / [`selftest`] (the channel battery), on the helpers in
-//! [`args`], [`attempt`], [`sock`] and [`bpf`].
+//! the tests' tables); `dispatch` maps each to its implementation, one
+//! module per family: `connect` / `raw` (direct attempts), `reroute`
+//! (routing options), `cgroup` / `detach` / `process` / `fds` /
+//! `nocaps` (process and host-protection vectors), `int80`, `loops` /
+//! `storm` (long-running modes), `inbound` / `device` / `multicast` /
+//! `unix` / `selftest` (the channel battery), on the helpers in
+//! `args`, `attempt`, `sock` and `bpf`.
 
 mod args;
 mod attempt;
