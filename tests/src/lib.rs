@@ -12,6 +12,7 @@
 //!   declared once for the probe and the tests.
 //! * [`runner`]: runs `nono-probe` outside and inside a sandbox, parses results,
 //!   and guards against leftovers.
+//! * [`sockaddr`]: `SocketAddr` <-> `sockaddr_storage` for raw socket calls.
 //! * [`vectors`]: the single list of escape vectors, reusable per enforcer.
 //! * [`sys`]: prerequisites, binary discovery, mount discovery, commands with
 //!   timeouts.
@@ -26,6 +27,7 @@ pub mod probe_vectors;
 pub mod profilelab;
 pub mod proxylab;
 pub mod runner;
+pub mod sockaddr;
 pub mod sys;
 pub mod vectors;
 

@@ -733,22 +733,6 @@ pub fn lock_held(id: &str) -> bool {
         })
 }
 
-/// Live processes whose command line has `marker` as one argument.
-pub fn pids_with_marker(marker: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    sys::dir_entries(Path::new("/proc"))
-        .into_iter()
-        .filter_map(|n| n.parse::<i32>().ok())
-        .filter(|&p| p != me)
-        .filter(|&p| {
-            fs::read(format!("/proc/{p}/cmdline"))
-                .map(|c| c.split(|&b| b == 0).any(|a| a == marker.as_bytes()))
-                .unwrap_or(false)
-                && sys::pid_alive(p)
-        })
-        .collect()
-}
-
 /// Snapshot of sandbox ids, to show that a refused `exec` left nothing.
 /// Sandboxes of concurrent tests (live agents hold their lock) are told
 /// apart from leftovers.
@@ -796,7 +780,7 @@ impl Leftovers {
             gone,
             "{what}: left behind sandbox state (cgroup / pins / lock without a live agent): {stale:?}"
         );
-        let procs = pids_with_marker(&self.marker);
+        let procs = sys::pids_with_marker(&self.marker);
         for p in &procs {
             sys::kill_pid(*p);
         }

@@ -6,6 +6,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Duration;
 
+use crate::sockaddr;
+
 pub(crate) fn cvt(rc: libc::c_int, what: &str) -> libc::c_int {
     assert!(rc >= 0, "{what}: {}", std::io::Error::last_os_error());
     rc
@@ -64,46 +66,12 @@ pub(crate) fn tcp_listen_socket(addr: SocketAddr, v6only: bool) -> TcpListener {
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
     setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_FASTOPEN, 16);
-    // SAFETY: zeroed sockaddr storage is valid.
-    let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: storage is large enough and aligned.
-            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
-            mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, v6only as i32);
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: 0,
-            };
-            // SAFETY: as above.
-            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
-            mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
+    if addr.is_ipv6() {
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, v6only as i32);
+    }
+    let (ss, len) = sockaddr::storage(&addr);
     // SAFETY: valid sockaddr.
-    let rc = unsafe {
-        libc::bind(
-            fd,
-            &ss as *const _ as *const libc::sockaddr,
-            len as libc::socklen_t,
-        )
-    };
+    let rc = unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) };
     cvt(rc, &format!("bind {addr}"));
     // SAFETY: plain syscall.
     cvt(unsafe { libc::listen(fd, 128) }, "listen");

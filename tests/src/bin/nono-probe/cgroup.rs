@@ -5,6 +5,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use nono_tests::sys;
 use serde_json::{json, Value};
 
 use crate::attempt::{Attempt, Steps};
@@ -159,17 +160,7 @@ pub(crate) fn proc_root_cgroup(
     extra: &mut serde_json::Map<String, Value>,
     sa: SocketAddr,
 ) -> Attempt {
-    // SAFETY: getpid never fails.
-    let me = unsafe { libc::getpid() };
-    let mut pids: Vec<i32> = fs::read_dir("/proc")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .filter(|&p| p != me)
-                .collect()
-        })
-        .unwrap_or_default();
-    pids.sort_unstable();
+    let pids = sys::all_pids();
     let (mut tried, mut opened, mut written, mut mountinfo_read, mut roots) = (0, 0, 0, 0, 0);
     let mut errors: std::collections::BTreeMap<String, usize> = Default::default();
     let mut opened_pids = Vec::new();

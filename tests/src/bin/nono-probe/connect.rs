@@ -6,10 +6,12 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use nono_tests::sockaddr;
+
 use crate::attempt::{errno_of, Attempt};
 use crate::sock::{
-    connect_fd, family, send_fd, sendmsg_cmsg, sendto_fd, set_timeouts, sockaddr, socket,
-    udp_socket, CONNECT_TIMEOUT, PAYLOAD,
+    connect_fd, family, send_fd, sendmsg_cmsg, sendto_fd, set_timeouts, socket, udp_socket,
+    CONNECT_TIMEOUT, PAYLOAD,
 };
 
 /// Blocking TCP (or MPTCP) connect with a timeout, then send a small payload.
@@ -103,7 +105,7 @@ pub(crate) fn udp_sendmsg(sa: SocketAddr) -> Attempt {
         Ok(fd) => fd,
         Err(e) => return Attempt::fail("socket", &e),
     };
-    let (mut ss, len) = sockaddr(&sa);
+    let (mut ss, len) = sockaddr::storage(&sa);
     let mut iov = libc::iovec {
         iov_base: PAYLOAD.as_ptr() as *mut libc::c_void,
         iov_len: PAYLOAD.len(),
@@ -127,7 +129,7 @@ pub(crate) fn udp_sendmmsg(sa: SocketAddr, count: usize) -> Attempt {
         Ok(fd) => fd,
         Err(e) => return Attempt::fail("socket", &e),
     };
-    let (mut ss, len) = sockaddr(&sa);
+    let (mut ss, len) = sockaddr::storage(&sa);
     let mut iovs: Vec<libc::iovec> = (0..count)
         .map(|_| libc::iovec {
             iov_base: PAYLOAD.as_ptr() as *mut libc::c_void,
@@ -204,7 +206,7 @@ pub(crate) fn io_uring_connect(sa: SocketAddr) -> Attempt {
         Ok(fd) => fd,
         Err(e) => return Attempt::fail("socket", &e),
     };
-    let (ss, len) = sockaddr(&sa);
+    let (ss, len) = sockaddr::storage(&sa);
     let ts = types::Timespec::new().sec(CONNECT_TIMEOUT.as_secs());
     let connect = opcode::Connect::new(
         types::Fd(fd.as_raw_fd()),
@@ -262,7 +264,7 @@ pub(crate) fn io_uring_sendmsg(sa: SocketAddr) -> Attempt {
         Ok(fd) => fd,
         Err(e) => return Attempt::fail("socket", &e),
     };
-    let (mut ss, len) = sockaddr(&sa);
+    let (mut ss, len) = sockaddr::storage(&sa);
     let mut iov = libc::iovec {
         iov_base: PAYLOAD.as_ptr() as *mut libc::c_void,
         iov_len: PAYLOAD.len(),

@@ -3,45 +3,23 @@
 use std::fs;
 use std::io::{self, Write};
 use std::mem;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nono_tests::sockaddr;
 use serde_json::{json, Value};
 
 use crate::args::{usage, Args};
 use crate::attempt::{cvt, Attempt, Steps};
 use crate::sock::{
-    connect_fd, family, send_fd, set_timeouts, setsockopt_i32, sockaddr, socket, CONNECT_TIMEOUT,
+    connect_fd, family, send_fd, set_timeouts, setsockopt_i32, socket, CONNECT_TIMEOUT,
 };
 
 // ---------------------------------------------------------------------------
 // Channels of issue 8: inbound listeners, data queued at teardown, device
 // binding, multicast memberships, the supervisor's rights.
-
-/// A `sockaddr_storage` as a `SocketAddr` (AF_INET / AF_INET6 only).
-fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match ss.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: family checked.
-            let sin = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
-            Some(SocketAddr::new(
-                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into(),
-                u16::from_be(sin.sin_port),
-            ))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: family checked.
-            let sin6 = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
-            Some(SocketAddr::new(
-                Ipv6Addr::from(sin6.sin6_addr.s6_addr).into(),
-                u16::from_be(sin6.sin6_port),
-            ))
-        }
-        _ => None,
-    }
-}
 
 /// getsockname() of an inet socket, either family.
 fn sockname(fd: RawFd) -> Option<SocketAddr> {
@@ -52,11 +30,11 @@ fn sockname(fd: RawFd) -> Option<SocketAddr> {
     if unsafe { libc::getsockname(fd, &mut ss as *mut _ as *mut libc::sockaddr, &mut len) } != 0 {
         return None;
     }
-    from_sockaddr(&ss)
+    sockaddr::parse(&ss)
 }
 
 fn bind_fd(fd: RawFd, sa: &SocketAddr) -> io::Result<()> {
-    let (ss, len) = sockaddr(sa);
+    let (ss, len) = sockaddr::storage(sa);
     // SAFETY: ss/len describe a valid sockaddr.
     cvt(unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) }).map(|_| ())
 }
@@ -191,7 +169,7 @@ pub(crate) fn listen_serve(
         }
         // SAFETY: a fresh descriptor we own.
         let conn = unsafe { OwnedFd::from_raw_fd(c) };
-        let peer = from_sockaddr(&ss).map(|p| p.to_string());
+        let peer = sockaddr::parse(&ss).map(|p| p.to_string());
         let sent = send_fd(conn.as_raw_fd(), &secret);
         let line = json!({"peer": peer, "sent": sent.as_ref().ok(),
                           "error": sent.as_ref().err().map(|e| e.to_string())});
@@ -266,7 +244,7 @@ pub(crate) fn udp_serve(args: &Args, extra: &mut serde_json::Map<String, Value>)
         };
         if n >= 0 {
             got.push(json!({
-                "from": from_sockaddr(&ss).map(|a| a.to_string()),
+                "from": sockaddr::parse(&ss).map(|a| a.to_string()),
                 "payload": String::from_utf8_lossy(&buf[..n as usize]),
             }));
         }

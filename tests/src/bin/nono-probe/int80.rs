@@ -4,9 +4,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use nono_tests::sockaddr;
+
 use crate::args::usage;
 use crate::attempt::{Attempt, Steps};
-use crate::sock::{send_fd, set_timeouts, sockaddr, socket, CONNECT_TIMEOUT, PAYLOAD};
+use crate::sock::{send_fd, set_timeouts, socket, CONNECT_TIMEOUT, PAYLOAD};
 
 // ---------------------------------------------------------------------------
 // i386 system calls from a 64-bit process (`int 0x80`)
@@ -69,7 +71,7 @@ fn int80_result(what: &str, r: i32) -> Result<i32, Attempt> {
 /// Writes a sockaddr_in for `sa` at `p` (in the low page); returns its length.
 #[cfg(target_arch = "x86_64")]
 fn put_sockaddr_in(p: *mut u8, sa: &SocketAddr) -> u32 {
-    let (ss, len) = sockaddr(sa);
+    let (ss, len) = sockaddr::storage(sa);
     // SAFETY: p points into a 4 KiB page with room for a sockaddr_storage.
     unsafe { std::ptr::copy_nonoverlapping(&ss as *const _ as *const u8, p, len as usize) };
     len

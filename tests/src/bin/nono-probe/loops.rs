@@ -9,13 +9,14 @@ use std::path::PathBuf;
 use std::process::exit;
 use std::time::{Duration, Instant};
 
+use nono_tests::sockaddr;
 use serde_json::{json, Value};
 
 use crate::args::{lo4, usage, Args};
 use crate::attempt::Attempt;
 use crate::connect::tcp_connect;
 use crate::process::devnull_stdio;
-use crate::sock::{connect_fd, linger_zero, send_fd, set_timeouts, sockaddr, socket};
+use crate::sock::{connect_fd, linger_zero, send_fd, set_timeouts, socket};
 
 fn now_unix() -> f64 {
     std::time::SystemTime::now()
@@ -79,7 +80,7 @@ pub(crate) fn connect_loop(args: &Args) -> ! {
 /// `struct sockaddr_in` for a v4 SocketAddr as the two u64 words it
 /// occupies (the address and port are in the first).
 fn sockaddr_in_words(sa: &SocketAddr) -> [u64; 2] {
-    let (ss, _) = sockaddr(sa);
+    let (ss, _) = sockaddr::storage(sa);
     let mut w = [0u64; 2];
     // SAFETY: sockaddr_storage is at least 16 bytes.
     unsafe {

@@ -5,10 +5,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use nono_tests::sockaddr;
+
 use crate::args::{usage, Args};
 use crate::attempt::{Attempt, Steps};
 use crate::reroute::{v4_target, v6_target};
-use crate::sock::{iface_addr4, iface_index, setsockopt_bytes, sockaddr, udp_socket};
+use crate::sock::{iface_addr4, iface_index, setsockopt_bytes, udp_socket};
 
 /// `struct group_req` / `struct group_source_req` (MCAST_* options).
 #[repr(C)]
@@ -80,9 +82,9 @@ pub(crate) fn mcast_join(args: &Args, steps: &mut Steps) -> Attempt {
         // SAFETY: all-zero is a valid GroupReq.
         let mut g: GroupReq = unsafe { mem::zeroed() };
         g.interface = idx;
-        g.group = sockaddr(&SocketAddr::new(group, 0)).0;
+        g.group = sockaddr::storage(&SocketAddr::new(group, 0)).0;
         if let Some(s) = source.filter(|_| with_source) {
-            g.source = sockaddr(&SocketAddr::new(s, 0)).0;
+            g.source = sockaddr::storage(&SocketAddr::new(s, 0)).0;
         }
         g
     };

@@ -5,8 +5,10 @@ use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 
+use nono_tests::sockaddr;
+
 use crate::attempt::{errno_of, Attempt};
-use crate::sock::{sendto_fd, sockaddr, socket, ETHERTYPE_TAG};
+use crate::sock::{sendto_fd, socket, ETHERTYPE_TAG};
 
 fn inet_checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
@@ -61,7 +63,7 @@ pub(crate) fn icmp_echo(target: IpAddr, id: u16, raw: bool) -> Attempt {
         } else {
             Ipv4Addr::UNSPECIFIED.into()
         };
-        let (ss, len) = sockaddr(&SocketAddr::new(any, id));
+        let (ss, len) = sockaddr::storage(&SocketAddr::new(any, id));
         // SAFETY: valid sockaddr.
         if unsafe {
             libc::bind(

@@ -4,13 +4,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
+use nono_tests::sockaddr;
 use serde_json::{json, Value};
 
 use crate::args::usage;
 use crate::attempt::{Attempt, Steps};
 use crate::sock::{
     cmsg_buf, connect_fd, family, iface_index, send_fd, sendmsg_cmsg, sendto_fd, set_timeouts,
-    setsockopt_bytes, setsockopt_i32, sockaddr, socket, udp_socket, CONNECT_TIMEOUT, PAYLOAD,
+    setsockopt_bytes, setsockopt_i32, socket, udp_socket, CONNECT_TIMEOUT, PAYLOAD,
 };
 
 // ---------------------------------------------------------------------------
@@ -193,7 +194,7 @@ pub(crate) fn routed_udp_cmsg(
         Err(e) => return Attempt::fail("socket", &e),
     };
     if let Some((_, Some(src))) = connect_to {
-        let (ss, len) = sockaddr(&SocketAddr::new(src, 0));
+        let (ss, len) = sockaddr::storage(&SocketAddr::new(src, 0));
         // SAFETY: valid sockaddr.
         if unsafe {
             libc::bind(

@@ -8,6 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+use nono_tests::sockaddr;
+
 use crate::attempt::{cvt, errno_of};
 
 pub(crate) const PAYLOAD: &[u8] = b"nono-probe payload";
@@ -23,42 +25,6 @@ pub(crate) fn map_v4(ip: IpAddr) -> IpAddr {
         IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
         v6 => v6,
     }
-}
-
-/// Raw sockaddr storage for a `SocketAddr` (AF_INET or AF_INET6 by address type).
-pub(crate) fn sockaddr(sa: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let len = match sa {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
-            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
-            mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: as above.
-            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
-            mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
 }
 
 pub(crate) fn family(ip: &IpAddr) -> libc::c_int {
@@ -99,7 +65,7 @@ pub(crate) fn set_timeouts(fd: RawFd, d: Duration) {
 }
 
 pub(crate) fn connect_fd(fd: RawFd, sa: &SocketAddr) -> io::Result<()> {
-    let (ss, len) = sockaddr(sa);
+    let (ss, len) = sockaddr::storage(sa);
     // SAFETY: ss/len describe a valid sockaddr.
     cvt(unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) }).map(|_| ())
 }
@@ -110,7 +76,7 @@ pub(crate) fn sendto_fd(
     flags: libc::c_int,
     sa: &SocketAddr,
 ) -> io::Result<usize> {
-    let (ss, len) = sockaddr(sa);
+    let (ss, len) = sockaddr::storage(sa);
     // SAFETY: valid buffer and sockaddr.
     let n = unsafe {
         libc::sendto(
@@ -197,7 +163,7 @@ pub(crate) fn sendmsg_cmsg(
     };
     // SAFETY: all-zero msghdr is valid; fields set below.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    let mut ss = dest.map(sockaddr);
+    let mut ss = dest.map(sockaddr::storage);
     if let Some((ss, len)) = ss.as_mut() {
         msg.msg_name = ss as *mut _ as *mut libc::c_void;
         msg.msg_namelen = *len;

@@ -6,12 +6,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
+use nono_tests::sockaddr;
 use serde_json::{json, Value};
 
 use crate::args::{lo4, Args};
 use crate::attempt::Attempt;
 use crate::connect::tcp_connect;
-use crate::sock::{connect_fd, linger_zero, sendto_fd, sockaddr, socket};
+use crate::sock::{connect_fd, linger_zero, sendto_fd, socket};
 
 static SIGURG_HANDLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -102,7 +103,7 @@ fn echo_round(sa: SocketAddr, blocking: bool, seed: u64, surprises: &mut Vec<Str
         .map(|i| ((i * 31 + seed) % 251) as u8)
         .collect();
     let parts = [&data[..2000], &data[2000..4000], &data[4000..]];
-    let (ss, slen) = sockaddr(&sa);
+    let (ss, slen) = sockaddr::storage(&sa);
     for (k, part) in parts.iter().enumerate() {
         let mut off = 0;
         while off < part.len() {
@@ -255,7 +256,7 @@ pub(crate) fn signal_storm(args: &Args, extra: &mut serde_json::Map<String, Valu
                     Ok(fd) => fd,
                     Err(e) => return (c, vec![format!("udp socket: {e}")]),
                 };
-                let (ss, len) = sockaddr(&SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0));
+                let (ss, len) = sockaddr::storage(&SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0));
                 // SAFETY: valid sockaddr.
                 unsafe {
                     libc::bind(
