@@ -60,8 +60,8 @@ use rig::{raise_nofile_limit, sweep_stale_netns, wait_port, Net};
 use tools::{ensure_tools, Tools};
 use tunnels::bench_tunnels;
 
-pub(super) const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-pub(super) const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// The server end of the rig's veth pair, where the origins listen.
+pub(super) use nono_tests::netns::SERVER_V4;
 pub(super) const DOMAIN: &str = "allowed.test";
 
 /// Origin ports: one per client so TIME_WAIT sockets of one run never

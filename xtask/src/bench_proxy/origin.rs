@@ -28,7 +28,7 @@ pub(super) struct Server {
 
 impl Server {
     pub(super) fn start(ns: &str) -> Result<Self> {
-        let path = format!("/run/netns/{ns}");
+        let ns = ns.to_string();
         let ports = [
             ORIGIN_DIRECT,
             ORIGIN_NONO,
@@ -44,7 +44,7 @@ impl Server {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
         let thread = std::thread::spawn(move || {
-            let rt = match enter_netns(&path).and_then(|()| {
+            let rt = match enter_netns(&ns).and_then(|()| {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

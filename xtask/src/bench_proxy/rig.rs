@@ -1,80 +1,68 @@
-//! The network rig: a client and a server namespace joined by a veth pair,
-//! entering them, waiting for ports, sweeping what a killed run left.
+//! The network rig: the tests' client and server namespaces joined by a
+//! veth pair (`nono_tests::netns`), entering them, waiting for ports, sweeping what a killed run left.
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use nono_tests::netns::{self, PairNames, VethPair};
+
 use super::cleanup::registry;
-use super::{CLIENT_V4, SERVER_V4};
 
-// ---------------------------------------------------------------------------
-// Network namespaces
-
+/// The client and server namespaces of this run, joined by a veth pair with
+/// 198.51.100.1/24 and .2/24: the tests' rig ([`VethPair`]) under this run's
+/// names (`nbp<pid>c`/`s`, veth `nbp<pid>a`/`b`, which the stale sweep
+/// recognises), registered for the Ctrl-C clean-up.
 pub(super) struct Net {
     pub(super) cli: String,
     pub(super) srv: String,
-}
-
-pub(super) fn sh(args: &[&str]) -> Result<()> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {args:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    /// Taken on drop, so the namespaces are gone before they leave the
+    /// registry.
+    pair: Option<VethPair>,
 }
 
 impl Net {
     pub(super) fn create() -> Result<Self> {
         let pid = std::process::id();
-        let net = Self {
-            cli: format!("nbp{pid}c"),
-            srv: format!("nbp{pid}s"),
+        let names = PairNames {
+            client: format!("nbp{pid}c"),
+            server: format!("nbp{pid}s"),
+            veth_client: format!("nbp{pid}a"),
+            veth_server: format!("nbp{pid}b"),
         };
-        for ns in [&net.cli, &net.srv] {
+        let (cli, srv) = (names.client.clone(), names.server.clone());
+        // Registered before they exist, with the registry locked until they
+        // do: a signal cannot slip in between creation and registration.
+        let pair = {
             let mut r = registry();
-            sh(&["ip", "netns", "add", ns])?;
-            r.netns.push(ns.clone());
+            r.netns.extend([cli.clone(), srv.clone()]);
+            let created = VethPair::create(names, None);
+            if created.is_err() {
+                r.netns.retain(|n| n != &cli && n != &srv);
+            }
+            created
         }
-        let (a, b) = (format!("nbp{pid}a"), format!("nbp{pid}b"));
-        sh(&[
-            "ip", "link", "add", &a, "netns", &net.cli, "type", "veth", "peer", "name", &b,
-            "netns", &net.srv,
-        ])?;
-        let in_ns = |ns: &str, args: &[&str]| -> Result<()> {
-            let netarg = format!("--net=/run/netns/{ns}");
-            let mut v = vec!["nsenter", netarg.as_str()];
-            v.extend_from_slice(args);
-            sh(&v)
+        .map_err(anyhow::Error::msg)?;
+        let net = Self {
+            cli,
+            srv,
+            pair: Some(pair),
         };
-        let (ca, sa) = (format!("{CLIENT_V4}/24"), format!("{SERVER_V4}/24"));
-        in_ns(&net.cli, &["ip", "link", "set", "lo", "up"])?;
-        in_ns(&net.srv, &["ip", "link", "set", "lo", "up"])?;
-        in_ns(&net.cli, &["ip", "addr", "add", &ca, "dev", &a])?;
-        in_ns(&net.srv, &["ip", "addr", "add", &sa, "dev", &b])?;
-        in_ns(&net.cli, &["ip", "link", "set", &a, "up"])?;
-        in_ns(&net.srv, &["ip", "link", "set", &b, "up"])?;
+        if let Some(p) = &net.pair {
+            p.add_v4().map_err(anyhow::Error::msg)?;
+            p.up().map_err(anyhow::Error::msg)?;
+        }
         Ok(net)
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
-        for ns in [&self.cli, &self.srv] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-            registry().netns.retain(|n| n != ns);
-        }
+        drop(self.pair.take());
+        registry()
+            .netns
+            .retain(|n| n != &self.cli && n != &self.srv);
     }
 }
 
@@ -138,23 +126,18 @@ pub(super) fn in_netns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    let path = format!("/run/netns/{ns}");
+    let ns = ns.to_string();
     std::thread::spawn(move || {
-        enter_netns(&path)?;
+        enter_netns(&ns)?;
         f()
     })
     .join()
     .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))?
 }
 
-pub(super) fn enter_netns(path: &str) -> Result<()> {
-    let f = std::fs::File::open(path).with_context(|| format!("open {path}"))?;
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: setns on a valid namespace fd; affects only this thread.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns({path}): {}", std::io::Error::last_os_error());
-    }
-    Ok(())
+/// Moves the calling thread into namespace `ns` (the tests' [`netns::enter`]).
+pub(super) fn enter_netns(ns: &str) -> Result<()> {
+    netns::enter(ns).map_err(anyhow::Error::msg)
 }
 
 pub(super) fn wait_port(ns: &str, addr: SocketAddr) -> Result<()> {
