@@ -8,9 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 
-// ---------------------------------------------------------------------------
-// Clean-up: guards, plus a signal thread for Ctrl-C.
-
 static CLEANUP: Mutex<Registry> = Mutex::new(Registry {
     pgids: Vec::new(),
     netns: Vec::new(),

@@ -12,9 +12,6 @@ use super::proxies::ProxyUnderTest;
 use super::rig::{in_netns, Net};
 use super::{Opts, BODY, DOMAIN, ORIGIN_DIRECT, ORIGIN_NONO_DIAG, SERVER_V4};
 
-// ---------------------------------------------------------------------------
-// 2. HTTP request rate and latency (wrk)
-
 struct WrkResult {
     pub(super) requests: u64,
     pub(super) duration_us: f64,

@@ -13,9 +13,6 @@ use super::measure::mem_status;
 use super::rig::{in_netns, wait_port, Net};
 use super::{Opts, DOMAIN, ECHO_PORT, PORT_NONO};
 
-// ---------------------------------------------------------------------------
-// 3. Memory with N open tunnels
-
 pub(super) fn bench_memory(
     net: &Net,
     opts: &Opts,

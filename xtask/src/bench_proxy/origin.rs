@@ -14,9 +14,6 @@ use super::{
     ORIGIN_TINYPROXY, SERVER_V4,
 };
 
-// ---------------------------------------------------------------------------
-// The server namespace: HTTP origins, bulk sink/source, echo.
-
 pub(super) struct Server {
     /// Accepted connections per HTTP origin port.
     pub(super) accepts: HashMap<u16, Arc<AtomicU64>>,

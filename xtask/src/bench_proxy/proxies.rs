@@ -13,9 +13,6 @@ use super::rig::{in_netns, Net};
 use super::tools::Tools;
 use super::{BULK_PORT, DOMAIN, ORIGIN_SQUID, PORT_SQUID, PORT_TINYPROXY, SERVER_V4};
 
-// ---------------------------------------------------------------------------
-// Proxies
-
 #[derive(Clone)]
 pub(super) struct ProxyUnderTest {
     pub(super) name: &'static str,

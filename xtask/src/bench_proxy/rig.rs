@@ -1,5 +1,6 @@
 //! The network rig: the tests' client and server namespaces joined by a
-//! veth pair (`nono_tests::netns`), entering them, waiting for ports, sweeping what a killed run left.
+//! veth pair (`nono_tests::netns`), entering them, waiting for ports,
+//! sweeping what a killed run left.
 
 use anyhow::{bail, Result};
 use std::net::{SocketAddr, TcpStream};

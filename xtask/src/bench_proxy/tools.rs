@@ -6,9 +6,6 @@ use std::process::Command;
 
 use super::PACKAGES;
 
-// ---------------------------------------------------------------------------
-// Tools
-
 pub(super) struct Tools {
     pub(super) wrk: PathBuf,
     pub(super) tinyproxy: PathBuf,

@@ -12,9 +12,6 @@ use super::proxies::{open_tunnel, ProxyUnderTest};
 use super::rig::{in_netns, Net};
 use super::{Opts, BULK_PORT, SERVER_V4};
 
-// ---------------------------------------------------------------------------
-// 1. Tunnel throughput
-
 #[derive(Clone, Copy, PartialEq)]
 enum Dir {
     Up,

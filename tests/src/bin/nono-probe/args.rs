@@ -6,9 +6,6 @@ use std::process::exit;
 
 use nono_tests::probe_vectors::Vector;
 
-// ---------------------------------------------------------------------------
-// Arguments
-
 pub(crate) struct Args {
     pub(crate) vector: String,
     opts: HashMap<String, String>,

@@ -4,9 +4,6 @@ use std::io;
 
 use serde_json::{json, Value};
 
-// ---------------------------------------------------------------------------
-// Results
-
 #[derive(Debug, Clone)]
 pub(crate) struct Attempt {
     pub(crate) ok: bool,

@@ -1,4 +1,5 @@
-//! Process vectors that leave the sandbox's cgroup (sub, parent, through /proc/PID/root).
+//! Process vectors that leave the sandbox's cgroup (sub, parent, through
+//! /proc/PID/root).
 
 use std::fs;
 use std::io::Write;
@@ -10,9 +11,6 @@ use serde_json::{json, Value};
 
 use crate::attempt::{Attempt, Steps};
 use crate::connect::tcp_connect;
-
-// ---------------------------------------------------------------------------
-// Process vectors
 
 /// Writes `s` into an existing file (never creates one: a cgroup.procs
 /// path that does not exist must not leave a stray file behind).

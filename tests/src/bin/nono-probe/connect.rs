@@ -1,4 +1,5 @@
-//! Direct TCP/UDP/io_uring attempts at the target, and the loopback/proxy traffic that must keep working.
+//! Direct TCP/UDP/io_uring attempts at the target, and the loopback/proxy
+//! traffic that must keep working.
 
 use std::io::{self, Read, Write};
 use std::mem;

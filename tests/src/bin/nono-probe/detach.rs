@@ -1,4 +1,5 @@
-//! `detach-bpf`: tries to detach or replace the enforcer's BPF programs and links.
+//! `detach-bpf`: tries to detach or replace the enforcer's BPF programs and
+//! links.
 
 use std::ffi::CString;
 use std::fs;

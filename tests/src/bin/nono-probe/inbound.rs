@@ -1,4 +1,5 @@
-//! Channels: inbound listeners (incl. SYN cookies), UDP receiver, binds, data queued at teardown.
+//! Channels: inbound listeners (incl. SYN cookies), UDP receiver, binds, data
+//! queued at teardown.
 
 use std::fs;
 use std::io::{self, Write};
@@ -16,10 +17,6 @@ use crate::attempt::{cvt, Attempt, Steps};
 use crate::sock::{
     connect_fd, family, send_fd, set_timeouts, setsockopt_i32, socket, CONNECT_TIMEOUT,
 };
-
-// ---------------------------------------------------------------------------
-// Channels of issue 8: inbound listeners, data queued at teardown, device
-// binding, multicast memberships, the supervisor's rights.
 
 /// getsockname() of an inet socket, either family.
 fn sockname(fd: RawFd) -> Option<SocketAddr> {

@@ -10,9 +10,6 @@ use crate::args::usage;
 use crate::attempt::{Attempt, Steps};
 use crate::sock::{send_fd, set_timeouts, socket, CONNECT_TIMEOUT, PAYLOAD};
 
-// ---------------------------------------------------------------------------
-// i386 system calls from a 64-bit process (`int 0x80`)
-
 /// One page mapped below 4 GiB: `int 0x80` takes 32-bit pointers.
 #[cfg(target_arch = "x86_64")]
 fn low_page() -> io::Result<*mut u8> {

@@ -1,4 +1,5 @@
-//! Long-running and concurrency modes: connect loop, sockaddr race, parallel connects.
+//! Long-running and concurrency modes: connect loop, sockaddr race, parallel
+//! connects.
 
 use std::fs;
 use std::io::{self, Write};

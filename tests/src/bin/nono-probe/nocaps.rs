@@ -1,4 +1,5 @@
-//! `hold-nocaps`: a uid-0 process without capabilities, for host-protection tests.
+//! `hold-nocaps`: a uid-0 process without capabilities, for host-protection
+//! tests.
 
 use std::fs;
 use std::io::{self, Write};

@@ -1,4 +1,5 @@
-//! Routing options: the program names loopback, the option sends the packet elsewhere.
+//! Routing options: the program names loopback, the option sends the packet
+//! elsewhere.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
@@ -13,10 +14,6 @@ use crate::sock::{
     cmsg_buf, connect_fd, family, iface_index, send_fd, sendmsg_cmsg, sendto_fd, set_timeouts,
     setsockopt_bytes, setsockopt_i32, socket, udp_socket, CONNECT_TIMEOUT, PAYLOAD,
 };
-
-// ---------------------------------------------------------------------------
-// Routing options: the address the program names is loopback, the option
-// sends the packet elsewhere.
 
 /// `IPV6_2292PKTOPTIONS` (not in the libc crate).
 const IPV6_2292PKTOPTIONS: libc::c_int = 6;

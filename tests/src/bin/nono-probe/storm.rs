@@ -1,4 +1,5 @@
-//! `signal-storm`: loopback traffic under a storm of SIGURG (Go-style preemption).
+//! `signal-storm`: loopback traffic under a storm of SIGURG (Go-style
+//! preemption).
 
 use std::io;
 use std::mem;
