@@ -4,7 +4,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{self, Write};
 use std::mem;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use serde_json::{json, Value};
@@ -12,10 +12,10 @@ use serde_json::{json, Value};
 use crate::bpf;
 
 use crate::args::Args;
-use crate::attempt::{cvt, errno_of, Attempt, Steps};
+use crate::attempt::{cvt, Attempt, Steps};
 use crate::cgroup::own_cgroup;
 use crate::connect::tcp_connect;
-use crate::sock::cmsg_buf;
+use crate::sock::sendmsg_payload_cmsg;
 
 /// Passes a pipe's write end over a unix socketpair (stream and datagram)
 /// with SCM_RIGHTS, writes through the received descriptor and reads it
@@ -63,8 +63,9 @@ fn scm_rights_once(ty: libc::c_int) -> Attempt {
     }
     // SAFETY: fresh descriptors we own.
     let (pr, pw) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
-    if let Err(e) = sendmsg_cmsg_data(
+    if let Err(e) = sendmsg_payload_cmsg(
         s0.as_raw_fd(),
+        None,
         b"fd",
         libc::SOL_SOCKET,
         libc::SCM_RIGHTS,
@@ -131,30 +132,6 @@ fn scm_rights_once(ty: libc::c_int) -> Attempt {
         };
     }
     Attempt::success("passed a pipe over SCM_RIGHTS and wrote through it")
-}
-
-/// sendmsg() of `payload` with one control message (no destination).
-fn sendmsg_cmsg_data(
-    fd: RawFd,
-    payload: &[u8],
-    level: libc::c_int,
-    ty: libc::c_int,
-    data: &[u8],
-) -> io::Result<usize> {
-    let (mut cbuf, clen) = cmsg_buf(level, ty, data);
-    let mut iov = libc::iovec {
-        iov_base: payload.as_ptr() as *mut libc::c_void,
-        iov_len: payload.len(),
-    };
-    // SAFETY: all-zero msghdr is valid; fields set below.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = clen as _;
-    // SAFETY: msg points to live buffers for the call.
-    let n = unsafe { libc::sendmsg(fd, &msg, 0) };
-    errno_of(n as libc::c_long).map(|n| n as usize)
 }
 
 /// Descriptors of another process (default: our parent; under a privileged

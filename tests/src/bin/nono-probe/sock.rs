@@ -156,10 +156,23 @@ pub(crate) fn sendmsg_cmsg(
     ty: libc::c_int,
     data: &[u8],
 ) -> io::Result<usize> {
+    sendmsg_payload_cmsg(fd, dest, PAYLOAD, level, ty, data)
+}
+
+/// sendmsg() of `payload` with one control message; `dest` None leaves
+/// msg_name NULL (connected socket, or one that passes a descriptor).
+pub(crate) fn sendmsg_payload_cmsg(
+    fd: RawFd,
+    dest: Option<&SocketAddr>,
+    payload: &[u8],
+    level: libc::c_int,
+    ty: libc::c_int,
+    data: &[u8],
+) -> io::Result<usize> {
     let (mut cbuf, clen) = cmsg_buf(level, ty, data);
     let mut iov = libc::iovec {
-        iov_base: PAYLOAD.as_ptr() as *mut libc::c_void,
-        iov_len: PAYLOAD.len(),
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
     };
     // SAFETY: all-zero msghdr is valid; fields set below.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
