@@ -16,27 +16,13 @@ use std::time::Duration;
 use serde_json::Value;
 
 use nono_tests::netns::SERVER_V4;
+use nono_tests::per_enforcement;
 use nono_tests::runner::{
     exec_command, parse_summary, Enforcement, ExecOpts, Harness, ProbeResult, SandboxGuard,
 };
 use nono_tests::sys::{self, CmdOutput, TempDir};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_nono-probe");
-
-/// Defines, in module `$module`, one `#[test]` per listed function calling
-/// `super::f($e)`.
-macro_rules! per_enforcement {
-    ($module:ident, $e:expr, [$($f:ident),* $(,)?]) => {
-        mod $module {
-            $(
-                #[test]
-                fn $f() {
-                    super::$f($e);
-                }
-            )*
-        }
-    };
-}
 
 per_enforcement!(
     bpf,

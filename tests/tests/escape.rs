@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use nono_tests::netns::{PROXY_V4, SERVER_V4};
 use nono_tests::oracle::{AcceptCounter, Frame, Proto, TcpCounter, TcpEcho, UdpReceiver};
+use nono_tests::per_enforcement;
 use nono_tests::runner::{Enforcement, ExecOpts, Harness, ProbeResult, RunAs, SandboxGuard};
 use nono_tests::sys::{self, CmdOutput};
 use nono_tests::vectors::{self, NETWORK_VECTORS, PROCESS_VECTORS};
@@ -98,21 +99,6 @@ network_vector_tests! {
     vector_lsrr4_udp_connected_cmsg => "lsrr4-udp-connected-cmsg",
     vector_unicast_if_loopback4 => "unicast-if-loopback4",
     vector_pktinfo_loopback4 => "pktinfo-loopback4",
-}
-
-/// Defines, in module `$module`, one `#[test]` per listed function calling
-/// `super::f($e)`.
-macro_rules! per_enforcement {
-    ($module:ident, $e:expr, [$($f:ident),* $(,)?]) => {
-        mod $module {
-            $(
-                #[test]
-                fn $f() {
-                    super::$f($e);
-                }
-            )*
-        }
-    };
 }
 
 per_enforcement!(

@@ -21,23 +21,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use nono_tests::per_enforcement;
 use nono_tests::runner::{exec_command, Enforcement, ExecOpts, RunAs};
 use nono_tests::sys::{self, CmdOutput, TempDir};
 
 const PYTHON: &str = "/usr/bin/python3";
-
-macro_rules! per_enforcement {
-    ($module:ident, $e:expr, [$($f:ident),* $(,)?]) => {
-        mod $module {
-            $(
-                #[test]
-                fn $f() {
-                    super::$f($e);
-                }
-            )*
-        }
-    };
-}
 
 per_enforcement!(
     bpf,
