@@ -1,4 +1,4 @@
-//! Receivers for the channel battery (`tests/tests/channels.rs`): the
+//! Receivers for the channel battery (`tests/tests/channels/`): the
 //! test-host side of an inbound connection, a TCP receiver that holds a
 //! connection without reading (so the sender's data stays queued), raw
 //! SYNs, unix receivers that record the sender's credentials, and small

@@ -1,4 +1,4 @@
-//! Fixture for the profile / Landlock / privilege tests (`tests/profiles.rs`).
+//! Fixture for the profile / Landlock / privilege tests (`tests/profiles/`).
 //!
 //! * [`Exec`]: builds one `nono-agent exec` invocation (flags, cwd, env) and
 //!   runs a command or the Python probe in it; optionally through `sh -c

@@ -40,7 +40,7 @@
 //! `hold-nocaps` is not a vector: it drops every capability (bounding,
 //! ambient, effective, permitted, inheritable), stays uid 0 and sleeps.
 //!
-//! For the channel battery (`tests/tests/channels.rs`): `listen-serve` (a
+//! For the channel battery (`tests/tests/channels/`): `listen-serve` (a
 //! TCP listener that writes `--secret` to every connection, or with
 //! `--backlog 0 --accept 0 --mss N` one whose full queue makes the kernel
 //! answer with SYN cookies; `ready.json` / `stop` in `--logdir`),
