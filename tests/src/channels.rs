@@ -1,4 +1,4 @@
-//! Receivers for the channel battery (`tests/tests/channels.rs`): the
+//! Receivers for the channel battery (`tests/tests/channels/`): the
 //! test-host side of an inbound connection, a TCP receiver that holds a
 //! connection without reading (so the sender's data stays queued), raw
 //! SYNs, unix receivers that record the sender's credentials, and small
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::netns::{in_netns, NetFixture};
 use crate::oracle::{set_rcvtimeo, setsockopt_int, tcp_listen_socket};
+use crate::sockaddr;
 use crate::sys;
 
 /// What the test host got from connecting to a sandbox's listener.
@@ -151,7 +152,7 @@ pub fn raw_syns(ns: &str, src: IpAddr, dst: SocketAddr, n: u16) {
             (libc::SOL_IPV6, libc::IPV6_TRANSPARENT)
         };
         setsockopt_int(fd, level, transparent, 1);
-        let (ss, len) = socket2_addr(SocketAddr::new(src, 0));
+        let (ss, len) = sockaddr::storage(&SocketAddr::new(src, 0));
         // SAFETY: valid sockaddr.
         let rc = unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) };
         assert!(
@@ -162,7 +163,7 @@ pub fn raw_syns(ns: &str, src: IpAddr, dst: SocketAddr, n: u16) {
         owned
     });
     // The kernel's port field of a raw socket's destination must be 0.
-    let (ss, len) = socket2_addr(SocketAddr::new(dst.ip(), 0));
+    let (ss, len) = sockaddr::storage(&SocketAddr::new(dst.ip(), 0));
     for i in 0..n {
         let seg = syn_segment(src, 40000 + i, dst, 0x1000_0000 + u32::from(i));
         // SAFETY: valid buffer and sockaddr.
@@ -183,30 +184,6 @@ pub fn raw_syns(ns: &str, src: IpAddr, dst: SocketAddr, n: u16) {
         );
         thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn socket2_addr(sa: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match sa {
-        SocketAddr::V4(a) => {
-            // SAFETY: storage is large enough and aligned.
-            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: as above.
-            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
 }
 
 /// How a [`HeldReceiver`]'s connection ended once it was read.

@@ -8,8 +8,11 @@
 //! * [`proxylab`]: the filtering-proxy fixture: HTTP/HTTPS/git/echo servers in
 //!   the server namespace, a logging DNS server, a test CA, and helpers that
 //!   run curl, Python and raw-socket clients inside `nono-agent exec`.
+//! * [`probe_vectors`]: the names of every `nono-probe` attempt and mode,
+//!   declared once for the probe and the tests.
 //! * [`runner`]: runs `nono-probe` outside and inside a sandbox, parses results,
 //!   and guards against leftovers.
+//! * [`sockaddr`]: `SocketAddr` <-> `sockaddr_storage` for raw socket calls.
 //! * [`vectors`]: the single list of escape vectors, reusable per enforcer.
 //! * [`sys`]: prerequisites, binary discovery, mount discovery, commands with
 //!   timeouts.
@@ -20,9 +23,11 @@
 pub mod channels;
 pub mod netns;
 pub mod oracle;
+pub mod probe_vectors;
 pub mod profilelab;
 pub mod proxylab;
 pub mod runner;
+pub mod sockaddr;
 pub mod sys;
 pub mod vectors;
 

@@ -12,6 +12,9 @@
 //! Commands run in a namespace through `nsenter --net=/run/netns/NAME` (not
 //! `ip netns exec`, which remounts /sys); code in this process enters a
 //! namespace on a dedicated thread with `setns(2)` ([`in_netns`]).
+//!
+//! [`VethPair`] (the namespaces, the veth pair and its IPv4 addresses) and
+//! [`enter`] are shared with `cargo xtask bench-proxy`.
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -37,14 +40,24 @@ pub const SERVER_MAC: &str = "02:6e:6f:00:00:02";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Moves the calling thread into network namespace `ns` (`/run/netns/<ns>`);
+/// sockets it creates afterwards stay in that namespace. Returns the error
+/// rather than panicking because `cargo xtask bench-proxy` shares it.
+pub fn enter(ns: &str) -> Result<(), String> {
+    let path = format!("/run/netns/{ns}");
+    let fd = File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+    setns(&fd, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns({path}): {e}"))
+}
+
 /// Runs `f` on a fresh thread that has joined network namespace `ns`
 /// (`/run/netns/<ns>`). Sockets created there stay in that namespace and may be
 /// used from any thread afterwards.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
+    let ns = ns.to_string();
     thread::spawn(move || {
-        let fd = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        setns(&fd, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns({path}): {e}"));
+        if let Err(e) = enter(&ns) {
+            panic!("{e}");
+        }
         f()
     })
     .join()
@@ -67,6 +80,8 @@ pub struct NetFixture {
     pub server: String,
     pub veth_client: String,
     pub veth_server: String,
+    /// Owns the namespaces: dropping it deletes them.
+    pair: VethPair,
     next_port: AtomicU16,
     next_id: AtomicU16,
     next_tag: AtomicU32,
@@ -78,26 +93,38 @@ impl NetFixture {
         sys::require_prereqs();
         let pid = std::process::id();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let fx = NetFixture {
+        let names = PairNames {
             client: format!("nono-t{pid}-{n}-c"),
             server: format!("nono-t{pid}-{n}-s"),
             veth_client: format!("nc{pid}_{n}"),
             veth_server: format!("ns{pid}_{n}"),
+        };
+        assert!(names.veth_client.len() <= 15, "interface name too long");
+        // A stale namespace with our name can only come from a dead process that
+        // had our pid; remove it (errors ignored).
+        for ns in [&names.client, &names.server] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        // From here on, Drop cleans up whatever was created.
+        let pair = VethPair::create(names.clone(), Some((CLIENT_MAC, SERVER_MAC)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let fx = NetFixture {
+            client: names.client,
+            server: names.server,
+            veth_client: names.veth_client,
+            veth_server: names.veth_server,
+            pair,
             next_port: AtomicU16::new(20000),
             next_id: AtomicU16::new(0x4e00),
             next_tag: AtomicU32::new(0),
         };
-        assert!(fx.veth_client.len() <= 15, "interface name too long");
-        // A stale namespace with our name can only come from a dead process that
-        // had our pid; remove it (errors ignored).
-        for ns in [&fx.client, &fx.server] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-        // From here on, Drop cleans up whatever was created.
         fx.setup();
         fx
     }
 
+    /// What the tests add to the shared [`VethPair`]: sysctls (before the
+    /// links come up, so v6 settings apply), IPv6 addresses, the proxy
+    /// endpoint and its route, static neighbours.
     fn setup(&self) {
         let (c, s, vc, vs) = (
             &self.client,
@@ -105,16 +132,6 @@ impl NetFixture {
             &self.veth_client,
             &self.veth_server,
         );
-        sys::run_ok("ip", &["netns", "add", c]);
-        sys::run_ok("ip", &["netns", "add", s]);
-        sys::run_ok(
-            "ip",
-            &[
-                "link", "add", vc, "address", CLIENT_MAC, "netns", c, "type", "veth", "peer",
-                "name", vs, "address", SERVER_MAC, "netns", s,
-            ],
-        );
-        // Sysctls first so v6 settings apply before links come up.
         sysctl_in(c, "net.ipv4.ping_group_range", "0 2147483647", true);
         sysctl_in(c, "net.ipv4.tcp_fastopen", "1", true);
         sysctl_in(s, "net.ipv4.tcp_fastopen", "3", true);
@@ -125,11 +142,9 @@ impl NetFixture {
             sysctl_in(ns, "net.ipv6.conf.all.accept_ra", "0", false);
             sysctl_in(ns, "net.ipv6.conf.default.accept_ra", "0", false);
         }
+        self.pair.add_v4().unwrap_or_else(|e| panic!("{e}"));
         let ipc = |args: &[&str]| self.ip_in(c, args);
         let ips = |args: &[&str]| self.ip_in(s, args);
-        ipc(&["link", "set", "lo", "up"]);
-        ips(&["link", "set", "lo", "up"]);
-        ipc(&["addr", "add", "198.51.100.1/24", "dev", vc]);
         ipc(&[
             "-6",
             "addr",
@@ -139,7 +154,6 @@ impl NetFixture {
             vc,
             "nodad",
         ]);
-        ips(&["addr", "add", "198.51.100.2/24", "dev", vs]);
         ips(&[
             "-6",
             "addr",
@@ -150,8 +164,7 @@ impl NetFixture {
             "nodad",
         ]);
         ips(&["addr", "add", "203.0.113.2/32", "dev", "lo"]);
-        ipc(&["link", "set", vc, "up"]);
-        ips(&["link", "set", vs, "up"]);
+        self.pair.up().unwrap_or_else(|e| panic!("{e}"));
         ipc(&["route", "add", "203.0.113.0/24", "via", "198.51.100.2"]);
         // Static neighbours: no ARP/NDP resolution delays or drops right after
         // setup (a lone datagram must reach the oracle deterministically).
@@ -186,9 +199,7 @@ impl NetFixture {
     }
 
     fn ip_in(&self, ns: &str, args: &[&str]) {
-        let mut full = vec!["-n", ns];
-        full.extend_from_slice(args);
-        sys::run_ok("ip", &full);
+        self.pair.ip_in(ns, args).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// `/run/netns/<client>`.
@@ -246,14 +257,104 @@ impl Default for NetFixture {
     }
 }
 
-impl Drop for NetFixture {
+/// Names of a namespace pair and of its veth ends (interface names at most
+/// 15 bytes).
+#[derive(Debug, Clone)]
+pub struct PairNames {
+    pub client: String,
+    pub server: String,
+    pub veth_client: String,
+    pub veth_server: String,
+}
+
+/// Two network namespaces joined by a veth pair: the rig [`NetFixture`]
+/// builds on and `cargo xtask bench-proxy` uses as is (so both measure and
+/// test on the same link). Steps return errors instead of panicking for the
+/// benchmark's sake. Dropping it deletes both namespaces, which destroys the
+/// veth pair.
+#[derive(Debug)]
+pub struct VethPair {
+    pub names: PairNames,
+}
+
+impl VethPair {
+    /// Creates both namespaces and the veth pair between them, with fixed
+    /// (client, server) MAC addresses when `macs` is given. If a step fails,
+    /// what was created is removed again.
+    pub fn create(names: PairNames, macs: Option<(&str, &str)>) -> Result<VethPair, String> {
+        let pair = VethPair { names };
+        let n = &pair.names;
+        ip(&["netns", "add", &n.client])?;
+        ip(&["netns", "add", &n.server])?;
+        let mut link = vec!["link", "add", n.veth_client.as_str()];
+        if let Some((mac, _)) = macs {
+            link.extend(["address", mac]);
+        }
+        link.extend([
+            "netns",
+            &n.client,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &n.veth_server,
+        ]);
+        if let Some((_, mac)) = macs {
+            link.extend(["address", mac]);
+        }
+        link.extend(["netns", &n.server]);
+        ip(&link)?;
+        Ok(pair)
+    }
+
+    /// Brings lo up in both namespaces and puts [`CLIENT_V4`]/24 on the
+    /// client end, [`SERVER_V4`]/24 on the server end.
+    pub fn add_v4(&self) -> Result<(), String> {
+        let n = &self.names;
+        let (ca, sa) = (format!("{CLIENT_V4}/24"), format!("{SERVER_V4}/24"));
+        self.ip_in(&n.client, &["link", "set", "lo", "up"])?;
+        self.ip_in(&n.server, &["link", "set", "lo", "up"])?;
+        self.ip_in(&n.client, &["addr", "add", &ca, "dev", &n.veth_client])?;
+        self.ip_in(&n.server, &["addr", "add", &sa, "dev", &n.veth_server])
+    }
+
+    /// Brings both veth ends up.
+    pub fn up(&self) -> Result<(), String> {
+        let n = &self.names;
+        self.ip_in(&n.client, &["link", "set", &n.veth_client, "up"])?;
+        self.ip_in(&n.server, &["link", "set", &n.veth_server, "up"])
+    }
+
+    /// `ip -n <ns> args...`.
+    pub fn ip_in(&self, ns: &str, args: &[&str]) -> Result<(), String> {
+        let mut full = vec!["-n", ns];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+}
+
+impl Drop for VethPair {
     fn drop(&mut self) {
-        for ns in [&self.client, &self.server] {
+        for ns in [&self.names.client, &self.names.server] {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
         // In case the pair was created but never moved into the namespaces.
         let _ = Command::new("ip")
-            .args(["link", "del", &self.veth_client])
+            .args(["link", "del", &self.names.veth_client])
             .output();
+    }
+}
+
+/// Runs `ip args...`; the error names the command and its output.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = sys::run_timeout(Command::new("ip").args(args), sys::CMD_TIMEOUT);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            out.describe()
+        ))
     }
 }

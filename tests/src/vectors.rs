@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::netns::{SERVER_MAC, SERVER_V4, SERVER_V6};
 use crate::oracle::{ArpResponder, Proto};
+use crate::probe_vectors::Vector as V;
 use crate::runner::{
     Enforcement, ExecOpts, Harness, ProbeResult, RunAs, SandboxGuard, DENIED_ERRNOS,
 };
@@ -77,18 +78,18 @@ pub struct NetVector {
     pub mode: Mode,
 }
 
-const fn nv(name: &'static str, target: Target, observe: Observe) -> NetVector {
+const fn nv(v: V, target: Target, observe: Observe) -> NetVector {
     NetVector {
-        name,
+        name: v.name(),
         target,
         observe,
         mode: Mode::Direct,
     }
 }
 
-const fn rv(name: &'static str, target: Target, observe: Observe, mode: Mode) -> NetVector {
+const fn rv(v: V, target: Target, observe: Observe, mode: Mode) -> NetVector {
     NetVector {
-        name,
+        name: v.name(),
         target,
         observe,
         mode,
@@ -102,64 +103,64 @@ use Target::*;
 /// Every network vector. Each must be blocked inside a sandbox and reachable
 /// outside it.
 pub const NETWORK_VECTORS: &[NetVector] = &[
-    nv("tcp4", ServerV4, Tcp),
-    nv("tcp6", ServerV6, Tcp),
-    nv("tcp-v4mapped", ServerV4, Tcp),
-    nv("tcp-nonblock", ServerV4, Tcp),
-    nv("tcp-fastopen", ServerV4, Tcp),
-    nv("udp-sendto", ServerV4, Udp),
-    nv("udp-sendmsg", ServerV4, Udp),
-    nv("udp-sendmmsg", ServerV4, Udp),
-    nv("udp-connect-send", ServerV4, Udp),
-    nv("udp-connected-sendto", ServerV4, Udp),
-    nv("udp6-sendto", ServerV6, Udp),
-    nv("v4mapped-udp-sendto", ServerV4, Udp),
-    nv("io-uring-connect", ServerV4, Tcp),
-    nv("io-uring-sendmsg", ServerV4, Udp),
-    nv("raw-socket", ServerV4, Icmp4Echo),
-    nv("raw6-socket", ServerV6, Icmp6Echo),
-    nv("ping-socket", ServerV4, Icmp4Echo),
-    nv("ping6-socket", ServerV6, Icmp6Echo),
-    nv("af-packet", ServerV4, EtherTag),
-    nv("mptcp", ServerV4, Tcp),
+    nv(V::Tcp4, ServerV4, Tcp),
+    nv(V::Tcp6, ServerV6, Tcp),
+    nv(V::TcpV4mapped, ServerV4, Tcp),
+    nv(V::TcpNonblock, ServerV4, Tcp),
+    nv(V::TcpFastopen, ServerV4, Tcp),
+    nv(V::UdpSendto, ServerV4, Udp),
+    nv(V::UdpSendmsg, ServerV4, Udp),
+    nv(V::UdpSendmmsg, ServerV4, Udp),
+    nv(V::UdpConnectSend, ServerV4, Udp),
+    nv(V::UdpConnectedSendto, ServerV4, Udp),
+    nv(V::Udp6Sendto, ServerV6, Udp),
+    nv(V::V4mappedUdpSendto, ServerV4, Udp),
+    nv(V::IoUringConnect, ServerV4, Tcp),
+    nv(V::IoUringSendmsg, ServerV4, Udp),
+    nv(V::RawSocket, ServerV4, Icmp4Echo),
+    nv(V::Raw6Socket, ServerV6, Icmp6Echo),
+    nv(V::PingSocket, ServerV4, Icmp4Echo),
+    nv(V::Ping6Socket, ServerV6, Icmp6Echo),
+    nv(V::AfPacket, ServerV4, EtherTag),
+    nv(V::Mptcp, ServerV4, Tcp),
     // i386 system calls from a 64-bit process (`int 0x80`): socketcall
     // (102) with SYS_CONNECT, and the direct i386 socket + connect.
-    nv("int80-socketcall", ServerV4, Tcp),
-    nv("int80-socket", ServerV4, Tcp),
+    nv(V::Int80Socketcall, ServerV4, Tcp),
+    nv(V::Int80Socket, ServerV4, Tcp),
     // Routing options: the hooks see ::1 / 127.0.0.1, the kernel sends to
     // the first segment / first hop (the server).
-    rv("srh6-udp-sockopt", ServerV6, RoutedUdp, Rerouted),
-    rv("srh6-tcp-sockopt", ServerV6, RoutedTcp, Rerouted),
-    rv("srh6-udp-connect-send", ServerV6, RoutedUdp, Rerouted),
-    rv("srh6-udp-cmsg", ServerV6, RoutedUdp, ReroutedMayBeRefused),
+    rv(V::Srh6UdpSockopt, ServerV6, RoutedUdp, Rerouted),
+    rv(V::Srh6TcpSockopt, ServerV6, RoutedTcp, Rerouted),
+    rv(V::Srh6UdpConnectSend, ServerV6, RoutedUdp, Rerouted),
+    rv(V::Srh6UdpCmsg, ServerV6, RoutedUdp, ReroutedMayBeRefused),
     rv(
-        "srh6-udp-pktoptions",
+        V::Srh6UdpPktoptions,
         ServerV6,
         RoutedUdp,
         ReroutedMayBeRefused,
     ),
-    rv("rh2-udp-sockopt", ServerV6, RoutedUdp, ReroutedMayBeRefused),
-    rv("lsrr4-tcp-sockopt", ServerV4, RoutedTcp, Rerouted),
-    rv("lsrr4-udp-sockopt", ServerV4, RoutedUdp, Rerouted),
-    rv("ssrr4-udp-sockopt", ServerV4, RoutedUdp, Rerouted),
-    rv("lsrr4-udp-cmsg", ServerV4, RoutedUdp, Rerouted),
-    rv("lsrr4-udp-connected-cmsg", ServerV4, RoutedUdp, Rerouted),
+    rv(V::Rh2UdpSockopt, ServerV6, RoutedUdp, ReroutedMayBeRefused),
+    rv(V::Lsrr4TcpSockopt, ServerV4, RoutedTcp, Rerouted),
+    rv(V::Lsrr4UdpSockopt, ServerV4, RoutedUdp, Rerouted),
+    rv(V::Ssrr4UdpSockopt, ServerV4, RoutedUdp, Rerouted),
+    rv(V::Lsrr4UdpCmsg, ServerV4, RoutedUdp, Rerouted),
+    rv(V::Lsrr4UdpConnectedCmsg, ServerV4, RoutedUdp, Rerouted),
     // 127.0.0.1 sent out of the veth (outgoing interface chosen without
     // CAP_NET_RAW); leaves the host when an on-link host answers ARP.
-    rv("unicast-if-loopback4", ServerV4, WireLoopbackUdp, Rerouted),
-    rv("pktinfo-loopback4", ServerV4, WireLoopbackUdp, Rerouted),
+    rv(V::UnicastIfLoopback4, ServerV4, WireLoopbackUdp, Rerouted),
+    rv(V::PktinfoLoopback4, ServerV4, WireLoopbackUdp, Rerouted),
 ];
 
 /// Process vectors (each has its own test with specific assertions); the
 /// follow-up connect is always tcp4 to the server.
 pub const PROCESS_VECTORS: &[&str] = &[
-    "daemonize",
-    "sub-cgroup",
-    "parent-cgroup",
-    "detach-bpf",
-    "kill-agent",
-    "proc-root-cgroup",
-    "steal-fds",
+    V::Daemonize.name(),
+    V::SubCgroup.name(),
+    V::ParentCgroup.name(),
+    V::DetachBpf.name(),
+    V::KillAgent.name(),
+    V::ProcRootCgroup.name(),
+    V::StealFds.name(),
 ];
 
 pub fn find(name: &str) -> NetVector {

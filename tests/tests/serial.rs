@@ -8,7 +8,6 @@
 //! Needs root and a real kernel. Run with `cargo test -p nono-tests --test serial`.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,54 +18,16 @@ use serde_json::Value;
 
 use nono_tests::netns::SERVER_V4;
 use nono_tests::oracle::Proto;
+use nono_tests::profilelab::{lock_held, sandbox_ids, STATE_DIR};
 use nono_tests::runner::{fresh_marker, Enforcement, Harness, ProbeResult, SandboxGuard};
 use nono_tests::sys::{self, TempDir};
 use nono_tests::vectors;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_nono-probe");
-/// The agent's state directory (owner locks).
-const STATE_DIR: &str = "/run/nono-agent";
-
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Sandbox ids present anywhere: cgroups under `<cgroup2>/nono/`, pin
-/// directories under `<bpffs>/nono/`, lock files in the state directory.
-fn sandbox_ids() -> Vec<String> {
-    let cg = sys::cgroup2_mount().expect("cgroup2 mount").join("nono");
-    let mut ids = sys::subdirs(&cg);
-    if let Some(b) = sys::bpffs_mount() {
-        ids.extend(sys::dir_entries(&b.join("nono")));
-    }
-    ids.extend(
-        sys::dir_entries(Path::new(STATE_DIR))
-            .into_iter()
-            .filter_map(|n| n.strip_suffix(".lock").map(str::to_string)),
-    );
-    ids.sort();
-    ids.dedup();
-    ids
-}
-
-/// Whether some process holds a flock on `<state>/<id>.lock` (its agent is
-/// alive, or something inherited the agent's lock descriptor), read from
-/// /proc/locks without touching the lock.
-fn lock_held(id: &str) -> bool {
-    let Ok(meta) = fs::metadata(Path::new(STATE_DIR).join(format!("{id}.lock"))) else {
-        return false;
-    };
-    let ino = meta.ino().to_string();
-    fs::read_to_string("/proc/locks")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| {
-            l.contains("FLOCK")
-                && l.split_whitespace()
-                    .any(|f| f.rsplit(':').next() == Some(ino.as_str()) && f.contains(':'))
-        })
 }
 
 /// What is left of sandbox `id`: its cgroup, pin dir and lock file.

@@ -1,0 +1,58 @@
+//! The outcome of one attempt and the steps that led to it.
+
+use std::io;
+
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone)]
+pub(crate) struct Attempt {
+    pub(crate) ok: bool,
+    pub(crate) errno: Option<i32>,
+    pub(crate) detail: String,
+}
+
+impl Attempt {
+    pub(crate) fn success(detail: impl Into<String>) -> Self {
+        Attempt {
+            ok: true,
+            errno: None,
+            detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn fail(what: &str, err: &io::Error) -> Self {
+        Attempt {
+            ok: false,
+            errno: err.raw_os_error(),
+            detail: format!("{what}: {err}"),
+        }
+    }
+
+    pub(crate) fn last_os(what: &str) -> Self {
+        Self::fail(what, &io::Error::last_os_error())
+    }
+
+    pub(crate) fn to_json(&self, name: &str) -> Value {
+        json!({"name": name, "ok": self.ok, "errno": self.errno, "detail": self.detail})
+    }
+}
+
+pub(crate) struct Steps(pub(crate) Vec<Value>);
+
+impl Steps {
+    pub(crate) fn push(&mut self, name: &str, a: &Attempt) {
+        self.0.push(a.to_json(name));
+    }
+}
+
+pub(crate) fn errno_of(rc: libc::c_long) -> Result<libc::c_long, io::Error> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+pub(crate) fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    errno_of(rc as libc::c_long).map(|v| v as libc::c_int)
+}

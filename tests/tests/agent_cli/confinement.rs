@@ -1,0 +1,289 @@
+//! Exit codes and the child's confinement: capabilities, no_new_privs,
+//! seccomp, pid and cgroup namespaces.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nono_tests::runner::{exec_command, Enforcement, ExecOpts, SandboxGuard};
+use nono_tests::sys::{self, TempDir};
+
+use super::agent_run;
+
+pub(super) fn exit_code_is_propagated(e: Enforcement) {
+    let out = agent_run(e, &["sh", "-c", "exit 7"]);
+    assert_eq!(
+        out.code(),
+        7,
+        "{}: exit 7 -> 7\n{}",
+        e.label(),
+        out.describe()
+    );
+    let out = agent_run(e, &["true"]);
+    assert_eq!(
+        out.code(),
+        0,
+        "{}: true -> 0\n{}",
+        e.label(),
+        out.describe()
+    );
+}
+
+pub(super) fn exit_code_for_signal_is_128_plus_n(e: Enforcement) {
+    let out = agent_run(e, &["sh", "-c", "kill -9 $$"]);
+    assert_eq!(
+        out.code(),
+        137,
+        "{}: kill -9 self -> 137\n{}",
+        e.label(),
+        out.describe()
+    );
+    assert!(
+        out.status.code().is_some(),
+        "{}: the agent itself should exit normally with 137, not be killed: {:?}",
+        e.label(),
+        out.status
+    );
+}
+
+pub(super) fn exit_code_missing_command_is_127(e: Enforcement) {
+    for cmd in [
+        "/nonexistent/nono-no-such-command",
+        "nono-no-such-command-in-path",
+    ] {
+        let out = agent_run(e, &[cmd]);
+        assert_eq!(
+            out.code(),
+            127,
+            "{}: missing command {cmd} -> 127\n{}",
+            e.label(),
+            out.describe()
+        );
+    }
+}
+
+pub(super) fn exit_code_not_executable_is_126(e: Enforcement) {
+    let tmp = TempDir::new("noexec");
+    let f = tmp.path("script.sh");
+    fs::write(&f, "#!/bin/sh\nexit 0\n").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = agent_run(e, &[f.to_str().unwrap()]);
+    assert_eq!(
+        out.code(),
+        126,
+        "{}: non-executable -> 126\n{}",
+        e.label(),
+        out.describe()
+    );
+}
+
+fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {key} in /proc/self/status:\n{status}"))
+}
+
+/// No capability in any set, no_new_privs, and a seccomp filter (mode 2:
+/// the notification filter under seccomp, the hardening filter under bpf).
+pub(super) fn child_has_no_capabilities_no_new_privs_and_a_filter(e: Enforcement) {
+    let out = agent_run(e, &["cat", "/proc/self/status"]);
+    assert_eq!(out.code(), 0, "{}: {}", e.label(), out.describe());
+    for key in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(
+            status_field(&out.stdout, key),
+            "0000000000000000",
+            "{}: {key} must be 0 in the sandbox",
+            e.label()
+        );
+    }
+    assert_eq!(
+        status_field(&out.stdout, "NoNewPrivs"),
+        "1",
+        "{}",
+        e.label()
+    );
+    assert_eq!(
+        status_field(&out.stdout, "Seccomp"),
+        "2",
+        "{}: the command must run under a seccomp filter",
+        e.label()
+    );
+}
+
+/// The child sees NONO_* variables. Privileged: it is pid 2 of its own pid
+/// namespace (pid 1 is the agent's init; both are seen from the host through
+/// NSpid), in a new cgroup namespace; under bpf it runs in
+/// `<cgroup2>/nono/<id>` (cgroup.procs lists host pids), whose cgroup and
+/// pin directory are gone after exit. Unprivileged: no new namespaces, no
+/// cgroup.
+pub(super) fn child_environment_and_namespaces(e: Enforcement) {
+    sys::require_prereqs();
+    let tmp = TempDir::new("childenv");
+    let opts = ExecOpts {
+        in_client_netns: false,
+        ..ExecOpts::for_enforcement(e)
+    };
+    if let Some(u) = opts.user {
+        tmp.chown(u.uid, u.gid);
+    }
+    let go = tmp.path("go");
+    let stdout = tmp.path("stdout");
+    let script = format!(
+        r#"
+        echo "ID=$NONO_SANDBOX_ID"
+        echo "ENF=$NONO_ENFORCER"
+        echo "CG=$NONO_CGROUP"
+        echo "PIN=$NONO_BPF_PIN_DIR"
+        echo "NS=$(readlink /proc/self/ns/cgroup)"
+        echo "PIDNS=$(readlink /proc/self/ns/pid)"
+        echo "PROCCG=$(grep '^0::' /proc/self/cgroup)"
+        echo "SELF=$$"
+        n=0; while [ ! -e {go} ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n+1)); done
+        "#,
+        go = go.display()
+    );
+    let mut cmd = exec_command(&sys::agent_bin(), None, &opts);
+    let mut child = cmd
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&stdout).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    let mut guard = SandboxGuard::new();
+    guard.pids.push(child.id() as i32);
+    if let Some(u) = opts.user {
+        guard.track_uid(u.uid);
+    }
+    let read = || fs::read_to_string(&stdout).unwrap_or_default();
+    let started = sys::wait_until(Duration::from_secs(10), || read().contains("SELF="));
+    let text = read();
+    let kv: HashMap<String, String> = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let get = |k: &str| kv.get(k).cloned().unwrap_or_default();
+    let self_pid: i32 = get("SELF").parse().unwrap_or(-1);
+    // Host-side view while it runs.
+    let cg = PathBuf::from(get("CG"));
+    let procs = if e.has_cgroup() {
+        sys::cgroup_procs(&cg)
+    } else {
+        Vec::new()
+    };
+    let pin = PathBuf::from(get("PIN"));
+    let pin_exists = pin.is_dir();
+    // The host pid of the shell: by NSpid among the cgroup's processes
+    // (bpf), else among all processes whose innermost pid is SELF and that
+    // run our script.
+    let host_sh = if e.has_cgroup() {
+        sys::host_pid_of(&procs, self_pid)
+    } else {
+        sys::all_pids().into_iter().find(|&p| {
+            sys::nspid(p).and_then(|n| n.last().copied()) == Some(self_pid)
+                && fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.windows(5).any(|w| w == b"SELF="))
+        })
+    };
+    let host_nspid = host_sh.and_then(sys::nspid);
+    let init = host_sh
+        .and_then(|p| sys::status_line(p, "PPid"))
+        .and_then(|p| p.parse::<i32>().ok());
+    let init_nspid = init.and_then(sys::nspid);
+    fs::write(&go, "").unwrap();
+    let st = sys::wait_child(&mut child, Duration::from_secs(30), "agent");
+    let ctx = format!(
+        "{}: child printed {text:?}; host pid of the shell {host_sh:?} (NSpid {host_nspid:?}), \
+         its parent {init:?} (NSpid {init_nspid:?}); cgroup.procs {procs:?}",
+        e.label()
+    );
+    assert!(started, "child never printed its info: {ctx}");
+    assert!(st.success(), "agent: {st:?}\n{ctx}");
+    let id = get("ID");
+    assert!(!id.is_empty(), "NONO_SANDBOX_ID empty: {ctx}");
+    assert_eq!(get("ENF"), e.flag(), "NONO_ENFORCER: {ctx}");
+    let own_cgns = fs::read_link("/proc/self/ns/cgroup").unwrap();
+    let own_pidns = fs::read_link("/proc/self/ns/pid").unwrap();
+    let host_sh = host_sh.unwrap_or_else(|| panic!("shell not found from the host: {ctx}"));
+    let host_nspid = host_nspid.unwrap_or_default();
+    if e.privileged() {
+        assert_eq!(
+            self_pid, 2,
+            "the command must be pid 2 of its own pid namespace: {ctx}"
+        );
+        assert_eq!(
+            host_nspid,
+            vec![host_sh, 2],
+            "NSpid of the command seen from the host: {ctx}"
+        );
+        assert_eq!(
+            init_nspid.as_ref().and_then(|n| n.last().copied()),
+            Some(1),
+            "the command's parent must be pid 1 (the agent's init) of its namespace: {ctx}"
+        );
+        assert_ne!(
+            get("PIDNS"),
+            own_pidns.to_string_lossy(),
+            "the command must be in a new pid namespace: {ctx}"
+        );
+        assert_ne!(
+            get("NS"),
+            own_cgns.to_string_lossy(),
+            "the command must be in a new cgroup namespace: {ctx}"
+        );
+        assert_eq!(
+            get("PROCCG"),
+            "0::/",
+            "the cgroup namespace root should be the command's cgroup: {ctx}"
+        );
+    } else {
+        assert_eq!(
+            host_nspid,
+            vec![self_pid],
+            "unprivileged: no pid namespace, $$ is the host pid: {ctx}"
+        );
+        assert_eq!(get("PIDNS"), own_pidns.to_string_lossy(), "{ctx}");
+        assert_eq!(get("NS"), own_cgns.to_string_lossy(), "{ctx}");
+    }
+    if e.has_cgroup() {
+        let cg2 = sys::cgroup2_mount().unwrap();
+        assert_eq!(
+            cg,
+            cg2.join("nono").join(&id),
+            "NONO_CGROUP must be <cgroup2>/nono/<id>: {ctx}"
+        );
+        assert!(
+            procs.contains(&host_sh),
+            "the command (host pid {host_sh}) is not in {}/cgroup.procs: {ctx}",
+            cg.display()
+        );
+        assert!(
+            init.is_some_and(|i| procs.contains(&i)),
+            "the init is not in the sandbox cgroup: {ctx}"
+        );
+        assert!(
+            pin_exists,
+            "NONO_BPF_PIN_DIR {} does not exist while running",
+            pin.display()
+        );
+        let bpffs = sys::bpffs_mount().expect("bpffs mounted");
+        assert!(
+            pin.starts_with(bpffs.join("nono")),
+            "pin dir {} not under <bpffs>/nono",
+            pin.display()
+        );
+        assert!(!cg.exists(), "cgroup left after exit");
+        assert!(!pin.exists(), "pin dir left after exit");
+    } else {
+        assert!(
+            get("CG").is_empty() && get("PIN").is_empty(),
+            "no cgroup or pins without the bpf enforcer: {ctx}"
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! `nono-agent exec` behaviour under every enforcement (`bpf` and `seccomp`
+//! as root, `seccomp` unprivileged): exit codes, events file, summary line,
+//! confinement of the child (caps, no_new_privs, seccomp, pid/cgroup
+//! namespaces, cgroup), concurrency.
+//!
+//! Tests are grouped by enforcement (`bpf::`, `seccomp::`, `seccomp_user::`).
+//! Needs root and a real kernel. Run with `cargo test -p nono-tests --test agent_cli`.
+//!
+//! The checks live in `confinement` (exit codes, the child's confinement)
+//! and `events` (events, the summary, concurrency); every test is declared
+//! here, so test names do not depend on that split.
+
+mod confinement;
+mod events;
+
+use nono_tests::per_enforcement;
+use nono_tests::runner::{exec_command, Enforcement, ExecOpts};
+use nono_tests::sys::{self, CmdOutput};
+
+use confinement::{
+    child_environment_and_namespaces, child_has_no_capabilities_no_new_privs_and_a_filter,
+    exit_code_for_signal_is_128_plus_n, exit_code_is_propagated, exit_code_missing_command_is_127,
+    exit_code_not_executable_is_126,
+};
+use events::{
+    concurrent_sandboxes_have_separate_policies, events_file_has_well_formed_denials,
+    summary_line_counts_denials,
+};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_nono-probe");
+
+per_enforcement!(
+    bpf,
+    super::Enforcement::Bpf,
+    [
+        exit_code_is_propagated,
+        exit_code_for_signal_is_128_plus_n,
+        exit_code_missing_command_is_127,
+        exit_code_not_executable_is_126,
+        child_has_no_capabilities_no_new_privs_and_a_filter,
+        child_environment_and_namespaces,
+        events_file_has_well_formed_denials,
+        summary_line_counts_denials,
+        concurrent_sandboxes_have_separate_policies,
+    ]
+);
+
+per_enforcement!(
+    seccomp,
+    super::Enforcement::Seccomp,
+    [
+        exit_code_is_propagated,
+        exit_code_for_signal_is_128_plus_n,
+        exit_code_missing_command_is_127,
+        exit_code_not_executable_is_126,
+        child_has_no_capabilities_no_new_privs_and_a_filter,
+        child_environment_and_namespaces,
+        events_file_has_well_formed_denials,
+        summary_line_counts_denials,
+        concurrent_sandboxes_have_separate_policies,
+    ]
+);
+
+per_enforcement!(
+    seccomp_user,
+    super::Enforcement::SeccompUser,
+    [
+        exit_code_is_propagated,
+        exit_code_for_signal_is_128_plus_n,
+        exit_code_missing_command_is_127,
+        exit_code_not_executable_is_126,
+        child_has_no_capabilities_no_new_privs_and_a_filter,
+        child_environment_and_namespaces,
+        events_file_has_well_formed_denials,
+        summary_line_counts_denials,
+        concurrent_sandboxes_have_separate_policies,
+    ]
+);
+
+/// Runs `nono-agent exec` in the test's netns (commands that send no
+/// traffic) under `e`.
+fn agent_run(e: Enforcement, argv: &[&str]) -> CmdOutput {
+    sys::require_prereqs();
+    let opts = ExecOpts {
+        in_client_netns: false,
+        ..ExecOpts::for_enforcement(e)
+    };
+    let mut cmd = exec_command(&sys::agent_bin(), None, &opts);
+    cmd.args(argv);
+    sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT)
+}

@@ -1,0 +1,383 @@
+//! `cargo xtask bench-proxy`: the filtering proxy (`nono-agent proxy`)
+//! measured side by side with a direct connection, tinyproxy and squid.
+//!
+//! 1. CONNECT tunnel bulk throughput (upload and download of `--mib` MiB)
+//!    vs the same transfer over a direct connection.
+//! 2. HTTP request rate and latency (wrk, absolute-form GETs over keep-alive
+//!    connections) through our proxy, tinyproxy and squid, each configured
+//!    with a one-domain allowlist, same origin, same client, same
+//!    concurrency; a direct row for reference, and a diagnostic row of our
+//!    proxy with `tcp_tw_reuse=1` in its namespace (shows what its
+//!    TIME_WAIT sockets towards the origin cost).
+//! 3. Memory of the standalone proxy (VmRSS, VmHWM) with 0 tunnels and with
+//!    `--tunnels` open tunnels (idle, then after 64 KiB went each way
+//!    through each).
+//!
+//! Topology (everything is removed at exit, no packet leaves the machine):
+//!
+//! ```text
+//!   netns nbp<pid>c (client)                    netns nbp<pid>s (server)
+//!   lo 127.0.0.1: wrk, bench clients,           198.51.100.2/24
+//!                 nono-agent proxy :3128,         :8080-8083 HTTP origins
+//!                 tinyproxy :3129, squid :3130    :9000 bulk sink/source
+//!   veth 198.51.100.1/24  <----------------->     :9001 echo
+//!   (no default route: nothing can reach the machine's DNS)
+//! ```
+//!
+//! Every proxy gets its own origin port, so one proxy's TIME_WAIT sockets
+//! cannot slow another's run down. Names are resolved without DNS: our
+//! proxy with `--resolve`, squid with its own `hosts_file`, tinyproxy is
+//! given the origin's IP address (its filter allows exactly that address).
+//!
+//! Needs root, `ip`, `nsenter` and the Debian packages wrk, tinyproxy and
+//! squid (installed with apt-get when missing, without starting their
+//! services). Figures are printed, never asserted. `--agent PATH` measures
+//! another nono-agent build (e.g. before/after a change) with the same rig.
+
+mod cleanup;
+mod http;
+mod measure;
+mod memory;
+mod origin;
+mod proxies;
+mod rig;
+mod tools;
+mod tunnels;
+
+use anyhow::{bail, Context as _, Result};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use cleanup::{block_signals, signal_thread, Proc, TempDir};
+use http::bench_http;
+use memory::bench_memory;
+use origin::Server;
+use proxies::{sanity_check, start_squid, start_tinyproxy, ProxyUnderTest};
+use rig::{raise_nofile_limit, sweep_stale_netns, wait_port, Net};
+use tools::{ensure_tools, Tools};
+use tunnels::bench_tunnels;
+
+/// The server end of the rig's veth pair, where the origins listen.
+pub(super) use nono_tests::netns::SERVER_V4;
+pub(super) const DOMAIN: &str = "allowed.test";
+
+/// Origin ports: one per client so TIME_WAIT sockets of one run never
+/// collide with another's 4-tuples.
+pub(super) const ORIGIN_DIRECT: u16 = 8080;
+pub(super) const ORIGIN_NONO: u16 = 8081;
+pub(super) const ORIGIN_TINYPROXY: u16 = 8082;
+pub(super) const ORIGIN_SQUID: u16 = 8083;
+/// Our proxy again, for the tcp_tw_reuse diagnostic row.
+pub(super) const ORIGIN_NONO_DIAG: u16 = 8084;
+pub(super) const BULK_PORT: u16 = 9000;
+pub(super) const ECHO_PORT: u16 = 9001;
+
+pub(super) const PORT_NONO: u16 = 3128;
+pub(super) const PORT_TINYPROXY: u16 = 3129;
+pub(super) const PORT_SQUID: u16 = 3130;
+
+/// The origin's response body (a small API-style answer).
+pub(super) const BODY: &[u8] = b"{\"ok\":true,\"server\":\"nono-bench-origin\",\"padding\":\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"}\n";
+
+pub(super) const PACKAGES: [(&str, &str); 3] = [
+    ("wrk", "wrk"),
+    ("tinyproxy", "tinyproxy"),
+    ("squid", "squid"),
+];
+
+pub(super) struct Opts {
+    mib: u64,
+    rounds: usize,
+    duration: u64,
+    connections: usize,
+    wrk_threads: usize,
+    tunnels: usize,
+    skip_build: bool,
+    install: bool,
+    only: Vec<String>,
+    /// Another nono-agent binary to measure (e.g. a build of another commit).
+    agent: Option<PathBuf>,
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> Result<Self> {
+        let mut o = Self {
+            mib: 2048,
+            rounds: 3,
+            duration: 10,
+            connections: 64,
+            wrk_threads: 1,
+            tunnels: 1000,
+            skip_build: false,
+            install: true,
+            only: vec!["tunnel".into(), "http".into(), "memory".into()],
+            agent: None,
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut val = |name: &str| -> Result<String> {
+                it.next()
+                    .cloned()
+                    .with_context(|| format!("{name} needs a value"))
+            };
+            match a.as_str() {
+                "--mib" => o.mib = val(a)?.parse()?,
+                "--rounds" => o.rounds = val(a)?.parse()?,
+                "--duration" => o.duration = val(a)?.parse()?,
+                "--connections" => o.connections = val(a)?.parse()?,
+                "--wrk-threads" => o.wrk_threads = val(a)?.parse()?,
+                "--tunnels" => o.tunnels = val(a)?.parse()?,
+                "--only" => o.only = val(a)?.split(',').map(str::to_string).collect(),
+                "--agent" => o.agent = Some(PathBuf::from(val(a)?)),
+                "--skip-build" => o.skip_build = true,
+                "--no-install" => o.install = false,
+                "-h" | "--help" => {
+                    println!(
+                        "usage: cargo xtask bench-proxy [--mib N] [--rounds N] [--duration SECS] \
+                         [--connections N] [--wrk-threads N] [--tunnels N] \
+                         [--only tunnel,http,memory] [--agent PATH] [--skip-build] [--no-install]"
+                    );
+                    std::process::exit(0);
+                }
+                other => bail!("unknown bench-proxy option {other} (see --help)"),
+            }
+        }
+        for s in &o.only {
+            if !["tunnel", "http", "memory"].contains(&s.as_str()) {
+                bail!("--only: unknown section {s:?} (tunnel, http, memory)");
+            }
+        }
+        if o.mib == 0 || o.rounds == 0 || o.duration == 0 || o.connections == 0 {
+            bail!("--mib, --rounds, --duration and --connections must be at least 1");
+        }
+        Ok(o)
+    }
+
+    fn wants(&self, section: &str) -> bool {
+        self.only.iter().any(|s| s == section)
+    }
+}
+
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let opts = Opts::parse(args)?;
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        bail!("bench-proxy needs root (it creates network namespaces); run it with sudo");
+    }
+    let started = Instant::now();
+    let tools = ensure_tools(opts.install)?;
+    if !opts.skip_build {
+        // The origin servers and clients live in this binary: measure with
+        // an optimised build of it too (`cargo xtask` builds it in debug).
+        let status = Command::new("cargo")
+            .args(["build", "--release", "-p", "nono-agent", "-p", "xtask"])
+            .current_dir(root)
+            .status()
+            .context("running cargo build")?;
+        if !status.success() {
+            bail!("release build of nono-agent and xtask failed");
+        }
+        if cfg!(debug_assertions) {
+            let err = Command::new(root.join("target/release/xtask"))
+                .arg("bench-proxy")
+                .args(args)
+                .arg("--skip-build")
+                .exec();
+            bail!("running the release build of xtask: {err}");
+        }
+    }
+    block_signals()?;
+    std::thread::spawn(signal_thread);
+    raise_nofile_limit();
+    let agent = match &opts.agent {
+        Some(a) => std::fs::canonicalize(a).with_context(|| format!("--agent {}", a.display()))?,
+        None => root.join("target/release/nono-agent"),
+    };
+    if !agent.exists() {
+        bail!("{} is missing (drop --skip-build)", agent.display());
+    }
+
+    sweep_stale_netns();
+    let tmp = TempDir::new()?;
+    let net = Net::create()?;
+    let server = Server::start(&net.srv)?;
+    wait_port(&net.cli, SocketAddr::from((SERVER_V4, ORIGIN_DIRECT)))
+        .context("the origin in the server namespace is not reachable over the veth")?;
+
+    let secret = "benchsecret0123456789abcdef";
+    let auth = format!("Basic {}", base64(format!("nono:{secret}").as_bytes()));
+    let nono_args = |listen: u16| -> Vec<String> {
+        let mut v = vec![
+            "proxy".to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{listen}"),
+            "--secret".into(),
+            secret.into(),
+            "--resolve".into(),
+            format!("{DOMAIN}={SERVER_V4}"),
+        ];
+        for p in [ORIGIN_NONO, ORIGIN_NONO_DIAG, BULK_PORT, ECHO_PORT] {
+            v.push("--allow-domain".into());
+            v.push(format!("{DOMAIN}:{p}"));
+        }
+        v
+    };
+
+    println!(
+        "\nnono-agent proxy benchmark ({} cores; client, proxies and origin share them)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("agent: {}", agent.display());
+    println!(
+        "versions: {} | {}",
+        tools.tinyproxy_version, tools.squid_version
+    );
+
+    let mut report = String::new();
+    let result = sections(
+        &opts,
+        &net,
+        &tmp,
+        &server,
+        &tools,
+        &agent,
+        &auth,
+        &nono_args,
+        &mut report,
+    );
+    drop(server);
+    drop(net);
+    drop(tmp);
+    println!("{report}");
+    result?;
+    println!("\nbench-proxy finished in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// Runs the selected sections, appending each one's table to `report` as
+/// soon as it is complete (so a failure later still shows what was measured).
+#[allow(clippy::too_many_arguments)]
+fn sections(
+    opts: &Opts,
+    net: &Net,
+    tmp: &TempDir,
+    server: &Server,
+    tools: &Tools,
+    agent: &Path,
+    auth: &str,
+    nono_args: &dyn Fn(u16) -> Vec<String>,
+    report: &mut String,
+) -> Result<()> {
+    if opts.wants("tunnel") || opts.wants("http") {
+        let nono = Proc::spawn_in(
+            &net.cli,
+            "nono-agent proxy",
+            Command::new(agent).args(nono_args(PORT_NONO)),
+            &tmp.path.join("nono.log"),
+        )?;
+        let tiny = start_tinyproxy(net, tmp, tools)?;
+        let squid = start_squid(net, tmp, tools)?;
+        for (name, port) in [
+            ("nono-agent proxy", PORT_NONO),
+            ("tinyproxy", PORT_TINYPROXY),
+            ("squid", PORT_SQUID),
+        ] {
+            wait_port(&net.cli, SocketAddr::from((Ipv4Addr::LOCALHOST, port))).with_context(
+                || {
+                    format!(
+                        "{name} did not start listening (logs in {})",
+                        tmp.path.display()
+                    )
+                },
+            )?;
+        }
+        let proxies = [
+            ProxyUnderTest {
+                name: "nono-agent proxy",
+                port: PORT_NONO,
+                http_authority: format!("{DOMAIN}:{ORIGIN_NONO}"),
+                origin_port: ORIGIN_NONO,
+                tunnel_target: format!("{DOMAIN}:{BULK_PORT}"),
+                auth: Some(auth.to_string()),
+                pid: nono.pid(),
+            },
+            ProxyUnderTest {
+                name: "tinyproxy",
+                port: PORT_TINYPROXY,
+                http_authority: format!("{SERVER_V4}:{ORIGIN_TINYPROXY}"),
+                origin_port: ORIGIN_TINYPROXY,
+                tunnel_target: format!("{SERVER_V4}:{BULK_PORT}"),
+                auth: None,
+                pid: tiny.pid(),
+            },
+            ProxyUnderTest {
+                name: "squid",
+                port: PORT_SQUID,
+                http_authority: format!("{DOMAIN}:{ORIGIN_SQUID}"),
+                origin_port: ORIGIN_SQUID,
+                tunnel_target: format!("{DOMAIN}:{BULK_PORT}"),
+                auth: None,
+                pid: squid.pid(),
+            },
+        ];
+        for p in &proxies {
+            sanity_check(&net.cli, p)?;
+        }
+        if opts.wants("tunnel") {
+            let t = bench_tunnels(net, opts, &proxies)?;
+            report.push_str(&t);
+        }
+        if opts.wants("http") {
+            let h = bench_http(net, opts, tmp, server, &tools.wrk, &proxies)?;
+            report.push_str(&h);
+        }
+        drop(squid);
+        drop(tiny);
+        drop(nono);
+    }
+
+    if opts.wants("memory") {
+        let m = bench_memory(net, opts, agent, tmp, nono_args, auth)?;
+        report.push_str(&m);
+    }
+
+    Ok(())
+}
+
+fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"nono:s3cret"), "bm9ubzpzM2NyZXQ=");
+    }
+}

@@ -1,0 +1,184 @@
+//! Section 1: CONNECT tunnel throughput against a direct connection.
+
+use anyhow::{bail, Result};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Instant;
+
+use super::measure::{clock_ticks, cpu_ticks, machine_jiffies};
+use super::proxies::{open_tunnel, ProxyUnderTest};
+use super::rig::{in_netns, Net};
+use super::{Opts, BULK_PORT, SERVER_V4};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Dir {
+    Up,
+    Down,
+}
+
+/// One transfer of `bytes`; returns MB/s (10^6 bytes per second).
+fn transfer(mut s: TcpStream, dir: Dir, bytes: u64) -> Result<f64> {
+    let mut hdr = [0u8; 9];
+    hdr[0] = if dir == Dir::Up { b'U' } else { b'D' };
+    hdr[1..].copy_from_slice(&bytes.to_le_bytes());
+    let mut buf = vec![0xa5u8; 256 * 1024];
+    let t = Instant::now();
+    s.write_all(&hdr)?;
+    match dir {
+        Dir::Up => {
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                s.write_all(&buf[..n])?;
+                left -= n as u64;
+            }
+            let mut ack = [0u8; 8];
+            s.read_exact(&mut ack)?;
+            if u64::from_le_bytes(ack) != bytes {
+                bail!(
+                    "server received {} of {bytes} bytes",
+                    u64::from_le_bytes(ack)
+                );
+            }
+        }
+        Dir::Down => {
+            let mut got = 0u64;
+            loop {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                got += n as u64;
+            }
+            if got != bytes {
+                bail!("received {got} of {bytes} bytes");
+            }
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let _ = s.shutdown(Shutdown::Both);
+    Ok(bytes as f64 / secs / 1e6)
+}
+
+/// One transfer's figures.
+#[derive(Clone, Copy, Default)]
+struct Transfer {
+    pub(super) mbps: f64,
+    /// CPU seconds the proxy process used per GiB moved.
+    pub(super) proxy_cpu_per_gib: Option<f64>,
+    /// Share of the machine's CPUs busy during the transfer (0..1).
+    pub(super) machine_busy: f64,
+}
+
+pub(super) fn bench_tunnels(net: &Net, opts: &Opts, proxies: &[ProxyUnderTest]) -> Result<String> {
+    let bytes = opts.mib * 1024 * 1024;
+    println!(
+        "\n[1/3] tunnel throughput: {} MiB each way, best of {} (direct and ours alternate)...",
+        opts.mib, opts.rounds
+    );
+    let direct = SocketAddr::from((SERVER_V4, BULK_PORT));
+    let tck = clock_ticks();
+    let measure = |via: Option<&ProxyUnderTest>, dir: Dir| -> Result<Transfer> {
+        let pid = via.map(|p| p.pid);
+        let via = via.map(|p| (p.addr(), p.connect_request()));
+        let cpu0 = pid.map(cpu_ticks);
+        let m0 = machine_jiffies();
+        let mbps = in_netns(&net.cli, move || {
+            let s = match &via {
+                None => {
+                    let s = TcpStream::connect(direct)?;
+                    s.set_nodelay(true)?;
+                    s
+                }
+                Some((addr, req)) => open_tunnel(*addr, req)?,
+            };
+            transfer(s, dir, bytes)
+        })?;
+        let m1 = machine_jiffies();
+        let gib = bytes as f64 / f64::from(1u32 << 30);
+        Ok(Transfer {
+            mbps,
+            proxy_cpu_per_gib: pid
+                .zip(cpu0)
+                .map(|(p, c0)| (cpu_ticks(p) - c0) as f64 / tck / gib),
+            machine_busy: (m1.0 - m0.0) as f64 / (m1.1 - m0.1).max(1) as f64,
+        })
+    };
+    let nono = &proxies[0];
+    let mut best: HashMap<(&str, bool), Transfer> = HashMap::new();
+    let mut keep = |k: (&'static str, bool), v: Transfer| {
+        let e = best.entry(k).or_default();
+        if v.mbps > e.mbps {
+            *e = v;
+        }
+    };
+    for round in 0..opts.rounds {
+        for dir in [Dir::Up, Dir::Down] {
+            let up = dir == Dir::Up;
+            if round % 2 == 0 {
+                keep(("direct", up), measure(None, dir)?);
+                keep((nono.name, up), measure(Some(nono), dir)?);
+            } else {
+                keep((nono.name, up), measure(Some(nono), dir)?);
+                keep(("direct", up), measure(None, dir)?);
+            }
+        }
+    }
+    // The other proxies once, for context.
+    for p in &proxies[1..] {
+        for dir in [Dir::Up, Dir::Down] {
+            match measure(Some(p), dir) {
+                Ok(v) => keep((p.name, dir == Dir::Up), v),
+                Err(e) => eprintln!("bench-proxy: {} tunnel failed: {e:#}", p.name),
+            }
+        }
+    }
+    let mut out = format!(
+        "\n== 1. CONNECT tunnel bulk throughput, {} MiB per transfer, MB/s (10^6 B/s), best of {} for direct and ours ==\n",
+        opts.mib, opts.rounds
+    );
+    let _ = writeln!(
+        out,
+        "{:<28} {:>8} {:>9} {:>10} {:>10} {:>14} {:>14}",
+        "path", "upload", "download", "up/direct", "down/direct", "proxy CPU s/GiB", "machine busy"
+    );
+    let (du, dd) = (best[&("direct", true)].mbps, best[&("direct", false)].mbps);
+    let mut row = |name: &str, label: &str| {
+        let (u, d) = (best.get(&(name, true)), best.get(&(name, false)));
+        let f = |v: Option<&Transfer>| v.map_or("failed".to_string(), |v| format!("{:.0}", v.mbps));
+        let r = |v: Option<&Transfer>, base: f64| {
+            v.map_or("-".to_string(), |v| format!("{:.2}x", v.mbps / base))
+        };
+        let both = |g: &dyn Fn(&Transfer) -> String| {
+            format!(
+                "{}/{}",
+                u.map_or("-".to_string(), g),
+                d.map_or("-".to_string(), g)
+            )
+        };
+        let _ = writeln!(
+            out,
+            "{:<28} {:>8} {:>9} {:>10} {:>10} {:>14} {:>14}",
+            label,
+            f(u),
+            f(d),
+            r(u, du),
+            r(d, dd),
+            both(&|t| t
+                .proxy_cpu_per_gib
+                .map_or("-".to_string(), |c| format!("{c:.2}"))),
+            both(&|t| format!("{:.0}%", t.machine_busy * 100.0)),
+        );
+    };
+    row("direct", "direct (veth, no proxy)");
+    row(nono.name, "nono-agent proxy CONNECT");
+    row("tinyproxy", "tinyproxy CONNECT (1 run)");
+    row("squid", "squid CONNECT (1 run)");
+    let _ = writeln!(
+        out,
+        "CPU and busy columns are upload/download. goal: nono-agent >= 0.90x direct"
+    );
+    Ok(out)
+}
