@@ -91,6 +91,10 @@ pub enum Reason {
     /// A unix socket path naming a host daemon's socket the sandbox may not
     /// connect or send to.
     DaemonSocket = 30,
+    /// `SCM_CREDENTIALS` naming another process than the sender (the kernel
+    /// refuses that to an unprivileged sender; the supervisor, which sends
+    /// with its own rights, refuses it for the sandbox).
+    ForeignCredentials = 31,
 }
 
 impl Reason {
@@ -118,6 +122,7 @@ impl Reason {
             28 => Some(Self::InboundFilter),
             29 => Some(Self::WildcardListener),
             30 => Some(Self::DaemonSocket),
+            31 => Some(Self::ForeignCredentials),
             _ => None,
         }
     }
@@ -146,6 +151,7 @@ impl Reason {
             Self::InboundFilter => "inbound-filter-not-applied",
             Self::WildcardListener => "wildcard-listener-without-inbound-filter",
             Self::DaemonSocket => "daemon-socket-not-allowed",
+            Self::ForeignCredentials => "foreign-credentials",
         }
     }
 }

@@ -31,7 +31,8 @@ pub struct RefusedControl {
     pub ty: i32,
     /// When it is refused.
     pub rule: ControlRule,
-    /// The denial reason (as the supervisor has always reported it).
+    /// The denial reason: what the message would have done, as the
+    /// setsockopt table names the same effect.
     pub reason: Reason,
 }
 
@@ -55,18 +56,23 @@ const fn refused(level: i32, ty: i32, rule: ControlRule, reason: Reason) -> Refu
 ///   the sandbox.
 pub const REFUSED_CONTROL: [RefusedControl; 8] = {
     use ControlRule::*;
-    use Reason::{LoopbackOffDevice, SocketOption};
+    use Reason::{ForeignCredentials, LoopbackOffDevice, SocketOption};
     [
         refused(SOL_IP, IP_OPTIONS, Refuse, SocketOption),
         refused(SOL_IP, IP_RETOPTS, Refuse, SocketOption),
         // struct in_pktinfo { int ipi_ifindex; ... }
-        refused(SOL_IP, IP_PKTINFO, IfindexAt(0), SocketOption),
+        refused(SOL_IP, IP_PKTINFO, IfindexAt(0), LoopbackOffDevice),
         refused(SOL_IPV6, IPV6_2292RTHDR, Refuse, SocketOption),
         refused(SOL_IPV6, IPV6_2292PKTOPTIONS, Refuse, SocketOption),
         refused(SOL_IPV6, IPV6_RTHDR, Refuse, SocketOption),
         // struct in6_pktinfo { struct in6_addr ipi6_addr; int ipi6_ifindex; }
         refused(SOL_IPV6, IPV6_PKTINFO, IfindexAt(16), LoopbackOffDevice),
-        refused(SOL_SOCKET, SCM_CREDENTIALS, OwnCredentials, SocketOption),
+        refused(
+            SOL_SOCKET,
+            SCM_CREDENTIALS,
+            OwnCredentials,
+            ForeignCredentials,
+        ),
     ]
 };
 

@@ -218,7 +218,7 @@ fn pktinfo_control_messages_may_not_choose_an_interface() {
     v4[0] = 2;
     assert_eq!(
         decide_control(SOL_IP, IP_PKTINFO, &v4, NOT_SENDER),
-        Decision::deny(Reason::SocketOption)
+        Decision::deny(Reason::LoopbackOffDevice)
     );
     let mut v6 = [0u8; 20];
     v6[0] = 0xff; // the address alone chooses no interface
@@ -237,7 +237,7 @@ fn credentials_must_name_the_sender() {
     use crate::decision::sockopt::*;
     assert_eq!(
         decide_control(SOL_SOCKET, SCM_CREDENTIALS, &[0; 12], NOT_SENDER),
-        Decision::deny(Reason::SocketOption)
+        Decision::deny(Reason::ForeignCredentials)
     );
     let me = ControlContext { names_sender: true };
     assert!(decide_control(SOL_SOCKET, SCM_CREDENTIALS, &[0; 12], me).allow);
@@ -258,6 +258,7 @@ fn reasons_round_trip() {
         "wildcard-listener-without-inbound-filter"
     );
     assert_eq!(Reason::DaemonSocket.name(), "daemon-socket-not-allowed");
+    assert_eq!(Reason::ForeignCredentials.name(), "foreign-credentials");
 }
 
 #[test]

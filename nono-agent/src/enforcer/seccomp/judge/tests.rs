@@ -107,7 +107,7 @@ fn control_messages() {
             SOL_IP,
             IP_PKTINFO,
             &[2, 0, 0, 0, 0, 0, 0, 0][..],
-            Reason::SocketOption,
+            Reason::LoopbackOffDevice,
         ),
         (SOL_IPV6, IPV6_RTHDR, &[][..], Reason::SocketOption),
         (SOL_IPV6, IPV6_2292RTHDR, &[][..], Reason::SocketOption),
@@ -122,7 +122,7 @@ fn control_messages() {
             SOL_SOCKET,
             SCM_CREDENTIALS,
             &[0; 12][..],
-            Reason::SocketOption,
+            Reason::ForeignCredentials,
         ),
     ] {
         assert_eq!(
