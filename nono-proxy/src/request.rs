@@ -12,6 +12,9 @@ use crate::policy::Target;
 /// Why an absolute-form request cannot be forwarded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
+    /// A CONNECT whose target is not `host:port` (a port other than 0).
+    #[error("CONNECT needs host:port")]
+    ConnectTarget,
     /// `https://` must go through CONNECT.
     #[error("https:// URLs must be requested with CONNECT (HTTPS_PROXY)")]
     Https,

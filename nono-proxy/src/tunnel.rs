@@ -15,7 +15,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{Hook, Reason, TunnelEnd};
-use crate::server::{admit, dial, empty, text, ProxyBody, Recorder, State};
+use crate::request::RequestError;
+use crate::server::{admit, dial, empty, ProxyBody, Recorder, State};
 
 /// Handles a CONNECT request: admits `host:port`, connects, answers 200 and
 /// tunnels in a task of its own.
@@ -25,21 +26,23 @@ pub(crate) async fn connect(
     started: Instant,
 ) -> Response<ProxyBody> {
     let uri = req.uri().clone();
-    let (host, port) = match (uri.scheme(), uri.path_and_query(), uri.authority()) {
+    let target = match (uri.scheme(), uri.path_and_query(), uri.authority()) {
         (None, None, Some(a)) => match a.port_u16() {
-            Some(p) if p != 0 => (a.host().to_string(), p),
-            _ => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    "nono-agent proxy: CONNECT needs host:port",
-                )
-            }
+            Some(p) if p != 0 => Ok((a.host().to_string(), p)),
+            _ => Err(a.as_str().to_string()),
         },
-        _ => {
-            return text(
+        _ => Err(uri.to_string()),
+    };
+    let (host, port) = match target {
+        Ok(t) => t,
+        // Refused like any other request: answered and recorded (with what
+        // the client sent as the host), so no refusal goes uncounted.
+        Err(raw) => {
+            let d = Recorder::new(&state, Hook::Connect, raw, 0, started);
+            return d.deny(
                 StatusCode::BAD_REQUEST,
-                "nono-agent proxy: CONNECT needs host:port",
-            )
+                Reason::BadRequest(RequestError::ConnectTarget),
+            );
         }
     };
     let mut d = Recorder::new(&state, Hook::Connect, host, port, started);

@@ -183,3 +183,37 @@ fn child_gets_the_proxy_environment() {
         .to_string();
     assert_ne!(parse_proxy_url(&url2).map(|x| x.0), Some(secret));
 }
+
+/// A CONNECT whose target is not `host:port` is refused with 400 and, like
+/// every other refusal, recorded: no denial goes uncounted.
+#[test]
+fn malformed_connect_is_recorded() {
+    let lab = ProxyLab::new();
+    let events = lab.tmp.path("events.jsonl");
+    let sb = Sandbox::allow(&["allowed.test"]).events(&events);
+    let cases = serde_json::json!([
+        {"name": "no-port", "data": super::raw::connect("allowed.test")},
+        {"name": "port-0", "data": super::raw::connect("allowed.test:0")},
+    ]);
+    let (r, out) = lab.raw(&sb, &cases);
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    for name in ["no-port", "port-0"] {
+        assert_eq!(r[name]["status"], 400, "{name}: {}", r[name]);
+        let body = r[name]["body"].as_str().unwrap_or_default();
+        assert!(body.contains("CONNECT needs host:port"), "{name}: {body:?}");
+    }
+    let ev = proxy_events(&events);
+    let refused: Vec<&Value> = ev
+        .iter()
+        .filter(|e| {
+            e["hook"] == "connect"
+                && e["verdict"] == "deny"
+                && e["reason"] == "CONNECT needs host:port"
+        })
+        .collect();
+    assert_eq!(refused.len(), 2, "{ev:#?}");
+    assert!(
+        refused.iter().any(|e| e["host"] == "allowed.test:0"),
+        "the event names what the client sent: {ev:#?}"
+    );
+}
