@@ -253,7 +253,11 @@ async fn handle(
             &state,
             hook,
             req.uri().host().unwrap_or("").to_string(),
-            req.uri().port_u16().unwrap_or(0),
+            // As the forwarding path records a request without a port.
+            req.uri().port_u16().unwrap_or(match hook {
+                Hook::Http => 80,
+                Hook::Connect => 0,
+            }),
             started,
         );
         let mut r = d.deny(
