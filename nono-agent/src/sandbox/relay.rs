@@ -223,19 +223,26 @@ impl State {
             }
         }
         // The command has exited: what it wrote is in the master's buffer.
+        self.flush_output();
+        self.modes.restore()?;
+        Ok(())
+    }
+
+    /// Copies what the master holds now to the caller's terminal.
+    fn flush_output(&mut self) {
         if self.master_open {
             while let ReadResult::Data(b) = read_fd(self.master.get_ref().as_raw_fd()) {
                 write_all(self.out_fd, &b);
             }
         }
-        self.modes.restore()?;
-        Ok(())
     }
 
     /// The command stopped with `sig`: give the terminal back and stop the
     /// agent like the command (sudo's `suspend_sudo_pty`); then, continued,
     /// take the terminal again and continue the command.
     fn suspend(&mut self, sig: i32) -> Result<(), Error> {
+        // The pty's echo of the suspend character (`^Z`) goes out first.
+        self.flush_output();
         self.modes.restore()?;
         let sig = if sig == libc::SIGSTOP {
             libc::SIGSTOP
