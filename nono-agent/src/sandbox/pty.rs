@@ -261,3 +261,76 @@ impl Drop for RawMode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd as _;
+
+    /// A pty standing for the caller's terminal, with a window size.
+    fn caller() -> Pty {
+        let p = Pty::open_like(plain_slave().as_fd()).unwrap();
+        let ws = libc::winsize {
+            ws_row: 33,
+            ws_col: 111,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        set_window_size(p.master.as_fd(), &ws).unwrap();
+        p
+    }
+
+    /// A slave with default modes (its master closes with the test).
+    fn plain_slave() -> OwnedFd {
+        let (mut m, mut s) = (0, 0);
+        // SAFETY: out-pointers for two fds; no name, termios or winsize.
+        let r = unsafe {
+            libc::openpty(
+                &mut m,
+                &mut s,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(r, 0);
+        // SAFETY: openpty returned two fds; the slave is ours, the master
+        // stays open until the process ends (tests only).
+        unsafe { OwnedFd::from_raw_fd(s) }
+    }
+
+    #[test]
+    fn pair_copies_modes_and_window_size_and_is_close_on_exec() {
+        let outer = caller();
+        let mut t = get_attr(outer.slave.as_raw_fd()).unwrap();
+        t.c_lflag &= !libc::ECHO;
+        set_attr(outer.slave.as_raw_fd(), &t).unwrap();
+        let inner = Pty::open_like(outer.slave.as_fd()).unwrap();
+        let ws = window_size(inner.slave.as_fd()).unwrap();
+        assert_eq!((ws.ws_row, ws.ws_col), (33, 111));
+        let it = get_attr(inner.slave.as_raw_fd()).unwrap();
+        assert_eq!(it.c_lflag & libc::ECHO, 0);
+        for fd in [&inner.master, &inner.slave] {
+            // SAFETY: integer-only fcntl.
+            let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+            assert_ne!(fl & libc::FD_CLOEXEC, 0);
+        }
+    }
+
+    #[test]
+    fn raw_mode_is_restored_on_drop() {
+        let outer = caller();
+        let fd = outer.slave.as_raw_fd();
+        let before = get_attr(fd).unwrap();
+        {
+            let mut r = RawMode::new(fd).unwrap();
+            r.raw().unwrap();
+            assert!(r.is_raw());
+            assert_eq!(get_attr(fd).unwrap().c_lflag & libc::ICANON, 0);
+        }
+        let after = get_attr(fd).unwrap();
+        assert_eq!(before.c_lflag, after.c_lflag);
+        assert_eq!(before.c_iflag, after.c_iflag);
+        assert_eq!(before.c_oflag, after.c_oflag);
+    }
+}
