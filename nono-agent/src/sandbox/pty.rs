@@ -224,6 +224,15 @@ impl RawMode {
     /// characters, no output processing): every byte goes to the command's
     /// pty, whose own line discipline does all that.
     pub fn raw(&mut self) -> Result<(), Error> {
+        if self.raw {
+            return Ok(());
+        }
+        // The modes to come back to are those of now (after a suspension,
+        // the shell that continued us may have set others).
+        self.saved = get_attr(self.fd).map_err(|source| Error::Attributes {
+            what: "reading the caller's terminal modes",
+            source,
+        })?;
         let mut t = self.saved;
         // SAFETY: cfmakeraw edits the struct in place.
         unsafe { libc::cfmakeraw(&mut t) };

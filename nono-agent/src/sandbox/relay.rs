@@ -15,7 +15,8 @@
 //!   as sudo does); once continued (`fg`), raw mode comes back, the window
 //!   size is copied again and the pty's foreground group is continued.
 //!   A background agent leaves the terminal's modes alone and does not read
-//!   it; SIGCONT makes it look again.
+//!   it; SIGCONT, or a check every 100 ms while in the background (`fg` of
+//!   a running job sends no SIGCONT), makes it take the terminal again.
 //! * Ctrl-C needs nothing: the byte reaches the pty, whose line discipline
 //!   sends SIGINT to its foreground group.
 
@@ -101,6 +102,8 @@ struct State {
     input: Vec<u8>,
     /// Whether stdin is read (foreground agent, terminal still there).
     reading: bool,
+    /// The caller's terminal hung up: never read again.
+    stdin_gone: bool,
     /// Whether the master still reads (a slave is open somewhere).
     master_open: bool,
 }
@@ -138,6 +141,7 @@ impl State {
             out_fd,
             input: Vec::new(),
             reading: false,
+            stdin_gone: false,
             master_open: true,
         };
         s.take_terminal()?;
@@ -147,7 +151,9 @@ impl State {
     /// Raw mode and reading stdin when the agent is in the foreground;
     /// modes restored and stdin left alone when it is not.
     fn take_terminal(&mut self) -> Result<(), Error> {
-        if pty::in_foreground(0) {
+        if self.stdin_gone {
+            self.reading = false;
+        } else if pty::in_foreground(0) {
             if !self.modes.is_raw() {
                 self.modes.raw()?;
             }
@@ -171,6 +177,9 @@ impl State {
     async fn run(mut self, mut done: oneshot::Receiver<()>) -> Result<(), Error> {
         let mut winch = signal(SignalKind::window_change()).map_err(watch("SIGWINCH"))?;
         let mut cont = signal(SignalKind::from_raw(libc::SIGCONT)).map_err(watch("SIGCONT"))?;
+        // A background agent looks for the terminal now and then: a shell's
+        // `fg` of a job that is running sends no SIGCONT.
+        let mut background = tokio::time::interval(std::time::Duration::from_millis(100));
         loop {
             let want_stdin = self.reading && self.input.len() < BUF;
             let want_write = self.master_open && !self.input.is_empty();
@@ -189,7 +198,10 @@ impl State {
                     match read_available(0, BUF - self.input.len()) {
                         ReadResult::Data(b) => self.input.extend_from_slice(&b),
                         ReadResult::WouldBlock => g.clear_ready(),
-                        ReadResult::Closed => self.reading = false,
+                        ReadResult::Closed => {
+                            self.stdin_gone = true;
+                            self.reading = false;
+                        }
                     }
                 }
                 r = self.master.writable(), if want_write => {
@@ -207,6 +219,11 @@ impl State {
                 }
                 _ = winch.recv() => self.copy_window_size(),
                 _ = cont.recv() => self.take_terminal()?,
+                _ = background.tick(), if !self.reading && !self.stdin_gone => {
+                    if pty::in_foreground(0) {
+                        self.take_terminal()?;
+                    }
+                }
                 r = async { self.stop_pipe.as_ref()?.readable().await.ok() }, if self.stop_pipe.is_some() => {
                     if let Some(mut g) = r {
                         match read_fd(g.get_ref().as_raw_fd()) {
