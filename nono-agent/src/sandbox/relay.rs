@@ -14,7 +14,8 @@
 //!   modes are restored and the agent stops itself (its process group too,
 //!   as sudo does); once continued (`fg`), raw mode comes back, the window
 //!   size is copied again and the pty's foreground group is continued.
-//!   A background agent leaves the terminal's modes alone and does not read
+//!   A SIGTSTP sent to the agent itself is handled the same way (without
+//!   stopping its process group). A background agent leaves the terminal's modes alone and does not read
 //!   it; SIGCONT, or a check every 100 ms while in the background (`fg` of
 //!   a running job sends no SIGCONT), makes it take the terminal again.
 //! * Ctrl-C needs nothing: the byte reaches the pty, whose line discipline
@@ -177,6 +178,9 @@ impl State {
     async fn run(mut self, mut done: oneshot::Receiver<()>) -> Result<(), Error> {
         let mut winch = signal(SignalKind::window_change()).map_err(watch("SIGWINCH"))?;
         let mut cont = signal(SignalKind::from_raw(libc::SIGCONT)).map_err(watch("SIGCONT"))?;
+        // SIGTSTP sent to the agent itself (`kill -TSTP`): stop with the
+        // caller's modes restored, like a stop of the command.
+        let mut tstp = signal(SignalKind::from_raw(libc::SIGTSTP)).map_err(watch("SIGTSTP"))?;
         // A background agent looks for the terminal now and then: a shell's
         // `fg` of a job that is running sends no SIGCONT.
         let mut background = tokio::time::interval(std::time::Duration::from_millis(100));
@@ -219,6 +223,7 @@ impl State {
                 }
                 _ = winch.recv() => self.copy_window_size(),
                 _ = cont.recv() => self.take_terminal()?,
+                _ = tstp.recv() => self.suspend(libc::SIGTSTP, false)?,
                 _ = background.tick(), if !self.reading && !self.stdin_gone => {
                     if pty::in_foreground(0) {
                         self.take_terminal()?;
@@ -229,7 +234,7 @@ impl State {
                         match read_fd(g.get_ref().as_raw_fd()) {
                             ReadResult::Data(b) => {
                                 if let Some(&sig) = b.last() {
-                                    self.suspend(i32::from(sig))?;
+                                    self.suspend(i32::from(sig), true)?;
                                 }
                             }
                             ReadResult::WouldBlock => g.clear_ready(),
@@ -257,7 +262,7 @@ impl State {
     /// The command stopped with `sig`: give the terminal back and stop the
     /// agent like the command (sudo's `suspend_sudo_pty`); then, continued,
     /// take the terminal again and continue the command.
-    fn suspend(&mut self, sig: i32) -> Result<(), Error> {
+    fn suspend(&mut self, sig: i32, whole_group: bool) -> Result<(), Error> {
         // The pty's echo of the suspend character (`^Z`) goes out first.
         self.flush_output();
         self.modes.restore()?;
@@ -266,14 +271,20 @@ impl State {
         } else {
             libc::SIGTSTP
         };
-        // SAFETY: signals to our own process group and this very thread:
-        // a thread-directed stop signal stops the whole agent before tgkill
+        // SAFETY: the default action for SIGTSTP while we stop ourselves
+        // (the relay catches it otherwise), put back afterwards; then
+        // signals to our own process group and this very thread: a
+        // thread-directed stop signal stops the whole agent before tgkill
         // returns, so the terminal is taken again only once continued. A
         // SIGTSTP to an orphaned process group (no shell to continue us) is
         // discarded by the kernel: we then simply go on.
         unsafe {
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            let mut old: libc::sigaction = std::mem::zeroed();
+            let swapped = libc::sigaction(libc::SIGTSTP, &dfl, &mut old) == 0;
             let pgrp = libc::getpgrp();
-            if pgrp != libc::getpid() {
+            if whole_group && pgrp != libc::getpid() {
                 libc::kill(-pgrp, sig);
             }
             libc::syscall(
@@ -282,6 +293,9 @@ impl State {
                 libc::syscall(libc::SYS_gettid),
                 sig,
             );
+            if swapped {
+                libc::sigaction(libc::SIGTSTP, &old, std::ptr::null_mut());
+            }
         }
         self.take_terminal()?;
         let master = self.master.get_ref().as_raw_fd();
