@@ -1,8 +1,9 @@
 //! The command's own pseudo-terminal, seen from a real terminal (tmux): a
 //! shell under `nono-agent exec` echoes and runs what is typed, follows the
 //! window size, is interrupted by Ctrl-C, passes its exit code back, and the
-//! caller's terminal modes are the same afterwards; Ctrl-Z stops the whole
-//! `nono-agent exec` job for the outer shell and `fg` continues it.
+//! caller's terminal modes are the same afterwards; Ctrl-Z (and a SIGTSTP
+//! sent to the agent) stops the whole `nono-agent exec` job for the outer
+//! shell with the caller's modes restored, and `fg` continues it.
 //!
 //! Every wait polls `capture-pane` with a deadline; no sleep is an
 //! assertion. No network is used.
@@ -104,6 +105,21 @@ impl Tmux {
     /// the typed command, which carries a prompt).
     fn wait_line(&self, line: &str) {
         self.wait_for(line, |l| l.iter().any(|x| x == line));
+    }
+
+    /// The pid of the outer shell's (only) child: the agent (setpriv
+    /// execs it).
+    fn shell_child(&self) -> i32 {
+        let out = self.run(&["display-message", "-p", "#{pane_pid}"]);
+        let shell = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let kids = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+            .expect("the shell's children");
+        let kids: Vec<i32> = kids
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        assert_eq!(kids.len(), 1, "the outer shell's children: {kids:?}");
+        kids[0]
     }
 
     /// How many outer prompts the pane shows.
@@ -225,6 +241,20 @@ pub(super) fn ctrl_z_stops_the_whole_job_and_fg_continues_it(e: Enforcement) {
     // cat's copy.
     t.wait_for("cat running again", |l| {
         l.iter().filter(|x| x.ends_with("two")).count() >= 2
+    });
+    // SIGTSTP sent to the agent itself (not through the terminal): the
+    // same, the caller's modes restored.
+    let agent = t.shell_child();
+    t.then_outer_prompt("the outer prompt after SIGTSTP", || {
+        // SAFETY: a signal to the test's own agent process.
+        unsafe { libc::kill(agent, libc::SIGTSTP) };
+    });
+    t.type_line("[ \"$(stty -g)\" = \"$B\" ] && echo tstp-modes-$((6+6))");
+    t.wait_line("tstp-modes-12");
+    t.type_line("fg");
+    t.type_line("three");
+    t.wait_for("cat running after SIGTSTP", |l| {
+        l.iter().filter(|x| x.ends_with("three")).count() >= 2
     });
     t.then_outer_prompt("the outer prompt after Ctrl-D", || t.key("C-d"));
     t.type_line("echo rc=$?");
