@@ -407,12 +407,13 @@ const FORWARDED: [libc::c_int; 8] = [
 /// pid 1 of the sandbox's pid namespace (or, unprivileged on a
 /// pseudo-terminal, the session leader that keeps the command's process
 /// group from being orphaned, as sudo's monitor does): starts the command,
-/// forwards
-/// signals sent to it by a process (the agent), reaps orphans, and exits with
-/// the command's status; the kernel then kills whatever is left in the
-/// namespace. With `stop_report`, it writes the signal that stopped the
-/// command there (the agent cannot see its grandchild stop). Syscalls only,
-/// like the rest of the child.
+/// forwards signals sent to it by a process (the agent), reaps orphans, and
+/// exits with the command's status; the kernel then kills whatever is left
+/// in the namespace (without one, the agent does). With `stop_report` (a
+/// pseudo-terminal), the command gets its own process group in the pty's
+/// foreground, and the signal that stops it is written there (the agent
+/// cannot see its grandchild stop). Syscalls only, like the rest of the
+/// child.
 fn init_main(cmd: &Prepared, report: RawFd, stop_report: Option<RawFd>) -> ! {
     // SAFETY: raw syscalls on prepared data; no allocation.
     unsafe {
