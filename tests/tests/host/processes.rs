@@ -220,11 +220,21 @@ pub(super) fn terminal_injection_is_refused(e: Enforcement) {
     cmd.args([
         PYTHON,
         "-c",
-        "import os, termios; termios.tcgetattr(0); print(os.isatty(0), os.ttyname(0))",
+        "import os, termios; termios.tcgetattr(0); print(os.isatty(0), os.ttyname(0)); \
+         fds = os.listdir('/proc/self/fd'); \
+         print(*[os.readlink(f'/proc/self/fd/{f}') for f in fds if os.path.exists(f'/proc/self/fd/{f}')])",
     ]);
     let (out, _, outer) = run_on_named_pty(cmd);
-    let inner = out
-        .stdout
+    let mut lines = out.stdout.lines();
+    let (first, fds) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    // No pty master (ptmx) among the command's descriptors.
+    assert!(
+        !fds.is_empty() && !fds.contains("ptmx"),
+        "{}: descriptors {fds:?}: {}",
+        e.label(),
+        out.describe()
+    );
+    let inner = first
         .trim()
         .strip_prefix("True ")
         .unwrap_or_else(|| panic!("{}: no terminal as stdin: {}", e.label(), out.describe()));
