@@ -92,7 +92,18 @@ impl AsRawFd for Stdin {
 
 const BUF: usize = 4096;
 
+/// The signals the relay handles, registered before it takes the terminal
+/// (none is missed once the relay is started).
+struct Signals {
+    winch: tokio::signal::unix::Signal,
+    cont: tokio::signal::unix::Signal,
+    /// SIGTSTP sent to the agent itself (`kill -TSTP`): stop with the
+    /// caller's modes restored, like a stop of the command.
+    tstp: tokio::signal::unix::Signal,
+}
+
 struct State {
+    signals: Option<Signals>,
     master: AsyncFd<OwnedFd>,
     stdin: AsyncFd<Stdin>,
     modes: RawMode,
@@ -134,7 +145,13 @@ impl State {
                 what: "the stop pipe",
                 source: e.into_parts().1,
             })?;
+        let signals = Signals {
+            winch: signal(SignalKind::window_change()).map_err(watch("SIGWINCH"))?,
+            cont: signal(SignalKind::from_raw(libc::SIGCONT)).map_err(watch("SIGCONT"))?,
+            tstp: signal(SignalKind::from_raw(libc::SIGTSTP)).map_err(watch("SIGTSTP"))?,
+        };
         let mut s = Self {
+            signals: Some(signals),
             master,
             stdin,
             modes,
@@ -176,11 +193,14 @@ impl State {
     }
 
     async fn run(mut self, mut done: oneshot::Receiver<()>) -> Result<(), Error> {
-        let mut winch = signal(SignalKind::window_change()).map_err(watch("SIGWINCH"))?;
-        let mut cont = signal(SignalKind::from_raw(libc::SIGCONT)).map_err(watch("SIGCONT"))?;
-        // SIGTSTP sent to the agent itself (`kill -TSTP`): stop with the
-        // caller's modes restored, like a stop of the command.
-        let mut tstp = signal(SignalKind::from_raw(libc::SIGTSTP)).map_err(watch("SIGTSTP"))?;
+        let Signals {
+            mut winch,
+            mut cont,
+            mut tstp,
+        } = self
+            .signals
+            .take()
+            .ok_or_else(|| Error::Task("started twice".into()))?;
         // A background agent looks for the terminal now and then: a shell's
         // `fg` of a job that is running sends no SIGCONT.
         let mut background = tokio::time::interval(std::time::Duration::from_millis(100));
