@@ -1,10 +1,11 @@
 //! Forwarding termination signals to the child.
 //!
-//! The child shares the agent's process group, so a signal the terminal
-//! generates (Ctrl-C, Ctrl-\, hangup) already reaches it; forwarding those
-//! again would deliver them twice. Only signals sent to the agent itself
-//! (`kill`, a supervisor, a CI runner) are forwarded. The origin comes from
-//! `siginfo`, which signal-hook's `WithOrigin` exposes.
+//! The child runs in a session of its own (see `sandbox::child`), outside
+//! the caller's process group and terminal: a signal the caller's terminal
+//! generates (Ctrl-C, Ctrl-\, hangup) reaches the agent only, so every
+//! signal is forwarded, whoever sent it. With a pseudo-terminal the caller's
+//! terminal is in raw mode and Ctrl-C reaches the command through its own
+//! pty instead (see `sandbox::relay`).
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::exfiltrator::WithOrigin;
@@ -29,13 +30,6 @@ impl Forwarder {
             .name("nono-signals".into())
             .spawn(move || {
                 for origin in signals.forever() {
-                    // SI_USER / SI_QUEUE / tkill: someone sent it to us; the
-                    // kernel (tty) also signalled the child's group.
-                    let from_kernel =
-                        matches!(origin.cause, signal_hook::low_level::siginfo::Cause::Kernel);
-                    if from_kernel {
-                        continue;
-                    }
                     let pid = target.load(Ordering::SeqCst);
                     if pid > 0 {
                         // SAFETY: kill(2) with a pid we spawned; at worst it

@@ -6,9 +6,12 @@
 //!   programs alone (and for checking the toolchain).
 //! - `bench`: start-up and per-connect overhead of the sandbox, side by side
 //!   with running the same thing unsandboxed, in one run.
+//! - `bench-pty`: keystroke echo round trip through the agent's
+//!   pseudo-terminal relay vs `cat` on a terminal directly.
 
 mod bench;
 mod bench_proxy;
+mod bench_pty;
 
 use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
@@ -20,11 +23,12 @@ fn main() -> Result<()> {
         Some("build-ebpf") => build_ebpf(),
         Some("bench") => bench::run(&workspace_root(), &args[1..]),
         Some("bench-proxy") => bench_proxy::run(&workspace_root(), &args[1..]),
+        Some("bench-pty") => bench_pty::run(&workspace_root(), &args[1..]),
         // Internal: the workload `bench` runs inside and outside a sandbox.
         Some("connect-loop") => bench::connect_loop(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build-ebpf | bench [--iterations N] | bench-proxy [--help]>"
+                "usage: cargo xtask <build-ebpf | bench [--iterations N] | bench-proxy [--help] | bench-pty [--keystrokes N] [--agent PATH]>"
             );
             std::process::exit(2);
         }

@@ -21,8 +21,8 @@ use crate::enforcer::{self, Applied, Choice, Host, Requested};
 use crate::events;
 use crate::plan::{self, ExecRequest, Plan};
 use crate::sandbox::{
-    cgroup, child::ChildSetup, command_path, daemons, hide, landlock, privileges, reap, registry,
-    spawn, sweep, teardown::Resources, users,
+    cgroup, child::ChildSetup, command_path, daemons, hide, landlock, privileges, pty, reap,
+    registry, relay, spawn, sweep, teardown::Resources, users,
 };
 use crate::signals::Forwarder;
 use crate::timing::Timing;
@@ -111,6 +111,7 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         Applied::Unenforced => None,
     };
     let self_files: Vec<PathBuf> = plan.events.iter().cloned().collect();
+    let terminal = Terminal::prepare(user.map(|(uid, _)| uid))?;
     let setup = ChildSetup::new(
         privileged,
         &mask_refs,
@@ -120,7 +121,8 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     )?
     .with_landlock(landlock)
     .with_user(user)
-    .with_hidden_sockets(if privileged { &denied_sockets } else { &[] })?;
+    .with_hidden_sockets(if privileged { &denied_sockets } else { &[] })?
+    .with_terminal(terminal.as_ref().map(Terminal::child_side));
 
     let env = child_environment(&plan, &id, &applied, proxy_env);
     let prepared = spawn::Prepared::new(program.as_os_str(), &plan.command, &env)
@@ -157,6 +159,10 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     };
     timing.mark("spawn");
     child_pid.store(child.pid, Ordering::SeqCst);
+    let relay = match terminal {
+        Some(t) => Some(t.start_relay()?),
+        None => None,
+    };
     if let Some(listener) = child.listener.take() {
         let sup = Supervisor::new(
             listener,
@@ -196,6 +202,11 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         }
     }
     drop(exited);
+    if let Some(r) = relay {
+        if let Err(e) = r.finish().await {
+            eprintln!("nono-agent: {}", util::chain(&e));
+        }
+    }
     timing.mark("child ran");
     let status = child
         .reap()
@@ -238,6 +249,54 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         spawn::Exit::Code(c) => c,
         spawn::Exit::Signal(sig) => 128 + sig,
     })
+}
+
+/// The command's own pseudo-terminal, when the agent's stdin is a terminal
+/// (see `sandbox::pty` and `sandbox::relay`).
+struct Terminal {
+    pty: pty::Pty,
+    modes: pty::RawMode,
+    onto: [bool; 3],
+    /// The init's stop reports: read end, write end.
+    stop_pipe: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+}
+
+impl Terminal {
+    fn prepare(uid: Option<libc::uid_t>) -> Result<Option<Self>> {
+        if !pty::is_terminal(0) {
+            return Ok(None);
+        }
+        // SAFETY: fd 0 is open (a terminal) for the whole run.
+        let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
+        let pty = pty::Pty::open_like(stdin)?;
+        if let Some(uid) = uid {
+            pty.chown_slave(uid)
+                .context("giving the pseudo-terminal to the user")?;
+        }
+        Ok(Some(Self {
+            pty,
+            modes: pty::RawMode::new(0)?,
+            onto: [true, pty::is_terminal(1), pty::is_terminal(2)],
+            stop_pipe: nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?,
+        }))
+    }
+
+    fn child_side(&self) -> crate::sandbox::child::Terminal {
+        use std::os::fd::AsRawFd as _;
+        crate::sandbox::child::Terminal {
+            slave: self.pty.slave.as_raw_fd(),
+            onto: self.onto,
+            stop_report: self.stop_pipe.1.as_raw_fd(),
+        }
+    }
+
+    /// Once the command runs: the agent's copies of the slave and of the
+    /// stop pipe's write end are closed, the relay starts.
+    fn start_relay(self) -> Result<relay::Relay> {
+        let (stops, _) = self.stop_pipe;
+        drop(self.pty.slave);
+        Ok(relay::Relay::start(self.pty.master, self.modes, stops)?)
+    }
 }
 
 /// The Landlock domain: the profile's rules, or the baseline (scopes only)

@@ -13,6 +13,11 @@
 //!    bound read-only (see `protect`);
 //! 3. (privileged) drop every capability;
 //! 4. no_new_privs.
+//!
+//! Before all that, `session` puts the child in a session of its own (no
+//! controlling terminal: the caller's terminal is out of reach), and with a
+//! pseudo-terminal (see `pty`) makes its slave the controlling terminal and
+//! the standard descriptors that were terminals.
 
 use std::ffi::CString;
 use std::io;
@@ -52,6 +57,21 @@ pub struct ChildSetup {
     user: Option<(libc::uid_t, libc::gid_t)>,
     /// Socket paths covered with /dev/null (privileged only).
     hidden_sockets: Vec<CString>,
+    terminal: Option<Terminal>,
+}
+
+/// The command's pseudo-terminal, as the child sets it up.
+#[derive(Clone, Copy)]
+pub struct Terminal {
+    /// The pty slave (close-on-exec; duplicated onto `onto`).
+    pub slave: i32,
+    /// Which of stdin, stdout, stderr become the slave (those that were
+    /// terminals; a redirected descriptor stays as it is).
+    pub onto: [bool; 3],
+    /// Write end of a pipe on which the init (see `spawn`; with a terminal
+    /// there always is one) reports the command's stops (one byte: the
+    /// signal), for the agent's job control.
+    pub stop_report: i32,
 }
 
 struct Unprivileged {
@@ -162,6 +182,7 @@ impl ChildSetup {
             landlock: None,
             user: None,
             hidden_sockets: Vec::new(),
+            terminal: None,
         })
     }
 
@@ -189,6 +210,43 @@ impl ChildSetup {
                 source,
             })?;
         Ok(self)
+    }
+
+    /// Runs the command on this pseudo-terminal (see [`Terminal`]).
+    pub fn with_terminal(mut self, t: Option<Terminal>) -> Self {
+        self.terminal = t;
+        self
+    }
+
+    /// Where the init reports the command's stops, if anywhere.
+    pub fn stop_report(&self) -> Option<i32> {
+        self.terminal.map(|t| t.stop_report)
+    }
+
+    /// A new session, and the pseudo-terminal as its controlling terminal
+    /// and as the standard descriptors that were terminals. Runs in the
+    /// child first (before any namespace or privilege change). Syscalls
+    /// only.
+    pub fn session(&self) -> io::Result<()> {
+        // SAFETY: integer-only syscall; the fresh child is no group leader.
+        if unsafe { libc::setsid() } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let Some(t) = &self.terminal else {
+            return Ok(());
+        };
+        // SAFETY: integer-only ioctl on the slave we inherited.
+        if unsafe { libc::ioctl(t.slave, libc::TIOCSCTTY, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for (fd, onto) in t.onto.iter().enumerate() {
+            // SAFETY: integer-only syscall; dup2 clears close-on-exec on
+            // the copy, so the command keeps it.
+            if *onto && unsafe { libc::dup2(t.slave, fd as i32) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
     }
 
     /// Whether the child gets its own pid namespace (privileged only): it

@@ -335,6 +335,9 @@ fn child_main(cmd: &Prepared, setup: &ChildSetup, report: RawFd, go: RawFd) -> !
         if let Some(lim) = ORIGINAL_NOFILE.get() {
             libc::setrlimit(libc::RLIMIT_NOFILE, lim);
         }
+        if let Err(e) = setup.session() {
+            fail(report, 1, e.raw_os_error().unwrap_or(libc::EINVAL), 125)
+        }
         match setup.apply() {
             Err(e) => fail(report, 1, e.raw_os_error().unwrap_or(libc::EINVAL), 125),
             Ok(Some(listener)) => {
@@ -350,8 +353,8 @@ fn child_main(cmd: &Prepared, setup: &ChildSetup, report: RawFd, go: RawFd) -> !
             }
             Ok(None) => {}
         }
-        if setup.pid_namespace() {
-            init_main(cmd, report)
+        if setup.pid_namespace() || setup.stop_report().is_some() {
+            init_main(cmd, report, setup.stop_report())
         }
         exec(cmd, report)
     }
@@ -374,20 +377,19 @@ fn exec(cmd: &Prepared, report: RawFd) -> ! {
 
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
-/// Closes every descriptor above stderr except `keep`. Syscalls only.
-fn close_all_except(keep: RawFd) {
-    // SAFETY: close_range on ranges of our own descriptor table.
-    unsafe {
-        if keep > 3 {
-            libc::syscall(libc::SYS_close_range, 3u32, (keep - 1) as u32, 0u32);
+/// Closes every descriptor above stderr except `keep` (ascending, each
+/// above 2). Syscalls only.
+fn close_all_except(keep: &[RawFd]) {
+    let mut from: RawFd = 3;
+    for &k in keep {
+        if k > from {
+            // SAFETY: close_range on a range of our own descriptor table.
+            unsafe { libc::syscall(libc::SYS_close_range, from as u32, (k - 1) as u32, 0u32) };
         }
-        libc::syscall(
-            libc::SYS_close_range,
-            (keep.max(2) + 1) as u32,
-            u32::MAX,
-            0u32,
-        );
+        from = from.max(k + 1);
     }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from as u32, u32::MAX, 0u32) };
 }
 
 /// Signals the init forwards to the command.
@@ -402,11 +404,17 @@ const FORWARDED: [libc::c_int; 8] = [
     libc::SIGCONT,
 ];
 
-/// pid 1 of the sandbox's pid namespace: starts the command, forwards
-/// signals sent to it by a process (the agent), reaps orphans, and exits with
-/// the command's status; the kernel then kills whatever is left in the
-/// namespace. Syscalls only, like the rest of the child.
-fn init_main(cmd: &Prepared, report: RawFd) -> ! {
+/// pid 1 of the sandbox's pid namespace (or, unprivileged on a
+/// pseudo-terminal, the session leader that keeps the command's process
+/// group from being orphaned, as sudo's monitor does): starts the command,
+/// forwards signals sent to it by a process (the agent), reaps orphans, and
+/// exits with the command's status; the kernel then kills whatever is left
+/// in the namespace (without one, the agent does). With `stop_report` (a
+/// pseudo-terminal), the command gets its own process group in the pty's
+/// foreground, and the signal that stops it is written there (the agent
+/// cannot see its grandchild stop). Syscalls only, like the rest of the
+/// child.
+fn init_main(cmd: &Prepared, report: RawFd, stop_report: Option<RawFd>) -> ! {
     // SAFETY: raw syscalls on prepared data; no allocation.
     unsafe {
         // The init is a copy of the agent that never execs, so it still
@@ -414,7 +422,10 @@ fn init_main(cmd: &Prepared, report: RawFd) -> ! {
         // links, the owner lock): close them all, and make it non-dumpable
         // so the command cannot ptrace it or take its descriptors with
         // pidfd_getfd (found by the escape battery).
-        close_all_except(report);
+        match stop_report {
+            Some(s) if s > 2 => close_all_except(&[report.min(s), report.max(s)]),
+            _ => close_all_except(&[report]),
+        }
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         // A pid-namespace init receives signals from its ancestors only if
         // it has a handler: install one (it never runs, the signals stay
@@ -433,6 +444,15 @@ fn init_main(cmd: &Prepared, report: RawFd) -> ! {
             fail(report, 1, *libc::__errno_location(), 125);
         }
         if pid == 0 {
+            if stop_report.is_some() {
+                // On a pseudo-terminal: the command's own process group in
+                // the foreground (all signals are still blocked, SIGTTOU
+                // too). Its parent (this init) is in the same session, so
+                // the group is not orphaned and Ctrl-Z stops it.
+                let me = libc::getpid();
+                libc::setpgid(0, 0);
+                libc::ioctl(0, libc::TIOCSPGRP, &me);
+            }
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             for sig in FORWARDED.iter().copied().chain([libc::SIGCHLD]) {
@@ -453,9 +473,16 @@ fn init_main(cmd: &Prepared, report: RawFd) -> ! {
             if sig == libc::SIGCHLD {
                 loop {
                     let mut st = 0;
-                    let r = libc::waitpid(-1, &mut st, libc::WNOHANG);
+                    let r = libc::waitpid(-1, &mut st, libc::WNOHANG | libc::WUNTRACED);
                     if r <= 0 {
                         break;
+                    }
+                    if libc::WIFSTOPPED(st) {
+                        if let (true, Some(s)) = (r == pid, stop_report) {
+                            let b = [libc::WSTOPSIG(st) as u8];
+                            libc::write(s, b.as_ptr().cast(), 1);
+                        }
+                        continue;
                     }
                     if r == pid {
                         let code = if libc::WIFEXITED(st) {

@@ -15,12 +15,14 @@
 //!
 //! The checks live in `files` (tunables and system files), `paths`
 //! (autorun files, protected directories, the events file, command servers,
-//! ordinary files) and `processes` (other processes, the terminal); every
+//! ordinary files), `processes` (other processes, the terminal) and
+//! `terminal` (the pseudo-terminal relay, driven through tmux); every
 //! test is declared here, so test names do not depend on that split.
 
 mod files;
 mod paths;
 mod processes;
+mod terminal;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -37,6 +39,9 @@ use paths::{
     ordinary_files_stay_writable, protected_directories_cannot_be_moved_away,
 };
 use processes::{other_processes_are_out_of_reach, terminal_injection_is_refused};
+use terminal::{
+    ctrl_z_stops_the_whole_job_and_fg_continues_it, shell_on_the_relay_behaves_like_a_terminal,
+};
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -50,6 +55,8 @@ per_enforcement!(
         autorun_files_are_read_only,
         protected_directories_cannot_be_moved_away,
         terminal_injection_is_refused,
+        shell_on_the_relay_behaves_like_a_terminal,
+        ctrl_z_stops_the_whole_job_and_fg_continues_it,
         other_processes_are_out_of_reach,
         ordinary_files_stay_writable,
     ]
@@ -64,6 +71,8 @@ per_enforcement!(
         autorun_files_are_read_only,
         protected_directories_cannot_be_moved_away,
         terminal_injection_is_refused,
+        shell_on_the_relay_behaves_like_a_terminal,
+        ctrl_z_stops_the_whole_job_and_fg_continues_it,
         other_processes_are_out_of_reach,
         ordinary_files_stay_writable,
     ]
@@ -77,6 +86,8 @@ per_enforcement!(
         autorun_files_are_read_only,
         protected_directories_cannot_be_moved_away,
         terminal_injection_is_refused,
+        shell_on_the_relay_behaves_like_a_terminal,
+        ctrl_z_stops_the_whole_job_and_fg_continues_it,
         other_processes_are_out_of_reach,
         ordinary_files_stay_writable,
     ]

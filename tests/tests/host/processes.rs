@@ -77,8 +77,9 @@ pub(super) fn other_processes_are_out_of_reach(e: Enforcement) {
 }
 
 /// TIOCSTI into the terminal the sandbox got as its stdin and controlling
-/// terminal. The oracle is the terminal's input queue, read by the test
-/// from the terminal side after the command ended.
+/// terminal (its own pseudo-terminal, relayed by the agent). The oracle is
+/// the caller's terminal's input queue, read by the test from the terminal
+/// side after the command ended.
 const INJECT: &str = r#"
 import fcntl, termios, errno
 try:
@@ -105,10 +106,27 @@ fn open_pty() -> (OwnedFd, OwnedFd) {
     unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
 }
 
+/// The name of the terminal `fd` is (`/dev/pts/N`).
+fn tty_name(fd: &OwnedFd) -> String {
+    let mut buf = [0u8; 128];
+    // SAFETY: ttyname_r writes a NUL-terminated name into the buffer.
+    let r = unsafe { libc::ttyname_r(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!(r, 0, "ttyname_r");
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
 /// Runs `cmd` with the pty's slave as stdin and controlling terminal (new
 /// session), then returns what is waiting in the terminal's input queue.
-fn run_on_pty(mut cmd: Command) -> (CmdOutput, Vec<u8>) {
+fn run_on_pty(cmd: Command) -> (CmdOutput, Vec<u8>) {
+    let (out, queued, _) = run_on_named_pty(cmd);
+    (out, queued)
+}
+
+/// [`run_on_pty`], also returning the terminal's name.
+fn run_on_named_pty(mut cmd: Command) -> (CmdOutput, Vec<u8>, String) {
     let (_master, slave) = open_pty();
+    let name = tty_name(&slave);
     let stdin = slave.try_clone().unwrap();
     // SAFETY: setsid and ioctl are async-signal-safe; the child's fd 0 is
     // the slave.
@@ -152,7 +170,7 @@ fn run_on_pty(mut cmd: Command) -> (CmdOutput, Vec<u8>) {
         let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
         buf[..n.max(0) as usize].to_vec()
     };
-    (out, queued)
+    (out, queued, name)
 }
 
 pub(super) fn terminal_injection_is_refused(e: Enforcement) {
@@ -194,20 +212,35 @@ pub(super) fn terminal_injection_is_refused(e: Enforcement) {
         "{}: bytes reached the caller's terminal: {queued:?}",
         e.label()
     );
-    // The sandboxed command still had the terminal as stdin (over-blocking:
-    // ordinary terminal ioctls work).
+    // The sandboxed command still has a terminal as stdin (over-blocking:
+    // ordinary terminal ioctls work, its name resolves), but its own
+    // pseudo-terminal, not the caller's: even an allowed TIOCSTI would only
+    // reach that one.
     let mut cmd = exec_command(&sys::agent_bin(), None, &o);
     cmd.args([
         PYTHON,
         "-c",
-        "import os, termios; termios.tcgetattr(0); print(os.isatty(0))",
+        "import os, termios; termios.tcgetattr(0); print(os.isatty(0), os.ttyname(0)); \
+         fds = os.listdir('/proc/self/fd'); \
+         print(*[os.readlink(f'/proc/self/fd/{f}') for f in fds if os.path.exists(f'/proc/self/fd/{f}')])",
     ]);
-    let (out, _) = run_on_pty(cmd);
-    assert_eq!(
-        out.stdout.trim(),
-        "True",
-        "{}: {}",
+    let (out, _, outer) = run_on_named_pty(cmd);
+    let mut lines = out.stdout.lines();
+    let (first, fds) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    // No pty master (ptmx) among the command's descriptors.
+    assert!(
+        !fds.is_empty() && !fds.contains("ptmx"),
+        "{}: descriptors {fds:?}: {}",
         e.label(),
         out.describe()
+    );
+    let inner = first
+        .trim()
+        .strip_prefix("True ")
+        .unwrap_or_else(|| panic!("{}: no terminal as stdin: {}", e.label(), out.describe()));
+    assert!(
+        inner.starts_with("/dev/pts/") && inner != outer,
+        "{}: the command's terminal {inner:?} must be its own, not the caller's {outer:?}",
+        e.label()
     );
 }
