@@ -21,7 +21,7 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// `setns` into the namespace failed.
-    #[error("entering network namespace {ino}: {err}")]
+    #[error("entering network namespace {ino}")]
     Enter {
         /// The namespace's inode.
         ino: u64,

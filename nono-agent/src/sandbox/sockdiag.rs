@@ -30,7 +30,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The sock_diag netlink socket could not be opened or used.
-    #[error("sock_diag netlink socket: {0}")]
+    #[error("sock_diag netlink socket")]
     Netlink(#[source] nix::Error),
     /// The kernel refused a request.
     #[error("sock_diag {what} failed: {err}")]

@@ -15,10 +15,10 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// `BPF_LINK_CREATE` failed.
-    #[error("bpf(BPF_LINK_CREATE): {0}")]
+    #[error("bpf(BPF_LINK_CREATE)")]
     Create(#[source] std::io::Error),
     /// `BPF_OBJ_PIN` failed.
-    #[error("bpf(BPF_OBJ_PIN) at {path}: {err}")]
+    #[error("bpf(BPF_OBJ_PIN) at {path}")]
     Pin {
         /// The pin path.
         path: String,
@@ -27,7 +27,7 @@ pub enum Error {
         err: std::io::Error,
     },
     /// `BPF_OBJ_GET` failed.
-    #[error("bpf(BPF_OBJ_GET) at {path}: {err}")]
+    #[error("bpf(BPF_OBJ_GET) at {path}")]
     Get {
         /// The pin path.
         path: String,
@@ -36,7 +36,7 @@ pub enum Error {
         err: std::io::Error,
     },
     /// `BPF_OBJ_GET_INFO_BY_FD` failed.
-    #[error("bpf(BPF_OBJ_GET_INFO_BY_FD): {0}")]
+    #[error("bpf(BPF_OBJ_GET_INFO_BY_FD)")]
     Info(#[source] std::io::Error),
     /// The pin path contains a NUL byte.
     #[error("pin path {0} contains a NUL byte")]
