@@ -1,0 +1,141 @@
+//! The sandbox's own pid namespace (privileged, and unprivileged where a
+//! user namespace can be made): another process of the sandbox's uid is
+//! neither listed in /proc nor reachable by pid, the command sees itself
+//! with a small pid, and ordinary process work (pipelines, background
+//! jobs, a `ps`-like /proc listing, exit codes) still works.
+
+use std::os::unix::process::CommandExt as _;
+use std::process::{Command, Stdio};
+
+use nono_tests::runner::Enforcement;
+use nono_tests::sys;
+
+use super::files::verdicts;
+use super::{opts, outside, sandboxed};
+
+/// What `/proc` and `kill(pid, 0)` say about the helper `argv[1]`, and
+/// the caller's own pid as it sees it.
+const LOOK: &str = r#"
+import os, sys, errno
+pid = int(sys.argv[1])
+print("proc", "visible" if os.path.exists(f"/proc/{pid}") else "hidden")
+try:
+    os.kill(pid, 0); print("signal ok")
+except OSError as e:
+    print("signal", errno.errorcode.get(e.errno, e.errno))
+print("self", os.getpid())
+nspid = [l for l in open("/proc/self/status") if l.startswith("NSpid:")][0].split()[1:]
+print("nspid", ",".join(nspid))
+print("listed", ",".join(sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int)))
+"#;
+
+fn field<'a>(v: &'a [(String, String)], name: &str) -> &'a str {
+    v.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+pub(super) fn other_processes_are_invisible(e: Enforcement) {
+    let o = opts(e);
+    let mut helper = match o.user {
+        Some(u) => {
+            let mut c = Command::new(sys::require_tool("setpriv", "runs helpers unprivileged"));
+            c.args(u.setpriv_args()).args(["sleep", "30"]);
+            c
+        }
+        None => {
+            let mut c = Command::new("sleep");
+            c.arg("30");
+            c
+        }
+    };
+    // SAFETY: setsid in the forked helper before exec, async-signal-safe.
+    unsafe {
+        helper.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = helper.stdin(Stdio::null()).spawn().expect("start helper");
+    let pid = child.id().to_string();
+    let out = outside(o.user, LOOK, &[&pid]);
+    let v = verdicts(&out);
+    assert_eq!(field(&v, "proc"), "visible", "outside: {}", out.describe());
+    assert_eq!(field(&v, "signal"), "ok", "outside: {}", out.describe());
+    let out = sandboxed(&o, LOOK, &[&pid]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let v = verdicts(&out);
+    let label = e.label();
+    assert_eq!(
+        field(&v, "proc"),
+        "hidden",
+        "{label}: /proc/{pid} inside: {}",
+        out.describe()
+    );
+    assert_eq!(
+        field(&v, "signal"),
+        "ESRCH",
+        "{label}: kill({pid}, 0) inside: {}",
+        out.describe()
+    );
+    let me: i32 = field(&v, "self").parse().unwrap_or(0);
+    assert!(
+        (1..=3).contains(&me),
+        "{label}: the command's own pid: {}",
+        out.describe()
+    );
+    assert_eq!(
+        field(&v, "nspid"),
+        me.to_string(),
+        "{label}: NSpid in the sandbox's /proc: {}",
+        out.describe()
+    );
+    let listed: Vec<i32> = field(&v, "listed")
+        .split(',')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    assert!(
+        listed.contains(&1) && listed.contains(&me) && listed.iter().all(|&p| p <= 10),
+        "{label}: /proc lists the sandbox's processes only: {}",
+        out.describe()
+    );
+}
+
+/// A shell pipeline with a background job, a `ps`-like listing of the
+/// sandbox's /proc, `kill` of its own job and exit codes.
+const WORK: &str = r#"
+import subprocess
+script = r'''
+sleep 30 &
+job=$!
+names=$(cat /proc/[0-9]*/comm | sort | tr '\n' ' ')
+echo "names $names" | grep -q sleep && echo "listing ok"
+kill -0 $job && echo "job ok"
+kill $job; wait $job; echo "killed $?"
+printf 'a\nb\nc\n' | grep -v b | wc -l | sed 's/^/lines /'
+(exit 7); echo "status $?"
+exit 5
+'''
+r = subprocess.run(["sh", "-c", script])
+print("code", r.returncode)
+"#;
+
+pub(super) fn process_work_still_works(e: Enforcement) {
+    let o = opts(e);
+    let out = sandboxed(&o, WORK, &[]);
+    let v = verdicts(&out);
+    let label = e.label();
+    for (k, want) in [
+        ("listing", "ok"),
+        ("job", "ok"),
+        ("killed", "143"),
+        ("lines", "2"),
+        ("status", "7"),
+        ("code", "5"),
+    ] {
+        assert_eq!(field(&v, k), want, "{label}: {k}: {}", out.describe());
+    }
+    assert_eq!(out.code(), 0, "{label}: {}", out.describe());
+}
