@@ -139,3 +139,93 @@ pub(super) fn process_work_still_works(e: Enforcement) {
     }
     assert_eq!(out.code(), 0, "{label}: {}", out.describe());
 }
+
+/// Runs `argv[3:]` in a new user namespace (mapping root and the uid and
+/// gid `argv[1]`, `argv[2]`) in which no further user namespace may be
+/// made (`max_user_namespaces` 0): a host without unprivileged user
+/// namespaces, for the processes below it only.
+const NO_USERNS: &str = r#"
+import os, sys, ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+uid, gid = sys.argv[1], sys.argv[2]
+r, w = os.pipe(); r2, w2 = os.pipe()
+pid = os.fork()
+if pid == 0:
+    if libc.unshare(0x10000000) != 0:
+        os._exit(99)
+    os.write(w, b"x"); os.read(r2, 1)
+    open("/proc/sys/user/max_user_namespaces", "w").write("0")
+    os.execv(sys.argv[3], sys.argv[3:])
+os.read(r, 1)
+open(f"/proc/{pid}/uid_map", "w").write(f"0 0 1\n{uid} {uid} 1\n")
+open(f"/proc/{pid}/gid_map", "w").write(f"0 0 1\n{gid} {gid} 1\n")
+os.write(w2, b"g")
+_, st = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(st))
+"#;
+
+/// Where no user namespace can be made, an unprivileged sandbox is refused
+/// (naming `--allow-degraded`); with `--allow-degraded` it runs with a
+/// warning, and without a pid namespace it sees the user's other processes
+/// (as the README's Limits say).
+#[test]
+fn without_user_namespaces_degrades_only_on_request() {
+    use nono_tests::runner::{exec_command, ExecOpts, RunAs};
+    sys::require_prereqs();
+    let u = RunAs::fresh();
+    let mut helper = Command::new(sys::require_tool("setpriv", "runs helpers unprivileged"));
+    let mut child = helper
+        .args(u.setpriv_args())
+        .args(["sleep", "30"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start helper");
+    let pid = child.id().to_string();
+    let run = |degraded: bool| {
+        let o = ExecOpts {
+            enforcer: Some(Enforcement::SeccompUser.flag().to_string()),
+            user: Some(u),
+            extra: if degraded {
+                vec!["--allow-degraded".into()]
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        };
+        let mut inner = exec_command(&sys::agent_bin(), None, &o);
+        inner.args([super::PYTHON, "-c", LOOK, &pid]);
+        let mut cmd = Command::new(super::PYTHON);
+        cmd.args(["-c", NO_USERNS, &u.uid.to_string(), &u.gid.to_string()])
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT)
+    };
+    let refused = run(false);
+    let degraded = run(true);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_ne!(refused.code(), 0, "{}", refused.describe());
+    assert!(
+        refused.stderr.contains("no user namespace") && refused.stderr.contains("--allow-degraded"),
+        "refusal must name the missing user namespace: {}",
+        refused.describe()
+    );
+    assert!(
+        !refused.stdout.contains("proc "),
+        "the command must not run: {}",
+        refused.describe()
+    );
+    assert_eq!(degraded.code(), 0, "{}", degraded.describe());
+    assert!(
+        degraded.stderr.contains("without a pid namespace"),
+        "the warning must say the pid namespace is missing: {}",
+        degraded.describe()
+    );
+    let v = verdicts(&degraded);
+    assert_eq!(
+        field(&v, "proc"),
+        "visible",
+        "degraded: no pid namespace, the helper is listed: {}",
+        degraded.describe()
+    );
+}
