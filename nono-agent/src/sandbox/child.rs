@@ -14,6 +14,12 @@
 //! 3. (privileged) drop every capability;
 //! 4. no_new_privs.
 //!
+//! Unprivileged, the child was cloned into a user namespace mapping only its
+//! own uid and gid, with a mount and a pid namespace it owns (see `spawn`):
+//! it writes its maps, mounts a fresh /proc for its pid namespace, makes the
+//! read-only binds (see `protect`) and drops every capability the user
+//! namespace gave it, before no_new_privs, Landlock and seccomp.
+//!
 //! Before all that, `session` puts the child in a session of its own (no
 //! controlling terminal: the caller's terminal is out of reach), and with a
 //! pseudo-terminal (see `pty`) makes its slave the controlling terminal and
@@ -249,15 +255,31 @@ impl ChildSetup {
         Ok(())
     }
 
-    /// Whether the child gets its own pid namespace (privileged only): it
-    /// then runs as the namespace's init and starts the command itself.
-    pub fn pid_namespace(&self) -> bool {
-        self.privileged.is_some()
+    /// The namespaces `clone3` creates for the child: a pid namespace
+    /// (the child then runs as its init and starts the command itself);
+    /// unprivileged, with a user namespace that owns it and a mount
+    /// namespace (see [`ChildSetup::apply`]).
+    pub fn clone_namespaces(&self) -> u64 {
+        if self.privileged.is_some() {
+            libc::CLONE_NEWPID as u64
+        } else if self.unprivileged.is_some() {
+            (libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID) as u64
+        } else {
+            0
+        }
     }
 
-    /// Runs in the child after fork. Async-signal-safe: syscalls only.
-    /// Returns the seccomp listener fd when a supervisor is to take it.
-    pub fn apply(&self) -> io::Result<Option<i32>> {
+    /// Whether the sandbox may start without the namespaces of
+    /// [`ChildSetup::clone_namespaces`] when they cannot be made
+    /// (unprivileged with `--allow-degraded`).
+    pub fn may_degrade(&self) -> bool {
+        self.unprivileged.as_ref().is_some_and(|u| !u.required)
+    }
+
+    /// Runs in the child after fork; `namespaces` are those it was cloned
+    /// with. Async-signal-safe: syscalls only. Returns the seccomp listener
+    /// fd when a supervisor is to take it.
+    pub fn apply(&self, namespaces: u64) -> io::Result<Option<i32>> {
         if let Some(p) = &self.privileged {
             // SAFETY: integer-only syscall.
             if unsafe { libc::unshare(libc::CLONE_NEWCGROUP | libc::CLONE_NEWNS) } != 0 {
@@ -293,25 +315,7 @@ impl ChildSetup {
                     return Err(io::Error::last_os_error());
                 }
             }
-            // We are pid 1 of a new pid namespace (see spawn): a /proc of
-            // that namespace shows the sandbox only, so no path such as
-            // /proc/PID/root leads into another process's view of the host.
-            // SAFETY: NUL-terminated static strings.
-            if unsafe {
-                libc::mount(
-                    PROC.as_ptr().cast(),
-                    PROC_DIR.as_ptr().cast(),
-                    PROC.as_ptr().cast(),
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    std::ptr::null(),
-                )
-            } != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if let Some(l) = &self.landlock {
-                l.add_fresh_proc_rule()?;
-            }
+            self.mount_fresh_proc()?;
             apply_binds(&p.readonly, p.cwd.as_ref())?;
             for target in &self.hidden_sockets {
                 // SAFETY: NUL-terminated strings that outlive the call.
@@ -348,7 +352,9 @@ impl ChildSetup {
             privileges::clear_capability_sets()?;
         }
         if let Some(u) = &self.unprivileged {
-            u.apply()?;
+            if namespaces & libc::CLONE_NEWUSER as u64 != 0 {
+                u.apply(|| self.mount_fresh_proc())?;
+            }
         }
         privileges::set_no_new_privs()?;
         if let Some(l) = &self.landlock {
@@ -361,23 +367,39 @@ impl ChildSetup {
     }
 }
 
-impl Unprivileged {
-    /// A user namespace mapping only our own uid and gid (so files and
-    /// peers see the same identity), a mount namespace owned by it with the
-    /// read-only binds, then every capability it gave us dropped again.
-    /// Syscalls only.
-    fn apply(&self) -> io::Result<()> {
-        // SAFETY: integer-only syscall.
-        if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) } != 0 {
-            let e = io::Error::last_os_error();
-            if self.required {
-                return Err(e);
-            }
-            let msg = b"nono-agent: WARNING: no user namespace (--allow-degraded): the sandbox can write this user's auto-run files (~/.bashrc, .git/hooks ...)\n";
-            // SAFETY: writing a static buffer to stderr.
-            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
-            return Ok(());
+impl ChildSetup {
+    /// We are pid 1 of a new pid namespace (see spawn): a /proc of that
+    /// namespace shows the sandbox only, so no path such as /proc/PID/root
+    /// leads into another process's view of the host, and no other process
+    /// of the user is listed. Syscalls only.
+    fn mount_fresh_proc(&self) -> io::Result<()> {
+        // SAFETY: NUL-terminated static strings.
+        if unsafe {
+            libc::mount(
+                PROC.as_ptr().cast(),
+                PROC_DIR.as_ptr().cast(),
+                PROC.as_ptr().cast(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            )
+        } != 0
+        {
+            return Err(io::Error::last_os_error());
         }
+        if let Some(l) = &self.landlock {
+            l.add_fresh_proc_rule()?;
+        }
+        Ok(())
+    }
+}
+
+impl Unprivileged {
+    /// In the user namespace the child was cloned into (mapping only our
+    /// own uid and gid, so files and peers see the same identity) and its
+    /// mount namespace: the maps, a fresh /proc (`mount_proc`) for the pid
+    /// namespace the child is the init of, the read-only binds, then every
+    /// capability the user namespace gave us dropped again. Syscalls only.
+    fn apply(&self, mount_proc: impl Fn() -> io::Result<()>) -> io::Result<()> {
         write_file(c"/proc/self/setgroups", b"deny")?;
         write_file(c"/proc/self/uid_map", self.uid_map.as_bytes())?;
         write_file(c"/proc/self/gid_map", self.gid_map.as_bytes())?;
@@ -394,6 +416,7 @@ impl Unprivileged {
         {
             return Err(io::Error::last_os_error());
         }
+        mount_proc()?;
         apply_binds(&self.readonly, self.cwd.as_ref())?;
         // The namespace gave us every capability inside it: none may stay.
         privileges::drop_bounding_set(self.last_cap)?;

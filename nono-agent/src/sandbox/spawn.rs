@@ -51,6 +51,9 @@ pub enum Stage {
 pub enum SpawnError {
     /// clone3 failed in the agent.
     Clone(io::Error),
+    /// Unprivileged, no user namespace could be made (and degrading is
+    /// not allowed).
+    UserNamespace(io::Error),
     /// The child reported a failure.
     Child(Stage, io::Error),
     /// Preparing argv/envp or the status pipe failed.
@@ -61,6 +64,11 @@ impl std::fmt::Display for SpawnError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Clone(e) => write!(f, "clone3(CLONE_INTO_CGROUP) failed: {e}"),
+            Self::UserNamespace(e) => write!(
+                f,
+                "no user namespace for the sandbox (its mount and pid namespaces; \
+                 --allow-degraded runs without): {e}"
+            ),
             Self::Child(Stage::Setup, e) => {
                 write!(f, "applying the sandbox in the child failed: {e}")
             }
@@ -226,11 +234,7 @@ pub fn spawn(
             } else {
                 0
             }
-            | if setup.pid_namespace() {
-                libc::CLONE_NEWPID as u64
-            } else {
-                0
-            },
+            | setup.clone_namespaces(),
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
         cgroup: cgroup.map(|c| c.as_raw_fd() as u64).unwrap_or(0),
@@ -245,12 +249,35 @@ pub fn spawn(
             std::mem::size_of::<CloneArgs>(),
         )
     };
+    let mut r = r;
+    if r < 0 && setup.clone_namespaces() & libc::CLONE_NEWUSER as u64 != 0 {
+        // Unprivileged: no user namespace (disabled, or none left).
+        let e = io::Error::last_os_error();
+        if !setup.may_degrade() {
+            return Err(SpawnError::UserNamespace(e));
+        }
+        eprintln!(
+            "nono-agent: WARNING: no user namespace ({e}; --allow-degraded): the sandbox \
+             can write this user's auto-run files (~/.bashrc, .git/hooks ...) and, \
+             without a pid namespace, sees this user's other processes"
+        );
+        args.flags &= !setup.clone_namespaces();
+        // SAFETY: as above.
+        r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &mut args as *mut CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+    }
     if r < 0 {
         return Err(SpawnError::Clone(io::Error::last_os_error()));
     }
     if r == 0 {
         // Child: never returns.
-        child_main(cmd, setup, wr.as_raw_fd(), go_rd.as_raw_fd());
+        let namespaces = args.flags & setup.clone_namespaces();
+        child_main(cmd, setup, namespaces, wr.as_raw_fd(), go_rd.as_raw_fd());
     }
     drop(wr);
     drop(go_rd);
@@ -318,7 +345,7 @@ fn read_full(fd: RawFd, buf: &mut [u8]) -> usize {
 }
 
 /// The child between clone and exec. Syscalls only.
-fn child_main(cmd: &Prepared, setup: &ChildSetup, report: RawFd, go: RawFd) -> ! {
+fn child_main(cmd: &Prepared, setup: &ChildSetup, namespaces: u64, report: RawFd, go: RawFd) -> ! {
     // SAFETY: plain syscalls on prepared data; see module docs.
     unsafe {
         // The agent is non-dumpable (see main); the child must be
@@ -338,7 +365,7 @@ fn child_main(cmd: &Prepared, setup: &ChildSetup, report: RawFd, go: RawFd) -> !
         if let Err(e) = setup.session() {
             fail(report, 1, e.raw_os_error().unwrap_or(libc::EINVAL), 125)
         }
-        match setup.apply() {
+        match setup.apply(namespaces) {
             Err(e) => fail(report, 1, e.raw_os_error().unwrap_or(libc::EINVAL), 125),
             Ok(Some(listener)) => {
                 // Hand the listener to the agent and wait until it has it.
@@ -353,7 +380,7 @@ fn child_main(cmd: &Prepared, setup: &ChildSetup, report: RawFd, go: RawFd) -> !
             }
             Ok(None) => {}
         }
-        if setup.pid_namespace() || setup.stop_report().is_some() {
+        if namespaces & libc::CLONE_NEWPID as u64 != 0 || setup.stop_report().is_some() {
             init_main(cmd, report, setup.stop_report())
         }
         exec(cmd, report)

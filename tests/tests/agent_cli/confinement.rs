@@ -212,26 +212,28 @@ pub(super) fn child_environment_and_namespaces(e: Enforcement) {
     let own_pidns = fs::read_link("/proc/self/ns/pid").unwrap();
     let host_sh = host_sh.unwrap_or_else(|| panic!("shell not found from the host: {ctx}"));
     let host_nspid = host_nspid.unwrap_or_default();
+    // Every enforcement here gets a pid namespace: privileged, and
+    // unprivileged in the user namespace it can make.
+    assert_eq!(
+        self_pid, 2,
+        "the command must be pid 2 of its own pid namespace: {ctx}"
+    );
+    assert_eq!(
+        host_nspid,
+        vec![host_sh, 2],
+        "NSpid of the command seen from the host: {ctx}"
+    );
+    assert_eq!(
+        init_nspid.as_ref().and_then(|n| n.last().copied()),
+        Some(1),
+        "the command's parent must be pid 1 (the agent's init) of its namespace: {ctx}"
+    );
+    assert_ne!(
+        get("PIDNS"),
+        own_pidns.to_string_lossy(),
+        "the command must be in a new pid namespace: {ctx}"
+    );
     if e.privileged() {
-        assert_eq!(
-            self_pid, 2,
-            "the command must be pid 2 of its own pid namespace: {ctx}"
-        );
-        assert_eq!(
-            host_nspid,
-            vec![host_sh, 2],
-            "NSpid of the command seen from the host: {ctx}"
-        );
-        assert_eq!(
-            init_nspid.as_ref().and_then(|n| n.last().copied()),
-            Some(1),
-            "the command's parent must be pid 1 (the agent's init) of its namespace: {ctx}"
-        );
-        assert_ne!(
-            get("PIDNS"),
-            own_pidns.to_string_lossy(),
-            "the command must be in a new pid namespace: {ctx}"
-        );
         assert_ne!(
             get("NS"),
             own_cgns.to_string_lossy(),
@@ -243,12 +245,6 @@ pub(super) fn child_environment_and_namespaces(e: Enforcement) {
             "the cgroup namespace root should be the command's cgroup: {ctx}"
         );
     } else {
-        assert_eq!(
-            host_nspid,
-            vec![self_pid],
-            "unprivileged: no pid namespace, $$ is the host pid: {ctx}"
-        );
-        assert_eq!(get("PIDNS"), own_pidns.to_string_lossy(), "{ctx}");
         assert_eq!(get("NS"), own_cgns.to_string_lossy(), "{ctx}");
     }
     if e.has_cgroup() {

@@ -21,6 +21,7 @@
 
 mod files;
 mod paths;
+mod pidns;
 mod processes;
 mod terminal;
 
@@ -38,6 +39,7 @@ use paths::{
     autorun_files_are_read_only, command_servers_are_out_of_reach, events_file_cannot_be_forged,
     ordinary_files_stay_writable, protected_directories_cannot_be_moved_away,
 };
+use pidns::{other_processes_are_invisible, process_work_still_works};
 use processes::{other_processes_are_out_of_reach, terminal_injection_is_refused};
 use terminal::{
     ctrl_z_stops_the_whole_job_and_fg_continues_it, shell_on_the_relay_behaves_like_a_terminal,
@@ -58,6 +60,8 @@ per_enforcement!(
         shell_on_the_relay_behaves_like_a_terminal,
         ctrl_z_stops_the_whole_job_and_fg_continues_it,
         other_processes_are_out_of_reach,
+        other_processes_are_invisible,
+        process_work_still_works,
         ordinary_files_stay_writable,
     ]
 );
@@ -74,6 +78,8 @@ per_enforcement!(
         shell_on_the_relay_behaves_like_a_terminal,
         ctrl_z_stops_the_whole_job_and_fg_continues_it,
         other_processes_are_out_of_reach,
+        other_processes_are_invisible,
+        process_work_still_works,
         ordinary_files_stay_writable,
     ]
 );
@@ -89,6 +95,8 @@ per_enforcement!(
         shell_on_the_relay_behaves_like_a_terminal,
         ctrl_z_stops_the_whole_job_and_fg_continues_it,
         other_processes_are_out_of_reach,
+        other_processes_are_invisible,
+        process_work_still_works,
         ordinary_files_stay_writable,
     ]
 );
