@@ -445,3 +445,30 @@ pub fn accessible(bin: &Path) -> PathBuf {
     copies.insert(bin, copy.clone());
     copy
 }
+
+/// A new pseudo-terminal pair (master, slave) with the kernel's default
+/// modes: the "caller's terminal" of the terminal tests and `bench-pty`.
+pub fn open_pty() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd as _;
+    let (mut m, mut s) = (0, 0);
+    // SAFETY: out-pointers for two fds; no name, termios or winsize.
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openpty returned two new fds we own.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(m),
+            std::os::fd::OwnedFd::from_raw_fd(s),
+        )
+    })
+}

@@ -8,7 +8,7 @@
 //! on the master, one byte at a time. Figures are printed, never asserted.
 
 use anyhow::{bail, Context as _, Result};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -82,22 +82,7 @@ impl Stats {
 }
 
 fn open_raw_pty() -> Result<(OwnedFd, OwnedFd)> {
-    let (mut m, mut s) = (0, 0);
-    // SAFETY: out-pointers for two fds; no name, termios or winsize.
-    let r = unsafe {
-        libc::openpty(
-            &mut m,
-            &mut s,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        bail!("openpty: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: openpty returned two new fds we own.
-    let (m, s) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
+    let (m, s) = nono_tests::sys::open_pty().context("openpty")?;
     // SAFETY: termios calls on our own slave.
     unsafe {
         let mut t: libc::termios = std::mem::zeroed();

@@ -1,7 +1,7 @@
 //! Other processes of the same uid and the caller's terminal are out of
 //! reach (ptrace, /proc/PID/mem, signals, TIOCSTI).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -90,20 +90,7 @@ except OSError as e:
 "#;
 
 fn open_pty() -> (OwnedFd, OwnedFd) {
-    let (mut m, mut s) = (0, 0);
-    // SAFETY: out-pointers for two fds; no name, termios or winsize.
-    let r = unsafe {
-        libc::openpty(
-            &mut m,
-            &mut s,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: openpty returned two new fds we own.
-    unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
+    sys::open_pty().expect("openpty")
 }
 
 /// The name of the terminal `fd` is (`/dev/pts/N`).

@@ -55,40 +55,35 @@ pub fn respond(listener: BorrowedFd<'_>, id: u64, result: Result<i64, i32>) -> i
         Ok(v) => (v, 0),
         Err(e) => (0, -e),
     };
-    let mut resp = libc::seccomp_notif_resp {
-        id,
-        val,
-        error,
-        flags: 0,
-    };
-    // SAFETY: valid fd and response struct.
-    let r = unsafe {
-        libc::ioctl(
-            listener.as_raw_fd(),
-            libc::SECCOMP_IOCTL_NOTIF_SEND,
-            &mut resp,
-        )
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOENT) {
-            return Ok(());
-        }
-        return Err(e);
-    }
-    Ok(())
+    send(
+        listener,
+        libc::seccomp_notif_resp {
+            id,
+            val,
+            error,
+            flags: 0,
+        },
+    )
 }
 
 /// Lets the target's own system call proceed
 /// (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`). Only for calls whose arguments the
 /// supervisor does not need to trust (see the callers).
 pub fn respond_continue(listener: BorrowedFd<'_>, id: u64) -> io::Result<()> {
-    let mut resp = libc::seccomp_notif_resp {
-        id,
-        val: 0,
-        error: 0,
-        flags: libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
-    };
+    send(
+        listener,
+        libc::seccomp_notif_resp {
+            id,
+            val: 0,
+            error: 0,
+            flags: libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
+        },
+    )
+}
+
+/// Sends one response. ENOENT (the target is gone, or was killed while we
+/// worked) is not an error: there is nobody left to answer.
+fn send(listener: BorrowedFd<'_>, mut resp: libc::seccomp_notif_resp) -> io::Result<()> {
     // SAFETY: valid fd and response struct.
     let r = unsafe {
         libc::ioctl(
