@@ -110,8 +110,13 @@ import subprocess
 script = r'''
 sleep 30 &
 job=$!
-names=$(cat /proc/[0-9]*/comm | sort | tr '\n' ' ')
-echo "names $names" | grep -q sleep && echo "listing ok"
+# The job may not have exec'd sleep yet (its comm is still sh): look again
+# for up to 5 s.
+for i in $(seq 50); do
+  names=$(cat /proc/[0-9]*/comm 2>/dev/null | sort | tr '\n' ' ')
+  echo "names $names" | grep -q sleep && { echo "listing ok"; break; }
+  sleep 0.1
+done
 kill -0 $job && echo "job ok"
 kill $job; wait $job; echo "killed $?"
 printf 'a\nb\nc\n' | grep -v b | wc -l | sed 's/^/lines /'
