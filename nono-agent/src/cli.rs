@@ -30,6 +30,10 @@ pub enum Command {
     Cleanup,
     /// Report what this host supports and which enforcer `auto` would pick.
     Doctor(DoctorArgs),
+    /// Serve the BPF enforcer to every local user (root; see
+    /// dist/systemd): load the programs once, confine each client's
+    /// sandbox through per-sandbox map entries.
+    Daemon(DaemonArgs),
     /// Run the filtering proxy alone (no sandbox).
     Proxy(StandaloneProxyArgs),
     /// List, show and validate profiles.
@@ -213,6 +217,21 @@ pub struct ExecArgs {
     #[arg(long, short)]
     pub quiet: bool,
 
+    /// The daemon's socket: with `--enforcer auto` or `bpf`, the sandbox is
+    /// made by the daemon whenever it answers there.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "NONO_AGENT_DAEMON_SOCKET",
+        default_value = crate::daemon::client::DEFAULT_SOCKET
+    )]
+    pub daemon_socket: PathBuf,
+
+    /// Never use the daemon (load the programs directly as root, or use
+    /// seccomp).
+    #[arg(long)]
+    pub no_daemon: bool,
+
     #[command(flatten)]
     pub proxy: ProxyArgs,
 
@@ -247,9 +266,49 @@ impl From<ExecArgs> for ExecRequest {
             user: a.user,
             allow_degraded: a.allow_degraded,
             quiet: a.quiet,
+            daemon_socket: (!a.no_daemon).then_some(a.daemon_socket),
             proxy: a.proxy.into(),
             command: a.command,
         }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// Where to listen (ignored when systemd passes a socket).
+    #[arg(long, value_name = "PATH", default_value = crate::daemon::client::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Name of the daemon's parent cgroup (`<cgroup2>/NAME`), its pin
+    /// directory (`<bpffs>/NAME`) and state directory
+    /// (`/run/nono-agent/NAME`).
+    #[arg(long, value_name = "NAME", default_value = "nono-daemon", value_parser = daemon_name)]
+    pub name: String,
+    /// Live sandboxes one uid may have.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_sandboxes_per_uid: usize,
+    /// Connections one uid may hold open.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub max_connections_per_uid: usize,
+    /// Requests per second one uid may make (bursts of twice that).
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub max_requests_per_sec: u32,
+}
+
+/// A daemon name is one path component of letters, digits, `-`, `_`, `.`.
+fn daemon_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok && s != crate::sandbox::cgroup::PARENT {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a daemon name (letters, digits, '-', '_', '.'; not {:?})",
+            crate::sandbox::cgroup::PARENT
+        ))
     }
 }
 

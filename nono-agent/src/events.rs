@@ -354,9 +354,15 @@ impl Summary {
 /// Turns every record waiting in the BPF ring buffer into an event line.
 pub fn drain_ring(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, id: &str, out: &mut Output) {
     while let Some(item) = ring.next() {
-        if let Some(ev) = parse(&item) {
-            out.take(record(&ev, id, SystemTime::now()).into_line());
-        }
+        take_raw(&item, id, out);
+    }
+}
+
+/// One raw denial record (from our ring, or relayed by the daemon) as an
+/// event line; malformed records are dropped.
+pub fn take_raw(raw: &[u8], id: &str, out: &mut Output) {
+    if let Some(ev) = parse(raw) {
+        out.take(record(&ev, id, SystemTime::now()).into_line());
     }
 }
 

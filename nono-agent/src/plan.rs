@@ -53,6 +53,8 @@ pub struct ExecRequest {
     pub user: Option<String>,
     pub allow_degraded: bool,
     pub quiet: bool,
+    /// The daemon socket to try (`None`: never use the daemon).
+    pub daemon_socket: Option<PathBuf>,
     pub proxy: ProxyConfig,
     pub command: Vec<OsString>,
 }
@@ -69,6 +71,8 @@ pub struct Plan {
     pub allow_degraded: bool,
     /// No enforcer line, no summary.
     pub quiet: bool,
+    /// The daemon socket to try (`None`: never use the daemon).
+    pub daemon_socket: Option<PathBuf>,
     /// Where events go (`-` = stdout).
     pub events: Option<PathBuf>,
     /// The profile named on the command line, for the start-up line.
@@ -240,6 +244,7 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         allow_unenforced: req.allow_unenforced,
         allow_degraded: req.allow_degraded,
         quiet: req.quiet,
+        daemon_socket: req.daemon_socket.clone(),
         events: req.events.clone(),
         profile_name: req.profile.clone(),
         kernel,

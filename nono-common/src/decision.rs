@@ -95,6 +95,10 @@ pub enum Reason {
     /// refuses that to an unprivileged sender; the supervisor, which sends
     /// with its own rights, refuses it for the sandbox).
     ForeignCredentials = 31,
+    /// The socket's (or calling task's) cgroup has no policy entry: a
+    /// sandbox that ended, a cgroup made inside a sandbox, a socket carried
+    /// out of one. Denied everything.
+    NoPolicy = 32,
 }
 
 impl Reason {
@@ -123,6 +127,7 @@ impl Reason {
             29 => Some(Self::WildcardListener),
             30 => Some(Self::DaemonSocket),
             31 => Some(Self::ForeignCredentials),
+            32 => Some(Self::NoPolicy),
             _ => None,
         }
     }
@@ -152,6 +157,7 @@ impl Reason {
             Self::WildcardListener => "wildcard-listener-without-inbound-filter",
             Self::DaemonSocket => "daemon-socket-not-allowed",
             Self::ForeignCredentials => "foreign-credentials",
+            Self::NoPolicy => "no-policy-for-cgroup",
         }
     }
 }
@@ -180,6 +186,17 @@ impl Decision {
             allow: false,
             reason,
         }
+    }
+}
+
+/// Exactly 127.0.0.1, ::1 or ::ffff:127.0.0.1: the addresses the policy
+/// calls loopback.
+#[inline(always)]
+pub(crate) fn is_loopback(a: &[u8; 16]) -> bool {
+    if is_v4_mapped(a) {
+        a[12] == 127 && a[13] == 0 && a[14] == 0 && a[15] == 1
+    } else {
+        addr_eq(a, &LOOPBACK_V6)
     }
 }
 
@@ -378,7 +395,11 @@ pub fn decide_ingress<P: PolicyView + ?Sized>(
     if on_loopback_device {
         return Decision::allow(Reason::Loopback);
     }
-    if src.port != 0 && policy.is_proxy(&Endpoint::from_dest(*src)) {
+    // A loopback source off the loopback device is a martian the kernel
+    // drops anyway; never letting a loopback proxy endpoint vouch for it
+    // keeps [`Policy::intersect`] exact (an endpoint allowed there through
+    // the outer policy's loopback rule admits nothing more inbound).
+    if src.port != 0 && !is_loopback(&src.addr) && policy.is_proxy(&Endpoint::from_dest(*src)) {
         return Decision::allow(Reason::Proxy);
     }
     Decision::deny(Reason::Inbound)

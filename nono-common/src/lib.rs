@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 mod decision;
+mod intersect;
 mod types;
 
 pub use decision::{
@@ -21,8 +22,8 @@ pub use decision::{
     REFUSED_CONTROL, REFUSED_OPTIONS,
 };
 pub use types::{
-    canonical_v4, canonical_v6, DenyEvent, Dest, Endpoint, Hook, Policy, Settings, LOOPBACK_ANY,
-    MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
+    canonical_v4, canonical_v6, DenyEvent, Dest, Endpoint, Hook, Policy, PortKey, ProxyKey,
+    Settings, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS, MAX_SANDBOXES,
 };
 
 /// Socket constants, duplicated from the kernel UAPI so the crate needs no libc

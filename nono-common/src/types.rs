@@ -4,6 +4,10 @@
 pub const MAX_PROXY_ENDPOINTS: usize = 16;
 /// How many loopback ports a narrowed loopback policy can list.
 pub const MAX_LOOPBACK_PORTS: usize = 64;
+/// How many sandboxes one set of maps holds (the daemon's capacity; a
+/// private copy per sandbox uses one entry). The maps allocate on insert, so
+/// the capacity itself costs no memory.
+pub const MAX_SANDBOXES: usize = 16384;
 /// Value of [`Policy::loopback_any`] meaning every loopback port is allowed.
 pub const LOOPBACK_ANY: u32 = 1;
 
@@ -149,8 +153,9 @@ impl Default for Policy {
     }
 }
 
-/// Scalar settings of a sandbox, element 0 of the BPF `SETTINGS` array.
-/// Zeroed (the state of a map nobody filled) means "deny loopback too".
+/// Scalar settings of a sandbox: the value of its entry in the BPF
+/// `POLICIES` map, keyed by the sandbox cgroup's id. A cgroup with no entry
+/// is denied everything.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Settings {
@@ -229,7 +234,8 @@ pub struct DenyEvent {
     pub pid: u32,
     /// Process id (kernel tgid).
     pub tgid: u32,
-    /// cgroup v2 id of the denied task.
+    /// cgroup v2 id of the sandbox whose policy decided: the calling task's
+    /// cgroup for socket calls, the socket's for packets.
     pub cgroup_id: u64,
     /// Task command name, NUL padded.
     pub comm: [u8; 16],
@@ -252,6 +258,35 @@ pub struct DenyEvent {
     pub reason: u32,
 }
 
+/// Key of the BPF `PROXIES` map: one proxy endpoint of one sandbox.
+///
+/// Every per-sandbox map is keyed by the sandbox cgroup's v2 id, so one set
+/// of programs attached once (the daemon) serves every sandbox, and a cgroup
+/// nobody wrote an entry for finds nothing and is denied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProxyKey {
+    /// The sandbox cgroup's id.
+    pub cgroup: u64,
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// Padding, always zero (a hash key must have no uninitialised bytes).
+    pub _pad: [u8; 4],
+}
+
+/// Key of the BPF `LOOPBACK_PORTS` map: one allowed loopback port of one
+/// sandbox.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortKey {
+    /// The sandbox cgroup's id.
+    pub cgroup: u64,
+    /// The port, host order.
+    pub port: u16,
+    /// Padding, always zero.
+    pub _pad: [u8; 6],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all three types are `#[repr(C)]`, `Copy`, contain only integers
@@ -264,4 +299,8 @@ mod pod {
     unsafe impl aya::Pod for super::DenyEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProxyKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortKey {}
 }

@@ -1,44 +1,64 @@
-//! cgroup sock_addr / sock programs enforcing one sandbox's network policy.
+//! cgroup sock_addr / sock / skb programs enforcing sandboxes' network
+//! policies.
 //!
-//! Each sandbox loads its own copy of this object, so its maps (`SETTINGS`,
-//! `PROXIES`, `LOOPBACK_PORTS`, `EVENTS`, ...) are private to one sandbox and
-//! no lookup by cgroup id is needed. Every decision is delegated to
-//! `nono_common`, the same code and tables the seccomp filter and supervisor
-//! are built from.
+//! Every policy map is keyed by the id of the sandbox's (leaf) cgroup: the
+//! current task's for the socket-call hooks, the socket's for the packet
+//! hooks. The same object serves both ways of running: `exec` as root loads
+//! a private copy per sandbox and attaches it to that sandbox's cgroup; the
+//! daemon loads one copy once, attaches it to its parent cgroup, and adds an
+//! entry per sandbox. A cgroup without an entry (a sandbox whose entry is
+//! gone, a sub-cgroup someone made inside a sandbox, a socket used by a task
+//! outside) finds nothing and is denied everything. Every decision is
+//! delegated to `nono_common`, the same code and tables the seccomp filter
+//! and supervisor are built from.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     bindings::{bpf_sock, bpf_sock_addr, bpf_sockopt},
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_skb_cgroup_id,
+    },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use nono_common::{
     cgroup_hook_sees, consts, decide_bind, decide_connect, decide_egress, decide_ingress,
     decide_sendmsg, decide_setsockopt, decide_socket, device_name_is_loopback, refused_option,
     sockopt, Decision, DenyEvent, Dest, Endpoint, Hook, OptionContext, OptionRule, PolicyView,
-    Reason, Settings, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
+    PortKey, ProxyKey, Reason, Settings, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
+    MAX_SANDBOXES,
 };
 
-/// Element 0 holds the sandbox's scalar settings. A zeroed element (nobody
-/// filled it) denies loopback as well: the maps fail closed.
+/// Each sandbox's scalar settings, by its cgroup id. No entry: denied
+/// everything. Entries are allocated on insert (`BPF_F_NO_PREALLOC`), so
+/// the capacity costs nothing until used.
 #[map]
-static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+static POLICIES: HashMap<u64, Settings> =
+    HashMap::with_max_entries(MAX_SANDBOXES as u32, BPF_F_NO_PREALLOC);
 
-/// Proxy endpoints (canonical address + port) the sandbox may reach.
+/// Proxy endpoints (canonical address + port) each sandbox may reach.
 #[map]
-static PROXIES: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_PROXY_ENDPOINTS as u32, 0);
+static PROXIES: HashMap<ProxyKey, u8> = HashMap::with_max_entries(
+    (MAX_SANDBOXES * MAX_PROXY_ENDPOINTS) as u32,
+    BPF_F_NO_PREALLOC,
+);
 
-/// Loopback ports allowed when `loopback_any` is off.
+/// Loopback ports each sandbox may reach when its `loopback_any` is off.
 #[map]
-static LOOPBACK_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_LOOPBACK_PORTS as u32, 0);
+static LOOPBACK_PORTS: HashMap<PortKey, u8> = HashMap::with_max_entries(
+    (MAX_SANDBOXES * MAX_LOOPBACK_PORTS) as u32,
+    BPF_F_NO_PREALLOC,
+);
 
-/// The policy as the BPF side sees it: hash-map lookups, which the verifier
-/// checks in constant time (loops over arrays cost it tens of milliseconds
-/// per program, which every sandbox start would pay).
+/// The policy of one sandbox as the BPF side sees it: hash-map lookups,
+/// which the verifier checks in constant time (loops over arrays cost it
+/// tens of milliseconds per program, which every load would pay).
 struct MapPolicy<'a> {
+    cgroup: u64,
     settings: &'a Settings,
 }
 
@@ -50,15 +70,25 @@ impl PolicyView for MapPolicy<'_> {
 
     #[inline(always)]
     fn loopback_port_allowed(&self, port: u16) -> bool {
+        let key = PortKey {
+            cgroup: self.cgroup,
+            port,
+            _pad: [0; 6],
+        };
         // SAFETY: the value is only tested for presence, never read, so a
         // concurrent update of the element cannot be observed half-written.
-        unsafe { LOOPBACK_PORTS.get(&port).is_some() }
+        unsafe { LOOPBACK_PORTS.get(&key).is_some() }
     }
 
     #[inline(always)]
     fn is_proxy(&self, endpoint: &Endpoint) -> bool {
+        let key = ProxyKey {
+            cgroup: self.cgroup,
+            endpoint: *endpoint,
+            _pad: [0; 4],
+        };
         // SAFETY: as above, presence only.
-        unsafe { PROXIES.get(endpoint).is_some() }
+        unsafe { PROXIES.get(&key).is_some() }
     }
 }
 
@@ -67,11 +97,14 @@ impl PolicyView for MapPolicy<'_> {
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// Element 0 counts, per CPU, the inet sockets the sandbox created: at
+/// Per sandbox cgroup and CPU, the inet sockets the sandbox created: at
 /// teardown the agent looks for sockets to destroy only if there were any
-/// (a dump of the host's socket tables costs milliseconds).
+/// (a dump of the host's socket tables costs milliseconds). The agent
+/// creates the entry with the policy; without one nothing is counted and
+/// teardown looks anyway.
 #[map]
-static SOCKETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static SOCKETS: PerCpuHashMap<u64, u64> =
+    PerCpuHashMap::with_max_entries(MAX_SANDBOXES as u32, BPF_F_NO_PREALLOC);
 
 /// Element 0 counts, per CPU, events that could not be written to `EVENTS`
 /// (per CPU so the count needs no atomic read-modify-write).
@@ -124,16 +157,19 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         ((*s).family, (*s).type_, (*s).protocol)
     };
     let d = decide_socket(family, ty, proto);
+    // SAFETY: helper without preconditions in cgroup programs.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
     if d.allow {
         if cgroup_hook_sees(family) {
-            if let Some(p) = SOCKETS.get_ptr_mut(0) {
-                // SAFETY: element 0 exists and is this CPU's own slot.
+            if let Some(p) = SOCKETS.get_ptr_mut(&cgroup) {
+                // SAFETY: the entry exists and this is this CPU's own slot.
                 unsafe { *p += 1 };
             }
         }
         return ALLOW;
     }
     emit(
+        cgroup,
         Hook::SockCreate,
         family,
         ty,
@@ -200,29 +236,48 @@ fn on_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     judge(hook, family, ty, proto, &dest)
 }
 
+/// The policy entry of a sandbox cgroup, or `None` (denied everything).
 #[inline(always)]
-fn judge(hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest) -> i32 {
-    if let Hook::Bind4 | Hook::Bind6 = hook {
-        return verdict(decide_bind(dest), hook, family, ty, proto, dest);
-    }
-    let Some(settings) = SETTINGS.get(0) else {
-        emit(hook, family, ty, proto, dest, Reason::NotAllowed);
-        return DENY;
-    };
-    let policy = MapPolicy { settings };
-    let d = match hook {
-        Hook::Sendmsg4 | Hook::Sendmsg6 => decide_sendmsg(&policy, dest),
-        _ => decide_connect(&policy, dest),
-    };
-    verdict(d, hook, family, ty, proto, dest)
+fn policy_of(cgroup: u64) -> Option<MapPolicy<'static>> {
+    // SAFETY: entries are written whole by userspace (one map update) and
+    // this program only reads them.
+    let settings = unsafe { POLICIES.get(&cgroup) }?;
+    Some(MapPolicy { cgroup, settings })
 }
 
 #[inline(always)]
-fn verdict(d: Decision, hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest) -> i32 {
+fn judge(hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest) -> i32 {
+    // The calling task's cgroup: a socket carried out of its sandbox is
+    // judged by the policy of whoever uses it (none outside: denied), and
+    // its packets by its own sandbox's at egress.
+    // SAFETY: helper without preconditions in cgroup programs.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    let Some(policy) = policy_of(cgroup) else {
+        emit(cgroup, hook, family, ty, proto, dest, Reason::NoPolicy);
+        return DENY;
+    };
+    let d = match hook {
+        Hook::Bind4 | Hook::Bind6 => decide_bind(dest),
+        Hook::Sendmsg4 | Hook::Sendmsg6 => decide_sendmsg(&policy, dest),
+        _ => decide_connect(&policy, dest),
+    };
+    verdict(cgroup, d, hook, family, ty, proto, dest)
+}
+
+#[inline(always)]
+fn verdict(
+    cgroup: u64,
+    d: Decision,
+    hook: Hook,
+    family: u32,
+    ty: u32,
+    proto: u32,
+    dest: &Dest,
+) -> i32 {
     if d.allow {
         return ALLOW;
     }
-    emit(hook, family, ty, proto, dest, d.reason);
+    emit(cgroup, hook, family, ty, proto, dest, d.reason);
     DENY
 }
 
@@ -255,7 +310,10 @@ pub fn setsockopt(ctx: SockoptContext) -> i32 {
     if d.allow {
         return ALLOW;
     }
+    // SAFETY: helper without preconditions in cgroup programs.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
     emit(
+        cgroup,
         Hook::Setsockopt,
         0,
         level as u32,
@@ -320,17 +378,30 @@ const ETH_P_IPV6: u16 = 0x86dd;
 /// headers and any socket-level trick have been applied.
 #[cgroup_skb(egress)]
 pub fn egress(ctx: SkBuffContext) -> i32 {
+    // The socket's cgroup, whoever sends: packets are judged by the policy
+    // of the sandbox that created the socket.
+    // SAFETY: the context's skb pointer is valid for the helper.
+    let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     match egress_dest(&ctx) {
         Some((family, proto, dest)) => {
-            let Some(settings) = SETTINGS.get(0) else {
-                emit(Hook::Egress, family, 0, proto, &dest, Reason::NotAllowed);
+            let Some(policy) = policy_of(cgroup) else {
+                emit(
+                    cgroup,
+                    Hook::Egress,
+                    family,
+                    0,
+                    proto,
+                    &dest,
+                    Reason::NoPolicy,
+                );
                 return DENY;
             };
             // ifindex 1 is the loopback device in every network namespace.
             // SAFETY: reading a field of the valid __sk_buff context.
             let on_lo = unsafe { (*ctx.skb.skb).ifindex } == 1;
             verdict(
-                decide_egress(&MapPolicy { settings }, &dest, on_lo),
+                cgroup,
+                decide_egress(&policy, &dest, on_lo),
                 Hook::Egress,
                 family,
                 0,
@@ -342,6 +413,7 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
         // legitimately send.
         None => {
             emit(
+                cgroup,
                 Hook::Egress,
                 0,
                 0,
@@ -380,12 +452,23 @@ pub fn ingress(ctx: SkBuffContext) -> i32 {
             },
         ),
     };
-    let Some(settings) = SETTINGS.get(0) else {
-        emit(Hook::Ingress, family, 0, proto, &src, Reason::NotAllowed);
+    // SAFETY: the context's skb pointer is valid for the helper.
+    let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    let Some(policy) = policy_of(cgroup) else {
+        emit(
+            cgroup,
+            Hook::Ingress,
+            family,
+            0,
+            proto,
+            &src,
+            Reason::NoPolicy,
+        );
         return DENY;
     };
     verdict(
-        decide_ingress(&MapPolicy { settings }, &src, false),
+        cgroup,
+        decide_ingress(&policy, &src, false),
         Hook::Ingress,
         family,
         0,
@@ -453,7 +536,7 @@ fn packet_end(ctx: &SkBuffContext, end: End) -> Option<(u32, u32, Dest)> {
 }
 
 #[inline(always)]
-fn emit(hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest, reason: Reason) {
+fn emit(cgroup_id: u64, hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest, reason: Reason) {
     let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) else {
         if let Some(p) = DROPPED.get_ptr_mut(0) {
             // SAFETY: element 0 exists (max_entries 1) and is this CPU's own
@@ -463,8 +546,6 @@ fn emit(hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest, reason: Reaso
         return;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: helper without preconditions in cgroup programs.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     entry.write(DenyEvent {
         pid: pid_tgid as u32,

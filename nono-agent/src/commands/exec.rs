@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
+use crate::daemon::client::{AsyncClient, Client, Incoming};
 use crate::enforcer::bpf::loader;
 use crate::enforcer::seccomp::{filter, supervisor::Supervisor};
 use crate::enforcer::{self, Applied, Choice, Host, Requested};
@@ -81,7 +82,8 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         .flat_map(|p| p.addrs.iter().map(|a| a.port()))
         .collect();
     let policy = plan.kernel.policy(&proxy_ports);
-    let (state, lock) = if privileged {
+    let mut daemon = connect_daemon(&plan);
+    let (state, lock) = if privileged && daemon.is_none() {
         sweep_stale();
         let st = registry::state_dir()?;
         let lock = registry::OwnerLock::acquire(&st, &id)?;
@@ -91,7 +93,34 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     };
     timing.mark("sweep");
     let mut res = Resources::new(id.clone(), lock);
-    let applied = apply_enforcer(&plan, &mut res, &policy, privileged)?;
+    let mut token = None;
+    let applied = match daemon.as_mut() {
+        Some(client) => {
+            let created = client
+                .create(&id, crate::daemon::policy::to_wire(&policy))
+                .with_context(|| {
+                    format!(
+                        "the daemon at {} did not create the sandbox (--no-daemon: do without it)",
+                        plan.daemon_socket
+                            .as_deref()
+                            .unwrap_or(Path::new("?"))
+                            .display()
+                    )
+                })?;
+            if !plan.quiet {
+                eprintln!(
+                    "nono-agent: enforcer: bpf (daemon{})",
+                    if created.nested { ", nested" } else { "" }
+                );
+            }
+            token = Some(created.token);
+            Applied::Daemon {
+                cgroup_dir: PathBuf::from(created.cgroup),
+                nested: created.nested,
+            }
+        }
+        None => apply_enforcer(&plan, &mut res, &policy, privileged)?,
+    };
     timing.mark("enforcer applied");
     if !plan.quiet {
         eprintln!(
@@ -106,7 +135,7 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     };
     let mask_refs: Vec<&Path> = masks.iter().map(PathBuf::as_path).collect();
     let filter_mode = match applied {
-        Applied::Bpf { .. } => Some(filter::Mode::Harden),
+        Applied::Bpf { .. } | Applied::Daemon { .. } => Some(filter::Mode::Harden),
         Applied::Seccomp => Some(filter::Mode::Notify),
         Applied::Unenforced => None,
     };
@@ -129,7 +158,10 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         .context("preparing the command line")?;
     // A privileged sandbox always gets a cgroup: under seccomp too, so that
     // `cleanup` can find and kill it if the agent dies.
-    if privileged && res.cgroup.is_none() && !matches!(applied, Applied::Unenforced) {
+    if privileged
+        && res.cgroup.is_none()
+        && !matches!(applied, Applied::Unenforced | Applied::Daemon { .. })
+    {
         let cg_parent = cgroup::parent_dir(&cgroup::discover_root()?)?;
         res.cgroup = Some(cgroup::Cgroup::create(&cg_parent, &id)?);
     }
@@ -145,7 +177,24 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     let child_pid = Arc::new(AtomicI32::new(0));
     let _forwarder = Forwarder::start(child_pid.clone()).context("installing signal handlers")?;
 
-    let mut child = match spawn::spawn(&prepared, cgroup_file.as_ref().map(|f| f.as_fd()), &setup) {
+    let mut place_in_daemon_sandbox = |pidfd: std::os::fd::BorrowedFd<'_>| match daemon.as_mut() {
+        Some(c) => c
+            .place(pidfd)
+            .map_err(|e| std::io::Error::other(util::chain(&e))),
+        None => Ok(()),
+    };
+    let place: Option<spawn::Place<'_>> = if matches!(applied, Applied::Daemon { .. }) {
+        Some(&mut place_in_daemon_sandbox)
+    } else {
+        None
+    };
+    let spawned = spawn::spawn(
+        &prepared,
+        cgroup_file.as_ref().map(|f| f.as_fd()),
+        place,
+        &setup,
+    );
+    let mut child = match spawned {
         Ok(c) => c,
         Err(spawn::SpawnError::Child(spawn::Stage::Exec, e)) => {
             eprintln!("nono-agent: {}: {e}", program.display());
@@ -159,6 +208,18 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     };
     timing.mark("spawn");
     child_pid.store(child.pid, Ordering::SeqCst);
+    let mut dconn: Option<AsyncClient> = match daemon.take() {
+        Some(mut c) => {
+            for raw in std::mem::take(&mut c.early_events) {
+                events::take_raw(&raw, &id, &mut out);
+            }
+            Some(c.into_async()?)
+        }
+        None => None,
+    };
+    let mut reconnect: Option<
+        std::pin::Pin<Box<dyn std::future::Future<Output = Option<AsyncClient>> + Send>>,
+    > = None;
     let relay = match terminal {
         Some(t) => Some(t.start_relay()?),
         None => None,
@@ -199,6 +260,27 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
                 }
             }
             Some(line) = event_rx.recv() => out.take(line),
+            inc = async { Some(dconn.as_mut()?.next().await) }, if dconn.is_some() => match inc {
+                Some(Incoming::Event(raw)) => events::take_raw(&raw, &id, &mut out),
+                _ => {
+                    // The daemon stopped or died: the sandbox stays confined
+                    // (pinned programs); a restarted daemon hands it back.
+                    dconn = None;
+                    eprintln!("nono-agent: lost the daemon connection; the sandbox stays confined; reconnecting");
+                    if let (Some(path), Some(t)) = (plan.daemon_socket.clone(), token.clone()) {
+                        reconnect = Some(Box::pin(resume(path, id.clone(), t)));
+                    }
+                }
+            },
+            r = async { Some(reconnect.as_mut()?.await) }, if reconnect.is_some() => {
+                reconnect = None;
+                dconn = r.flatten();
+                if dconn.is_some() {
+                    eprintln!("nono-agent: reconnected to the daemon");
+                } else {
+                    eprintln!("nono-agent: WARNING: could not reconnect to the daemon; it ends the sandbox when this agent exits");
+                }
+            }
         }
     }
     drop(exited);
@@ -234,6 +316,20 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     }
     if let Some(d) = &dropped {
         out.summary.dropped = loader::dropped_events(d);
+    }
+    if let Some(c) = dconn.take() {
+        match c.end().await {
+            Ok((last, dropped)) => {
+                for raw in last {
+                    events::take_raw(&raw, &id, &mut out);
+                }
+                out.summary.dropped = dropped;
+            }
+            Err(e) => eprintln!(
+                "nono-agent: sandbox {id}: ending it through the daemon: {}",
+                util::chain(&e)
+            ),
+        }
     }
     drop(ring);
     for e in res.teardown() {
@@ -297,6 +393,44 @@ impl Terminal {
         drop(self.pty.slave);
         Ok(relay::Relay::start(self.pty.master, self.modes, stops)?)
     }
+}
+
+/// The daemon, when it should be used and answers; otherwise `None` (and
+/// the direct or seccomp path is taken, as `enforcer::choose` decides).
+fn connect_daemon(plan: &Plan) -> Option<Client> {
+    if plan.enforcer == Requested::Seccomp {
+        return None;
+    }
+    let path = plan.daemon_socket.as_deref()?;
+    match Client::connect(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nono-agent: not using the daemon: {}", util::chain(&e));
+            None
+        }
+    }
+}
+
+/// Reconnects to a restarted daemon and resumes the sandbox (up to a
+/// minute).
+async fn resume(path: PathBuf, id: String, token: String) -> Option<AsyncClient> {
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let p = path.clone();
+        let (i, t) = (id.clone(), token.clone());
+        let r = tokio::task::spawn_blocking(move || -> Option<AsyncClient> {
+            let mut c = Client::connect(&p).ok()??;
+            c.resume(&i, &t).ok()?;
+            c.into_async().ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        if r.is_some() {
+            return r;
+        }
+    }
+    None
 }
 
 /// The Landlock domain: the profile's rules, or the baseline (scopes only)
@@ -385,14 +519,19 @@ fn child_environment(
     let mut env: Vec<(OsString, OsString)> = plan::environment(&plan.env);
     env.push(("NONO_SANDBOX_ID".into(), id.into()));
     env.push(("NONO_ENFORCER".into(), applied.name().into()));
-    if let Applied::Bpf {
-        cgroup_dir,
-        pin_dir,
-        ..
-    } = applied
-    {
-        env.push(("NONO_CGROUP".into(), cgroup_dir.clone().into()));
-        env.push(("NONO_BPF_PIN_DIR".into(), pin_dir.clone().into()));
+    match applied {
+        Applied::Bpf {
+            cgroup_dir,
+            pin_dir,
+            ..
+        } => {
+            env.push(("NONO_CGROUP".into(), cgroup_dir.clone().into()));
+            env.push(("NONO_BPF_PIN_DIR".into(), pin_dir.clone().into()));
+        }
+        Applied::Daemon { cgroup_dir, .. } => {
+            env.push(("NONO_CGROUP".into(), cgroup_dir.clone().into()));
+        }
+        _ => {}
     }
     for (k, v) in proxy_env {
         env.retain(|(ek, _)| ek.as_os_str() != k.as_str());

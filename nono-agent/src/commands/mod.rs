@@ -3,6 +3,7 @@
 //! errors become a message and an exit code.
 
 pub mod cleanup;
+pub mod daemon;
 pub mod doctor;
 pub mod exec;
 pub mod profile;
@@ -21,6 +22,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Exec(args) => runtime()?.block_on(exec::run(args.into())),
         Command::Cleanup => cleanup::run(),
         Command::Doctor(args) => doctor::run(args.json),
+        Command::Daemon(args) => runtime()?.block_on(daemon::run(args)),
         Command::Profile(cmd) => profile::run(cmd),
         Command::Proxy(args) => runtime()?.block_on(proxy::run(args)),
     }

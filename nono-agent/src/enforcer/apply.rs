@@ -44,6 +44,11 @@ pub enum Applied {
         cgroup_dir: PathBuf,
         pin_dir: PathBuf,
     },
+    /// The daemon's programs, through a sandbox cgroup it made for us.
+    Daemon {
+        cgroup_dir: PathBuf,
+        nested: bool,
+    },
     Seccomp,
     Unenforced,
 }
@@ -52,7 +57,7 @@ impl Applied {
     /// The name the command sees in `NONO_ENFORCER`.
     pub fn name(&self) -> &'static str {
         match self {
-            Applied::Bpf { .. } => "bpf",
+            Applied::Bpf { .. } | Applied::Daemon { .. } => "bpf",
             Applied::Seccomp => "seccomp",
             Applied::Unenforced => "none",
         }
@@ -66,6 +71,7 @@ pub fn apply_bpf(res: &mut Resources, policy: &Policy) -> Result<Applied, ApplyE
     let cg_parent = cgroup::parent_dir(&cg_root)?;
     let cg = cgroup::Cgroup::create(&cg_parent, &res.id)?;
     let cg_path = cg.path().to_path_buf();
+    let cg_id = cg.id()?;
     res.cgroup = Some(cg);
 
     let bpffs_root = bpffs::ensure_mounted()?;
@@ -77,7 +83,7 @@ pub fn apply_bpf(res: &mut Resources, policy: &Policy) -> Result<Applied, ApplyE
     })?;
     res.pin_dir = Some(pin_dir.clone());
 
-    let attached = loader::load_and_attach_fast(&cg_path, policy, Some(&pin_dir))?;
+    let attached = loader::load_and_attach_fast(&cg_path, cg_id, policy, Some(&pin_dir))?;
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
     // until the RingBuf (owned by the AsyncFd) is dropped.
     let ring =

@@ -31,6 +31,14 @@ pub enum CgroupError {
         #[source]
         source: std::io::Error,
     },
+    /// A cgroup directory could not be examined.
+    #[error("examining cgroup {}", .path.display())]
+    Stat {
+        /// The cgroup directory.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// `cgroup.kill` could not be written.
     #[error("writing {}", .path.display())]
     Kill {
@@ -131,6 +139,17 @@ pub fn discover_root() -> Result<PathBuf> {
         .ok_or(CgroupError::NoCgroup2)
 }
 
+/// The v2 id of the cgroup at `path` (its directory's inode number).
+pub fn id_of(path: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|source| CgroupError::Stat {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 /// `<cgroup2>/nono`, created if missing.
 pub fn parent_dir(root: &Path) -> Result<PathBuf> {
     let p = root.join(PARENT);
@@ -162,6 +181,12 @@ impl Cgroup {
     /// The cgroup directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The cgroup's v2 id (its directory's inode number), the key of its
+    /// entries in the BPF policy maps.
+    pub fn id(&self) -> Result<u64> {
+        id_of(&self.path)
     }
 
     /// Kills every process in the cgroup and its descendants and waits until

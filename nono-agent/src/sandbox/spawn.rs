@@ -58,6 +58,8 @@ pub enum SpawnError {
     Child(Stage, io::Error),
     /// Preparing argv/envp or the status pipe failed.
     Prepare(io::Error),
+    /// The child could not be placed in its sandbox (the daemon refused).
+    Place(io::Error),
 }
 
 impl std::fmt::Display for SpawnError {
@@ -74,6 +76,7 @@ impl std::fmt::Display for SpawnError {
             }
             Self::Child(Stage::Exec, e) => write!(f, "execve failed: {e}"),
             Self::Prepare(e) => write!(f, "preparing the child failed: {e}"),
+            Self::Place(e) => write!(f, "placing the child in its sandbox failed: {e}"),
         }
     }
 }
@@ -219,9 +222,15 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// `cmd`. Returns once the exec succeeded (or the child reported why it did
 /// not). If the setup installed a seccomp listener, it is taken from the
 /// child with `pidfd_getfd` before the child may exec.
+/// Placement: called with the child's pidfd while the child waits, before
+/// it does anything; the child goes on only if it returns `Ok` (the daemon
+/// moved it into its sandbox cgroup).
+pub type Place<'a> = &'a mut dyn FnMut(BorrowedFd<'_>) -> io::Result<()>;
+
 pub fn spawn(
     cmd: &Prepared,
     cgroup: Option<BorrowedFd<'_>>,
+    place: Option<Place<'_>>,
     setup: &ChildSetup,
 ) -> Result<Child, SpawnError> {
     let (rd, wr) = pipe().map_err(SpawnError::Prepare)?;
@@ -277,7 +286,14 @@ pub fn spawn(
     if r == 0 {
         // Child: never returns.
         let namespaces = args.flags & setup.clone_namespaces();
-        child_main(cmd, setup, namespaces, wr.as_raw_fd(), go_rd.as_raw_fd());
+        child_main(
+            cmd,
+            setup,
+            namespaces,
+            place.is_some(),
+            wr.as_raw_fd(),
+            go_rd.as_raw_fd(),
+        );
     }
     drop(wr);
     drop(go_rd);
@@ -287,6 +303,16 @@ pub fn spawn(
         pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
         listener: None,
     };
+    if let Some(place) = place {
+        if let Err(e) = place(child.pidfd.as_fd()) {
+            // SAFETY: kill of our own unreaped child.
+            unsafe { libc::kill(child.pid, libc::SIGKILL) };
+            let _ = child.reap();
+            return Err(SpawnError::Place(e));
+        }
+        // SAFETY: one byte to a pipe we own.
+        unsafe { libc::write(go_wr.as_raw_fd(), b"p".as_ptr().cast(), 1) };
+    }
     let mut report = [0u8; 8];
     let mut n = read_full(rd.as_raw_fd(), &mut report);
     if n == 8 && report[0] == 3 {
@@ -345,9 +371,24 @@ fn read_full(fd: RawFd, buf: &mut [u8]) -> usize {
 }
 
 /// The child between clone and exec. Syscalls only.
-fn child_main(cmd: &Prepared, setup: &ChildSetup, namespaces: u64, report: RawFd, go: RawFd) -> ! {
+fn child_main(
+    cmd: &Prepared,
+    setup: &ChildSetup,
+    namespaces: u64,
+    placed: bool,
+    report: RawFd,
+    go: RawFd,
+) -> ! {
     // SAFETY: plain syscalls on prepared data; see module docs.
     unsafe {
+        if placed {
+            // Nothing happens before the daemon has moved us into the
+            // sandbox cgroup: if it refuses, the agent kills us here.
+            let mut b = [0u8; 1];
+            if libc::read(go, b.as_mut_ptr().cast(), 1) != 1 {
+                libc::_exit(125);
+            }
+        }
         // The agent is non-dumpable (see main); the child must be
         // supervisable (pidfd_getfd, process_vm_readv) by the agent's uid.
         // exec resets this anyway; the init sets it back to 0.

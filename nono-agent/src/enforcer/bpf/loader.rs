@@ -1,17 +1,21 @@
-//! Loading this sandbox's copy of the BPF object and attaching it.
+//! Loading the BPF object, verifying its programs and attaching them to a
+//! cgroup.
 //!
-//! Every sandbox loads its own object instance, so its policy maps
-//! (`SETTINGS`, `PROXIES`, `LOOPBACK_PORTS`) and its `EVENTS` ring belong to it alone: concurrent sandboxes cannot see or change each
-//! other's policy, and no per-cgroup lookup is needed in the hot path.
+//! Two users: `exec` as root loads a private copy per sandbox
+//! ([`load_and_attach_fast`]), writes the one policy entry of its cgroup and
+//! attaches the programs to that cgroup; the daemon loads one copy once
+//! ([`load_fast`]), attaches it to its parent cgroup ([`attach`]) and adds
+//! an entry per sandbox (see `super::maps`).
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::links::{CgroupAttachMode, FdLink, LinkError, PinnedLink};
 use aya::programs::{
     CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockopt, ProgramError,
 };
 use aya::{Ebpf, EbpfError, EbpfLoader};
-use nono_common::{Endpoint, Policy, Settings};
+use nono_common::Policy;
 
+use super::maps::{MapsError, PolicyMaps};
 use super::rawlink;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -25,10 +29,17 @@ pub enum LoadError {
     /// The kernel refused the object (maps or BTF).
     #[error("loading the BPF object into the kernel")]
     Load(#[source] Box<EbpfError>),
-    /// The policy maps could not be filled (a [`LoadError::NoMap`] or
-    /// [`LoadError::Map`]).
+    /// The policy maps could not be opened or filled.
     #[error("writing the sandbox policy")]
-    WritePolicy(#[source] Box<LoadError>),
+    WritePolicy(#[source] MapsError),
+    /// A map could not be pinned.
+    #[error("pinning the {name} map")]
+    PinMap {
+        /// The map.
+        name: &'static str,
+        #[source]
+        source: aya::pin::PinError,
+    },
     /// The object lacks a map this agent needs (a build mismatch).
     #[error("BPF object has no {name} map")]
     NoMap {
@@ -154,13 +165,33 @@ const SOCK_ADDR_PROGRAMS: [&str; 6] = [
 ];
 const SOCK_PROGRAMS: [&str; 1] = ["sock_create"];
 
+/// Every program, by the name its link is pinned under.
+pub const PROGRAMS: [&str; 10] = [
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "bind4",
+    "bind6",
+    "sock_create",
+    "egress",
+    "ingress",
+    "setsockopt",
+];
+
+/// The embedded BPF object's bytes.
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
+
 /// What keeps the programs attached: the object (programs, maps) and the
 /// link fds. Dropping it closes the fds; pinned links stay attached until
 /// their pins are removed.
 pub struct Keep {
     _ebpf: Ebpf,
     _links: Vec<Link>,
-    sockets: Option<PerCpuArray<MapData, u64>>,
+    maps: PolicyMaps,
+    cgroup_id: u64,
 }
 
 impl Keep {
@@ -171,8 +202,7 @@ impl Keep {
 
     /// How many inet sockets the sandbox created, if the count can be read.
     pub fn sockets_created(&self) -> Option<u64> {
-        let m = self.sockets.as_ref()?;
-        m.get(&0, 0).ok().map(|v| v.iter().sum())
+        self.maps.sockets_created(self.cgroup_id)
     }
 }
 
@@ -186,8 +216,9 @@ pub struct Attached {
     pub dropped: PerCpuArray<MapData, u64>,
 }
 
+/// One attached program's link, held for its `Drop`.
 #[allow(dead_code)] // held only for their Drop
-enum Link {
+pub enum Link {
     Pinned(PinnedLink),
     Unpinned(FdLink),
     /// aya 0.14 cannot turn a sockopt link into an `FdLink`, so that one is
@@ -210,6 +241,7 @@ pub fn dropped_events(dropped: &PerCpuArray<MapData, u64>) -> u64 {
 /// trick is not possible, loading simply proceeds with the parse.
 pub fn load_and_attach_fast(
     cgroup_dir: &Path,
+    cgroup_id: u64,
     policy: &Policy,
     pin_dir: Option<&Path>,
 ) -> Result<Attached> {
@@ -219,11 +251,36 @@ pub fn load_and_attach_fast(
     std::thread::scope(|s| {
         s.spawn(move || {
             hide_kernel_btf_from_this_thread();
-            load_and_attach(&cgroup_dir, &policy, pin_dir.as_deref())
+            load_and_attach(&cgroup_dir, cgroup_id, &policy, pin_dir.as_deref())
         })
         .join()
         .map_err(|_| LoadError::LoaderPanicked)?
     })
+}
+
+/// [`load`] on a helper thread that cannot see the kernel BTF (see
+/// [`load_and_attach_fast`]).
+pub fn load_fast() -> Result<Ebpf> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            hide_kernel_btf_from_this_thread();
+            load()
+        })
+        .join()
+        .map_err(|_| LoadError::LoaderPanicked)?
+    })
+}
+
+/// Loads the object and verifies every program; nothing is attached yet.
+pub fn load() -> Result<Ebpf> {
+    // BTF is not needed: the programs use no CO-RE relocations. Skipping the
+    // kernel BTF parse saves ~80 ms per load.
+    let mut ebpf = EbpfLoader::new()
+        .btf(None)
+        .load(OBJECT)
+        .map_err(|e| LoadError::Load(Box::new(e)))?;
+    verify_all(&mut ebpf)?;
+    Ok(ebpf)
 }
 
 fn hide_kernel_btf_from_this_thread() {
@@ -252,25 +309,58 @@ fn hide_kernel_btf_from_this_thread() {
     );
 }
 
-/// Loads the object, writes `policy`, attaches every program to the cgroup at
-/// `cgroup_dir` and pins each link into `pin_dir` (if given). Nothing is left
+/// Loads a private copy of the object, writes `policy` as the entry of the
+/// cgroup `cgroup_id` (at `cgroup_dir`), attaches every program to that
+/// cgroup and pins each link into `pin_dir` (if given). Nothing is left
 /// attached if this fails part-way: links are dropped with the error, and
 /// pins are removed by the caller's teardown.
 pub fn load_and_attach(
     cgroup_dir: &Path,
+    cgroup_id: u64,
     policy: &Policy,
     pin_dir: Option<&Path>,
 ) -> Result<Attached> {
-    // BTF is not needed: the programs use no CO-RE relocations. Skipping the
-    // kernel BTF parse saves ~80 ms per sandbox.
-    let mut ebpf = EbpfLoader::new()
-        .btf(None)
-        .load(OBJECT)
-        .map_err(|e| LoadError::Load(Box::new(e)))?;
+    let mut ebpf = load()?;
+    let mut maps = PolicyMaps::take(&mut ebpf, None).map_err(LoadError::WritePolicy)?;
+    maps.insert(cgroup_id, policy)
+        .map_err(LoadError::WritePolicy)?;
+    let links = attach(&mut ebpf, cgroup_dir, pin_dir)?;
+    let (events, dropped) = take_events(&mut ebpf, None)?;
+    Ok(Attached {
+        keep: Keep {
+            _ebpf: ebpf,
+            _links: links,
+            maps,
+            cgroup_id,
+        },
+        events,
+        dropped,
+    })
+}
 
-    write_policy(&mut ebpf, policy).map_err(|e| LoadError::WritePolicy(Box::new(e)))?;
-    verify_all(&mut ebpf)?;
+/// Takes the event ring and its drop counter out of the object, pinning
+/// them into `pin_dir` if given.
+pub fn take_events(
+    ebpf: &mut Ebpf,
+    pin_dir: Option<&Path>,
+) -> Result<(RingBuf<MapData>, PerCpuArray<MapData, u64>)> {
+    let mut take = |name: &'static str| -> Result<aya::maps::Map> {
+        let m = ebpf.take_map(name).ok_or(LoadError::NoMap { name })?;
+        if let Some(dir) = pin_dir {
+            m.pin(dir.join(name))
+                .map_err(|source| LoadError::PinMap { name, source })?;
+        }
+        Ok(m)
+    };
+    let events = RingBuf::try_from(take("EVENTS")?).map_err(map_err("EVENTS map"))?;
+    let dropped = PerCpuArray::try_from(take("DROPPED")?).map_err(map_err("DROPPED map"))?;
+    Ok((events, dropped))
+}
 
+/// Attaches every program of a loaded object to the cgroup at `cgroup_dir`
+/// with BPF links, pinning each into `pin_dir` (if given).
+pub fn attach(ebpf: &mut Ebpf, cgroup_dir: &Path, pin_dir: Option<&Path>) -> Result<Vec<Link>> {
+    let ebpf = &mut *ebpf;
     let cgroup = File::open(cgroup_dir).map_err(|source| LoadError::OpenCgroup {
         path: cgroup_dir.to_path_buf(),
         source,
@@ -282,7 +372,7 @@ pub fn load_and_attach(
         ($ty:ty, $name:expr, |$p:ident| $attach:expr) => {{
             let name: &str = $name;
             let $p: &mut $ty =
-                program(&mut ebpf, name)?
+                program(ebpf, name)?
                     .try_into()
                     .map_err(|source| LoadError::WrongType {
                         name: name.to_string(),
@@ -321,31 +411,8 @@ pub fn load_and_attach(
         CgroupAttachMode::Single
     ));
     links.push(pin(fd_link(link, "ingress")?, pin_dir, "ingress")?);
-    links.push(attach_setsockopt(&mut ebpf, &cgroup, pin_dir)?);
-
-    let events = RingBuf::try_from(
-        ebpf.take_map("EVENTS")
-            .ok_or(LoadError::NoMap { name: "EVENTS" })?,
-    )
-    .map_err(map_err("EVENTS map"))?;
-    let dropped = PerCpuArray::try_from(
-        ebpf.take_map("DROPPED")
-            .ok_or(LoadError::NoMap { name: "DROPPED" })?,
-    )
-    .map_err(map_err("DROPPED map"))?;
-    let sockets = ebpf
-        .take_map("SOCKETS")
-        .and_then(|m| PerCpuArray::try_from(m).ok());
-
-    Ok(Attached {
-        keep: Keep {
-            _ebpf: ebpf,
-            _links: links,
-            sockets,
-        },
-        events,
-        dropped,
-    })
+    links.push(attach_setsockopt(ebpf, &cgroup, pin_dir)?);
+    Ok(links)
 }
 
 /// The setsockopt program, attached with a raw BPF link and pinned.
@@ -404,51 +471,9 @@ fn verify_all(ebpf: &mut Ebpf) -> Result<()> {
     })
 }
 
-/// Fills the policy maps. Runs before any program is attached, so the
-/// sandbox never sees a partial policy.
-fn write_policy(ebpf: &mut Ebpf, policy: &Policy) -> Result<()> {
-    {
-        let mut proxies: HashMap<&mut MapData, Endpoint, u8> =
-            HashMap::try_from(map(ebpf, "PROXIES")?).map_err(map_err("PROXIES map"))?;
-        for e in policy.proxies.iter().take(policy.n_proxies as usize) {
-            proxies.insert(e, 1, 0).map_err(map_err("PROXIES insert"))?;
-        }
-    }
-    {
-        let mut ports: HashMap<&mut MapData, u16, u8> =
-            HashMap::try_from(map(ebpf, "LOOPBACK_PORTS")?)
-                .map_err(map_err("LOOPBACK_PORTS map"))?;
-        for p in policy
-            .loopback_ports
-            .iter()
-            .take(policy.n_loopback_ports as usize)
-        {
-            ports
-                .insert(p, 1, 0)
-                .map_err(map_err("LOOPBACK_PORTS insert"))?;
-        }
-    }
-    let mut settings: Array<&mut MapData, Settings> =
-        Array::try_from(map(ebpf, "SETTINGS")?).map_err(map_err("SETTINGS map"))?;
-    settings
-        .set(
-            0,
-            Settings {
-                loopback_any: policy.loopback_any,
-            },
-            0,
-        )
-        .map_err(map_err("SETTINGS set"))?;
-    Ok(())
-}
-
 /// Wraps a map error with what was being done to which map.
 fn map_err(what: &'static str) -> impl FnOnce(MapError) -> LoadError {
     move |source| LoadError::Map { what, source }
-}
-
-fn map<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name).ok_or(LoadError::NoMap { name })
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {

@@ -2,4 +2,5 @@
 
 pub mod bpffs;
 pub mod loader;
+pub mod maps;
 pub mod rawlink;

@@ -1,0 +1,26 @@
+//! `nono-agent daemon`: root check, options, and the server.
+
+use anyhow::{bail, Result};
+
+use crate::cli::DaemonArgs;
+use crate::daemon::server::{self, Limits, Options};
+use crate::sandbox::{privileges, registry};
+
+/// Runs the daemon until it is told to stop.
+pub async fn run(args: DaemonArgs) -> Result<i32> {
+    if !privileges::can_load_bpf() {
+        bail!("the daemon needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF)");
+    }
+    let opts = Options {
+        socket: args.socket,
+        state_dir: std::path::Path::new(registry::STATE_DIR).join(&args.name),
+        name: args.name,
+        limits: Limits {
+            sandboxes_per_uid: args.max_sandboxes_per_uid,
+            connections_per_uid: args.max_connections_per_uid,
+            requests_per_sec: args.max_requests_per_sec,
+        },
+    };
+    server::run(opts).await?;
+    Ok(0)
+}

@@ -1,0 +1,228 @@
+//! Moving a client's child into its sandbox cgroup, only if it is the
+//! client's own, and without a pid-reuse window.
+//!
+//! The move itself (`cgroup.procs`) takes a pid number. Between checking
+//! the process behind the client's pidfd and writing its number, the client
+//! could kill and reap its child and let the number go to someone else's
+//! new process, which would then be moved into (and later killed with) the
+//! sandbox. So the daemon first *holds* the process with `PTRACE_SEIZE`
+//! (which neither stops nor signals it): a traced process that dies stays a
+//! zombie owned by the tracer, its parent cannot reap it, and its number
+//! cannot be reused. Checks and the move happen while it is held; the hold
+//! is on a short-lived thread, and the kernel detaches a thread's tracees
+//! when it exits.
+
+use std::io;
+use std::os::fd::{AsFd as _, OwnedFd};
+use std::path::Path;
+
+use super::process::{self, Peer, ProcInfo, ProcessError};
+
+/// Why a process was not placed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    /// Its identity could not be read.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// It could not be held (already traced, or gone).
+    #[error("holding the process with ptrace")]
+    Hold(#[source] io::Error),
+    /// The client that asked is gone.
+    #[error("the requesting process exited")]
+    PeerGone,
+    /// It is not a process (a thread's pidfd).
+    #[error("pid {0} is a thread, not a process")]
+    Thread(i32),
+    /// It is not the client's child.
+    #[error("pid {pid} is not a child of the requesting process {peer} (its parent is {ppid})")]
+    NotChild {
+        /// The process.
+        pid: i32,
+        /// Its parent.
+        ppid: i32,
+        /// The client.
+        peer: i32,
+    },
+    /// It does not run with the client's uid (all four ids must match).
+    #[error("pid {pid} does not run as uid {uid} (real, effective, saved, filesystem: {uids:?})")]
+    ForeignUid {
+        /// The process.
+        pid: i32,
+        /// The client's uid.
+        uid: u32,
+        /// Its uids.
+        uids: [u32; 4],
+    },
+    /// It is not in the client's own cgroup (moved elsewhere already).
+    #[error("pid {pid} is in cgroup {found}, not in the requesting process's cgroup {expected}")]
+    WrongCgroup {
+        /// The process.
+        pid: i32,
+        /// Where it is.
+        found: String,
+        /// The client's cgroup.
+        expected: String,
+    },
+    /// Writing `cgroup.procs` failed.
+    #[error("moving pid {pid} into {}", .path.display())]
+    Move {
+        /// The process.
+        pid: i32,
+        /// The `cgroup.procs` file.
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// After the move the process is not where it should be.
+    #[error("pid {0} is not in the sandbox cgroup after the move")]
+    NotMoved(i32),
+    /// The helper thread could not run.
+    #[error("the placement thread failed")]
+    HelperPanicked,
+}
+
+/// Checks that `child` (a pidfd the client sent) is the client's own child,
+/// runs with its uid and sits in its cgroup (`peer_cgroup`, relative to the
+/// hierarchy root), then moves it into the cgroup at `target_dir`
+/// (`target_rel` relative to the root).
+pub fn place(
+    child: &OwnedFd,
+    peer: &Peer,
+    peer_cgroup: &str,
+    target_dir: &Path,
+    target_rel: &str,
+) -> Result<(), PlaceError> {
+    std::thread::scope(|s| {
+        s.spawn(|| held_place(child, peer, peer_cgroup, target_dir, target_rel))
+            .join()
+            .map_err(|_| PlaceError::HelperPanicked)?
+    })
+}
+
+/// The body of [`place`], on its own thread: the ptrace hold ends when the
+/// thread exits.
+fn held_place(
+    child: &OwnedFd,
+    peer: &Peer,
+    peer_cgroup: &str,
+    target_dir: &Path,
+    target_rel: &str,
+) -> Result<(), PlaceError> {
+    let pid = process::pidfd_pid(child.as_fd())?;
+    // SAFETY: PTRACE_SEIZE takes no pointers; it fails for a process we may
+    // not trace or one traced already.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SEIZE,
+            pid,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    if r != 0 {
+        return Err(PlaceError::Hold(io::Error::last_os_error()));
+    }
+    // Held. If the pidfd's process still runs, the number we seized is its.
+    let info = process::info(child.as_fd())?;
+    if info.pid != pid {
+        return Err(PlaceError::Process(ProcessError::Exited));
+    }
+    if !process::running(peer.pidfd.as_fd()) {
+        return Err(PlaceError::PeerGone);
+    }
+    check(&info, peer, peer_cgroup)?;
+    let procs = target_dir.join("cgroup.procs");
+    std::fs::write(&procs, pid.to_string()).map_err(|source| PlaceError::Move {
+        pid,
+        path: procs.clone(),
+        source,
+    })?;
+    let after = process::info(child.as_fd())?;
+    if after.cgroup != target_rel {
+        return Err(PlaceError::NotMoved(pid));
+    }
+    Ok(())
+}
+
+/// The pure part: the process is the peer's child, with its uid, in its
+/// cgroup.
+pub fn check(info: &ProcInfo, peer: &Peer, peer_cgroup: &str) -> Result<(), PlaceError> {
+    if info.tgid != info.pid {
+        return Err(PlaceError::Thread(info.pid));
+    }
+    if info.ppid != peer.pid {
+        return Err(PlaceError::NotChild {
+            pid: info.pid,
+            ppid: info.ppid,
+            peer: peer.pid,
+        });
+    }
+    if info.uids.iter().any(|&u| u != peer.uid) {
+        return Err(PlaceError::ForeignUid {
+            pid: info.pid,
+            uid: peer.uid,
+            uids: info.uids,
+        });
+    }
+    if info.cgroup != peer_cgroup {
+        return Err(PlaceError::WrongCgroup {
+            pid: info.pid,
+            found: info.cgroup.clone(),
+            expected: peer_cgroup.to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> Peer {
+        Peer {
+            pid: 100,
+            uid: 1000,
+            gid: 1000,
+            pidfd: std::fs::File::open("/dev/null").unwrap().into(),
+        }
+    }
+
+    fn child() -> ProcInfo {
+        ProcInfo {
+            pid: 101,
+            tgid: 101,
+            ppid: 100,
+            uids: [1000; 4],
+            cgroup: "/user.slice".into(),
+            start_time: 1,
+        }
+    }
+
+    #[test]
+    fn only_the_callers_own_child_with_its_uid_in_its_cgroup_passes() {
+        let p = peer();
+        assert!(check(&child(), &p, "/user.slice").is_ok());
+        let mut c = child();
+        c.ppid = 1;
+        assert!(matches!(
+            check(&c, &p, "/user.slice"),
+            Err(PlaceError::NotChild { .. })
+        ));
+        let mut c = child();
+        c.uids[2] = 0;
+        assert!(matches!(
+            check(&c, &p, "/user.slice"),
+            Err(PlaceError::ForeignUid { .. })
+        ));
+        let mut c = child();
+        c.tgid = 100;
+        assert!(matches!(
+            check(&c, &p, "/user.slice"),
+            Err(PlaceError::Thread(101))
+        ));
+        assert!(matches!(
+            check(&child(), &p, "/nono-daemon/x"),
+            Err(PlaceError::WrongCgroup { .. })
+        ));
+    }
+}
