@@ -317,4 +317,12 @@ pub struct DoctorArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// The daemon socket to ask (as `exec` would).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "NONO_AGENT_DAEMON_SOCKET",
+        default_value = crate::daemon::client::DEFAULT_SOCKET
+    )]
+    pub daemon_socket: PathBuf,
 }

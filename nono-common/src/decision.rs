@@ -192,7 +192,7 @@ impl Decision {
 /// Exactly 127.0.0.1, ::1 or ::ffff:127.0.0.1: the addresses the policy
 /// calls loopback.
 #[inline(always)]
-pub(crate) fn is_loopback(a: &[u8; 16]) -> bool {
+pub fn is_loopback(a: &[u8; 16]) -> bool {
     if is_v4_mapped(a) {
         a[12] == 127 && a[13] == 0 && a[14] == 0 && a[15] == 1
     } else {

@@ -17,9 +17,9 @@ mod types;
 pub use decision::{
     cgroup_hook_sees, decide_bind, decide_connect, decide_control, decide_egress, decide_ingress,
     decide_sendmsg, decide_setsockopt, decide_socket, decide_socketpair, device_name_is_loopback,
-    refused_option, sockopt, ControlContext, ControlRule, Decision, OptionContext, OptionRule,
-    PolicyView, Reason, RefusedControl, RefusedOption, SocketRule, ALLOWED_SOCKETS, ANY,
-    REFUSED_CONTROL, REFUSED_OPTIONS,
+    is_loopback, refused_option, sockopt, ControlContext, ControlRule, Decision, OptionContext,
+    OptionRule, PolicyView, Reason, RefusedControl, RefusedOption, SocketRule, ALLOWED_SOCKETS,
+    ANY, REFUSED_CONTROL, REFUSED_OPTIONS,
 };
 pub use types::{
     canonical_v4, canonical_v6, DenyEvent, Dest, Endpoint, Hook, Policy, PortKey, ProxyKey,

@@ -15,6 +15,7 @@ struct Report {
     cgroup2_mount: Option<String>,
     bpffs_mounts: Vec<String>,
     privileged: bool,
+    daemon: DaemonCheck,
     bpf: Check,
     landlock_abi: Option<i64>,
     seccomp_user_notif: bool,
@@ -23,12 +24,48 @@ struct Report {
 }
 
 #[derive(Debug, Serialize)]
+struct DaemonCheck {
+    socket: String,
+    answers: bool,
+    detail: String,
+    version: Option<String>,
+    uptime_secs: Option<u64>,
+    sandboxes: Option<usize>,
+}
+
+/// Asks the daemon at `socket` for its status.
+fn check_daemon(socket: &std::path::Path) -> DaemonCheck {
+    use crate::daemon::client::Client;
+    let mut c = DaemonCheck {
+        socket: socket.display().to_string(),
+        answers: false,
+        detail: String::new(),
+        version: None,
+        uptime_secs: None,
+        sandboxes: None,
+    };
+    match Client::connect(socket).map(|o| o.map(|mut cl| cl.status())) {
+        Ok(None) => c.detail = "not running (nothing listens on the socket)".into(),
+        Ok(Some(Ok((version, up, n)))) => {
+            c.answers = true;
+            c.detail = format!("version {version}, up {up} s, {n} sandbox(es)");
+            c.version = Some(version);
+            c.uptime_secs = Some(up);
+            c.sandboxes = Some(n);
+        }
+        Ok(Some(Err(e))) | Err(e) => c.detail = crate::util::chain(&e),
+    }
+    c
+}
+
+#[derive(Debug, Serialize)]
 struct Check {
     ok: bool,
     detail: String,
 }
 
-pub fn run(json: bool) -> Result<i32> {
+pub fn run(json: bool, daemon_socket: &std::path::Path) -> Result<i32> {
+    let daemon = check_daemon(daemon_socket);
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_else(|e| format!("unknown ({e})"));
@@ -53,7 +90,15 @@ pub fn run(json: bool) -> Result<i32> {
         seccomp_user_notif: user_notif,
     };
     let bpf_outcome = if bpf.ok { Ok(()) } else { Err(&bpf.detail) };
-    let (auto_enforcer, auto_reason) =
+    let (auto_enforcer, auto_reason) = if daemon.answers {
+        (
+            Some("bpf (daemon)"),
+            format!(
+                "the daemon answers on {}: exec asks it for every sandbox (root or not; --no-daemon to load the programs directly)",
+                daemon.socket
+            ),
+        )
+    } else {
         match enforcer::choose(Requested::Auto, host, false, || bpf_outcome) {
             Ok(Choice::Bpf(())) => (
                 Some("bpf"),
@@ -73,7 +118,8 @@ pub fn run(json: bool) -> Result<i32> {
                     bpf.detail
                 ),
             ),
-        };
+        }
+    };
     let report = Report {
         kernel,
         cgroup2_mount: cg.as_ref().ok().map(|p| p.display().to_string()),
@@ -83,6 +129,7 @@ pub fn run(json: bool) -> Result<i32> {
             .map(|p| p.display().to_string())
             .collect(),
         privileged,
+        daemon,
         bpf,
         landlock_abi: Some(crate::sandbox::landlock::kernel_abi()).filter(|v| *v > 0),
         seccomp_user_notif: user_notif,
@@ -107,6 +154,12 @@ pub fn run(json: bool) -> Result<i32> {
             }
         );
         println!("privileged:          {}", yes(report.privileged));
+        println!(
+            "daemon:              {} ({}: {})",
+            yes(report.daemon.answers),
+            report.daemon.socket,
+            report.daemon.detail
+        );
         println!(
             "cgroup BPF:          {} ({})",
             yes(report.bpf.ok),

@@ -21,7 +21,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Exec(args) => runtime()?.block_on(exec::run(args.into())),
         Command::Cleanup => cleanup::run(),
-        Command::Doctor(args) => doctor::run(args.json),
+        Command::Doctor(args) => doctor::run(args.json, &args.daemon_socket),
         Command::Daemon(args) => runtime()?.block_on(daemon::run(args)),
         Command::Profile(cmd) => profile::run(cmd),
         Command::Proxy(args) => runtime()?.block_on(proxy::run(args)),

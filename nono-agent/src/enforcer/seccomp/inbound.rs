@@ -50,9 +50,13 @@ fn insn(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
 
 /// The filter for `policy`: keep packets received on the loopback device
 /// (ifindex 1 in every network namespace) or whose source address and port
-/// are a proxy endpoint; drop everything else.
+/// are a proxy endpoint; drop everything else. A loopback endpoint never
+/// vouches for a packet off the loopback device (as in `decide_ingress`).
 pub fn program(policy: &Policy) -> Vec<libc::sock_filter> {
-    let proxies = &policy.proxies[..(policy.n_proxies as usize).min(MAX_PROXY_ENDPOINTS)];
+    let proxies: Vec<_> = policy.proxies[..(policy.n_proxies as usize).min(MAX_PROXY_ENDPOINTS)]
+        .iter()
+        .filter(|p| !nono_common::is_loopback(&p.addr))
+        .collect();
     let v4: Vec<_> = proxies
         .iter()
         .filter(|p| p.addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff])
