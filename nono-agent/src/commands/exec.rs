@@ -83,11 +83,20 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         .collect();
     let policy = plan.kernel.policy(&proxy_ports);
     let mut daemon = connect_daemon(&plan);
-    let (state, lock) = if privileged && daemon.is_none() {
-        sweep_stale();
+    // As root the state directory is needed through the daemon too: the
+    // child's masks over cgroupfs and bpffs come from it (a capability-less
+    // root child could otherwise write root-owned cgroup.procs files and
+    // leave its cgroup). Stale sandboxes and the owner lock are the direct
+    // path's business.
+    let (state, lock) = if privileged {
         let st = registry::state_dir()?;
-        let lock = registry::OwnerLock::acquire(&st, &id)?;
-        (Some(st), Some(lock))
+        let lock = if daemon.is_none() {
+            sweep_stale();
+            Some(registry::OwnerLock::acquire(&st, &id)?)
+        } else {
+            None
+        };
+        (Some(st), lock)
     } else {
         (None, None)
     };
