@@ -46,7 +46,7 @@ fn check_daemon(socket: &std::path::Path) -> DaemonCheck {
     };
     match Client::connect(socket).map(|o| o.map(|mut cl| cl.status())) {
         Ok(None) => c.detail = "not running (nothing listens on the socket)".into(),
-        Ok(Some(Ok((version, up, n)))) => {
+        Ok(Some(Ok((version, up, n, _)))) => {
             c.answers = true;
             c.detail = format!("version {version}, up {up} s, {n} sandbox(es)");
             c.version = Some(version);

@@ -114,14 +114,16 @@ impl Client {
         self.read_reply()
     }
 
-    /// The daemon's version, uptime (seconds) and sandbox count.
-    pub fn status(&mut self) -> Result<(String, u64, usize)> {
+    /// The daemon's version, uptime (seconds), sandbox count and policy
+    /// entry count.
+    pub fn status(&mut self) -> Result<(String, u64, usize, usize)> {
         match self.request(&Request::Status)? {
             Reply::Status {
                 version,
                 uptime_secs,
                 sandboxes,
-            } => Ok((version, uptime_secs, sandboxes)),
+                policy_entries,
+            } => Ok((version, uptime_secs, sandboxes, policy_entries)),
             r => Err(ClientError::Unexpected(format!("{r:?}"))),
         }
     }

@@ -87,6 +87,9 @@ pub enum Reply {
         uptime_secs: u64,
         /// Live sandboxes (all users).
         sandboxes: usize,
+        /// Cgroups with a policy entry in the kernel maps (equal to
+        /// `sandboxes` unless something leaked).
+        policy_entries: usize,
     },
     /// Answer to `Create`.
     Created {

@@ -94,6 +94,8 @@ struct Sandbox {
     /// its owner resumes).
     conn: Option<u64>,
     events: Option<mpsc::Sender<Vec<u8>>>,
+    /// Events kept for an owner that has not resumed yet (after a restart).
+    pending: Option<mpsc::Receiver<Vec<u8>>>,
     dropped: u64,
     /// The owner process, watched while no connection owns the sandbox.
     owner: Option<OwnedFd>,
@@ -313,13 +315,17 @@ async fn take_over(d: &Arc<Daemon>) {
             let alive = owner.is_some() && cgroup::id_of(&dir).ok() == Some(rec.cgroup_id);
             g.by_cgroup.insert(rec.cgroup_id, rec.id.clone());
             let id = rec.id.clone();
+            // Denials made while no daemon ran wait in the kernel ring; they
+            // are kept here until the owner resumes.
+            let (tx, rx) = mpsc::channel(EVENT_QUEUE);
             g.sandboxes.insert(
                 id.clone(),
                 Sandbox {
                     rec,
                     dir,
                     conn: None,
-                    events: None,
+                    events: Some(tx),
+                    pending: Some(rx),
                     dropped: 0,
                     owner,
                 },
@@ -479,6 +485,9 @@ async fn serve(d: Arc<Daemon>, mut sock: UnixStream) {
     }
 }
 
+/// Events queued per sandbox before they count as dropped.
+const EVENT_QUEUE: usize = 4096;
+
 /// A connection before it owns a sandbox must make its first request soon.
 const IDLE_WITHOUT_SANDBOX: Duration = Duration::from_secs(30);
 
@@ -589,10 +598,12 @@ impl Session {
     }
 
     fn status(&self) -> Reply {
+        let g = self.d.lock();
         Reply::Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_secs: self.d.started.elapsed().as_secs(),
-            sandboxes: self.d.lock().sandboxes.len(),
+            sandboxes: g.sandboxes.len(),
+            policy_entries: g.shared.maps.cgroups().len(),
         }
     }
 
@@ -666,7 +677,7 @@ impl Session {
                 let _ = std::fs::remove_dir(&dir);
                 return Err(crate::util::chain(&e));
             }
-            let (tx, rx) = mpsc::channel(4096);
+            let (tx, rx) = mpsc::channel(EVENT_QUEUE);
             self.events_rx = Some(rx);
             g.by_cgroup.insert(cgroup_id, id.clone());
             g.sandboxes.insert(
@@ -676,6 +687,7 @@ impl Session {
                     dir: dir.clone(),
                     conn: Some(self.conn),
                     events: Some(tx),
+                    pending: None,
                     dropped: 0,
                     owner: None,
                 },
@@ -767,9 +779,15 @@ impl Session {
         {
             return Err(refused());
         }
-        let (tx, rx) = mpsc::channel(4096);
+        let rx = match (sb.pending.take(), sb.events.is_some()) {
+            (Some(rx), true) => rx,
+            _ => {
+                let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+                sb.events = Some(tx);
+                rx
+            }
+        };
         sb.conn = Some(self.conn);
-        sb.events = Some(tx);
         sb.owner = None;
         self.events_rx = Some(rx);
         self.owned = Some(id.to_string());
