@@ -27,7 +27,7 @@ pub enum Command {
     Exec(ExecArgs),
     /// Remove sandboxes left behind by agents that died (kills their
     /// processes first).
-    Cleanup,
+    Cleanup(CleanupArgs),
     /// Report what this host supports and which enforcer `auto` would pick.
     Doctor(DoctorArgs),
     /// Serve the BPF enforcer to every local user (root; see
@@ -271,6 +271,18 @@ impl From<ExecArgs> for ExecRequest {
             command: a.command,
         }
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CleanupArgs {
+    /// Remove a stopped daemon's whole state instead: kill every sandbox in
+    /// `<cgroup2>/NAME`, then remove its pins, cgroups and records (for
+    /// uninstalling; refused while the daemon answers on its socket).
+    #[arg(long, value_name = "NAME", value_parser = daemon_name)]
+    pub daemon: Option<String>,
+    /// The daemon's socket (to check that it is stopped).
+    #[arg(long, value_name = "PATH", default_value = crate::daemon::client::DEFAULT_SOCKET)]
+    pub daemon_socket: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

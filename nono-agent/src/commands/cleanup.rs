@@ -1,10 +1,24 @@
 //! `nono-agent cleanup`: remove sandboxes whose agent died.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
+use crate::cli::CleanupArgs;
 use crate::sandbox::sweep;
 
-pub fn run() -> Result<i32> {
+pub fn run(args: CleanupArgs) -> Result<i32> {
+    if let Some(name) = &args.daemon {
+        if crate::daemon::client::Client::connect(&args.daemon_socket)?.is_some() {
+            bail!(
+                "a daemon answers on {}: stop it before removing its state",
+                args.daemon_socket.display()
+            );
+        }
+        let removed = crate::daemon::shared::remove_all(name)?;
+        println!(
+            "removed the daemon state {name:?} ({removed} sandbox cgroup(s) killed and removed)"
+        );
+        return Ok(0);
+    }
     let swept = sweep::sweep(std::time::Duration::from_secs(2))?;
     for id in &swept.removed {
         println!("removed stale sandbox {id}");

@@ -20,7 +20,7 @@ pub const EXIT_AGENT_ERROR: i32 = 125;
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Exec(args) => runtime()?.block_on(exec::run(args.into())),
-        Command::Cleanup => cleanup::run(),
+        Command::Cleanup(args) => cleanup::run(args),
         Command::Doctor(args) => doctor::run(args.json, &args.daemon_socket),
         Command::Daemon(args) => runtime()?.block_on(daemon::run(args)),
         Command::Profile(cmd) => profile::run(cmd),

@@ -162,6 +162,45 @@ pub fn open(name: &str) -> Result<Shared> {
     })
 }
 
+/// Removes a stopped daemon's whole state: every sandbox cgroup under
+/// `<cgroup2>/<name>` is killed and removed first (deepest first, sockets
+/// destroyed), and only then are the pins removed (which detaches the
+/// programs) and the records; nothing is ever left running unconfined.
+/// Returns how many sandbox cgroups were removed.
+pub fn remove_all(name: &str) -> Result<usize> {
+    let root = cgroup::discover_root()?;
+    let parent = root.join(name);
+    let mut n = 0;
+    if parent.exists() {
+        let rd = fs::read_dir(&parent).map_err(|source| SharedError::Dir {
+            what: "listing",
+            path: parent.clone(),
+            source,
+        })?;
+        for e in rd.filter_map(|e| e.ok()) {
+            if e.path().is_dir() {
+                cgroup::Cgroup::existing(e.path())
+                    .destroy(std::time::Duration::from_secs(10), || {
+                        cgroup::Sockets::Destroy
+                    })?;
+                n += 1;
+            }
+        }
+    }
+    for m in bpffs::mounts()? {
+        remove_dir(&m.join(name))?;
+    }
+    remove_dir(&Path::new(crate::sandbox::registry::STATE_DIR).join(name))?;
+    if parent.exists() {
+        fs::remove_dir(&parent).map_err(|source| SharedError::Dir {
+            what: "removing",
+            path: parent.clone(),
+            source,
+        })?;
+    }
+    Ok(n)
+}
+
 /// Every map and every link is pinned.
 fn complete(dir: &Path) -> bool {
     let maps = dir.join(MAPS);
