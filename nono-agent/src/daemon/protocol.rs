@@ -248,4 +248,55 @@ mod tests {
         );
         assert_eq!(frame_len((MAX_FRAME as u32).to_be_bytes()), Ok(MAX_FRAME));
     }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn wire_policy() -> impl Strategy<Value = WirePolicy> {
+            (
+                any::<bool>(),
+                proptest::collection::vec(any::<u16>(), 0..8),
+                proptest::collection::vec((any::<[u8; 16]>(), any::<u16>()), 0..4),
+            )
+                .prop_map(|(loopback_any, loopback_ports, proxies)| WirePolicy {
+                    loopback_any,
+                    loopback_ports,
+                    proxies,
+                })
+        }
+
+        fn request() -> impl Strategy<Value = Request> {
+            prop_oneof![
+                Just(Request::Status),
+                Just(Request::Place),
+                Just(Request::End),
+                (".*", wire_policy()).prop_map(|(id, policy)| Request::Create { id, policy }),
+                (".*", ".*").prop_map(|(id, token)| Request::Resume { id, token }),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = decode::<Request>(&bytes);
+                if bytes.len() >= 4 {
+                    let _ = frame_len(bytes[..4].try_into().unwrap());
+                }
+            }
+
+            #[test]
+            fn json_shaped_bytes_never_panic(s in r#"\{"v":[0-9]{1,3},"body":\{"type":"[a-z_]{0,8}".{0,40}\}\}"#) {
+                let _ = decode::<Request>(s.as_bytes());
+            }
+
+            #[test]
+            fn requests_round_trip(r in request()) {
+                let f = encode(&r);
+                let n = frame_len(f[..4].try_into().unwrap()).unwrap();
+                prop_assert_eq!(n, f.len() - 4);
+                prop_assert_eq!(decode::<Request>(&f[4..]).unwrap(), r);
+            }
+        }
+    }
 }
