@@ -162,7 +162,9 @@ pub fn frame_len(prefix: [u8; 4]) -> Result<usize, ProtocolError> {
 }
 
 /// A message from a frame's payload (without the prefix).
-pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, ProtocolError> {
+pub fn decode<T: Serialize + for<'de> Deserialize<'de>>(
+    payload: &[u8],
+) -> Result<T, ProtocolError> {
     if payload.len() > MAX_FRAME {
         return Err(ProtocolError::TooLarge(payload.len()));
     }
@@ -175,6 +177,16 @@ pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, Protoco
     }
     let m: In<T> =
         serde_json::from_slice(payload).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    // serde ignores fields beside the tag of a variant without fields
+    // (`{"type":"status","uid":0}`) despite `deny_unknown_fields`: refuse a
+    // body that is not exactly what the message encodes to.
+    let raw: In<serde_json::Value> =
+        serde_json::from_slice(payload).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    if serde_json::to_value(&m.body).ok().as_ref() != Some(&raw.body) {
+        return Err(ProtocolError::Malformed(
+            "unknown fields in the message".to_string(),
+        ));
+    }
     Ok(m.body)
 }
 
@@ -224,6 +236,10 @@ mod tests {
         ));
         assert!(matches!(
             decode::<Request>(br#"{"v":1,"body":{"type":"create","id":"0123456789abcdef","policy":{"loopback_any":true,"loopback_ports":[],"proxies":[],"admin":true}}}"#),
+            Err(ProtocolError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<Request>(br#"{"v":1,"body":{"type":"status","uid":0}}"#),
             Err(ProtocolError::Malformed(_))
         ));
         assert!(matches!(
