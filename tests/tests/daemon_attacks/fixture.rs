@@ -23,7 +23,7 @@ static N: AtomicU32 = AtomicU32::new(0);
 
 /// Lines a child wrote, collected by a thread.
 #[derive(Clone, Default)]
-pub struct Lines(Arc<Mutex<Vec<String>>>);
+pub struct Lines(Arc<Mutex<Vec<String>>>, Arc<std::sync::atomic::AtomicBool>);
 
 impl Lines {
     pub fn collect(r: impl std::io::Read + Send + 'static) -> Lines {
@@ -34,12 +34,18 @@ impl Lines {
                 let Ok(line) = line else { break };
                 l2.0.lock().unwrap().push(line);
             }
+            l2.1.store(true, Ordering::SeqCst);
         });
         l
     }
 
     pub fn all(&self) -> String {
         self.0.lock().unwrap().join("\n")
+    }
+
+    /// Waits until the stream ended (all its lines are in).
+    pub fn wait_closed(&self, timeout: Duration) {
+        sys::wait_until(timeout, || self.1.load(Ordering::SeqCst));
     }
 
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
@@ -323,7 +329,9 @@ pub fn run_attacker(uid: u32, role: &str, env: &[(&str, String)]) -> Vec<Value> 
     let out = Lines::collect(c.stdout.take().unwrap());
     let err = Lines::collect(c.stderr.take().unwrap());
     let st = sys::wait_child(&mut c, Duration::from_secs(60), role);
-    std::thread::sleep(Duration::from_millis(50));
+    // The collector threads read until end of file.
+    out.wait_closed(Duration::from_secs(5));
+    err.wait_closed(Duration::from_secs(5));
     assert!(
         st.success(),
         "attacker {role} failed: {st:?}\nstdout:\n{}\nstderr:\n{}",

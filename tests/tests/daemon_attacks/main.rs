@@ -273,6 +273,12 @@ fn connections_per_uid_are_limited() {
     assert_eq!(d.status(), 0);
     writeln!(a.stdin.take().unwrap()).unwrap();
     assert!(sys::wait_child(&mut a, Duration::from_secs(20), "connections").success());
+    assert!(
+        out.wait_for("after_close", Duration::from_secs(5)),
+        "{}\n{}",
+        out.all(),
+        err.all()
+    );
     let rs = fixture::results(&out);
     assert_eq!(case(&rs, "after_close")["reply"]["type"], "status");
     d.assert_clean();

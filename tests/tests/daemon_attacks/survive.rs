@@ -103,7 +103,7 @@ pub fn kill9_and_takeover() {
     let go = dir.path("go");
     let go2 = dir.path("go2");
     let script = format!(
-        "while [ ! -e {go} ]; do sleep 0.05; done; \
+        "echo READY; while [ ! -e {go} ]; do sleep 0.05; done; \
          (echo x > /dev/tcp/198.51.100.2/{port}) 2>/dev/null && echo REMOTE_OK || echo REMOTE_DENIED; \
          (echo y > /dev/tcp/127.0.0.1/{lport}) 2>/dev/null && echo LO_OK || echo LO_DENIED; \
          while [ ! -e {go2} ]; do sleep 0.05; done",
@@ -140,7 +140,9 @@ pub fn kill9_and_takeover() {
         "{}",
         ctx!()
     );
-    // Placed: the sandbox cgroup has the script in it.
+    // Placed (the command runs only once the daemon said so) and in the
+    // sandbox cgroup.
+    assert!(out.wait_for("READY", Duration::from_secs(10)), "{}", ctx!());
     assert!(
         sys::wait_until(Duration::from_secs(5), || {
             sys::subdirs(&d.cg_parent)
@@ -194,15 +196,17 @@ pub fn kill9_both_then_restart() {
     let mut c = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(&agent)
-        .args(["exec", "--daemon-socket", &sock, "--", "sleep", "60"])
+        .args(["exec", "--daemon-socket", &sock, "--"])
+        .args(["sh", "-c", "echo READY; exec sleep 60"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let err = Lines::collect(c.stderr.take().unwrap());
+    let out = Lines::collect(c.stdout.take().unwrap());
     assert!(
-        err.wait_for("bpf (daemon)", Duration::from_secs(15)),
+        out.wait_for("READY", Duration::from_secs(15)),
         "{}",
         err.all()
     );
