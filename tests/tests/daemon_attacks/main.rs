@@ -382,3 +382,23 @@ fn kill9_of_daemon_and_client_then_restart_removes_the_orphan() {
 fn a_nested_sandbox_cannot_take_another_users_id() {
     survive::nested_create_cannot_take_anothers_id();
 }
+
+/// The records hold every sandbox's resume token: their directories are
+/// root's alone (0700), whoever created `/run/nono-agent` first (the daemon
+/// can start before any `exec` on a fresh boot).
+#[test]
+fn records_are_root_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let d = Daemon::start();
+    let mut r = Raw::connect(&d.sock);
+    r.send(json!({"type": "create", "id": new_id(), "policy": deny_all()}));
+    assert_eq!(r.reply().unwrap()["type"], "created");
+    let recs = d.records_dir();
+    assert_eq!(sys::dir_entries(&recs).len(), 1, "no record written");
+    for dir in [recs.parent().unwrap(), recs.as_path()] {
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} has mode {mode:o}", dir.display());
+    }
+    drop(r);
+    d.assert_clean();
+}
