@@ -5,7 +5,7 @@ set -u
 secs=${1:-60}
 cd "$(dirname "$0")"
 status=0
-for t in domain_rule forward_request target_cidr; do
+for t in domain_rule forward_request target_cidr daemon_request; do
     mkdir -p "corpus/$t"
     echo "== $t ($secs s)"
     log="corpus/$t.log"

@@ -37,6 +37,9 @@ pub type Frame = (Vec<u8>, Vec<OwnedFd>);
 pub struct Reader {
     buf: Vec<u8>,
     fds: Vec<OwnedFd>,
+    /// When the frame being read must be complete: set by its first byte,
+    /// not renewed by later ones.
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl Reader {
@@ -48,9 +51,13 @@ impl Reader {
                 return Ok(Some(frame));
             }
             let more = if self.buf.is_empty() {
+                self.deadline = None;
                 self.fill(sock).await?
             } else {
-                tokio::time::timeout(FRAME_DEADLINE, self.fill(sock))
+                let deadline = *self
+                    .deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + FRAME_DEADLINE);
+                tokio::time::timeout_at(deadline, self.fill(sock))
                     .await
                     .map_err(|_| ConnError::Slow)??
             };
@@ -74,6 +81,8 @@ impl Reader {
         }
         let payload = self.buf[4..4 + n].to_vec();
         self.buf.drain(..4 + n);
+        // The next frame's clock starts with what is left of it now.
+        self.deadline = None;
         Ok(Some((payload, std::mem::take(&mut self.fds))))
     }
 

@@ -165,7 +165,9 @@ pub fn frame_len(prefix: [u8; 4]) -> Result<usize, ProtocolError> {
 }
 
 /// A message from a frame's payload (without the prefix).
-pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, ProtocolError> {
+pub fn decode<T: Serialize + for<'de> Deserialize<'de>>(
+    payload: &[u8],
+) -> Result<T, ProtocolError> {
     if payload.len() > MAX_FRAME {
         return Err(ProtocolError::TooLarge(payload.len()));
     }
@@ -178,6 +180,16 @@ pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, Protoco
     }
     let m: In<T> =
         serde_json::from_slice(payload).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    // serde ignores fields beside the tag of a variant without fields
+    // (`{"type":"status","uid":0}`) despite `deny_unknown_fields`: refuse a
+    // body that is not exactly what the message encodes to.
+    let raw: In<serde_json::Value> =
+        serde_json::from_slice(payload).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    if serde_json::to_value(&m.body).ok().as_ref() != Some(&raw.body) {
+        return Err(ProtocolError::Malformed(
+            "unknown fields in the message".to_string(),
+        ));
+    }
     Ok(m.body)
 }
 
@@ -230,6 +242,10 @@ mod tests {
             Err(ProtocolError::Malformed(_))
         ));
         assert!(matches!(
+            decode::<Request>(br#"{"v":1,"body":{"type":"status","uid":0}}"#),
+            Err(ProtocolError::Malformed(_))
+        ));
+        assert!(matches!(
             decode::<Request>(br#"{"v":1,"body":{"type":"become_root"}}"#),
             Err(ProtocolError::Malformed(_))
         ));
@@ -250,5 +266,56 @@ mod tests {
             Err(ProtocolError::TooLarge(MAX_FRAME + 1))
         );
         assert_eq!(frame_len((MAX_FRAME as u32).to_be_bytes()), Ok(MAX_FRAME));
+    }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn wire_policy() -> impl Strategy<Value = WirePolicy> {
+            (
+                any::<bool>(),
+                proptest::collection::vec(any::<u16>(), 0..8),
+                proptest::collection::vec((any::<[u8; 16]>(), any::<u16>()), 0..4),
+            )
+                .prop_map(|(loopback_any, loopback_ports, proxies)| WirePolicy {
+                    loopback_any,
+                    loopback_ports,
+                    proxies,
+                })
+        }
+
+        fn request() -> impl Strategy<Value = Request> {
+            prop_oneof![
+                Just(Request::Status),
+                Just(Request::Place),
+                Just(Request::End),
+                (".*", wire_policy()).prop_map(|(id, policy)| Request::Create { id, policy }),
+                (".*", ".*").prop_map(|(id, token)| Request::Resume { id, token }),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = decode::<Request>(&bytes);
+                if bytes.len() >= 4 {
+                    let _ = frame_len(bytes[..4].try_into().unwrap());
+                }
+            }
+
+            #[test]
+            fn json_shaped_bytes_never_panic(s in r#"\{"v":[0-9]{1,3},"body":\{"type":"[a-z_]{0,8}".{0,40}\}\}"#) {
+                let _ = decode::<Request>(s.as_bytes());
+            }
+
+            #[test]
+            fn requests_round_trip(r in request()) {
+                let f = encode(&r);
+                let n = frame_len(f[..4].try_into().unwrap()).unwrap();
+                prop_assert_eq!(n, f.len() - 4);
+                prop_assert_eq!(decode::<Request>(&f[4..]).unwrap(), r);
+            }
+        }
     }
 }

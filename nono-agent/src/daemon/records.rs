@@ -62,14 +62,38 @@ impl Record {
     }
 }
 
-/// The records directory, created 0700.
+/// The records directory; it and the state directory are made 0700.
 pub fn dir(state: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     let d = state.join("sandboxes");
-    fs::create_dir_all(&d).map_err(|source| RecordError::Io {
-        what: "creating",
-        path: d.clone(),
-        source,
-    })?;
+    // The state directory and the records are root's alone (0700): the
+    // records hold resume tokens. Above them (`/run/nono-agent`, where the
+    // default socket lives) the mode is left as it is.
+    if let Some(parent) = state.parent() {
+        fs::create_dir_all(parent).map_err(|source| RecordError::Io {
+            what: "creating",
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&d)
+        .map_err(|source| RecordError::Io {
+            what: "creating",
+            path: d.clone(),
+            source,
+        })?;
+    for p in [state, d.as_path()] {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o700)).map_err(|source| {
+            RecordError::Io {
+                what: "restricting",
+                path: p.to_path_buf(),
+                source,
+            }
+        })?;
+    }
     Ok(d)
 }
 

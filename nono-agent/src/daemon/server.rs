@@ -619,6 +619,12 @@ impl Session {
         let token = nono_proxy::new_secret().map_err(|e| e.to_string())?;
         let (rec, dir, nested) = {
             let mut g = self.d.lock();
+            // Ids name sandboxes in the table, the records and the events;
+            // a nested sandbox's directory differs from a top-level one's,
+            // so the directory alone does not make an id unique.
+            if g.sandboxes.contains_key(&id) {
+                return Err(format!("sandbox id {id} is taken"));
+            }
             let uid = self.peer.uid;
             let mine = g.sandboxes.values().filter(|s| s.rec.uid == uid).count();
             if mine >= self.d.opts.limits.sandboxes_per_uid {
