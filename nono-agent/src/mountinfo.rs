@@ -14,6 +14,8 @@ pub struct Mount {
     /// Root of the mount within its filesystem (`/` unless bind-mounted or
     /// seen through a namespace).
     pub root: String,
+    /// The filesystem's own options (`rw,nsdelegate,favordynmods`).
+    pub super_options: String,
 }
 
 /// Every mount of filesystem type `fstype` in a mountinfo text.
@@ -22,14 +24,20 @@ pub fn find(text: &str, fstype: &str) -> Vec<Mount> {
         .filter_map(|line| {
             // Fields: id parent maj:min root mount_point opts [optional...] - fstype source superopts
             let (left, right) = line.split_once(" - ")?;
-            let ty = right.split(' ').next()?;
+            let mut r = right.split(' ');
+            let ty = r.next()?;
             if ty != fstype {
                 return None;
             }
+            let super_options = r.nth(1).unwrap_or("").to_string();
             let mut f = left.split(' ');
             let root = unescape(f.nth(3)?);
             let mount_point = PathBuf::from(unescape(f.next()?));
-            Some(Mount { mount_point, root })
+            Some(Mount {
+                mount_point,
+                root,
+                super_options,
+            })
         })
         .collect()
 }

@@ -13,6 +13,7 @@ use crate::sandbox::{cgroup, privileges, registry};
 struct Report {
     kernel: String,
     cgroup2_mount: Option<String>,
+    cgroup2_favordynmods: Option<bool>,
     bpffs_mounts: Vec<String>,
     privileged: bool,
     daemon: DaemonCheck,
@@ -123,6 +124,7 @@ pub fn run(json: bool, daemon_socket: &std::path::Path) -> Result<i32> {
     let report = Report {
         kernel,
         cgroup2_mount: cg.as_ref().ok().map(|p| p.display().to_string()),
+        cgroup2_favordynmods: cgroup::favors_dynmods(),
         bpffs_mounts: crate::enforcer::bpf::bpffs::mounts()
             .unwrap_or_default()
             .iter()
@@ -153,6 +155,16 @@ pub fn run(json: bool, daemon_socket: &std::path::Path) -> Result<i32> {
                 report.bpffs_mounts.join(", ")
             }
         );
+        if let Some(f) = report.cgroup2_favordynmods {
+            println!(
+                "cgroup2 favordynmods: {}",
+                if f {
+                    "yes (moving a process into a daemon sandbox is immediate)"
+                } else {
+                    "no (each daemon sandbox waits an RCU grace period, ~5-15 ms, to move its process in; remount cgroup2 with favordynmods to avoid it)"
+                }
+            );
+        }
         println!("privileged:          {}", yes(report.privileged));
         println!(
             "daemon:              {} ({}: {})",

@@ -149,6 +149,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         shared.parent.display(),
         shared.pin_dir.display()
     );
+    if cgroup::favors_dynmods() == Some(false) {
+        eprintln!(
+            "nono-agent daemon: note: cgroup2 is mounted without favordynmods: each sandbox \
+             start waits an RCU grace period (~5-15 ms) to move its process in; remounting \
+             cgroup2 with favordynmods removes that wait (forks and exits cost slightly more)"
+        );
+    }
     let name_rel = format!("/{}", opts.name);
     let d = Arc::new(Daemon {
         inner: Mutex::new(Inner {
@@ -208,6 +215,12 @@ fn listen(path: &Path) -> Result<UnixListener, DaemonError> {
     }
     if let Some(dir) = path.parent() {
         crate::util::ensure_dir(dir, Some(0o755)).map_err(|e| err(std::io::Error::other(e)))?;
+        if dir == Path::new(crate::sandbox::registry::STATE_DIR) {
+            // Older builds made it 0700, which locks every user out of the
+            // socket; it holds nothing secret (records are in 0700 subdirs).
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
+        }
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(DaemonError::Running(path.to_path_buf()));

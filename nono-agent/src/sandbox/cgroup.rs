@@ -150,6 +150,17 @@ pub fn id_of(path: &Path) -> Result<u64> {
         })
 }
 
+/// Whether the cgroup2 hierarchy is mounted with `favordynmods`. Without
+/// it, moving a process between cgroups (what the daemon does for every
+/// sandbox) first waits for an RCU grace period, milliseconds; with it,
+/// forks and exits pay slightly more instead.
+pub fn favors_dynmods() -> Option<bool> {
+    let text = mountinfo::read().ok()?;
+    let mounts = mountinfo::find(&text, "cgroup2");
+    let m = mounts.iter().find(|m| m.root == "/").or(mounts.first())?;
+    Some(m.super_options.split(',').any(|o| o == "favordynmods"))
+}
+
 /// `<cgroup2>/nono`, created if missing.
 pub fn parent_dir(root: &Path) -> Result<PathBuf> {
     let p = root.join(PARENT);

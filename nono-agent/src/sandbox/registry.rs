@@ -57,7 +57,10 @@ pub enum RegistryError {
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
-/// Runtime state directory (lock files). Root-only; hidden from sandboxes.
+/// Runtime state directory (lock files; the daemon's socket and, in
+/// 0700 subdirectories, its records). Writable by root only, traversable by
+/// everyone (the daemon socket must be reachable); hidden from sandboxes
+/// of `exec` as root.
 pub const STATE_DIR: &str = "/run/nono-agent";
 
 /// A fresh random sandbox id: 16 hex digits.
@@ -73,10 +76,10 @@ pub fn is_id(s: &str) -> bool {
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
 }
 
-/// The state directory, created 0700 if missing.
+/// The state directory, created 0755 if missing (see [`STATE_DIR`]).
 pub fn state_dir() -> Result<PathBuf> {
     let p = PathBuf::from(STATE_DIR);
-    crate::util::ensure_dir(&p, Some(0o700))?;
+    crate::util::ensure_dir(&p, Some(0o755))?;
     Ok(p)
 }
 

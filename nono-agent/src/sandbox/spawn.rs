@@ -307,7 +307,18 @@ pub fn spawn(
         if let Err(e) = place(child.pidfd.as_fd()) {
             // SAFETY: kill of our own unreaped child.
             unsafe { libc::kill(child.pid, libc::SIGKILL) };
+            // A child that failed its own setup (and exited, which is why
+            // it could not be placed) says why; that is the better error.
+            let mut report = [0u8; 8];
+            let n = read_full(rd.as_raw_fd(), &mut report);
             let _ = child.reap();
+            if n == 8 && report[0] == 1 {
+                let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+                return Err(SpawnError::Child(
+                    Stage::Setup,
+                    io::Error::from_raw_os_error(errno),
+                ));
+            }
             return Err(SpawnError::Place(e));
         }
         // SAFETY: one byte to a pipe we own.
@@ -381,14 +392,6 @@ fn child_main(
 ) -> ! {
     // SAFETY: plain syscalls on prepared data; see module docs.
     unsafe {
-        if placed {
-            // Nothing happens before the daemon has moved us into the
-            // sandbox cgroup: if it refuses, the agent kills us here.
-            let mut b = [0u8; 1];
-            if libc::read(go, b.as_mut_ptr().cast(), 1) != 1 {
-                libc::_exit(125);
-            }
-        }
         // The agent is non-dumpable (see main); the child must be
         // supervisable (pidfd_getfd, process_vm_readv) by the agent's uid.
         // exec resets this anyway; the init sets it back to 0.
@@ -420,6 +423,18 @@ fn child_main(
                 libc::close(listener);
             }
             Ok(None) => {}
+        }
+        if placed {
+            // The daemon moves this process into the sandbox cgroup while
+            // it sets itself up (the move waits for an RCU grace period,
+            // milliseconds: overlapping saves them). Nothing of the command
+            // runs, and nothing is forked (the move takes one process, not
+            // its children), before the daemon says it is done; if it
+            // refuses, the agent kills us here.
+            let mut b = [0u8; 1];
+            if libc::read(go, b.as_mut_ptr().cast(), 1) != 1 {
+                libc::_exit(125);
+            }
         }
         if namespaces & libc::CLONE_NEWPID as u64 != 0 || setup.stop_report().is_some() {
             init_main(cmd, report, setup.stop_report())
