@@ -441,10 +441,16 @@ fn startup(rig: &Rig, bwrap: &Path, runs: usize) -> Result<()> {
 }
 
 /// Daemon RSS and one more exec's time with N live sandboxes.
+///
+/// These execs run back to back, unlike the interleaved start-up table:
+/// moving the child into its cgroup (a write to `cgroup.procs`) waits for an
+/// RCU grace period (cgroup_threadgroup_rwsem) unless another move happened
+/// just before, so back to back is the warm case and the interleaved table
+/// the cold one (without the `favordynmods` cgroup2 mount option).
 fn memory(rig: &mut Rig) -> Result<()> {
     const EXTRA_RUNS: usize = 30;
     println!(
-        "\n== daemon with N live sandboxes (clients `exec -- sleep {CLIENT_SLEEP}` as uid {NOBODY}); one more exec -q -- /bin/true, {EXTRA_RUNS} runs =="
+        "\n== daemon with N live sandboxes (clients `exec -- sleep {CLIENT_SLEEP}` as uid {NOBODY}); one more exec -q -- /bin/true, {EXTRA_RUNS} runs back to back =="
     );
     println!(
         "{:>6} {:>6} {:>12} {:>14} {:>10} {:>10} {:>10} {:>9}",
