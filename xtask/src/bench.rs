@@ -3,6 +3,9 @@
 //! 1. Start-up: wall time of `nono-agent exec -q -- true` vs `true`.
 //! 2. Per connection: a loop of loopback `connect()` + `close()` inside a
 //!    sandbox vs outside, same binary, same listener, same run.
+//! 3. The daemon (`bench_daemon`, as root): start-up through it vs the
+//!    other ways, its memory with N live sandboxes, connect through it.
+//!    `--only daemon` runs this part alone.
 //!
 //! Figures are printed, never asserted: they vary with the machine.
 
@@ -45,11 +48,16 @@ fn time_command(cmd: &mut Command, runs: usize) -> Result<Stats> {
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut iterations: usize = 20_000;
     let mut runs: usize = 100;
+    let mut only_daemon = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--iterations" => iterations = it.next().context("--iterations N")?.parse()?,
             "--runs" => runs = it.next().context("--runs N")?.parse()?,
+            "--only" => match it.next().map(String::as_str) {
+                Some("daemon") => only_daemon = true,
+                _ => bail!("--only daemon"),
+            },
             other => bail!("unknown bench option {other}"),
         }
     }
@@ -59,6 +67,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         .status()?;
     if !status.success() {
         bail!("release build failed");
+    }
+    if only_daemon {
+        return crate::bench_daemon::run(root, runs, iterations);
     }
     let agent = root.join("target/release/nono-agent");
     let xtask = root.join("target/release/xtask");
@@ -145,10 +156,17 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         "seccomp added per connect {:>8.2} µs   (goal <= 15 µs)",
         s - o
     );
+    println!();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        crate::bench_daemon::run(root, runs, iterations)?;
+    } else {
+        println!("== daemon: skipped (needs root) ==");
+    }
     Ok(())
 }
 
-fn run_loop(cmd: &mut Command) -> Result<f64> {
+pub(crate) fn run_loop(cmd: &mut Command) -> Result<f64> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -203,7 +221,7 @@ fn linger_zero(s: &TcpStream) -> Result<()> {
 
 /// A loopback listener with a deep backlog (std's default of 128 overflows
 /// under a tight connect loop and turns SYN drops into 1 s retransmits).
-fn listen_loopback() -> Result<TcpListener> {
+pub(crate) fn listen_loopback() -> Result<TcpListener> {
     use std::os::fd::FromRawFd as _;
     // SAFETY: plain socket syscalls on a fresh fd that we own and wrap.
     unsafe {

@@ -5,11 +5,13 @@
 //!   does the same through `aya-build`; this task is for working on the
 //!   programs alone (and for checking the toolchain).
 //! - `bench`: start-up and per-connect overhead of the sandbox, side by side
-//!   with running the same thing unsandboxed, in one run.
+//!   with running the same thing unsandboxed, in one run; then the daemon
+//!   (`bench --only daemon` or `bench-daemon` for that part alone).
 //! - `bench-pty`: keystroke echo round trip through the agent's
 //!   pseudo-terminal relay vs `cat` on a terminal directly.
 
 mod bench;
+mod bench_daemon;
 mod bench_proxy;
 mod bench_pty;
 
@@ -22,13 +24,18 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("build-ebpf") => build_ebpf(),
         Some("bench") => bench::run(&workspace_root(), &args[1..]),
+        Some("bench-daemon") => {
+            let mut a = vec!["--only".to_string(), "daemon".to_string()];
+            a.extend_from_slice(&args[1..]);
+            bench::run(&workspace_root(), &a)
+        }
         Some("bench-proxy") => bench_proxy::run(&workspace_root(), &args[1..]),
         Some("bench-pty") => bench_pty::run(&workspace_root(), &args[1..]),
         // Internal: the workload `bench` runs inside and outside a sandbox.
         Some("connect-loop") => bench::connect_loop(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build-ebpf | bench [--iterations N] | bench-proxy [--help] | bench-pty [--keystrokes N] [--agent PATH]>"
+                "usage: cargo xtask <build-ebpf | bench [--iterations N] [--runs N] [--only daemon] | bench-daemon | bench-proxy [--help] | bench-pty [--keystrokes N] [--agent PATH]>"
             );
             std::process::exit(2);
         }

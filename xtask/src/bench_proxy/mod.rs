@@ -44,6 +44,8 @@ mod rig;
 mod tools;
 mod tunnels;
 
+pub(crate) use tools::which;
+
 use anyhow::{bail, Context as _, Result};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt as _;
