@@ -54,11 +54,13 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         None => None,
     };
     let landlock = prepare_landlock(&plan)?;
+    timing.mark("landlock prepared");
     let (denied_sockets, denied_socket_ids): (Vec<PathBuf>, Vec<(u64, u64)>) =
         daemons::denied(&plan.allow_unix_sockets)
             .into_iter()
             .unzip();
 
+    timing.mark("daemon sockets listed");
     let id = registry::new_id()?;
     let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
     let (proxy, proxy_env) = match &plan.proxy {
@@ -82,6 +84,7 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         .flat_map(|p| p.addrs.iter().map(|a| a.port()))
         .collect();
     let policy = plan.kernel.policy(&proxy_ports);
+    timing.mark("proxy");
     let mut daemon = connect_daemon(&plan);
     // As root the state directory is needed through the daemon too: the
     // child's masks over cgroupfs and bpffs come from it (a capability-less
@@ -100,7 +103,7 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     } else {
         (None, None)
     };
-    timing.mark("sweep");
+    timing.mark("state (sweep, or daemon connected)");
     let mut res = Resources::new(id.clone(), lock);
     let mut token = None;
     let applied = match daemon.as_mut() {
