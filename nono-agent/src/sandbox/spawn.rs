@@ -293,6 +293,7 @@ pub fn spawn(
             place.is_some(),
             wr.as_raw_fd(),
             go_rd.as_raw_fd(),
+            go_wr.as_raw_fd(),
         );
     }
     drop(wr);
@@ -378,9 +379,15 @@ fn child_main(
     placed: bool,
     report: RawFd,
     go: RawFd,
+    go_wr: RawFd,
 ) -> ! {
     // SAFETY: plain syscalls on prepared data; see module docs.
     unsafe {
+        // Only the agent may hold the go pipe's write end: if the agent dies
+        // before it says go, the read below sees end-of-file and the child
+        // exits (and with it our copies of the agent's descriptors, among
+        // them the daemon connection, whose closing ends the sandbox).
+        libc::close(go_wr);
         if placed {
             // Nothing happens before the daemon has moved us into the
             // sandbox cgroup: if it refuses, the agent kills us here.
