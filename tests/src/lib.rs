@@ -2,6 +2,8 @@
 //!
 //! * [`channels`]: receivers for the channel battery (inbound connector,
 //!   held TCP receiver, SYN burst, unix receivers with credentials).
+//! * [`daemon`]: a private `nono-agent daemon` per test or per test binary,
+//!   removed completely on drop.
 //! * [`netns`]: client/server network namespaces joined by a veth pair.
 //! * [`oracle`]: the server side "truth": TCP listeners and an AF_PACKET sniffer
 //!   in the server namespace that count what actually arrived.
@@ -21,6 +23,7 @@
 //! a clear message rather than skipping.
 
 pub mod channels;
+pub mod daemon;
 pub mod netns;
 pub mod oracle;
 pub mod probe_vectors;

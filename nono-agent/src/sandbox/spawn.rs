@@ -293,6 +293,7 @@ pub fn spawn(
             place.is_some(),
             wr.as_raw_fd(),
             go_rd.as_raw_fd(),
+            go_wr.as_raw_fd(),
         );
     }
     drop(wr);
@@ -389,9 +390,15 @@ fn child_main(
     placed: bool,
     report: RawFd,
     go: RawFd,
+    go_wr: RawFd,
 ) -> ! {
     // SAFETY: plain syscalls on prepared data; see module docs.
     unsafe {
+        // Only the agent may hold the go pipe's write end: if the agent dies
+        // before it says go, the read below sees end-of-file and the child
+        // exits (and with it our copies of the agent's descriptors, among
+        // them the daemon connection, whose closing ends the sandbox).
+        libc::close(go_wr);
         // The agent is non-dumpable (see main); the child must be
         // supervisable (pidfd_getfd, process_vm_readv) by the agent's uid.
         // exec resets this anyway; the init sets it back to 0.

@@ -30,6 +30,10 @@ pub struct ExecOpts {
     /// Environment variables set for the agent (e.g. a `HOME` the
     /// unprivileged agent can read, where it looks up user profiles).
     pub env: Vec<(String, String)>,
+    /// `--daemon-socket PATH`: the sandbox is made by that daemon (see
+    /// [`crate::daemon::Daemon`]); sandboxed probe runs then assert the
+    /// `bpf (daemon)` enforcer line.
+    pub daemon_socket: Option<PathBuf>,
 }
 
 impl ExecOpts {
@@ -40,6 +44,8 @@ impl ExecOpts {
             enforcer: Some(e.flag().to_string()),
             in_client_netns: true,
             user: (!e.privileged()).then(RunAs::fresh),
+            daemon_socket: (e == Enforcement::DaemonUser)
+                .then(|| crate::daemon::Daemon::shared().socket.clone()),
             ..Default::default()
         }
     }
@@ -150,6 +156,15 @@ impl Harness {
                 out.describe()
             )
         });
+        if opts.daemon_socket.is_some() && !opts.quiet {
+            assert!(
+                out.stderr
+                    .lines()
+                    .any(|l| l == "nono-agent: enforcer: bpf (daemon)"),
+                "probe {args:?}: the agent did not say `nono-agent: enforcer: bpf (daemon)`: {}",
+                out.describe()
+            );
+        }
         if let Some(u) = opts.user {
             assert_eq!(
                 r.raw["uid"].as_u64(),
@@ -223,6 +238,9 @@ pub fn exec_command(agent: &Path, netns: Option<&NetFixture>, opts: &ExecOpts) -
     }
     for pe in &opts.proxy_endpoints {
         cmd.arg("--proxy-endpoint").arg(pe.to_string());
+    }
+    if let Some(s) = &opts.daemon_socket {
+        cmd.arg("--daemon-socket").arg(s);
     }
     if let Some(ev) = &opts.events {
         cmd.arg("--events").arg(ev);

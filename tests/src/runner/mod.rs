@@ -29,6 +29,12 @@ pub enum Enforcement {
     /// namespaces, no cgroup; leftovers are killed through the agent being
     /// a child subreaper.
     SeccompUser,
+    /// `--enforcer bpf --daemon-socket S` as an unprivileged user
+    /// ([`RunAs::fresh`]): the test binary's daemon
+    /// ([`crate::daemon::Daemon::shared`]) makes the sandbox (a cgroup
+    /// under its parent cgroup, its shared programs). Not in
+    /// [`Enforcement::ALL`]: the `daemon` test target runs it.
+    DaemonUser,
 }
 
 impl Enforcement {
@@ -42,7 +48,7 @@ impl Enforcement {
     /// events' "source").
     pub fn flag(self) -> &'static str {
         match self {
-            Enforcement::Bpf => "bpf",
+            Enforcement::Bpf | Enforcement::DaemonUser => "bpf",
             Enforcement::Seccomp | Enforcement::SeccompUser => "seccomp",
         }
     }
@@ -53,16 +59,23 @@ impl Enforcement {
             Enforcement::Bpf => "bpf (root)",
             Enforcement::Seccomp => "seccomp (root)",
             Enforcement::SeccompUser => "seccomp (unprivileged)",
+            Enforcement::DaemonUser => "bpf (daemon, unprivileged)",
         }
     }
 
     /// The agent runs as root (namespaces, capability drop).
     pub fn privileged(self) -> bool {
-        self != Enforcement::SeccompUser
+        matches!(self, Enforcement::Bpf | Enforcement::Seccomp)
     }
 
     /// The sandbox has its own cgroup (NONO_CGROUP, NONO_BPF_PIN_DIR).
     pub fn has_cgroup(self) -> bool {
+        matches!(self, Enforcement::Bpf | Enforcement::DaemonUser)
+    }
+
+    /// The sandbox sees its pin directory (NONO_BPF_PIN_DIR): only a
+    /// sandbox with its own programs (a daemon's are shared).
+    pub fn has_pin_dir(self) -> bool {
         self == Enforcement::Bpf
     }
 
@@ -70,15 +83,15 @@ impl Enforcement {
     /// "inet6"), and the one that reports a refused socket().
     pub fn connect_hook(self, v6: bool) -> &'static str {
         match (self, v6) {
-            (Enforcement::Bpf, false) => "connect4",
-            (Enforcement::Bpf, true) => "connect6",
+            (Enforcement::Bpf | Enforcement::DaemonUser, false) => "connect4",
+            (Enforcement::Bpf | Enforcement::DaemonUser, true) => "connect6",
             _ => "connect",
         }
     }
 
     pub fn socket_hook(self) -> &'static str {
         match self {
-            Enforcement::Bpf => "sock_create",
+            Enforcement::Bpf | Enforcement::DaemonUser => "sock_create",
             _ => "socket",
         }
     }

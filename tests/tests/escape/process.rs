@@ -230,7 +230,7 @@ pub(super) fn process_detach_bpf(e: Enforcement) {
          detach/unlink succeeded): {succeeded:#?}\nall steps: {steps:#?}",
         e.label()
     );
-    if e.has_cgroup() {
+    if e.has_pin_dir() {
         assert!(
             step(&steps, "list-pins").is_some(),
             "[detach-bpf] NONO_BPF_PIN_DIR not set in the sandbox: {}",
