@@ -124,6 +124,29 @@ impl Daemon {
     }
 
     /// Whether the daemon process still runs.
+    /// The daemon's own count of live sandboxes and of cgroups with a
+    /// policy entry in its kernel maps (a raw `status` request, so a leak
+    /// in the maps shows even when no cgroup is left).
+    pub fn status(&self) -> (u64, u64) {
+        use std::io::{Read as _, Write as _};
+        let mut s = UnixStream::connect(&self.socket).expect("connect to the daemon");
+        let body = br#"{"v":1,"body":{"type":"status"}}"#;
+        s.write_all(&(body.len() as u32).to_be_bytes())
+            .expect("send");
+        s.write_all(body).expect("send");
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).expect("status reply length");
+        let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut buf).expect("status reply");
+        let v: serde_json::Value = serde_json::from_slice(&buf).expect("status JSON");
+        let field = |k: &str| {
+            v["body"][k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("status without {k}: {v}"))
+        };
+        (field("sandboxes"), field("policy_entries"))
+    }
+
     pub fn running(&self) -> bool {
         matches!(
             self.child.lock().unwrap().as_mut().map(|c| c.try_wait()),

@@ -176,6 +176,62 @@ fn killed_client_leaves_nothing() {
     assert!(d.running(), "the daemon died: {}", d.log());
 }
 
+/// The issue's figure: 1,000 clients SIGKILLed at random moments (0-50 ms
+/// after they start: before the sandbox exists, between creation and
+/// placement, while the child runs), back to back; afterwards the daemon
+/// has no sandbox and no policy entry in its maps, and no cgroup, record or
+/// process of the runs is left. (~30 s: the per-run checks are in
+/// `killed_client_leaves_nothing`.)
+#[test]
+fn a_thousand_random_client_kills_leak_nothing() {
+    let d = Daemon::start_with(&["--max-requests-per-sec", "100000"]);
+    let agent = sys::agent_bin();
+    let user = own_user(62);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("a_thousand_random_client_kills_leak_nothing: seed {seed:#x}");
+    let mut rng = Rng(seed);
+    let start = Instant::now();
+    for _ in 0..1000 {
+        let mut client = exec_command(&agent, None, &opts(&d, user))
+            .args(["sleep", "30"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the client");
+        std::thread::sleep(Duration::from_millis(rng.next() % 51));
+        client.kill().expect("SIGKILL the client");
+        client.wait().expect("reap the client");
+    }
+    let clean = sys::wait_until(Duration::from_secs(3), || {
+        d.sandbox_cgroups().is_empty()
+            && d.records().is_empty()
+            && d.status() == (0, 0)
+            && sys::pids_of_uid(user.uid).is_empty()
+    });
+    let left = sys::pids_of_uid(user.uid);
+    for &p in &left {
+        sys::kill_pid(p);
+    }
+    assert!(
+        clean,
+        "after 1,000 random client kills (seed {seed:#x}, {:?}): cgroups {:?}, records {:?}, \
+         (sandboxes, policy entries) {:?}, processes of uid {} {:?}\ndaemon: {}",
+        start.elapsed(),
+        d.sandbox_cgroups(),
+        d.records(),
+        d.status(),
+        user.uid,
+        left,
+        d.log()
+    );
+    assert!(d.running(), "the daemon died: {}", d.log());
+}
+
 /// Existing system accounts (nobody, daemon, bin, sys): no account is
 /// created or removed.
 const USERS: [(&str, u32); 4] = [("nobody", 65534), ("daemon", 1), ("bin", 2), ("sys", 3)];
