@@ -304,6 +304,10 @@ pub struct DaemonArgs {
     /// Requests per second one uid may make (bursts of twice that).
     #[arg(long, value_name = "N", default_value_t = 200)]
     pub max_requests_per_sec: u32,
+    /// Proxy-endpoint and loopback-port entries one uid's sandboxes may
+    /// hold in the shared maps together.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_entries_per_uid: usize,
 }
 
 /// A daemon name is one path component of letters, digits, `-`, `_`, `.`.

@@ -23,7 +23,8 @@ pub use decision::{
 };
 pub use types::{
     canonical_v4, canonical_v6, DenyEvent, Dest, Endpoint, Hook, Policy, PortKey, ProxyKey,
-    Settings, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS, MAX_SANDBOXES,
+    Settings, DAEMON_PORT_ENTRIES, DAEMON_PROXY_ENTRIES, LOOPBACK_ANY, MAX_LOOPBACK_PORTS,
+    MAX_PROXY_ENDPOINTS, MAX_SANDBOXES,
 };
 
 /// Socket constants, duplicated from the kernel UAPI so the crate needs no libc

@@ -4,10 +4,15 @@
 pub const MAX_PROXY_ENDPOINTS: usize = 16;
 /// How many loopback ports a narrowed loopback policy can list.
 pub const MAX_LOOPBACK_PORTS: usize = 64;
-/// How many sandboxes one set of maps holds (the daemon's capacity; a
-/// private copy per sandbox uses one entry). The maps allocate on insert, so
-/// the capacity itself costs no memory.
+/// How many sandboxes the daemon's maps hold (a private copy per sandbox
+/// holds one).
 pub const MAX_SANDBOXES: usize = 16384;
+/// Proxy-endpoint entries the daemon's maps hold, for all sandboxes
+/// together (a hash map's bucket array is allocated at creation, 16 bytes
+/// per entry of capacity; per-uid limits keep one user from taking them all).
+pub const DAEMON_PROXY_ENTRIES: usize = 65536;
+/// Loopback-port entries the daemon's maps hold (as above).
+pub const DAEMON_PORT_ENTRIES: usize = 65536;
 /// Value of [`Policy::loopback_any`] meaning every loopback port is allowed.
 pub const LOOPBACK_ANY: u32 = 1;
 

@@ -30,29 +30,28 @@ use nono_common::{
     decide_sendmsg, decide_setsockopt, decide_socket, device_name_is_loopback, refused_option,
     sockopt, Decision, DenyEvent, Dest, Endpoint, Hook, OptionContext, OptionRule, PolicyView,
     PortKey, ProxyKey, Reason, Settings, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
-    MAX_SANDBOXES,
 };
 
+// The sizes below fit one sandbox (a private copy per sandbox); the daemon
+// sets larger ones at load time (`nono_common::DaemonCapacity`). A hash
+// map's bucket array is allocated at creation whatever its fill, so the
+// sizes are what each copy costs in kernel memory. Entries are allocated on
+// insert (`BPF_F_NO_PREALLOC`).
+
 /// Each sandbox's scalar settings, by its cgroup id. No entry: denied
-/// everything. Entries are allocated on insert (`BPF_F_NO_PREALLOC`), so
-/// the capacity costs nothing until used.
+/// everything.
 #[map]
-static POLICIES: HashMap<u64, Settings> =
-    HashMap::with_max_entries(MAX_SANDBOXES as u32, BPF_F_NO_PREALLOC);
+static POLICIES: HashMap<u64, Settings> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 /// Proxy endpoints (canonical address + port) each sandbox may reach.
 #[map]
-static PROXIES: HashMap<ProxyKey, u8> = HashMap::with_max_entries(
-    (MAX_SANDBOXES * MAX_PROXY_ENDPOINTS) as u32,
-    BPF_F_NO_PREALLOC,
-);
+static PROXIES: HashMap<ProxyKey, u8> =
+    HashMap::with_max_entries(MAX_PROXY_ENDPOINTS as u32, BPF_F_NO_PREALLOC);
 
 /// Loopback ports each sandbox may reach when its `loopback_any` is off.
 #[map]
-static LOOPBACK_PORTS: HashMap<PortKey, u8> = HashMap::with_max_entries(
-    (MAX_SANDBOXES * MAX_LOOPBACK_PORTS) as u32,
-    BPF_F_NO_PREALLOC,
-);
+static LOOPBACK_PORTS: HashMap<PortKey, u8> =
+    HashMap::with_max_entries(MAX_LOOPBACK_PORTS as u32, BPF_F_NO_PREALLOC);
 
 /// The policy of one sandbox as the BPF side sees it: hash-map lookups,
 /// which the verifier checks in constant time (loops over arrays cost it
@@ -103,8 +102,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// creates the entry with the policy; without one nothing is counted and
 /// teardown looks anyway.
 #[map]
-static SOCKETS: PerCpuHashMap<u64, u64> =
-    PerCpuHashMap::with_max_entries(MAX_SANDBOXES as u32, BPF_F_NO_PREALLOC);
+static SOCKETS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 /// Element 0 counts, per CPU, events that could not be written to `EVENTS`
 /// (per CPU so the count needs no atomic read-modify-write).

@@ -19,6 +19,7 @@ pub async fn run(args: DaemonArgs) -> Result<i32> {
             sandboxes_per_uid: args.max_sandboxes_per_uid,
             connections_per_uid: args.max_connections_per_uid,
             requests_per_sec: args.max_requests_per_sec,
+            entries_per_uid: args.max_entries_per_uid,
         },
     };
     server::run(opts).await?;

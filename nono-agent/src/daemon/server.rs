@@ -37,6 +37,9 @@ pub struct Limits {
     pub connections_per_uid: usize,
     /// Requests per second per uid (sustained; bursts of twice that).
     pub requests_per_sec: u32,
+    /// Proxy-endpoint and loopback-port entries per uid in the shared maps
+    /// (their capacity is shared by every user).
+    pub entries_per_uid: usize,
 }
 
 impl Default for Limits {
@@ -45,6 +48,7 @@ impl Default for Limits {
             sandboxes_per_uid: 256,
             connections_per_uid: 512,
             requests_per_sec: 200,
+            entries_per_uid: 4096,
         }
     }
 }
@@ -648,6 +652,21 @@ impl Session {
             }
             if g.sandboxes.len() >= MAX_SANDBOXES - 1 {
                 return Err("the daemon is at its capacity of sandboxes".into());
+            }
+            let entries = |w: &protocol::WirePolicy| w.proxies.len() + w.loopback_ports.len();
+            let used: usize = g
+                .sandboxes
+                .values()
+                .filter(|s| s.rec.uid == uid)
+                .map(|s| entries(&s.rec.policy))
+                .sum();
+            let limit = self.d.opts.limits.entries_per_uid;
+            if used + entries(&wire) > limit {
+                return Err(format!(
+                    "uid {uid} holds {used} proxy/port entries in the daemon's maps; this policy \
+                     needs {} more (limit {limit})",
+                    entries(&wire)
+                ));
             }
             let requested = policy::to_kernel(&wire);
             // Where the caller is decides where the sandbox goes.

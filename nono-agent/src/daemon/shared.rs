@@ -133,7 +133,7 @@ pub fn open(name: &str) -> Result<Shared> {
     // be confined by them yet: sandboxes are created only after all pins.
     remove_dir(&pin_dir)?;
     let start = std::time::Instant::now();
-    let mut ebpf = loader::load_fast()?;
+    let mut ebpf = loader::load_fast(loader::Capacity::Daemon)?;
     let load_ms = start.elapsed().as_millis();
     for d in [LINKS, MAPS] {
         let p = pin_dir.join(d);

@@ -60,10 +60,17 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub log: Lines,
     pub cg_parent: PathBuf,
+    /// More `daemon` options (limits).
+    pub extra: Vec<String>,
 }
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    /// Starts a daemon with more options (e.g. limits).
+    pub fn start_with(extra: &[&str]) -> Daemon {
         sys::require_prereqs();
         let n = N.fetch_add(1, Ordering::Relaxed);
         let name = format!("nono-daemon-adv-{}-{n}", std::process::id());
@@ -79,6 +86,7 @@ impl Daemon {
             dir,
             child: None,
             log: Lines::default(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         d.spawn();
         d
@@ -90,6 +98,7 @@ impl Daemon {
             .args(["daemon", "--socket"])
             .arg(&self.sock)
             .args(["--name", &self.name])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -284,6 +284,29 @@ fn connections_per_uid_are_limited() {
     d.assert_clean();
 }
 
+/// (5) The shared maps' entries are limited per uid: with a limit of 10,
+/// a policy of 11 ports is refused, one of 10 is created, one more entry
+/// is refused until that sandbox ends.
+#[test]
+fn map_entries_per_uid_are_limited() {
+    let d = Daemon::start_with(&["--max-entries-per-uid", "10"]);
+    let rs = run_attacker(
+        NOBODY,
+        "entries",
+        &[("NONO_ADV_SOCK", d.sock.display().to_string())],
+    );
+    let refused = |c: &str| {
+        let r = &case(&rs, c)["reply"];
+        r["type"] == "error" && r["message"].as_str().unwrap_or("").contains("limit 10")
+    };
+    assert!(refused("eleven"), "{rs:?}");
+    assert_eq!(case(&rs, "ten")["reply"]["type"], "created", "{rs:?}");
+    assert!(refused("one_more"), "{rs:?}");
+    assert_eq!(case(&rs, "after_end")["reply"]["type"], "created", "{rs:?}");
+    assert_eq!(d.status(), 0);
+    d.assert_clean();
+}
+
 /// (4) A flood of requests meets the rate limit; others are served.
 #[test]
 fn request_floods_are_rate_limited() {

@@ -42,6 +42,7 @@ pub fn run(role: &str) {
         "malformed" => malformed(),
         "connections" => connections(),
         "flood" => flood(),
+        "entries" => entries(),
         "outer" => outer(),
         "inner" => inner(),
         _ => panic!("unknown role {role}"),
@@ -291,6 +292,23 @@ fn connections() {
     let mut r = Raw::connect(&s);
     r.send(json!({"type": "status"}));
     out(json!({"case": "after_close", "reply": r.reply()}));
+}
+
+/// Sandboxes whose policies together exceed the per-uid entry limit (the
+/// daemon runs with 10): one over the limit alone, one at the limit, then
+/// one more entry.
+fn entries() {
+    let ports = |n: u16| json!({"loopback_any": false, "loopback_ports": (1..=n).collect::<Vec<u16>>(), "proxies": []});
+    let mut a = Raw::connect(&sock());
+    out(json!({"case": "eleven", "reply": create(&mut a, ports(11))}));
+    let mut b = Raw::connect(&sock());
+    out(json!({"case": "ten", "reply": create(&mut b, ports(10))}));
+    let mut c = Raw::connect(&sock());
+    out(json!({"case": "one_more", "reply": create(&mut c, ports(1))}));
+    drop(b);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut e = Raw::connect(&sock());
+    out(json!({"case": "after_end", "reply": create(&mut e, ports(1))}));
 }
 
 /// 1000 pipelined requests on one connection.

@@ -258,25 +258,44 @@ pub fn load_and_attach_fast(
     })
 }
 
+/// How many entries the policy maps hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capacity {
+    /// One sandbox (a private copy per sandbox): the object's own sizes.
+    One,
+    /// The daemon's: every sandbox of the host.
+    Daemon,
+}
+
 /// [`load`] on a helper thread that cannot see the kernel BTF (see
 /// [`load_and_attach_fast`]).
-pub fn load_fast() -> Result<Ebpf> {
+pub fn load_fast(capacity: Capacity) -> Result<Ebpf> {
     std::thread::scope(|s| {
-        s.spawn(|| {
+        s.spawn(move || {
             hide_kernel_btf_from_this_thread();
-            load()
+            load(capacity)
         })
         .join()
         .map_err(|_| LoadError::LoaderPanicked)?
     })
 }
 
-/// Loads the object and verifies every program; nothing is attached yet.
-pub fn load() -> Result<Ebpf> {
+/// Loads the object with maps sized for `capacity` and verifies every
+/// program; nothing is attached yet.
+pub fn load(capacity: Capacity) -> Result<Ebpf> {
     // BTF is not needed: the programs use no CO-RE relocations. Skipping the
     // kernel BTF parse saves ~80 ms per load.
-    let mut ebpf = EbpfLoader::new()
-        .btf(None)
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    if capacity == Capacity::Daemon {
+        use nono_common::{DAEMON_PORT_ENTRIES, DAEMON_PROXY_ENTRIES, MAX_SANDBOXES};
+        loader
+            .map_max_entries("POLICIES", MAX_SANDBOXES as u32)
+            .map_max_entries("SOCKETS", MAX_SANDBOXES as u32)
+            .map_max_entries("PROXIES", DAEMON_PROXY_ENTRIES as u32)
+            .map_max_entries("LOOPBACK_PORTS", DAEMON_PORT_ENTRIES as u32);
+    }
+    let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| LoadError::Load(Box::new(e)))?;
     verify_all(&mut ebpf)?;
@@ -320,7 +339,7 @@ pub fn load_and_attach(
     policy: &Policy,
     pin_dir: Option<&Path>,
 ) -> Result<Attached> {
-    let mut ebpf = load()?;
+    let mut ebpf = load(Capacity::One)?;
     let mut maps = PolicyMaps::take(&mut ebpf, None).map_err(LoadError::WritePolicy)?;
     maps.insert(cgroup_id, policy)
         .map_err(LoadError::WritePolicy)?;
