@@ -308,6 +308,10 @@ pub struct DaemonArgs {
     /// hold in the shared maps together.
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_entries_per_uid: usize,
+    /// Testing aid: pretend to be another build (pins in another directory),
+    /// to exercise the upgrade path with one binary.
+    #[arg(long, hide = true, value_name = "SALT", value_parser = daemon_name)]
+    pub build_salt: Option<String>,
 }
 
 /// A daemon name is one path component of letters, digits, `-`, `_`, `.`.

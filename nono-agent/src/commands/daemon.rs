@@ -21,6 +21,7 @@ pub async fn run(args: DaemonArgs) -> Result<i32> {
             requests_per_sec: args.max_requests_per_sec,
             entries_per_uid: args.max_entries_per_uid,
         },
+        build_salt: args.build_salt,
     };
     server::run(opts).await?;
     Ok(0)

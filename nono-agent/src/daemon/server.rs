@@ -64,6 +64,9 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Per-uid limits.
     pub limits: Limits,
+    /// Appended to the build id of the pin directory: lets the tests play
+    /// an upgrade to another build with one binary.
+    pub build_salt: Option<String>,
 }
 
 /// Errors that stop the daemon.
@@ -139,17 +142,26 @@ impl Daemon {
 /// Runs the daemon until SIGTERM/SIGINT (sandboxes stay confined and are
 /// taken over by the next start).
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
-    let shared = shared::open(&opts.name)?;
+    let build = match &opts.build_salt {
+        Some(salt) => format!("{}-{salt}", shared::build_id()),
+        None => shared::build_id(),
+    };
+    let shared = shared::open(&opts.name, &build)?;
     let records_dir = records::dir(&opts.state_dir)?;
     let listener = listen(&opts.socket)?;
     eprintln!(
         "nono-agent daemon: {} ({}), parent cgroup {}, pins {}",
         if shared.took_over {
             "took over the pinned programs".to_string()
+        } else if shared.migrated > 0 {
+            format!(
+                "programs loaded and verified in {} ms; took over {} sandbox(es) from another build",
+                shared.load_ms, shared.migrated
+            )
         } else {
             format!("programs loaded and verified in {} ms", shared.load_ms)
         },
-        shared::build_id(),
+        build,
         shared.parent.display(),
         shared.pin_dir.display()
     );

@@ -50,10 +50,12 @@ pub enum SharedError {
         #[source]
         source: aya::maps::MapError,
     },
-    /// Pins of another build hold live sandboxes.
+    /// Pins of another build, whose maps this build cannot read, hold live
+    /// sandboxes.
     #[error(
         "programs of another nono-agent build (pins in {}) still confine {live} running \
-         sandbox(es); end them (or stop their clients) before starting this build's daemon",
+         sandbox(es) and their maps have another layout ({why}); end them (or stop their \
+         clients) before starting this build's daemon",
         .path.display()
     )]
     OtherBuildLive {
@@ -61,6 +63,8 @@ pub enum SharedError {
         path: PathBuf,
         /// How many of its cgroups still hold processes.
         live: usize,
+        /// Why its maps cannot be taken over.
+        why: String,
     },
 }
 
@@ -96,6 +100,8 @@ pub struct Shared {
     pub took_over: bool,
     /// Milliseconds spent loading and verifying (0 when taken over).
     pub load_ms: u128,
+    /// Sandboxes whose policy was copied from another build's maps.
+    pub migrated: usize,
 }
 
 const LINKS: &str = "links";
@@ -105,19 +111,25 @@ const EVENT_MAPS: [&str; 2] = ["EVENTS", "DROPPED"];
 /// Takes over this build's pins if a previous daemon left them, else loads,
 /// attaches and pins afresh (removing pins of other builds that no longer
 /// confine anything).
-pub fn open(name: &str) -> Result<Shared> {
+pub fn open(name: &str, build: &str) -> Result<Shared> {
     let cgroup_root = cgroup::discover_root()?;
     let parent = cgroup_root.join(name);
     crate::util::ensure_dir(&parent, Some(0o755)).map_err(CgroupError::from)?;
     let bpffs_root = bpffs::ensure_mounted()?;
     let base = bpffs_root.join(name);
     crate::util::ensure_dir(&base, Some(0o700)).map_err(BpffsError::from)?;
-    let pin_dir = base.join(build_id());
-    retire_other_builds(&base, &pin_dir, &parent)?;
+    let pin_dir = base.join(build);
 
     if complete(&pin_dir) {
-        let maps = PolicyMaps::from_pins(&pin_dir.join(MAPS))?;
+        let mut maps = PolicyMaps::from_pins(&pin_dir.join(MAPS))?;
         let (events, dropped) = event_maps_from_pins(&pin_dir.join(MAPS))?;
+        // An upgrade that died between attaching our programs and detaching
+        // the old build's: finish it (our maps may miss entries the old
+        // daemon made after the copy; they are copied again).
+        let (old, _) = take_over_other_builds(&base, &pin_dir, &parent, &mut maps)?;
+        for o in old {
+            remove_dir(&o)?;
+        }
         return Ok(Shared {
             maps,
             events: Some(events),
@@ -127,6 +139,7 @@ pub fn open(name: &str) -> Result<Shared> {
             pin_dir,
             took_over: true,
             load_ms: 0,
+            migrated: 0,
         });
     }
     // Partial pins (a daemon died while pinning): start clean. Nothing can
@@ -143,13 +156,20 @@ pub fn open(name: &str) -> Result<Shared> {
             source,
         })?;
     }
-    let maps = PolicyMaps::take(&mut ebpf, Some(&pin_dir.join(MAPS)))?;
+    let mut maps = PolicyMaps::take(&mut ebpf, Some(&pin_dir.join(MAPS)))?;
     let (events, dropped) = loader::take_events(&mut ebpf, Some(&pin_dir.join(MAPS)))?;
+    // Another build's sandboxes (an upgrade): their entries are copied in
+    // before our programs are attached, and its programs detached only
+    // after; in between both sets judge (both must allow), never neither.
+    let (old, migrated) = take_over_other_builds(&base, &pin_dir, &parent, &mut maps)?;
     // Links last: once attached, every process under `parent` without an
     // entry is denied everything.
     let links = loader::attach(&mut ebpf, &parent, Some(&pin_dir.join(LINKS)))?;
     drop(links);
     drop(ebpf);
+    for o in old {
+        remove_dir(&o)?;
+    }
     Ok(Shared {
         maps,
         events: Some(events),
@@ -159,6 +179,7 @@ pub fn open(name: &str) -> Result<Shared> {
         pin_dir,
         took_over: false,
         load_ms,
+        migrated,
     })
 }
 
@@ -230,9 +251,17 @@ fn event_maps_from_pins(dir: &Path) -> Result<(RingBuf<MapData>, PerCpuArray<Map
     Ok((events, dropped))
 }
 
-/// Pins of other builds: removed (which detaches their programs) unless a
-/// sandbox cgroup under `parent` still holds processes, which they confine.
-fn retire_other_builds(base: &Path, ours: &Path, parent: &Path) -> Result<()> {
+/// Pins of other builds: their policy entries are copied into `maps`
+/// (when their layout is ours), and their directories returned for removal
+/// once our programs are attached. Pins whose maps cannot be read are
+/// returned too if no sandbox is alive; with live sandboxes they refuse the
+/// start (their processes would lose their policy).
+fn take_over_other_builds(
+    base: &Path,
+    ours: &Path,
+    parent: &Path,
+    maps: &mut PolicyMaps,
+) -> Result<(Vec<PathBuf>, usize)> {
     let list = fs::read_dir(base).map_err(|source| SharedError::Dir {
         what: "listing",
         path: base.to_path_buf(),
@@ -242,20 +271,23 @@ fn retire_other_builds(base: &Path, ours: &Path, parent: &Path) -> Result<()> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p != ours)
         .collect();
-    if others.is_empty() {
-        return Ok(());
+    let mut migrated = 0;
+    for o in &others {
+        match PolicyMaps::from_pins(&o.join(MAPS)) {
+            Ok(old) => migrated += maps.copy_from(&old)?,
+            Err(e) => {
+                let live = live_sandboxes(parent);
+                if live > 0 {
+                    return Err(SharedError::OtherBuildLive {
+                        path: o.clone(),
+                        live,
+                        why: crate::util::chain(&e),
+                    });
+                }
+            }
+        }
     }
-    let live = live_sandboxes(parent);
-    if live > 0 {
-        return Err(SharedError::OtherBuildLive {
-            path: others[0].clone(),
-            live,
-        });
-    }
-    for o in others {
-        remove_dir(&o)?;
-    }
-    Ok(())
+    Ok((others, migrated))
 }
 
 /// Sandbox cgroups under `parent` that hold processes.

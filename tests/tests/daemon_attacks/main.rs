@@ -425,3 +425,8 @@ fn records_are_root_only() {
     drop(r);
     d.assert_clean();
 }
+
+#[test]
+fn an_upgrade_to_another_build_under_load_has_no_gap() {
+    survive::upgrade_under_load_has_no_gap();
+}

@@ -280,3 +280,108 @@ pub fn nested_create_cannot_take_anothers_id() {
     assert_eq!(v.reply().unwrap()["type"], "ended");
     d.assert_clean();
 }
+
+/// An upgrade under load: the daemon is killed and a daemon of another
+/// build (`--build-salt`: its pins go to another directory) starts while the
+/// sandbox keeps connecting. The new daemon copies the old build's entries
+/// into its maps before attaching its programs and only then removes the
+/// old pins: at no moment is the sandbox unconfined (the test host sees no
+/// connection) or over-blocked (every loopback connect of the loop works).
+pub fn upgrade_under_load_has_no_gap() {
+    let fx = NetFixture::new();
+    let mut d = Daemon::start();
+    let port = fx.port();
+    let server = netns::in_netns(&fx.server.clone(), move || {
+        TcpListener::bind(("198.51.100.2", port)).unwrap()
+    });
+    let lo = netns::in_netns(&fx.client.clone(), || {
+        TcpListener::bind("127.0.0.1:0").unwrap()
+    });
+    let lport = lo.local_addr().unwrap().port();
+    let o = fx.run_in_client(&[
+        "bash",
+        "-c",
+        &format!("echo hi > /dev/tcp/198.51.100.2/{port}"),
+    ]);
+    assert_eq!(o.code(), 0, "{}", o.describe());
+    assert_eq!(accepted_within(&server, Duration::from_millis(500)), 1);
+    let dir = sys::TempDir::new("dadv-upgrade");
+    dir.chown(NOBODY, NOBODY);
+    let go = dir.path("go");
+    // 60 rounds of 50 ms: about 3 s of connects across the restart.
+    let script = format!(
+        "echo READY; while [ ! -e {go} ]; do sleep 0.05; done; r=0; l=0; \
+         for i in $(seq 60); do \
+           (echo x > /dev/tcp/198.51.100.2/{port}) 2>/dev/null && r=$((r+1)); \
+           (echo y > /dev/tcp/127.0.0.1/{lport}) 2>/dev/null && l=$((l+1)); \
+           sleep 0.05; done; echo REMOTE_OK=$r LO_OK=$l",
+        go = go.display(),
+    );
+    let agent = sys::accessible(&sys::agent_bin());
+    let sock = d.sock.display().to_string();
+    let mut c = fx
+        .client_command("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&agent)
+        .args(["exec", "--daemon-socket", &sock, "--"])
+        .args(["bash", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = Lines::collect(c.stdout.take().unwrap());
+    let err = Lines::collect(c.stderr.take().unwrap());
+    macro_rules! ctx {
+        () => {
+            format!(
+                "stdout:\n{}\nstderr:\n{}\ndaemon:\n{}",
+                out.all(),
+                err.all(),
+                d.log.all()
+            )
+        };
+    }
+    assert!(out.wait_for("READY", Duration::from_secs(15)), "{}", ctx!());
+    let bpffs = sys::bpffs_mount().expect("bpffs");
+    let pins = bpffs.join(&d.name);
+    let before = sys::subdirs(&pins);
+    assert_eq!(before.len(), 1, "{before:?}");
+    std::fs::write(&go, "").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    d.kill9();
+    d.extra
+        .extend(["--build-salt".to_string(), "upgrade".to_string()]);
+    d.spawn();
+    assert!(
+        d.log.wait_for(
+            "took over 1 sandbox(es) from another build",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        ctx!()
+    );
+    let after = sys::subdirs(&pins);
+    assert_eq!(after.len(), 1, "old pins must be gone: {after:?}");
+    assert_ne!(after, before, "the new build pins elsewhere");
+    assert!(
+        out.wait_for("LO_OK=", Duration::from_secs(20)),
+        "{}",
+        ctx!()
+    );
+    assert!(out.all().contains("REMOTE_OK=0 LO_OK=60"), "{}", ctx!());
+    assert_eq!(
+        accepted_within(&server, Duration::from_millis(500)),
+        0,
+        "the test host saw a connection during the upgrade: {}",
+        ctx!()
+    );
+    assert!(
+        err.wait_for("reconnected to the daemon", Duration::from_secs(10)),
+        "{}",
+        ctx!()
+    );
+    let st = sys::wait_child(&mut c, Duration::from_secs(15), "exec");
+    assert!(st.success(), "{st:?} {}", ctx!());
+    d.assert_clean();
+}

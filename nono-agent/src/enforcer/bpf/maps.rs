@@ -196,6 +196,43 @@ impl PolicyMaps {
         let _ = self.sockets.remove(&cgroup);
     }
 
+    /// Copies every entry of `old` (another build's pinned maps of the same
+    /// layout: opening them as these types checked the key and value sizes)
+    /// into these maps: the daemon of a new build takes the live sandboxes
+    /// over before its programs are attached and the old ones detached, so
+    /// no sandbox is ever judged without its policy.
+    pub fn copy_from(&mut self, old: &PolicyMaps) -> Result<usize> {
+        let err = |map: &'static str| {
+            move |source| MapsError::Map {
+                map,
+                what: "copying",
+                source,
+            }
+        };
+        for k in old.proxies.keys() {
+            let k = k.map_err(err("PROXIES"))?;
+            self.proxies.insert(k, 1, 0).map_err(err("PROXIES"))?;
+        }
+        for k in old.ports.keys() {
+            let k = k.map_err(err("LOOPBACK_PORTS"))?;
+            self.ports.insert(k, 1, 0).map_err(err("LOOPBACK_PORTS"))?;
+        }
+        for k in old.sockets.keys() {
+            let k = k.map_err(err("SOCKETS"))?;
+            if let Ok(v) = old.sockets.get(&k, 0) {
+                self.sockets.insert(k, v, 0).map_err(err("SOCKETS"))?;
+            }
+        }
+        let mut n = 0;
+        for k in old.policies.keys() {
+            let k = k.map_err(err("POLICIES"))?;
+            let v = old.policies.get(&k, 0).map_err(err("POLICIES"))?;
+            self.policies.insert(k, v, 0).map_err(err("POLICIES"))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Whether the cgroup has a policy entry.
     pub fn has(&self, cgroup: u64) -> bool {
         self.policies.get(&cgroup, 0).is_ok()
