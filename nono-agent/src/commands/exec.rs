@@ -32,6 +32,7 @@ use nono_proxy as proxy;
 
 /// Runs the command; returns the exit code for the agent.
 pub async fn run(req: ExecRequest) -> Result<i32> {
+    let mut timing = Timing::new();
     let (cmd, _) = req
         .command
         .split_first()
@@ -47,12 +48,12 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     let plan = plan::build(&req)?;
     let mut out = events::Output::open(plan.events.as_deref())?;
     let privileged = privileges::can_load_bpf();
-    let mut timing = Timing::new();
     let user = match &plan.user {
         Some(u) if !privileged => bail!("running the command as user {u} needs root"),
         Some(u) => Some(users::lookup_user(u)?),
         None => None,
     };
+    timing.mark("plan");
     let landlock = prepare_landlock(&plan)?;
     timing.mark("landlock prepared");
     let (denied_sockets, denied_socket_ids): (Vec<PathBuf>, Vec<(u64, u64)>) =
