@@ -390,6 +390,49 @@ mod tests {
     }
 
     #[test]
+    fn host_denials_beat_flags_and_profiles() {
+        use nono_proxy::Target;
+        let host = crate::config::parse(
+            "[network]\ndeny_domains = [\"evil.test\"]\ndeny_cidrs = [\"192.0.2.0/24\"]\n\
+             upstream_proxy = \"http://up.test:3128\"\n",
+            "/etc/nono-agent/config.toml",
+        )
+        .unwrap();
+        let mut req = ExecRequest {
+            host,
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        req.proxy.policy.allow = vec!["evil.test".parse().unwrap(), "ok.test".parse().unwrap()];
+        req.proxy.policy.cidrs = vec!["192.0.2.0/24".parse().unwrap()];
+        let plan = build(&req).unwrap();
+        let proxy = plan.proxy.unwrap();
+        let p = &proxy.policy;
+        let e = p
+            .check_target(&Target::parse("evil.test").unwrap(), 443)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "evil.test:443 is denied by rule deny-domain evil.test \
+             (host config /etc/nono-agent/config.toml:2)"
+        );
+        assert!(p
+            .check_target(&Target::parse("ok.test").unwrap(), 443)
+            .is_ok());
+        assert!(p
+            .check_target(&Target::parse("192.0.2.9").unwrap(), 443)
+            .is_err());
+        assert_eq!(proxy.upstream.unwrap().authority, "up.test:3128");
+        // No rule asks for a proxy: the host's rules alone do not start one.
+        let req = ExecRequest {
+            host: req.host.clone(),
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        assert!(build(&req).unwrap().proxy.is_none());
+    }
+
+    #[test]
     fn room_is_kept_for_the_proxy_port() {
         let ports: Vec<u16> = (1..=MAX_LOOPBACK_PORTS as u16).collect();
         assert!(KernelPolicy::new(&[], Some(&ports), false).is_ok());

@@ -283,3 +283,25 @@ fn missing_file_is_empty_and_planted_files_are_refused() {
     }
     std::fs::remove_dir_all(&base).unwrap();
 }
+
+#[test]
+fn shipped_example_is_valid_commented_and_uncommented() {
+    let text = include_str!("../../../dist/config.toml");
+    let c = parse(text, "dist/config.toml").unwrap();
+    assert!(c.network.deny_domains.is_empty() && c.profiles.allowed.is_none());
+    // Every commented-out setting is valid too.
+    let on: String = text
+        .lines()
+        .map(|l| match l.strip_prefix('#') {
+            Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c = parse(&on, "dist/config.toml").unwrap();
+    assert_eq!(c.network.deny_domains.len(), 2);
+    assert_eq!(c.network.deny_cidrs.len(), 2);
+    assert!(c.network.upstream_proxy.is_some());
+    assert_eq!(c.profiles.allowed.unwrap().value.len(), 6);
+    assert!(c.events.path.is_some() && c.metrics.listen.is_some());
+}
