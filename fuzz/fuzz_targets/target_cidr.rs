@@ -21,6 +21,7 @@ fn everything() -> ProxyPolicy {
         allow: vec![],
         deny: vec![],
         cidrs: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+        deny_cidrs: vec![],
     }
 }
 

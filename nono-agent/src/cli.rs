@@ -39,6 +39,21 @@ pub enum Command {
     /// List, show and validate profiles.
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// Check and show the host configuration (/etc/nono-agent/config.toml).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a host configuration file (as `exec` would: syntax, values,
+    /// ownership); exit non-zero with the error if it is refused.
+    Validate {
+        /// The file [default: $NONO_AGENT_CONFIG or /etc/nono-agent/config.toml].
+        file: Option<PathBuf>,
+    },
+    /// The configuration `exec` uses, every value with where it comes from.
+    Show,
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +126,7 @@ impl From<ProxyArgs> for ProxyConfig {
                 allow: a.allow_domain,
                 deny: a.deny_domain,
                 cidrs: a.allow_cidr,
+                deny_cidrs: Vec::new(),
             },
             pins: a.resolve,
             dns_server: a.dns_server,
@@ -269,6 +285,7 @@ impl From<ExecArgs> for ExecRequest {
             daemon_socket: (!a.no_daemon).then_some(a.daemon_socket),
             proxy: a.proxy.into(),
             command: a.command,
+            host: crate::config::HostConfig::default(),
         }
     }
 }

@@ -246,6 +246,8 @@ pub fn type_name(t: u32) -> String {
 /// Where events are written (`--events`), plus the summary counts.
 pub struct Output {
     sink: Sink,
+    /// A second file (the host configuration's `[events] path`).
+    extra: Option<std::fs::File>,
     /// Denials counted so far.
     pub summary: Summary,
 }
@@ -288,8 +290,25 @@ impl Output {
         };
         Ok(Self {
             sink,
+            extra: None,
             summary: Summary::default(),
         })
+    }
+
+    /// Also appends every event to `path` (created 0640 if missing).
+    pub fn add_file(&mut self, path: &std::path::Path) -> Result<(), EventsError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(path)
+            .map_err(|source| EventsError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        self.extra = Some(f);
+        Ok(())
     }
 
     /// Writes and counts one event.
@@ -302,6 +321,9 @@ impl Output {
             Sink::Stdout => std::io::stdout().lock().write_all(&line.json),
             Sink::File(f) => f.write_all(&line.json),
         };
+        if let Some(f) = &mut self.extra {
+            let _ = f.write_all(&line.json);
+        }
     }
 }
 

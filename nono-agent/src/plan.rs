@@ -13,6 +13,7 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::config::HostConfig;
 use crate::enforcer::Requested;
 use crate::profile::{self, EnvPolicy, ExpandContext, Loopback, ProfileError, ResolvedProfile};
 use crate::sandbox::landlock::FsRules;
@@ -27,6 +28,8 @@ pub enum PlanError {
         #[source]
         source: ProfileError,
     },
+    #[error("{0}")]
+    ProfileNotAllowed(String),
     #[error("too many --proxy-endpoint values: {0} given, at most {MAX_PROXY_ENDPOINTS}")]
     TooManyEndpoints(usize),
     #[error("--proxy-endpoint {0}: port 0 is not a valid endpoint")]
@@ -57,6 +60,8 @@ pub struct ExecRequest {
     pub daemon_socket: Option<PathBuf>,
     pub proxy: ProxyConfig,
     pub command: Vec<OsString>,
+    /// The host configuration (`crate::config`), already loaded.
+    pub host: HostConfig,
 }
 
 /// The merged sandbox description.
@@ -75,6 +80,8 @@ pub struct Plan {
     pub daemon_socket: Option<PathBuf>,
     /// Where events go (`-` = stdout).
     pub events: Option<PathBuf>,
+    /// Where events also go (the host configuration's `[events] path`).
+    pub host_events: Option<PathBuf>,
     /// The profile named on the command line, for the start-up line.
     pub profile_name: Option<String>,
     /// What the kernel programs (or the supervisor) allow.
@@ -176,10 +183,25 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         (None, true) => Some("default".to_string()),
         (None, false) => None,
     };
+    // SAFETY: geteuid has no preconditions.
+    let privileged = unsafe { libc::geteuid() } == 0;
+    if let Some(s) = &req.profile {
+        if let Some(why) = crate::config::profile_refusal(&req.host, s, privileged) {
+            return Err(PlanError::ProfileNotAllowed(why));
+        }
+    }
+    // Under a host allowlist an unprivileged user's names resolve to the
+    // administrator's (or built-in) profiles only.
+    let restricted = req.host.profiles.allowed.is_some() && !privileged;
     let profile: Option<ResolvedProfile> = match &spec {
         Some(s) => {
             let ctx = ExpandContext::from_env();
-            let p = profile::load(s, &ctx).map_err(|source| PlanError::Profile {
+            let load = if restricted {
+                profile::load_system
+            } else {
+                profile::load
+            };
+            let p = load(s, &ctx).map_err(|source| PlanError::Profile {
                 spec: s.clone(),
                 source,
             })?;
@@ -232,7 +254,7 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         user = req.user.clone();
     }
     allow_unix_sockets.extend(req.allow_unix_sockets.iter().cloned());
-    let proxy = proxy_wanted(&proxy).then_some(proxy);
+    let proxy = proxy_wanted(&proxy).then(|| with_host_rules(proxy, &req.host));
     let kernel = KernelPolicy::new(
         &req.proxy_endpoints,
         loopback_ports.as_deref(),
@@ -246,6 +268,7 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         quiet: req.quiet,
         daemon_socket: req.daemon_socket.clone(),
         events: req.events.clone(),
+        host_events: req.host.events.path.as_ref().map(|p| p.value.clone()),
         profile_name: req.profile.clone(),
         kernel,
         proxy,
@@ -254,6 +277,30 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         user,
         allow_unix_sockets,
     })
+}
+
+/// The proxy configuration with the host configuration's rules on top: its
+/// deny rules first (the proxy evaluates deny rules before any allow rule,
+/// so no profile or flag can re-allow them), its upstream proxy instead of
+/// any other.
+pub fn with_host_rules(mut proxy: ProxyConfig, host: &HostConfig) -> ProxyConfig {
+    let n = &host.network;
+    let rules = &mut proxy.policy;
+    rules.deny = [n.deny_domains.clone(), std::mem::take(&mut rules.deny)].concat();
+    rules.deny_cidrs = [n.deny_cidrs.clone(), std::mem::take(&mut rules.deny_cidrs)].concat();
+    if let Some(up) = &n.upstream_proxy {
+        if let Some(other) = &proxy.upstream {
+            if other.authority != up.value.authority {
+                eprintln!(
+                    "nono-agent: WARNING: upstream proxy {} ignored: the host configuration ({}) \
+                     chains every sandbox to {}",
+                    other.authority, up.at, up.value.authority
+                );
+            }
+        }
+        proxy.upstream = Some(up.value.clone());
+    }
+    proxy
 }
 
 /// Whether any rule asks for the proxy (pins, a DNS server and limits alone
@@ -340,6 +387,49 @@ mod tests {
         let p = KernelPolicy::new(&[], None, true).unwrap().policy(&[41000]);
         assert_eq!(p.loopback_any, LOOPBACK_ANY);
         assert_eq!(p.n_loopback_ports, 0);
+    }
+
+    #[test]
+    fn host_denials_beat_flags_and_profiles() {
+        use nono_proxy::Target;
+        let host = crate::config::parse(
+            "[network]\ndeny_domains = [\"evil.test\"]\ndeny_cidrs = [\"192.0.2.0/24\"]\n\
+             upstream_proxy = \"http://up.test:3128\"\n",
+            "/etc/nono-agent/config.toml",
+        )
+        .unwrap();
+        let mut req = ExecRequest {
+            host,
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        req.proxy.policy.allow = vec!["evil.test".parse().unwrap(), "ok.test".parse().unwrap()];
+        req.proxy.policy.cidrs = vec!["192.0.2.0/24".parse().unwrap()];
+        let plan = build(&req).unwrap();
+        let proxy = plan.proxy.unwrap();
+        let p = &proxy.policy;
+        let e = p
+            .check_target(&Target::parse("evil.test").unwrap(), 443)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "evil.test:443 is denied by rule deny-domain evil.test \
+             (host config /etc/nono-agent/config.toml:2)"
+        );
+        assert!(p
+            .check_target(&Target::parse("ok.test").unwrap(), 443)
+            .is_ok());
+        assert!(p
+            .check_target(&Target::parse("192.0.2.9").unwrap(), 443)
+            .is_err());
+        assert_eq!(proxy.upstream.unwrap().authority, "up.test:3128");
+        // No rule asks for a proxy: the host's rules alone do not start one.
+        let req = ExecRequest {
+            host: req.host.clone(),
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        assert!(build(&req).unwrap().proxy.is_none());
     }
 
     #[test]

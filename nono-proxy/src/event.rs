@@ -133,6 +133,7 @@ impl Reason {
     pub fn rule(&self) -> Option<Rule> {
         match self {
             Self::Refused(r) => r.rule(),
+            Self::NoUsableAddress { first: Some(r), .. } => r.rule(),
             _ => None,
         }
     }

@@ -73,6 +73,14 @@ pub enum Origin {
         /// 1-based column (characters).
         column: usize,
     },
+    /// The host configuration (`/etc/nono-agent/config.toml`): fleet-wide
+    /// rules no profile or flag can lift.
+    HostConfig {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+    },
 }
 
 impl fmt::Display for Origin {
@@ -80,6 +88,7 @@ impl fmt::Display for Origin {
         match self {
             Self::CommandLine => f.write_str("command line"),
             Self::Profile { file, line, column } => write!(f, "{file}:{line}:{column}"),
+            Self::HostConfig { file, line } => write!(f, "host config {file}:{line}"),
         }
     }
 }

@@ -98,6 +98,8 @@ pub enum Rule {
     DenyDomain(DomainRule),
     /// `--allow-cidr` / `allow_cidrs` allowed the IP literal.
     AllowCidr(CidrRule),
+    /// The host configuration's `deny_cidrs` refused the address.
+    DenyCidr(CidrRule),
 }
 
 impl Rule {
@@ -107,6 +109,7 @@ impl Rule {
             Self::AllowDomain(_) => "allow-domain",
             Self::DenyDomain(_) => "deny-domain",
             Self::AllowCidr(_) => "allow-cidr",
+            Self::DenyCidr(_) => "deny-cidr",
         }
     }
 
@@ -114,7 +117,7 @@ impl Rule {
     pub fn text(&self) -> &str {
         match self {
             Self::AllowDomain(r) | Self::DenyDomain(r) => &r.text,
-            Self::AllowCidr(r) => &r.text,
+            Self::AllowCidr(r) | Self::DenyCidr(r) => &r.text,
         }
     }
 
@@ -122,7 +125,7 @@ impl Rule {
     pub fn origin(&self) -> &Origin {
         match self {
             Self::AllowDomain(r) | Self::DenyDomain(r) => &r.origin,
-            Self::AllowCidr(r) => &r.origin,
+            Self::AllowCidr(r) | Self::DenyCidr(r) => &r.origin,
         }
     }
 }
@@ -149,7 +152,7 @@ pub enum Refusal {
         port: u16,
     },
     /// A deny rule matched the name.
-    #[error("{name}:{port} is denied by rule deny-domain {}", rule.text)]
+    #[error("{name}:{port} is denied by rule deny-domain {}{}", rule.text, host_origin(&rule.origin))]
     Denied {
         /// The normalised name.
         name: String,
@@ -158,6 +161,16 @@ pub enum Refusal {
         /// The deny rule that matched (boxed: refusals are passed by value
         /// on every request).
         rule: Box<DomainRule>,
+    },
+    /// A deny-cidr rule (host configuration) covers the address.
+    #[error("address {ip} port {port} is denied by rule deny-cidr {}{}", rule.text, host_origin(&rule.origin))]
+    CidrDenied {
+        /// The address (canonical form).
+        ip: IpAddr,
+        /// The port asked for.
+        port: u16,
+        /// The rule that matched.
+        rule: Box<CidrRule>,
     },
     /// No allow rule matched the name.
     #[error("{name}:{port} is not allowed by any allow-domain rule")]
@@ -185,12 +198,23 @@ pub enum Refusal {
     },
 }
 
+/// ` (host config FILE:LINE)` for a host rule: a refusal no profile or flag
+/// can lift says where it comes from (profile and flag rules are named in
+/// the events, not in the client's 403 body).
+fn host_origin(o: &Origin) -> String {
+    match o {
+        Origin::HostConfig { .. } => format!(" ({o})"),
+        _ => String::new(),
+    }
+}
+
 impl Refusal {
     /// The rule that refused, if a rule did (rather than the absence of one
     /// or a fixed range).
     pub fn rule(&self) -> Option<Rule> {
         match self {
             Self::Denied { rule, .. } => Some(Rule::DenyDomain(DomainRule::clone(rule))),
+            Self::CidrDenied { rule, .. } => Some(Rule::DenyCidr(CidrRule::clone(rule))),
             _ => None,
         }
     }
@@ -240,6 +264,10 @@ pub struct ProxyPolicy {
     pub deny: Vec<DomainRule>,
     /// `--allow-cidr`.
     pub cidrs: Vec<CidrRule>,
+    /// Ranges refused whatever else allows them (the host configuration's
+    /// `deny_cidrs`): IP literals and every resolved address are checked
+    /// against them first.
+    pub deny_cidrs: Vec<CidrRule>,
 }
 
 impl ProxyPolicy {
@@ -249,6 +277,7 @@ impl ProxyPolicy {
         match target {
             Target::Ip(ip) => {
                 let ip = canonical(*ip);
+                self.check_denied_cidr(ip, port)?;
                 match self.cidr_for(ip, port) {
                     Some(rule) => {
                         check_always_blocked(ip)?;
@@ -280,12 +309,28 @@ impl ProxyPolicy {
     pub fn check_resolved(&self, ip: IpAddr, port: u16) -> Result<(), Refusal> {
         let ip = canonical(ip);
         check_always_blocked(ip)?;
+        self.check_denied_cidr(ip, port)?;
         if let Some(range) = private_range(ip) {
             if self.cidr_for(ip, port).is_none() {
                 return Err(Refusal::Private { ip, range });
             }
         }
         Ok(())
+    }
+
+    fn check_denied_cidr(&self, ip: IpAddr, port: u16) -> Result<(), Refusal> {
+        match self
+            .deny_cidrs
+            .iter()
+            .find(|c| c.net.contains(&ip) && c.port.is_none_or(|p| p == port))
+        {
+            Some(rule) => Err(Refusal::CidrDenied {
+                ip,
+                port,
+                rule: Box::new(rule.clone()),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn cidr_for(&self, ip: IpAddr, port: u16) -> Option<&CidrRule> {
@@ -400,7 +445,44 @@ mod tests {
             allow: allow.iter().map(|s| s.parse().unwrap()).collect(),
             deny: deny.iter().map(|s| s.parse().unwrap()).collect(),
             cidrs: cidrs.iter().map(|s| s.parse().unwrap()).collect(),
+            deny_cidrs: Vec::new(),
         }
+    }
+
+    #[test]
+    fn host_deny_cidrs_beat_allow_cidrs_and_resolved_addresses() {
+        let host = Origin::HostConfig {
+            file: "/etc/nono-agent/config.toml".into(),
+            line: 3,
+        };
+        let mut p = policy(&["a.test"], &[], &["10.0.0.0/8"]);
+        p.deny_cidrs = vec!["10.1.0.0/16"
+            .parse::<CidrRule>()
+            .unwrap()
+            .with_origin(host.clone())];
+        let lit = Target::Ip("10.1.2.3".parse().unwrap());
+        let e = p.check_target(&lit, 443).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "address 10.1.2.3 port 443 is denied by rule deny-cidr 10.1.0.0/16 \
+             (host config /etc/nono-agent/config.toml:3)"
+        );
+        assert_eq!(e.rule().unwrap().origin(), &host);
+        // v4-mapped spelling is the same address
+        let mapped = Target::Ip("::ffff:10.1.2.3".parse().unwrap());
+        assert!(p.check_target(&mapped, 443).is_err());
+        assert!(p
+            .check_target(&Target::Ip("10.2.0.1".parse().unwrap()), 443)
+            .is_ok());
+        assert!(p.check_resolved("10.1.9.9".parse().unwrap(), 443).is_err());
+        assert!(p.check_resolved("10.2.9.9".parse().unwrap(), 443).is_ok());
+        p.deny_cidrs = vec!["203.0.113.0/24:25".parse::<CidrRule>().unwrap()];
+        assert!(p
+            .check_resolved("203.0.113.7".parse().unwrap(), 25)
+            .is_err());
+        assert!(p
+            .check_resolved("203.0.113.7".parse().unwrap(), 443)
+            .is_ok());
     }
 
     fn name(s: &str) -> Target {

@@ -44,9 +44,20 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
             return Ok(e.exit_code());
         }
     };
+    // The host configuration: fail closed if it cannot be used.
+    let mut req = req;
+    req.host = crate::config::load_from_env()?;
     // Everything the user asked for is checked before anything is created.
     let plan = plan::build(&req)?;
     let mut out = events::Output::open(plan.events.as_deref())?;
+    if let Some(p) = &plan.host_events {
+        if let Err(e) = out.add_file(p) {
+            eprintln!(
+                "nono-agent: WARNING: the host configuration's events file: {}",
+                util::chain(&e)
+            );
+        }
+    }
     let privileged = privileges::can_load_bpf();
     let user = match &plan.user {
         Some(u) if !privileged => bail!("running the command as user {u} needs root"),
@@ -152,7 +163,12 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         Applied::Seccomp => Some(filter::Mode::Notify),
         Applied::Unenforced => None,
     };
-    let self_files: Vec<PathBuf> = plan.events.iter().cloned().collect();
+    let self_files: Vec<PathBuf> = plan
+        .events
+        .iter()
+        .chain(&plan.host_events)
+        .cloned()
+        .collect();
     let terminal = Terminal::prepare(user.map(|(uid, _)| uid))?;
     let setup = ChildSetup::new(
         privileged,

@@ -3,6 +3,7 @@
 //! errors become a message and an exit code.
 
 pub mod cleanup;
+pub mod config;
 pub mod daemon;
 pub mod doctor;
 pub mod exec;
@@ -24,6 +25,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Doctor(args) => doctor::run(args.json, &args.daemon_socket),
         Command::Daemon(args) => runtime()?.block_on(daemon::run(args)),
         Command::Profile(cmd) => profile::run(cmd),
+        Command::Config(cmd) => config::run(cmd),
         Command::Proxy(args) => runtime()?.block_on(proxy::run(args)),
     }
 }

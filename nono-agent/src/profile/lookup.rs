@@ -116,7 +116,7 @@ impl Found {
     }
 }
 
-pub(super) fn is_path_spec(spec: &str) -> bool {
+pub(crate) fn is_path_spec(spec: &str) -> bool {
     spec.contains('/') || spec.ends_with(".toml")
 }
 
@@ -159,7 +159,7 @@ pub(super) fn read_file(path: &Path) -> Result<Option<String>, ProfileError> {
 /// belong to root or to `me`, the file must not be group- or
 /// world-writable, and a directory must not be world-writable unless it is
 /// sticky (as `/tmp` is: others cannot replace what they do not own there).
-pub(super) fn unsafe_path(path: &Path, me: u32) -> Option<String> {
+pub(crate) fn unsafe_path(path: &Path, me: u32) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
     let real = std::fs::canonicalize(path).ok()?;
     let owner_ok = |uid: u32| uid == 0 || uid == me;
@@ -269,7 +269,7 @@ pub(super) fn locate_name(
         }
         let Some(dir) = dir else {
             looked.push(
-                "(no user profile directory: neither $XDG_CONFIG_HOME nor $HOME is set)".into(),
+                "(no user profile directory: neither $XDG_CONFIG_HOME nor $HOME is set, or the host configuration's [profiles] allowed applies)".into(),
             );
             continue;
         };

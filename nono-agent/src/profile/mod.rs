@@ -39,6 +39,9 @@ pub use expand::ExpandContext;
 pub use lookup::{shadowed_builtin, ProfileInfo, ProfileSource};
 pub use model::{EnvPolicy, FsPolicy, Loopback, NetworkPolicy, ProcessPolicy, ResolvedProfile};
 
+pub(crate) use lookup::{is_path_spec, unsafe_path};
+pub(crate) use raw::{location, toml_error, Parsed};
+
 use lookup::{list_in, load_in, locate_path, Dirs};
 use merge::resolve_chain;
 
@@ -46,6 +49,19 @@ use merge::resolve_chain;
 /// `extends` chain applied.
 pub fn load(spec: &str, ctx: &ExpandContext) -> Result<ResolvedProfile, ProfileError> {
     load_in(spec, ctx, &Dirs::new(ctx))
+}
+
+/// As [`load`], without the user tier: the NAME (and every `extends` by
+/// name) is looked up in `/etc/nono-agent/profiles` and the built-ins only.
+/// Used when the host configuration restricts which profiles an
+/// unprivileged user may name, so that a user's own file of an allowed name
+/// does not stand in for the administrator's.
+pub fn load_system(spec: &str, ctx: &ExpandContext) -> Result<ResolvedProfile, ProfileError> {
+    let dirs = Dirs {
+        user: None,
+        ..Dirs::new(ctx)
+    };
+    load_in(spec, ctx, &dirs)
 }
 
 /// Checks a profile file (whatever its name looks like) by loading it.

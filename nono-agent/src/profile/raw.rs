@@ -82,7 +82,7 @@ struct RawProcess {
 /// visitor: the TOML deserializer attaches the value's span only to errors
 /// raised while it is on the call stack.)
 #[derive(Debug)]
-struct Parsed<T>(T);
+pub(crate) struct Parsed<T>(pub(crate) T);
 
 impl<'de, T> Deserialize<'de> for Parsed<T>
 where
@@ -214,7 +214,7 @@ impl<'de> Deserialize<'de> for EnvPolicy {
 }
 
 /// Byte offset to 1-based line and column (in characters).
-pub(super) fn location(text: &str, file: &str, offset: usize) -> Location {
+pub(crate) fn location(text: &str, file: &str, offset: usize) -> Location {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;
@@ -231,19 +231,7 @@ pub(super) fn location(text: &str, file: &str, offset: usize) -> Location {
 
 /// Parses and expands one profile file. `file` names it in errors.
 pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer, ProfileError> {
-    let raw: RawProfile = toml::from_str(text).map_err(|e| {
-        let message = e.message().trim_end().to_string();
-        match e.span() {
-            Some(span) => ProfileError::Invalid {
-                at: location(text, file, span.start),
-                message,
-            },
-            None => ProfileError::InvalidFile {
-                file: file.to_string(),
-                message,
-            },
-        }
-    })?;
+    let raw: RawProfile = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
     let at = |s: &Spanned<String>| location(text, file, s.span().start);
     let paths = |list: Vec<Spanned<String>>| -> Result<Vec<PathBuf>, ProfileError> {
         list.into_iter()
@@ -289,6 +277,24 @@ pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer
         env: raw.process.env,
         user,
     })
+}
+
+/// A TOML parser error as [`ProfileError::Invalid`] with the line and
+/// column of its span (or [`ProfileError::InvalidFile`] when it has none).
+/// Shared by every hand-edited TOML file the agent reads (profiles, the
+/// host configuration).
+pub(crate) fn toml_error(text: &str, file: &str, e: &toml::de::Error) -> ProfileError {
+    let message = e.message().trim_end().to_string();
+    match e.span() {
+        Some(span) => ProfileError::Invalid {
+            at: location(text, file, span.start),
+            message,
+        },
+        None => ProfileError::InvalidFile {
+            file: file.to_string(),
+            message,
+        },
+    }
 }
 
 /// The rules of `list`, each told where in `file` it was written (the

@@ -476,6 +476,7 @@ fn deny_from_any_level_wins() {
         allow: r.network.allow_domains.clone(),
         deny: r.network.deny_domains.clone(),
         cidrs: r.network.allow_cidrs.clone(),
+        deny_cidrs: Vec::new(),
     };
     let check = |h: &str| policy.check_target(&Target::parse(h).unwrap(), 443).is_ok();
     assert!(check("x.allowed.test"));
