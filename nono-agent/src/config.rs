@@ -274,10 +274,54 @@ pub fn parse(text: &str, file: &str) -> Result<HostConfig, ConfigError> {
 }
 
 /// The file to read: `$NONO_AGENT_CONFIG` if set, else [`DEFAULT_PATH`].
+///
+/// A user other than root may not trade the host's file for another (an
+/// empty root-owned file would drop every host denial and the profile
+/// allowlist): for them the variable counts only on a host that has no
+/// configuration file, where it can only add restrictions.
 pub fn path_from_env() -> PathBuf {
-    std::env::var_os(PATH_ENV)
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from(DEFAULT_PATH), PathBuf::from)
+    // SAFETY: getuid has no preconditions.
+    let root = unsafe { libc::getuid() } == 0;
+    let host_has_file = std::fs::symlink_metadata(DEFAULT_PATH).is_ok();
+    let (path, ignored) = choose_path(std::env::var_os(PATH_ENV), root, host_has_file);
+    if ignored {
+        eprintln!(
+            "nono-agent: ignoring {PATH_ENV}: this host has {DEFAULT_PATH}, which only root may replace"
+        );
+    }
+    path
+}
+
+/// The pure part of [`path_from_env`]: the path, and whether the variable
+/// was ignored.
+fn choose_path(
+    env: Option<std::ffi::OsString>,
+    root: bool,
+    host_has_file: bool,
+) -> (PathBuf, bool) {
+    match env.filter(|v| !v.is_empty()) {
+        None => (PathBuf::from(DEFAULT_PATH), false),
+        Some(_) if !root && host_has_file => (PathBuf::from(DEFAULT_PATH), true),
+        Some(v) => (PathBuf::from(v), false),
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn only_root_may_replace_an_existing_host_configuration() {
+    let env = Some(std::ffi::OsString::from("/tmp/mine.toml"));
+    let host = PathBuf::from(DEFAULT_PATH);
+    assert_eq!(choose_path(env.clone(), false, true), (host.clone(), true));
+    assert_eq!(
+        choose_path(env.clone(), true, true),
+        (PathBuf::from("/tmp/mine.toml"), false)
+    );
+    assert_eq!(
+        choose_path(env, false, false),
+        (PathBuf::from("/tmp/mine.toml"), false)
+    );
+    assert_eq!(choose_path(None, false, true), (host.clone(), false));
+    assert_eq!(choose_path(Some("".into()), true, false), (host, false));
 }
 
 /// Reads and validates `path`. A missing file is the empty configuration.
