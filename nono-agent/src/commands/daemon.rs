@@ -8,6 +8,7 @@ use crate::sandbox::{privileges, registry};
 
 /// Runs the daemon until it is told to stop.
 pub async fn run(args: DaemonArgs) -> Result<i32> {
+    crate::daemon::log::init(args.log_format);
     if !privileges::can_load_bpf() {
         bail!("the daemon needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF)");
     }
@@ -21,6 +22,9 @@ pub async fn run(args: DaemonArgs) -> Result<i32> {
             requests_per_sec: args.max_requests_per_sec,
             entries_per_uid: args.max_entries_per_uid,
         },
+        metrics_socket: (args.metrics_socket.as_os_str() != "none")
+            .then(|| (args.metrics_socket.clone(), args.metrics_socket_mode)),
+        metrics_listen: args.metrics_listen,
     };
     server::run(opts).await?;
     Ok(0)
