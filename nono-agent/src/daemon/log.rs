@@ -3,7 +3,7 @@
 //! or to stderr as human lines or one JSON object per line.
 //!
 //! Denials are logged at info, at most [`DENIAL_LOGS_PER_SEC`] a second per
-//! sandbox; the rest are counted (`nono_denial_logs_suppressed_total`, and
+//! sandbox and [`DENIAL_LOGS_PER_SEC_TOTAL`] for the whole daemon; the rest are counted (`nono_denial_logs_suppressed_total`, and
 //! `SUPPRESSED=` on the next denial logged for that sandbox).
 
 use std::time::Instant;
@@ -21,6 +21,10 @@ pub enum LogFormat {
 
 /// Denials logged per sandbox per second; the rest are only counted.
 pub const DENIAL_LOGS_PER_SEC: u32 = 10;
+
+/// Denials logged per second by the whole daemon (many busy sandboxes must
+/// not flood the journal either).
+pub const DENIAL_LOGS_PER_SEC_TOTAL: u32 = 200;
 
 /// Whether stderr is the journal stream systemd connected
 /// (`JOURNAL_STREAM=<dev>:<ino>` naming stderr itself, as systemd's docs
@@ -122,13 +126,14 @@ impl Default for DenialBudget {
 }
 
 impl DenialBudget {
-    /// Whether a denial seen `now` may be logged; if not it is counted.
-    pub fn take(&mut self, now: Instant) -> bool {
+    /// Whether a denial seen `now` may be logged (at most `limit` a
+    /// second); if not it is counted.
+    pub fn take(&mut self, now: Instant, limit: u32) -> bool {
         if now.duration_since(self.window).as_secs() >= 1 {
             self.window = now;
             self.used = 0;
         }
-        if self.used < DENIAL_LOGS_PER_SEC {
+        if self.used < limit {
             self.used += 1;
             true
         } else {
@@ -147,9 +152,9 @@ mod tests {
     fn budget_limits_per_second_and_counts() {
         let t0 = Instant::now();
         let mut b = DenialBudget::default();
-        let logged = (0..100).filter(|_| b.take(t0)).count();
+        let logged = (0..100).filter(|_| b.take(t0, DENIAL_LOGS_PER_SEC)).count();
         assert_eq!(logged as u32, DENIAL_LOGS_PER_SEC);
         assert_eq!(b.suppressed, 100 - u64::from(DENIAL_LOGS_PER_SEC));
-        assert!(b.take(t0 + Duration::from_millis(1001)));
+        assert!(b.take(t0 + Duration::from_millis(1001), DENIAL_LOGS_PER_SEC));
     }
 }

@@ -20,7 +20,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 use super::conn::{self, ConnError};
-use super::log::DenialBudget;
+use super::log::{self, DenialBudget};
 use super::metrics::{self, EndReason, Metrics};
 use super::place;
 use super::policy;
@@ -301,6 +301,10 @@ fn activated() -> Option<std::os::unix::net::UnixListener> {
 /// Reads denial records from the shared ring and hands each to the
 /// connection owning the sandbox it names.
 async fn pump_events(d: Arc<Daemon>, mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>) {
+    let mut all_logs = DenialBudget::default();
+    // Denials to log, written once the lock is released (a slow journal
+    // must not stall every client); reused, at most a few hundred a second.
+    let mut to_log: Vec<(String, u32, nono_common::DenyEvent, u64)> = Vec::new();
     loop {
         let Ok(mut guard) = ring.readable_mut().await else {
             return;
@@ -319,13 +323,16 @@ async fn pump_events(d: Arc<Daemon>, mut ring: AsyncFd<aya::maps::RingBuf<aya::m
                 continue;
             };
             if let Some(sb) = inner.sandboxes.get_mut(id) {
-                if sb.log_budget.take(now) {
-                    log_denial(
-                        id,
-                        sb.rec.uid,
-                        raw,
-                        std::mem::take(&mut sb.log_budget.suppressed),
-                    );
+                // Both budgets: this sandbox's, then the daemon's (a
+                // refusal by the latter is counted on the sandbox too).
+                let logged = sb.log_budget.take(now, log::DENIAL_LOGS_PER_SEC)
+                    && (all_logs.take(now, log::DENIAL_LOGS_PER_SEC_TOTAL) || {
+                        sb.log_budget.suppressed += 1;
+                        false
+                    });
+                if let (true, Some(ev)) = (logged, crate::events::parse(raw)) {
+                    let suppressed = std::mem::take(&mut sb.log_budget.suppressed);
+                    to_log.push((id.clone(), sb.rec.uid, ev, suppressed));
                 } else {
                     d.metrics.log_suppressed();
                 }
@@ -340,26 +347,29 @@ async fn pump_events(d: Arc<Daemon>, mut ring: AsyncFd<aya::maps::RingBuf<aya::m
         }
         drop(g);
         guard.clear_ready();
+        for (id, uid, ev, suppressed) in to_log.drain(..) {
+            log_denial(&id, uid, &ev, suppressed);
+        }
     }
 }
 
 /// One denial to the log (its fields; the destination only for the hooks
 /// that have one).
-fn log_denial(id: &str, uid: u32, raw: &[u8], suppressed: u64) {
-    let (hook, reason) = metrics::hook_and_reason(raw);
-    let dest = crate::events::parse(raw).and_then(|ev| {
-        let has_dest = !matches!(
-            nono_common::Hook::from_u32(ev.hook),
-            Some(nono_common::Hook::SockCreate) | Some(nono_common::Hook::Setsockopt) | None
-        );
-        has_dest.then(|| {
-            let a = crate::events::addr_string(&ev.addr);
-            if a.contains(':') {
-                format!("[{a}]:{}", ev.port)
-            } else {
-                format!("{a}:{}", ev.port)
-            }
-        })
+fn log_denial(id: &str, uid: u32, ev: &nono_common::DenyEvent, suppressed: u64) {
+    use nono_common::{Hook, Reason};
+    let hook = Hook::from_u32(ev.hook);
+    let reason = Reason::from_u32(ev.reason)
+        .map(Reason::name)
+        .unwrap_or("unknown");
+    let has_dest = !matches!(hook, Some(Hook::SockCreate) | Some(Hook::Setsockopt) | None);
+    let hook = hook.map(Hook::name).unwrap_or("unknown");
+    let dest = has_dest.then(|| {
+        let a = crate::events::addr_string(&ev.addr);
+        if a.contains(':') {
+            format!("[{a}]:{}", ev.port)
+        } else {
+            format!("{a}:{}", ev.port)
+        }
     });
     tracing::info!(
         event = "denied",
@@ -492,6 +502,7 @@ fn remove_unknown_cgroups(dir: &Path, known: &[PathBuf]) {
 /// killed and its sockets destroyed, then its cgroup and record removed.
 async fn end(d: &Arc<Daemon>, id: &str, why: EndReason) -> u64 {
     // Deepest first, so every cgroup is empty of children when removed.
+    let mut suppressed = Vec::new();
     let victims: Vec<(Record, PathBuf, bool, u64)> = {
         let mut g = d.lock();
         let mut ids = vec![id.to_string()];
@@ -512,18 +523,7 @@ async fn end(d: &Arc<Daemon>, id: &str, why: EndReason) -> u64 {
                 let sockets = g.shared.maps.sockets_created(sb.rec.cgroup_id) != Some(0);
                 let policy = sb.rec.kernel_policy();
                 g.shared.maps.remove(sb.rec.cgroup_id, &policy);
-                tracing::info!(
-                    event = "ended",
-                    sandbox = sb.rec.id,
-                    uid = sb.rec.uid,
-                    why = why.name(),
-                    dropped = sb.dropped,
-                    suppressed = sb.log_budget.suppressed,
-                    "sandbox {} of uid {} ended ({})",
-                    sb.rec.id,
-                    sb.rec.uid,
-                    why.name()
-                );
+                suppressed.push(sb.log_budget.suppressed);
                 out.push((sb.rec, sb.dir, sockets, sb.dropped));
             }
         }
@@ -531,6 +531,20 @@ async fn end(d: &Arc<Daemon>, id: &str, why: EndReason) -> u64 {
         d.metrics.set_active(g.sandboxes.len());
         out
     };
+    for (v, suppressed) in victims.iter().zip(suppressed) {
+        tracing::info!(
+            event = "ended",
+            sandbox = v.0.id,
+            uid = v.0.uid,
+            why = why.name(),
+            dropped = v.3,
+            suppressed,
+            "sandbox {} of uid {} ended ({})",
+            v.0.id,
+            v.0.uid,
+            why.name()
+        );
+    }
     let records_dir = d.records.clone();
     let dropped = victims
         .iter()

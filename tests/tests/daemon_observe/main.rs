@@ -10,6 +10,8 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::Path;
 use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nono_tests::daemon::Daemon;
@@ -232,8 +234,23 @@ fn journald_entries_carry_sandbox_fields() {
     let _ = std::fs::remove_dir_all(&fake);
     std::fs::create_dir_all(fake.join("journal")).unwrap();
     let rx = UnixDatagram::bind(fake.join("journal/socket")).expect("bind the fake journal");
-    rx.set_read_timeout(Some(Duration::from_millis(200)))
+    rx.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
+    // Drained all along, like journald: a full socket would block the
+    // daemon's writes.
+    let got: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (got, stop) = (got.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(n) = rx.recv(&mut buf) {
+                    got.lock().unwrap().push(buf[..n].to_vec());
+                }
+            }
+        })
+    };
     let script = format!(
         "mount --bind '{}' /run/systemd && exec \"$0\" \"$@\"",
         fake.display()
@@ -260,6 +277,21 @@ fn journald_entries_carry_sandbox_fields() {
     );
     let denied = run_client(&d, DENIED_CONNECT);
     assert!(!denied.status.success());
+    // A burst of denials from one process: the log keeps at most 10 a
+    // second for the sandbox and counts the rest.
+    let burst = run_client(
+        &d,
+        &[
+            "bash",
+            "-c",
+            "for i in $(seq 200); do : 3<>/dev/tcp/203.0.113.9/80; done 2>/dev/null; true",
+        ],
+    );
+    assert!(
+        burst.status.success(),
+        "{}",
+        String::from_utf8_lossy(&burst.stderr)
+    );
 
     let mut entries: Vec<Vec<(String, String)>> = Vec::new();
     let has = |entries: &[Vec<(String, String)>], event: &str| {
@@ -267,14 +299,19 @@ fn journald_entries_carry_sandbox_fields() {
             .iter()
             .any(|e| e.iter().any(|(k, v)| k == "EVENT" && v == event))
     };
-    let mut buf = vec![0u8; 64 * 1024];
     let done = sys::wait_until(Duration::from_secs(10), || {
-        while let Ok(n) = rx.recv(&mut buf) {
-            if n > 0 {
-                entries.push(journal_fields(&buf[..n]));
-            }
-        }
-        has(&entries, "created") && has(&entries, "denied") && has(&entries, "ended")
+        entries = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| !d.is_empty())
+            .map(|d| journal_fields(d))
+            .collect();
+        let ended = entries
+            .iter()
+            .filter(|e| e.iter().any(|(k, v)| k == "EVENT" && v == "ended"))
+            .count();
+        has(&entries, "created") && has(&entries, "denied") && ended == 3
     });
     let dump = || {
         entries
@@ -295,7 +332,7 @@ fn journald_entries_carry_sandbox_fields() {
         .iter()
         .filter(|e| field(e, "EVENT").as_deref() == Some("created"))
         .collect();
-    assert_eq!(created.len(), 2, "{}", dump());
+    assert_eq!(created.len(), 3, "{}", dump());
     for e in &created {
         let sb = field(e, "SANDBOX").expect("SANDBOX=");
         assert_eq!(sb.len(), 16, "SANDBOX={sb}");
@@ -308,7 +345,7 @@ fn journald_entries_carry_sandbox_fields() {
         .iter()
         .filter(|e| field(e, "EVENT").as_deref() == Some("placed"))
         .count();
-    assert_eq!(placed, 2, "{}", dump());
+    assert_eq!(placed, 3, "{}", dump());
     let denial = entries
         .iter()
         .find(|e| field(e, "EVENT").as_deref() == Some("denied"))
@@ -326,7 +363,37 @@ fn journald_entries_carry_sandbox_fields() {
         "{}",
         dump()
     );
+    // The burst's sandbox: every denial either logged or counted.
+    let burst_sb = field(created[2], "SANDBOX");
+    let of_burst = |ev: &str| {
+        entries
+            .iter()
+            .filter(|e| field(e, "SANDBOX") == burst_sb && field(e, "EVENT").as_deref() == Some(ev))
+            .collect::<Vec<_>>()
+    };
+    let num = |e: &[(String, String)], k: &str| -> u64 {
+        field(e, k).map(|v| v.parse().unwrap()).unwrap_or(0)
+    };
+    let logged = of_burst("denied");
+    let ended = of_burst("ended");
+    assert_eq!(ended.len(), 1, "{}", dump());
+    let suppressed: u64 =
+        logged.iter().map(|e| num(e, "SUPPRESSED")).sum::<u64>() + num(ended[0], "SUPPRESSED");
+    assert_eq!(
+        logged.len() as u64 + suppressed,
+        200,
+        "logged {} + suppressed {suppressed}:\n{}",
+        logged.len(),
+        dump()
+    );
+    assert!(
+        logged.len() <= 100,
+        "the burst was not rate limited: {}",
+        logged.len()
+    );
     drop(d);
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
     let _ = std::fs::remove_dir_all(&fake);
 }
 
