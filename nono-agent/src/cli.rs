@@ -310,12 +310,10 @@ pub struct DaemonArgs {
     pub max_entries_per_uid: usize,
     /// Serve Prometheus metrics (`GET /metrics`) on this unix socket
     /// (root:root, `--metrics-socket-mode`); `none` to not serve them there.
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/run/nono-agent/metrics.sock"
-    )]
-    pub metrics_socket: PathBuf,
+    /// Default: `metrics.sock` beside `--socket`
+    /// (`/run/nono-agent/metrics.sock`), so daemons side by side never share one.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_socket: Option<PathBuf>,
     /// Mode of the metrics socket, octal. 0660 keeps the counts (sandboxes,
     /// denials per hook and reason; never destinations) to root; 0666
     /// lets every local user read them.

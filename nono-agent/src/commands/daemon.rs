@@ -12,6 +12,11 @@ pub async fn run(args: DaemonArgs) -> Result<i32> {
     if !privileges::can_load_bpf() {
         bail!("the daemon needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF)");
     }
+    let socket_dir = args
+        .socket
+        .parent()
+        .unwrap_or(std::path::Path::new("/"))
+        .to_path_buf();
     let opts = Options {
         socket: args.socket,
         state_dir: std::path::Path::new(registry::STATE_DIR).join(&args.name),
@@ -22,8 +27,11 @@ pub async fn run(args: DaemonArgs) -> Result<i32> {
             requests_per_sec: args.max_requests_per_sec,
             entries_per_uid: args.max_entries_per_uid,
         },
-        metrics_socket: (args.metrics_socket.as_os_str() != "none")
-            .then(|| (args.metrics_socket.clone(), args.metrics_socket_mode)),
+        metrics_socket: match &args.metrics_socket {
+            Some(p) if p.as_os_str() == "none" => None,
+            Some(p) => Some((p.clone(), args.metrics_socket_mode)),
+            None => Some((socket_dir.join("metrics.sock"), args.metrics_socket_mode)),
+        },
         metrics_listen: args.metrics_listen,
     };
     server::run(opts).await?;
