@@ -329,6 +329,41 @@ pub struct DaemonArgs {
     /// to exercise the upgrade path with one binary.
     #[arg(long, hide = true, value_name = "SALT", value_parser = daemon_name)]
     pub build_salt: Option<String>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this unix socket
+    /// (root:root, `--metrics-socket-mode`); `none` to not serve them there.
+    /// Default: `metrics.sock` beside `--socket`
+    /// (`/run/nono-agent/metrics.sock`), so daemons side by side never share one.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_socket: Option<PathBuf>,
+    /// Mode of the metrics socket, octal. 0660 keeps the counts (sandboxes,
+    /// denials per hook and reason; never destinations) to root; 0666
+    /// lets every local user read them.
+    #[arg(long, value_name = "OCTAL", default_value = "0660", value_parser = octal_mode)]
+    pub metrics_socket_mode: u32,
+    /// Also serve metrics on this loopback TCP address (e.g. 127.0.0.1:9464);
+    /// other addresses are refused.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = loopback_addr)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How to log: `journald` (default under systemd), `json` (one object
+    /// per line on stderr) or `text` (default otherwise).
+    #[arg(long, value_name = "FORMAT", value_enum)]
+    pub log_format: Option<crate::daemon::log::LogFormat>,
+}
+
+/// A file mode in octal, at most 0777.
+fn octal_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("{s:?} is not an octal file mode (e.g. 0660)")),
+    }
+}
+
+/// A loopback socket address.
+fn loopback_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    let a: std::net::SocketAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an address:port (e.g. 127.0.0.1:9464)"))?;
+    crate::daemon::metrics::check_listen(a).map_err(|e| e.to_string())
 }
 
 /// A daemon name is one path component of letters, digits, `-`, `_`, `.`.

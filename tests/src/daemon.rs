@@ -22,6 +22,8 @@ use crate::sys;
 pub struct Daemon {
     pub name: String,
     pub socket: PathBuf,
+    /// Its metrics socket (`<dir>/metrics.sock` unless the test chose one).
+    pub metrics_socket: PathBuf,
     /// The temporary directory holding the socket and the daemon's log.
     pub dir: PathBuf,
     /// `<cgroup2>/<name>`: the sandboxes are its children.
@@ -43,6 +45,13 @@ impl Daemon {
     /// Starts a daemon with more `daemon` options (e.g. limits) and waits
     /// until its socket answers.
     pub fn start_with(extra: &[&str]) -> Daemon {
+        Daemon::start_wrapped(&[], extra)
+    }
+
+    /// Starts a daemon through a wrapper command (`wrapper` followed by the
+    /// daemon's argv, e.g. `unshare -m sh -c '... exec "$0" "$@"'`): the
+    /// wrapper must end by exec'ing the daemon so the child is the daemon.
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Daemon {
         sys::require_prereqs();
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
@@ -55,12 +64,28 @@ impl Daemon {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod 0755");
         let socket = dir.join("daemon.sock");
         let log = fs::File::create(dir.join("daemon.log")).expect("daemon log");
-        let mut cmd = Command::new(sys::agent_bin());
+        // Each daemon its own metrics socket, so concurrent tests never
+        // share (or take over) /run/nono-agent/metrics.sock.
+        let metrics_socket = match extra.iter().position(|a| *a == "--metrics-socket") {
+            Some(i) => PathBuf::from(extra[i + 1]),
+            None => dir.join("metrics.sock"),
+        };
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(sys::agent_bin());
+                c
+            }
+            None => Command::new(sys::agent_bin()),
+        };
         cmd.args(["daemon", "--socket"])
             .arg(&socket)
             .args(["--name", &name])
-            .args(extra)
-            .stdin(Stdio::null())
+            .args(extra);
+        if !extra.contains(&"--metrics-socket") {
+            cmd.arg("--metrics-socket").arg(&metrics_socket);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
         let child = cmd.spawn().expect("spawn nono-agent daemon");
@@ -70,6 +95,7 @@ impl Daemon {
             state_dir: PathBuf::from("/run/nono-agent").join(&name),
             name,
             socket,
+            metrics_socket,
             dir,
             child: Mutex::new(Some(child)),
             cleaned: AtomicBool::new(false),

@@ -21,6 +21,8 @@
 
 pub mod client;
 pub mod conn;
+pub mod log;
+pub mod metrics;
 pub mod place;
 pub mod policy;
 pub mod process;

@@ -20,6 +20,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 use super::conn::{self, ConnError};
+use super::log::{self, DenialBudget};
+use super::metrics::{self, EndReason, Metrics};
 use super::place;
 use super::policy;
 use super::process::{self, Peer};
@@ -67,6 +69,10 @@ pub struct Options {
     /// Appended to the build id of the pin directory: lets the tests play
     /// an upgrade to another build with one binary.
     pub build_salt: Option<String>,
+    /// The metrics unix socket and its mode (none: not served there).
+    pub metrics_socket: Option<(PathBuf, u32)>,
+    /// A loopback address to serve metrics on too.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Errors that stop the daemon.
@@ -89,6 +95,9 @@ pub enum DaemonError {
     /// The event ring could not be watched.
     #[error("watching the event ring")]
     Ring(#[source] std::io::Error),
+    /// The metrics endpoints.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
     /// Another daemon answers on the socket.
     #[error("another daemon already answers on {}", .0.display())]
     Running(PathBuf),
@@ -106,6 +115,8 @@ struct Sandbox {
     dropped: u64,
     /// The owner process, watched while no connection owns the sandbox.
     owner: Option<OwnedFd>,
+    /// Denials it may still log this second.
+    log_budget: DenialBudget,
 }
 
 #[derive(Default)]
@@ -129,6 +140,7 @@ struct Daemon {
     opts: Options,
     records: PathBuf,
     name_rel: String,
+    metrics: Metrics,
 }
 
 impl Daemon {
@@ -149,8 +161,20 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let shared = shared::open(&opts.name, &build)?;
     let records_dir = records::dir(&opts.state_dir)?;
     let listener = listen(&opts.socket)?;
-    eprintln!(
-        "nono-agent daemon: {} ({}), parent cgroup {}, pins {}",
+    let metrics_unix = match &opts.metrics_socket {
+        Some((path, mode)) => Some(metrics::bind_unix(path, *mode)?),
+        None => None,
+    };
+    let metrics_tcp = match opts.metrics_listen {
+        Some(addr) => Some(metrics::bind_tcp(addr).await?),
+        None => None,
+    };
+    // The build the pins belong to (with a salt, another build: tests).
+    let build_id = build;
+    tracing::info!(
+        build_id = %build_id,
+        took_over = shared.took_over,
+        "{} ({}), parent cgroup {}, pins {}",
         if shared.took_over {
             "took over the pinned programs".to_string()
         } else if shared.migrated > 0 {
@@ -161,13 +185,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         } else {
             format!("programs loaded and verified in {} ms", shared.load_ms)
         },
-        build,
+        build_id,
         shared.parent.display(),
         shared.pin_dir.display()
     );
     if cgroup::favors_dynmods() == Some(false) {
-        eprintln!(
-            "nono-agent daemon: note: cgroup2 is mounted without favordynmods: each sandbox \
+        tracing::info!(
+            "note: cgroup2 is mounted without favordynmods: each sandbox \
              start waits an RCU grace period (~5-15 ms) to move its process in; remounting \
              cgroup2 with favordynmods removes that wait (forks and exits cost slightly more)"
         );
@@ -185,8 +209,30 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         records: records_dir,
         opts,
         name_rel,
+        metrics: Metrics::new(&build_id),
     });
     take_over(&d).await;
+    let render: metrics::Render = {
+        let d = d.clone();
+        Arc::new(move || {
+            let ring = {
+                let g = d.lock();
+                g.shared
+                    .dropped
+                    .get(&0, 0)
+                    .map(|v| v.iter().sum::<u64>())
+                    .unwrap_or(0)
+            };
+            d.metrics.ring_dropped(ring);
+            d.metrics.render()
+        })
+    };
+    if let Some(l) = metrics_unix {
+        tokio::spawn(metrics::serve_unix(l, render.clone()));
+    }
+    if let Some(l) = metrics_tcp {
+        tokio::spawn(metrics::serve_tcp(l, render));
+    }
     let ring = {
         let mut g = d.lock();
         let ring = g.shared.events.take().ok_or_else(|| {
@@ -209,13 +255,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, _)) => { tokio::spawn(serve(d.clone(), s)); }
-                Err(e) => eprintln!("nono-agent daemon: accept: {e}"),
+                Err(e) => tracing::warn!("accept: {e}"),
             },
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    eprintln!("nono-agent daemon: stopping; running sandboxes stay confined");
+    tracing::info!("stopping; running sandboxes stay confined");
     Ok(())
 }
 
@@ -268,14 +314,20 @@ fn activated() -> Option<std::os::unix::net::UnixListener> {
 /// Reads denial records from the shared ring and hands each to the
 /// connection owning the sandbox it names.
 async fn pump_events(d: Arc<Daemon>, mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>) {
+    let mut all_logs = DenialBudget::default();
+    // Denials to log, written once the lock is released (a slow journal
+    // must not stall every client); reused, at most a few hundred a second.
+    let mut to_log: Vec<(String, u32, nono_common::DenyEvent, u64)> = Vec::new();
     loop {
         let Ok(mut guard) = ring.readable_mut().await else {
             return;
         };
         let mut g = d.lock();
         let inner = &mut *g;
+        let now = Instant::now();
         while let Some(item) = guard.get_inner_mut().next() {
             let raw: &[u8] = &item;
+            d.metrics.denial(raw);
             let Some(cg) = raw.get(8..16).and_then(|b| b.try_into().ok()) else {
                 continue;
             };
@@ -284,15 +336,66 @@ async fn pump_events(d: Arc<Daemon>, mut ring: AsyncFd<aya::maps::RingBuf<aya::m
                 continue;
             };
             if let Some(sb) = inner.sandboxes.get_mut(id) {
+                // Both budgets: this sandbox's, then the daemon's (a
+                // refusal by the latter is counted on the sandbox too).
+                let logged = sb.log_budget.take(now, log::DENIAL_LOGS_PER_SEC)
+                    && (all_logs.take(now, log::DENIAL_LOGS_PER_SEC_TOTAL) || {
+                        sb.log_budget.suppressed += 1;
+                        false
+                    });
+                if let (true, Some(ev)) = (logged, crate::events::parse(raw)) {
+                    let suppressed = std::mem::take(&mut sb.log_budget.suppressed);
+                    to_log.push((id.clone(), sb.rec.uid, ev, suppressed));
+                } else {
+                    d.metrics.log_suppressed();
+                }
                 match &sb.events {
                     Some(tx) if tx.try_send(raw.to_vec()).is_ok() => {}
-                    _ => sb.dropped += 1,
+                    _ => {
+                        sb.dropped += 1;
+                        d.metrics.queue_dropped();
+                    }
                 }
             }
         }
         drop(g);
         guard.clear_ready();
+        for (id, uid, ev, suppressed) in to_log.drain(..) {
+            log_denial(&id, uid, &ev, suppressed);
+        }
     }
+}
+
+/// One denial to the log (its fields; the destination only for the hooks
+/// that have one).
+fn log_denial(id: &str, uid: u32, ev: &nono_common::DenyEvent, suppressed: u64) {
+    use nono_common::{Hook, Reason};
+    let hook = Hook::from_u32(ev.hook);
+    let reason = Reason::from_u32(ev.reason)
+        .map(Reason::name)
+        .unwrap_or("unknown");
+    let has_dest = !matches!(hook, Some(Hook::SockCreate) | Some(Hook::Setsockopt) | None);
+    let hook = hook.map(Hook::name).unwrap_or("unknown");
+    let dest = has_dest.then(|| {
+        let a = crate::events::addr_string(&ev.addr);
+        if a.contains(':') {
+            format!("[{a}]:{}", ev.port)
+        } else {
+            format!("{a}:{}", ev.port)
+        }
+    });
+    tracing::info!(
+        event = "denied",
+        sandbox = id,
+        uid,
+        verdict = "deny",
+        hook,
+        reason,
+        dest = dest.as_deref().unwrap_or("-"),
+        suppressed,
+        "sandbox {id}: denied {hook} {} ({reason})",
+        dest.as_deref().unwrap_or("-")
+    );
 }
 
 /// Sandboxes without a connection (after a restart) end when their owner
@@ -313,7 +416,7 @@ async fn watch_orphans(d: Arc<Daemon>) {
                 .collect()
         };
         for id in dead {
-            end(&d, &id).await;
+            end(&d, &id, EndReason::OwnerDied).await;
         }
     }
 }
@@ -324,10 +427,7 @@ async fn watch_orphans(d: Arc<Daemon>) {
 async fn take_over(d: &Arc<Daemon>) {
     let (recs, bad) = records::load_all(&d.records);
     for b in bad {
-        eprintln!(
-            "nono-agent daemon: removing unreadable record {}",
-            b.display()
-        );
+        tracing::warn!("removing unreadable record {}", b.display());
         let _ = std::fs::remove_file(b);
     }
     let mut ended = Vec::new();
@@ -357,6 +457,7 @@ async fn take_over(d: &Arc<Daemon>) {
                     pending: Some(rx),
                     dropped: 0,
                     owner,
+                    log_budget: DenialBudget::default(),
                 },
             );
             if !alive {
@@ -364,8 +465,9 @@ async fn take_over(d: &Arc<Daemon>) {
             }
         }
     }
+    d.metrics.set_active(d.lock().sandboxes.len());
     for id in ended {
-        end(d, &id).await;
+        end(d, &id, EndReason::Takeover).await;
     }
     // Entries and cgroups no live record explains.
     let (parent, orphans) = {
@@ -399,8 +501,8 @@ fn remove_unknown_cgroups(dir: &Path, known: &[PathBuf]) {
         }
         let cg = cgroup::Cgroup::existing(p.clone());
         if let Err(e) = cg.destroy(Duration::from_secs(10), || cgroup::Sockets::Destroy) {
-            eprintln!(
-                "nono-agent daemon: removing stray cgroup {}: {}",
+            tracing::warn!(
+                "removing stray cgroup {}: {}",
                 p.display(),
                 crate::util::chain(&e)
             );
@@ -411,8 +513,9 @@ fn remove_unknown_cgroups(dir: &Path, known: &[PathBuf]) {
 /// Ends a sandbox and every sandbox nested in it: entries removed first (so
 /// anything still running there is denied everything), then its processes
 /// killed and its sockets destroyed, then its cgroup and record removed.
-async fn end(d: &Arc<Daemon>, id: &str) -> u64 {
+async fn end(d: &Arc<Daemon>, id: &str, why: EndReason) -> u64 {
     // Deepest first, so every cgroup is empty of children when removed.
+    let mut suppressed = Vec::new();
     let victims: Vec<(Record, PathBuf, bool, u64)> = {
         let mut g = d.lock();
         let mut ids = vec![id.to_string()];
@@ -433,11 +536,28 @@ async fn end(d: &Arc<Daemon>, id: &str) -> u64 {
                 let sockets = g.shared.maps.sockets_created(sb.rec.cgroup_id) != Some(0);
                 let policy = sb.rec.kernel_policy();
                 g.shared.maps.remove(sb.rec.cgroup_id, &policy);
+                suppressed.push(sb.log_budget.suppressed);
                 out.push((sb.rec, sb.dir, sockets, sb.dropped));
             }
         }
+        d.metrics.ended(why, out.len() as u64);
+        d.metrics.set_active(g.sandboxes.len());
         out
     };
+    for (v, suppressed) in victims.iter().zip(suppressed) {
+        tracing::info!(
+            event = "ended",
+            sandbox = v.0.id,
+            uid = v.0.uid,
+            why = why.name(),
+            dropped = v.3,
+            suppressed,
+            "sandbox {} of uid {} ended ({})",
+            v.0.id,
+            v.0.uid,
+            why.name()
+        );
+    }
     let records_dir = d.records.clone();
     let dropped = victims
         .iter()
@@ -453,8 +573,9 @@ async fn end(d: &Arc<Daemon>, id: &str) -> u64 {
                 cgroup::Sockets::Keep
             };
             if let Err(e) = cg.destroy(Duration::from_secs(10), || choice) {
-                eprintln!(
-                    "nono-agent daemon: sandbox {}: {}",
+                tracing::warn!(
+                    sandbox = rec.id,
+                    "sandbox {}: {}",
                     rec.id,
                     crate::util::chain(&e)
                 );
@@ -506,7 +627,7 @@ async fn serve(d: Arc<Daemon>, mut sock: UnixStream) {
     };
     session.run(&mut sock).await;
     if let Some(id) = session.owned.take() {
-        end(&d, &id).await;
+        end(&d, &id, EndReason::ClientGone).await;
     }
     let mut g = d.lock();
     if let Some(u) = g.uids.get_mut(&session.peer.uid) {
@@ -566,6 +687,8 @@ impl Session {
                 }
             };
             if !self.rate_ok() {
+                // Not decoded (that is the point of refusing early).
+                self.d.metrics.request("unknown", false, Duration::ZERO);
                 let _ = conn::send(
                     sock,
                     &Reply::Error {
@@ -578,6 +701,7 @@ impl Session {
             let reply = match protocol::decode::<Request>(&payload) {
                 Ok(req) => self.handle(req, fds).await,
                 Err(e) => {
+                    self.d.metrics.request("unknown", false, Duration::ZERO);
                     let _ = conn::send(sock, &error(&e)).await;
                     return;
                 }
@@ -610,6 +734,14 @@ impl Session {
     }
 
     async fn handle(&mut self, req: Request, fds: Vec<OwnedFd>) -> Reply {
+        let t0 = Instant::now();
+        let kind = match &req {
+            Request::Status => "status",
+            Request::Create { .. } => "create",
+            Request::Place => "place",
+            Request::Resume { .. } => "resume",
+            Request::End => "end",
+        };
         let r = match req {
             Request::Status => Ok(self.status()),
             Request::Create { id, policy } => self.create(id, policy).await,
@@ -617,12 +749,13 @@ impl Session {
             Request::Resume { id, token } => self.resume(&id, &token),
             Request::End => match self.owned.take() {
                 Some(id) => {
-                    let dropped = end(&self.d, &id).await;
+                    let dropped = end(&self.d, &id, EndReason::End).await;
                     Ok(Reply::Ended { dropped })
                 }
                 None => Err("this connection has no sandbox to end".to_string()),
             },
         };
+        self.d.metrics.request(kind, r.is_ok(), t0.elapsed());
         r.unwrap_or_else(|message| Reply::Error { message })
     }
 
@@ -740,10 +873,23 @@ impl Session {
                     pending: None,
                     dropped: 0,
                     owner: None,
+                    log_budget: DenialBudget::default(),
                 },
             );
+            self.d.metrics.started();
+            self.d.metrics.set_active(g.sandboxes.len());
             (rec, dir, outer.is_some())
         };
+        tracing::info!(
+            event = "created",
+            sandbox = id,
+            uid = rec.uid,
+            nested,
+            "sandbox {id} created for uid {} (pid {}){}",
+            rec.uid,
+            rec.owner_pid,
+            if nested { ", nested" } else { "" }
+        );
         self.owned = Some(id);
         Ok(Reply::Created {
             cgroup: dir.display().to_string(),
@@ -813,6 +959,13 @@ impl Session {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| crate::util::chain(&e))?;
+        tracing::info!(
+            event = "placed",
+            sandbox = id,
+            uid = self.peer.uid,
+            "sandbox {id}: uid {}'s child placed",
+            self.peer.uid
+        );
         Ok(Reply::Placed)
     }
 
