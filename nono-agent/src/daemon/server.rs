@@ -132,10 +132,16 @@ struct Inner {
     by_cgroup: HashMap<u64, String>,
     uids: HashMap<u32, Uid>,
     next_conn: u64,
+    /// The daemon-wide budget of denial log lines.
+    all_logs: DenialBudget,
 }
 
 struct Daemon {
     inner: Mutex<Inner>,
+    /// The shared event ring, drained by the pump when it is readable and
+    /// by `end` before a sandbox's routing goes (so no event of an ending
+    /// sandbox is left unread). Locked before `inner`.
+    ring: Mutex<Option<aya::maps::RingBuf<aya::maps::MapData>>>,
     started: Instant,
     opts: Options,
     records: PathBuf,
@@ -204,7 +210,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             by_cgroup: HashMap::new(),
             uids: HashMap::new(),
             next_conn: 1,
+            all_logs: DenialBudget::default(),
         }),
+        ring: Mutex::new(None),
         started: Instant::now(),
         records: records_dir,
         opts,
@@ -233,17 +241,26 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     if let Some(l) = metrics_tcp {
         tokio::spawn(metrics::serve_tcp(l, render));
     }
-    let ring = {
+    let ready = {
         let mut g = d.lock();
         let ring = g.shared.events.take().ok_or_else(|| {
             DaemonError::Ring(std::io::Error::other("the event ring was taken already"))
         })?;
-        // SAFETY: the ring buffer owns its map fd, which stays open and
-        // unchanged until the AsyncFd (which owns it) is dropped.
-        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        // Readiness is watched on a duplicate of the ring's descriptor (same
+        // open file), so the ring itself can sit behind a lock that `end`
+        // takes too.
+        use std::os::fd::AsFd as _;
+        let dup = ring
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(DaemonError::Ring)?;
+        *d.ring.lock().unwrap_or_else(|p| p.into_inner()) = Some(ring);
+        // SAFETY: the duplicate is owned by the AsyncFd and stays open and
+        // unchanged until it is dropped.
+        unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) }
             .map_err(|e| DaemonError::Ring(e.into_parts().1))?
     };
-    tokio::spawn(pump_events(d.clone(), ring));
+    tokio::spawn(pump_events(d.clone(), ready));
     tokio::spawn(watch_orphans(d.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -313,57 +330,68 @@ fn activated() -> Option<std::os::unix::net::UnixListener> {
 
 /// Reads denial records from the shared ring and hands each to the
 /// connection owning the sandbox it names.
-async fn pump_events(d: Arc<Daemon>, mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>) {
-    let mut all_logs = DenialBudget::default();
-    // Denials to log, written once the lock is released (a slow journal
-    // must not stall every client); reused, at most a few hundred a second.
-    let mut to_log: Vec<(String, u32, nono_common::DenyEvent, u64)> = Vec::new();
+async fn pump_events(d: Arc<Daemon>, ready: AsyncFd<std::os::fd::OwnedFd>) {
     loop {
-        let Ok(mut guard) = ring.readable_mut().await else {
+        let Ok(mut guard) = ready.readable().await else {
             return;
         };
-        let mut g = d.lock();
-        let inner = &mut *g;
-        let now = Instant::now();
-        while let Some(item) = guard.get_inner_mut().next() {
-            let raw: &[u8] = &item;
-            d.metrics.denial(raw);
-            let Some(cg) = raw.get(8..16).and_then(|b| b.try_into().ok()) else {
-                continue;
-            };
-            let cg = u64::from_ne_bytes(cg);
-            let Some(id) = inner.by_cgroup.get(&cg) else {
-                continue;
-            };
-            if let Some(sb) = inner.sandboxes.get_mut(id) {
-                // Both budgets: this sandbox's, then the daemon's (a
-                // refusal by the latter is counted on the sandbox too).
-                let logged = sb.log_budget.take(now, log::DENIAL_LOGS_PER_SEC)
-                    && (all_logs.take(now, log::DENIAL_LOGS_PER_SEC_TOTAL) || {
-                        sb.log_budget.suppressed += 1;
-                        false
-                    });
-                if let (true, Some(ev)) = (logged, crate::events::parse(raw)) {
-                    let suppressed = std::mem::take(&mut sb.log_budget.suppressed);
-                    to_log.push((id.clone(), sb.rec.uid, ev, suppressed));
-                } else {
-                    d.metrics.log_suppressed();
-                }
-                match &sb.events {
-                    Some(tx) if tx.try_send(raw.to_vec()).is_ok() => {}
-                    _ => {
-                        sb.dropped += 1;
-                        d.metrics.queue_dropped();
-                    }
-                }
-            }
-        }
-        drop(g);
+        let to_log = drain_ring(&d);
         guard.clear_ready();
-        for (id, uid, ev, suppressed) in to_log.drain(..) {
+        for (id, uid, ev, suppressed) in to_log {
             log_denial(&id, uid, &ev, suppressed);
         }
     }
+}
+
+/// A denial to log once the locks are released (a slow journal must not
+/// stall every client).
+type ToLog = (String, u32, nono_common::DenyEvent, u64);
+
+/// Reads every record waiting in the shared ring and hands each to the
+/// connection owning the sandbox it names; returns the lines to log.
+fn drain_ring(d: &Daemon) -> Vec<ToLog> {
+    let mut to_log = Vec::new();
+    let mut ring = d.ring.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(ring) = ring.as_mut() else {
+        return to_log;
+    };
+    let mut g = d.lock();
+    let inner = &mut *g;
+    let now = Instant::now();
+    while let Some(item) = ring.next() {
+        let raw: &[u8] = &item;
+        d.metrics.denial(raw);
+        let Some(cg) = raw.get(8..16).and_then(|b| b.try_into().ok()) else {
+            continue;
+        };
+        let cg = u64::from_ne_bytes(cg);
+        let Some(id) = inner.by_cgroup.get(&cg) else {
+            continue;
+        };
+        if let Some(sb) = inner.sandboxes.get_mut(id) {
+            // Both budgets: this sandbox's, then the daemon's (a refusal by
+            // the latter is counted on the sandbox too).
+            let logged = sb.log_budget.take(now, log::DENIAL_LOGS_PER_SEC)
+                && (inner.all_logs.take(now, log::DENIAL_LOGS_PER_SEC_TOTAL) || {
+                    sb.log_budget.suppressed += 1;
+                    false
+                });
+            if let (true, Some(ev)) = (logged, crate::events::parse(raw)) {
+                let suppressed = std::mem::take(&mut sb.log_budget.suppressed);
+                to_log.push((id.clone(), sb.rec.uid, ev, suppressed));
+            } else {
+                d.metrics.log_suppressed();
+            }
+            match &sb.events {
+                Some(tx) if tx.try_send(raw.to_vec()).is_ok() => {}
+                _ => {
+                    sb.dropped += 1;
+                    d.metrics.queue_dropped();
+                }
+            }
+        }
+    }
+    to_log
 }
 
 /// One denial to the log (its fields; the destination only for the hooks
@@ -514,6 +542,11 @@ fn remove_unknown_cgroups(dir: &Path, known: &[PathBuf]) {
 /// anything still running there is denied everything), then its processes
 /// killed and its sockets destroyed, then its cgroup and record removed.
 async fn end(d: &Arc<Daemon>, id: &str, why: EndReason) -> u64 {
+    // What the kernel wrote for this sandbox and nobody read yet goes to
+    // its owner before its routing is removed.
+    for (sid, uid, ev, suppressed) in drain_ring(d) {
+        log_denial(&sid, uid, &ev, suppressed);
+    }
     // Deepest first, so every cgroup is empty of children when removed.
     let mut suppressed = Vec::new();
     let victims: Vec<(Record, PathBuf, bool, u64)> = {
@@ -707,6 +740,17 @@ impl Session {
                 }
             };
             let ended = matches!(reply, Reply::Ended { .. });
+            if ended {
+                // The sandbox's last events (drained by `end`) go before the
+                // answer, which is the client's last frame.
+                if let Some(rx) = self.events_rx.as_mut() {
+                    while let Ok(raw) = rx.try_recv() {
+                        if conn::send(sock, &Reply::Event { raw }).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
             if conn::send(sock, &reply).await.is_err() {
                 return;
             }
