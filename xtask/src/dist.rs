@@ -50,7 +50,9 @@ pub fn man() -> Result<Vec<PathBuf>> {
         // A subcommand's page shows its full name and the program's version.
         let page = sub
             .clone()
-            .name(name.clone())
+            // clap's names are &'static str (no "string" feature); xtask
+            // runs once, so leaking a few names is fine.
+            .name(&*Box::leak(name.clone().into_boxed_str()))
             .bin_name(format!("{NAME} {}", sub.get_name()))
             .version(nono_agent::cli::VERSION);
         write(&name, page)?;
