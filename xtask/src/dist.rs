@@ -127,7 +127,9 @@ pub fn dist() -> Result<PathBuf> {
         .lines()
         .any(|l| l.trim() == MUSL)
     {
-        bail!("the Rust target {MUSL} is not installed: run scripts/setup (rustup target add {MUSL})");
+        bail!(
+            "the Rust target {MUSL} is not installed: run scripts/setup (rustup target add {MUSL})"
+        );
     }
     let t = Instant::now();
     // signal-hook compiles a little C: cc-rs finds musl-gcc (Debian
@@ -308,7 +310,10 @@ pub fn deb() -> Result<PathBuf> {
     for (shell, dest) in [
         ("bash", "usr/share/bash-completion/completions/nono-agent"),
         ("zsh", "usr/share/zsh/vendor-completions/_nono-agent"),
-        ("fish", "usr/share/fish/vendor_completions.d/nono-agent.fish"),
+        (
+            "fish",
+            "usr/share/fish/vendor_completions.d/nono-agent.fish",
+        ),
     ] {
         let script = output(Command::new(&bin).args(["completions", shell]))?;
         write_mode(&stage.join(dest), &script, 0o644)?;
@@ -372,12 +377,16 @@ pub fn deb() -> Result<PathBuf> {
         .arg(&out))
     .context("dpkg-deb")?;
     let name = out.file_name().context("deb name")?;
-    let sum = output(Command::new("sha256sum").arg(name).current_dir(root.join("target/dist")))?;
-    fs::write(root.join("target/dist").join(format!("{}.sha256", name.to_string_lossy())), sum)?;
-    println!(
-        "{} ({} bytes)",
-        out.display(),
-        fs::metadata(&out)?.len()
-    );
+    let sum = output(
+        Command::new("sha256sum")
+            .arg(name)
+            .current_dir(root.join("target/dist")),
+    )?;
+    fs::write(
+        root.join("target/dist")
+            .join(format!("{}.sha256", name.to_string_lossy())),
+        sum,
+    )?;
+    println!("{} ({} bytes)", out.display(), fs::metadata(&out)?.len());
     Ok(out)
 }
