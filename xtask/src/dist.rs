@@ -318,13 +318,11 @@ pub fn deb() -> Result<PathBuf> {
         let script = output(Command::new(&bin).args(["completions", shell]))?;
         write_mode(&stage.join(dest), &script, 0o644)?;
     }
-    let copyright = format!(
-        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
+    let copyright = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
          Upstream-Name: nono-agent\n\n\
          Files: *\n\
          License: Apache-2.0\n \
-         On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.\n"
-    );
+         On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.\n";
     write_mode(
         &stage.join("usr/share/doc/nono-agent/copyright"),
         copyright.as_bytes(),
