@@ -12,9 +12,10 @@
 //! socket: other tests may run daemons concurrently. The leftover checks
 //! cover that name and the package's default `nono-daemon`.
 //!
-//! Building the package is a release build for x86_64 musl (about 3.5 min
-//! from clean on 2 cores, a few seconds when up to date); it is done once,
-//! through `cargo xtask deb`, whose output in `target/dist` is reused.
+//! Building the package is a release build for x86_64 musl (about 2 min
+//! from clean on 2 cores, 1-1.5 min after a change to nono-agent or a new
+//! commit, seconds when up to date: cargo's own cache in target/ is the
+//! reuse), done once per run through `cargo xtask deb`.
 //!
 //! Needs root, dpkg and setpriv. `cargo test -p nono-tests --test package`.
 
