@@ -12,9 +12,18 @@ use crate::enforcer::Requested;
 use crate::plan::ExecRequest;
 use nono_proxy::{CidrRule, DomainRule, Limits, Pin, ProxyConfig, ProxyPolicy, Upstream};
 
+/// `--version`: the package version and the git commit it was built from
+/// (`unknown` when built without git; see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("NONO_AGENT_GIT_COMMIT"),
+    ")"
+);
+
 /// Run a command with its network confined to loopback and its proxy.
 #[derive(Debug, Parser)]
-#[command(name = "nono-agent", version, about)]
+#[command(name = "nono-agent", version = VERSION, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -42,6 +51,12 @@ pub enum Command {
     /// Check and show the host configuration (/etc/nono-agent/config.toml).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script to stdout (e.g. `nono-agent
+    /// completions bash > /usr/share/bash-completion/completions/nono-agent`).
+    Completions {
+        /// The shell to complete for.
+        shell: Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,6 +69,14 @@ pub enum ConfigCommand {
     },
     /// The configuration `exec` uses, every value with where it comes from.
     Show,
+}
+
+/// Shells `completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Subcommand)]

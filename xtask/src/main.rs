@@ -9,11 +9,15 @@
 //!   (`bench --only daemon` or `bench-daemon` for that part alone).
 //! - `bench-pty`: keystroke echo round trip through the agent's
 //!   pseudo-terminal relay vs `cat` on a terminal directly.
+//! - `man`: man pages from the CLI definition into `target/man`.
+//! - `dist`: the static, stripped x86_64 musl binary in `target/dist`.
+//! - `deb`: `dist` and `man`, packaged as `target/dist/nono-agent_<v>_amd64.deb`.
 
 mod bench;
 mod bench_daemon;
 mod bench_proxy;
 mod bench_pty;
+mod dist;
 
 use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
@@ -31,11 +35,14 @@ fn main() -> Result<()> {
         }
         Some("bench-proxy") => bench_proxy::run(&workspace_root(), &args[1..]),
         Some("bench-pty") => bench_pty::run(&workspace_root(), &args[1..]),
+        Some("man") => dist::man().map(drop),
+        Some("dist") => dist::dist().map(drop),
+        Some("deb") => dist::deb().map(drop),
         // Internal: the workload `bench` runs inside and outside a sandbox.
         Some("connect-loop") => bench::connect_loop(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build-ebpf | bench [--iterations N] [--runs N] [--only daemon] | bench-daemon | bench-proxy [--help] | bench-pty [--keystrokes N] [--agent PATH]>"
+                "usage: cargo xtask <build-ebpf | bench [--iterations N] [--runs N] [--only daemon] | bench-daemon | bench-proxy [--help] | bench-pty [--keystrokes N] [--agent PATH] | man | dist | deb>"
             );
             std::process::exit(2);
         }

@@ -27,7 +27,25 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Profile(cmd) => profile::run(cmd),
         Command::Config(cmd) => config::run(cmd),
         Command::Proxy(args) => runtime()?.block_on(proxy::run(args)),
+        Command::Completions { shell } => completions(shell),
     }
+}
+
+/// `completions SHELL`: the script clap_complete generates from the same
+/// command definition the parser uses, so it never drifts from the flags.
+fn completions(shell: crate::cli::Shell) -> Result<i32> {
+    use clap::CommandFactory as _;
+    use clap_complete::Shell as S;
+    let shell = match shell {
+        crate::cli::Shell::Bash => S::Bash,
+        crate::cli::Shell::Zsh => S::Zsh,
+        crate::cli::Shell::Fish => S::Fish,
+    };
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    clap_complete::generate(shell, &mut cmd, "nono-agent", &mut out);
+    std::io::Write::flush(&mut out)?;
+    Ok(0)
 }
 
 /// Two workers: the proxy may carry bulk traffic while the main task waits

@@ -62,7 +62,9 @@ impl Creds {
         let mut out = vec![0u8; (len + 7) & !7];
         // SAFETY: zeroed plain struct.
         let mut h: libc::cmsghdr = unsafe { std::mem::zeroed() };
-        h.cmsg_len = len;
+        // `as _`: socklen_t on musl (the padding word after it stays
+        // zero), size_t on glibc.
+        h.cmsg_len = len as _;
         h.cmsg_level = libc::SOL_SOCKET;
         h.cmsg_type = libc::SCM_CREDENTIALS;
         // SAFETY: `out` has room for the header and the ucred after it;

@@ -18,6 +18,18 @@ const MAX_CONTROL: usize = 64 << 10;
 /// UIO_MAXIOV.
 pub(super) const MAX_IOV: usize = 1024;
 
+/// The kernel's `size_t` field at `off` of a struct copied from the target
+/// (`msg_iovlen`, `msg_controllen`, `cmsg_len`). Read as 8 bytes, not
+/// through the libc struct: musl declares these fields as 32-bit with a
+/// padding word next to them (glibc as `size_t`), and the kernel reads all
+/// 64 bits, so the supervisor must see the value the kernel would.
+fn kernel_size_at(raw: &[u8], off: usize) -> Result<usize, i32> {
+    let b = raw.get(off..off + 8).ok_or(libc::EFAULT)?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    usize::try_from(u64::from_ne_bytes(a)).map_err(|_| libc::EMSGSIZE)
+}
+
 impl Supervisor {
     /// Copies `len` bytes of the target's memory at `addr`, valid only
     /// while the notification is pending.
@@ -49,7 +61,8 @@ impl Supervisor {
         } else {
             Some(self.read(n, h.msg_name as u64, (h.msg_namelen as usize).min(128))?)
         };
-        let iovlen = h.msg_iovlen;
+        let iovlen = kernel_size_at(&raw, std::mem::offset_of!(libc::msghdr, msg_iovlen))?;
+        let controllen = kernel_size_at(&raw, std::mem::offset_of!(libc::msghdr, msg_controllen))?;
         if iovlen > MAX_IOV {
             return Err(libc::EMSGSIZE);
         }
@@ -76,13 +89,13 @@ impl Supervisor {
                 break;
             }
         }
-        let control = if h.msg_control.is_null() || h.msg_controllen == 0 {
+        let control = if h.msg_control.is_null() || controllen == 0 {
             Vec::new()
         } else {
-            if h.msg_controllen > MAX_CONTROL {
+            if controllen > MAX_CONTROL {
                 return Err(libc::ENOBUFS);
             }
-            self.read(n, h.msg_control as u64, h.msg_controllen)?
+            self.read(n, h.msg_control as u64, controllen)?
         };
         let (control, fds) = self.vet_control(n, control, hook)?;
         let name = match name {
@@ -113,7 +126,7 @@ impl Supervisor {
         while off + HDR <= c.len() {
             // SAFETY: bounds checked above; unaligned read of a plain struct.
             let h: libc::cmsghdr = unsafe { std::ptr::read_unaligned(c.as_ptr().add(off).cast()) };
-            let len = h.cmsg_len;
+            let len = kernel_size_at(&c[off..], std::mem::offset_of!(libc::cmsghdr, cmsg_len))?;
             if len < HDR || off + len > c.len() {
                 return Err(libc::EINVAL);
             }

@@ -303,7 +303,8 @@ fn send_one(
     h.msg_iovlen = 1;
     if !control.is_empty() {
         h.msg_control = control.as_ptr() as *mut libc::c_void;
-        h.msg_controllen = control.len();
+        // `as _`: socklen_t on musl, size_t on glibc.
+        h.msg_controllen = control.len() as _;
     }
     // SAFETY: h describes valid buffers.
     unsafe { libc::sendmsg(fd.as_raw_fd(), &h, flags) }

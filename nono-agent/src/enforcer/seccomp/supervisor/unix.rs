@@ -28,16 +28,19 @@ pub(super) fn unix_path_for(pid: u32, addr: Vec<u8>) -> Vec<u8> {
 /// with its (device, inode), or the errno the kernel would give.
 pub(super) fn open_unix_path(addr: &[u8]) -> Result<(OwnedFd, (u64, u64)), i32> {
     use std::os::unix::ffi::OsStrExt as _;
-    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _};
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
     let path = addr.get(2..).ok_or(libc::EINVAL)?;
     let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-        .open(std::path::Path::new(std::ffi::OsStr::from_bytes(
-            &path[..end],
-        )))
-        .map_err(errno)?;
+    // nix's open, not OpenOptions::custom_flags: std masks the custom flags
+    // with O_ACCMODE, which on musl includes O_PATH (musl's O_SEARCH), so
+    // the open would lose O_PATH and fail on a socket with ENXIO.
+    let fd = nix::fcntl::open(
+        std::path::Path::new(std::ffi::OsStr::from_bytes(&path[..end])),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| e as i32)?;
+    let f = std::fs::File::from(fd);
     let m = f.metadata().map_err(errno)?;
     if !m.file_type().is_socket() {
         return Err(libc::ECONNREFUSED);
