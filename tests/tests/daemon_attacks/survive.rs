@@ -2,7 +2,7 @@
 //! sandbox.
 
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nono_tests::netns::{self, NetFixture};
@@ -80,24 +80,14 @@ fn accepted_within(l: &TcpListener, t: Duration) -> usize {
 /// host sees nothing), loopback keeps working; a restart takes it over, the
 /// client reconnects, and the sandbox is removed when the client exits.
 pub fn kill9_and_takeover() {
-    let fx = NetFixture::new();
     let mut d = Daemon::start();
-    let port = fx.port();
-    let server = netns::in_netns(&fx.server.clone(), move || {
-        TcpListener::bind(("198.51.100.2", port)).unwrap()
-    });
-    let lo = netns::in_netns(&fx.client.clone(), || {
-        TcpListener::bind("127.0.0.1:0").unwrap()
-    });
-    let lport = lo.local_addr().unwrap().port();
-    // Legitimate first: outside the sandbox the test host is reachable.
-    let o = fx.run_in_client(&[
-        "bash",
-        "-c",
-        &format!("echo hi > /dev/tcp/198.51.100.2/{port}"),
-    ]);
-    assert_eq!(o.code(), 0, "{}", o.describe());
-    assert_eq!(accepted_within(&server, Duration::from_millis(500)), 1);
+    let Hosts {
+        fx,
+        server,
+        lo,
+        port,
+        lport,
+    } = reachable_hosts();
     let dir = sys::TempDir::new("dadv-kill9");
     dir.chown(NOBODY, NOBODY);
     let go = dir.path("go");
@@ -110,21 +100,7 @@ pub fn kill9_and_takeover() {
         go = go.display(),
         go2 = go2.display()
     );
-    let agent = sys::accessible(&sys::agent_bin());
-    let sock = d.sock.display().to_string();
-    let mut c = fx
-        .client_command("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&agent)
-        .args(["exec", "--daemon-socket", &sock, "--"])
-        .args(["bash", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = Lines::collect(c.stdout.take().unwrap());
-    let err = Lines::collect(c.stderr.take().unwrap());
+    let (mut c, out, err) = sandboxed_script(&fx, &d, &script);
     macro_rules! ctx {
         () => {
             format!(
@@ -185,6 +161,65 @@ pub fn kill9_and_takeover() {
     let st = sys::wait_child(&mut c, Duration::from_secs(15), "exec");
     assert!(st.success(), "{st:?} {}", ctx!());
     d.assert_clean();
+}
+
+/// The test host (198.51.100.2 in the fixture's server namespace) and a
+/// loopback listener in the client namespace; the test host is first shown
+/// reachable from outside any sandbox.
+struct Hosts {
+    fx: NetFixture,
+    server: TcpListener,
+    lo: TcpListener,
+    port: u16,
+    lport: u16,
+}
+
+fn reachable_hosts() -> Hosts {
+    let fx = NetFixture::new();
+    let port = fx.port();
+    let server = netns::in_netns(&fx.server.clone(), move || {
+        TcpListener::bind(("198.51.100.2", port)).unwrap()
+    });
+    let lo = netns::in_netns(&fx.client.clone(), || {
+        TcpListener::bind("127.0.0.1:0").unwrap()
+    });
+    let lport = lo.local_addr().unwrap().port();
+    // Legitimate first: outside the sandbox the test host is reachable.
+    let o = fx.run_in_client(&[
+        "bash",
+        "-c",
+        &format!("echo hi > /dev/tcp/198.51.100.2/{port}"),
+    ]);
+    assert_eq!(o.code(), 0, "{}", o.describe());
+    assert_eq!(accepted_within(&server, Duration::from_millis(500)), 1);
+    Hosts {
+        fx,
+        server,
+        lo,
+        port,
+        lport,
+    }
+}
+
+/// `exec` through the daemon as nobody in the client namespace, running
+/// `script` with bash; its stdout and stderr lines.
+fn sandboxed_script(fx: &NetFixture, d: &Daemon, script: &str) -> (Child, Lines, Lines) {
+    let agent = sys::accessible(&sys::agent_bin());
+    let sock = d.sock.display().to_string();
+    let mut c = fx
+        .client_command("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&agent)
+        .args(["exec", "--daemon-socket", &sock, "--"])
+        .args(["bash", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = Lines::collect(c.stdout.take().unwrap());
+    let err = Lines::collect(c.stderr.take().unwrap());
+    (c, out, err)
 }
 
 /// (5) kill -9 of the daemon and of the client: the restarted daemon
@@ -288,23 +323,15 @@ pub fn nested_create_cannot_take_anothers_id() {
 /// old pins: at no moment is the sandbox unconfined (the test host sees no
 /// connection) or over-blocked (every loopback connect of the loop works).
 pub fn upgrade_under_load_has_no_gap() {
-    let fx = NetFixture::new();
     let mut d = Daemon::start();
-    let port = fx.port();
-    let server = netns::in_netns(&fx.server.clone(), move || {
-        TcpListener::bind(("198.51.100.2", port)).unwrap()
-    });
-    let lo = netns::in_netns(&fx.client.clone(), || {
-        TcpListener::bind("127.0.0.1:0").unwrap()
-    });
-    let lport = lo.local_addr().unwrap().port();
-    let o = fx.run_in_client(&[
-        "bash",
-        "-c",
-        &format!("echo hi > /dev/tcp/198.51.100.2/{port}"),
-    ]);
-    assert_eq!(o.code(), 0, "{}", o.describe());
-    assert_eq!(accepted_within(&server, Duration::from_millis(500)), 1);
+    let Hosts {
+        fx,
+        server,
+        // Kept open: the loop's loopback connects need it listening.
+        lo: _lo,
+        port,
+        lport,
+    } = reachable_hosts();
     let dir = sys::TempDir::new("dadv-upgrade");
     dir.chown(NOBODY, NOBODY);
     let go = dir.path("go");
@@ -317,21 +344,7 @@ pub fn upgrade_under_load_has_no_gap() {
            sleep 0.05; done; echo REMOTE_OK=$r LO_OK=$l",
         go = go.display(),
     );
-    let agent = sys::accessible(&sys::agent_bin());
-    let sock = d.sock.display().to_string();
-    let mut c = fx
-        .client_command("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&agent)
-        .args(["exec", "--daemon-socket", &sock, "--"])
-        .args(["bash", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = Lines::collect(c.stdout.take().unwrap());
-    let err = Lines::collect(c.stderr.take().unwrap());
+    let (mut c, out, err) = sandboxed_script(&fx, &d, &script);
     macro_rules! ctx {
         () => {
             format!(
