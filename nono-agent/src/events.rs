@@ -18,6 +18,27 @@ pub struct Line {
     pub json: Vec<u8>,
 }
 
+/// Whether `path` is the agent's own stdout or stderr, which the command
+/// inherits: `-`, or a path naming the same open file (`/dev/stdout`,
+/// `/proc/self/fd/1`, the file stdout is redirected to). Returns which.
+pub fn is_command_output(path: &std::path::Path) -> Option<&'static str> {
+    use std::os::unix::fs::MetadataExt as _;
+    if path.as_os_str() == "-" {
+        return Some("stdout");
+    }
+    let target = std::fs::metadata(path).ok()?;
+    [(1, "stdout"), (2, "stderr")]
+        .into_iter()
+        .find_map(|(fd, name)| {
+            // SAFETY: fstat into a zeroed stat of our own; a closed fd
+            // just fails.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+            (ok && st.st_dev == target.dev() && st.st_ino == target.ino()).then_some(name)
+        })
+}
+
 /// Where concurrent producers (the proxy) send events.
 pub type EventTx = tokio::sync::mpsc::UnboundedSender<Line>;
 

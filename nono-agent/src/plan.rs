@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use crate::config::HostConfig;
 use crate::enforcer::Requested;
 use crate::profile::{self, EnvPolicy, ExpandContext, Loopback, ProfileError, ResolvedProfile};
-use crate::sandbox::landlock::FsRules;
+use crate::sandbox::landlock::{self, FsRules, LandlockError};
+use crate::sandbox::users::{self, Account, UserError};
 use nono_proxy::ProxyConfig;
 
 /// Why a plan could not be made.
@@ -38,6 +39,15 @@ pub enum PlanError {
     EndpointUnspecified(SocketAddr),
     #[error("too many loopback ports: {0} given, at most {MAX_LOOPBACK_PORTS}")]
     TooManyLoopbackPorts(usize),
+    #[error(transparent)]
+    WriteRule(#[from] LandlockError),
+    #[error(transparent)]
+    User(#[from] UserError),
+    #[error(
+        "--events {path}: that is the command's own {stream}, so events would mix with its output \
+         (and the command could write lines that look like events); give a file of its own (--events FILE)"
+    )]
+    EventsToCommandOutput { path: String, stream: &'static str },
 }
 
 /// Everything `exec` was asked for, as plain data (see `cli::ExecArgs`).
@@ -92,8 +102,8 @@ pub struct Plan {
     pub fs: Option<FsRules>,
     /// Environment handling.
     pub env: EnvPolicy,
-    /// Run as this user.
-    pub user: Option<String>,
+    /// Run as this user (looked up: a name exists, a uid may be bare).
+    pub user: Option<Account>,
     /// Daemon sockets the sandbox may connect to.
     pub allow_unix_sockets: Vec<PathBuf>,
 }
@@ -254,6 +264,18 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         user = req.user.clone();
     }
     allow_unix_sockets.extend(req.allow_unix_sockets.iter().cloned());
+    if let Some(f) = &fs {
+        check_writes(&f.write)?;
+    }
+    let user = resolve_user(user.as_deref())?;
+    if let Some(path) = &req.events {
+        if let Some(stream) = crate::events::is_command_output(path) {
+            return Err(PlanError::EventsToCommandOutput {
+                path: path.display().to_string(),
+                stream,
+            });
+        }
+    }
     let proxy = proxy_wanted(&proxy).then(|| with_host_rules(proxy, &req.host));
     let kernel = KernelPolicy::new(
         &req.proxy_endpoints,
@@ -277,6 +299,36 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         user,
         allow_unix_sockets,
     })
+}
+
+/// The checks `exec` makes of a profile beyond parsing it, for `profile
+/// validate` to make the same ones: write rules that would include /proc,
+/// a cgroup filesystem or bpffs, a user that does not exist, more loopback
+/// ports than the kernel policy holds. (`build` makes each of them on the
+/// profile merged with the flags, through the same functions.)
+pub fn check_profile(p: &ResolvedProfile) -> Result<(), PlanError> {
+    check_writes(&p.filesystem.write)?;
+    resolve_user(p.process.user.as_deref())?;
+    if let Loopback::Ports(ports) = &p.network.loopback {
+        let proxy = !p.network.allow_domains.is_empty()
+            || !p.network.deny_domains.is_empty()
+            || !p.network.allow_cidrs.is_empty()
+            || p.network.upstream_proxy.is_some();
+        KernelPolicy::new(&[], Some(ports), proxy)?;
+    }
+    Ok(())
+}
+
+/// Write rules are judged on what they open (see
+/// `landlock::check_write_rules`).
+fn check_writes(write: &[PathBuf]) -> Result<(), PlanError> {
+    landlock::check_write_rules(write, &landlock::forbidden_write_targets())?;
+    Ok(())
+}
+
+/// The account of `--user` / `process.user`.
+fn resolve_user(user: Option<&str>) -> Result<Option<Account>, PlanError> {
+    Ok(user.map(users::lookup_user).transpose()?)
 }
 
 /// The proxy configuration with the host configuration's rules on top: its

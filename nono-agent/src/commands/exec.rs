@@ -49,6 +49,10 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     req.host = crate::config::load_from_env()?;
     // Everything the user asked for is checked before anything is created.
     let plan = plan::build(&req)?;
+    let privileged = privileges::can_load_bpf();
+    if let (Some(u), false) = (&plan.user, privileged) {
+        bail!("running the command as user {} needs root", u.login());
+    }
     let mut out = events::Output::open(plan.events.as_deref())?;
     if let Some(p) = &plan.host_events {
         if let Err(e) = out.add_file(p) {
@@ -58,12 +62,7 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
             );
         }
     }
-    let privileged = privileges::can_load_bpf();
-    let user = match &plan.user {
-        Some(u) if !privileged => bail!("running the command as user {u} needs root"),
-        Some(u) => Some(users::lookup_user(u)?),
-        None => None,
-    };
+    let user = plan.user.as_ref().map(|a| (a.uid, a.gid));
     timing.mark("plan");
     let landlock = prepare_landlock(&plan)?;
     timing.mark("landlock prepared");
@@ -103,10 +102,15 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     // root child could otherwise write root-owned cgroup.procs files and
     // leave its cgroup). Stale sandboxes and the owner lock are the direct
     // path's business.
+    let host = Host::detect(privileged);
     let (state, lock) = if privileged {
         let st = registry::state_dir()?;
         let lock = if daemon.is_none() {
-            sweep_stale();
+            // Without cgroup2 there is nothing to sweep, and the enforcer's
+            // choice below refuses with the reason (once).
+            if host.no_cgroup2.is_none() {
+                sweep_stale();
+            }
             Some(registry::OwnerLock::acquire(&st, &id)?)
         } else {
             None
@@ -143,7 +147,7 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
                 nested: created.nested,
             }
         }
-        None => apply_enforcer(&plan, &mut res, &policy, privileged)?,
+        None => apply_enforcer(&plan, &mut res, &policy, host)?,
     };
     timing.mark("enforcer applied");
     if !plan.quiet {
@@ -501,12 +505,8 @@ fn apply_enforcer(
     plan: &Plan,
     res: &mut Resources,
     policy: &Policy,
-    privileged: bool,
+    host: Host,
 ) -> Result<Applied> {
-    let host = Host {
-        privileged,
-        seccomp_user_notif: privileges::seccomp_user_notif_available(),
-    };
     let try_bpf = || match enforcer::apply_bpf(res, policy) {
         Ok(a) => Ok(a),
         Err(e) => {
@@ -525,7 +525,7 @@ fn apply_enforcer(
             a
         }
         Choice::Seccomp { why_not_bpf } => {
-            if let Some(why) = why_not_bpf {
+            if let (Some(why), false) = (why_not_bpf, plan.quiet) {
                 eprintln!("nono-agent: enforcer: seccomp ({why})");
             }
             Applied::Seccomp
@@ -546,6 +546,12 @@ fn child_environment(
     proxy_env: Vec<(String, String)>,
 ) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = plan::environment(&plan.env);
+    if let Some(account) = &plan.user {
+        let only_present = matches!(plan.env, crate::profile::EnvPolicy::PassThrough(_));
+        if !matches!(plan.env, crate::profile::EnvPolicy::Clean) {
+            users::set_identity(&mut env, account, only_present);
+        }
+    }
     env.push(("NONO_SANDBOX_ID".into(), id.into()));
     env.push(("NONO_ENFORCER".into(), applied.name().into()));
     match applied {

@@ -40,7 +40,7 @@ pub use lookup::{shadowed_builtin, ProfileInfo, ProfileSource};
 pub use model::{EnvPolicy, FsPolicy, Loopback, NetworkPolicy, ProcessPolicy, ResolvedProfile};
 
 pub(crate) use lookup::{is_path_spec, unsafe_path};
-pub(crate) use raw::{location, toml_error, Parsed};
+pub(crate) use raw::{location, toml_error, utf8_text, Parsed};
 
 use lookup::{list_in, load_in, locate_path, Dirs};
 use merge::resolve_chain;

@@ -38,7 +38,7 @@ pub(super) struct Layer {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "the profile to be a table")]
 struct RawProfile {
     extends: Option<Spanned<String>>,
     description: Option<String>,
@@ -51,11 +51,11 @@ struct RawProfile {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "network to be a table")]
 struct RawNetwork {
-    allow_domains: Vec<Spanned<Parsed<DomainRule>>>,
+    allow_domains: Vec<Spanned<Parsed<AllowDomain>>>,
     deny_domains: Vec<Spanned<Parsed<DomainRule>>>,
-    allow_cidrs: Vec<Spanned<Parsed<CidrRule>>>,
+    allow_cidrs: Vec<Spanned<Parsed<AllowCidr>>>,
     loopback: Option<Loopback>,
     upstream_proxy: Option<Parsed<Upstream>>,
     resolve: Vec<Parsed<Pin>>,
@@ -63,7 +63,7 @@ struct RawNetwork {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "filesystem to be a table")]
 struct RawFilesystem {
     read: Vec<Spanned<String>>,
     write: Vec<Spanned<String>>,
@@ -71,10 +71,33 @@ struct RawFilesystem {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "process to be a table")]
 struct RawProcess {
     env: Option<EnvPolicy>,
     user: Option<Spanned<String>>,
+}
+
+/// An allow rule: refused over a public suffix, as `--allow-domain` is.
+#[derive(Debug)]
+pub(crate) struct AllowDomain(DomainRule);
+
+impl FromStr for AllowDomain {
+    type Err = nono_proxy::pattern::RuleError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        nono_proxy::parse_allow(s).map(Self)
+    }
+}
+
+/// An allow-cidr rule: refused over link-local and metadata addresses, as
+/// `--allow-cidr` is.
+#[derive(Debug)]
+pub(crate) struct AllowCidr(CidrRule);
+
+impl FromStr for AllowCidr {
+    type Err = nono_proxy::policy::CidrError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        nono_proxy::parse_allow_cidr(s).map(Self)
+    }
 }
 
 /// A string value parsed with `T::from_str` while deserialising, so that a
@@ -262,9 +285,11 @@ pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer
     Ok(Layer {
         extends,
         description: raw.description,
-        allow_domains: placed(n.allow_domains, text, file, DomainRule::with_origin),
+        allow_domains: placed(n.allow_domains, text, file, |AllowDomain(r), o| {
+            r.with_origin(o)
+        }),
         deny_domains: placed(n.deny_domains, text, file, DomainRule::with_origin),
-        allow_cidrs: placed(n.allow_cidrs, text, file, CidrRule::with_origin),
+        allow_cidrs: placed(n.allow_cidrs, text, file, |AllowCidr(r), o| r.with_origin(o)),
         loopback: n.loopback,
         upstream_proxy: n.upstream_proxy.map(|Parsed(u)| u),
         resolve: values(n.resolve),
@@ -284,7 +309,7 @@ pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer
 /// Shared by every hand-edited TOML file the agent reads (profiles, the
 /// host configuration).
 pub(crate) fn toml_error(text: &str, file: &str, e: &toml::de::Error) -> ProfileError {
-    let message = e.message().trim_end().to_string();
+    let message = plain_message(e.message().trim_end());
     match e.span() {
         Some(span) => ProfileError::Invalid {
             at: location(text, file, span.start),
@@ -297,14 +322,42 @@ pub(crate) fn toml_error(text: &str, file: &str, e: &toml::de::Error) -> Profile
     }
 }
 
+/// serde's "invalid type: integer `5`, expected network to be a table"
+/// (from the `expecting` texts above) as "network must be a table, not
+/// integer `5`"; other messages unchanged.
+fn plain_message(m: &str) -> String {
+    let rewritten = m.strip_prefix("invalid type: ").and_then(|rest| {
+        let (found, expected) = rest.split_once(", expected ")?;
+        let what = expected.strip_suffix(" to be a table")?;
+        Some(format!("{what} must be a table, not {found}"))
+    });
+    rewritten.unwrap_or_else(|| m.to_string())
+}
+
+/// A file's bytes as text, or where the first invalid UTF-8 byte is (a
+/// hand-edited file pasted from elsewhere: the position is what helps).
+pub(crate) fn utf8_text(bytes: Vec<u8>, file: &str) -> Result<String, ProfileError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let bytes = e.into_bytes();
+        // The valid prefix is text; the location counts its characters.
+        let prefix = String::from_utf8_lossy(&bytes[..valid]);
+        let at = location(&prefix, file, valid);
+        ProfileError::Invalid {
+            at,
+            message: format!("invalid UTF-8 (byte 0x{:02x}): profiles are UTF-8 text", bytes[valid]),
+        }
+    })
+}
+
 /// The rules of `list`, each told where in `file` it was written (the
 /// proxy's events name the rule that allowed or denied a request).
-fn placed<T>(
+fn placed<T, U>(
     list: Vec<Spanned<Parsed<T>>>,
     text: &str,
     file: &str,
-    place: fn(T, Origin) -> T,
-) -> Vec<T> {
+    place: impl Fn(T, Origin) -> U,
+) -> Vec<U> {
     list.into_iter()
         .map(|s| {
             let Location { file, line, column } = location(text, file, s.span().start);
@@ -340,6 +393,70 @@ pub(super) fn description(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ctx() -> ExpandContext {
+        ExpandContext {
+            cwd: PathBuf::from("/w"),
+            home: None,
+            tmpdir: PathBuf::from("/tmp"),
+            xdg_config_home: None,
+        }
+    }
+
+    #[test]
+    fn a_section_of_the_wrong_type_says_so() {
+        for (text, want) in [
+            ("network = 5\n", "/p.toml:1:11: network must be a table, not integer `5`"),
+            (
+                "\nfilesystem = \"x\"\n",
+                "/p.toml:2:14: filesystem must be a table, not string \"x\"",
+            ),
+            (
+                "process = true\n",
+                "/p.toml:1:11: process must be a table, not boolean `true`",
+            ),
+        ] {
+            let e = parse(text, "/p.toml", &ctx()).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_utf8_has_a_position() {
+        let e = utf8_text(b"[network]\nallow_domains = [\"a\xffb\"]\n".to_vec(), "/p.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "/p.toml:2:20: invalid UTF-8 (byte 0xff): profiles are UTF-8 text"
+        );
+        let e = utf8_text(b"\xfe".to_vec(), "/p.toml").unwrap_err().to_string();
+        assert!(e.starts_with("/p.toml:1:1: invalid UTF-8"), "{e}");
+        assert_eq!(utf8_text(b"ok = 1".to_vec(), "f").unwrap(), "ok = 1");
+    }
+
+    #[test]
+    fn allow_rules_are_refused_where_the_flags_are() {
+        for (text, want) in [
+            (
+                "[network]\nallow_domains = [\"*.co.uk\"]\n",
+                "/p.toml:2:18: pattern \"*.co.uk\": \"co.uk\" is a public suffix",
+            ),
+            (
+                "[network]\nallow_cidrs = [\"169.254.0.0/16\"]\n",
+                "/p.toml:2:16: --allow-cidr \"169.254.0.0/16\": overlaps link-local",
+            ),
+            (
+                "[network]\nallow_cidrs = [\"10.0.0.1/8\"]\n",
+                "/p.toml:2:16: --allow-cidr \"10.0.0.1/8\": host bits are set: the network is 10.0.0.0/8",
+            ),
+        ] {
+            let e = parse(text, "/p.toml", &ctx()).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{text:?}: {e}");
+        }
+        // Deny rules may name a public suffix.
+        assert!(parse("[network]\ndeny_domains = [\"*.com\"]\n", "/p.toml", &ctx()).is_ok());
+    }
 
     #[test]
     fn rules_remember_where_they_were_written() {

@@ -15,11 +15,10 @@ pub enum CgroupError {
     /// The mount table could not be read.
     #[error("reading /proc/self/mountinfo")]
     Mountinfo(#[source] std::io::Error),
-    /// No cgroup2 filesystem is mounted.
-    #[error(
-        "no cgroup2 filesystem is mounted (checked /proc/self/mountinfo); cgroup v2 is required"
-    )]
-    NoCgroup2,
+    /// No cgroup2 filesystem is mounted here; the text says why, when it
+    /// can tell, and what to do ([`explain_no_cgroup2`]).
+    #[error("{0}")]
+    NoCgroup2(String),
     /// `<cgroup2>/nono` could not be created.
     #[error(transparent)]
     ParentDir(#[from] UtilError),
@@ -136,7 +135,56 @@ pub fn discover_root() -> Result<PathBuf> {
         .find(|m| m.root == "/")
         .or_else(|| mounts.first())
         .map(|m| m.mount_point.clone())
-        .ok_or(CgroupError::NoCgroup2)
+        .ok_or_else(|| CgroupError::NoCgroup2(explain_no_cgroup2(&host_view())))
+}
+
+/// What the host's init process sees, for explaining a missing cgroup2
+/// mount: whether we are in another mount namespace, and where init's
+/// cgroup2 is mounted (root can read both; otherwise unknown).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HostView {
+    /// Our mount namespace differs from pid 1's.
+    pub other_mount_ns: bool,
+    /// pid 1's cgroup2 mount point.
+    pub init_cgroup2: Option<PathBuf>,
+}
+
+fn host_view() -> HostView {
+    let ns = |p: &str| fs::read_link(p).ok();
+    let (mine, init) = (ns("/proc/self/ns/mnt"), ns("/proc/1/ns/mnt"));
+    let other_mount_ns = matches!((&mine, &init), (Some(a), Some(b)) if a != b);
+    let init_cgroup2 = fs::read_to_string("/proc/1/mountinfo")
+        .ok()
+        .and_then(|t| {
+            let m = mountinfo::find(&t, "cgroup2");
+            m.iter()
+                .find(|m| m.root == "/")
+                .or(m.first())
+                .map(|m| m.mount_point.clone())
+        });
+    HostView {
+        other_mount_ns,
+        init_cgroup2,
+    }
+}
+
+/// Why no cgroup2 filesystem is visible, and what to do (pure). The usual
+/// cause on a host that has one: `ip netns exec` makes a mount namespace
+/// and mounts a fresh sysfs on /sys, without the cgroup mounts below it.
+pub fn explain_no_cgroup2(v: &HostView) -> String {
+    match (&v.init_cgroup2, v.other_mount_ns) {
+        (Some(host), true) => format!(
+            "no cgroup2 filesystem is mounted in this mount namespace, though the host has one at {}: \
+             `ip netns exec` (or another tool that mounts a new /sys) hides it, and root sandboxes need \
+             cgroup v2. Enter the network namespace with `nsenter --net=/run/netns/NAME` instead of \
+             `ip netns exec NAME`, or mount it here (mount -t cgroup2 none {})",
+            host.display(),
+            host.display()
+        ),
+        _ => "no cgroup2 filesystem is mounted (checked /proc/self/mountinfo); root sandboxes need \
+              cgroup v2 (mount -t cgroup2 none /sys/fs/cgroup)"
+            .to_string(),
+    }
 }
 
 /// The v2 id of the cgroup at `path` (its directory's inode number).
@@ -335,5 +383,38 @@ fn remove_tree(path: &Path) -> Result<()> {
             path: path.to_path_buf(),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_cgroup2_is_explained() {
+        let ip_netns = HostView {
+            other_mount_ns: true,
+            init_cgroup2: Some(PathBuf::from("/sys/fs/cgroup/unified")),
+        };
+        let m = explain_no_cgroup2(&ip_netns);
+        assert!(m.contains("ip netns exec"), "{m}");
+        assert!(m.contains("nsenter --net=/run/netns/NAME"), "{m}");
+        assert!(m.contains("/sys/fs/cgroup/unified"), "{m}");
+        // Same namespace as init, or init's mounts unknown: no such guess.
+        for v in [
+            HostView::default(),
+            HostView {
+                other_mount_ns: false,
+                init_cgroup2: Some(PathBuf::from("/sys/fs/cgroup")),
+            },
+            HostView {
+                other_mount_ns: true,
+                init_cgroup2: None,
+            },
+        ] {
+            let m = explain_no_cgroup2(&v);
+            assert!(!m.contains("ip netns"), "{m}");
+            assert!(m.contains("cgroup v2"), "{m}");
+        }
     }
 }
