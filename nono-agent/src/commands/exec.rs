@@ -22,7 +22,7 @@ use crate::enforcer::{self, Applied, Choice, Host, Requested};
 use crate::events;
 use crate::plan::{self, ExecRequest, Plan};
 use crate::sandbox::{
-    cgroup, child::ChildSetup, command_path, daemons, hide, landlock, privileges, pty, reap,
+    cgroup, child::ChildSetup, command_path, daemons, exec_check, hide, landlock, privileges, pty, reap,
     registry, relay, spawn, sweep, teardown::Resources, users,
 };
 use crate::signals::Forwarder;
@@ -52,6 +52,18 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     let privileged = privileges::can_load_bpf();
     if let (Some(u), false) = (&plan.user, privileged) {
         bail!("running the command as user {} needs root", u.login());
+    }
+    // A profile that hides the command or its interpreter would end in a
+    // bare EACCES from the child's exec: say which path, before anything
+    // is created. (Landlock still decides; this only explains.)
+    if let Some(rules) = &plan.fs {
+        let env = plan::environment(&plan.env);
+        let path_env = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str());
+        if let Err(denied) = exec_check::check(rules, &program, path_env) {
+            let name = plan.profile_name.as_deref().unwrap_or("default");
+            eprintln!("nono-agent: profile {name} {denied}");
+            return Ok(126);
+        }
     }
     let mut out = events::Output::open(plan.events.as_deref())?;
     if let Some(p) = &plan.host_events {

@@ -27,21 +27,20 @@ pub fn run(cmd: ProfileCommand) -> Result<i32> {
         ProfileCommand::Validate { file: spec } => {
             // Looked up as `exec --profile` does (a NAME or a PATH), then
             // judged by the same checks `exec` makes.
-            let checked = profile::load(&spec, &ctx).map_err(anyhow::Error::from).and_then(|p| {
-                crate::plan::check_profile(&p)?;
-                Ok(p)
-            });
-            match checked {
-                Ok(p) => {
-                    let from = p.chain.last().cloned().unwrap_or_default();
-                    println!("{spec}: valid (profile {}, {from})", p.name);
-                    Ok(0)
-                }
+            let p = match profile::load(&spec, &ctx) {
+                Ok(p) => p,
                 Err(e) => {
-                    eprintln!("nono-agent: {spec}: {e:#}");
-                    Ok(2)
+                    eprintln!("nono-agent: {e}");
+                    return Ok(2);
                 }
+            };
+            if let Err(e) = crate::plan::check_profile(&p) {
+                eprintln!("nono-agent: {spec}: {}", crate::util::chain(&e));
+                return Ok(2);
             }
+            let from = p.chain.last().cloned().unwrap_or_default();
+            println!("{spec}: valid (profile {from})");
+            Ok(0)
         }
     }
 }
