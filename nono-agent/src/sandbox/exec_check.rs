@@ -192,12 +192,22 @@ pub fn check(rules: &FsRules, program: &Path, path_env: Option<&OsStr>) -> Resul
     Ok(())
 }
 
-/// The first bytes of a file: enough for a `#!` line and, usually, an ELF
-/// header and its program headers (the interpreter's path comes early).
+/// The first bytes of a regular file: enough for a `#!` line and,
+/// usually, an ELF header and its program headers (the interpreter's path
+/// comes early). Anything else reads as nothing: the path may come from a
+/// `#!` line someone else wrote, and opening a FIFO or a terminal must not
+/// block the agent (opened non-blocking, judged by what was opened).
 fn read_head(p: &Path) -> Vec<u8> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let mut buf = Vec::new();
-    if let Ok(f) = std::fs::File::open(p) {
-        let _ = f.take(64 * 1024).read_to_end(&mut buf);
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(p);
+    if let Ok(f) = opened {
+        if f.metadata().is_ok_and(|m| m.is_file()) {
+            let _ = f.take(64 * 1024).read_to_end(&mut buf);
+        }
     }
     buf
 }
@@ -348,6 +358,13 @@ mod tests {
         };
         let e = check(&no_lib, Path::new("/usr/bin/true"), None).unwrap_err();
         assert!(e.to_string().contains("ELF interpreter of /usr/bin/true"), "{e}");
+        // An interpreter line naming a FIFO (a file someone else may have
+        // planted) neither blocks the check nor fails it: left to the run.
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o755)).unwrap();
+        let odd = dir.join("odd");
+        std::fs::write(&odd, format!("#!{}\n", fifo.display())).unwrap();
+        check(&only_dir, &odd, None).unwrap();
         // Readable only: still denied, as execute.
         let read_only = FsRules {
             read: vec!["/".into()],
