@@ -513,7 +513,10 @@ mod tests {
     #[test]
     fn exec_without_double_dash_gets_a_hint() {
         let h = usage_hint(&os(&["nono-agent", "exec", "-q", "sh", "-c", "echo hi"])).unwrap();
-        assert!(h.contains("nono-agent exec [OPTIONS] -- sh [ARGS...]"), "{h}");
+        assert!(
+            h.contains("nono-agent exec [OPTIONS] -- sh [ARGS...]"),
+            "{h}"
+        );
         assert!(usage_hint(&os(&["nono-agent", "exec", "--bogus", "--", "sh"])).is_none());
         assert!(usage_hint(&os(&["nono-agent", "doctor", "--bogus"])).is_none());
     }
@@ -539,11 +542,46 @@ mod tests {
         let parse = |v: &[&str]| Cli::try_parse_from(os(v));
         for bad in [
             &["nono-agent", "exec", "--loopback-port", "0", "--", "true"][..],
-            &["nono-agent", "exec", "--proxy-max-connections", "0", "--", "true"],
-            &["nono-agent", "exec", "--proxy-idle-timeout", "0", "--", "true"],
-            &["nono-agent", "exec", "--allow-domain", "*.com", "--", "true"],
-            &["nono-agent", "exec", "--allow-cidr", "169.254.0.0/16", "--", "true"],
-            &["nono-agent", "proxy", "--listen", "127.0.0.1:0", "--secret", ""],
+            &[
+                "nono-agent",
+                "exec",
+                "--proxy-max-connections",
+                "0",
+                "--",
+                "true",
+            ],
+            &[
+                "nono-agent",
+                "exec",
+                "--proxy-idle-timeout",
+                "0",
+                "--",
+                "true",
+            ],
+            &[
+                "nono-agent",
+                "exec",
+                "--allow-domain",
+                "*.com",
+                "--",
+                "true",
+            ],
+            &[
+                "nono-agent",
+                "exec",
+                "--allow-cidr",
+                "169.254.0.0/16",
+                "--",
+                "true",
+            ],
+            &[
+                "nono-agent",
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--secret",
+                "",
+            ],
         ] {
             let e = parse(bad).unwrap_err();
             assert_eq!(usage_exit_code(e.kind()), 125, "{bad:?}");

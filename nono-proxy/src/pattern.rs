@@ -350,10 +350,7 @@ mod tests {
             "*.com:8443",
         ] {
             let e = parse_allow(bad).unwrap_err();
-            assert!(
-                matches!(e, RuleError::PublicSuffix { .. }),
-                "{bad:?}: {e}"
-            );
+            assert!(matches!(e, RuleError::PublicSuffix { .. }), "{bad:?}: {e}");
             assert!(e.to_string().contains("public suffix"), "{e}");
             // As a deny rule it only takes access away: accepted.
             assert!(bad.parse::<DomainRule>().is_ok(), "{bad:?}");

@@ -102,11 +102,23 @@ pub fn parse_allow_cidr(s: &str) -> Result<CidrRule, CidrError> {
 /// proxy judges as them (v4-mapped, v4-compatible, NAT64): no allow rule
 /// may overlap them.
 const LINK_LOCAL_NETS: [(&str, &str); 5] = [
-    ("169.254.0.0/16", "link-local 169.254.0.0/16 (cloud metadata)"),
+    (
+        "169.254.0.0/16",
+        "link-local 169.254.0.0/16 (cloud metadata)",
+    ),
     ("fe80::/10", "link-local fe80::/10"),
-    ("::ffff:169.254.0.0/112", "link-local 169.254.0.0/16 (cloud metadata), v4-mapped"),
-    ("::169.254.0.0/112", "link-local 169.254.0.0/16 (cloud metadata), v4-compatible"),
-    ("64:ff9b::169.254.0.0/112", "link-local 169.254.0.0/16 (cloud metadata), NAT64"),
+    (
+        "::ffff:169.254.0.0/112",
+        "link-local 169.254.0.0/16 (cloud metadata), v4-mapped",
+    ),
+    (
+        "::169.254.0.0/112",
+        "link-local 169.254.0.0/16 (cloud metadata), v4-compatible",
+    ),
+    (
+        "64:ff9b::169.254.0.0/112",
+        "link-local 169.254.0.0/16 (cloud metadata), NAT64",
+    ),
 ];
 
 /// Metadata addresses outside link-local. A rule naming one of them is
@@ -114,10 +126,22 @@ const LINK_LOCAL_NETS: [(&str, &str); 5] = [
 /// lives) is not, and the address itself stays refused per request.
 const METADATA_HOSTS: [(&str, &str); 5] = [
     ("100.100.100.200/32", "the Alibaba Cloud metadata address"),
-    ("::ffff:100.100.100.200/128", "the Alibaba Cloud metadata address, v4-mapped"),
-    ("::100.100.100.200/128", "the Alibaba Cloud metadata address, v4-compatible"),
-    ("64:ff9b::100.100.100.200/128", "the Alibaba Cloud metadata address, NAT64"),
-    ("fd00:ec2::254/128", "the AWS IPv6 metadata address fd00:ec2::254"),
+    (
+        "::ffff:100.100.100.200/128",
+        "the Alibaba Cloud metadata address, v4-mapped",
+    ),
+    (
+        "::100.100.100.200/128",
+        "the Alibaba Cloud metadata address, v4-compatible",
+    ),
+    (
+        "64:ff9b::100.100.100.200/128",
+        "the Alibaba Cloud metadata address, NAT64",
+    ),
+    (
+        "fd00:ec2::254/128",
+        "the AWS IPv6 metadata address fd00:ec2::254",
+    ),
 ];
 
 /// The link-local range `net` overlaps, or the metadata address it is, if
@@ -627,12 +651,16 @@ mod tests {
             &[],
         );
         assert_eq!(
-            p.check_target(&name("api.test"), 8443).unwrap_err().to_string(),
+            p.check_target(&name("api.test"), 8443)
+                .unwrap_err()
+                .to_string(),
             "api.test:8443: port 8443 is not allowed for api.test (its allow-domain rules \
              allow ports 80, 443: add \"api.test:8443\" to allow it)"
         );
         assert_eq!(
-            p.check_target(&name("a.svc.test"), 443).unwrap_err().to_string(),
+            p.check_target(&name("a.svc.test"), 443)
+                .unwrap_err()
+                .to_string(),
             "a.svc.test:443: port 443 is not allowed for a.svc.test (its allow-domain rules \
              allow port 8443: add \"a.svc.test:443\" to allow it)"
         );
@@ -642,7 +670,9 @@ mod tests {
         ));
         // A name no rule matches is still "not allowed by any rule".
         assert_eq!(
-            p.check_target(&name("other.test"), 443).unwrap_err().to_string(),
+            p.check_target(&name("other.test"), 443)
+                .unwrap_err()
+                .to_string(),
             "other.test:443 is not allowed by any allow-domain rule"
         );
         assert!(p.check_target(&name("a.svc.test"), 8443).is_ok());

@@ -22,8 +22,8 @@ use crate::enforcer::{self, Applied, Choice, Host, Requested};
 use crate::events;
 use crate::plan::{self, ExecRequest, Plan};
 use crate::sandbox::{
-    cgroup, child::ChildSetup, command_path, daemons, exec_check, hide, landlock, privileges, pty, reap,
-    registry, relay, spawn, sweep, teardown::Resources, users,
+    cgroup, child::ChildSetup, command_path, daemons, exec_check, hide, landlock, privileges, pty,
+    reap, registry, relay, spawn, sweep, teardown::Resources, users,
 };
 use crate::signals::Forwarder;
 use crate::timing::Timing;
@@ -58,7 +58,10 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     // is created. (Landlock still decides; this only explains.)
     if let Some(rules) = &plan.fs {
         let env = plan::environment(&plan.env);
-        let path_env = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str());
+        let path_env = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_os_str());
         if let Err(denied) = exec_check::check(rules, &program, path_env) {
             let name = plan.profile_name.as_deref().unwrap_or("default");
             eprintln!("nono-agent: profile {name} {denied}");

@@ -289,7 +289,9 @@ pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer
             r.with_origin(o)
         }),
         deny_domains: placed(n.deny_domains, text, file, DomainRule::with_origin),
-        allow_cidrs: placed(n.allow_cidrs, text, file, |AllowCidr(r), o| r.with_origin(o)),
+        allow_cidrs: placed(n.allow_cidrs, text, file, |AllowCidr(r), o| {
+            r.with_origin(o)
+        }),
         loopback: n.loopback,
         upstream_proxy: n.upstream_proxy.map(|Parsed(u)| u),
         resolve: values(n.resolve),
@@ -345,7 +347,10 @@ pub(crate) fn utf8_text(bytes: Vec<u8>, file: &str) -> Result<String, ProfileErr
         let at = location(&prefix, file, valid);
         ProfileError::Invalid {
             at,
-            message: format!("invalid UTF-8 (byte 0x{:02x}): profiles are UTF-8 text", bytes[valid]),
+            message: format!(
+                "invalid UTF-8 (byte 0x{:02x}): profiles are UTF-8 text",
+                bytes[valid]
+            ),
         }
     })
 }
@@ -406,7 +411,10 @@ mod tests {
     #[test]
     fn a_section_of_the_wrong_type_says_so() {
         for (text, want) in [
-            ("network = 5\n", "/p.toml:1:11: network must be a table, not integer `5`"),
+            (
+                "network = 5\n",
+                "/p.toml:1:11: network must be a table, not integer `5`",
+            ),
             (
                 "\nfilesystem = \"x\"\n",
                 "/p.toml:2:14: filesystem must be a table, not string \"x\"",
@@ -423,14 +431,19 @@ mod tests {
 
     #[test]
     fn bad_utf8_has_a_position() {
-        let e = utf8_text(b"[network]\nallow_domains = [\"a\xffb\"]\n".to_vec(), "/p.toml")
-            .unwrap_err()
-            .to_string();
+        let e = utf8_text(
+            b"[network]\nallow_domains = [\"a\xffb\"]\n".to_vec(),
+            "/p.toml",
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             e,
             "/p.toml:2:20: invalid UTF-8 (byte 0xff): profiles are UTF-8 text"
         );
-        let e = utf8_text(b"\xfe".to_vec(), "/p.toml").unwrap_err().to_string();
+        let e = utf8_text(b"\xfe".to_vec(), "/p.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("/p.toml:1:1: invalid UTF-8"), "{e}");
         assert_eq!(utf8_text(b"ok = 1".to_vec(), "f").unwrap(), "ok = 1");
     }

@@ -158,14 +158,21 @@ pub fn check(rules: &FsRules, program: &Path, path_env: Option<&OsStr>) -> Resul
         }
         let head = read_head(&real);
         match interpreter_of(&head) {
-            Some(Interp::Script { interpreter, env_name }) => {
+            Some(Interp::Script {
+                interpreter,
+                env_name,
+            }) => {
                 if !rights.read {
                     return Err(denied(false));
                 }
-                let by = format!(" (the interpreter of {}, named in its #! line)", real.display());
+                let by = format!(
+                    " (the interpreter of {}, named in its #! line)",
+                    real.display()
+                );
                 // `#!/usr/bin/env NAME`: env itself, then NAME through PATH.
                 if let Some(name) = env_name {
-                    let env_real = std::fs::canonicalize(&interpreter).unwrap_or(interpreter.clone());
+                    let env_real =
+                        std::fs::canonicalize(&interpreter).unwrap_or(interpreter.clone());
                     let env_ok = chain_of(&env_real).map(|c| granted(&ids, &c).execute);
                     if env_ok == Some(false) {
                         return Err(Denied {
@@ -176,7 +183,9 @@ pub fn check(rules: &FsRules, program: &Path, path_env: Option<&OsStr>) -> Resul
                         });
                     }
                     match super::command_path::resolve(OsStr::from_bytes(&name), path_env) {
-                        Ok(p) => next = Some((p, format!(" (run by {} through env)", real.display()))),
+                        Ok(p) => {
+                            next = Some((p, format!(" (run by {} through env)", real.display())))
+                        }
                         Err(_) => return Ok(()),
                     }
                 } else {
@@ -184,7 +193,10 @@ pub fn check(rules: &FsRules, program: &Path, path_env: Option<&OsStr>) -> Resul
                 }
             }
             Some(Interp::Elf(loader)) => {
-                next = Some((loader, format!(" (the ELF interpreter of {})", real.display())));
+                next = Some((
+                    loader,
+                    format!(" (the ELF interpreter of {})", real.display()),
+                ));
             }
             None => return Ok(()),
         }
@@ -235,7 +247,10 @@ pub fn interpreter_of(head: &[u8]) -> Option<Interp> {
         let interpreter = PathBuf::from(OsStr::from_bytes(words.next()?));
         let env_name = if interpreter.file_name() == Some(OsStr::new("env")) {
             // `env -S ...` and other options: too many forms to follow.
-            words.next().filter(|w| !w.starts_with(b"-")).map(<[u8]>::to_vec)
+            words
+                .next()
+                .filter(|w| !w.starts_with(b"-"))
+                .map(<[u8]>::to_vec)
         } else {
             None
         };
@@ -347,7 +362,13 @@ mod tests {
         assert!(e.to_string().starts_with("denies executing"), "{e}");
         // The system and the directory: sh runs, with its loader.
         let ok = FsRules {
-            exec: vec![dir.clone(), "/usr".into(), "/bin".into(), "/lib".into(), "/lib64".into()],
+            exec: vec![
+                dir.clone(),
+                "/usr".into(),
+                "/bin".into(),
+                "/lib".into(),
+                "/lib64".into(),
+            ],
             ..Default::default()
         };
         check(&ok, &script, Some(OsStr::new("/usr/bin:/bin"))).unwrap();
@@ -357,7 +378,10 @@ mod tests {
             ..Default::default()
         };
         let e = check(&no_lib, Path::new("/usr/bin/true"), None).unwrap_err();
-        assert!(e.to_string().contains("ELF interpreter of /usr/bin/true"), "{e}");
+        assert!(
+            e.to_string().contains("ELF interpreter of /usr/bin/true"),
+            "{e}"
+        );
         // An interpreter line naming a FIFO (a file someone else may have
         // planted) neither blocks the check nor fails it: left to the run.
         let fifo = dir.join("fifo");
@@ -370,7 +394,11 @@ mod tests {
             read: vec!["/".into()],
             ..Default::default()
         };
-        assert!(check(&read_only, Path::new("/usr/bin/true"), None).unwrap_err().needs_exec);
+        assert!(
+            check(&read_only, Path::new("/usr/bin/true"), None)
+                .unwrap_err()
+                .needs_exec
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -124,7 +124,10 @@ mod tests {
         assert_eq!(bare.login(), "3987654");
         // A name must exist.
         let e = lookup_user("nosuchuser-nono").unwrap_err();
-        assert!(e.to_string().starts_with("no such user: nosuchuser-nono"), "{e}");
+        assert!(
+            e.to_string().starts_with("no such user: nosuchuser-nono"),
+            "{e}"
+        );
     }
 
     fn env(v: &[(&str, &str)]) -> Vec<(OsString, OsString)> {

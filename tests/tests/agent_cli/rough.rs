@@ -56,7 +56,11 @@ pub fn usage_errors_exit_125_and_exec_without_dashes_gets_a_hint() {
         ],
         "exec without --",
     );
-    assert!(!out.stdout.contains("hi"), "nothing ran\n{}", out.describe());
+    assert!(
+        !out.stdout.contains("hi"),
+        "nothing ran\n{}",
+        out.describe()
+    );
     for bad in [
         &["exec", "--bogus", "--", "true"][..],
         &["exec", "--enforcer", "nope", "--", "true"],
@@ -68,7 +72,12 @@ pub fn usage_errors_exit_125_and_exec_without_dashes_gets_a_hint() {
         assert_eq!(out.code(), 125, "{bad:?}\n{}", out.describe());
     }
     // Help and version still succeed, on stdout.
-    for ok in [&["--help"][..], &["--version"], &["exec", "--help"], &["help"]] {
+    for ok in [
+        &["--help"][..],
+        &["--version"],
+        &["exec", "--help"],
+        &["help"],
+    ] {
         let out = agent(ok);
         assert_eq!(out.code(), 0, "{ok:?}\n{}", out.describe());
         assert!(!out.stdout.is_empty(), "{ok:?} prints on stdout");
@@ -85,9 +94,15 @@ pub fn values_a_profile_refuses_are_refused_on_the_command_line() {
         (&["--proxy-max-connections", "0"], "must be at least 1"),
         (&["--proxy-idle-timeout", "0"], "--proxy-idle-timeout"),
         (&["--allow-domain", "*.com"], "\"com\" is a public suffix"),
-        (&["--allow-domain", "*.co.uk"], "\"co.uk\" is a public suffix"),
+        (
+            &["--allow-domain", "*.co.uk"],
+            "\"co.uk\" is a public suffix",
+        ),
         (&["--allow-cidr", "169.254.0.0/16"], "overlaps link-local"),
-        (&["--allow-cidr", "fe80::/64"], "overlaps link-local fe80::/10"),
+        (
+            &["--allow-cidr", "fe80::/64"],
+            "overlaps link-local fe80::/10",
+        ),
         (
             &["--allow-cidr", "10.0.0.1/8"],
             "host bits are set: the network is 10.0.0.0/8",
@@ -152,8 +167,18 @@ pub fn user_gets_its_own_identity_and_a_bare_uid_runs() {
     let env = [("HOME", "/root"), ("USER", "root"), ("LOGNAME", "root")];
     let run = |user: &str| {
         let mut c = Command::new(sys::agent_bin());
-        c.args(["exec", "--no-daemon", "-q", "--user", user, "--", "sh", "-c", show])
-            .envs(env);
+        c.args([
+            "exec",
+            "--no-daemon",
+            "-q",
+            "--user",
+            user,
+            "--",
+            "sh",
+            "-c",
+            show,
+        ])
+        .envs(env);
         sys::run_timeout(&mut c, sys::CMD_TIMEOUT)
     };
     let pw = sys::run_ok("getent", &["passwd", "nobody"]).stdout;
@@ -187,15 +212,32 @@ pub fn user_gets_its_own_identity_and_a_bare_uid_runs() {
     );
     // A name that does not exist: refused before anything runs.
     let out = run("nosuchuser-nono");
-    expect(&out, 125, &["no such user: nosuchuser-nono"], "--user unknown");
+    expect(
+        &out,
+        125,
+        &["no such user: nosuchuser-nono"],
+        "--user unknown",
+    );
     assert!(!out.stdout.contains("HOME="), "{}", out.describe());
     // Under a pass-through environment only what it lets through is set.
     let dir = TempDir::new("rough-user");
-    let p = profile(&dir, "env.toml", b"extends = \"default\"\n[process]\nenv = [\"PATH\", \"HOME\"]\n");
+    let p = profile(
+        &dir,
+        "env.toml",
+        b"extends = \"default\"\n[process]\nenv = [\"PATH\", \"HOME\"]\n",
+    );
     let mut c = Command::new(sys::agent_bin());
-    c.args(["exec", "--no-daemon", "-q", "--profile", &p, "--user", "nobody"])
-        .args(["--", "sh", "-c", "echo \"HOME=$HOME USER=${USER-unset}\""])
-        .envs(env);
+    c.args([
+        "exec",
+        "--no-daemon",
+        "-q",
+        "--profile",
+        &p,
+        "--user",
+        "nobody",
+    ])
+    .args(["--", "sh", "-c", "echo \"HOME=$HOME USER=${USER-unset}\""])
+    .envs(env);
     let out = sys::run_timeout(&mut c, sys::CMD_TIMEOUT);
     expect(
         &out,
@@ -233,7 +275,10 @@ pub fn a_profile_that_hides_the_command_or_its_interpreter_says_so() {
         &[
             "profile",
             "denies executing /usr/bin/env",
-            &format!("the interpreter of {}", std::fs::canonicalize(&shim).unwrap().display()),
+            &format!(
+                "the interpreter of {}",
+                std::fs::canonicalize(&shim).unwrap().display()
+            ),
             "--exec /usr/bin",
         ],
         "hidden interpreter",
@@ -241,9 +286,18 @@ pub fn a_profile_that_hides_the_command_or_its_interpreter_says_so() {
     assert!(!out.stdout.contains("shim-ran"), "{}", out.describe());
     // The command itself hidden (nothing lists /usr/bin).
     let out = exec(&["-q", "--profile", &only, "--", "/usr/bin/true"]);
-    expect(&out, 126, &["denies executing /usr/bin/true"], "hidden command");
+    expect(
+        &out,
+        126,
+        &["denies executing /usr/bin/true"],
+        "hidden command",
+    );
     // Its ELF loader hidden (only /usr/bin listed).
-    let usr_bin = profile(&dir, "usrbin.toml", b"[filesystem]\nexec = [\"/usr/bin\"]\n");
+    let usr_bin = profile(
+        &dir,
+        "usrbin.toml",
+        b"[filesystem]\nexec = [\"/usr/bin\"]\n",
+    );
     let out = exec(&["-q", "--profile", &usr_bin, "--", "/usr/bin/true"]);
     expect(
         &out,
@@ -254,9 +308,25 @@ pub fn a_profile_that_hides_the_command_or_its_interpreter_says_so() {
 
     // Over-blocking: with the system (default) and the directory, it runs;
     // the verdict agrees with what Landlock then lets through.
-    let out = exec(&["-q", "--profile", "default", "--exec", &bin_s, "--", &shim_s]);
+    let out = exec(&[
+        "-q",
+        "--profile",
+        "default",
+        "--exec",
+        &bin_s,
+        "--",
+        &shim_s,
+    ]);
     expect(&out, 0, &["shim-ran"], "shim under default + --exec");
-    let out = exec(&["-q", "--profile", "default", "--", "sh", "-c", "echo sh-ran"]);
+    let out = exec(&[
+        "-q",
+        "--profile",
+        "default",
+        "--",
+        "sh",
+        "-c",
+        "echo sh-ran",
+    ]);
     expect(&out, 0, &["sh-ran"], "sh under default");
 }
 
@@ -271,7 +341,11 @@ pub fn events_never_share_the_commands_output() {
             &[&format!("--events {target}: that is the command's own")],
             target,
         );
-        assert!(!out.stdout.contains("ran"), "{target}: nothing ran\n{}", out.describe());
+        assert!(
+            !out.stdout.contains("ran"),
+            "{target}: nothing ran\n{}",
+            out.describe()
+        );
     }
     // A file of its own: the command's stdout has only its own output.
     let ev = dir.path("events.jsonl");
@@ -324,7 +398,10 @@ pub fn doctor_predicts_exec_inside_ip_netns_exec() {
     let d = doctor(&ip);
     assert!(d["auto_enforcer"].is_null(), "doctor: {d:#}");
     let reason = d["auto_reason"].as_str().unwrap_or_default();
-    assert!(reason.contains(&format!("ip netns exec {}", ns.0)), "{reason}");
+    assert!(
+        reason.contains(&format!("ip netns exec {}", ns.0)),
+        "{reason}"
+    );
     let out = exec_in(&ip);
     expect(
         &out,
@@ -345,7 +422,12 @@ pub fn doctor_predicts_exec_inside_ip_netns_exec() {
     let d = doctor(&nsenter);
     assert_eq!(d["auto_enforcer"], "bpf", "doctor: {d:#}");
     let out = exec_in(&nsenter);
-    expect(&out, 0, &["nono-agent: enforcer: bpf"], "exec under nsenter");
+    expect(
+        &out,
+        0,
+        &["nono-agent: enforcer: bpf"],
+        "exec under nsenter",
+    );
 }
 
 /// A network namespace made for one test and deleted on drop.
@@ -381,7 +463,9 @@ pub fn quiet_hides_the_seccomp_fallback_line() {
     let agent = sys::accessible(&sys::agent_bin());
     let run = |quiet: bool| {
         let mut c = Command::new(&setpriv);
-        c.args(user.setpriv_args()).arg(&agent).args(["exec", "--no-daemon"]);
+        c.args(user.setpriv_args())
+            .arg(&agent)
+            .args(["exec", "--no-daemon"]);
         if quiet {
             c.arg("-q");
         }
@@ -403,13 +487,30 @@ pub fn quiet_hides_the_seccomp_fallback_line() {
 pub fn profile_validate_agrees_with_exec() {
     sys::require_prereqs();
     let out = agent(&["profile", "validate", "claude-code"]);
-    expect(&out, 0, &["claude-code: valid", "builtin:claude-code.toml"], "a name");
+    expect(
+        &out,
+        0,
+        &["claude-code: valid", "builtin:claude-code.toml"],
+        "a name",
+    );
     let out = agent(&["profile", "validate", "nono-no-such-profile"]);
-    expect(&out, 2, &["profile \"nono-no-such-profile\" not found", "built-in profiles"], "unknown name");
+    expect(
+        &out,
+        2,
+        &[
+            "profile \"nono-no-such-profile\" not found",
+            "built-in profiles",
+        ],
+        "unknown name",
+    );
 
     let dir = TempDir::new("rough-validate");
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("table.toml", b"network = 5\n".to_vec(), "table.toml:1:11: network must be a table, not integer `5`"),
+        (
+            "table.toml",
+            b"network = 5\n".to_vec(),
+            "table.toml:1:11: network must be a table, not integer `5`",
+        ),
         (
             "utf8.toml",
             b"[network]\nallow_domains = [\"a\xffb.test\"]\n".to_vec(),
@@ -435,9 +536,23 @@ pub fn profile_validate_agrees_with_exec() {
         expect(&e, 125, &[needle], &format!("exec {name}"));
     }
     // Over-blocking: a good file validates and runs.
-    let good = profile(&dir, "good.toml", b"extends = \"default\"\n[process]\nuser = \"nobody\"\n");
-    expect(&agent(&["profile", "validate", &good]), 0, &["valid"], "good profile");
-    expect(&exec(&["-q", "--profile", &good, "--", "true"]), 0, &[], "good profile runs");
+    let good = profile(
+        &dir,
+        "good.toml",
+        b"extends = \"default\"\n[process]\nuser = \"nobody\"\n",
+    );
+    expect(
+        &agent(&["profile", "validate", &good]),
+        0,
+        &["valid"],
+        "good profile",
+    );
+    expect(
+        &exec(&["-q", "--profile", &good, "--", "true"]),
+        0,
+        &[],
+        "good profile runs",
+    );
 }
 
 /// Every `NONO_*` variable the command sees is documented in the README's
@@ -445,7 +560,15 @@ pub fn profile_validate_agrees_with_exec() {
 pub fn every_variable_the_command_sees_is_documented() {
     sys::require_prereqs();
     let readme = std::fs::read_to_string(sys::workspace_root().join("README.md")).unwrap();
-    let out = exec(&["-q", "--enforcer", "bpf", "--allow-domain", "a.example.com", "--", "env"]);
+    let out = exec(&[
+        "-q",
+        "--enforcer",
+        "bpf",
+        "--allow-domain",
+        "a.example.com",
+        "--",
+        "env",
+    ]);
     assert_eq!(out.code(), 0, "{}", out.describe());
     let names: Vec<&str> = out
         .stdout
@@ -453,11 +576,19 @@ pub fn every_variable_the_command_sees_is_documented() {
         .filter_map(|l| l.split_once('=').map(|(k, _)| k))
         .filter(|k| k.starts_with("NONO_"))
         .collect();
-    for want in ["NONO_SANDBOX_ID", "NONO_ENFORCER", "NONO_CGROUP", "NONO_BPF_PIN_DIR"] {
+    for want in [
+        "NONO_SANDBOX_ID",
+        "NONO_ENFORCER",
+        "NONO_CGROUP",
+        "NONO_BPF_PIN_DIR",
+    ] {
         assert!(names.contains(&want), "{want} should be set: {names:?}");
     }
     for n in names {
-        assert!(readme.contains(&format!("`{n}`")), "README does not document {n}");
+        assert!(
+            readme.contains(&format!("`{n}`")),
+            "README does not document {n}"
+        );
     }
 }
 

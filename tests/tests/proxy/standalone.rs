@@ -67,17 +67,29 @@ fn standalone_proxy_rejects_bad_cli_values() {
         ),
         (vec!["--allow-cidr", "[2001:db8::/32]x"], "[2001:db8::/32]x"),
         // Rough edges of issue 13: refused when parsed, not per request.
-        (vec!["--allow-domain", "*.com"], "\"com\" is a public suffix"),
-        (vec!["--allow-domain", "*.co.uk"], "\"co.uk\" is a public suffix"),
+        (
+            vec!["--allow-domain", "*.com"],
+            "\"com\" is a public suffix",
+        ),
+        (
+            vec!["--allow-domain", "*.co.uk"],
+            "\"co.uk\" is a public suffix",
+        ),
         (vec!["--allow-domain", "*.github.io"], "is a public suffix"),
-        (vec!["--allow-cidr", "169.254.0.0/16"], "overlaps link-local"),
+        (
+            vec!["--allow-cidr", "169.254.0.0/16"],
+            "overlaps link-local",
+        ),
         (vec!["--allow-cidr", "0.0.0.0/0"], "overlaps link-local"),
         (
             vec!["--allow-cidr", "10.0.0.1/8"],
             "host bits are set: the network is 10.0.0.0/8",
         ),
         (vec!["--proxy-max-connections", "0"], "must be at least 1"),
-        (vec!["--proxy-connect-timeout", "0"], "--proxy-connect-timeout"),
+        (
+            vec!["--proxy-connect-timeout", "0"],
+            "--proxy-connect-timeout",
+        ),
         (vec!["--secret", ""], "the secret is empty"),
         (vec!["--listen", "0.0.0.0:0"], "give --secret"),
         (vec!["--listen", "[::]:0"], "give --secret"),
