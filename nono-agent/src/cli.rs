@@ -93,6 +93,7 @@ pub enum ProfileCommand {
     Validate {
         /// Profile NAME or PATH, looked up as `exec --profile` does (a PATH
         /// contains `/` or ends in `.toml`).
+        #[arg(value_name = "NAME|PATH", value_hint = clap::ValueHint::AnyPath)]
         file: String,
     },
 }
