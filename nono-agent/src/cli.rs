@@ -345,13 +345,34 @@ pub fn usage_hint(args: &[OsString]) -> Option<String> {
         return None;
     }
     // The first word that is neither an option nor an option's value is
-    // most likely the command.
-    let cmd = after
-        .iter()
-        .map(|a| a.to_string_lossy())
-        .find(|a| !a.starts_with('-'))
-        .map(|c| c.into_owned())
-        .unwrap_or_else(|| "CMD".into());
+    // most likely the command (which options take a value: from the same
+    // definition the parser uses).
+    use clap::CommandFactory as _;
+    let cli = Cli::command();
+    let exec = cli.find_subcommand("exec")?;
+    let takes_value = |word: &str| {
+        exec.get_arguments().any(|a| {
+            let named = match word.strip_prefix("--") {
+                Some(long) => a.get_long() == Some(long),
+                None => word
+                    .strip_prefix('-')
+                    .and_then(|s| s.chars().last())
+                    .is_some_and(|c| a.get_short() == Some(c)),
+            };
+            named && a.get_action().takes_values()
+        })
+    };
+    let mut words = after.iter().map(|a| a.to_string_lossy());
+    let mut cmd = String::from("CMD");
+    while let Some(w) = words.next() {
+        if !w.starts_with('-') {
+            cmd = w.into_owned();
+            break;
+        }
+        if !w.contains('=') && takes_value(&w) {
+            words.next();
+        }
+    }
     Some(format!(
         "hint: put the command after `--`, so that its own options are not read as nono-agent's: \
          nono-agent exec [OPTIONS] -- {cmd} [ARGS...]"
@@ -518,6 +539,20 @@ mod tests {
             h.contains("nono-agent exec [OPTIONS] -- sh [ARGS...]"),
             "{h}"
         );
+        // An option's value is not taken for the command.
+        let h = usage_hint(&os(&[
+            "nono-agent",
+            "exec",
+            "--profile",
+            "default",
+            "--read=/x",
+            "--write",
+            "/y",
+            "python3",
+            "-c",
+        ]))
+        .unwrap();
+        assert!(h.contains("-- python3 [ARGS...]"), "{h}");
         assert!(usage_hint(&os(&["nono-agent", "exec", "--bogus", "--", "sh"])).is_none());
         assert!(usage_hint(&os(&["nono-agent", "doctor", "--bogus"])).is_none());
     }
