@@ -414,6 +414,17 @@ mod tests {
     use super::*;
     use nono_common::canonical_v4;
 
+    #[test]
+    fn the_agents_own_output_is_recognised() {
+        assert_eq!(is_command_output(std::path::Path::new("-")), Some("stdout"));
+        let f = std::env::temp_dir().join(format!("nono-events-{}", std::process::id()));
+        std::fs::write(&f, b"").unwrap();
+        assert_eq!(is_command_output(&f), None);
+        std::fs::remove_file(&f).unwrap();
+        // A path that does not exist yet is a new file of its own.
+        assert_eq!(is_command_output(&f), None);
+    }
+
     fn ev(hook: Hook, addr: [u8; 16], port: u16) -> DenyEvent {
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"curl");
