@@ -223,11 +223,13 @@ pub fn parse_allow(s: &str) -> Result<DomainRule, RuleError> {
     Ok(r)
 }
 
-/// Whether `name` (normalised) is a public suffix: the Public Suffix List
-/// (ICANN and private sections, and its implicit rule that any top-level
-/// label is one) gives it no registrable domain.
+/// Whether `name` (normalised) is a public suffix the Public Suffix List
+/// names (its ICANN or private section: `com`, `co.uk`, `github.io`). A
+/// top-level label the list does not know (`internal`, `corp`, `test`) is
+/// taken for a private namespace, as fleets use them (`*.corp`), even
+/// though the list's implicit rule would call it public.
 pub fn is_public_suffix(name: &str) -> bool {
-    psl::domain_str(name).is_none()
+    psl::suffix(name.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == name.as_bytes())
 }
 
 impl DomainRule {
@@ -341,14 +343,7 @@ mod tests {
 
     #[test]
     fn wildcards_over_public_suffixes_are_not_allowable() {
-        for bad in [
-            "*.com",
-            "*.co.uk",
-            "*.CO.UK",
-            "*.github.io",
-            "*.test",
-            "*.com:8443",
-        ] {
+        for bad in ["*.com", "*.co.uk", "*.CO.UK", "*.github.io", "*.com:8443"] {
             let e = parse_allow(bad).unwrap_err();
             assert!(matches!(e, RuleError::PublicSuffix { .. }), "{bad:?}: {e}");
             assert!(e.to_string().contains("public suffix"), "{e}");
@@ -365,6 +360,10 @@ mod tests {
             "*.example.co.uk",
             "*.me.github.io",
             "*.allowed.test",
+            // Top-level labels the list does not know: private namespaces.
+            "*.test",
+            "*.internal",
+            "*.corp",
             "com",
             "co.uk",
             "example.com",

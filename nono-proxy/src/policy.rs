@@ -144,34 +144,29 @@ const METADATA_HOSTS: [(&str, &str); 5] = [
     ),
 ];
 
-/// The link-local range `net` overlaps, or the metadata address it is, if
-/// any (pure).
-pub fn metadata_overlap(net: &IpNet) -> Option<&'static str> {
+/// The link-local range or metadata address `net` lies wholly within, if
+/// any (pure): such a network holds nothing a rule could open.
+pub fn within_never_allowed(net: &IpNet) -> Option<&'static str> {
     let parse = |m: &str| m.parse::<IpNet>().ok();
     LINK_LOCAL_NETS
         .iter()
-        .find_map(|(m, what)| {
-            let m = parse(m)?;
-            (m.contains(&net.network()) || net.contains(&m.network())).then_some(*what)
-        })
-        .or_else(|| {
-            METADATA_HOSTS.iter().find_map(|(m, what)| {
-                let m = parse(m)?;
-                m.contains(net).then_some(*what)
-            })
-        })
+        .chain(METADATA_HOSTS.iter())
+        .find_map(|(m, what)| parse(m)?.contains(net).then_some(*what))
 }
 
 impl CidrRule {
-    /// Refuses an allow rule that overlaps link-local or a metadata address:
-    /// those are refused per request whatever the rules say, so such a rule
-    /// would only make the user believe they are open.
+    /// Refuses an allow rule inside link-local or a metadata address: those
+    /// are refused per request whatever the rules say, so such a rule would
+    /// only make the user believe they are open. A wider network that
+    /// includes them (`0.0.0.0/0`, `64:ff9b::/96`) is accepted: everything
+    /// else in it is allowed, and they stay refused per request, as
+    /// documented.
     pub fn check_allowable(&self) -> Result<(), CidrError> {
-        match metadata_overlap(&self.net) {
+        match within_never_allowed(&self.net) {
             Some(what) => Err(CidrError {
                 text: self.text.clone(),
                 why: format!(
-                    "overlaps {what}, which no rule can allow; name narrower networks that leave it out"
+                    "lies within {what}, which no rule can allow (refused per request whatever the rules say)"
                 ),
             }),
             None => Ok(()),
@@ -750,16 +745,13 @@ mod tests {
         for bad in [
             "169.254.0.0/16",
             "169.254.169.254",
-            "169.0.0.0/8",
-            "0.0.0.0/0",
+            "169.254.169.0/24",
             "100.100.100.200",
             "[::ffff:100.100.100.200]:80",
             "fe80::/10",
             "fe80::1",
-            "::/0",
             "fd00:ec2::254",
             "::ffff:169.254.169.254",
-            "64:ff9b::/96",
             "[fe80::/64]:443",
         ] {
             let e = parse_allow_cidr(bad).unwrap_err();
@@ -776,6 +768,12 @@ mod tests {
             "fd00:ec2::/32",
             "100.64.0.0/10",
             "100.100.100.0/31",
+            // Wider networks including them: accepted; they stay refused
+            // per request (tests/tests/proxy/addresses.rs).
+            "169.0.0.0/8",
+            "0.0.0.0/0",
+            "::/0",
+            "64:ff9b::/96",
         ] {
             assert!(parse_allow_cidr(good).is_ok(), "{good}");
         }

@@ -457,7 +457,7 @@ mod tests {
             ),
             (
                 "[network]\nallow_cidrs = [\"169.254.0.0/16\"]\n",
-                "/p.toml:2:16: --allow-cidr \"169.254.0.0/16\": overlaps link-local",
+                "/p.toml:2:16: --allow-cidr \"169.254.0.0/16\": lies within link-local",
             ),
             (
                 "[network]\nallow_cidrs = [\"10.0.0.1/8\"]\n",

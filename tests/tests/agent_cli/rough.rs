@@ -98,10 +98,13 @@ pub fn values_a_profile_refuses_are_refused_on_the_command_line() {
             &["--allow-domain", "*.co.uk"],
             "\"co.uk\" is a public suffix",
         ),
-        (&["--allow-cidr", "169.254.0.0/16"], "overlaps link-local"),
+        (
+            &["--allow-cidr", "169.254.0.0/16"],
+            "lies within link-local",
+        ),
         (
             &["--allow-cidr", "fe80::/64"],
-            "overlaps link-local fe80::/10",
+            "lies within link-local fe80::/10",
         ),
         (
             &["--allow-cidr", "10.0.0.1/8"],
@@ -124,7 +127,7 @@ pub fn values_a_profile_refuses_are_refused_on_the_command_line() {
         ),
         (
             "[network]\nallow_cidrs = [\"169.254.169.254\"]\n",
-            "overlaps link-local",
+            "lies within link-local",
         ),
         (
             "[network]\nallow_cidrs = [\"10.0.0.1/8\"]\n",
