@@ -16,7 +16,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use toml::Spanned;
 
-use super::{expand, EnvPolicy, ExpandContext, FsPolicy, Location, Loopback, ProfileError};
+use super::{
+    expand, EnvPolicy, ExpandContext, FsAccess, FsPolicy, Location, Loopback, ProfileError,
+    Provenance,
+};
 use nono_proxy::{CidrRule, DomainRule, Origin, Pin, Upstream};
 
 /// One profile file, parsed and expanded, before merging.
@@ -35,6 +38,8 @@ pub(super) struct Layer {
     pub fs: FsPolicy,
     pub env: Option<EnvPolicy>,
     pub user: Option<String>,
+    /// Where each filesystem rule and the `loopback` setting were written.
+    pub origins: Provenance,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,7 +61,7 @@ struct RawNetwork {
     allow_domains: Vec<Spanned<Parsed<DomainRule>>>,
     deny_domains: Vec<Spanned<Parsed<DomainRule>>>,
     allow_cidrs: Vec<Spanned<Parsed<CidrRule>>>,
-    loopback: Option<Loopback>,
+    loopback: Option<Spanned<Loopback>>,
     upstream_proxy: Option<Parsed<Upstream>>,
     resolve: Vec<Parsed<Pin>>,
     allow_unix_sockets: Vec<Spanned<String>>,
@@ -259,13 +264,28 @@ pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer
         None => None,
     };
     let n = raw.network;
+    let mut origins = Provenance::default();
+    for (access, list) in [
+        (FsAccess::Read, &raw.filesystem.read),
+        (FsAccess::Write, &raw.filesystem.write),
+        (FsAccess::Exec, &raw.filesystem.exec),
+    ] {
+        for s in list {
+            let path = expand::path(s.get_ref(), ctx, || at(s))?;
+            origins.fs.push((access, path, at(s)));
+        }
+    }
+    let loopback = n.loopback.map(|l| {
+        origins.loopback = Some(location(text, file, l.span().start));
+        l.into_inner()
+    });
     Ok(Layer {
         extends,
         description: raw.description,
         allow_domains: placed(n.allow_domains, text, file, DomainRule::with_origin),
         deny_domains: placed(n.deny_domains, text, file, DomainRule::with_origin),
         allow_cidrs: placed(n.allow_cidrs, text, file, CidrRule::with_origin),
-        loopback: n.loopback,
+        loopback,
         upstream_proxy: n.upstream_proxy.map(|Parsed(u)| u),
         resolve: values(n.resolve),
         allow_unix_sockets: paths(n.allow_unix_sockets)?,
@@ -276,6 +296,7 @@ pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer
         },
         env: raw.process.env,
         user,
+        origins,
     })
 }
 
