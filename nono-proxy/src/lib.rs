@@ -37,7 +37,7 @@ use tokio::task::JoinHandle;
 pub use dns::Pin;
 pub use event::{EventSink, Hook, ProxyEvent, Reason, Verdict};
 pub use pattern::{DomainRule, Origin};
-pub use policy::{CidrRule, ProxyPolicy, Refusal, Rule, Target};
+pub use policy::{never_allowed, CidrRule, ProxyPolicy, Refusal, Rule, Target};
 pub use server::Limits;
 pub use upstream::Upstream;
 

@@ -49,7 +49,25 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     req.host = crate::config::load_from_env()?;
     // Everything the user asked for is checked before anything is created.
     let plan = plan::build(&req)?;
+    if let Some(mode) = req.dry_run {
+        let privileged = privileges::can_load_bpf();
+        if let Some(u) = &plan.user {
+            users::lookup_user(u)?;
+        }
+        // Checks the filesystem rules as exec would (a ruleset is only a
+        // descriptor: nothing outlives it).
+        prepare_landlock(&plan)?;
+        return super::dry_run::run(&plan, &program, privileged, mode);
+    }
     let mut out = events::Output::open(plan.events.as_deref())?;
+    let notices = match plan.notices {
+        crate::cli::Notices::Always => true,
+        crate::cli::Notices::Never => false,
+        crate::cli::Notices::Auto => !plan.quiet && pty::is_terminal(2),
+    };
+    if notices {
+        out.set_notifier(crate::notice::Notifier::stderr());
+    }
     if let Some(p) = &plan.host_events {
         if let Err(e) = out.add_file(p) {
             eprintln!(
@@ -366,8 +384,16 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     }
     timing.mark("teardown");
     timing.report();
+    out.finish_notices();
     if !plan.quiet {
         eprintln!("{}", out.summary.line(&id));
+        if plan.fs.is_some() {
+            eprintln!(
+                "nono-agent: sandbox {id}: filesystem denials are not reported (not counted above): \
+                 Landlock reports them only to the kernel audit log; `nono-agent why --path PATH` \
+                 explains a \"Permission denied\""
+            );
+        }
     }
 
     Ok(match status {

@@ -9,6 +9,8 @@ pub mod doctor;
 pub mod exec;
 pub mod profile;
 pub mod proxy;
+pub mod why;
+pub mod dry_run;
 
 use anyhow::Result;
 
@@ -27,6 +29,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Profile(cmd) => profile::run(cmd),
         Command::Config(cmd) => config::run(cmd),
         Command::Proxy(args) => runtime()?.block_on(proxy::run(args)),
+        Command::Why(args) => why::run(args),
         Command::Completions { shell } => completions(shell),
     }
 }

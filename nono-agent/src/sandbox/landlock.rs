@@ -246,6 +246,49 @@ fn read_rights() -> BitFlags<AccessFs> {
     AccessFs::ReadFile | AccessFs::ReadDir
 }
 
+/// One rule of the ruleset: a path and the rights granted beneath it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant<'a> {
+    /// The rule's path, as the profile or flag gave it.
+    pub path: &'a Path,
+    /// Which list it comes from.
+    pub kind: crate::profile::FsAccess,
+    /// The rights asked for (before [`effective_access`]).
+    pub access: BitFlags<AccessFs>,
+}
+
+/// The rules [`prepare`] puts in the ruleset, in its order: read rules,
+/// exec rules, write rules. `why` judges paths with the same list.
+pub fn grants(rules: &FsRules) -> Vec<Grant<'_>> {
+    use crate::profile::FsAccess as K;
+    let all = AccessFs::from_all(HANDLED_ABI);
+    [
+        (&rules.read, K::Read, read_rights()),
+        (&rules.exec, K::Exec, read_rights() | AccessFs::Execute),
+        (&rules.write, K::Write, all),
+    ]
+    .into_iter()
+    .flat_map(|(list, kind, access)| {
+        list.iter().map(move |p| Grant {
+            path: p.as_path(),
+            kind,
+            access,
+        })
+    })
+    .collect()
+}
+
+/// The rights a rule on an existing path really carries: a rule on a file
+/// can only hold the rights that apply to files (the kernel refuses the
+/// others).
+pub fn effective_access(access: BitFlags<AccessFs>, is_dir: bool) -> BitFlags<AccessFs> {
+    if is_dir {
+        access
+    } else {
+        access & AccessFs::from_file(HANDLED_ABI)
+    }
+}
+
 /// Builds the ruleset. Paths that do not exist are skipped (a profile may
 /// name tool directories that are not installed here).
 pub fn prepare(rules: &FsRules, allow_degraded: bool) -> Result<Prepared> {
@@ -264,15 +307,10 @@ pub fn prepare(rules: &FsRules, allow_degraded: bool) -> Result<Prepared> {
         .map_err(LandlockError::Scope)?
         .create()
         .map_err(LandlockError::Create)?;
-    let mut grants: Vec<(&Path, BitFlags<AccessFs>)> = Vec::new();
-    grants.extend(rules.read.iter().map(|p| (p.as_path(), read_rights())));
-    grants.extend(
-        rules
-            .exec
-            .iter()
-            .map(|p| (p.as_path(), read_rights() | AccessFs::Execute)),
-    );
-    grants.extend(rules.write.iter().map(|p| (p.as_path(), all)));
+    let grants: Vec<(&Path, BitFlags<AccessFs>)> = grants(rules)
+        .into_iter()
+        .map(|g| (g.path, g.access))
+        .collect();
     let proc_access: u64 = grants
         .iter()
         .filter(|(p, _)| *p == Path::new("/proc"))
@@ -282,11 +320,7 @@ pub fn prepare(rules: &FsRules, allow_degraded: bool) -> Result<Prepared> {
         let Ok(meta) = std::fs::metadata(path) else {
             continue;
         };
-        let access = if meta.is_dir() {
-            access
-        } else {
-            access & AccessFs::from_file(HANDLED_ABI)
-        };
+        let access = effective_access(access, meta.is_dir());
         let fd = PathFd::new(path).map_err(|source| LandlockError::OpenPath {
             path: path.to_path_buf(),
             source,
