@@ -379,4 +379,27 @@ mod tests {
         assert_eq!(at(&l.deny_domains[0].origin), "/p/dev.toml:6:17");
         assert_eq!(at(&l.allow_cidrs[0].origin), "/p/dev.toml:7:16");
     }
+
+    #[test]
+    fn filesystem_rules_and_loopback_remember_where_they_were_written() {
+        let ctx = ExpandContext {
+            cwd: PathBuf::from("/w"),
+            home: Some(PathBuf::from("/home/u")),
+            tmpdir: PathBuf::from("/tmp"),
+            xdg_config_home: None,
+        };
+        let text = "[network]\nloopback = [5432]\n[filesystem]\nread = [\"/usr\"]\n\
+                    write = [\n  \"$CWD\",\n  \"$HOME/.cache\",\n]\n";
+        let l = parse(text, "/p/dev.toml", &ctx).unwrap();
+        let o = &l.origins;
+        assert_eq!(o.loopback.as_ref().unwrap().to_string(), "/p/dev.toml:2:12");
+        let at = |a, p: &str| o.fs_rule(a, std::path::Path::new(p)).map(|l| l.to_string());
+        assert_eq!(at(FsAccess::Read, "/usr").as_deref(), Some("/p/dev.toml:4:9"));
+        assert_eq!(at(FsAccess::Write, "/w").as_deref(), Some("/p/dev.toml:6:3"));
+        assert_eq!(
+            at(FsAccess::Write, "/home/u/.cache").as_deref(),
+            Some("/p/dev.toml:7:3")
+        );
+        assert_eq!(at(FsAccess::Read, "/w"), None);
+    }
 }
