@@ -122,8 +122,8 @@ pub struct Plan {
 pub struct PlanOrigins {
     /// The profile's filesystem rules and `loopback` setting.
     pub profile: profile::Provenance,
-    /// Loopback ports the profile lists.
-    pub profile_loopback_ports: Vec<u16>,
+    /// Loopback ports the profile lists (`None`: it does not narrow).
+    pub profile_loopback_ports: Option<Vec<u16>>,
     /// Loopback ports `--loopback-port` added.
     pub cli_loopback_ports: Vec<u16>,
     /// Filesystem rules given as flags (`--read`, `--write`, `--exec`).
@@ -287,7 +287,7 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
             .as_ref()
             .map(|p| p.origins.clone())
             .unwrap_or_default(),
-        profile_loopback_ports: loopback_ports.clone().unwrap_or_default(),
+        profile_loopback_ports: loopback_ports.clone(),
         cli_loopback_ports: req.loopback_ports.clone(),
         cli_fs: [
             (profile::FsAccess::Read, &req.read),

@@ -285,7 +285,7 @@ fn direct_rule(plan: &Plan, d: Decision, sa: SocketAddr) -> (String, String) {
                 .map(u16::to_string)
                 .collect();
             let mut from = Vec::new();
-            if let Some(at) = &o.profile.loopback {
+            if let (Some(_), Some(at)) = (&o.profile_loopback_ports, &o.profile.loopback) {
                 from.push(at.to_string());
             }
             if !o.cli_loopback_ports.is_empty() {

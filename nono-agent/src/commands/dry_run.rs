@@ -138,7 +138,10 @@ pub fn run(plan: &Plan, program: &Path, privileged: bool, mode: DryRun) -> Resul
                 }
             ),
             origin: [
-                o.profile.loopback.as_ref().map(ToString::to_string),
+                o.profile_loopback_ports
+                    .as_ref()
+                    .and(o.profile.loopback.as_ref())
+                    .map(ToString::to_string),
                 (!o.cli_loopback_ports.is_empty())
                     .then(|| "command line (--loopback-port)".to_string()),
             ]
