@@ -13,9 +13,10 @@ use nono_tests::sys;
 use super::PROBE;
 
 /// The sandboxed workload: the same direct connect twice, a burst of 40
-/// distinct refused ports, CONNECTs for a name no rule allows (twice) and
-/// for a name carrying a bidi override and an escape sequence.
-fn workload(port: u16, first: u16) -> String {
+/// (`burst`) distinct refused ports, CONNECTs for a name no rule allows (twice) and
+/// for names carrying a bidi override and an escape sequence (the proxy
+/// answers those 400 today; whatever reaches the terminal must be escaped).
+fn workload(port: u16, first: u16, burst: u16) -> String {
     format!(
         r#"
 import os, socket, base64, urllib.parse
@@ -28,7 +29,7 @@ def tcp(port):
         pass
     s.close()
 tcp({port}); tcp({port})
-for p in range({first}, {first} + 40):
+for p in range({first}, {first} + {burst}):
     tcp(p)
 u = urllib.parse.urlparse(os.environ["HTTPS_PROXY"])
 auth = base64.b64encode(("%s:%s" % (u.username, u.password)).encode()).decode()
@@ -117,7 +118,7 @@ pub(crate) fn notices_on_a_terminal(e: Enforcement) {
         extra: vec!["--allow-domain".into(), "allowed.test".into()],
         ..h.opts(e)
     };
-    let script = workload(port, first);
+    let script = workload(port, first, 40);
     let before = h.oracle.tcp_connections(port);
 
     let (err, stdout) = run(&h, &opts, true, &script);
@@ -156,7 +157,7 @@ pub(crate) fn notices_on_a_terminal(e: Enforcement) {
         "{e:?}: no `N more` line: {text}"
     );
     // Another run without the port burst shows the proxy denials.
-    let quiet_script = script.replace("range(", "range(0*");
+    let quiet_script = workload(port, first, 0);
     let (err, _) = run(&h, &opts, true, &quiet_script);
     let text = String::from_utf8_lossy(&err).into_owned();
     assert!(
