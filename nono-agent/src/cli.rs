@@ -314,7 +314,11 @@ pub enum Notices {
 #[derive(Debug, clap::Args)]
 pub struct WhyArgs {
     /// `HOST:PORT` (port 443 if omitted), `ADDR:PORT` or `[V6ADDR]:PORT`.
-    #[arg(value_name = "DEST", required_unless_present = "path", conflicts_with = "path")]
+    #[arg(
+        value_name = "DEST",
+        required_unless_present = "path",
+        conflicts_with = "path"
+    )]
     pub dest: Option<crate::why::NetDest>,
 
     /// Ask about a UDP send rather than a TCP connect.

@@ -126,10 +126,7 @@ impl Notifier {
         if self.more == 0 && self.unsorted == 0 {
             return;
         }
-        let mut s = format!(
-            "{} more denied destination(s) not shown",
-            self.more
-        );
+        let mut s = format!("{} more denied destination(s) not shown", self.more);
         if self.unsorted > 0 {
             s.push_str(&format!(
                 ", and {} denial(s) past {MAX_KEYS} distinct ones",
@@ -191,7 +188,10 @@ mod tests {
     fn escape_leaves_no_control_bytes() {
         let hostile = "evil\x1b]0;pwned\x07\r\n\u{9b}31m\u{202e}gro.\\x";
         let e = escape(hostile);
-        assert_eq!(e, "evil\\x1b]0;pwned\\x07\\x0d\\x0a\\u{9b}31m\\u{202e}gro.\\\\x");
+        assert_eq!(
+            e,
+            "evil\\x1b]0;pwned\\x07\\x0d\\x0a\\u{9b}31m\\u{202e}gro.\\\\x"
+        );
         assert!(e.bytes().all(|b| (0x20..0x7f).contains(&b)));
         assert_eq!(escape_lines("a\x1b\nb\n"), "a\\x1b\nb\n");
     }

@@ -183,10 +183,16 @@ fn explain_net(plan: &Plan, dest: &NetDest, udp: bool) -> Answer {
         NetDest::Addr(sa) => {
             a.steps.push(direct_step(plan, *sa, udp));
             if udp {
-                a.notes
-                    .push("the proxy carries TCP only: UDP is judged by the kernel enforcer alone".into());
+                a.notes.push(
+                    "the proxy carries TCP only: UDP is judged by the kernel enforcer alone".into(),
+                );
             } else {
-                a.steps.push(proxy_step(plan, &Target::Ip(sa.ip()), sa.port(), &mut a.notes));
+                a.steps.push(proxy_step(
+                    plan,
+                    &Target::Ip(sa.ip()),
+                    sa.port(),
+                    &mut a.notes,
+                ));
             }
             if let Some(range) = nono_proxy::never_allowed(sa.ip()) {
                 a.notes.push(format!(
@@ -201,8 +207,7 @@ fn explain_net(plan: &Plan, dest: &NetDest, udp: bool) -> Answer {
                     layer: "direct",
                     allowed: false,
                     reason: "a name is not an address".into(),
-                    rule: "names are reached only through the proxy, which carries TCP only"
-                        .into(),
+                    rule: "names are reached only through the proxy, which carries TCP only".into(),
                     origin: BUILTIN.into(),
                 });
             } else {
@@ -380,7 +385,9 @@ fn proxy_step(plan: &Plan, target: &Target, port: u16, notes: &mut Vec<String>) 
 /// The built-in rule behind a refusal no configured rule made.
 fn refusal_rule(r: &Refusal) -> String {
     match r {
-        Refusal::NotAllowed { .. } => "names not matched by any allow-domain rule are refused".into(),
+        Refusal::NotAllowed { .. } => {
+            "names not matched by any allow-domain rule are refused".into()
+        }
         Refusal::IpNotCovered { .. } => "IP literals need an allow-cidr rule".into(),
         Refusal::Never { range, .. } => format!("{range} is never allowed"),
         Refusal::Private { range, .. } => format!("{range} needs an allow-cidr rule"),
@@ -441,7 +448,10 @@ pub fn landlock_verdict<'a>(
     real: &Path,
     need: BitFlags<AccessFs>,
 ) -> (Vec<&'a ResolvedGrant>, Vec<&'a ResolvedGrant>) {
-    let covering: Vec<&ResolvedGrant> = grants.iter().filter(|g| real.starts_with(&g.real)).collect();
+    let covering: Vec<&ResolvedGrant> = grants
+        .iter()
+        .filter(|g| real.starts_with(&g.real))
+        .collect();
     let granting = covering
         .iter()
         .copied()
@@ -489,7 +499,8 @@ fn explain_path(plan: &Plan, path: &Path, access: FsAccess, privileged: bool) ->
         a.notes.push(format!("it resolves to {}", real.display()));
     }
     if !exists {
-        a.notes.push("it does not exist: judged as creating it".into());
+        a.notes
+            .push("it does not exist: judged as creating it".into());
     }
     match &plan.fs {
         None => a.steps.push(Step {
@@ -519,11 +530,7 @@ fn explain_path(plan: &Plan, path: &Path, access: FsAccess, privileged: bool) ->
                         access.name()
                     ),
                     rule: match covering.last() {
-                        Some(g) => format!(
-                            "closest rule: {} {}",
-                            g.kind.name(),
-                            g.path.display()
-                        ),
+                        Some(g) => format!("closest rule: {} {}", g.kind.name(), g.path.display()),
                         None => "only the profile's paths are reachable".into(),
                     },
                     origin: match covering.last() {

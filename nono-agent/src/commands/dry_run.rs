@@ -231,7 +231,12 @@ pub fn run(plan: &Plan, program: &Path, privileged: bool, mode: DryRun) -> Resul
         enforcer,
         enforcer_reason,
         loopback,
-        proxy_endpoints: plan.kernel.endpoints().iter().map(ToString::to_string).collect(),
+        proxy_endpoints: plan
+            .kernel
+            .endpoints()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         proxy,
         filesystem,
         landlock_abi: landlock::kernel_abi(),

@@ -6,11 +6,11 @@ pub mod cleanup;
 pub mod config;
 pub mod daemon;
 pub mod doctor;
+pub mod dry_run;
 pub mod exec;
 pub mod profile;
 pub mod proxy;
 pub mod why;
-pub mod dry_run;
 
 use anyhow::Result;
 

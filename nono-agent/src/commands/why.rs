@@ -47,7 +47,9 @@ pub fn run(a: WhyArgs) -> Result<i32> {
         }
         (None, Some(path)) => {
             if asked.len() > 1 {
-                eprintln!("nono-agent: why: ask about one access at a time (--read, --write or --exec)");
+                eprintln!(
+                    "nono-agent: why: ask about one access at a time (--read, --write or --exec)"
+                );
                 return Ok(EXIT_USAGE);
             }
             let path = if path.is_absolute() {

@@ -394,8 +394,14 @@ mod tests {
         let o = &l.origins;
         assert_eq!(o.loopback.as_ref().unwrap().to_string(), "/p/dev.toml:2:12");
         let at = |a, p: &str| o.fs_rule(a, std::path::Path::new(p)).map(|l| l.to_string());
-        assert_eq!(at(FsAccess::Read, "/usr").as_deref(), Some("/p/dev.toml:4:9"));
-        assert_eq!(at(FsAccess::Write, "/w").as_deref(), Some("/p/dev.toml:6:3"));
+        assert_eq!(
+            at(FsAccess::Read, "/usr").as_deref(),
+            Some("/p/dev.toml:4:9")
+        );
+        assert_eq!(
+            at(FsAccess::Write, "/w").as_deref(),
+            Some("/p/dev.toml:6:3")
+        );
         assert_eq!(
             at(FsAccess::Write, "/home/u/.cache").as_deref(),
             Some("/p/dev.toml:7:3")

@@ -15,9 +15,18 @@ fn plan_of(
         loopback_ports: loopback,
         proxy: ProxyConfig {
             policy: ProxyPolicy {
-                allow: allow.iter().map(|s| s.parse::<DomainRule>().unwrap()).collect(),
-                deny: deny.iter().map(|s| s.parse::<DomainRule>().unwrap()).collect(),
-                cidrs: cidrs.iter().map(|s| s.parse::<CidrRule>().unwrap()).collect(),
+                allow: allow
+                    .iter()
+                    .map(|s| s.parse::<DomainRule>().unwrap())
+                    .collect(),
+                deny: deny
+                    .iter()
+                    .map(|s| s.parse::<DomainRule>().unwrap())
+                    .collect(),
+                cidrs: cidrs
+                    .iter()
+                    .map(|s| s.parse::<CidrRule>().unwrap())
+                    .collect(),
                 deny_cidrs: Vec::new(),
             },
             ..ProxyConfig::default()
@@ -45,7 +54,15 @@ fn destinations_parse() {
         "[2001:db8::1]:53".parse::<NetDest>(),
         Ok(NetDest::Addr("[2001:db8::1]:53".parse().unwrap()))
     );
-    for bad in ["", "a:0", "a:x", "203.0.113.9", "[::1]", "2001:db8::1", ":80"] {
+    for bad in [
+        "",
+        "a:0",
+        "a:x",
+        "203.0.113.9",
+        "[::1]",
+        "2001:db8::1",
+        ":80",
+    ] {
         assert!(bad.parse::<NetDest>().is_err(), "{bad}");
     }
 }
@@ -70,7 +87,7 @@ fn names_the_rule_and_where() {
     assert!(!a.allowed, "{a}");
     let a = explain(&p, &net("203.0.113.9:443", false), false);
     assert!(a.allowed);
-    assert_eq!(a.steps[0].allowed, false, "not directly");
+    assert!(!a.steps[0].allowed, "not directly");
     assert_eq!(a.steps[1].rule, "allow-cidr 203.0.113.0/24:443");
     let a = explain(&p, &net("198.51.100.2:3128", true), false);
     assert!(a.allowed);
@@ -106,7 +123,11 @@ fn landlock_union_of_rules_above() {
         exec: vec![],
     };
     let grants = resolved_grants(&rules);
-    assert_eq!(grants.len(), 2, "missing paths are skipped as prepare skips them");
+    assert_eq!(
+        grants.len(),
+        2,
+        "missing paths are skipped as prepare skips them"
+    );
     let w = needed(FsAccess::Write, false, true);
     let (granting, covering) = landlock_verdict(&grants, &rw.join("f"), w);
     assert_eq!(granting.len(), 1);
@@ -116,7 +137,9 @@ fn landlock_union_of_rules_above() {
     assert_eq!(covering.len(), 1);
     let r = needed(FsAccess::Read, false, true);
     assert_eq!(landlock_verdict(&grants, &ro.join("g"), r).0.len(), 1);
-    assert!(landlock_verdict(&grants, &dir.join("other"), r).0.is_empty());
+    assert!(landlock_verdict(&grants, &dir.join("other"), r)
+        .0
+        .is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

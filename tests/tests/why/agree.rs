@@ -37,28 +37,52 @@ pub(super) fn agree_on_destinations(e: Enforcement) {
         Case {
             label: "tcp to the test host",
             why: s(&[&format!("{SERVER_V4}:{tcp}")]),
-            probe: s(&["tcp4", "--target", &SERVER_V4.to_string(), "--port", &tcp.to_string()]),
+            probe: s(&[
+                "tcp4",
+                "--target",
+                &SERVER_V4.to_string(),
+                "--port",
+                &tcp.to_string(),
+            ]),
             allowed: false,
             received: Box::new(move |h: &Harness| h.oracle.tcp_connections(tcp)),
         },
         Case {
             label: "tcp6 to the test host",
             why: s(&[&format!("[{SERVER_V6}]:{tcp6}")]),
-            probe: s(&["tcp6", "--target", &SERVER_V6.to_string(), "--port", &tcp6.to_string()]),
+            probe: s(&[
+                "tcp6",
+                "--target",
+                &SERVER_V6.to_string(),
+                "--port",
+                &tcp6.to_string(),
+            ]),
             allowed: false,
             received: Box::new(move |h: &Harness| h.oracle.tcp_connections(tcp6)),
         },
         Case {
             label: "udp6 to the test host",
             why: s(&[&format!("[{SERVER_V6}]:{udp6}"), "--udp"]),
-            probe: s(&["udp6-sendto", "--target", &SERVER_V6.to_string(), "--port", &udp6.to_string()]),
+            probe: s(&[
+                "udp6-sendto",
+                "--target",
+                &SERVER_V6.to_string(),
+                "--port",
+                &udp6.to_string(),
+            ]),
             allowed: false,
             received: Box::new(move |h: &Harness| h.oracle.packets_to(Proto::Udp, udp6)),
         },
         Case {
             label: "the proxy endpoint",
             why: s(&[&ep]),
-            probe: s(&["tcp4", "--target", &PROXY_V4.to_string(), "--port", &endpoint.port().to_string()]),
+            probe: s(&[
+                "tcp4",
+                "--target",
+                &PROXY_V4.to_string(),
+                "--port",
+                &endpoint.port().to_string(),
+            ]),
             allowed: true,
             received: Box::new(move |h: &Harness| h.oracle.tcp_connections(endpoint.port())),
         },
@@ -98,7 +122,8 @@ pub(super) fn agree_on_destinations(e: Enforcement) {
         h.oracle.settle();
         let received = (c.received)(&h) > before;
         assert_eq!(
-            received, r.ok,
+            received,
+            r.ok,
             "{}: the probe's result and the test host disagree: {r:?}\n{}",
             c.label,
             out.describe()
@@ -211,7 +236,10 @@ pub(super) fn agree_on_paths(e: Enforcement) {
         assert!(w.code() == 0 || w.code() == 1, "{}", w.describe());
         let mut o = opts.clone();
         o.extra = vec!["--profile".into(), p.clone()];
-        let out = h.agent_exec(&o, &["sh", "-c", &format!("{script} 2>/dev/null; echo rc=$?")]);
+        let out = h.agent_exec(
+            &o,
+            &["sh", "-c", &format!("{script} 2>/dev/null; echo rc=$?")],
+        );
         let sandbox_ok = out.stdout.contains("rc=0");
         assert!(out.stdout.contains("rc="), "{}", out.describe());
         assert_eq!(
@@ -242,5 +270,9 @@ pub(super) fn agree_on_paths(e: Enforcement) {
     }
     // Without a profile there is no filesystem line.
     let out = h.agent_exec(&opts, &["true"]);
-    assert!(!out.stderr.contains("filesystem denials"), "{}", out.describe());
+    assert!(
+        !out.stderr.contains("filesystem denials"),
+        "{}",
+        out.describe()
+    );
 }

@@ -18,25 +18,30 @@ fn dry_run_prints_the_plan_and_creates_nothing() {
     let events = tmp.path("events.jsonl");
     let trace = tmp.path("trace");
     let mut c = Command::new(&strace);
-    c.args(["-f", "-qq", "-e", "trace=bpf,mkdir,mkdirat,mount,clone,clone3,fork,vfork,execve"])
-        .arg("-o")
-        .arg(&trace)
-        .arg(sys::agent_bin())
-        .args([
-            "exec",
-            "--dry-run",
-            "--no-daemon",
-            "--profile",
-            "default",
-            "--allow-domain",
-            "api.example.test",
-            "--loopback-port",
-            "5432",
-        ])
-        .arg("--events")
-        .arg(&events)
-        .args(["--", "sh", "-c"])
-        .arg(format!("touch {}", marker.display()));
+    c.args([
+        "-f",
+        "-qq",
+        "-e",
+        "trace=bpf,mkdir,mkdirat,mount,clone,clone3,fork,vfork,execve",
+    ])
+    .arg("-o")
+    .arg(&trace)
+    .arg(sys::agent_bin())
+    .args([
+        "exec",
+        "--dry-run",
+        "--no-daemon",
+        "--profile",
+        "default",
+        "--allow-domain",
+        "api.example.test",
+        "--loopback-port",
+        "5432",
+    ])
+    .arg("--events")
+    .arg(&events)
+    .args(["--", "sh", "-c"])
+    .arg(format!("touch {}", marker.display()));
     let out = sys::run_timeout(&mut c, sys::CMD_TIMEOUT);
     assert_eq!(out.code(), 0, "{}", out.describe());
     // The plan.
@@ -62,7 +67,10 @@ fn dry_run_prints_the_plan_and_creates_nothing() {
             "--dry-run made a {call}: {line}"
         );
         if call.starts_with("clone") || call.starts_with("fork") || call.starts_with("vfork") {
-            assert!(line.contains("CLONE_THREAD"), "--dry-run made a process: {line}");
+            assert!(
+                line.contains("CLONE_THREAD"),
+                "--dry-run made a process: {line}"
+            );
         }
     }
     assert_eq!(
@@ -91,7 +99,15 @@ fn dry_run_prints_the_plan_and_creates_nothing() {
 
     // Bad input is refused as exec refuses it (125), nothing printed as a plan.
     let mut c = Command::new(sys::agent_bin());
-    c.args(["exec", "--dry-run", "--no-daemon", "--profile", "/nonexistent/x.toml", "--", "true"]);
+    c.args([
+        "exec",
+        "--dry-run",
+        "--no-daemon",
+        "--profile",
+        "/nonexistent/x.toml",
+        "--",
+        "true",
+    ]);
     let out = sys::run_timeout(&mut c, sys::CMD_TIMEOUT);
     assert_eq!(out.code(), 125, "{}", out.describe());
     assert!(!out.stdout.contains("dry run"), "{}", out.describe());

@@ -90,7 +90,11 @@ fn run(h: &Harness, opts: &ExecOpts, tty: bool, script: &str) -> (Vec<u8>, Strin
         e.read_to_end(&mut err).expect("read stderr");
     }
     let status = sys::wait_child(&mut child, sys::CMD_TIMEOUT, "the agent");
-    assert!(status.success(), "agent: {status:?}\n{stdout}\n{}", String::from_utf8_lossy(&err));
+    assert!(
+        status.success(),
+        "agent: {status:?}\n{stdout}\n{}",
+        String::from_utf8_lossy(&err)
+    );
     if let Some(r) = reader {
         err = r.join().expect("pty reader");
     }
@@ -124,17 +128,18 @@ pub(crate) fn notices_on_a_terminal(e: Enforcement) {
     let (err, stdout) = run(&h, &opts, true, &script);
     assert!(stdout.contains("workload done"), "{stdout}");
     h.oracle.settle();
-    assert_eq!(h.oracle.tcp_connections(port), before, "a denied connect got through");
+    assert_eq!(
+        h.oracle.tcp_connections(port),
+        before,
+        "a denied connect got through"
+    );
     let text = String::from_utf8_lossy(&err).into_owned();
     // Nothing the sandbox chose reaches the terminal raw.
     assert!(
         !err.iter().any(|&b| b == 0x1b || b == 0x07 || b >= 0x80),
         "control or non-ASCII bytes on the terminal: {text:?}"
     );
-    let lines: Vec<&str> = text
-        .split('\n')
-        .map(|l| l.trim_end_matches('\r'))
-        .collect();
+    let lines: Vec<&str> = text.split('\n').map(|l| l.trim_end_matches('\r')).collect();
     let notices: Vec<&&str> = lines
         .iter()
         .filter(|l| l.starts_with("nono-agent: denied "))
@@ -145,15 +150,12 @@ pub(crate) fn notices_on_a_terminal(e: Enforcement) {
         1,
         "{e:?}: one notice for two identical denials: {text}"
     );
-    assert_eq!(
-        notices.len(),
-        20,
-        "{e:?}: at most 20 notices: {text}"
-    );
+    assert_eq!(notices.len(), 20, "{e:?}: at most 20 notices: {text}");
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("nono-agent: ") && l.contains("more denied destination(s) not shown")),
+            .any(|l| l.starts_with("nono-agent: ")
+                && l.contains("more denied destination(s) not shown")),
         "{e:?}: no `N more` line: {text}"
     );
     // Another run without the port burst shows the proxy denials.
@@ -173,7 +175,10 @@ pub(crate) fn notices_on_a_terminal(e: Enforcement) {
     // Without a terminal: nothing new on stderr.
     let (err, _) = run(&h, &opts, false, &quiet_script);
     let text = String::from_utf8_lossy(&err).into_owned();
-    assert!(!text.contains("nono-agent: denied"), "{e:?}: notices without a terminal: {text}");
+    assert!(
+        !text.contains("nono-agent: denied"),
+        "{e:?}: notices without a terminal: {text}"
+    );
     assert!(text.contains("nono-agent: sandbox "), "{text}");
     // With -q: nothing either.
     let q = ExecOpts {
@@ -182,7 +187,10 @@ pub(crate) fn notices_on_a_terminal(e: Enforcement) {
     };
     let (err, _) = run(&h, &q, true, &quiet_script);
     let text = String::from_utf8_lossy(&err).into_owned();
-    assert!(!text.contains("nono-agent: denied"), "{e:?}: notices with -q: {text}");
+    assert!(
+        !text.contains("nono-agent: denied"),
+        "{e:?}: notices with -q: {text}"
+    );
     // --notices always without a terminal.
     let mut a = opts.clone();
     a.extra.extend(["--notices".into(), "always".into()]);
