@@ -408,6 +408,21 @@ pub struct Summary {
     total: u64,
     /// Events the kernel could not queue (ring buffer full).
     pub dropped: u64,
+    /// How filesystem denials were reported (`None`: no filesystem rules).
+    pub fs: Option<FsReport>,
+}
+
+/// Whether the filesystem denials in the summary are complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FsReport {
+    /// Read from the kernel's audit records (counted as `landlock`);
+    /// `incomplete` when some may be missing.
+    Listed {
+        /// Some records may have been lost.
+        incomplete: bool,
+    },
+    /// Not available here, and why.
+    NotReported(String),
 }
 
 impl Summary {
@@ -444,6 +459,20 @@ impl Summary {
             s.push_str(&format!(" ({})", parts.join(", ")));
         }
         s
+    }
+
+    /// The line about filesystem denials, if one is due.
+    pub fn fs_line(&self, sandbox: &str) -> Option<String> {
+        match &self.fs {
+            None | Some(FsReport::Listed { incomplete: false }) => None,
+            Some(FsReport::Listed { incomplete: true }) => Some(format!(
+                "nono-agent: sandbox {sandbox}: some filesystem denials may be missing from the count (audit records were lost)"
+            )),
+            Some(FsReport::NotReported(why)) => Some(format!(
+                "nono-agent: sandbox {sandbox}: filesystem denials are not reported (not counted above): {why}; \
+                 `nono-agent why --path PATH` explains a \"Permission denied\""
+            )),
+        }
     }
 }
 

@@ -22,8 +22,8 @@ use crate::enforcer::{self, Applied, Choice, Host, Requested};
 use crate::events;
 use crate::plan::{self, ExecRequest, Plan};
 use crate::sandbox::{
-    cgroup, child::ChildSetup, command_path, daemons, hide, landlock, privileges, pty, reap,
-    registry, relay, spawn, sweep, teardown::Resources, users,
+    cgroup, child::ChildSetup, command_path, daemons, fsaudit, hide, landlock, privileges, pty,
+    reap, registry, relay, spawn, sweep, teardown::Resources, users,
 };
 use crate::signals::Forwarder;
 use crate::timing::Timing;
@@ -83,7 +83,20 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         None => None,
     };
     timing.mark("plan");
-    let landlock = prepare_landlock(&plan)?;
+    let mut landlock = prepare_landlock(&plan)?;
+    // Filesystem denials, where the kernel reports them (see fsaudit).
+    let mut fs_listener = None;
+    if plan.fs.is_some() {
+        match fsaudit::Listener::open() {
+            Ok(l) => {
+                if let Some(l) = landlock.as_mut() {
+                    l.log_after_exec();
+                }
+                fs_listener = Some(l);
+            }
+            Err(why) => out.summary.fs = Some(events::FsReport::NotReported(why)),
+        }
+    }
     timing.mark("landlock prepared");
     let (denied_sockets, denied_socket_ids): (Vec<PathBuf>, Vec<(u64, u64)>) =
         daemons::denied(&plan.allow_unix_sockets)
@@ -255,6 +268,13 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     };
     timing.mark("spawn");
     child_pid.store(child.pid, Ordering::SeqCst);
+    let fs_audit = match fs_listener.take() {
+        Some(l) => Some(
+            l.start(child.pid, id.clone(), event_tx.clone())
+                .context("starting the filesystem audit reader")?,
+        ),
+        None => None,
+    };
     let mut dconn: Option<AsyncClient> = match daemon.take() {
         Some(mut c) => {
             for raw in std::mem::take(&mut c.early_events) {
@@ -356,6 +376,12 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     if let Some(r) = ring.as_mut() {
         events::drain_ring(r.get_mut(), &id, &mut out);
     }
+    if let Some(a) = fs_audit {
+        let incomplete = tokio::task::spawn_blocking(move || a.finish(Duration::from_secs(2)))
+            .await
+            .unwrap_or(true);
+        out.summary.fs = Some(events::FsReport::Listed { incomplete });
+    }
     // Give the supervisor's last events a moment to arrive.
     tokio::task::yield_now().await;
     while let Ok(line) = event_rx.try_recv() {
@@ -387,12 +413,8 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     out.finish_notices();
     if !plan.quiet {
         eprintln!("{}", out.summary.line(&id));
-        if plan.fs.is_some() {
-            eprintln!(
-                "nono-agent: sandbox {id}: filesystem denials are not reported (not counted above): \
-                 Landlock reports them only to the kernel audit log; `nono-agent why --path PATH` \
-                 explains a \"Permission denied\""
-            );
+        if let Some(l) = out.summary.fs_line(&id) {
+            eprintln!("{l}");
         }
     }
 

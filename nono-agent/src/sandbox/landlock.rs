@@ -129,6 +129,8 @@ pub struct Prepared {
     proc_access: u64,
     /// Lines describing what is not enforced (only with --allow-degraded).
     pub degraded: Vec<String>,
+    /// `landlock_restrict_self` flags (audit logging, ABI 7).
+    restrict_flags: u32,
 }
 
 /// `struct landlock_path_beneath_attr` (packed, as in the UAPI).
@@ -176,12 +178,26 @@ impl Prepared {
         Ok(())
     }
 
+    /// Has the kernel log this domain's denials after the command is
+    /// executed too (`LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON`, ABI 7; by
+    /// default only denials before exec are logged), for `sandbox::fsaudit`
+    /// to read. Call only on an ABI 7 kernel (older ones refuse the flag).
+    pub fn log_after_exec(&mut self) {
+        const LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON: u32 = 1 << 1;
+        self.restrict_flags |= LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON;
+    }
+
     /// Applies the ruleset to the calling thread's process (in the child,
     /// after no_new_privs). One syscall: async-signal-safe.
     pub fn restrict_self(&self) -> std::io::Result<()> {
-        // SAFETY: a valid ruleset fd and no flags.
-        let r =
-            unsafe { libc::syscall(libc::SYS_landlock_restrict_self, self.fd.as_raw_fd(), 0u32) };
+        // SAFETY: a valid ruleset fd and flags the kernel checks.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_landlock_restrict_self,
+                self.fd.as_raw_fd(),
+                self.restrict_flags,
+            )
+        };
         if r < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -354,6 +370,7 @@ pub fn prepare(rules: &FsRules, allow_degraded: bool) -> Result<Prepared> {
             fd,
             proc_access,
             degraded,
+            restrict_flags: 0,
         }),
         None => {
             if allow_degraded {
@@ -390,6 +407,7 @@ pub fn prepare_baseline(allow_degraded: bool) -> Result<Option<Prepared>> {
         fd,
         proc_access: 0,
         degraded: Vec::new(),
+        restrict_flags: 0,
     }))
 }
 
