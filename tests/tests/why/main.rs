@@ -9,11 +9,14 @@
 //!   destination, bounded; none without a terminal, none with `-q`.
 //! - `dry_run`: the plan is printed and nothing is created (no child, no
 //!   cgroup, no BPF, no events file: checked with strace and markers).
+//! - `fsdenials`: filesystem denials listed from Landlock's audit records
+//!   (audit turned on for the test), hostile file names escaped.
 //!
 //! Needs root and a real kernel: `cargo test -p nono-tests --test why`.
 
 mod agree;
 mod dry_run;
+mod fsdenials;
 mod notices;
 
 use std::path::Path;

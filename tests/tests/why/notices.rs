@@ -118,6 +118,14 @@ pub(crate) fn notices_on_a_terminal(e: Enforcement) {
         port.to_string(),
     ]);
     assert!(r.ok, "not reachable outside: {}", out.describe());
+    h.oracle.settle();
+    assert!(
+        sys::wait_until(std::time::Duration::from_secs(5), || h
+            .oracle
+            .tcp_connections(port)
+            > 0),
+        "the test host did not see the connection made outside"
+    );
     let opts = ExecOpts {
         extra: vec!["--allow-domain".into(), "allowed.test".into()],
         ..h.opts(e)
