@@ -138,8 +138,17 @@ impl fmt::Display for Answer {
         let v = |a: bool| if a { "allowed" } else { "denied" };
         writeln!(f, "{}: {}", self.subject, v(self.allowed))?;
         for s in &self.steps {
-            if s.allowed && s.reason == "allowed" {
-                writeln!(f, "  {}: allowed by {} [{}]", s.layer, s.rule, s.origin)?;
+            if s.allowed {
+                let reason = if s.reason == "allowed" {
+                    String::new()
+                } else {
+                    format!(" ({})", s.reason)
+                };
+                writeln!(
+                    f,
+                    "  {}: allowed{reason} by {} [{}]",
+                    s.layer, s.rule, s.origin
+                )?;
             } else {
                 writeln!(
                     f,

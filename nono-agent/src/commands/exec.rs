@@ -51,8 +51,12 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     let plan = plan::build(&req)?;
     if let Some(mode) = req.dry_run {
         let privileged = privileges::can_load_bpf();
-        if let Some(u) = &plan.user {
-            users::lookup_user(u)?;
+        match &plan.user {
+            Some(u) if !privileged => bail!("running the command as user {u} needs root"),
+            Some(u) => {
+                users::lookup_user(u)?;
+            }
+            None => {}
         }
         // Checks the filesystem rules as exec would (a ruleset is only a
         // descriptor: nothing outlives it).

@@ -22,7 +22,24 @@ struct Case {
     allowed: bool,
     /// What the test host received on the port.
     received: Box<dyn Fn(&Harness) -> usize>,
+    /// Inside, ask the sandbox's proxy for this `HOST:PORT` (a CONNECT)
+    /// instead of running the probe.
+    via_proxy: Option<String>,
+    /// A line `why` must print.
+    says: String,
 }
+
+/// A CONNECT through the sandbox's proxy (`HTTPS_PROXY`); prints the
+/// status code.
+const CONNECT: &str = r#"
+import os, sys, socket, base64, urllib.parse
+u = urllib.parse.urlparse(os.environ["HTTPS_PROXY"])
+auth = base64.b64encode(("%s:%s" % (u.username, u.password)).encode()).decode()
+s = socket.create_connection((u.hostname, u.port), timeout=10)
+t = sys.argv[1]
+s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n" % (t, t, auth)).encode())
+print("status", s.recv(100).split(b" ")[1].decode())
+"#;
 
 pub(super) fn agree_on_destinations(e: Enforcement) {
     let h = Harness::new(PROBE);
@@ -32,9 +49,13 @@ pub(super) fn agree_on_destinations(e: Enforcement) {
     let tcp6 = h.fx.port();
     h.oracle.listen_tcp(tcp6);
     let udp6 = h.fx.port();
+    let pport = h.fx.port();
+    h.oracle.listen_tcp(pport);
+    let evil_port = h.fx.port();
+    h.oracle.listen_tcp(evil_port);
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let ep = endpoint.to_string();
-    let cases = vec![
+    let mut cases = vec![
         Case {
             label: "tcp to the test host",
             why: s(&[&format!("{SERVER_V4}:{tcp}")]),
@@ -47,6 +68,8 @@ pub(super) fn agree_on_destinations(e: Enforcement) {
             ]),
             allowed: false,
             received: Box::new(move |h: &Harness| h.oracle.tcp_connections(tcp)),
+            via_proxy: None,
+            says: "direct: denied (not-allowed)".into(),
         },
         Case {
             label: "tcp6 to the test host",
@@ -60,6 +83,8 @@ pub(super) fn agree_on_destinations(e: Enforcement) {
             ]),
             allowed: false,
             received: Box::new(move |h: &Harness| h.oracle.tcp_connections(tcp6)),
+            via_proxy: None,
+            says: "direct: denied (not-allowed)".into(),
         },
         Case {
             label: "udp6 to the test host",
@@ -73,6 +98,8 @@ pub(super) fn agree_on_destinations(e: Enforcement) {
             ]),
             allowed: false,
             received: Box::new(move |h: &Harness| h.oracle.packets_to(Proto::Udp, udp6)),
+            via_proxy: None,
+            says: "direct: denied (not-allowed)".into(),
         },
         Case {
             label: "the proxy endpoint",
@@ -86,10 +113,52 @@ pub(super) fn agree_on_destinations(e: Enforcement) {
             ]),
             allowed: true,
             received: Box::new(move |h: &Harness| h.oracle.tcp_connections(endpoint.port())),
+            via_proxy: None,
+            says: format!(
+                "direct: allowed (proxy) by proxy endpoint {endpoint} [command line (--proxy-endpoint)]"
+            ),
         },
+    ];
+    let tcp4 = |port: u16| {
+        s(&[
+            "tcp4",
+            "--target",
+            &SERVER_V4.to_string(),
+            "--port",
+            &port.to_string(),
+        ])
+    };
+    cases.push(Case {
+        label: "a name the proxy allows, pinned to the test host",
+        why: s(&[&format!("allowed.test:{pport}")]),
+        probe: tcp4(pport),
+        allowed: true,
+        received: Box::new(move |h: &Harness| h.oracle.tcp_connections(pport)),
+        via_proxy: Some(format!("allowed.test:{pport}")),
+        says: format!("proxy: allowed by allow-domain allowed.test:{pport} [command line]"),
+    });
+    cases.push(Case {
+        label: "a name no rule allows",
+        why: s(&[&format!("evil.test:{evil_port}")]),
+        probe: tcp4(evil_port),
+        allowed: false,
+        received: Box::new(move |h: &Harness| h.oracle.tcp_connections(evil_port)),
+        via_proxy: Some(format!("evil.test:{evil_port}")),
+        says: format!(
+            "proxy: denied (evil.test:{evil_port} is not allowed by any allow-domain rule)"
+        ),
+    });
+    let policy = vec![
+        "--allow-domain".to_string(),
+        format!("allowed.test:{pport}"),
+        "--resolve".to_string(),
+        format!("allowed.test={SERVER_V4}"),
+        "--resolve".to_string(),
+        format!("evil.test={SERVER_V4}"),
     ];
     let opts = ExecOpts {
         proxy_endpoints: vec![endpoint],
+        extra: policy.clone(),
         ..ExecOpts::for_enforcement(e)
     };
     for c in &cases {
@@ -105,6 +174,7 @@ pub(super) fn agree_on_destinations(e: Enforcement) {
         );
         // why, with the policy flags exec gets.
         let mut args = vec!["--proxy-endpoint".to_string(), ep.clone()];
+        args.extend(policy.iter().cloned());
         args.extend(c.why.iter().cloned());
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let w = why(&argv);
@@ -117,20 +187,30 @@ pub(super) fn agree_on_destinations(e: Enforcement) {
         let why_allowed = w.code() == 0;
         // The enforcer, with the test host as the witness.
         let before = (c.received)(&h);
-        let (r, out) = h.probe_sandboxed_with(&opts, &c.probe);
-        let mut guard = SandboxGuard::new();
-        guard.track(&r);
+        let (ok, out) = match &c.via_proxy {
+            None => {
+                let (r, out) = h.probe_sandboxed_with(&opts, &c.probe);
+                let mut guard = SandboxGuard::new();
+                guard.track(&r);
+                (r.ok, out)
+            }
+            Some(target) => {
+                let out =
+                    h.agent_exec(&opts, &["/usr/bin/python3", "-c", CONNECT, target.as_str()]);
+                (out.stdout.contains("status 200"), out)
+            }
+        };
         h.oracle.settle();
         // Counted asynchronously: wait for what the probe says arrived.
-        let received = if r.ok {
+        let received = if ok {
             sys::wait_until(Duration::from_secs(5), || (c.received)(&h) > before)
         } else {
             (c.received)(&h) > before
         };
         assert_eq!(
             received,
-            r.ok,
-            "{}: the probe's result and the test host disagree: {r:?}\n{}",
+            ok,
+            "{}: the client's result and the test host disagree\n{}",
             c.label,
             out.describe()
         );
@@ -146,21 +226,13 @@ pub(super) fn agree_on_destinations(e: Enforcement) {
             out.describe()
         );
         assert_eq!(why_allowed, c.allowed, "{}: {}", c.label, w.stdout);
-        if !why_allowed {
-            assert!(
-                w.stdout.contains("direct: denied (not-allowed)"),
-                "{}: why does not name the built-in rule: {}",
-                c.label,
-                w.stdout
-            );
-        } else {
-            assert!(
-                w.stdout.contains("command line (--proxy-endpoint)"),
-                "{}: why does not name the flag: {}",
-                c.label,
-                w.stdout
-            );
-        }
+        assert!(
+            w.stdout.contains(&c.says),
+            "{}: why does not say {:?}: {}",
+            c.label,
+            c.says,
+            w.stdout
+        );
     }
 }
 
