@@ -53,11 +53,41 @@ print("workload done")
 /// Runs the workload with stderr on a pty (or a pipe); returns the agent's
 /// stderr bytes and its stdout.
 fn run(h: &Harness, opts: &ExecOpts, tty: bool, script: &str) -> (Vec<u8>, String) {
+    run_on(h, opts, if tty { Term::Stderr } else { Term::None }, script)
+}
+
+/// Which of the agent's descriptors are the terminal.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Term {
+    None,
+    /// stderr only (no relay: the terminal keeps its modes).
+    Stderr,
+    /// stdin and stderr: the agent relays through a pty of the command's
+    /// own and puts this terminal in raw mode meanwhile.
+    StdinAndStderr,
+}
+
+fn run_on(h: &Harness, opts: &ExecOpts, term: Term, script: &str) -> (Vec<u8>, String) {
     let mut cmd = h.agent_command(opts);
     cmd.args(["/usr/bin/python3", "-c", script]);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped());
-    let reader = if tty {
+    let reader = if term != Term::None {
         let (master, slave): (OwnedFd, OwnedFd) = sys::open_pty().expect("openpty");
+        if term == Term::StdinAndStderr {
+            use std::os::unix::process::CommandExt as _;
+            cmd.stdin(Stdio::from(slave.try_clone().expect("dup slave")));
+            // The terminal as the agent's controlling terminal, its
+            // process group in the foreground: as from an interactive shell.
+            // SAFETY: async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.stderr(Stdio::from(slave));
         Some(std::thread::spawn(move || {
             let mut f = std::fs::File::from(master);
@@ -198,6 +228,14 @@ pub(crate) fn notices_on_a_terminal(e: Enforcement) {
     assert!(
         !text.contains("nono-agent: denied"),
         "{e:?}: notices with -q: {text}"
+    );
+    // Through the relay the terminal is raw (no CR added): each notice
+    // still starts a line of its own (CR LF).
+    let (err, _) = run_on(&h, &opts, Term::StdinAndStderr, &quiet_script);
+    let text = String::from_utf8_lossy(&err).into_owned();
+    assert!(
+        text.contains(&format!("{direct}\r\n")) && !text.contains(&format!("{direct}\r\r")),
+        "{e:?}: notice not ended by CR LF on a raw terminal: {text:?}"
     );
     // --notices always without a terminal.
     let mut a = opts.clone();
