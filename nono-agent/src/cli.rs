@@ -51,6 +51,9 @@ pub enum Command {
     /// Check and show the host configuration (/etc/nono-agent/config.toml).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Say whether a sandbox would let DEST (or `--path P`) through, and
+    /// which rule decides: exit 0 allowed, 1 denied, 2 usage error.
+    Why(WhyArgs),
     /// Print a shell completion script to stdout (e.g. `nono-agent
     /// completions bash > /usr/share/bash-completion/completions/nono-agent`).
     Completions {
@@ -297,9 +300,26 @@ pub struct ExecArgs {
     #[arg(long)]
     pub allow_degraded: bool,
 
-    /// Do not print the enforcer and filesystem lines or the summary at exit.
+    /// Do not print the enforcer and filesystem lines, the summary at exit
+    /// or denial notices.
     #[arg(long, short)]
     pub quiet: bool,
+
+    /// A one-line notice on stderr for each new denied destination while
+    /// the command runs: `auto` (default) when stderr is a terminal and
+    /// `-q` is not given, `always`, `never`.
+    #[arg(long, value_enum, default_value_t = Notices::Auto)]
+    pub notices: Notices,
+
+    /// Print the resolved plan (enforcer, policy, proxy rules, filesystem
+    /// rules, host protection) and exit 0, creating nothing and running
+    /// nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// With --dry-run: the plan as JSON.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
 
     /// The daemon's socket: with `--enforcer auto` or `bpf`, the sandbox is
     /// made by the daemon whenever it answers there.
@@ -379,6 +399,70 @@ pub fn usage_hint(args: &[OsString]) -> Option<String> {
     ))
 }
 
+/// When denial notices are printed (`exec --notices`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Notices {
+    /// When stderr is a terminal and `-q` is not given.
+    #[default]
+    Auto,
+    /// Always (even with `-q`, even when stderr is not a terminal).
+    Always,
+    /// Never.
+    Never,
+}
+
+/// `why DEST` / `why --path P [--write|--exec]`, with exec's policy flags.
+#[derive(Debug, clap::Args)]
+pub struct WhyArgs {
+    /// `HOST:PORT` (port 443 if omitted), `ADDR:PORT` or `[V6ADDR]:PORT`.
+    #[arg(
+        value_name = "DEST",
+        required_unless_present = "path",
+        conflicts_with = "path"
+    )]
+    pub dest: Option<crate::why::NetDest>,
+
+    /// Ask about a UDP send rather than a TCP connect.
+    #[arg(long, conflicts_with = "path")]
+    pub udp: bool,
+
+    /// Ask about this path instead: read access, or `--write` / `--exec`.
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<PathBuf>,
+
+    /// Alone: ask about reading the path (the default). `--read=PATH`
+    /// adds a read rule, as exec's `--read PATH` does.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "", value_name = "PATH")]
+    pub read: Vec<OsString>,
+
+    /// Alone: ask about writing the path. `--write=PATH` adds a write rule.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "", value_name = "PATH")]
+    pub write: Vec<OsString>,
+
+    /// Alone: ask about executing the path. `--exec=PATH` adds an exec rule.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "", value_name = "PATH")]
+    pub exec: Vec<OsString>,
+
+    /// The answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The profile to judge against (NAME or PATH), as `exec --profile`.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub profile: Option<String>,
+
+    /// As `exec --proxy-endpoint`.
+    #[arg(long = "proxy-endpoint", value_name = "ADDR:PORT")]
+    pub proxy_endpoints: Vec<SocketAddr>,
+
+    /// As `exec --loopback-port`.
+    #[arg(long = "loopback-port", value_name = "PORT")]
+    pub loopback_ports: Vec<u16>,
+
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
 impl From<Enforcer> for Requested {
     fn from(e: Enforcer) -> Self {
         match e {
@@ -405,6 +489,12 @@ impl From<ExecArgs> for ExecRequest {
             user: a.user,
             allow_degraded: a.allow_degraded,
             quiet: a.quiet,
+            notices: a.notices,
+            dry_run: a.dry_run.then_some(if a.json {
+                crate::plan::DryRun::Json
+            } else {
+                crate::plan::DryRun::Text
+            }),
             daemon_socket: (!a.no_daemon).then_some(a.daemon_socket),
             proxy: a.proxy.into(),
             command: a.command,

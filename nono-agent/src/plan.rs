@@ -66,12 +66,25 @@ pub struct ExecRequest {
     pub user: Option<String>,
     pub allow_degraded: bool,
     pub quiet: bool,
+    /// When denial notices are printed.
+    pub notices: crate::cli::Notices,
+    /// Print the plan instead of running anything.
+    pub dry_run: Option<DryRun>,
     /// The daemon socket to try (`None`: never use the daemon).
     pub daemon_socket: Option<PathBuf>,
     pub proxy: ProxyConfig,
     pub command: Vec<OsString>,
     /// The host configuration (`crate::config`), already loaded.
     pub host: HostConfig,
+}
+
+/// How `exec --dry-run` prints the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DryRun {
+    /// Lines for people.
+    Text,
+    /// One JSON object.
+    Json,
 }
 
 /// The merged sandbox description.
@@ -86,6 +99,8 @@ pub struct Plan {
     pub allow_degraded: bool,
     /// No enforcer line, no summary.
     pub quiet: bool,
+    /// When denial notices are printed.
+    pub notices: crate::cli::Notices,
     /// The daemon socket to try (`None`: never use the daemon).
     pub daemon_socket: Option<PathBuf>,
     /// Where events go (`-` = stdout).
@@ -106,6 +121,23 @@ pub struct Plan {
     pub user: Option<Account>,
     /// Daemon sockets the sandbox may connect to.
     pub allow_unix_sockets: Vec<PathBuf>,
+    /// Where the rules without an origin of their own came from.
+    pub origins: PlanOrigins,
+}
+
+/// Where the plan's filesystem rules and loopback ports came from (domain
+/// and CIDR rules carry their own [`nono_proxy::Origin`]), so that `why` and
+/// `exec --dry-run` can name the line or flag behind a verdict.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOrigins {
+    /// The profile's filesystem rules and `loopback` setting.
+    pub profile: profile::Provenance,
+    /// Loopback ports the profile lists (`None`: it does not narrow).
+    pub profile_loopback_ports: Option<Vec<u16>>,
+    /// Loopback ports `--loopback-port` added.
+    pub cli_loopback_ports: Vec<u16>,
+    /// Filesystem rules given as flags (`--read`, `--write`, `--exec`).
+    pub cli_fs: Vec<(profile::FsAccess, PathBuf)>,
 }
 
 /// The kernel-side policy, checked: proxy endpoints and the loopback ports
@@ -152,6 +184,16 @@ impl KernelPolicy {
             endpoints: endpoints.to_vec(),
             loopback_ports,
         })
+    }
+
+    /// The proxy endpoints (`--proxy-endpoint`).
+    pub fn endpoints(&self) -> &[SocketAddr] {
+        &self.endpoints
+    }
+
+    /// The narrowed loopback ports (`None`: every port).
+    pub fn loopback_ports(&self) -> Option<&[u16]> {
+        self.loopback_ports.as_deref()
     }
 
     /// The policy the enforcers read, with the sandbox proxy's ports added
@@ -250,6 +292,22 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         env = p.process.env.clone();
         user = p.process.user.clone();
     }
+    let origins = PlanOrigins {
+        profile: profile
+            .as_ref()
+            .map(|p| p.origins.clone())
+            .unwrap_or_default(),
+        profile_loopback_ports: loopback_ports.clone(),
+        cli_loopback_ports: req.loopback_ports.clone(),
+        cli_fs: [
+            (profile::FsAccess::Read, &req.read),
+            (profile::FsAccess::Write, &req.write),
+            (profile::FsAccess::Exec, &req.exec),
+        ]
+        .into_iter()
+        .flat_map(|(a, list)| list.iter().map(move |p| (a, p.clone())))
+        .collect(),
+    };
     if !req.loopback_ports.is_empty() {
         let mut ports: Vec<u16> = loopback_ports.unwrap_or_default();
         ports.extend(&req.loopback_ports);
@@ -288,6 +346,7 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         allow_unenforced: req.allow_unenforced,
         allow_degraded: req.allow_degraded,
         quiet: req.quiet,
+        notices: req.notices,
         daemon_socket: req.daemon_socket.clone(),
         events: req.events.clone(),
         host_events: req.host.events.path.as_ref().map(|p| p.value.clone()),
@@ -298,6 +357,7 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         env,
         user,
         allow_unix_sockets,
+        origins,
     })
 }
 

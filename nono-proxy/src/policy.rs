@@ -493,6 +493,16 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The range `ip` is in if no rule can ever open it (link-local, cloud
+/// metadata, multicast, broadcast, unspecified): the same check the proxy
+/// makes on IP literals and resolved addresses, for explanations (`why`).
+pub fn never_allowed(ip: IpAddr) -> Option<&'static str> {
+    match check_always_blocked(canonical(ip)) {
+        Err(Refusal::Never { range, .. }) => Some(range),
+        _ => None,
+    }
+}
+
 /// Ranges no rule can open: link-local (cloud metadata lives there),
 /// well-known metadata addresses, multicast, broadcast, unspecified.
 fn check_always_blocked(ip: IpAddr) -> Result<(), Refusal> {

@@ -22,8 +22,8 @@ use crate::enforcer::{self, Applied, Choice, Host, Requested};
 use crate::events;
 use crate::plan::{self, ExecRequest, Plan};
 use crate::sandbox::{
-    cgroup, child::ChildSetup, command_path, daemons, exec_check, hide, landlock, privileges, pty,
-    reap, registry, relay, spawn, sweep, teardown::Resources, users,
+    cgroup, child::ChildSetup, command_path, daemons, exec_check, fsaudit, hide, landlock,
+    privileges, pty, reap, registry, relay, spawn, sweep, teardown::Resources, users,
 };
 use crate::signals::Forwarder;
 use crate::timing::Timing;
@@ -68,7 +68,21 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
             return Ok(126);
         }
     }
+    if let Some(mode) = req.dry_run {
+        // Checks the filesystem rules as exec would (a ruleset is only a
+        // descriptor: nothing outlives it).
+        prepare_landlock(&plan)?;
+        return super::dry_run::run(&plan, &program, privileged, mode);
+    }
     let mut out = events::Output::open(plan.events.as_deref())?;
+    let notices = match plan.notices {
+        crate::cli::Notices::Always => true,
+        crate::cli::Notices::Never => false,
+        crate::cli::Notices::Auto => !plan.quiet && pty::is_terminal(2),
+    };
+    if notices {
+        out.set_notifier(crate::notice::Notifier::stderr());
+    }
     if let Some(p) = &plan.host_events {
         if let Err(e) = out.add_file(p) {
             eprintln!(
@@ -79,7 +93,20 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     }
     let user = plan.user.as_ref().map(|a| (a.uid, a.gid));
     timing.mark("plan");
-    let landlock = prepare_landlock(&plan)?;
+    let mut landlock = prepare_landlock(&plan)?;
+    // Filesystem denials, where the kernel reports them (see fsaudit).
+    let mut fs_listener = None;
+    if plan.fs.is_some() {
+        match fsaudit::Listener::open() {
+            Ok(l) => {
+                if let Some(l) = landlock.as_mut() {
+                    l.log_after_exec();
+                }
+                fs_listener = Some(l);
+            }
+            Err(why) => out.summary.fs = Some(events::FsReport::NotReported(why)),
+        }
+    }
     timing.mark("landlock prepared");
     let (denied_sockets, denied_socket_ids): (Vec<PathBuf>, Vec<(u64, u64)>) =
         daemons::denied(&plan.allow_unix_sockets)
@@ -256,6 +283,13 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     };
     timing.mark("spawn");
     child_pid.store(child.pid, Ordering::SeqCst);
+    let fs_audit = match fs_listener.take() {
+        Some(l) => Some(
+            l.start(child.pid, id.clone(), event_tx.clone())
+                .context("starting the filesystem audit reader")?,
+        ),
+        None => None,
+    };
     let mut dconn: Option<AsyncClient> = match daemon.take() {
         Some(mut c) => {
             for raw in std::mem::take(&mut c.early_events) {
@@ -357,6 +391,12 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     if let Some(r) = ring.as_mut() {
         events::drain_ring(r.get_mut(), &id, &mut out);
     }
+    if let Some(a) = fs_audit {
+        let incomplete = tokio::task::spawn_blocking(move || a.finish(Duration::from_secs(2)))
+            .await
+            .unwrap_or(true);
+        out.summary.fs = Some(events::FsReport::Listed { incomplete });
+    }
     // Give the supervisor's last events a moment to arrive.
     tokio::task::yield_now().await;
     while let Ok(line) = event_rx.try_recv() {
@@ -385,8 +425,12 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     }
     timing.mark("teardown");
     timing.report();
+    out.finish_notices();
     if !plan.quiet {
         eprintln!("{}", out.summary.line(&id));
+        if let Some(l) = out.summary.fs_line(&id) {
+            eprintln!("{l}");
+        }
     }
 
     Ok(match status {

@@ -16,7 +16,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use toml::Spanned;
 
-use super::{expand, EnvPolicy, ExpandContext, FsPolicy, Location, Loopback, ProfileError};
+use super::{
+    expand, EnvPolicy, ExpandContext, FsAccess, FsPolicy, Location, Loopback, ProfileError,
+    Provenance,
+};
 use nono_proxy::{CidrRule, DomainRule, Origin, Pin, Upstream};
 
 /// One profile file, parsed and expanded, before merging.
@@ -35,6 +38,8 @@ pub(super) struct Layer {
     pub fs: FsPolicy,
     pub env: Option<EnvPolicy>,
     pub user: Option<String>,
+    /// Where each filesystem rule and the `loopback` setting were written.
+    pub origins: Provenance,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,7 +61,7 @@ struct RawNetwork {
     allow_domains: Vec<Spanned<Parsed<AllowDomain>>>,
     deny_domains: Vec<Spanned<Parsed<DomainRule>>>,
     allow_cidrs: Vec<Spanned<Parsed<AllowCidr>>>,
-    loopback: Option<Loopback>,
+    loopback: Option<Spanned<Loopback>>,
     upstream_proxy: Option<Parsed<Upstream>>,
     resolve: Vec<Parsed<Pin>>,
     allow_unix_sockets: Vec<Spanned<String>>,
@@ -282,6 +287,21 @@ pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer
         None => None,
     };
     let n = raw.network;
+    let mut origins = Provenance::default();
+    for (access, list) in [
+        (FsAccess::Read, &raw.filesystem.read),
+        (FsAccess::Write, &raw.filesystem.write),
+        (FsAccess::Exec, &raw.filesystem.exec),
+    ] {
+        for s in list {
+            let path = expand::path(s.get_ref(), ctx, || at(s))?;
+            origins.fs.push((access, path, at(s)));
+        }
+    }
+    let loopback = n.loopback.map(|l| {
+        origins.loopback = Some(location(text, file, l.span().start));
+        l.into_inner()
+    });
     Ok(Layer {
         extends,
         description: raw.description,
@@ -292,7 +312,7 @@ pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer
         allow_cidrs: placed(n.allow_cidrs, text, file, |AllowCidr(r), o| {
             r.with_origin(o)
         }),
-        loopback: n.loopback,
+        loopback,
         upstream_proxy: n.upstream_proxy.map(|Parsed(u)| u),
         resolve: values(n.resolve),
         allow_unix_sockets: paths(n.allow_unix_sockets)?,
@@ -303,6 +323,7 @@ pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer
         },
         env: raw.process.env,
         user,
+        origins,
     })
 }
 
@@ -487,5 +508,34 @@ mod tests {
         assert_eq!(at(&l.allow_domains[1].origin), "/p/dev.toml:4:3");
         assert_eq!(at(&l.deny_domains[0].origin), "/p/dev.toml:6:17");
         assert_eq!(at(&l.allow_cidrs[0].origin), "/p/dev.toml:7:16");
+    }
+
+    #[test]
+    fn filesystem_rules_and_loopback_remember_where_they_were_written() {
+        let ctx = ExpandContext {
+            cwd: PathBuf::from("/w"),
+            home: Some(PathBuf::from("/home/u")),
+            tmpdir: PathBuf::from("/tmp"),
+            xdg_config_home: None,
+        };
+        let text = "[network]\nloopback = [5432]\n[filesystem]\nread = [\"/usr\"]\n\
+                    write = [\n  \"$CWD\",\n  \"$HOME/.cache\",\n]\n";
+        let l = parse(text, "/p/dev.toml", &ctx).unwrap();
+        let o = &l.origins;
+        assert_eq!(o.loopback.as_ref().unwrap().to_string(), "/p/dev.toml:2:12");
+        let at = |a, p: &str| o.fs_rule(a, std::path::Path::new(p)).map(|l| l.to_string());
+        assert_eq!(
+            at(FsAccess::Read, "/usr").as_deref(),
+            Some("/p/dev.toml:4:9")
+        );
+        assert_eq!(
+            at(FsAccess::Write, "/w").as_deref(),
+            Some("/p/dev.toml:6:3")
+        );
+        assert_eq!(
+            at(FsAccess::Write, "/home/u/.cache").as_deref(),
+            Some("/p/dev.toml:7:3")
+        );
+        assert_eq!(at(FsAccess::Read, "/w"), None);
     }
 }
