@@ -24,6 +24,7 @@ pub mod pattern;
 pub mod policy;
 mod pool;
 pub mod request;
+pub mod resolver;
 mod server;
 mod tunnel;
 pub mod upstream;
