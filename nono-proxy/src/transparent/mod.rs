@@ -5,6 +5,8 @@
 
 pub mod decide;
 pub mod peek;
+pub mod server;
 
 pub use decide::{destination, Destination, NameSource, NoTarget};
 pub use peek::{peek, Peeked, MAX_PEEK};
+pub use server::OriginalDst;
