@@ -157,6 +157,7 @@ pub fn proxy_notice(e: &ProxyEvent) -> Option<String> {
     let verb = match e.hook {
         nono_proxy::Hook::Connect => "CONNECT",
         nono_proxy::Hook::Http => "HTTP request to",
+        nono_proxy::Hook::Transparent => "redirected connection to",
     };
     let reason = match &e.reason {
         R::Refused(Refusal::NotAllowed { .. }) => "not in allowlist".to_string(),

@@ -19,6 +19,8 @@ pub enum Hook {
     Connect,
     /// A forwarded absolute-form HTTP request.
     Http,
+    /// A connection the kernel redirected to the proxy (transparent mode).
+    Transparent,
 }
 
 impl Hook {
@@ -27,6 +29,7 @@ impl Hook {
         match self {
             Self::Connect => "connect",
             Self::Http => "http",
+            Self::Transparent => "transparent",
         }
     }
 }
@@ -126,6 +129,11 @@ pub enum Reason {
         /// The destination's status code.
         status: u16,
     },
+    /// A redirected connection's destination could not be learned from
+    /// the kernel (its entry is gone: the sandbox's socket outlived it).
+    NoOriginalDestination,
+    /// A redirected connection has no target the rules could judge.
+    NoTarget(crate::transparent::NoTarget),
 }
 
 impl Reason {
@@ -162,6 +170,10 @@ impl fmt::Display for Reason {
             Self::Tunnel(TunnelEnd::IdleTimeout) => f.write_str("tunnel closed: idle timeout"),
             Self::ClientGone(e) => write!(f, "client went away before the tunnel: {e}"),
             Self::Forwarded { status } => write!(f, "forwarded, upstream status {status}"),
+            Self::NoOriginalDestination => {
+                f.write_str("redirected connection with no recorded destination")
+            }
+            Self::NoTarget(e) => e.fmt(f),
         }
     }
 }

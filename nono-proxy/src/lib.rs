@@ -24,7 +24,9 @@ pub mod pattern;
 pub mod policy;
 mod pool;
 pub mod request;
+pub mod resolver;
 mod server;
+pub mod transparent;
 mod tunnel;
 pub mod upstream;
 
@@ -103,6 +105,41 @@ impl Running {
         self.state.tasks.close();
         let _ =
             tokio::time::timeout(std::time::Duration::from_secs(2), self.state.tasks.wait()).await;
+    }
+}
+
+impl Running {
+    /// Also serves connections the kernel redirects to the proxy
+    /// (transparent mode) on 127.0.0.1 and, on the same port when possible,
+    /// ::1, with the same rules, events and shutdown. `original` says where
+    /// each was dialled; `pool` is the sandbox resolver's synthetic
+    /// addresses (the names behind them). Returns the listening addresses.
+    pub async fn listen_transparent(
+        &mut self,
+        original: transparent::OriginalDst,
+        pool: Arc<std::sync::Mutex<resolver::FakeIps>>,
+    ) -> Result<Vec<SocketAddr>, Error> {
+        let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .map_err(listen_error("127.0.0.1"))?;
+        let v4_addr = v4.local_addr().map_err(listen_error("127.0.0.1"))?;
+        let mut addrs = vec![v4_addr];
+        let serve = |l| {
+            tokio::spawn(transparent::server::serve(
+                l,
+                self.state.clone(),
+                original.clone(),
+                pool.clone(),
+            ))
+        };
+        self.tasks.push(serve(v4));
+        if let Ok(v6) = TcpListener::bind((Ipv6Addr::LOCALHOST, v4_addr.port())).await {
+            if let Ok(a) = v6.local_addr() {
+                addrs.push(a);
+                self.tasks.push(serve(v6));
+            }
+        }
+        Ok(addrs)
     }
 }
 

@@ -152,6 +152,19 @@ pub enum HostPattern {
     Subdomains(String),
 }
 
+impl HostPattern {
+    /// Whether the (normalised) `host` is this name, or for `*.suffix` a
+    /// name below the suffix (never the suffix itself).
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            Self::Exact(h) => h == host,
+            Self::Subdomains(suffix) => host
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')),
+        }
+    }
+}
+
 /// A domain rule: `example.com`, `*.example.com`, either with `:port`.
 /// Equal rules are the same text: where each was written does not count.
 #[derive(Debug, Clone, Eq)]
@@ -261,12 +274,7 @@ impl DomainRule {
 
     /// Whether `host` (already normalised) matches, on whatever port.
     pub fn matches_host(&self, host: &str) -> bool {
-        match &self.host {
-            HostPattern::Exact(h) => h == host,
-            HostPattern::Subdomains(suffix) => host
-                .strip_suffix(suffix.as_str())
-                .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')),
-        }
+        self.host.matches(host)
     }
 
     /// The ports the rule allows.

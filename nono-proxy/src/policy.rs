@@ -433,6 +433,30 @@ impl ProxyPolicy {
         }
     }
 
+    /// Judges a name without a port, as a DNS question asks it: allowed when
+    /// [`check_target`](Self::check_target) allows it on at least one port
+    /// an allow rule names for it (the defaults 80 and 443 for a rule
+    /// without one). The same decision as a request's, port by port, so a
+    /// name denied on every port it is allowed on does not resolve.
+    pub fn check_name(&self, name: &str) -> Result<Rule, Refusal> {
+        let target = Target::Name(name.to_string());
+        let mut refusal = None;
+        for rule in self.allow.iter().filter(|r| r.matches_host(name)) {
+            for &port in rule.ports() {
+                match self.check_target(&target, port) {
+                    Ok(r) => return Ok(r),
+                    Err(e) => {
+                        refusal.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        Err(refusal.unwrap_or(Refusal::NotAllowed {
+            name: name.to_string(),
+            port: 0,
+        }))
+    }
+
     /// Judges one resolved address of an allowed name.
     pub fn check_resolved(&self, ip: IpAddr, port: u16) -> Result<(), Refusal> {
         let ip = canonical(ip);

@@ -254,10 +254,9 @@ async fn handle(
             hook,
             req.uri().host().unwrap_or("").to_string(),
             // As the forwarding path records a request without a port.
-            req.uri().port_u16().unwrap_or(match hook {
-                Hook::Http => 80,
-                Hook::Connect => 0,
-            }),
+            req.uri()
+                .port_u16()
+                .unwrap_or(if hook == Hook::Http { 80 } else { 0 }),
             started,
         );
         let mut r = d.deny(
@@ -270,9 +269,10 @@ async fn handle(
         );
         return Ok(r);
     }
-    Ok(match hook {
-        Hook::Connect => crate::tunnel::connect(req, state, started).await,
-        Hook::Http => crate::forward::forward(req, state, started).await,
+    Ok(if hook == Hook::Connect {
+        crate::tunnel::connect(req, state, started).await
+    } else {
+        crate::forward::forward(req, state, started).await
     })
 }
 

@@ -79,7 +79,7 @@ const TUNNEL_BUF: usize = 16 * 1024;
 /// Copies both ways until both directions finished or nothing moved for
 /// `idle`; a finished direction is half-closed on the other side. Returns
 /// (client→server, server→client) byte counts.
-async fn tunnel<C>(
+pub(crate) async fn tunnel<C>(
     client: C,
     server: TcpStream,
     idle: Duration,

@@ -1,0 +1,148 @@
+//! Serving redirected connections: learn where the client dialled (from
+//! the kernel, through the caller's [`OriginalDst`]), read what its first
+//! bytes say, decide the target ([`super::destination`]), judge it with the
+//! ordinary rules and resolve it as any proxied request is (`admit`), then
+//! connect to the target's own checked addresses, replay the bytes read so
+//! far and copy both ways. A refused connection is closed (no HTTP answer
+//! a TLS client could read) and recorded like any other refusal.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use super::decide::{destination, Destination};
+use super::peek::{peek, Peeked, MAX_PEEK};
+use crate::event::{Hook, Reason};
+use crate::resolver::fake_ip::{in_pool, FakeIps};
+use crate::server::{admit, dial, Recorder, State};
+
+/// How long the first bytes of a connection to a synthetic address are
+/// awaited before going by the address alone (a protocol where the server
+/// speaks first sends nothing until it does).
+pub const POOL_PEEK: Duration = Duration::from_millis(300);
+/// How long a connection to a real address may take to say its name.
+pub const NAME_PEEK: Duration = Duration::from_secs(5);
+
+/// Where a redirected connection was dialled, from the kernel's record of
+/// it, looked up by the client socket's address (the accepted connection's
+/// peer). `None` when there is no record.
+pub type OriginalDst = Arc<dyn Fn(SocketAddr) -> Option<SocketAddr> + Send + Sync>;
+
+/// Serves redirected connections from `listener` until the task is
+/// aborted.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    original: OriginalDst,
+    pool: Arc<Mutex<FakeIps>>,
+) {
+    let slots = Arc::new(Semaphore::new(state.limits.max_connections));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Over the limit: closed, as the HTTP side answers 503.
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (state, original, pool) = (state.clone(), original.clone(), pool.clone());
+        let tasks = state.tasks.clone();
+        tasks.spawn(async move {
+            handle(stream, peer, state, original, pool).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    state: Arc<State>,
+    original: OriginalDst,
+    pool: Arc<Mutex<FakeIps>>,
+) {
+    let started = Instant::now();
+    let Some(dialled) = original(peer) else {
+        let d = Recorder::new(&state, Hook::Transparent, peer.ip().to_string(), 0, started);
+        let _ = d.deny(hyper::StatusCode::FORBIDDEN, Reason::NoOriginalDestination);
+        return;
+    };
+    let wait = if in_pool(dialled.ip()) {
+        POOL_PEEK
+    } else {
+        NAME_PEEK
+    };
+    let (head, peeked) = read_head(&mut client, wait).await;
+    let target = {
+        let pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+        destination(dialled, &pool, &peeked)
+    };
+    let (host, port) = match &target {
+        Ok(Destination::Name { name, port, .. }) => (name.clone(), *port),
+        Ok(Destination::Ip { ip, port }) => (ip.to_string(), *port),
+        Err(_) => (dialled.ip().to_string(), dialled.port()),
+    };
+    let mut d = Recorder::new(&state, Hook::Transparent, host, port, started);
+    if let Err(e) = target {
+        let _ = d.deny(hyper::StatusCode::FORBIDDEN, Reason::NoTarget(e));
+        return;
+    }
+    // Judged and resolved as any proxied request; a refusal is recorded by
+    // `admit` (its HTTP answer is dropped: the client gets a close).
+    let Ok((target, addrs)) = admit(&mut d).await else {
+        return;
+    };
+    let (mut upstream, addr) = match dial(&d, &target, &addrs, true).await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = d.deny(hyper::StatusCode::BAD_GATEWAY, Reason::Dial(e));
+            return;
+        }
+    };
+    if !head.is_empty() && upstream.write_all(&head).await.is_err() {
+        d.allow(Reason::Tunnel(crate::event::TunnelEnd::Closed), addr, 0, 0);
+        return;
+    }
+    let (up, down, end) = crate::tunnel::tunnel(
+        client,
+        upstream,
+        d.state.limits.idle_timeout,
+        &d.state.shutdown,
+    )
+    .await;
+    d.allow(Reason::Tunnel(end), addr, head.len() as u64 + up, down);
+}
+
+/// Reads until the bytes say something ([`peek`] is no longer
+/// `NeedMore`), [`MAX_PEEK`] bytes arrived, the client stopped sending, or
+/// `wait` passed. Returns the bytes (to replay) and what they say.
+async fn read_head(client: &mut TcpStream, wait: Duration) -> (Vec<u8>, Peeked) {
+    let mut head = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let room = MAX_PEEK.saturating_sub(head.len()).min(buf.len());
+        if room == 0 {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, client.read(&mut buf[..room])).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+            // EOF, error or time: what we have is all there is.
+            _ => break,
+        }
+        if peek(&head) != Peeked::NeedMore {
+            break;
+        }
+    }
+    let peeked = peek(&head);
+    (head, peeked)
+}
