@@ -162,6 +162,7 @@ impl From<ProxyArgs> for ProxyConfig {
                 ..Default::default()
             },
             sandbox: String::new(),
+            audit: false,
         }
     }
 }
@@ -256,6 +257,14 @@ pub struct ExecArgs {
     #[arg(long, short)]
     pub quiet: bool,
 
+    /// Audit mode: refuse nothing new; every connection, send or proxy
+    /// request the policy would refuse goes ahead and is recorded as a
+    /// `would-deny` event naming the rule. Cloud metadata, link-local and
+    /// other addresses no rule opens, and the host protection, stay refused.
+    /// The profile's filesystem rules are not applied.
+    #[arg(long)]
+    pub audit: bool,
+
     /// The daemon's socket: with `--enforcer auto` or `bpf`, the sandbox is
     /// made by the daemon whenever it answers there.
     #[arg(
@@ -305,6 +314,7 @@ impl From<ExecArgs> for ExecRequest {
             user: a.user,
             allow_degraded: a.allow_degraded,
             quiet: a.quiet,
+            audit: a.audit,
             daemon_socket: (!a.no_daemon).then_some(a.daemon_socket),
             proxy: a.proxy.into(),
             command: a.command,

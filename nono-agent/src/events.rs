@@ -14,9 +14,16 @@ pub struct Line {
     pub key: &'static str,
     /// Whether it is a denial (only denials are counted in the summary).
     pub deny: bool,
+    /// Whether it is an audit record: refused by the policy, let through
+    /// (counted apart in the summary).
+    pub would_deny: bool,
     /// The JSON object, without newline.
     pub json: Vec<u8>,
 }
+
+/// The verdict of an audit record: refused by the policy, let through
+/// because the sandbox runs in audit mode.
+pub const WOULD_DENY: &str = "would-deny";
 
 /// Where concurrent producers (the proxy) send events.
 pub type EventTx = tokio::sync::mpsc::UnboundedSender<Line>;
@@ -103,6 +110,7 @@ impl ProxyRecord {
         Line {
             key: "proxy",
             deny: self.verdict == "deny",
+            would_deny: self.verdict == WOULD_DENY,
             json: serde_json::to_vec(&env).unwrap_or_default(),
         }
     }
@@ -126,7 +134,8 @@ impl EventRecord {
     pub fn into_line(self) -> Line {
         Line {
             key: self.hook,
-            deny: true,
+            deny: self.verdict == "deny",
+            would_deny: self.verdict == WOULD_DENY,
             json: serde_json::to_vec(&self).unwrap_or_default(),
         }
     }
@@ -143,7 +152,7 @@ pub struct EventRecord {
     pub source: &'static str,
     /// Enforcement point.
     pub hook: &'static str,
-    /// Always "deny" for kernel events (allows are not reported).
+    /// "deny", or "would-deny" in audit mode (allows are not reported).
     pub verdict: &'static str,
     /// Why.
     pub reason: &'static str,
@@ -192,7 +201,11 @@ pub fn record(ev: &DenyEvent, sandbox: &str, now: SystemTime) -> EventRecord {
         sandbox: sandbox.to_string(),
         source: "bpf",
         hook: hook.map(Hook::name).unwrap_or("unknown"),
-        verdict: "deny",
+        verdict: if ev.verdict == nono_common::EVENT_WOULD_DENY {
+            WOULD_DENY
+        } else {
+            "deny"
+        },
         reason: Reason::from_u32(ev.reason)
             .map(Reason::name)
             .unwrap_or("unknown"),
@@ -250,6 +263,8 @@ pub struct Output {
     extra: Option<std::fs::File>,
     /// Denials counted so far.
     pub summary: Summary,
+    /// Every line, kept for `learn` (see [`Output::keep_lines`]).
+    kept: Option<Vec<Vec<u8>>>,
 }
 
 /// Errors of the event output.
@@ -292,7 +307,19 @@ impl Output {
             sink,
             extra: None,
             summary: Summary::default(),
+            kept: None,
         })
+    }
+
+    /// Keeps every event line from now on (without newline), for
+    /// [`Output::kept_lines`].
+    pub fn keep_lines(&mut self) {
+        self.kept.get_or_insert_with(Vec::new);
+    }
+
+    /// The lines kept since [`Output::keep_lines`].
+    pub fn kept_lines(&mut self) -> Vec<Vec<u8>> {
+        self.kept.take().unwrap_or_default()
     }
 
     /// Also appends every event to `path` (created 0640 if missing).
@@ -315,6 +342,9 @@ impl Output {
     pub fn take(&mut self, mut line: Line) {
         use std::io::Write as _;
         self.summary.count(&line);
+        if let Some(k) = &mut self.kept {
+            k.push(line.json.clone());
+        }
         line.json.push(b'\n');
         let _ = match &mut self.sink {
             Sink::None => Ok(()),
@@ -332,6 +362,8 @@ impl Output {
 pub struct Summary {
     by_hook: BTreeMap<&'static str, u64>,
     total: u64,
+    /// Audit records: refusals let through.
+    would_deny: u64,
     /// Events the kernel could not queue (ring buffer full).
     pub dropped: u64,
 }
@@ -341,6 +373,9 @@ impl Summary {
     pub fn count(&mut self, line: &Line) {
         if line.deny {
             self.add(line.key);
+        }
+        if line.would_deny {
+            self.would_deny += 1;
         }
     }
 
@@ -355,8 +390,10 @@ impl Summary {
         self.total + self.dropped
     }
 
-    /// The one-line summary printed on stderr at exit.
-    pub fn line(&self, sandbox: &str) -> String {
+    /// The one-line summary printed on stderr at exit; `audit`: the
+    /// sandbox ran in audit mode (the would-deny count is added).
+    pub fn line(&self, sandbox: &str, audit: bool) -> String {
+        let audit_would_deny = audit.then_some(self.would_deny);
         let mut s = format!("nono-agent: sandbox {sandbox}: {} denied", self.total());
         if !self.by_hook.is_empty() || self.dropped > 0 {
             let mut parts: Vec<String> = self
@@ -369,7 +406,15 @@ impl Summary {
             }
             s.push_str(&format!(" ({})", parts.join(", ")));
         }
+        if let Some(n) = audit_would_deny {
+            s.push_str(&format!("; audit: {n} would have been denied"));
+        }
         s
+    }
+
+    /// Audit records counted (refusals let through).
+    pub fn would_deny(&self) -> u64 {
+        self.would_deny
     }
 }
 
@@ -407,7 +452,7 @@ mod tests {
             protocol: 6,
             addr,
             port,
-            _pad: 0,
+            verdict: 0,
             reason: Reason::NotAllowed as u32,
         }
     }
@@ -548,13 +593,25 @@ mod tests {
     #[test]
     fn summary_line() {
         let mut s = Summary::default();
-        assert_eq!(s.line("x"), "nono-agent: sandbox x: 0 denied");
+        assert_eq!(s.line("x", false), "nono-agent: sandbox x: 0 denied");
         s.add("connect4");
         s.add("connect4");
         s.add("sock_create");
         assert_eq!(
-            s.line("x"),
+            s.line("x", false),
             "nono-agent: sandbox x: 3 denied (connect4: 2, sock_create: 1)"
+        );
+        s.count(&Line {
+            key: "connect4",
+            deny: false,
+            would_deny: true,
+            json: Vec::new(),
+        });
+        assert_eq!(s.total(), 3);
+        assert_eq!(
+            s.line("x", true),
+            "nono-agent: sandbox x: 3 denied (connect4: 2, sock_create: 1); \
+             audit: 1 would have been denied"
         );
     }
 }

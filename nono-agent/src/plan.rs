@@ -56,6 +56,8 @@ pub struct ExecRequest {
     pub user: Option<String>,
     pub allow_degraded: bool,
     pub quiet: bool,
+    /// Audit mode (`--audit`).
+    pub audit: bool,
     /// The daemon socket to try (`None`: never use the daemon).
     pub daemon_socket: Option<PathBuf>,
     pub proxy: ProxyConfig,
@@ -76,6 +78,10 @@ pub struct Plan {
     pub allow_degraded: bool,
     /// No enforcer line, no summary.
     pub quiet: bool,
+    /// Audit mode: the enforcers and the proxy let through what a rule
+    /// could allow and record it as would-deny; the filesystem rules are
+    /// not applied (the host protection is).
+    pub audit: bool,
     /// The daemon socket to try (`None`: never use the daemon).
     pub daemon_socket: Option<PathBuf>,
     /// Where events go (`-` = stdout).
@@ -145,9 +151,13 @@ impl KernelPolicy {
     }
 
     /// The policy the enforcers read, with the sandbox proxy's ports added
-    /// to narrowed loopback (a narrowed sandbox still reaches its proxy).
-    pub fn policy(&self, proxy_ports: &[u16]) -> Policy {
+    /// to narrowed loopback (a narrowed sandbox still reaches its proxy);
+    /// `audit` sets its audit flag.
+    pub fn policy(&self, proxy_ports: &[u16], audit: bool) -> Policy {
         let mut p = Policy::DENY_ALL;
+        if audit {
+            p.audit = nono_common::AUDIT_ON;
+        }
         p.loopback_any = LOOPBACK_ANY;
         for (slot, ep) in p.proxies.iter_mut().zip(&self.endpoints) {
             let d = match ep {
@@ -254,7 +264,10 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         user = req.user.clone();
     }
     allow_unix_sockets.extend(req.allow_unix_sockets.iter().cloned());
-    let proxy = proxy_wanted(&proxy).then(|| with_host_rules(proxy, &req.host));
+    // In audit mode the proxy always runs: names the command asks for are
+    // what audit is for, even when no rule would start a proxy.
+    proxy.audit = req.audit;
+    let proxy = (proxy_wanted(&proxy) || req.audit).then(|| with_host_rules(proxy, &req.host));
     let kernel = KernelPolicy::new(
         &req.proxy_endpoints,
         loopback_ports.as_deref(),
@@ -266,6 +279,7 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         allow_unenforced: req.allow_unenforced,
         allow_degraded: req.allow_degraded,
         quiet: req.quiet,
+        audit: req.audit,
         daemon_socket: req.daemon_socket.clone(),
         events: req.events.clone(),
         host_events: req.host.events.path.as_ref().map(|p| p.value.clone()),
@@ -320,6 +334,10 @@ impl Plan {
         } else {
             "auto-run files read-only in a user namespace, system files by host permissions"
         };
+        if self.audit && self.fs.is_some() {
+            let name = self.profile_name.as_deref().unwrap_or("default");
+            return format!("audit: the rules of profile {name} are not applied ({protected})");
+        }
         match (&self.profile_name, self.fs.is_some()) {
             (Some(name), _) => format!("profile {name} ({protected})"),
             (None, true) => format!("profile default with --read/--write/--exec ({protected})"),
@@ -371,7 +389,7 @@ mod tests {
         ));
         let p = KernelPolicy::new(&many[..16], None, false)
             .unwrap()
-            .policy(&[]);
+            .policy(&[], false);
         assert_eq!(p.n_proxies, 16);
         assert_eq!(p.loopback_any, LOOPBACK_ANY);
     }
@@ -379,12 +397,14 @@ mod tests {
     #[test]
     fn narrowed_loopback_keeps_the_proxy_port() {
         let k = KernelPolicy::new(&[], Some(&[5432, 80, 5432]), true).unwrap();
-        let p = k.policy(&[41000]);
+        let p = k.policy(&[41000], false);
         assert_eq!(p.loopback_any, 0);
         assert_eq!(p.n_loopback_ports, 3);
         assert_eq!(&p.loopback_ports[..3], &[80, 5432, 41000]);
         // Without narrowing, every port is open and the proxy port adds nothing.
-        let p = KernelPolicy::new(&[], None, true).unwrap().policy(&[41000]);
+        let p = KernelPolicy::new(&[], None, true)
+            .unwrap()
+            .policy(&[41000], false);
         assert_eq!(p.loopback_any, LOOPBACK_ANY);
         assert_eq!(p.n_loopback_ports, 0);
     }

@@ -67,7 +67,8 @@ mod tests {
     extern crate std;
     use super::*;
     use crate::{
-        audit_verdict, canonical_v4, Verdict, decide_connect, decide_egress, decide_ingress, decide_sendmsg, Dest,
+        audit_verdict, canonical_v4, decide_connect, decide_egress, decide_ingress, decide_sendmsg,
+        Dest, Verdict,
     };
     use proptest::prelude::*;
 

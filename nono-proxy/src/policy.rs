@@ -7,7 +7,7 @@
 
 use ipnet::IpNet;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use crate::pattern::{normalize_host, DomainRule, NameError, Origin};
@@ -209,6 +209,25 @@ fn host_origin(o: &Origin) -> String {
 }
 
 impl Refusal {
+    /// Whether audit mode may let this refusal through: only what a rule
+    /// of a profile or the command line could allow. Invalid names,
+    /// addresses no rule opens (`nono_common::never_allowed`) and the host
+    /// configuration's denials stay refused.
+    pub fn auditable(&self) -> bool {
+        match self {
+            Self::NotAllowed { .. } | Self::IpNotCovered { .. } | Self::Private { .. } => {
+                match self {
+                    Self::IpNotCovered { ip, .. } | Self::Private { ip, .. } => {
+                        nono_common::never_allowed(&canonical16(*ip)).is_none()
+                    }
+                    _ => true,
+                }
+            }
+            Self::Denied { rule, .. } => !matches!(rule.origin, Origin::HostConfig { .. }),
+            Self::CidrDenied { .. } | Self::Never { .. } | Self::InvalidHost(_) => false,
+        }
+    }
+
     /// The rule that refused, if a rule did (rather than the absence of one
     /// or a fixed range).
     pub fn rule(&self) -> Option<Rule> {
@@ -366,42 +385,24 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// Ranges no rule can open: link-local (cloud metadata lives there),
-/// well-known metadata addresses, multicast, broadcast, unspecified.
+/// well-known metadata addresses, multicast, broadcast, unspecified. The
+/// decision is `nono_common::never_allowed`, which audit mode shares with
+/// the kernel enforcers.
 fn check_always_blocked(ip: IpAddr) -> Result<(), Refusal> {
-    let why = match ip {
-        IpAddr::V4(v4) => {
-            if v4.is_link_local() {
-                Some("link-local 169.254.0.0/16 (cloud metadata)")
-            } else if v4 == Ipv4Addr::new(100, 100, 100, 200) {
-                Some("the Alibaba Cloud metadata address")
-            } else if v4.is_multicast() {
-                Some("multicast")
-            } else if v4.is_broadcast() {
-                Some("broadcast")
-            } else if v4.octets()[0] == 0 {
-                Some("0.0.0.0/8 (this network)")
-            } else {
-                None
-            }
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            if (s[0] & 0xffc0) == 0xfe80 {
-                Some("link-local fe80::/10")
-            } else if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
-                Some("the AWS IPv6 metadata address fd00:ec2::254")
-            } else if v6.is_multicast() {
-                Some("multicast")
-            } else if v6.is_unspecified() {
-                Some("the unspecified address")
-            } else {
-                None
-            }
-        }
-    };
-    match why {
-        Some(range) => Err(Refusal::Never { ip, range }),
+    match nono_common::never_allowed(&canonical16(ip)) {
+        Some(range) => Err(Refusal::Never {
+            ip,
+            range: range.description(),
+        }),
         None => Ok(()),
+    }
+}
+
+/// The 16-byte canonical form `nono_common` judges (v4 as v4-mapped).
+fn canonical16(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
     }
 }
 

@@ -95,7 +95,7 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         .iter()
         .flat_map(|p| p.addrs.iter().map(|a| a.port()))
         .collect();
-    let policy = plan.kernel.policy(&proxy_ports);
+    let policy = plan.kernel.policy(&proxy_ports, plan.audit);
     timing.mark("proxy");
     let mut daemon = connect_daemon(&plan);
     // As root the state directory is needed through the daemon too: the
@@ -146,6 +146,12 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         None => apply_enforcer(&plan, &mut res, &policy, privileged)?,
     };
     timing.mark("enforcer applied");
+    if plan.audit && !plan.quiet {
+        eprintln!(
+            "nono-agent: AUDIT MODE: what the policy refuses goes ahead and is recorded as \
+             would-deny (cloud metadata, link-local and the host protection stay refused)"
+        );
+    }
     if !plan.quiet {
         eprintln!(
             "nono-agent: filesystem: {}",
@@ -367,7 +373,7 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     timing.mark("teardown");
     timing.report();
     if !plan.quiet {
-        eprintln!("{}", out.summary.line(&id));
+        eprintln!("{}", out.summary.line(&id, plan.audit));
     }
 
     Ok(match status {
@@ -465,7 +471,9 @@ async fn resume(path: PathBuf, id: String, token: String) -> Option<AsyncClient>
 /// The Landlock domain: the profile's rules, or the baseline (scopes only)
 /// without filesystem rules.
 fn prepare_landlock(plan: &Plan) -> Result<Option<landlock::Prepared>> {
-    Ok(match &plan.fs {
+    // Audit mode applies no filesystem rules (only the scopes).
+    let rules = if plan.audit { None } else { plan.fs.as_ref() };
+    Ok(match rules {
         Some(rules) => {
             let l = landlock::prepare(rules, plan.allow_degraded)?;
             for d in &l.degraded {

@@ -95,7 +95,10 @@ fn only_destination_refusals_are_auditable() {
         Reason::DeviceBinding,
         Reason::Unspecified,
     ] {
-        let d = Decision { allow: false, reason: r };
+        let d = Decision {
+            allow: false,
+            reason: r,
+        };
         assert_eq!(audit_verdict(d, &public.addr, true), Verdict::Deny, "{r:?}");
     }
 }
