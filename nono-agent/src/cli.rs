@@ -34,6 +34,10 @@ pub enum Command {
     /// Run CMD in a new sandbox: it may connect to 127.0.0.1 / ::1 on any
     /// port and to the proxy endpoints, nothing else.
     Exec(ExecArgs),
+    /// Run CMD once in audit mode (as `exec --audit`, same options) and
+    /// write a profile that extends the base (`--profile`, default
+    /// `default`) with what CMD needed.
+    Learn(LearnArgs),
     /// Remove sandboxes left behind by agents that died (kills their
     /// processes first).
     Cleanup(CleanupArgs),
@@ -321,6 +325,22 @@ impl From<ExecArgs> for ExecRequest {
             host: crate::config::HostConfig::default(),
         }
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LearnArgs {
+    /// Where to write the learned profile (TOML).
+    #[arg(short = 'o', long = "output", value_name = "FILE", required = true)]
+    pub output: PathBuf,
+
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Every `exec` option; `--profile` names the base the learned profile
+    /// extends (default: `default`). `--audit` is implied.
+    #[command(flatten)]
+    pub exec: ExecArgs,
 }
 
 #[derive(Debug, clap::Args)]

@@ -32,6 +32,29 @@ use nono_proxy as proxy;
 
 /// Runs the command; returns the exit code for the agent.
 pub async fn run(req: ExecRequest) -> Result<i32> {
+    Ok(run_keeping(req, false).await?.code)
+}
+
+/// How a run ended: the exit code for the agent, and (when asked for) every
+/// event line, for `learn`.
+pub struct Finished {
+    /// The command's exit code (or 126/127 when it could not be started).
+    pub code: i32,
+    /// Every event line (JSON, no newline), when `keep` was given.
+    pub lines: Vec<Vec<u8>>,
+}
+
+impl Finished {
+    fn code(code: i32) -> Self {
+        Self {
+            code,
+            lines: Vec::new(),
+        }
+    }
+}
+
+/// [`run`], keeping every event line when `keep` is set.
+pub async fn run_keeping(req: ExecRequest, keep: bool) -> Result<Finished> {
     let mut timing = Timing::new();
     let (cmd, _) = req
         .command
@@ -41,7 +64,7 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         Ok(p) => p,
         Err(e) => {
             eprintln!("nono-agent: {e}");
-            return Ok(e.exit_code());
+            return Ok(Finished::code(e.exit_code()));
         }
     };
     // The host configuration: fail closed if it cannot be used.
@@ -50,6 +73,9 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     // Everything the user asked for is checked before anything is created.
     let plan = plan::build(&req)?;
     let mut out = events::Output::open(plan.events.as_deref())?;
+    if keep {
+        out.keep_lines();
+    }
     if let Some(p) = &plan.host_events {
         if let Err(e) = out.add_file(p) {
             eprintln!(
@@ -233,11 +259,11 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         Ok(c) => c,
         Err(spawn::SpawnError::Child(spawn::Stage::Exec, e)) => {
             eprintln!("nono-agent: {}: {e}", program.display());
-            return Ok(if e.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(Finished::code(if e.raw_os_error() == Some(libc::ENOENT) {
                 127
             } else {
                 126
-            });
+            }));
         }
         Err(e) => return Err(e).context("starting the command in the sandbox"),
     };
@@ -376,9 +402,12 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         eprintln!("{}", out.summary.line(&id, plan.audit));
     }
 
-    Ok(match status {
-        spawn::Exit::Code(c) => c,
-        spawn::Exit::Signal(sig) => 128 + sig,
+    Ok(Finished {
+        code: match status {
+            spawn::Exit::Code(c) => c,
+            spawn::Exit::Signal(sig) => 128 + sig,
+        },
+        lines: out.kept_lines(),
     })
 }
 

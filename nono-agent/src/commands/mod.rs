@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod doctor;
 pub mod exec;
+pub mod learn;
 pub mod profile;
 pub mod proxy;
 
@@ -21,6 +22,7 @@ pub const EXIT_AGENT_ERROR: i32 = 125;
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Exec(args) => runtime()?.block_on(exec::run(args.into())),
+        Command::Learn(args) => runtime()?.block_on(learn::run(args)),
         Command::Cleanup(args) => cleanup::run(args),
         Command::Doctor(args) => doctor::run(args.json, &args.daemon_socket),
         Command::Daemon(args) => runtime()?.block_on(daemon::run(args)),
