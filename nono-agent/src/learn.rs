@@ -325,7 +325,7 @@ pub fn render(base: &Base, obs: &Observations, fs: &Filesystem) -> String {
         .collect();
     for e in &domains {
         let mut c = times(e.count);
-        if e.names.len() > 1 || e.names.first() != Some(&e.rule) {
+        if e.rule.starts_with("*.") {
             let _ = write!(c, ": {}", e.names.join(", "));
         }
         lines.push((quoted(&e.rule), c));
