@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -189,6 +190,8 @@ pub struct Base {
     pub flag_cidrs: Vec<String>,
     /// `--loopback-port` values of the learn command line.
     pub flag_loopback_ports: Vec<u16>,
+    /// `--read`, `--write`, `--exec` values of the learn command line.
+    pub flag_fs: crate::profile::FsPolicy,
 }
 
 /// How the filesystem part of the run was observed.
@@ -198,11 +201,97 @@ pub enum Filesystem {
     Unavailable(String),
     /// Paths read and written outside the base, with counts.
     Learned {
-        /// Paths read (or executed) outside the base.
+        /// Paths read (or executed) outside the base, with how many
+        /// processes opened them.
         read: BTreeMap<String, u64>,
-        /// Paths written outside the base.
+        /// Paths written outside the base (with processes, as `read`).
         write: BTreeMap<String, u64>,
+        /// Paths not learned because a profile could not name them safely.
+        rejected: u64,
+        /// Filesystems that could not be watched.
+        unmarked: Vec<String>,
     },
+}
+
+/// Directories a learned write rule never names (the file written is
+/// named instead): write access to all of them would be far more than one
+/// file written there needs.
+const TOO_BROAD: &[&str] = &[
+    "/", "/bin", "/boot", "/etc", "/home", "/lib", "/lib32", "/lib64", "/opt", "/root", "/run",
+    "/sbin", "/srv", "/usr", "/var", "/var/lib",
+];
+
+/// Paths a profile never names: pseudo filesystems (refused as write rules
+/// anyway, and covered by the base where they matter).
+const NEVER_LEARNED: &[&str] = &["/proc", "/sys", "/dev"];
+
+/// The filesystem part of a profile from what the run opened and wrote
+/// (`sandbox::fswatch::Seen`): paths the base does not already cover. A
+/// file read is learned as itself; a file written as its directory (new
+/// files need the directory's rights, and a rule on a file that does not
+/// exist yet is skipped), unless that directory is `$HOME` or a system
+/// directory, then as the file. The child chooses file names, so a path
+/// that is not UTF-8, holds a control character or a `$` (which profile
+/// expansion would read as a variable) is not learned, only counted.
+pub fn filesystem(
+    read: &BTreeMap<PathBuf, u64>,
+    write: &BTreeMap<PathBuf, u64>,
+    base: &crate::profile::FsPolicy,
+    home: Option<&Path>,
+    unmarked: Vec<String>,
+) -> Filesystem {
+    let covered = |p: &Path, rules: &[&Vec<PathBuf>]| {
+        rules.iter().any(|r| r.iter().any(|b| p.starts_with(b)))
+    };
+    let nameable = |p: &Path| -> Option<String> {
+        let s = p.to_str()?;
+        let ok = p.is_absolute()
+            && !s.contains('$')
+            && !s.chars().any(char::is_control)
+            && !NEVER_LEARNED.iter().any(|n| p.starts_with(n));
+        ok.then(|| s.to_string())
+    };
+    let mut rejected = 0u64;
+    let mut w: BTreeMap<String, u64> = BTreeMap::new();
+    for (p, n) in write {
+        if covered(p, &[&base.write]) {
+            continue;
+        }
+        let dir = p.parent().unwrap_or(p);
+        let broad = TOO_BROAD.iter().any(|b| dir == Path::new(b)) || Some(dir) == home;
+        let target = if broad { p.as_path() } else { dir };
+        match nameable(target) {
+            Some(s) => *w.entry(s).or_default() += n,
+            None => rejected += 1,
+        }
+    }
+    let mut r: BTreeMap<String, u64> = BTreeMap::new();
+    for (p, n) in read {
+        if covered(p, &[&base.read, &base.write, &base.exec]) {
+            continue;
+        }
+        // Listing `/`, `$HOME` or a system directory (shells and `ls` open
+        // their working directory): a rule there would grant reading all
+        // beneath it. Not learned.
+        if TOO_BROAD.iter().any(|b| p == Path::new(b)) || Some(p.as_path()) == home {
+            rejected += 1;
+            continue;
+        }
+        // Written there too: the write rule covers reading.
+        if w.keys().any(|d| p.starts_with(d)) {
+            continue;
+        }
+        match nameable(p) {
+            Some(s) => *r.entry(s).or_default() += n,
+            None => rejected += 1,
+        }
+    }
+    Filesystem::Learned {
+        read: r,
+        write: w,
+        rejected,
+        unmarked,
+    }
 }
 
 /// A domain entry after collapsing: the rule text, how often it was seen,
@@ -292,6 +381,15 @@ fn times(n: u64) -> String {
         "seen once".to_string()
     } else {
         format!("seen {n} times")
+    }
+}
+
+/// How many processes opened a path (see `sandbox::fswatch::Seen`).
+fn processes(n: u64) -> String {
+    if n == 1 {
+        "opened by 1 process".to_string()
+    } else {
+        format!("opened by {n} processes")
     }
 }
 
@@ -411,22 +509,57 @@ pub fn render(base: &Base, obs: &Observations, fs: &Filesystem) -> String {
 
     let _ = writeln!(t);
     let _ = writeln!(t, "[filesystem]");
+    let flag = |paths: &[PathBuf]| -> Vec<(String, String)> {
+        paths
+            .iter()
+            .filter_map(|p| p.to_str())
+            .map(|p| (quoted(p), "given on the learn command line".to_string()))
+            .collect()
+    };
+    let (mut fr, mut fw, fx) = (
+        flag(&base.flag_fs.read),
+        flag(&base.flag_fs.write),
+        flag(&base.flag_fs.exec),
+    );
     match fs {
         Filesystem::Unavailable(why) => {
             for l in why.lines() {
+                let l: String = l.chars().filter(|c| !c.is_control()).collect();
                 let _ = writeln!(t, "# Filesystem learning was not available: {l}");
             }
             let _ = writeln!(t, "# The base profile's paths apply unchanged.");
         }
-        Filesystem::Learned { read, write } => {
-            let r: Vec<(String, String)> =
-                read.iter().map(|(p, n)| (quoted(p), times(*n))).collect();
-            let w: Vec<(String, String)> =
-                write.iter().map(|(p, n)| (quoted(p), times(*n))).collect();
-            list(&mut t, "read", &r);
-            list(&mut t, "write", &w);
+        Filesystem::Learned {
+            read,
+            write,
+            rejected,
+            unmarked,
+        } => {
+            let _ = writeln!(
+                t,
+                "# Files the run opened outside the base (reads: each file; writes: the\n\
+                 # directory written in). Paths that do not exist when a sandbox starts\n\
+                 # are skipped."
+            );
+            fr.extend(read.iter().map(|(p, n)| (quoted(p), processes(*n))));
+            fw.extend(write.iter().map(|(p, n)| (quoted(p), processes(*n))));
+            if *rejected > 0 {
+                let _ = writeln!(
+                    t,
+                    "# Not learned: {rejected} path(s) a profile cannot name safely (not UTF-8, \
+                     control characters, '$', /proc, /sys, /dev, or listing $HOME or a system \
+                     directory)"
+                );
+            }
+            for u in unmarked {
+                let u: String = u.chars().filter(|c| !c.is_control()).collect();
+                let _ = writeln!(t, "# Not watched: {u}");
+            }
         }
     }
+    list(&mut t, "read", &fr);
+    list(&mut t, "write", &fw);
+    list(&mut t, "exec", &fx);
     t
 }
 

@@ -22,8 +22,8 @@ use crate::enforcer::{self, Applied, Choice, Host, Requested};
 use crate::events;
 use crate::plan::{self, ExecRequest, Plan};
 use crate::sandbox::{
-    cgroup, child::ChildSetup, command_path, daemons, hide, landlock, privileges, pty, reap,
-    registry, relay, spawn, sweep, teardown::Resources, users,
+    cgroup, child::ChildSetup, command_path, daemons, fswatch, hide, landlock, privileges, pty,
+    reap, registry, relay, spawn, sweep, teardown::Resources, users,
 };
 use crate::signals::Forwarder;
 use crate::timing::Timing;
@@ -42,6 +42,9 @@ pub struct Finished {
     pub code: i32,
     /// Every event line (JSON, no newline), when `keep` was given.
     pub lines: Vec<Vec<u8>>,
+    /// With `keep`: the files the sandbox's processes opened and wrote
+    /// (`sandbox::fswatch`, root only), or why they could not be watched.
+    pub files: Result<fswatch::Seen, String>,
 }
 
 impl Finished {
@@ -49,6 +52,7 @@ impl Finished {
         Self {
             code,
             lines: Vec::new(),
+            files: Err("the command did not run".into()),
         }
     }
 }
@@ -234,6 +238,13 @@ pub async fn run_keeping(req: ExecRequest, keep: bool) -> Result<Finished> {
         None => None,
     };
 
+    // `learn`: watch the files the sandbox's processes use (root: a
+    // fanotify filesystem mark, told apart by the sandbox's own mounts).
+    let watch = if keep {
+        Some(start_file_watch(privileged))
+    } else {
+        None
+    };
     reap::become_subreaper();
     let child_pid = Arc::new(AtomicI32::new(0));
     let _forwarder = Forwarder::start(child_pid.clone()).context("installing signal handlers")?;
@@ -269,6 +280,9 @@ pub async fn run_keeping(req: ExecRequest, keep: bool) -> Result<Finished> {
     };
     timing.mark("spawn");
     child_pid.store(child.pid, Ordering::SeqCst);
+    if let Some(Ok(w)) = &watch {
+        w.sandbox_started(child.pid);
+    }
     let mut dconn: Option<AsyncClient> = match daemon.take() {
         Some(mut c) => {
             for raw in std::mem::take(&mut c.early_events) {
@@ -364,6 +378,11 @@ pub async fn run_keeping(req: ExecRequest, keep: bool) -> Result<Finished> {
         }
     }
     reap::kill_descendants();
+    let files = match watch {
+        Some(Ok(w)) => Ok(w.finish()),
+        Some(Err(why)) => Err(why),
+        None => Err("not asked for".into()),
+    };
     if let Some(p) = proxy {
         p.stop().await;
     }
@@ -408,7 +427,17 @@ pub async fn run_keeping(req: ExecRequest, keep: bool) -> Result<Finished> {
             spawn::Exit::Signal(sig) => 128 + sig,
         },
         lines: out.kept_lines(),
+        files,
     })
+}
+
+/// Starts the filesystem watch for `learn`, or says why there is none.
+fn start_file_watch(privileged: bool) -> Result<fswatch::Watch, String> {
+    if !privileged {
+        return Err("it needs root (a fanotify filesystem mark); this run was unprivileged".into());
+    }
+    let mountinfo = crate::mountinfo::read().map_err(|e| e.to_string())?;
+    fswatch::Watch::start(&mountinfo).map_err(|e| util::chain(&e))
 }
 
 /// The command's own pseudo-terminal, when the agent's stdin is a terminal

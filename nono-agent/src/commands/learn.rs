@@ -42,6 +42,11 @@ pub async fn run(args: LearnArgs) -> Result<i32> {
         .map(|c| c.text.clone())
         .collect();
     let flag_loopback_ports = exec_args.loopback_ports.clone();
+    let flag_fs = crate::profile::FsPolicy {
+        read: exec_args.read.clone(),
+        write: exec_args.write.clone(),
+        exec: exec_args.exec.clone(),
+    };
     let mut req: ExecRequest = exec_args.into();
     req.audit = true;
     let spec = req
@@ -70,6 +75,7 @@ pub async fn run(args: LearnArgs) -> Result<i32> {
         flag_domains,
         flag_cidrs,
         flag_loopback_ports,
+        flag_fs: flag_fs.clone(),
     };
 
     let finished = exec::run_keeping(req, true).await?;
@@ -79,16 +85,48 @@ pub async fn run(args: LearnArgs) -> Result<i32> {
             obs.observe(&v);
         }
     }
-    let fs = Filesystem::Unavailable(
-        "this version records no filesystem accesses in audit mode (the base's rules were \
-         not applied during the run, so paths it does not list may be missing here)"
-            .to_string(),
-    );
+    let fs = match &finished.files {
+        Ok(seen) => {
+            if seen.unattributed > 0 {
+                eprintln!(
+                    "nono-agent: {} file event(s) came from processes that had exited before \
+                     they could be told apart (the command's or another's); any of the \
+                     command's among them are not in the profile",
+                    seen.unattributed
+                );
+            }
+            if seen.overflow {
+                eprintln!(
+                    "nono-agent: WARNING: the kernel's file event queue overflowed: the \
+                     profile may lack paths the command used"
+                );
+            }
+            let mut covered = base_profile.filesystem.clone();
+            covered.read.extend(flag_fs.read.iter().cloned());
+            covered.write.extend(flag_fs.write.iter().cloned());
+            covered.exec.extend(flag_fs.exec.iter().cloned());
+            let home = std::env::var_os("HOME").map(PathBuf::from);
+            learn::filesystem(
+                &seen.read,
+                &seen.write,
+                &covered,
+                home.as_deref(),
+                seen.unmarked.clone(),
+            )
+        }
+        Err(why) => Filesystem::Unavailable(why.clone()),
+    };
     let text = learn::render(&base, &obs, &fs);
     write_checked(&output, &text, force, &ctx)?;
+    let files = match &fs {
+        Filesystem::Learned { read, write, .. } => {
+            format!("{} path(s) read, {} written", read.len(), write.len())
+        }
+        Filesystem::Unavailable(_) => "filesystem not learned".to_string(),
+    };
     eprintln!(
         "nono-agent: learned profile written to {} ({} host name(s), {} address(es), {} loopback \
-         port(s); filesystem not learned)",
+         port(s); {files})",
         output.display(),
         obs.names.len(),
         obs.addresses.len(),

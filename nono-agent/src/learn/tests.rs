@@ -268,3 +268,95 @@ mod prop {
         }
     }
 }
+
+mod files {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn map(paths: &[&str]) -> BTreeMap<PathBuf, u64> {
+        paths.iter().map(|p| (PathBuf::from(p), 1)).collect()
+    }
+
+    fn base_fs() -> crate::profile::FsPolicy {
+        crate::profile::FsPolicy {
+            read: vec!["/usr".into(), "/etc".into()],
+            write: vec!["/tmp".into()],
+            exec: vec!["/usr".into()],
+        }
+    }
+
+    #[test]
+    fn only_paths_outside_the_base_and_writes_as_their_directory() {
+        let fs = filesystem(
+            &map(&[
+                "/usr/lib/libc.so.6",
+                "/tmp/x",
+                "/home/u/.config/tool/conf.toml",
+                "/srv/data/out/partial",
+                "/home/u",
+                "/",
+            ]),
+            &map(&[
+                "/tmp/y",
+                "/srv/data/out/result.json",
+                "/home/u/.tool-history",
+                "/etc/motd",
+            ]),
+            &base_fs(),
+            Some(Path::new("/home/u")),
+            Vec::new(),
+        );
+        let Filesystem::Learned {
+            read,
+            write,
+            rejected,
+            ..
+        } = &fs
+        else {
+            panic!("{fs:?}")
+        };
+        assert_eq!(
+            read.keys().collect::<Vec<_>>(),
+            ["/home/u/.config/tool/conf.toml"]
+        );
+        // $HOME and /etc are too broad: the file itself.
+        assert_eq!(
+            write.keys().collect::<Vec<_>>(),
+            ["/etc/motd", "/home/u/.tool-history", "/srv/data/out"]
+        );
+        assert_eq!(*rejected, 2, "listing / and $HOME");
+        let text = render(&base(), &Observations::default(), &fs);
+        let p = validates(&text);
+        assert!(p.filesystem.write.contains(&PathBuf::from("/srv/data/out")));
+    }
+
+    #[test]
+    fn hostile_file_names_are_not_learned() {
+        let fs = filesystem(
+            &map(&[
+                "/srv/$HOME/x",
+                "/srv/a\nwrite = [\"/\"]",
+                "/proc/1/environ",
+                "rel/path",
+            ]),
+            &map(&["/srv/${X}/f", "/srv/q\"uote/f"]),
+            &base_fs(),
+            None,
+            vec!["/mnt/odd\nname: EXDEV".into()],
+        );
+        let text = render(&base(), &Observations::default(), &fs);
+        let p = validates(&text);
+        // The base's paths, then the one learned.
+        assert_eq!(
+            p.filesystem.write.last(),
+            Some(&PathBuf::from("/srv/q\"uote")),
+            "{text}"
+        );
+        assert!(!p.filesystem.write.contains(&PathBuf::from("/")), "{text}");
+        assert!(text.contains("# Not learned: 5 path(s)"), "{text}");
+        assert!(
+            text.contains("# Not watched: /mnt/oddname: EXDEV"),
+            "{text}"
+        );
+    }
+}

@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod child;
 pub mod command_path;
 pub mod daemons;
+pub mod fswatch;
 pub mod hide;
 pub mod landlock;
 pub mod netns;

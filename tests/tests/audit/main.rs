@@ -162,7 +162,7 @@ get literal http://{SERVER}:8080/audit/{tag}/literal
 py loopback "import socket; s=socket.create_connection(('127.0.0.1',{l}),timeout=5); s.sendall(b'loopback-{tag}'); s.close()"
 py udp "import socket; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.sendto(b'udp-{tag}',('{SERVER}',{u}))"
 py direct "import socket; s=socket.create_connection(('{SERVER}',{d}),timeout=5); s.sendall(b'direct-{tag}'); s.close()"
-( echo written > {outside}/out-{tag} ) 2>/dev/null && echo "write ok" || echo "write refused"
+echo written 2>/dev/null > {outside}/out-{tag} && echo "write ok" || echo "write refused"
 "#
         );
         if with_metadata {
@@ -468,14 +468,8 @@ fn learn_then_enforce(mode: Mode) {
     let dir = rig.lab.scratch("learn");
     let base = write_base(&dir);
     let learned = dir.join("learned.toml");
-    // The workload without the write outside the profile (filesystem
-    // accesses are not learned yet) and without metadata.
-    let script = rig
-        .script(&tag, false, false)
-        .lines()
-        .filter(|l| !l.contains("written >"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    // The workload without metadata.
+    let script = rig.script(&tag, false, false);
     let out = learn(&rig, mode, &base, &learned, &script);
     assert!(out.status.success(), "learn failed\n{}", out.describe());
     let text = fs::read_to_string(&learned).expect("learned profile written");
@@ -497,7 +491,10 @@ fn learn_then_enforce(mode: Mode) {
         &format!("{},  # seen once", rig.loopback.addr.port()),
         "1,  # from the base profile",
         &format!("#   udp to {SERVER}:{} (seen once)", rig.udp_port()),
-        "Filesystem learning was not available",
+        &format!(
+            "write = [\n    \"{}\",  # opened by 1 process\n]",
+            rig.outside.0.display()
+        ),
     ] {
         assert!(
             text.contains(want),
@@ -512,12 +509,26 @@ fn learn_then_enforce(mode: Mode) {
     assert_eq!(refused.code(), 125, "{}", refused.describe());
     assert!(refused.stderr.contains("--force"), "{}", refused.describe());
     let again = dir.join("again.toml");
+    let first_out = out;
     let out = learn(&rig, mode, &base, &again, &script);
     assert!(out.status.success(), "{}", out.describe());
-    assert_eq!(
-        fs::read_to_string(&again).unwrap(),
-        text,
-        "learning twice gave different files"
+    let second = fs::read_to_string(&again).unwrap();
+    let first_lines: Vec<&str> = text.lines().collect();
+    let second_lines: Vec<&str> = second.lines().collect();
+    let only_first: Vec<&&str> = first_lines
+        .iter()
+        .filter(|l| !second_lines.contains(l))
+        .collect();
+    let only_second: Vec<&&str> = second_lines
+        .iter()
+        .filter(|l| !first_lines.contains(l))
+        .collect();
+    assert!(
+        second == text,
+        "learning twice gave different files: only in the first {only_first:#?}, only in the \
+         second {only_second:#?}\nfirst run: {}\nsecond run: {}",
+        first_out.describe(),
+        out.describe()
     );
 
     // Enforcing under the learned profile: the workload (only what goes
@@ -526,15 +537,16 @@ fn learn_then_enforce(mode: Mode) {
     let enforce_script: String = rig
         .script(&tag, false, true)
         .lines()
-        .filter(|l| {
-            !l.starts_with("py udp") && !l.starts_with("py direct") && !l.contains("written >")
-        })
+        .filter(|l| !l.starts_with("py udp") && !l.starts_with("py direct"))
         .collect::<Vec<_>>()
         .join("\n")
         .replace(
             &format!("/audit/{tag}/"),
             &format!("/audit/{tag}-enforced/"),
         );
+    // The learn run's file goes, so that the enforced run's write shows.
+    let written = rig.outside.0.join(format!("out-{tag}"));
+    fs::remove_file(&written).expect("the learn run wrote its file");
     let events = dir.join("enforced.jsonl");
     let sb = sandbox(
         &rig,
@@ -549,6 +561,7 @@ fn learn_then_enforce(mode: Mode) {
         ("three", "200"),
         ("literal", "200"),
         ("loopback", "ok"),
+        ("write", "ok"),
         ("fourth", "403"),
     ] {
         assert_eq!(
@@ -576,6 +589,32 @@ fn learn_then_enforce(mode: Mode) {
         0,
         "enforced: the fourth host was reached"
     );
+    assert!(
+        written.exists(),
+        "enforced: the learned write did not happen"
+    );
+    // Without the learned profile the same write is refused (the base does
+    // not allow it): the learned rule is what lets it through.
+    let sb = sandbox(
+        &rig,
+        mode,
+        &["--profile", &base.display().to_string()],
+        None,
+    );
+    let (r, out) = rig.run(
+        &sb,
+        &format!(
+            "echo x 2>/dev/null > {}/refused && echo \"write ok\" || echo \"write refused\"\n",
+            rig.outside.0.display()
+        ),
+    );
+    assert_eq!(
+        r.get("write").map(String::as_str),
+        Some("refused"),
+        "{}",
+        out.describe()
+    );
+    assert!(!rig.outside.0.join("refused").exists());
     // The only denial is the fourth host.
     let denials: Vec<Value> = read_jsonl(&events)
         .into_iter()
@@ -590,6 +629,11 @@ fn learn_then_enforce(mode: Mode) {
 #[test]
 fn learn_then_enforce_bpf() {
     learn_then_enforce(Mode::Bpf);
+}
+
+#[test]
+fn learn_then_enforce_daemon() {
+    learn_then_enforce(Mode::Daemon);
 }
 
 #[test]
