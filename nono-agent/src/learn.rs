@@ -56,6 +56,8 @@ impl Observations {
         let ok = match ev.get("source").and_then(Value::as_str) {
             Some("proxy") => self.observe_proxy(ev),
             Some("bpf") | Some("seccomp") => self.observe_kernel(ev),
+            // Learned from the watch itself (`filesystem`), not its events.
+            Some("filesystem") => true,
             _ => false,
         };
         if !ok {

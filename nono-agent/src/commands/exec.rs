@@ -240,7 +240,9 @@ pub async fn run_keeping(req: ExecRequest, keep: bool) -> Result<Finished> {
 
     // `learn`: watch the files the sandbox's processes use (root: a
     // fanotify filesystem mark, told apart by the sandbox's own mounts).
-    let watch = if keep {
+    // `exec --audit` with filesystem rules watches too: what the rules
+    // would have refused is recorded as would-deny at the end.
+    let watch = if keep || (plan.audit && plan.fs.is_some()) {
         Some(start_file_watch(privileged))
     } else {
         None
@@ -383,6 +385,19 @@ pub async fn run_keeping(req: ExecRequest, keep: bool) -> Result<Finished> {
         Some(Err(why)) => Err(why),
         None => Err("not asked for".into()),
     };
+    if plan.audit {
+        match (&files, &plan.fs) {
+            (Ok(seen), Some(rules)) => {
+                for line in file_audit_lines(seen, rules, &id) {
+                    out.take(line);
+                }
+            }
+            (Err(why), Some(_)) if !plan.quiet => eprintln!(
+                "nono-agent: audit: filesystem accesses outside the profile are not recorded: {why}"
+            ),
+            _ => {}
+        }
+    }
     if let Some(p) = proxy {
         p.stop().await;
     }
@@ -429,6 +444,62 @@ pub async fn run_keeping(req: ExecRequest, keep: bool) -> Result<Finished> {
         lines: out.kept_lines(),
         files,
     })
+}
+
+/// The would-deny events of `exec --audit` for the files the profile's
+/// rules would have refused (the same judgement `learn` makes: a read
+/// outside every rule, a write outside the write rules).
+fn file_audit_lines(
+    seen: &fswatch::Seen,
+    rules: &landlock::FsRules,
+    id: &str,
+) -> Vec<events::Line> {
+    let profile = crate::profile::FsPolicy {
+        read: rules.read.clone(),
+        write: rules.write.clone(),
+        exec: rules.exec.clone(),
+    };
+    let ts = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+    let mut lines = Vec::new();
+    let judged = [
+        ("write", &seen.write, &[&profile.write][..]),
+        (
+            "open",
+            &seen.read,
+            &[&profile.read, &profile.write, &profile.exec][..],
+        ),
+    ];
+    for (hook, paths, allowed) in judged {
+        for (path, n) in paths {
+            if allowed
+                .iter()
+                .any(|r| r.iter().any(|b| path.starts_with(b)))
+            {
+                continue;
+            }
+            // A read of a file the run also wrote is part of that write.
+            if hook == "open" && seen.write.contains_key(path) {
+                continue;
+            }
+            let rec = serde_json::json!({
+                "ts": ts,
+                "sandbox": id,
+                "source": "filesystem",
+                "hook": hook,
+                "verdict": events::WOULD_DENY,
+                "reason": "not-in-profile",
+                "path": path.to_string_lossy(),
+                "processes": n,
+            });
+            lines.push(events::Line {
+                key: "filesystem",
+                deny: false,
+                would_deny: true,
+                json: serde_json::to_vec(&rec).unwrap_or_default(),
+            });
+        }
+    }
+    lines
 }
 
 /// Starts the filesystem watch for `learn`, or says why there is none.

@@ -413,6 +413,15 @@ fn audit_workload(mode: Mode) {
         &|e| e["source"] == source && e["addr"] == SERVER && e["port"] == rig.direct.addr.port(),
         "the direct connection",
     );
+    let written = rig.outside.0.join(format!("out-{tag}"));
+    find(
+        &|e| {
+            e["source"] == "filesystem"
+                && e["hook"] == "write"
+                && e["path"] == written.display().to_string()
+        },
+        "the write outside the profile",
+    );
     // The literal's would-deny names no rule (none would have refused it by
     // name), and the proxy's refusal of metadata stays a denial.
     assert!(
