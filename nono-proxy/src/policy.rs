@@ -511,6 +511,47 @@ mod tests {
         assert!(p.check_target(&name("allowed.test"), 443).is_err());
     }
 
+    /// Audit lifts what a profile or flag could allow, nothing else: not
+    /// the addresses no rule opens, not the host configuration's denials,
+    /// not invalid names.
+    #[test]
+    fn audit_lifts_only_what_a_rule_could_allow() {
+        let p = policy(&[], &["denied.test"], &[]);
+        let refusal = |host: &str, port: u16| p.check_target(&name(host), port).unwrap_err();
+        assert!(refusal("other.test", 443).auditable());
+        assert!(refusal("denied.test", 443).auditable());
+        assert!(refusal("198.51.100.7", 80).auditable());
+        for never in ["169.254.169.254", "fe80::1", "fd00:ec2::254", "64:ff9b::a9fe:a9fe"] {
+            let r = refusal(never, 80);
+            assert!(!r.auditable(), "{never}: {r}");
+        }
+        assert!(p
+            .check_resolved("10.0.0.1".parse().unwrap(), 80)
+            .unwrap_err()
+            .auditable());
+        assert!(!p
+            .check_resolved("169.254.169.254".parse().unwrap(), 80)
+            .unwrap_err()
+            .auditable());
+        let host_rule: DomainRule = "host.test".parse().unwrap();
+        let host_rule = host_rule.with_origin(Origin::HostConfig {
+            file: "/etc/nono-agent/config.toml".into(),
+            line: 2,
+        });
+        let hp = ProxyPolicy {
+            deny: vec![host_rule],
+            deny_cidrs: vec!["203.0.113.0/24".parse().unwrap()],
+            cidrs: vec!["203.0.113.0/24".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(!hp.check_target(&name("host.test"), 443).unwrap_err().auditable());
+        assert!(!hp
+            .check_target(&name("203.0.113.9"), 443)
+            .unwrap_err()
+            .auditable());
+        assert!(!Target::parse("bad_name.test").unwrap_err().auditable());
+    }
+
     #[test]
     fn ip_literals_need_cidr_and_metadata_is_never_allowed() {
         let p = policy(
