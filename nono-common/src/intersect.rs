@@ -114,6 +114,17 @@ mod tests {
             })
     }
 
+    /// A sandbox asking for audit from inside an enforcing one enforces.
+    #[test]
+    fn audit_needs_both_sides() {
+        let mut audit = Policy::DENY_ALL;
+        audit.audit = AUDIT_ON;
+        let enforce = Policy::DENY_ALL;
+        assert_eq!(audit.intersect(&enforce).audit, 0);
+        assert_eq!(enforce.intersect(&audit).audit, 0);
+        assert_eq!(audit.intersect(&audit).audit, AUDIT_ON);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
         #[test]

@@ -521,7 +521,12 @@ mod tests {
         assert!(refusal("other.test", 443).auditable());
         assert!(refusal("denied.test", 443).auditable());
         assert!(refusal("198.51.100.7", 80).auditable());
-        for never in ["169.254.169.254", "fe80::1", "fd00:ec2::254", "64:ff9b::a9fe:a9fe"] {
+        for never in [
+            "169.254.169.254",
+            "fe80::1",
+            "fd00:ec2::254",
+            "64:ff9b::a9fe:a9fe",
+        ] {
             let r = refusal(never, 80);
             assert!(!r.auditable(), "{never}: {r}");
         }
@@ -544,7 +549,10 @@ mod tests {
             cidrs: vec!["203.0.113.0/24".parse().unwrap()],
             ..Default::default()
         };
-        assert!(!hp.check_target(&name("host.test"), 443).unwrap_err().auditable());
+        assert!(!hp
+            .check_target(&name("host.test"), 443)
+            .unwrap_err()
+            .auditable());
         assert!(!hp
             .check_target(&name("203.0.113.9"), 443)
             .unwrap_err()

@@ -79,6 +79,17 @@ pub async fn run(args: LearnArgs) -> Result<i32> {
     };
 
     let finished = exec::run_keeping(req, true).await?;
+    // In audit mode the command may write what the user can: a base given
+    // as a path it can reach could be rewritten during the run, and the
+    // learned profile extends it by name. Refuse to write a profile over a
+    // base that changed.
+    let after = profile::load(&spec, &ctx).ok();
+    if after.as_ref().map(|p| format!("{p:?}")) != Some(format!("{base_profile:?}")) {
+        bail!(
+            "the base profile {spec} changed (or became unreadable) while the command ran; \
+             nothing was written (keep the base where the command cannot write it)"
+        );
+    }
     let mut obs = Observations::default();
     for line in &finished.lines {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) {

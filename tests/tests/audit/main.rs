@@ -730,3 +730,39 @@ PY
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// In audit mode the command can write what the user can, the base profile
+/// too when it is a file it can reach: `learn` then writes nothing rather
+/// than a profile that extends a base the command chose.
+#[test]
+fn learn_refuses_a_base_the_command_rewrote() {
+    let rig = Rig::new(Mode::Bpf, "rewrite");
+    let dir = rig.lab.scratch("rewrite");
+    let base = write_base(&dir);
+    let learned = dir.join("learned.toml");
+    let script = format!(
+        "printf 'extends = \"default\"\\n[network]\\nallow_domains = [\"*.evil.test\"]\\n' > {} \
+         && echo \"rewrote ok\"\n",
+        base.display()
+    );
+    let mut sb = sandbox(
+        &rig,
+        Mode::Bpf,
+        &["--profile", &base.display().to_string()],
+        None,
+    );
+    sb.subcommand = vec!["learn".into(), "-o".into(), learned.display().to_string()];
+    let (r, out) = rig.run(&sb, &script);
+    assert_eq!(
+        r.get("rewrote").map(String::as_str),
+        Some("ok"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(out.code(), 125, "{}", out.describe());
+    assert!(out.stderr.contains("changed"), "{}", out.describe());
+    assert!(
+        !learned.exists(),
+        "a profile was written over a rewritten base"
+    );
+}
