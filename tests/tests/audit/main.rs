@@ -766,3 +766,34 @@ fn learn_refuses_a_base_the_command_rewrote() {
         "a profile was written over a rewritten base"
     );
 }
+
+/// Unprivileged there is no fanotify: the profile says filesystem learning
+/// was not available (and learns the network part as ever).
+#[test]
+fn unprivileged_learn_says_filesystem_learning_was_not_available() {
+    use nono_tests::runner::RunAs;
+    use nono_tests::sys::{self, TempDir};
+    sys::require_prereqs();
+    let user = RunAs::fresh();
+    let tmp = TempDir::new("learn-user");
+    tmp.chown(user.uid, user.gid);
+    let out_file = tmp.path("learned.toml");
+    let mut cmd = Command::new("setpriv");
+    cmd.args(user.setpriv_args())
+        .arg(sys::agent_bin())
+        .args(["learn", "--enforcer", "seccomp", "--no-daemon", "-o"])
+        .arg(&out_file)
+        .args(["--", "true"])
+        .current_dir(&tmp.0)
+        .env("HOME", &tmp.0)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("NONO_AGENT_DAEMON_SOCKET");
+    let out = sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT);
+    assert!(out.status.success(), "{}", out.describe());
+    let text = fs::read_to_string(&out_file).expect("learned profile");
+    assert!(
+        text.contains("# Filesystem learning was not available: it needs root"),
+        "{text}"
+    );
+    assert!(text.contains("extends = \"default\""), "{text}");
+}
