@@ -100,16 +100,17 @@ pub async fn run(args: LearnArgs) -> Result<i32> {
         Ok(seen) => {
             if seen.unattributed > 0 {
                 eprintln!(
-                    "nono-agent: {} file event(s) came from processes that had exited before \
-                     they could be told apart (the command's or another's); any of the \
-                     command's among them are not in the profile",
+                    "nono-agent: {} file event(s) arrived before the sandbox's mounts could be \
+                     read and could not be told apart; any of the command's among them are not \
+                     in the profile",
                     seen.unattributed
                 );
             }
             if seen.overflow {
                 eprintln!(
-                    "nono-agent: WARNING: the kernel's file event queue overflowed: the \
-                     profile may lack paths the command used"
+                    "nono-agent: WARNING: file events were lost (the kernel's queue overflowed, \
+                     or the command opened more distinct files than are kept): the profile may \
+                     lack paths the command used"
                 );
             }
             let mut covered = base_profile.filesystem.clone();

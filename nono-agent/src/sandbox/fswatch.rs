@@ -83,7 +83,8 @@ pub struct Seen {
     /// The sandbox's mounts could not be read: events of unknown mounts
     /// that could not be told apart.
     pub unattributed: u64,
-    /// The kernel's queue overflowed: events were lost.
+    /// Events were lost: the kernel's queue overflowed, or more distinct
+    /// paths were opened than are kept.
     pub overflow: bool,
     /// Filesystems that could not be marked (mount point: why).
     pub unmarked: Vec<String>,
@@ -251,6 +252,7 @@ fn run(
         ..Seen::default()
     };
     let mut pending: Vec<Pending> = Vec::new();
+    // (path, pid, write) already counted; bounded like the maps.
     let mut counted: HashSet<(PathBuf, i32, bool)> = HashSet::new();
     loop {
         let mut fds = [
@@ -265,7 +267,14 @@ fn run(
         drain(&group, known.as_ref(), &mut pending, &mut seen);
         if let Some(ids) = &known {
             for p in pending.drain(..) {
-                if ids.contains(&p.mnt) && counted.insert((p.path.clone(), p.pid, p.write)) {
+                if !ids.contains(&p.mnt) {
+                    continue;
+                }
+                if counted.len() >= 4 * MAX_PATHS {
+                    seen.overflow = true;
+                    continue;
+                }
+                if counted.insert((p.path.clone(), p.pid, p.write)) {
                     record(&mut seen, p.path, p.write);
                 }
             }
@@ -281,12 +290,21 @@ fn run(
     }
 }
 
+/// Distinct paths kept per kind: a command that opens a million files
+/// cannot make the agent hold a million paths (the profile lists at most
+/// `learn::MAX_ENTRIES` anyway); past this, events count as lost.
+const MAX_PATHS: usize = 65536;
+
 fn record(seen: &mut Seen, path: PathBuf, write: bool) {
     let into = if write {
         &mut seen.write
     } else {
         &mut seen.read
     };
+    if into.len() >= MAX_PATHS && !into.contains_key(&path) {
+        seen.overflow = true;
+        return;
+    }
     *into.entry(path).or_default() += 1;
 }
 
