@@ -263,9 +263,12 @@ pub struct Output {
     extra: Option<std::fs::File>,
     /// Denials counted so far.
     pub summary: Summary,
-    /// Every line, kept for `learn` (see [`Output::keep_lines`]).
-    kept: Option<Vec<Vec<u8>>>,
+    /// Sees every line as it is written (`learn`).
+    observer: Option<Observer>,
 }
+
+/// What sees every event line ([`Output::observe_with`]).
+pub type Observer = Box<dyn FnMut(&[u8]) + Send>;
 
 /// Errors of the event output.
 #[derive(Debug, thiserror::Error)]
@@ -307,19 +310,15 @@ impl Output {
             sink,
             extra: None,
             summary: Summary::default(),
-            kept: None,
+            observer: None,
         })
     }
 
-    /// Keeps every event line from now on (without newline), for
-    /// [`Output::kept_lines`].
-    pub fn keep_lines(&mut self) {
-        self.kept.get_or_insert_with(Vec::new);
-    }
-
-    /// The lines kept since [`Output::keep_lines`].
-    pub fn kept_lines(&mut self) -> Vec<Vec<u8>> {
-        self.kept.take().unwrap_or_default()
+    /// Hands every event line from now on (JSON, no newline) to `f`, as it
+    /// is written: `learn` folds them into what it learns, so nothing
+    /// grows with the number of events.
+    pub fn observe_with(&mut self, f: Observer) {
+        self.observer = Some(f);
     }
 
     /// Also appends every event to `path` (created 0640 if missing).
@@ -342,8 +341,8 @@ impl Output {
     pub fn take(&mut self, mut line: Line) {
         use std::io::Write as _;
         self.summary.count(&line);
-        if let Some(k) = &mut self.kept {
-            k.push(line.json.clone());
+        if let Some(f) = &mut self.observer {
+            f(&line.json);
         }
         line.json.push(b'\n');
         let _ = match &mut self.sink {

@@ -44,6 +44,22 @@ pub struct Observations {
     /// Records that were not learned because they were malformed or named
     /// something that is not a host name.
     pub rejected: u64,
+    /// Records not kept because a list already held [`MAX_OBSERVED`]
+    /// distinct entries.
+    pub dropped: u64,
+}
+
+/// Distinct entries kept per list while observing: a command that asks for
+/// millions of names cannot grow the agent without bound.
+pub const MAX_OBSERVED: usize = 65536;
+
+/// Counts `key` in `map` unless the map is full of other keys.
+fn bump<K: Ord>(map: &mut BTreeMap<K, u64>, key: K, dropped: &mut u64) {
+    if map.len() >= MAX_OBSERVED && !map.contains_key(&key) {
+        *dropped += 1;
+        return;
+    }
+    *map.entry(key).or_default() += 1;
 }
 
 impl Observations {
@@ -74,7 +90,7 @@ impl Observations {
         if let Some(addr) = ev.get("addr").and_then(Value::as_str) {
             return match addr.parse::<IpAddr>() {
                 Ok(ip) if learnable_ip(ip) => {
-                    *self.addresses.entry((ip, port)).or_default() += 1;
+                    bump(&mut self.addresses, (ip, port), &mut self.dropped);
                     true
                 }
                 _ => false,
@@ -85,7 +101,7 @@ impl Observations {
         };
         match Target::parse(host) {
             Ok(Target::Ip(ip)) if learnable_ip(ip) => {
-                *self.addresses.entry((ip, port)).or_default() += 1;
+                bump(&mut self.addresses, (ip, port), &mut self.dropped);
                 true
             }
             Ok(Target::Name(name)) if name == host && rule_for(&name, port).is_some() => {
@@ -99,7 +115,7 @@ impl Observations {
                 } else {
                     &mut self.names
                 };
-                *into.entry((name, port)).or_default() += 1;
+                bump(into, (name, port), &mut self.dropped);
                 true
             }
             _ => false,
@@ -126,12 +142,12 @@ impl Observations {
         if hook.starts_with("bind") || hook == "listen" {
             // A bind to a real interface's address: nothing a profile says.
             let kind = format!("{hook} to");
-            *self.direct.entry((kind, ip, port)).or_default() += 1;
+            bump(&mut self.direct, (kind, ip, port), &mut self.dropped);
             return true;
         }
         let reason = ev.get("reason").and_then(Value::as_str).unwrap_or("");
         if reason == nono_common::Reason::LoopbackPort.name() && port != 0 {
-            *self.loopback_ports.entry(port).or_default() += 1;
+            bump(&mut self.loopback_ports, port, &mut self.dropped);
             return true;
         }
         if nono_common::never_allowed(&canonical16(ip)).is_some() {
@@ -142,7 +158,11 @@ impl Observations {
             Some("stream") => "tcp to",
             _ => "to",
         };
-        *self.direct.entry((kind.to_string(), ip, port)).or_default() += 1;
+        bump(
+            &mut self.direct,
+            (kind.to_string(), ip, port),
+            &mut self.dropped,
+        );
         true
     }
 }
@@ -500,6 +520,13 @@ pub fn render(base: &Base, obs: &Observations, fs: &Filesystem) -> String {
         for ((name, port), n) in obs.denied_by_base.iter().take(MAX_ENTRIES) {
             let _ = writeln!(t, "#   {name}:{port} ({})", times(*n));
         }
+    }
+    if obs.dropped > 0 {
+        let _ = writeln!(
+            t,
+            "# Not learned: {} record(s) past {MAX_OBSERVED} distinct entries in one list",
+            obs.dropped
+        );
     }
     if obs.rejected > 0 {
         let _ = writeln!(

@@ -32,7 +32,7 @@ use nono_proxy as proxy;
 
 /// Runs the command; returns the exit code for the agent.
 pub async fn run(req: ExecRequest) -> Result<i32> {
-    Ok(run_keeping(req, false).await?.code)
+    Ok(run_observed(req, None).await?.code)
 }
 
 /// How a run ended: the exit code for the agent, and (when asked for) every
@@ -40,9 +40,7 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
 pub struct Finished {
     /// The command's exit code (or 126/127 when it could not be started).
     pub code: i32,
-    /// Every event line (JSON, no newline), when `keep` was given.
-    pub lines: Vec<Vec<u8>>,
-    /// With `keep`: the files the sandbox's processes opened and wrote
+    /// With an observer (`learn`): the files the sandbox's processes opened and wrote
     /// (`sandbox::fswatch`, root only), or why they could not be watched.
     pub files: Result<fswatch::Seen, String>,
 }
@@ -51,14 +49,18 @@ impl Finished {
     fn code(code: i32) -> Self {
         Self {
             code,
-            lines: Vec::new(),
             files: Err("the command did not run".into()),
         }
     }
 }
 
-/// [`run`], keeping every event line when `keep` is set.
-pub async fn run_keeping(req: ExecRequest, keep: bool) -> Result<Finished> {
+/// [`run`], handing every event line to `observer` when one is given
+/// (`learn`), which also watches the files the sandbox uses.
+pub async fn run_observed(
+    req: ExecRequest,
+    observer: Option<events::Observer>,
+) -> Result<Finished> {
+    let keep = observer.is_some();
     let mut timing = Timing::new();
     let (cmd, _) = req
         .command
@@ -77,8 +79,8 @@ pub async fn run_keeping(req: ExecRequest, keep: bool) -> Result<Finished> {
     // Everything the user asked for is checked before anything is created.
     let plan = plan::build(&req)?;
     let mut out = events::Output::open(plan.events.as_deref())?;
-    if keep {
-        out.keep_lines();
+    if let Some(f) = observer {
+        out.observe_with(f);
     }
     if let Some(p) = &plan.host_events {
         if let Err(e) = out.add_file(p) {
@@ -441,7 +443,6 @@ pub async fn run_keeping(req: ExecRequest, keep: bool) -> Result<Finished> {
             spawn::Exit::Code(c) => c,
             spawn::Exit::Signal(sig) => 128 + sig,
         },
-        lines: out.kept_lines(),
         files,
     })
 }

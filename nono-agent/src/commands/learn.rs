@@ -78,7 +78,17 @@ pub async fn run(args: LearnArgs) -> Result<i32> {
         flag_fs: flag_fs.clone(),
     };
 
-    let finished = exec::run_keeping(req, true).await?;
+    let observed = std::sync::Arc::new(std::sync::Mutex::new(Observations::default()));
+    let sink = observed.clone();
+    let observer: crate::events::Observer = Box::new(move |line: &[u8]| {
+        if let (Ok(v), Ok(mut o)) = (
+            serde_json::from_slice::<serde_json::Value>(line),
+            sink.lock(),
+        ) {
+            o.observe(&v);
+        }
+    });
+    let finished = exec::run_observed(req, Some(observer)).await?;
     // In audit mode the command may write what the user can: a base given
     // as a path it can reach could be rewritten during the run, and the
     // learned profile extends it by name. Refuse to write a profile over a
@@ -90,12 +100,10 @@ pub async fn run(args: LearnArgs) -> Result<i32> {
              nothing was written (keep the base where the command cannot write it)"
         );
     }
-    let mut obs = Observations::default();
-    for line in &finished.lines {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) {
-            obs.observe(&v);
-        }
-    }
+    let obs = observed
+        .lock()
+        .map(|o| o.clone())
+        .unwrap_or_else(|p| p.into_inner().clone());
     let fs = match &finished.files {
         Ok(seen) => {
             if seen.unattributed > 0 {

@@ -360,3 +360,17 @@ mod files {
         );
     }
 }
+
+#[test]
+fn a_flood_of_names_is_bounded() {
+    let mut o = Observations::default();
+    for i in 0..(MAX_OBSERVED + 10) {
+        o.observe(&proxy(&format!("n{i}.flood.test"), 443));
+    }
+    assert_eq!(o.names.len(), MAX_OBSERVED);
+    assert_eq!(o.dropped, 10);
+    let text = render(&base(), &o, &fs_none());
+    // Collapsed: one wildcard for the flood.
+    assert!(text.contains("\"*.flood.test\""), "{}", &text[..400]);
+    assert!(text.contains("10 record(s) past 65536"), "{}", &text[..400]);
+}
