@@ -30,6 +30,8 @@ pub enum PlanError {
     },
     #[error("{0}")]
     ProfileNotAllowed(String),
+    #[error("--audit: {0}; audit mode is refused on this host")]
+    AuditNotAllowed(String),
     #[error("too many --proxy-endpoint values: {0} given, at most {MAX_PROXY_ENDPOINTS}")]
     TooManyEndpoints(usize),
     #[error("--proxy-endpoint {0}: port 0 is not a valid endpoint")]
@@ -200,6 +202,11 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
             return Err(PlanError::ProfileNotAllowed(why));
         }
     }
+    if req.audit {
+        if let Some(why) = audit_refusal(&req.host, privileged) {
+            return Err(PlanError::AuditNotAllowed(why));
+        }
+    }
     // Under a host allowlist an unprivileged user's names resolve to the
     // administrator's (or built-in) profiles only.
     let restricted = req.host.profiles.allowed.is_some() && !privileged;
@@ -291,6 +298,39 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         user,
         allow_unix_sockets,
     })
+}
+
+/// Why the host configuration rules audit mode out, if it does. Audit lets
+/// the command connect directly to what the policy refuses, where only the
+/// proxy knows the host's deny rules and upstream proxy, and does not apply
+/// the profile, which an allowlist of profiles makes mandatory for
+/// unprivileged users: any of these in force would be lifted by `--audit`.
+pub fn audit_refusal(host: &HostConfig, privileged: bool) -> Option<String> {
+    let file = host
+        .file
+        .as_ref()
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| "the host configuration".into());
+    let n = &host.network;
+    if !n.deny_domains.is_empty() || !n.deny_cidrs.is_empty() {
+        return Some(format!(
+            "{file} denies destinations (deny_domains, deny_cidrs) that audit mode would let the \
+             command reach directly"
+        ));
+    }
+    if n.upstream_proxy.is_some() {
+        return Some(format!(
+            "{file} chains every sandbox to an upstream proxy, which audit mode would let the \
+             command go around"
+        ));
+    }
+    if host.profiles.allowed.is_some() && !privileged {
+        return Some(format!(
+            "{file} restricts the profiles unprivileged users may run with, whose rules audit \
+             mode does not apply"
+        ));
+    }
+    None
 }
 
 /// The proxy configuration with the host configuration's rules on top: its
@@ -450,6 +490,43 @@ mod tests {
             ..Default::default()
         };
         assert!(build(&req).unwrap().proxy.is_none());
+    }
+
+    #[test]
+    fn a_host_configuration_with_denials_refuses_audit() {
+        let host = crate::config::parse(
+            "[network]\ndeny_cidrs = [\"10.0.0.0/8\"]\n",
+            "/etc/nono-agent/config.toml",
+        )
+        .unwrap();
+        let req = ExecRequest {
+            host,
+            audit: true,
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        let e = build(&req).err().expect("audit refused");
+        assert!(e.to_string().contains("deny_cidrs"), "{e}");
+        // Without --audit the same host configuration is fine, and audit
+        // without one too.
+        assert!(build(&ExecRequest {
+            audit: false,
+            ..req.clone()
+        })
+        .is_ok());
+        let plain = ExecRequest {
+            audit: true,
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        assert!(build(&plain).unwrap().audit);
+        let host = crate::config::parse(
+            "[profiles]\nallowed = [\"ci-node\"]\n",
+            "/etc/nono-agent/config.toml",
+        )
+        .unwrap();
+        assert!(audit_refusal(&host, false).is_some());
+        assert!(audit_refusal(&host, true).is_none());
     }
 
     #[test]
