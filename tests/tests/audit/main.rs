@@ -797,3 +797,41 @@ fn unprivileged_learn_says_filesystem_learning_was_not_available() {
     );
     assert!(text.contains("extends = \"default\""), "{text}");
 }
+
+/// A host configuration with deny rules rules audit out: audit mode would
+/// let the command connect directly, around the proxy that enforces them.
+/// Nothing runs (the marker file is not created) and `learn` writes nothing.
+#[test]
+fn host_denials_refuse_audit_and_learn() {
+    use nono_tests::sys::{self, TempDir};
+    use std::os::unix::fs::PermissionsExt as _;
+    sys::require_prereqs();
+    let tmp = TempDir::new("audit-hostcfg");
+    let etc = tmp.path("etc");
+    fs::create_dir_all(&etc).unwrap();
+    fs::set_permissions(&etc, fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = etc.join("config.toml");
+    fs::write(&cfg, "[network]\ndeny_cidrs = [\"198.51.100.0/24\"]\n").unwrap();
+    fs::set_permissions(&cfg, fs::Permissions::from_mode(0o644)).unwrap();
+    let marker = tmp.path("ran");
+    let learned = tmp.path("learned.toml");
+    for sub in [
+        vec!["exec".to_string(), "--audit".into()],
+        vec![
+            "learn".to_string(),
+            "-o".into(),
+            learned.display().to_string(),
+        ],
+    ] {
+        let mut cmd = Command::new(sys::agent_bin());
+        cmd.args(&sub)
+            .args(["--no-daemon", "--", "touch"])
+            .arg(&marker)
+            .env("NONO_AGENT_CONFIG", &cfg);
+        let out = sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT);
+        assert_eq!(out.code(), 125, "{sub:?}: {}", out.describe());
+        assert!(out.stderr.contains("deny_cidrs"), "{}", out.describe());
+        assert!(!marker.exists(), "{sub:?}: the command ran");
+    }
+    assert!(!learned.exists());
+}
