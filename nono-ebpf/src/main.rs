@@ -85,7 +85,7 @@ impl PolicyView for MapPolicy<'_> {
         };
         // SAFETY: the value is only tested for presence, never read, so a
         // concurrent update of the element cannot be observed half-written.
-        unsafe { LOOPBACK_PORTS.get(&key).is_some() }
+        unsafe { LOOPBACK_PORTS.get(key).is_some() }
     }
 
     #[inline(always)]
@@ -96,7 +96,7 @@ impl PolicyView for MapPolicy<'_> {
             _pad: [0; 4],
         };
         // SAFETY: as above, presence only.
-        unsafe { PROXIES.get(&key).is_some() }
+        unsafe { PROXIES.get(key).is_some() }
     }
 }
 
@@ -168,7 +168,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     if d.allow {
         if cgroup_hook_sees(family) {
-            if let Some(p) = SOCKETS.get_ptr_mut(&cgroup) {
+            if let Some(p) = SOCKETS.get_ptr_mut(cgroup) {
                 // SAFETY: the entry exists and this is this CPU's own slot.
                 unsafe { *p += 1 };
             }
@@ -248,7 +248,7 @@ fn on_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
 fn policy_of(cgroup: u64) -> Option<MapPolicy<'static>> {
     // SAFETY: entries are written whole by userspace (one map update) and
     // this program only reads them.
-    let settings = unsafe { POLICIES.get(&cgroup) }?;
+    let settings = unsafe { POLICIES.get(cgroup) }?;
     Some(MapPolicy { cgroup, settings })
 }
 
@@ -544,8 +544,7 @@ fn packet_end(ctx: &SkBuffContext, end: End) -> Option<(u32, u32, Dest)> {
         let l4 = l4 as u32;
         if frag & 0x1fff == 0
             && (l4 == consts::IPPROTO_TCP || l4 == consts::IPPROTO_UDP)
-            && ihl >= 20
-            && ihl <= 60
+            && (20..=60).contains(&ihl)
         {
             port = u16::from_be(ctx.load(ihl + if src { 0 } else { 2 }).ok()?);
         }

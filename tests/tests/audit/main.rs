@@ -144,7 +144,9 @@ impl Rig {
         }
     }
 
-    /// The workload: every step prints `STEP result`.
+    /// The workload: every step prints `STEP result`. Python is the
+    /// system's (`/usr/bin/python3`, which the base covers): a version
+    /// manager's shims elsewhere would put its own files in the profile.
     fn script(&self, tag: &str, with_metadata: bool, with_fourth: bool) -> String {
         let l = self.loopback.addr.port();
         let d = self.direct.addr.port();
@@ -154,7 +156,7 @@ impl Rig {
         let mut s = format!(
             r#"
 get() {{ printf '%s %s\n' "$1" "$(curl -sS --max-time 10 -o /dev/null -w '%{{http_code}}' "$2" 2>/dev/null)"; }}
-py() {{ python3 -c "$2" >/dev/null 2>&1 && echo "$1 ok" || echo "$1 refused"; }}
+py() {{ /usr/bin/python3 -c "$2" >/dev/null 2>&1 && echo "$1 ok" || echo "$1 refused"; }}
 get one http://one.audit.test/audit/{tag}/one
 get two http://two.audit.test/audit/{tag}/two
 get three http://three.elsewhere.test:8080/audit/{tag}/three
@@ -660,7 +662,7 @@ fn hostile_names_do_not_corrupt_the_profile() {
     let base = write_base(&dir);
     let learned = dir.join("learned.toml");
     let script = r#"
-python3 - <<'PY'
+/usr/bin/python3 - <<'PY'
 import os, socket
 proxy = os.environ["HTTP_PROXY"]
 auth = proxy.split("//")[1].split("@")[0]
