@@ -837,3 +837,83 @@ fn host_denials_refuse_audit_and_learn() {
     }
     assert!(!learned.exists());
 }
+
+/// `exec --audit` as an unprivileged user, under the seccomp supervisor and
+/// through the daemon: a TCP connection straight to the test host (which
+/// the oracle in the server namespace counts) goes through and is recorded
+/// as would-deny; the same connection without `--audit` is refused and
+/// never arrives.
+fn audit_unprivileged(e: nono_tests::runner::Enforcement) {
+    use nono_tests::netns::SERVER_V4;
+    use nono_tests::runner::{Harness, ProbeResult};
+    use nono_tests::sys::TempDir;
+    let h = Harness::new(env!("CARGO_BIN_EXE_nono-probe"));
+    let tmp = TempDir::new("audit-user");
+    let mut opts = h.opts(e);
+    if let Some(u) = opts.user {
+        tmp.chown(u.uid, u.gid);
+        opts.env.push(("HOME".into(), tmp.0.display().to_string()));
+    }
+    let probe = h.probe_for(&opts).display().to_string();
+    let run = |opts: &nono_tests::runner::ExecOpts, port: u16| {
+        h.oracle.listen_tcp(port);
+        let out = h.agent_exec(
+            opts,
+            &[
+                &probe,
+                "tcp4",
+                "--target",
+                &SERVER_V4.to_string(),
+                "--port",
+                &port.to_string(),
+            ],
+        );
+        h.oracle.settle();
+        (ProbeResult::parse(&out.stdout), out)
+    };
+    // Enforcing first: refused, nothing arrives (the connection is a real
+    // one: audit below shows it reaching the oracle).
+    let port = h.fx.port();
+    let (r, out) = run(&opts, port);
+    assert!(
+        r.as_ref().is_some_and(ProbeResult::denied),
+        "{r:?}\n{}",
+        out.describe()
+    );
+    assert_eq!(h.oracle.tcp_connections(port), 0);
+
+    let events = tmp.path("events.jsonl");
+    let mut audit = opts.clone();
+    audit.extra.push("--audit".into());
+    audit.events = Some(events.clone());
+    let port = h.fx.port();
+    let (r, out) = run(&audit, port);
+    assert!(
+        r.as_ref().is_some_and(|r| r.ok),
+        "{e:?}: {r:?}\n{}",
+        out.describe()
+    );
+    assert_eq!(h.oracle.tcp_connections(port), 1, "{}", out.describe());
+    let evs = read_jsonl(&events);
+    assert!(
+        evs.iter().any(|ev| ev["verdict"] == "would-deny"
+            && ev["addr"] == SERVER_V4.to_string()
+            && ev["port"] == port),
+        "{e:?}: no would-deny event in {evs:#?}"
+    );
+    assert!(
+        out.stderr.contains("would have been denied"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn audit_unprivileged_seccomp() {
+    audit_unprivileged(nono_tests::runner::Enforcement::SeccompUser);
+}
+
+#[test]
+fn audit_unprivileged_daemon() {
+    audit_unprivileged(nono_tests::runner::Enforcement::DaemonUser);
+}
