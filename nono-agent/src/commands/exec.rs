@@ -40,6 +40,8 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
 pub struct Finished {
     /// The command's exit code (or 126/127 when it could not be started).
     pub code: i32,
+    /// The command was started (false: not found or not executable).
+    pub ran: bool,
     /// With an observer (`learn`): the files the sandbox's processes opened and wrote
     /// (`sandbox::fswatch`, root only), or why they could not be watched.
     pub files: Result<fswatch::Seen, String>,
@@ -49,6 +51,7 @@ impl Finished {
     fn code(code: i32) -> Self {
         Self {
             code,
+            ran: false,
             files: Err("the command did not run".into()),
         }
     }
@@ -439,6 +442,7 @@ pub async fn run_observed(
     }
 
     Ok(Finished {
+        ran: true,
         code: match status {
             spawn::Exit::Code(c) => c,
             spawn::Exit::Signal(sig) => 128 + sig,

@@ -89,6 +89,10 @@ pub async fn run(args: LearnArgs) -> Result<i32> {
         }
     });
     let finished = exec::run_observed(req, Some(observer)).await?;
+    if !finished.ran {
+        eprintln!("nono-agent: the command did not start; no profile was written");
+        return Ok(finished.code);
+    }
     // In audit mode the command may write what the user can: a base given
     // as a path it can reach could be rewritten during the run, and the
     // learned profile extends it by name. Refuse to write a profile over a

@@ -917,3 +917,20 @@ fn audit_unprivileged_seccomp() {
 fn audit_unprivileged_daemon() {
     audit_unprivileged(nono_tests::runner::Enforcement::DaemonUser);
 }
+
+/// A command that cannot be started leaves no profile (and `learn` exits
+/// like `exec`: 127).
+#[test]
+fn learn_of_a_missing_command_writes_nothing() {
+    use nono_tests::sys::{self, TempDir};
+    sys::require_prereqs();
+    let tmp = TempDir::new("learn-missing");
+    let out_file = tmp.path("learned.toml");
+    let mut cmd = Command::new(sys::agent_bin());
+    cmd.args(["learn", "--no-daemon", "-o"])
+        .arg(&out_file)
+        .args(["--", "/nonexistent/nono-learn-test"]);
+    let out = sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT);
+    assert_eq!(out.code(), 127, "{}", out.describe());
+    assert!(!out_file.exists());
+}
