@@ -530,6 +530,11 @@ mod tests {
         let m = Metrics::new("abc");
         m.started();
         m.denial(&raw(Hook::Connect4 as u32, Reason::NotAllowed as u32));
+        // An audit record (the connection went ahead) is no denial.
+        let mut audited = raw(Hook::Connect4 as u32, Reason::NotAllowed as u32);
+        let off = core::mem::offset_of!(DenyEvent, verdict);
+        audited[off..off + 2].copy_from_slice(&nono_common::EVENT_WOULD_DENY.to_ne_bytes());
+        m.denial(&audited);
         m.request("create", true, Duration::from_millis(3));
         m.ring_dropped(5);
         m.ring_dropped(7);
