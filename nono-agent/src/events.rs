@@ -480,6 +480,25 @@ mod tests {
     }
 
     #[test]
+    fn audit_records_are_would_deny_and_counted_apart() {
+        let mut e = ev(Hook::Connect4, canonical_v4([198, 51, 100, 2]), 80);
+        e.verdict = nono_common::EVENT_WOULD_DENY;
+        let line = record(&e, "abc", SystemTime::UNIX_EPOCH).into_line();
+        assert!(line.would_deny && !line.deny);
+        assert!(String::from_utf8_lossy(&line.json).contains("\"verdict\":\"would-deny\""));
+        let mut s = Summary::default();
+        s.count(&line);
+        assert_eq!(s.total(), 0);
+        assert_eq!(s.would_deny(), 1);
+        let plain = record(
+            &ev(Hook::Connect4, [0; 16], 1),
+            "abc",
+            SystemTime::UNIX_EPOCH,
+        );
+        assert_eq!(plain.verdict, "deny");
+    }
+
+    #[test]
     fn sock_create_has_no_destination() {
         let r = record(&ev(Hook::SockCreate, [0; 16], 0), "abc", SystemTime::now());
         assert_eq!(r.addr, None);
