@@ -34,6 +34,10 @@ pub enum Command {
     /// Run CMD in a new sandbox: it may connect to 127.0.0.1 / ::1 on any
     /// port and to the proxy endpoints, nothing else.
     Exec(ExecArgs),
+    /// Run CMD once in audit mode (as `exec --audit`, same options) and
+    /// write a profile that extends the base (`--profile`, default
+    /// `default`) with what CMD needed.
+    Learn(LearnArgs),
     /// Remove sandboxes left behind by agents that died (kills their
     /// processes first).
     Cleanup(CleanupArgs),
@@ -206,6 +210,7 @@ impl From<ProxyArgs> for ProxyConfig {
                 ..Default::default()
             },
             sandbox: String::new(),
+            audit: false,
         }
     }
 }
@@ -320,6 +325,14 @@ pub struct ExecArgs {
     /// With --dry-run: the plan as JSON.
     #[arg(long, requires = "dry_run")]
     pub json: bool,
+
+    /// Audit mode: refuse nothing new; every connection, send or proxy
+    /// request the policy would refuse goes ahead and is recorded as a
+    /// `would-deny` event naming the rule. Cloud metadata, link-local and
+    /// other addresses no rule opens, and the host protection, stay refused.
+    /// The profile's filesystem rules are not applied.
+    #[arg(long)]
+    pub audit: bool,
 
     /// The daemon's socket: with `--enforcer auto` or `bpf`, the sandbox is
     /// made by the daemon whenever it answers there.
@@ -495,12 +508,29 @@ impl From<ExecArgs> for ExecRequest {
             } else {
                 crate::plan::DryRun::Text
             }),
+            audit: a.audit,
             daemon_socket: (!a.no_daemon).then_some(a.daemon_socket),
             proxy: a.proxy.into(),
             command: a.command,
             host: crate::config::HostConfig::default(),
         }
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LearnArgs {
+    /// Where to write the learned profile (TOML).
+    #[arg(short = 'o', long = "output", value_name = "FILE", required = true)]
+    pub output: PathBuf,
+
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Every `exec` option; `--profile` names the base the learned profile
+    /// extends (default: `default`). `--audit` is implied.
+    #[command(flatten)]
+    pub exec: ExecArgs,
 }
 
 #[derive(Debug, clap::Args)]

@@ -14,6 +14,9 @@ pub struct Line {
     pub key: &'static str,
     /// Whether it is a denial (only denials are counted in the summary).
     pub deny: bool,
+    /// Whether it is an audit record: refused by the policy, let through
+    /// (counted apart in the summary).
+    pub would_deny: bool,
     /// The JSON object, without newline.
     pub json: Vec<u8>,
     /// For a denial: the notice text (`denied connect to ...`), unescaped
@@ -41,6 +44,10 @@ pub fn is_command_output(path: &std::path::Path) -> Option<&'static str> {
             (ok && st.st_dev == target.dev() && st.st_ino == target.ino()).then_some(name)
         })
 }
+
+/// The verdict of an audit record: refused by the policy, let through
+/// because the sandbox runs in audit mode.
+pub const WOULD_DENY: &str = "would-deny";
 
 /// Where concurrent producers (the proxy) send events.
 pub type EventTx = tokio::sync::mpsc::UnboundedSender<Line>;
@@ -127,6 +134,7 @@ impl ProxyRecord {
         Line {
             key: "proxy",
             deny: self.verdict == "deny",
+            would_deny: self.verdict == WOULD_DENY,
             json: serde_json::to_vec(&env).unwrap_or_default(),
             notice: None,
         }
@@ -203,7 +211,8 @@ impl EventRecord {
         );
         Line {
             key: self.hook,
-            deny: true,
+            deny: self.verdict == "deny",
+            would_deny: self.verdict == WOULD_DENY,
             json: serde_json::to_vec(&self).unwrap_or_default(),
             notice: Some(notice),
         }
@@ -221,7 +230,7 @@ pub struct EventRecord {
     pub source: &'static str,
     /// Enforcement point.
     pub hook: &'static str,
-    /// Always "deny" for kernel events (allows are not reported).
+    /// "deny", or "would-deny" in audit mode (allows are not reported).
     pub verdict: &'static str,
     /// Why.
     pub reason: &'static str,
@@ -270,7 +279,11 @@ pub fn record(ev: &DenyEvent, sandbox: &str, now: SystemTime) -> EventRecord {
         sandbox: sandbox.to_string(),
         source: "bpf",
         hook: hook.map(Hook::name).unwrap_or("unknown"),
-        verdict: "deny",
+        verdict: if ev.verdict == nono_common::EVENT_WOULD_DENY {
+            WOULD_DENY
+        } else {
+            "deny"
+        },
         reason: Reason::from_u32(ev.reason)
             .map(Reason::name)
             .unwrap_or("unknown"),
@@ -330,7 +343,12 @@ pub struct Output {
     pub summary: Summary,
     /// Denial notices on the terminal (`exec --notices`).
     notifier: Option<crate::notice::Notifier>,
+    /// Sees every line as it is written (`learn`).
+    observer: Option<Observer>,
 }
+
+/// What sees every event line ([`Output::observe_with`]).
+pub type Observer = Box<dyn FnMut(&[u8]) + Send>;
 
 /// Errors of the event output.
 #[derive(Debug, thiserror::Error)]
@@ -373,7 +391,15 @@ impl Output {
             extra: None,
             summary: Summary::default(),
             notifier: None,
+            observer: None,
         })
+    }
+
+    /// Hands every event line from now on (JSON, no newline) to `f`, as it
+    /// is written: `learn` folds them into what it learns, so nothing
+    /// grows with the number of events.
+    pub fn observe_with(&mut self, f: Observer) {
+        self.observer = Some(f);
     }
 
     /// Also appends every event to `path` (created 0640 if missing).
@@ -411,6 +437,9 @@ impl Output {
         if let (Some(n), true, Some(text)) = (&mut self.notifier, line.deny, &line.notice) {
             n.offer(text);
         }
+        if let Some(f) = &mut self.observer {
+            f(&line.json);
+        }
         line.json.push(b'\n');
         let _ = match &mut self.sink {
             Sink::None => Ok(()),
@@ -428,6 +457,8 @@ impl Output {
 pub struct Summary {
     by_hook: BTreeMap<&'static str, u64>,
     total: u64,
+    /// Audit records: refusals let through.
+    would_deny: u64,
     /// Events the kernel could not queue (ring buffer full).
     pub dropped: u64,
     /// How filesystem denials were reported (`None`: no filesystem rules).
@@ -453,6 +484,9 @@ impl Summary {
         if line.deny {
             self.add(line.key);
         }
+        if line.would_deny {
+            self.would_deny += 1;
+        }
     }
 
     /// Counts one denial.
@@ -466,8 +500,10 @@ impl Summary {
         self.total + self.dropped
     }
 
-    /// The one-line summary printed on stderr at exit.
-    pub fn line(&self, sandbox: &str) -> String {
+    /// The one-line summary printed on stderr at exit; `audit`: the
+    /// sandbox ran in audit mode (the would-deny count is added).
+    pub fn line(&self, sandbox: &str, audit: bool) -> String {
+        let audit_would_deny = audit.then_some(self.would_deny);
         let mut s = format!("nono-agent: sandbox {sandbox}: {} denied", self.total());
         if !self.by_hook.is_empty() || self.dropped > 0 {
             let mut parts: Vec<String> = self
@@ -479,6 +515,9 @@ impl Summary {
                 parts.push(format!("not recorded (ring buffer full): {}", self.dropped));
             }
             s.push_str(&format!(" ({})", parts.join(", ")));
+        }
+        if let Some(n) = audit_would_deny {
+            s.push_str(&format!("; audit: {n} would have been denied"));
         }
         s
     }
@@ -495,6 +534,11 @@ impl Summary {
                  `nono-agent why --path PATH` explains a \"Permission denied\""
             )),
         }
+    }
+
+    /// Audit records counted (refusals let through).
+    pub fn would_deny(&self) -> u64 {
+        self.would_deny
     }
 }
 
@@ -543,7 +587,7 @@ mod tests {
             protocol: 6,
             addr,
             port,
-            _pad: 0,
+            verdict: 0,
             reason: Reason::NotAllowed as u32,
         }
     }
@@ -569,6 +613,25 @@ mod tests {
         assert_eq!(r.ts, "1970-01-01T00:00:00.000000Z");
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains("\"reason\":\"not-allowed\""));
+    }
+
+    #[test]
+    fn audit_records_are_would_deny_and_counted_apart() {
+        let mut e = ev(Hook::Connect4, canonical_v4([198, 51, 100, 2]), 80);
+        e.verdict = nono_common::EVENT_WOULD_DENY;
+        let line = record(&e, "abc", SystemTime::UNIX_EPOCH).into_line();
+        assert!(line.would_deny && !line.deny);
+        assert!(String::from_utf8_lossy(&line.json).contains("\"verdict\":\"would-deny\""));
+        let mut s = Summary::default();
+        s.count(&line);
+        assert_eq!(s.total(), 0);
+        assert_eq!(s.would_deny(), 1);
+        let plain = record(
+            &ev(Hook::Connect4, [0; 16], 1),
+            "abc",
+            SystemTime::UNIX_EPOCH,
+        );
+        assert_eq!(plain.verdict, "deny");
     }
 
     #[test]
@@ -684,13 +747,26 @@ mod tests {
     #[test]
     fn summary_line() {
         let mut s = Summary::default();
-        assert_eq!(s.line("x"), "nono-agent: sandbox x: 0 denied");
+        assert_eq!(s.line("x", false), "nono-agent: sandbox x: 0 denied");
         s.add("connect4");
         s.add("connect4");
         s.add("sock_create");
         assert_eq!(
-            s.line("x"),
+            s.line("x", false),
             "nono-agent: sandbox x: 3 denied (connect4: 2, sock_create: 1)"
+        );
+        s.count(&Line {
+            key: "connect4",
+            deny: false,
+            would_deny: true,
+            json: Vec::new(),
+            notice: None,
+        });
+        assert_eq!(s.total(), 3);
+        assert_eq!(
+            s.line("x", true),
+            "nono-agent: sandbox x: 3 denied (connect4: 2, sock_create: 1); \
+             audit: 1 would have been denied"
         );
     }
 }

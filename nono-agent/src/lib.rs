@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod enforcer;
 pub mod events;
+pub mod learn;
 pub mod mountinfo;
 pub mod notice;
 pub mod plan;

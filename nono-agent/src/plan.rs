@@ -31,6 +31,8 @@ pub enum PlanError {
     },
     #[error("{0}")]
     ProfileNotAllowed(String),
+    #[error("--audit: {0}; audit mode is refused on this host")]
+    AuditNotAllowed(String),
     #[error("too many --proxy-endpoint values: {0} given, at most {MAX_PROXY_ENDPOINTS}")]
     TooManyEndpoints(usize),
     #[error("--proxy-endpoint {0}: port 0 is not a valid endpoint")]
@@ -70,6 +72,8 @@ pub struct ExecRequest {
     pub notices: crate::cli::Notices,
     /// Print the plan instead of running anything.
     pub dry_run: Option<DryRun>,
+    /// Audit mode (`--audit`).
+    pub audit: bool,
     /// The daemon socket to try (`None`: never use the daemon).
     pub daemon_socket: Option<PathBuf>,
     pub proxy: ProxyConfig,
@@ -101,6 +105,10 @@ pub struct Plan {
     pub quiet: bool,
     /// When denial notices are printed.
     pub notices: crate::cli::Notices,
+    /// Audit mode: the enforcers and the proxy let through what a rule
+    /// could allow and record it as would-deny; the filesystem rules are
+    /// not applied (the host protection is).
+    pub audit: bool,
     /// The daemon socket to try (`None`: never use the daemon).
     pub daemon_socket: Option<PathBuf>,
     /// Where events go (`-` = stdout).
@@ -197,9 +205,13 @@ impl KernelPolicy {
     }
 
     /// The policy the enforcers read, with the sandbox proxy's ports added
-    /// to narrowed loopback (a narrowed sandbox still reaches its proxy).
-    pub fn policy(&self, proxy_ports: &[u16]) -> Policy {
+    /// to narrowed loopback (a narrowed sandbox still reaches its proxy);
+    /// `audit` sets its audit flag.
+    pub fn policy(&self, proxy_ports: &[u16], audit: bool) -> Policy {
         let mut p = Policy::DENY_ALL;
+        if audit {
+            p.audit = nono_common::AUDIT_ON;
+        }
         p.loopback_any = LOOPBACK_ANY;
         for (slot, ep) in p.proxies.iter_mut().zip(&self.endpoints) {
             let d = match ep {
@@ -240,6 +252,11 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
     if let Some(s) = &req.profile {
         if let Some(why) = crate::config::profile_refusal(&req.host, s, privileged) {
             return Err(PlanError::ProfileNotAllowed(why));
+        }
+    }
+    if req.audit {
+        if let Some(why) = audit_refusal(&req.host, privileged) {
+            return Err(PlanError::AuditNotAllowed(why));
         }
     }
     // Under a host allowlist an unprivileged user's names resolve to the
@@ -334,7 +351,10 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
             });
         }
     }
-    let proxy = proxy_wanted(&proxy).then(|| with_host_rules(proxy, &req.host));
+    // In audit mode the proxy always runs: names the command asks for are
+    // what audit is for, even when no rule would start a proxy.
+    proxy.audit = req.audit;
+    let proxy = (proxy_wanted(&proxy) || req.audit).then(|| with_host_rules(proxy, &req.host));
     let kernel = KernelPolicy::new(
         &req.proxy_endpoints,
         loopback_ports.as_deref(),
@@ -347,6 +367,7 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         allow_degraded: req.allow_degraded,
         quiet: req.quiet,
         notices: req.notices,
+        audit: req.audit,
         daemon_socket: req.daemon_socket.clone(),
         events: req.events.clone(),
         host_events: req.host.events.path.as_ref().map(|p| p.value.clone()),
@@ -391,6 +412,39 @@ fn resolve_user(user: Option<&str>) -> Result<Option<Account>, PlanError> {
     Ok(user.map(users::lookup_user).transpose()?)
 }
 
+/// Why the host configuration rules audit mode out, if it does. Audit lets
+/// the command connect directly to what the policy refuses, where only the
+/// proxy knows the host's deny rules and upstream proxy, and does not apply
+/// the profile, which an allowlist of profiles makes mandatory for
+/// unprivileged users: any of these in force would be lifted by `--audit`.
+pub fn audit_refusal(host: &HostConfig, privileged: bool) -> Option<String> {
+    let file = host
+        .file
+        .as_ref()
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| "the host configuration".into());
+    let n = &host.network;
+    if !n.deny_domains.is_empty() || !n.deny_cidrs.is_empty() {
+        return Some(format!(
+            "{file} denies destinations (deny_domains, deny_cidrs) that audit mode would let the \
+             command reach directly"
+        ));
+    }
+    if n.upstream_proxy.is_some() {
+        return Some(format!(
+            "{file} chains every sandbox to an upstream proxy, which audit mode would let the \
+             command go around"
+        ));
+    }
+    if host.profiles.allowed.is_some() && !privileged {
+        return Some(format!(
+            "{file} restricts the profiles unprivileged users may run with, whose rules audit \
+             mode does not apply"
+        ));
+    }
+    None
+}
+
 /// The proxy configuration with the host configuration's rules on top: its
 /// deny rules first (the proxy evaluates deny rules before any allow rule,
 /// so no profile or flag can re-allow them), its upstream proxy instead of
@@ -432,6 +486,10 @@ impl Plan {
         } else {
             "auto-run files read-only in a user namespace, system files by host permissions"
         };
+        if self.audit && self.fs.is_some() {
+            let name = self.profile_name.as_deref().unwrap_or("default");
+            return format!("audit: the rules of profile {name} are not applied ({protected})");
+        }
         match (&self.profile_name, self.fs.is_some()) {
             (Some(name), _) => format!("profile {name} ({protected})"),
             (None, true) => format!("profile default with --read/--write/--exec ({protected})"),
@@ -483,7 +541,7 @@ mod tests {
         ));
         let p = KernelPolicy::new(&many[..16], None, false)
             .unwrap()
-            .policy(&[]);
+            .policy(&[], false);
         assert_eq!(p.n_proxies, 16);
         assert_eq!(p.loopback_any, LOOPBACK_ANY);
     }
@@ -491,12 +549,14 @@ mod tests {
     #[test]
     fn narrowed_loopback_keeps_the_proxy_port() {
         let k = KernelPolicy::new(&[], Some(&[5432, 80, 5432]), true).unwrap();
-        let p = k.policy(&[41000]);
+        let p = k.policy(&[41000], false);
         assert_eq!(p.loopback_any, 0);
         assert_eq!(p.n_loopback_ports, 3);
         assert_eq!(&p.loopback_ports[..3], &[80, 5432, 41000]);
         // Without narrowing, every port is open and the proxy port adds nothing.
-        let p = KernelPolicy::new(&[], None, true).unwrap().policy(&[41000]);
+        let p = KernelPolicy::new(&[], None, true)
+            .unwrap()
+            .policy(&[41000], false);
         assert_eq!(p.loopback_any, LOOPBACK_ANY);
         assert_eq!(p.n_loopback_ports, 0);
     }
@@ -542,6 +602,43 @@ mod tests {
             ..Default::default()
         };
         assert!(build(&req).unwrap().proxy.is_none());
+    }
+
+    #[test]
+    fn a_host_configuration_with_denials_refuses_audit() {
+        let host = crate::config::parse(
+            "[network]\ndeny_cidrs = [\"10.0.0.0/8\"]\n",
+            "/etc/nono-agent/config.toml",
+        )
+        .unwrap();
+        let req = ExecRequest {
+            host,
+            audit: true,
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        let e = build(&req).err().expect("audit refused");
+        assert!(e.to_string().contains("deny_cidrs"), "{e}");
+        // Without --audit the same host configuration is fine, and audit
+        // without one too.
+        assert!(build(&ExecRequest {
+            audit: false,
+            ..req.clone()
+        })
+        .is_ok());
+        let plain = ExecRequest {
+            audit: true,
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        assert!(build(&plain).unwrap().audit);
+        let host = crate::config::parse(
+            "[profiles]\nallowed = [\"ci-node\"]\n",
+            "/etc/nono-agent/config.toml",
+        )
+        .unwrap();
+        assert!(audit_refusal(&host, false).is_some());
+        assert!(audit_refusal(&host, true).is_none());
     }
 
     #[test]

@@ -242,7 +242,7 @@ fn explain_net(plan: &Plan, dest: &NetDest, udp: bool) -> Answer {
 fn direct_step(plan: &Plan, sa: SocketAddr, udp: bool) -> Step {
     // The sandbox proxy's own port is only known once it listens; with
     // narrowed loopback it is added to the list (see KernelPolicy::policy).
-    let policy = plan.kernel.policy(&[]);
+    let policy = plan.kernel.policy(&[], plan.audit);
     let dest = match sa {
         SocketAddr::V4(v) => Dest::v4(v.ip().octets(), v.port()),
         SocketAddr::V6(v) => Dest::v6(v.ip().octets(), v.port()),

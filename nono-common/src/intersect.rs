@@ -8,6 +8,7 @@
 //! policy allows only as its own proxy endpoint is not re-allowed as a
 //! loopback port), which only ever refuses more.
 
+use crate::audit::AUDIT_ON;
 use crate::decision::{is_loopback, PolicyView};
 use crate::types::{Endpoint, Policy, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS};
 
@@ -16,6 +17,12 @@ impl Policy {
     /// whose policy is `outer`.
     pub fn intersect(&self, outer: &Policy) -> Policy {
         let mut r = Policy::DENY_ALL;
+        // Audit lets through what the policy refuses: only when both ask
+        // for it, or the inner sandbox could audit its way past the outer
+        // one's refusals.
+        if self.audit == AUDIT_ON && outer.audit == AUDIT_ON {
+            r.audit = AUDIT_ON;
+        }
         if self.loopback_any() && outer.loopback_any() {
             r.loopback_any = LOOPBACK_ANY;
         } else {
@@ -60,7 +67,8 @@ mod tests {
     extern crate std;
     use super::*;
     use crate::{
-        canonical_v4, decide_connect, decide_egress, decide_ingress, decide_sendmsg, Dest,
+        audit_verdict, canonical_v4, decide_connect, decide_egress, decide_ingress, decide_sendmsg,
+        Dest, Verdict,
     };
     use proptest::prelude::*;
 
@@ -81,9 +89,13 @@ mod tests {
             any::<bool>(),
             proptest::collection::vec(port(), 0..6),
             proptest::collection::vec((addr(), port()), 0..6),
+            any::<bool>(),
         )
-            .prop_map(|(any_lo, ports, proxies)| {
+            .prop_map(|(any_lo, ports, proxies, audit)| {
                 let mut p = Policy::DENY_ALL;
+                if audit {
+                    p.audit = AUDIT_ON;
+                }
                 if any_lo {
                     p.loopback_any = LOOPBACK_ANY;
                 }
@@ -102,6 +114,17 @@ mod tests {
             })
     }
 
+    /// A sandbox asking for audit from inside an enforcing one enforces.
+    #[test]
+    fn audit_needs_both_sides() {
+        let mut audit = Policy::DENY_ALL;
+        audit.audit = AUDIT_ON;
+        let enforce = Policy::DENY_ALL;
+        assert_eq!(audit.intersect(&enforce).audit, 0);
+        assert_eq!(enforce.intersect(&audit).audit, 0);
+        assert_eq!(audit.intersect(&audit).audit, AUDIT_ON);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
         #[test]
@@ -111,11 +134,15 @@ mod tests {
             let r = inner.intersect(&outer);
             let d = Dest { addr: a, port: p };
             type Check = fn(&Policy, &Dest, bool) -> bool;
+            // Let through: allowed, or refused but audited (`audit_verdict`).
+            fn through(p: &Policy, d: &Dest, dec: crate::Decision) -> bool {
+                audit_verdict(dec, &d.addr, p.audit == AUDIT_ON) != Verdict::Deny
+            }
             let checks: [(&str, Check); 4] = [
-                ("connect", |p, d, _| decide_connect(p, d).allow),
-                ("sendmsg", |p, d, _| decide_sendmsg(p, d).allow),
-                ("egress", |p, d, lo| decide_egress(p, d, lo).allow),
-                ("ingress", |p, d, lo| decide_ingress(p, d, lo).allow),
+                ("connect", |p, d, _| through(p, d, decide_connect(p, d))),
+                ("sendmsg", |p, d, _| through(p, d, decide_sendmsg(p, d))),
+                ("egress", |p, d, lo| through(p, d, decide_egress(p, d, lo))),
+                ("ingress", |p, d, lo| through(p, d, decide_ingress(p, d, lo))),
             ];
             for (hook, f) in checks {
                 if f(&r, &d, on_lo) {

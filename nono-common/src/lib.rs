@@ -10,10 +10,15 @@
 #![no_std]
 #![deny(missing_docs)]
 
+mod audit;
 mod decision;
 mod intersect;
 mod types;
 
+pub use audit::{
+    audit_verdict, auditable_reason, never_allowed, Never, Verdict, AUDIT_ON, EVENT_DENY,
+    EVENT_WOULD_DENY,
+};
 pub use decision::{
     cgroup_hook_sees, decide_bind, decide_connect, decide_control, decide_egress, decide_ingress,
     decide_sendmsg, decide_setsockopt, decide_socket, decide_socketpair, device_name_is_loopback,

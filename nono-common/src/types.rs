@@ -128,8 +128,10 @@ pub struct Policy {
     pub n_proxies: u32,
     /// Number of valid entries in `loopback_ports`.
     pub n_loopback_ports: u32,
-    /// Padding, always zero.
-    pub _pad: u32,
+    /// [`crate::AUDIT_ON`]: audit mode (refusals that a rule could lift are
+    /// let through and reported as would-deny, see [`crate::audit_verdict`]);
+    /// 0: enforce.
+    pub audit: u32,
     /// Endpoints reachable besides loopback.
     pub proxies: [Endpoint; MAX_PROXY_ENDPOINTS],
     /// Loopback ports reachable when `loopback_any` is 0.
@@ -142,7 +144,7 @@ impl Policy {
         loopback_any: 0,
         n_proxies: 0,
         n_loopback_ports: 0,
-        _pad: 0,
+        audit: 0,
         proxies: [Endpoint {
             addr: [0; 16],
             port: 0,
@@ -166,6 +168,8 @@ impl Default for Policy {
 pub struct Settings {
     /// [`LOOPBACK_ANY`] to allow every loopback port.
     pub loopback_any: u32,
+    /// [`crate::AUDIT_ON`] for audit mode (see [`Policy::audit`]).
+    pub audit: u32,
 }
 
 /// Which enforcement point produced a decision or an event.
@@ -257,8 +261,9 @@ pub struct DenyEvent {
     pub addr: [u8; 16],
     /// Destination port in host order (zero for `sock_create`).
     pub port: u16,
-    /// Padding, always zero.
-    pub _pad: u16,
+    /// [`crate::EVENT_DENY`] or [`crate::EVENT_WOULD_DENY`] (audit mode:
+    /// the operation was let through).
+    pub verdict: u16,
     /// A [`crate::Reason`] value.
     pub reason: u32,
 }

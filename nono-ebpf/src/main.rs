@@ -26,10 +26,11 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use nono_common::{
-    cgroup_hook_sees, consts, decide_bind, decide_connect, decide_egress, decide_ingress,
-    decide_sendmsg, decide_setsockopt, decide_socket, device_name_is_loopback, refused_option,
-    sockopt, Decision, DenyEvent, Dest, Endpoint, Hook, OptionContext, OptionRule, PolicyView,
-    PortKey, ProxyKey, Reason, Settings, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
+    audit_verdict, cgroup_hook_sees, consts, decide_bind, decide_connect, decide_egress,
+    decide_ingress, decide_sendmsg, decide_setsockopt, decide_socket, device_name_is_loopback,
+    refused_option, sockopt, Decision, DenyEvent, Dest, Endpoint, Hook, OptionContext, OptionRule,
+    PolicyView, PortKey, ProxyKey, Reason, Settings, Verdict, AUDIT_ON, EVENT_DENY,
+    EVENT_WOULD_DENY, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
 };
 
 // The sizes below fit one sandbox (a private copy per sandbox); the daemon
@@ -61,6 +62,14 @@ struct MapPolicy<'a> {
     settings: &'a Settings,
 }
 
+impl MapPolicy<'_> {
+    /// The sandbox runs in audit mode.
+    #[inline(always)]
+    fn audit(&self) -> bool {
+        self.settings.audit == AUDIT_ON
+    }
+}
+
 impl PolicyView for MapPolicy<'_> {
     #[inline(always)]
     fn loopback_any(&self) -> bool {
@@ -76,7 +85,7 @@ impl PolicyView for MapPolicy<'_> {
         };
         // SAFETY: the value is only tested for presence, never read, so a
         // concurrent update of the element cannot be observed half-written.
-        unsafe { LOOPBACK_PORTS.get(&key).is_some() }
+        unsafe { LOOPBACK_PORTS.get(key).is_some() }
     }
 
     #[inline(always)]
@@ -87,7 +96,7 @@ impl PolicyView for MapPolicy<'_> {
             _pad: [0; 4],
         };
         // SAFETY: as above, presence only.
-        unsafe { PROXIES.get(&key).is_some() }
+        unsafe { PROXIES.get(key).is_some() }
     }
 }
 
@@ -159,7 +168,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     if d.allow {
         if cgroup_hook_sees(family) {
-            if let Some(p) = SOCKETS.get_ptr_mut(&cgroup) {
+            if let Some(p) = SOCKETS.get_ptr_mut(cgroup) {
                 // SAFETY: the entry exists and this is this CPU's own slot.
                 unsafe { *p += 1 };
             }
@@ -239,7 +248,7 @@ fn on_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
 fn policy_of(cgroup: u64) -> Option<MapPolicy<'static>> {
     // SAFETY: entries are written whole by userspace (one map update) and
     // this program only reads them.
-    let settings = unsafe { POLICIES.get(&cgroup) }?;
+    let settings = unsafe { POLICIES.get(cgroup) }?;
     Some(MapPolicy { cgroup, settings })
 }
 
@@ -259,12 +268,17 @@ fn judge(hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest) -> i32 {
         Hook::Sendmsg4 | Hook::Sendmsg6 => decide_sendmsg(&policy, dest),
         _ => decide_connect(&policy, dest),
     };
-    verdict(cgroup, d, hook, family, ty, proto, dest)
+    verdict(cgroup, policy.audit(), d, hook, family, ty, proto, dest)
 }
 
+/// Allows, or denies and reports; in audit mode (the sandbox's settings
+/// say so) a refusal that `nono_common::audit_verdict` lets through is
+/// allowed and reported as would-deny.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn verdict(
     cgroup: u64,
+    audit: bool,
     d: Decision,
     hook: Hook,
     family: u32,
@@ -272,11 +286,30 @@ fn verdict(
     proto: u32,
     dest: &Dest,
 ) -> i32 {
-    if d.allow {
-        return ALLOW;
+    match audit_verdict(d, &dest.addr, audit) {
+        Verdict::Allow => ALLOW,
+        Verdict::WouldDeny => {
+            // The packet hooks only follow what a socket hook let through
+            // (and recorded): one record per connect or send, not per packet.
+            if !matches!(hook, Hook::Egress | Hook::Ingress) {
+                emit_verdict(
+                    cgroup,
+                    hook,
+                    family,
+                    ty,
+                    proto,
+                    dest,
+                    d.reason,
+                    EVENT_WOULD_DENY,
+                );
+            }
+            ALLOW
+        }
+        Verdict::Deny => {
+            emit(cgroup, hook, family, ty, proto, dest, d.reason);
+            DENY
+        }
     }
-    emit(cgroup, hook, family, ty, proto, dest, d.reason);
-    DENY
 }
 
 /// The shared table of refused options (`nono_common::REFUSED_OPTIONS`):
@@ -399,6 +432,7 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
             let on_lo = unsafe { (*ctx.skb.skb).ifindex } == 1;
             verdict(
                 cgroup,
+                policy.audit(),
                 decide_egress(&policy, &dest, on_lo),
                 Hook::Egress,
                 family,
@@ -466,6 +500,7 @@ pub fn ingress(ctx: SkBuffContext) -> i32 {
     };
     verdict(
         cgroup,
+        policy.audit(),
         decide_ingress(&policy, &src, false),
         Hook::Ingress,
         family,
@@ -509,8 +544,7 @@ fn packet_end(ctx: &SkBuffContext, end: End) -> Option<(u32, u32, Dest)> {
         let l4 = l4 as u32;
         if frag & 0x1fff == 0
             && (l4 == consts::IPPROTO_TCP || l4 == consts::IPPROTO_UDP)
-            && ihl >= 20
-            && ihl <= 60
+            && (20..=60).contains(&ihl)
         {
             port = u16::from_be(ctx.load(ihl + if src { 0 } else { 2 }).ok()?);
         }
@@ -535,6 +569,21 @@ fn packet_end(ctx: &SkBuffContext, end: End) -> Option<(u32, u32, Dest)> {
 
 #[inline(always)]
 fn emit(cgroup_id: u64, hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest, reason: Reason) {
+    emit_verdict(cgroup_id, hook, family, ty, proto, dest, reason, EVENT_DENY);
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn emit_verdict(
+    cgroup_id: u64,
+    hook: Hook,
+    family: u32,
+    ty: u32,
+    proto: u32,
+    dest: &Dest,
+    reason: Reason,
+    verdict: u16,
+) {
     let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) else {
         if let Some(p) = DROPPED.get_ptr_mut(0) {
             // SAFETY: element 0 exists (max_entries 1) and is this CPU's own
@@ -556,7 +605,7 @@ fn emit(cgroup_id: u64, hook: Hook, family: u32, ty: u32, proto: u32, dest: &Des
         protocol: proto,
         addr: dest.addr,
         port: dest.port,
-        _pad: 0,
+        verdict,
         reason: reason as u32,
     });
     entry.submit(0);

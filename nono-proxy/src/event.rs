@@ -41,6 +41,10 @@ pub enum Verdict {
     Allow,
     /// Refused with an error response.
     Deny,
+    /// Refused by the rules, let through because the proxy runs in audit
+    /// mode ([`crate::ProxyConfig::audit`]): recorded when admitted, and
+    /// followed by the exchange's own `allow` event.
+    WouldDeny,
 }
 
 impl Verdict {
@@ -49,6 +53,7 @@ impl Verdict {
         match self {
             Self::Allow => "allow",
             Self::Deny => "deny",
+            Self::WouldDeny => "would-deny",
         }
     }
 }

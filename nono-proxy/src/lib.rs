@@ -63,6 +63,11 @@ pub struct ProxyConfig {
     pub limits: Limits,
     /// Sandbox id, copied into every event.
     pub sandbox: String,
+    /// Audit mode: what the rules refuse (and a rule could allow) is let
+    /// through and recorded as would-deny ([`Refusal::auditable`]);
+    /// addresses no rule opens and the host configuration's denials stay
+    /// refused.
+    pub audit: bool,
 }
 
 /// Why the proxy could not start. The system's reason is the error's

@@ -7,7 +7,7 @@
 
 use ipnet::IpNet;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use crate::pattern::{normalize_host, DomainRule, NameError, Origin};
@@ -321,6 +321,26 @@ fn host_origin(o: &Origin) -> String {
 }
 
 impl Refusal {
+    /// Whether audit mode may let this refusal through: only what a rule
+    /// of a profile or the command line could allow. Invalid names,
+    /// addresses no rule opens (`nono_common::never_allowed`) and the host
+    /// configuration's denials stay refused.
+    pub fn auditable(&self) -> bool {
+        match self {
+            Self::NotAllowed { .. }
+            | Self::PortNotAllowed { .. }
+            | Self::IpNotCovered { .. }
+            | Self::Private { .. } => match self {
+                Self::IpNotCovered { ip, .. } | Self::Private { ip, .. } => {
+                    nono_common::never_allowed(&canonical16(*ip)).is_none()
+                }
+                _ => true,
+            },
+            Self::Denied { rule, .. } => !matches!(rule.origin, Origin::HostConfig { .. }),
+            Self::CidrDenied { .. } | Self::Never { .. } | Self::InvalidHost(_) => false,
+        }
+    }
+
     /// The rule that refused, if a rule did (rather than the absence of one
     /// or a fixed range).
     pub fn rule(&self) -> Option<Rule> {
@@ -528,42 +548,24 @@ pub fn never_allowed(ip: IpAddr) -> Option<&'static str> {
 }
 
 /// Ranges no rule can open: link-local (cloud metadata lives there),
-/// well-known metadata addresses, multicast, broadcast, unspecified.
+/// well-known metadata addresses, multicast, broadcast, unspecified. The
+/// decision is `nono_common::never_allowed`, which audit mode shares with
+/// the kernel enforcers.
 fn check_always_blocked(ip: IpAddr) -> Result<(), Refusal> {
-    let why = match ip {
-        IpAddr::V4(v4) => {
-            if v4.is_link_local() {
-                Some("link-local 169.254.0.0/16 (cloud metadata)")
-            } else if v4 == Ipv4Addr::new(100, 100, 100, 200) {
-                Some("the Alibaba Cloud metadata address")
-            } else if v4.is_multicast() {
-                Some("multicast")
-            } else if v4.is_broadcast() {
-                Some("broadcast")
-            } else if v4.octets()[0] == 0 {
-                Some("0.0.0.0/8 (this network)")
-            } else {
-                None
-            }
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            if (s[0] & 0xffc0) == 0xfe80 {
-                Some("link-local fe80::/10")
-            } else if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
-                Some("the AWS IPv6 metadata address fd00:ec2::254")
-            } else if v6.is_multicast() {
-                Some("multicast")
-            } else if v6.is_unspecified() {
-                Some("the unspecified address")
-            } else {
-                None
-            }
-        }
-    };
-    match why {
-        Some(range) => Err(Refusal::Never { ip, range }),
+    match nono_common::never_allowed(&canonical16(ip)) {
+        Some(range) => Err(Refusal::Never {
+            ip,
+            range: range.description(),
+        }),
         None => Ok(()),
+    }
+}
+
+/// The 16-byte canonical form `nono_common` judges (v4 as v4-mapped).
+fn canonical16(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
     }
 }
 
@@ -670,6 +672,55 @@ mod tests {
             Ok("allow-domain *.allowed.test".to_string())
         );
         assert!(p.check_target(&name("allowed.test"), 443).is_err());
+    }
+
+    /// Audit lifts what a profile or flag could allow, nothing else: not
+    /// the addresses no rule opens, not the host configuration's denials,
+    /// not invalid names.
+    #[test]
+    fn audit_lifts_only_what_a_rule_could_allow() {
+        let p = policy(&[], &["denied.test"], &[]);
+        let refusal = |host: &str, port: u16| p.check_target(&name(host), port).unwrap_err();
+        assert!(refusal("other.test", 443).auditable());
+        assert!(refusal("denied.test", 443).auditable());
+        assert!(refusal("198.51.100.7", 80).auditable());
+        for never in [
+            "169.254.169.254",
+            "fe80::1",
+            "fd00:ec2::254",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            let r = refusal(never, 80);
+            assert!(!r.auditable(), "{never}: {r}");
+        }
+        assert!(p
+            .check_resolved("10.0.0.1".parse().unwrap(), 80)
+            .unwrap_err()
+            .auditable());
+        assert!(!p
+            .check_resolved("169.254.169.254".parse().unwrap(), 80)
+            .unwrap_err()
+            .auditable());
+        let host_rule: DomainRule = "host.test".parse().unwrap();
+        let host_rule = host_rule.with_origin(Origin::HostConfig {
+            file: "/etc/nono-agent/config.toml".into(),
+            line: 2,
+        });
+        let hp = ProxyPolicy {
+            deny: vec![host_rule],
+            deny_cidrs: vec!["203.0.113.0/24".parse().unwrap()],
+            cidrs: vec!["203.0.113.0/24".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(!hp
+            .check_target(&name("host.test"), 443)
+            .unwrap_err()
+            .auditable());
+        assert!(!hp
+            .check_target(&name("203.0.113.9"), 443)
+            .unwrap_err()
+            .auditable());
+        assert!(!Target::parse("bad_name.test").unwrap_err().auditable());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::dns::{DnsError, Resolver};
 use crate::event::{DialError, EventSink, Hook, ProxyEvent, Reason, Verdict};
-use crate::policy::{ProxyPolicy, Rule, Target};
+use crate::policy::{ProxyPolicy, Refusal, Rule, Target};
 use crate::pool::Pool;
 use crate::request::authorized;
 use crate::upstream::Upstream;
@@ -83,6 +83,8 @@ pub(crate) struct State {
     pub tasks: TaskTracker,
     /// Keep-alive connections for forwarded HTTP requests.
     pub pool: Pool,
+    /// Audit mode ([`ProxyConfig::audit`]).
+    pub audit: bool,
 }
 
 impl State {
@@ -99,6 +101,7 @@ impl State {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             pool: Pool::default(),
+            audit: config.audit,
         })
     }
 }
@@ -228,6 +231,14 @@ impl Recorder {
         self.record(Verdict::Allow, reason, self.rule.clone(), addr, up, down);
     }
 
+    /// Records a refusal that audit mode lets through (with the rule that
+    /// would have refused, if a rule would have).
+    pub fn would_deny(&self, refusal: Refusal, addr: Option<IpAddr>) {
+        let reason = Reason::Refused(refusal);
+        let rule = reason.rule();
+        self.record(Verdict::WouldDeny, reason, rule, addr, 0, 0);
+    }
+
     /// Records a refusal and answers it with `status` and the reason.
     pub fn deny(&self, status: StatusCode, reason: Reason) -> Response<ProxyBody> {
         let body = format!("nono-agent proxy: {reason}");
@@ -283,12 +294,11 @@ pub(crate) async fn admit(d: &mut Recorder) -> Result<(Target, Vec<IpAddr>), Res
     let target =
         Target::parse(&d.host).map_err(|r| d.deny(StatusCode::BAD_REQUEST, Reason::Refused(r)))?;
     d.host = target.to_string();
-    let rule = d
-        .state
-        .policy
-        .check_target(&target, d.port)
-        .map_err(|r| d.deny(StatusCode::FORBIDDEN, Reason::Refused(r)))?;
-    d.rule = Some(rule);
+    match d.state.policy.check_target(&target, d.port) {
+        Ok(rule) => d.rule = Some(rule),
+        Err(r) if d.state.audit && r.auditable() => d.would_deny(r, None),
+        Err(r) => return Err(d.deny(StatusCode::FORBIDDEN, Reason::Refused(r))),
+    }
     let addrs = resolve_checked(d, &target).await?;
     Ok((target, addrs))
 }
@@ -316,6 +326,10 @@ async fn resolve_checked(
     for ip in addrs {
         match state.policy.check_resolved(ip, d.port) {
             Ok(()) => ok.push(ip),
+            Err(r) if state.audit && r.auditable() => {
+                d.would_deny(r, Some(ip));
+                ok.push(ip);
+            }
             Err(r) => {
                 first.get_or_insert(r);
             }

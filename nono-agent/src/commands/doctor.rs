@@ -195,7 +195,7 @@ fn try_bpf(root: &std::path::Path) -> Check {
         let parent = cgroup::parent_dir(root)?;
         let cg = cgroup::Cgroup::create(&parent, &id)?;
         let start = Instant::now();
-        let policy = KernelPolicy::default().policy(&[]);
+        let policy = KernelPolicy::default().policy(&[], false);
         let res = loader::load_and_attach_fast(cg.path(), cg.id()?, &policy, None);
         let took = start.elapsed();
         let n = res.as_ref().map(|a| a.keep.link_count()).unwrap_or(0);

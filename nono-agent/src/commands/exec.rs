@@ -22,7 +22,7 @@ use crate::enforcer::{self, Applied, Choice, Host, Requested};
 use crate::events;
 use crate::plan::{self, ExecRequest, Plan};
 use crate::sandbox::{
-    cgroup, child::ChildSetup, command_path, daemons, exec_check, fsaudit, hide, landlock,
+    cgroup, child::ChildSetup, command_path, daemons, exec_check, fsaudit, fswatch, hide, landlock,
     privileges, pty, reap, registry, relay, spawn, sweep, teardown::Resources, users,
 };
 use crate::signals::Forwarder;
@@ -32,6 +32,38 @@ use nono_proxy as proxy;
 
 /// Runs the command; returns the exit code for the agent.
 pub async fn run(req: ExecRequest) -> Result<i32> {
+    Ok(run_observed(req, None).await?.code)
+}
+
+/// How a run ended: the exit code for the agent, and (when asked for) every
+/// event line, for `learn`.
+pub struct Finished {
+    /// The command's exit code (or 126/127 when it could not be started).
+    pub code: i32,
+    /// The command was started (false: not found or not executable).
+    pub ran: bool,
+    /// With an observer (`learn`): the files the sandbox's processes opened and wrote
+    /// (`sandbox::fswatch`, root only), or why they could not be watched.
+    pub files: Result<fswatch::Seen, String>,
+}
+
+impl Finished {
+    fn code(code: i32) -> Self {
+        Self {
+            code,
+            ran: false,
+            files: Err("the command did not run".into()),
+        }
+    }
+}
+
+/// [`run`], handing every event line to `observer` when one is given
+/// (`learn`), which also watches the files the sandbox uses.
+pub async fn run_observed(
+    req: ExecRequest,
+    observer: Option<events::Observer>,
+) -> Result<Finished> {
+    let keep = observer.is_some();
     let mut timing = Timing::new();
     let (cmd, _) = req
         .command
@@ -41,7 +73,7 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         Ok(p) => p,
         Err(e) => {
             eprintln!("nono-agent: {e}");
-            return Ok(e.exit_code());
+            return Ok(Finished::code(e.exit_code()));
         }
     };
     // The host configuration: fail closed if it cannot be used.
@@ -55,8 +87,9 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     }
     // A profile that hides the command or its interpreter would end in a
     // bare EACCES from the child's exec: say which path, before anything
-    // is created. (Landlock still decides; this only explains.)
-    if let Some(rules) = &plan.fs {
+    // is created. (Landlock still decides; this only explains. Audit mode
+    // applies no filesystem rules, so hides nothing.)
+    if let (Some(rules), false) = (&plan.fs, plan.audit) {
         let env = plan::environment(&plan.env);
         let path_env = env
             .iter()
@@ -65,14 +98,14 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         if let Err(denied) = exec_check::check(rules, &program, path_env) {
             let name = plan.profile_name.as_deref().unwrap_or("default");
             eprintln!("nono-agent: profile {name} {denied}");
-            return Ok(126);
+            return Ok(Finished::code(126));
         }
     }
     if let Some(mode) = req.dry_run {
         // Checks the filesystem rules as exec would (a ruleset is only a
         // descriptor: nothing outlives it).
         prepare_landlock(&plan)?;
-        return super::dry_run::run(&plan, &program, privileged, mode);
+        return super::dry_run::run(&plan, &program, privileged, mode).map(Finished::code);
     }
     let mut out = events::Output::open(plan.events.as_deref())?;
     let notices = match plan.notices {
@@ -82,6 +115,9 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     };
     if notices {
         out.set_notifier(crate::notice::Notifier::stderr());
+    }
+    if let Some(f) = observer {
+        out.observe_with(f);
     }
     if let Some(p) = &plan.host_events {
         if let Err(e) = out.add_file(p) {
@@ -95,8 +131,9 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     timing.mark("plan");
     let mut landlock = prepare_landlock(&plan)?;
     // Filesystem denials, where the kernel reports them (see fsaudit).
+    // Audit mode applies no filesystem rules: nothing to listen for.
     let mut fs_listener = None;
-    if plan.fs.is_some() {
+    if plan.fs.is_some() && !plan.audit {
         match fsaudit::Listener::open() {
             Ok(l) => {
                 if let Some(l) = landlock.as_mut() {
@@ -136,7 +173,7 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         .iter()
         .flat_map(|p| p.addrs.iter().map(|a| a.port()))
         .collect();
-    let policy = plan.kernel.policy(&proxy_ports);
+    let policy = plan.kernel.policy(&proxy_ports, plan.audit);
     timing.mark("proxy");
     let mut daemon = connect_daemon(&plan);
     // As root the state directory is needed through the daemon too: the
@@ -192,6 +229,12 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         None => apply_enforcer(&plan, &mut res, &policy, host)?,
     };
     timing.mark("enforcer applied");
+    if plan.audit && !plan.quiet {
+        eprintln!(
+            "nono-agent: AUDIT MODE: what the policy refuses goes ahead and is recorded as \
+             would-deny (cloud metadata, link-local and the host protection stay refused)"
+        );
+    }
     if !plan.quiet {
         eprintln!(
             "nono-agent: filesystem: {}",
@@ -248,6 +291,15 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         None => None,
     };
 
+    // `learn`: watch the files the sandbox's processes use (root: a
+    // fanotify filesystem mark, told apart by the sandbox's own mounts).
+    // `exec --audit` with filesystem rules watches too: what the rules
+    // would have refused is recorded as would-deny at the end.
+    let watch = if keep || (plan.audit && plan.fs.is_some()) {
+        Some(start_file_watch(privileged))
+    } else {
+        None
+    };
     reap::become_subreaper();
     let child_pid = Arc::new(AtomicI32::new(0));
     let _forwarder = Forwarder::start(child_pid.clone()).context("installing signal handlers")?;
@@ -273,11 +325,11 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         Ok(c) => c,
         Err(spawn::SpawnError::Child(spawn::Stage::Exec, e)) => {
             eprintln!("nono-agent: {}: {e}", program.display());
-            return Ok(if e.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(Finished::code(if e.raw_os_error() == Some(libc::ENOENT) {
                 127
             } else {
                 126
-            });
+            }));
         }
         Err(e) => return Err(e).context("starting the command in the sandbox"),
     };
@@ -290,6 +342,9 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         ),
         None => None,
     };
+    if let Some(Ok(w)) = &watch {
+        w.sandbox_started(child.pid);
+    }
     let mut dconn: Option<AsyncClient> = match daemon.take() {
         Some(mut c) => {
             for raw in std::mem::take(&mut c.early_events) {
@@ -385,6 +440,24 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         }
     }
     reap::kill_descendants();
+    let files = match watch {
+        Some(Ok(w)) => Ok(w.finish()),
+        Some(Err(why)) => Err(why),
+        None => Err("not asked for".into()),
+    };
+    if plan.audit {
+        match (&files, &plan.fs) {
+            (Ok(seen), Some(rules)) => {
+                for line in file_audit_lines(seen, rules, &id) {
+                    out.take(line);
+                }
+            }
+            (Err(why), Some(_)) if !plan.quiet => eprintln!(
+                "nono-agent: audit: filesystem accesses outside the profile are not recorded: {why}"
+            ),
+            _ => {}
+        }
+    }
     if let Some(p) = proxy {
         p.stop().await;
     }
@@ -427,16 +500,86 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     timing.report();
     out.finish_notices();
     if !plan.quiet {
-        eprintln!("{}", out.summary.line(&id));
+        eprintln!("{}", out.summary.line(&id, plan.audit));
         if let Some(l) = out.summary.fs_line(&id) {
             eprintln!("{l}");
         }
     }
 
-    Ok(match status {
-        spawn::Exit::Code(c) => c,
-        spawn::Exit::Signal(sig) => 128 + sig,
+    Ok(Finished {
+        ran: true,
+        code: match status {
+            spawn::Exit::Code(c) => c,
+            spawn::Exit::Signal(sig) => 128 + sig,
+        },
+        files,
     })
+}
+
+/// The would-deny events of `exec --audit` for the files the profile's
+/// rules would have refused (the same judgement `learn` makes: a read
+/// outside every rule, a write outside the write rules).
+fn file_audit_lines(
+    seen: &fswatch::Seen,
+    rules: &landlock::FsRules,
+    id: &str,
+) -> Vec<events::Line> {
+    let profile = crate::profile::FsPolicy {
+        read: rules.read.clone(),
+        write: rules.write.clone(),
+        exec: rules.exec.clone(),
+    };
+    let ts = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+    let mut lines = Vec::new();
+    let judged = [
+        ("write", &seen.write, &[&profile.write][..]),
+        (
+            "open",
+            &seen.read,
+            &[&profile.read, &profile.write, &profile.exec][..],
+        ),
+    ];
+    for (hook, paths, allowed) in judged {
+        for (path, n) in paths {
+            if allowed
+                .iter()
+                .any(|r| r.iter().any(|b| path.starts_with(b)))
+            {
+                continue;
+            }
+            // A read of a file the run also wrote is part of that write.
+            if hook == "open" && seen.write.contains_key(path) {
+                continue;
+            }
+            let rec = serde_json::json!({
+                "ts": ts,
+                "sandbox": id,
+                "source": "filesystem",
+                "hook": hook,
+                "verdict": events::WOULD_DENY,
+                "reason": "not-in-profile",
+                "path": path.to_string_lossy(),
+                "processes": n,
+            });
+            lines.push(events::Line {
+                key: "filesystem",
+                deny: false,
+                would_deny: true,
+                json: serde_json::to_vec(&rec).unwrap_or_default(),
+                notice: None,
+            });
+        }
+    }
+    lines
+}
+
+/// Starts the filesystem watch for `learn`, or says why there is none.
+fn start_file_watch(privileged: bool) -> Result<fswatch::Watch, String> {
+    if !privileged {
+        return Err("it needs root (a fanotify filesystem mark); this run was unprivileged".into());
+    }
+    let mountinfo = crate::mountinfo::read().map_err(|e| e.to_string())?;
+    fswatch::Watch::start(&mountinfo).map_err(|e| util::chain(&e))
 }
 
 /// The command's own pseudo-terminal, when the agent's stdin is a terminal
@@ -528,7 +671,9 @@ async fn resume(path: PathBuf, id: String, token: String) -> Option<AsyncClient>
 /// The Landlock domain: the profile's rules, or the baseline (scopes only)
 /// without filesystem rules.
 fn prepare_landlock(plan: &Plan) -> Result<Option<landlock::Prepared>> {
-    Ok(match &plan.fs {
+    // Audit mode applies no filesystem rules (only the scopes).
+    let rules = if plan.audit { None } else { plan.fs.as_ref() };
+    Ok(match rules {
         Some(rules) => {
             let l = landlock::prepare(rules, plan.allow_degraded)?;
             for d in &l.degraded {

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod dry_run;
 pub mod exec;
+pub mod learn;
 pub mod profile;
 pub mod proxy;
 pub mod why;
@@ -23,6 +24,7 @@ pub const EXIT_AGENT_ERROR: i32 = 125;
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Exec(args) => runtime()?.block_on(exec::run(args.into())),
+        Command::Learn(args) => runtime()?.block_on(learn::run(args)),
         Command::Cleanup(args) => cleanup::run(args),
         Command::Doctor(args) => doctor::run(args.json, &args.daemon_socket),
         Command::Daemon(args) => runtime()?.block_on(daemon::run(args)),

@@ -63,7 +63,7 @@ pub async fn run(args: StandaloneProxyArgs) -> Result<i32> {
     while let Ok(line) = rx.try_recv() {
         out.take(line);
     }
-    eprintln!("{}", out.summary.line("standalone"));
+    eprintln!("{}", out.summary.line("standalone", false));
     Ok(0)
 }
 

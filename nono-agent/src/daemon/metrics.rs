@@ -221,8 +221,17 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// One raw ring record (hook and reason read at their offsets).
+    /// One raw ring record (hook and reason read at their offsets); an
+    /// audit record (would-deny: the operation went ahead) is no denial.
     pub fn denial(&self, raw: &[u8]) {
+        let off = core::mem::offset_of!(DenyEvent, verdict);
+        let verdict = raw
+            .get(off..off + 2)
+            .and_then(|b| b.try_into().ok())
+            .map(u16::from_ne_bytes);
+        if verdict == Some(nono_common::EVENT_WOULD_DENY) {
+            return;
+        }
         let (hook, reason) = hook_and_reason(raw);
         self.denials
             .get_or_create(&DenialLabels { hook, reason })
@@ -494,7 +503,7 @@ mod tests {
             protocol: 6,
             addr: [0; 16],
             port: 80,
-            _pad: 0,
+            verdict: 0,
             reason,
         };
         // SAFETY: DenyEvent is repr(C) plain old data; viewing it as bytes
@@ -521,6 +530,11 @@ mod tests {
         let m = Metrics::new("abc");
         m.started();
         m.denial(&raw(Hook::Connect4 as u32, Reason::NotAllowed as u32));
+        // An audit record (the connection went ahead) is no denial.
+        let mut audited = raw(Hook::Connect4 as u32, Reason::NotAllowed as u32);
+        let off = core::mem::offset_of!(DenyEvent, verdict);
+        audited[off..off + 2].copy_from_slice(&nono_common::EVENT_WOULD_DENY.to_ne_bytes());
+        m.denial(&audited);
         m.request("create", true, Duration::from_millis(3));
         m.ring_dropped(5);
         m.ring_dropped(7);

@@ -1,7 +1,9 @@
 //! Requested policies: checked, converted to the kernel's form, and
 //! narrowed to the caller's own sandbox.
 
-use nono_common::{Dest, Endpoint, Policy, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS};
+use nono_common::{
+    Dest, Endpoint, Policy, AUDIT_ON, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
+};
 
 use super::protocol::WirePolicy;
 
@@ -34,6 +36,9 @@ pub fn to_kernel(w: &WirePolicy) -> Policy {
     if w.loopback_any {
         p.loopback_any = LOOPBACK_ANY;
     }
+    if w.audit {
+        p.audit = AUDIT_ON;
+    }
     for (i, port) in w.loopback_ports.iter().take(MAX_LOOPBACK_PORTS).enumerate() {
         p.loopback_ports[i] = *port;
         p.n_loopback_ports = i as u32 + 1;
@@ -56,6 +61,7 @@ pub fn to_wire(p: &Policy) -> WirePolicy {
             .iter()
             .map(|e| (e.addr, e.port))
             .collect(),
+        audit: p.audit == AUDIT_ON,
     }
 }
 
@@ -69,12 +75,14 @@ mod tests {
             loopback_any: false,
             loopback_ports: vec![1, 2],
             proxies: vec![(nono_common::canonical_v4([127, 0, 0, 1]), 3128)],
+            audit: true,
         };
         assert_eq!(to_wire(&to_kernel(&w)), w);
         let big = WirePolicy {
             loopback_any: true,
             loopback_ports: vec![1; MAX_LOOPBACK_PORTS + 1],
             proxies: vec![],
+            audit: false,
         };
         assert_eq!(
             check(&big),

@@ -41,6 +41,10 @@ pub struct WirePolicy {
     pub loopback_ports: Vec<u16>,
     /// Proxy endpoints: canonical 16-byte address (v4 as v4-mapped) and port.
     pub proxies: Vec<([u8; 16], u16)>,
+    /// Audit mode (`exec --audit`): refusals a rule could lift are let
+    /// through and reported as would-deny. Absent: enforce.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audit: bool,
 }
 
 /// What a client asks.
@@ -213,6 +217,7 @@ mod tests {
                     loopback_any: false,
                     loopback_ports: vec![8080],
                     proxies: vec![([0; 16], 3128)],
+                    audit: true,
                 },
             },
             Request::Place,
@@ -277,11 +282,15 @@ mod tests {
                 any::<bool>(),
                 proptest::collection::vec(any::<u16>(), 0..8),
                 proptest::collection::vec((any::<[u8; 16]>(), any::<u16>()), 0..4),
+                any::<bool>(),
             )
-                .prop_map(|(loopback_any, loopback_ports, proxies)| WirePolicy {
-                    loopback_any,
-                    loopback_ports,
-                    proxies,
+                .prop_map(|(loopback_any, loopback_ports, proxies, audit)| {
+                    WirePolicy {
+                        loopback_any,
+                        loopback_ports,
+                        proxies,
+                        audit,
+                    }
                 })
         }
 

@@ -412,16 +412,21 @@ fn log_denial(id: &str, uid: u32, ev: &nono_common::DenyEvent, suppressed: u64) 
             format!("{a}:{}", ev.port)
         }
     });
+    let (verdict, verb) = if ev.verdict == nono_common::EVENT_WOULD_DENY {
+        ("would-deny", "would deny (audit)")
+    } else {
+        ("deny", "denied")
+    };
     tracing::info!(
         event = "denied",
         sandbox = id,
         uid,
-        verdict = "deny",
+        verdict,
         hook,
         reason,
         dest = dest.as_deref().unwrap_or("-"),
         suppressed,
-        "sandbox {id}: denied {hook} {} ({reason})",
+        "sandbox {id}: {verb} {hook} {} ({reason})",
         dest.as_deref().unwrap_or("-")
     );
 }

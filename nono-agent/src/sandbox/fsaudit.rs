@@ -154,6 +154,7 @@ pub fn line(sandbox: &str, domain: u64, blockers: &str, path: Option<&str>) -> L
     Line {
         key: "landlock",
         deny: true,
+        would_deny: false,
         json: serde_json::to_vec(&ev).unwrap_or_default(),
         notice: Some(crate::notice::text(
             "access to",

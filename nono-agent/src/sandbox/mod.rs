@@ -6,6 +6,7 @@ pub mod command_path;
 pub mod daemons;
 pub mod exec_check;
 pub mod fsaudit;
+pub mod fswatch;
 pub mod hide;
 pub mod landlock;
 pub mod netns;

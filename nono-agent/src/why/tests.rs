@@ -197,7 +197,7 @@ proptest! {
     ) {
         let p = plan_of(endpoints.clone(), loopback.clone(), vec![], cidrs.clone(), vec![]);
         let a = explain(&p, &Question::Net { dest: NetDest::Addr(dest), udp }, false);
-        let policy = p.kernel.policy(&[]);
+        let policy = p.kernel.policy(&[], false);
         let d = dest_of(dest);
         let kernel = if udp { decide_sendmsg(&policy, &d) } else { decide_connect(&policy, &d) };
         prop_assert_eq!(a.steps[0].allowed, kernel.allow);

@@ -20,6 +20,9 @@ pub struct Sandbox {
     pub env: Vec<(String, String)>,
     /// Extra agent options (before `--`).
     pub extra: Vec<String>,
+    /// The agent's subcommand and its own options (empty: `exec`), e.g.
+    /// `["learn", "-o", FILE]`.
+    pub subcommand: Vec<String>,
 }
 
 impl Default for Sandbox {
@@ -35,6 +38,7 @@ impl Default for Sandbox {
             quiet: false,
             env: Vec::new(),
             extra: Vec::new(),
+            subcommand: Vec::new(),
         }
     }
 }

@@ -154,7 +154,11 @@ impl ProxyLab {
     /// `nsenter --net=<client> nono-agent exec <proxy options> -- argv...`.
     pub fn command(&self, sb: &Sandbox, argv: &[&str]) -> Command {
         let mut cmd = self.fx.client_command(&self.agent);
-        cmd.arg("exec");
+        if sb.subcommand.is_empty() {
+            cmd.arg("exec");
+        } else {
+            cmd.args(&sb.subcommand);
+        }
         if let Some(e) = &sb.events {
             cmd.arg("--events").arg(e);
         }

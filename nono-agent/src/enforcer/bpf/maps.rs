@@ -152,6 +152,7 @@ impl PolicyMaps {
                 cgroup,
                 Settings {
                     loopback_any: policy.loopback_any,
+                    audit: policy.audit,
                 },
                 0,
             )

@@ -52,7 +52,14 @@ fn insn(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
 /// (ifindex 1 in every network namespace) or whose source address and port
 /// are a proxy endpoint; drop everything else. A loopback endpoint never
 /// vouches for a packet off the loopback device (as in `decide_ingress`).
+///
+/// In audit mode (`policy.audit`) the filter keeps everything: the replies
+/// of destinations audit lets the sandbox reach arrive off the loopback
+/// device.
 pub fn program(policy: &Policy) -> Vec<libc::sock_filter> {
+    if policy.audit == nono_common::AUDIT_ON {
+        return vec![insn(RET_K, 0, 0, KEEP)];
+    }
     let proxies: Vec<_> = policy.proxies[..(policy.n_proxies as usize).min(MAX_PROXY_ENDPOINTS)]
         .iter()
         .filter(|p| !nono_common::is_loopback(&p.addr))

@@ -11,7 +11,7 @@
 //! names (`copy`), judge it (`super::judge`, pure), perform it (`perform`),
 //! reply, and report denials (`events`).
 
-use nono_common::{Policy, Reason};
+use nono_common::{audit_verdict, Decision, Dest, Policy, Reason, Verdict, AUDIT_ON};
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -267,11 +267,15 @@ impl Supervisor {
         let addr = self.read(n, a[1], len)?;
         let sock = self.socket(n, a[0])?;
         let filtered = self.inbound.for_type(sock.ty).is_some();
-        match judge::bind(sock.domain, addr, filtered) {
+        match judge::bind(sock.domain, addr.clone(), filtered) {
             Ok(judge::Bind::Continue) => Ok(Work::Continue),
             Ok(judge::Bind::To(addr)) => Ok(Work::Perform(Op::Bind { sock, addr })),
             Err(d) => {
                 if let Some(local) = &d.dest {
+                    if self.audited(d.reason, local) {
+                        self.would_deny_event(n, "bind", &sock, local, d.reason);
+                        return Ok(Work::Perform(Op::Bind { sock, addr }));
+                    }
                     self.socket_event(n, "bind", &sock, local, d.reason);
                 }
                 Err(d.errno)
@@ -292,12 +296,16 @@ impl Supervisor {
             let filtered = self.inbound.for_type(sock.ty).is_some();
             match judge::listen(sock.domain, &name, filtered) {
                 Ok(b) => bind_first = b,
-                Err(d) => {
-                    if let Some(local) = &d.dest {
-                        self.socket_event(n, "listen", &sock, local, d.reason);
+                Err(d) => match &d.dest {
+                    Some(local) if self.audited(d.reason, local) => {
+                        self.would_deny_event(n, "listen", &sock, local, d.reason);
                     }
-                    return Err(d.errno);
-                }
+                    Some(local) => {
+                        self.socket_event(n, "listen", &sock, local, d.reason);
+                        return Err(d.errno);
+                    }
+                    None => return Err(d.errno),
+                },
             }
         }
         Ok(Work::Perform(Op::Listen {
@@ -382,11 +390,26 @@ impl Supervisor {
             Err(Refusal::Invalid(e)) => Err(e),
             Err(Refusal::Denied(d)) => {
                 if let Some(dest) = &d.dest {
+                    if self.audited(d.reason, dest) {
+                        self.would_deny_event(n, hook, sock, dest, d.reason);
+                        return Ok(addr);
+                    }
                     self.socket_event(n, hook, sock, dest, d.reason);
                 }
                 Err(d.errno)
             }
         }
+    }
+
+    /// Whether a refusal of `reason` about `dest` is let through because
+    /// the sandbox runs in audit mode (`nono_common::audit_verdict`, as the
+    /// BPF programs decide).
+    fn audited(&self, reason: Reason, dest: &Dest) -> bool {
+        let d = Decision {
+            allow: false,
+            reason,
+        };
+        audit_verdict(d, &dest.addr, self.policy.audit == AUDIT_ON) == Verdict::WouldDeny
     }
 
     /// Resolves a unix path once (O_PATH) as the target sees it (its root
