@@ -14,6 +14,7 @@ pub mod mountinfo;
 pub mod plan;
 pub mod profile;
 pub mod sandbox;
+pub mod selftest;
 pub mod signals;
 pub mod timing;
 pub mod util;

@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod exec;
 pub mod profile;
 pub mod proxy;
+pub mod selftest;
 
 use anyhow::Result;
 
@@ -28,6 +29,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Config(cmd) => config::run(cmd),
         Command::Proxy(args) => runtime()?.block_on(proxy::run(args)),
         Command::Completions { shell } => completions(shell),
+        Command::Selftest(args) => selftest::run(args),
+        Command::Probe { plan } => selftest::probe(&plan),
     }
 }
 

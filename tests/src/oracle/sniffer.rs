@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::netns::in_netns;
 
-use super::frames::{parse_frame, Frame};
+use nono_agent::selftest::frames::{parse_frame, Frame};
 use super::sockets::{cvt, set_rcvtimeo};
 
 /// Opens the capture socket for `iface` inside namespace `ns` (a socket

@@ -57,6 +57,22 @@ impl Args {
         }
     }
 
+    /// The options the library's network attempts take; a malformed value
+    /// is a usage error, a missing one is left to the attempt.
+    pub(crate) fn net(&self) -> nono_agent::selftest::probe::NetArgs {
+        let opt = |k: &str| self.get(k).map(|_| self.num(k, None));
+        nono_agent::selftest::probe::NetArgs {
+            target: self.get("target").map(|_| self.target()),
+            port: opt("port"),
+            id: opt("id"),
+            iface: self.get("iface").map(str::to_string),
+            tag: self.get("tag").map(str::to_string),
+            count: opt("count"),
+            proxy_endpoint: self.get("proxy-endpoint").map(|_| proxy_arg(self)),
+            bytes: opt("bytes"),
+        }
+    }
+
     pub(crate) fn target(&self) -> IpAddr {
         let t = self.req("target");
         t.parse()
