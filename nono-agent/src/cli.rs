@@ -54,7 +54,7 @@ pub enum Command {
     /// Check that this host enforces: run the escape battery against every
     /// enforcer it offers (the daemon, direct BPF, seccomp), each vector
     /// first shown to reach a private test host, then refused inside a
-    /// sandbox. Exit 0: all blocked; 1: a leak; 2: a check did not work;
+    /// sandbox. Exit 0: all blocked; 1: a leak; 3: a check did not work;
     /// 125: selftest could not run.
     Selftest(SelftestArgs),
     /// Internal: the probe selftest runs inside each sandbox.

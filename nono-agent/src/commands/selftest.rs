@@ -21,7 +21,7 @@ pub fn run(args: SelftestArgs) -> Result<i32> {
         signal_hook::flag::register(sig, interrupted.clone())
             .context("installing the SIGINT/SIGTERM handler")?;
     }
-    let report = run_selftest(
+    let mut report = run_selftest(
         &Options {
             enforcers: args.enforcer,
             daemon_socket: args.daemon_socket,
@@ -29,13 +29,14 @@ pub fn run(args: SelftestArgs) -> Result<i32> {
         },
         &interrupted,
     );
+    let interrupted = interrupted.load(std::sync::atomic::Ordering::Relaxed);
+    if interrupted {
+        report.exit_code = EXIT_INTERRUPTED;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.table());
-    }
-    if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
-        return Ok(EXIT_INTERRUPTED);
     }
     Ok(report.exit_code)
 }

@@ -294,7 +294,8 @@ pub fn proto_number(p: Proto) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    const SERVER_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 51, 100, 2);
+    const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+    const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 2);
 
     fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
         let mut f = vec![0xff; 6];
@@ -374,7 +375,7 @@ mod tests {
         let mut p = vec![0x60, 0, 0, 0, 0, rest.len() as u8, next, 64];
         p.extend_from_slice(&[0u8; 15]);
         p.push(1);
-        p.extend_from_slice(&crate::netns::SERVER_V6.octets());
+        p.extend_from_slice(&SERVER_V6.octets());
         p.extend_from_slice(rest);
         p
     }

@@ -88,8 +88,10 @@ impl Oracle {
     pub fn start(host: &TestHost) -> Result<Oracle, OracleError> {
         let dev = host.addrs.veth_server.clone();
         let d = dev.clone();
-        let sniff = in_netns(host.server(), move || packet_socket(&d, libc::ETH_P_ALL as u16))?
-            .map_err(io_err(format!("AF_PACKET socket on {dev}")))?;
+        let sniff = in_netns(host.server(), move || {
+            packet_socket(&d, libc::ETH_P_ALL as u16)
+        })?
+        .map_err(io_err(format!("AF_PACKET socket on {dev}")))?;
         let d = dev.clone();
         let arp = in_netns(host.server(), move || packet_socket(&d, ETH_P_ARP))?
             .map_err(io_err(format!("ARP socket on {dev}")))?;
@@ -253,7 +255,8 @@ fn packet_socket(dev: &str, proto: u16) -> io::Result<OwnedFd> {
     })?;
     // SAFETY: fresh descriptor we own.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let cname = std::ffi::CString::new(dev).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let cname =
+        std::ffi::CString::new(dev).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: valid C string.
     let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
     if ifindex == 0 {

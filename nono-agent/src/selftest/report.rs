@@ -26,7 +26,11 @@ pub enum EnforcerKind {
 }
 
 impl EnforcerKind {
-    pub const ALL: [EnforcerKind; 3] = [EnforcerKind::Daemon, EnforcerKind::Bpf, EnforcerKind::Seccomp];
+    pub const ALL: [EnforcerKind; 3] = [
+        EnforcerKind::Daemon,
+        EnforcerKind::Bpf,
+        EnforcerKind::Seccomp,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -35,7 +39,6 @@ impl EnforcerKind {
             EnforcerKind::Seccomp => "seccomp",
         }
     }
-
 }
 
 /// Whether an enforcer was tested.
@@ -148,7 +151,7 @@ pub enum Outcome {
 /// Exit codes (documented in the README).
 pub const EXIT_PASS: i32 = 0;
 pub const EXIT_LEAK: i32 = 1;
-pub const EXIT_FAIL: i32 = 2;
+pub const EXIT_FAIL: i32 = 3;
 pub const EXIT_CANNOT_RUN: i32 = 125;
 
 impl Outcome {
@@ -169,6 +172,10 @@ pub struct HostInfo {
     pub server_v4: String,
     pub client_v6: String,
     pub server_v6: String,
+    /// The two namespaces (`net:[INODE]`, as /proc/PID/ns/net shows them),
+    /// so anyone can check that nothing holds them after the run.
+    pub client_netns: String,
+    pub server_netns: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -222,7 +229,11 @@ impl ProbeSaid {
 /// Judges the outside run of a vector. `proof` is what shows the
 /// mechanism worked (for rerouted vectors: packets that carried the routing
 /// option to the target; for others what [`judge_inside`] counts).
-pub fn judge_baseline(v: &NetVector, proof: &Seen, probe: Option<&ProbeSaid>) -> (Baseline, String) {
+pub fn judge_baseline(
+    v: &NetVector,
+    proof: &Seen,
+    probe: Option<&ProbeSaid>,
+) -> (Baseline, String) {
     if proof.count > 0 {
         return (Baseline::Reached, format!("outside: {}", proof.what));
     }
@@ -237,16 +248,26 @@ pub fn judge_baseline(v: &NetVector, proof: &Seen, probe: Option<&ProbeSaid>) ->
     }
     (
         Baseline::Unreachable,
-        format!("did not arrive outside a sandbox either ({}); {said}", proof.what),
+        format!(
+            "did not arrive outside a sandbox either ({}); {said}",
+            proof.what
+        ),
     )
 }
 
 /// Judges an escape vector inside a sandbox: only the receiving side counts.
-pub fn judge_inside(baseline: Baseline, seen: &Seen, probe: Option<&ProbeSaid>) -> (Verdict, String) {
+pub fn judge_inside(
+    baseline: Baseline,
+    seen: &Seen,
+    probe: Option<&ProbeSaid>,
+) -> (Verdict, String) {
     let said = probe.map_or("probe: no result".to_string(), ProbeSaid::describe);
     if seen.count > 0 {
         // Whatever the baseline: traffic arrived from inside.
-        return (Verdict::Leak, format!("the test host received: {}; {said}", seen.what));
+        return (
+            Verdict::Leak,
+            format!("the test host received: {}; {said}", seen.what),
+        );
     }
     match baseline {
         Baseline::Reached | Baseline::KernelRefused => {
@@ -268,7 +289,11 @@ pub fn judge_control(seen: &Seen, probe: Option<&ProbeSaid>) -> (Verdict, String
 
 /// The outcome of a run, from its rows and enforcers. `requested`: the
 /// enforcers named with `--enforcer` (empty: every one available).
-pub fn outcome(rows: &[Row], enforcers: &[EnforcerReport], requested: &[EnforcerKind]) -> (Outcome, usize, usize) {
+pub fn outcome(
+    rows: &[Row],
+    enforcers: &[EnforcerReport],
+    requested: &[EnforcerKind],
+) -> (Outcome, usize, usize) {
     let cells = || rows.iter().flat_map(|r| r.results.iter());
     let leaks = cells().filter(|c| c.verdict == Verdict::Leak).count();
     let failures = cells().filter(|c| c.verdict == Verdict::NotReached).count()
@@ -402,7 +427,10 @@ mod tests {
             detail: "connect: EPERM".into(),
             refused_at: None,
         };
-        assert_eq!(judge_inside(Baseline::Reached, &seen(1), Some(&lying)).0, Verdict::Leak);
+        assert_eq!(
+            judge_inside(Baseline::Reached, &seen(1), Some(&lying)).0,
+            Verdict::Leak
+        );
         // The probe claims success, nothing arrived: blocked.
         let boasting = ProbeSaid {
             ok: true,
@@ -413,8 +441,14 @@ mod tests {
             Verdict::Blocked
         );
         // No baseline: cannot be judged, unless something arrived.
-        assert_eq!(judge_inside(Baseline::Unreachable, &seen(0), None).0, Verdict::Untestable);
-        assert_eq!(judge_inside(Baseline::Unreachable, &seen(2), None).0, Verdict::Leak);
+        assert_eq!(
+            judge_inside(Baseline::Unreachable, &seen(0), None).0,
+            Verdict::Untestable
+        );
+        assert_eq!(
+            judge_inside(Baseline::Unreachable, &seen(2), None).0,
+            Verdict::Leak
+        );
     }
 
     #[test]
@@ -426,9 +460,15 @@ mod tests {
             refused_at: Some("setsockopt".into()),
         };
         let rh2 = find_network("rh2-udp-sockopt").expect("vector");
-        assert_eq!(judge_baseline(&rh2, &seen(0), Some(&refused)).0, Baseline::KernelRefused);
+        assert_eq!(
+            judge_baseline(&rh2, &seen(0), Some(&refused)).0,
+            Baseline::KernelRefused
+        );
         let tcp = find_network("tcp4").expect("vector");
-        assert_eq!(judge_baseline(&tcp, &seen(0), Some(&refused)).0, Baseline::Unreachable);
+        assert_eq!(
+            judge_baseline(&tcp, &seen(0), Some(&refused)).0,
+            Baseline::Unreachable
+        );
         assert_eq!(judge_baseline(&tcp, &seen(3), None).0, Baseline::Reached);
     }
 
@@ -459,20 +499,34 @@ mod tests {
         use EnforcerKind::*;
         use EnforcerStatus::*;
         let tested = [enf(Bpf, Tested), enf(Daemon, NotTried)];
-        let ok = [row(RowKind::Escape, Verdict::Blocked), row(RowKind::Control, Verdict::Reached)];
+        let ok = [
+            row(RowKind::Escape, Verdict::Blocked),
+            row(RowKind::Control, Verdict::Reached),
+        ];
         assert_eq!(outcome(&ok, &tested, &[]).0, Outcome::Pass);
         // Asked for the daemon, which was not tried: cannot run.
         assert_eq!(outcome(&ok, &tested, &[Daemon]).0, Outcome::CannotRun);
-        let leak = [row(RowKind::Escape, Verdict::Leak), row(RowKind::Control, Verdict::NotReached)];
+        let leak = [
+            row(RowKind::Escape, Verdict::Leak),
+            row(RowKind::Control, Verdict::NotReached),
+        ];
         assert_eq!(outcome(&leak, &tested, &[Daemon]).0, Outcome::Leak);
         let broken = [row(RowKind::Control, Verdict::NotReached)];
         assert_eq!(outcome(&broken, &tested, &[]).0, Outcome::Fail);
         assert_eq!(outcome(&ok, &[enf(Bpf, Error)], &[]).0, Outcome::Fail);
-        assert_eq!(outcome(&[], &[enf(Seccomp, NotTried)], &[]).0, Outcome::CannotRun);
-        let codes: Vec<i32> = [Outcome::Pass, Outcome::Leak, Outcome::Fail, Outcome::CannotRun]
-            .iter()
-            .map(|o| o.exit_code())
-            .collect();
-        assert_eq!(codes, vec![0, 1, 2, 125]);
+        assert_eq!(
+            outcome(&[], &[enf(Seccomp, NotTried)], &[]).0,
+            Outcome::CannotRun
+        );
+        let codes: Vec<i32> = [
+            Outcome::Pass,
+            Outcome::Leak,
+            Outcome::Fail,
+            Outcome::CannotRun,
+        ]
+        .iter()
+        .map(|o| o.exit_code())
+        .collect();
+        assert_eq!(codes, vec![0, 1, 3, 125]);
     }
 }

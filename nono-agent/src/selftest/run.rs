@@ -82,7 +82,11 @@ impl Phase {
     }
 
     fn tag(self, i: usize) -> String {
-        format!("NONO-SELFTEST-{:010}-{:02}-{i:03}", std::process::id(), self.index())
+        format!(
+            "NONO-SELFTEST-{:010}-{:02}-{i:03}",
+            std::process::id(),
+            self.index()
+        )
     }
 }
 
@@ -147,7 +151,10 @@ struct Running {
 pub fn run(opts: &Options, interrupted: &AtomicBool) -> Report {
     let started = Instant::now();
     let mut enforcers = availability(opts);
-    let finish = |enforcers: Vec<EnforcerReport>, rows: Vec<Row>, host: Option<HostInfo>, error: Option<String>| {
+    let finish = |enforcers: Vec<EnforcerReport>,
+                  rows: Vec<Row>,
+                  host: Option<HostInfo>,
+                  error: Option<String>| {
         let (mut o, leaks, failures) = outcome(&rows, &enforcers, &opts.enforcers);
         if error.is_some() && o == super::report::Outcome::Pass {
             o = super::report::Outcome::CannotRun;
@@ -171,13 +178,23 @@ pub fn run(opts: &Options, interrupted: &AtomicBool) -> Report {
         .map(|e| e.enforcer)
         .collect();
     if to_test.is_empty() {
-        return finish(enforcers, Vec::new(), None, Some("no enforcer to test".into()));
+        return finish(
+            enforcers,
+            Vec::new(),
+            None,
+            Some("no enforcer to test".into()),
+        );
     }
     // SAFETY: geteuid never fails.
     if unsafe { libc::geteuid() } != 0 {
-        for e in enforcers.iter_mut().filter(|e| e.status == EnforcerStatus::Tested) {
+        for e in enforcers
+            .iter_mut()
+            .filter(|e| e.status == EnforcerStatus::Tested)
+        {
             e.status = EnforcerStatus::NotTried;
-            e.detail = "the test host (two network namespaces and a veth pair) can only be made by root".into();
+            e.detail =
+                "the test host (two network namespaces and a veth pair) can only be made by root"
+                    .into();
         }
         return finish(
             enforcers,
@@ -187,20 +204,28 @@ pub fn run(opts: &Options, interrupted: &AtomicBool) -> Report {
         );
     }
     let addrs = Addressing::for_run(run_number());
-    let host_info = HostInfo {
+    let mut host_info = HostInfo {
         client_v4: addrs.client_v4.to_string(),
         server_v4: addrs.server_v4.to_string(),
         client_v6: addrs.client_v6.to_string(),
         server_v6: addrs.server_v6.to_string(),
+        client_netns: String::new(),
+        server_netns: String::new(),
     };
     let host = match TestHost::create(addrs.clone()) {
-        Ok(h) => h,
+        Ok(h) => {
+            (host_info.client_netns, host_info.server_netns) = h.netns_ids();
+            h
+        }
         Err(e) => {
             return finish(
                 enforcers,
                 Vec::new(),
                 Some(host_info),
-                Some(format!("creating the test host: {}", crate::util::chain(&e))),
+                Some(format!(
+                    "creating the test host: {}",
+                    crate::util::chain(&e)
+                )),
             )
         }
     };
@@ -229,10 +254,20 @@ pub fn run(opts: &Options, interrupted: &AtomicBool) -> Report {
             Ok(r) => running.push(r),
             Err(e) => {
                 if let Phase::Inside(k) = phase {
-                    set_status(&mut enforcers, k, EnforcerStatus::Error, format!("could not start exec: {e}"));
+                    set_status(
+                        &mut enforcers,
+                        k,
+                        EnforcerStatus::Error,
+                        format!("could not start exec: {e}"),
+                    );
                 } else {
                     kill_all(&running);
-                    return finish(enforcers, Vec::new(), Some(host_info), Some(format!("starting the probe: {e}")));
+                    return finish(
+                        enforcers,
+                        Vec::new(),
+                        Some(host_info),
+                        Some(format!("starting the probe: {e}")),
+                    );
                 }
             }
         }
@@ -242,7 +277,12 @@ pub fn run(opts: &Options, interrupted: &AtomicBool) -> Report {
         Err(e) => return finish(enforcers, Vec::new(), Some(host_info), Some(e)),
     };
     if let Err(e) = oracle.settle() {
-        return finish(enforcers, Vec::new(), Some(host_info), Some(crate::util::chain(&e)));
+        return finish(
+            enforcers,
+            Vec::new(),
+            Some(host_info),
+            Some(crate::util::chain(&e)),
+        );
     }
     // The baseline first, then each enforcer.
     let mut lines: std::collections::HashMap<u16, Vec<Value>> = Default::default();
@@ -258,12 +298,16 @@ pub fn run(opts: &Options, interrupted: &AtomicBool) -> Report {
         lines.insert(phase.index(), parsed);
     }
     let said = |phase: Phase, name: &str| -> Option<ProbeSaid> {
-        lines.get(&phase.index())?.iter().find(|l| l["vector"] == name).map(|l| ProbeSaid {
-            ok: l["ok"].as_bool().unwrap_or(false),
-            errno: l["errno"].as_i64().map(|e| e as i32),
-            detail: l["detail"].as_str().unwrap_or("").to_string(),
-            refused_at: l["refused_at"].as_str().map(str::to_string),
-        })
+        lines
+            .get(&phase.index())?
+            .iter()
+            .find(|l| l["vector"] == name)
+            .map(|l| ProbeSaid {
+                ok: l["ok"].as_bool().unwrap_or(false),
+                errno: l["errno"].as_i64().map(|e| e as i32),
+                detail: l["detail"].as_str().unwrap_or("").to_string(),
+                refused_at: l["refused_at"].as_str().map(str::to_string),
+            })
     };
     let mut rows = Vec::new();
     for (i, item) in items.iter().enumerate() {
@@ -286,8 +330,12 @@ pub fn run(opts: &Options, interrupted: &AtomicBool) -> Report {
             } else {
                 let p = said(phase, item.name());
                 match item {
-                    Item::Escape(v) => judge_inside(baseline, &observed(&oracle, v, phase, i), p.as_ref()),
-                    Item::Control(c) => judge_control(&control_seen(&oracle, *c, phase, i), p.as_ref()),
+                    Item::Escape(v) => {
+                        judge_inside(baseline, &observed(&oracle, v, phase, i), p.as_ref())
+                    }
+                    Item::Control(c) => {
+                        judge_control(&control_seen(&oracle, *c, phase, i), p.as_ref())
+                    }
                 }
             };
             // A leak counts even if the sandbox was otherwise broken.
@@ -299,7 +347,11 @@ pub fn run(opts: &Options, interrupted: &AtomicBool) -> Report {
             } else {
                 verdict
             };
-            results.push(Cell { enforcer: k, verdict, detail });
+            results.push(Cell {
+                enforcer: k,
+                verdict,
+                detail,
+            });
         }
         rows.push(Row {
             vector: item.name().to_string(),
@@ -344,9 +396,16 @@ fn availability(opts: &Options) -> Vec<EnforcerReport> {
             EnforcerKind::Daemon => daemon_answers(&opts.daemon_socket),
             EnforcerKind::Bpf => {
                 if crate::sandbox::privileges::can_load_bpf() {
-                    (true, "root: exec loads the programs itself (--no-daemon)".into())
+                    (
+                        true,
+                        "root: exec loads the programs itself (--no-daemon)".into(),
+                    )
                 } else {
-                    (false, "loading BPF programs needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF)".into())
+                    (
+                        false,
+                        "loading BPF programs needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF)"
+                            .into(),
+                    )
                 }
             }
             EnforcerKind::Seccomp => {
@@ -359,7 +418,11 @@ fn availability(opts: &Options) -> Vec<EnforcerReport> {
         };
         out.push(EnforcerReport {
             enforcer: k,
-            status: if ok { EnforcerStatus::Tested } else { EnforcerStatus::NotTried },
+            status: if ok {
+                EnforcerStatus::Tested
+            } else {
+                EnforcerStatus::NotTried
+            },
             detail,
         });
     }
@@ -370,27 +433,35 @@ fn daemon_answers(socket: &Path) -> (bool, String) {
     use crate::daemon::client::Client;
     match Client::connect(socket).map(|o| o.map(|mut c| c.status())) {
         Ok(None) => (false, format!("no daemon answers on {}", socket.display())),
-        Ok(Some(Ok((version, _, _, _)))) => (true, format!("daemon {version} on {}", socket.display())),
+        Ok(Some(Ok((version, _, _, _)))) => {
+            (true, format!("daemon {version} on {}", socket.display()))
+        }
         Ok(Some(Err(e))) | Err(e) => (
             false,
-            format!("the daemon on {} does not answer: {}", socket.display(), crate::util::chain(&e)),
+            format!(
+                "no daemon answers on {}: {}",
+                socket.display(),
+                crate::util::chain(&e)
+            ),
         ),
     }
 }
 
 /// Listeners for every TCP attempt, control and endpoint of every phase.
 fn listen_all(o: &Oracle, items: &[Item], phases: &[Phase], a: &Addressing) -> Result<(), String> {
-    let err = |e: super::oracle::OracleError| format!("oracle listeners: {}", crate::util::chain(&e));
+    let err =
+        |e: super::oracle::OracleError| format!("oracle listeners: {}", crate::util::chain(&e));
     for &phase in phases {
-        o.listen_tcp(Side::Server, phase.endpoint(a).port()).map_err(err)?;
+        o.listen_tcp(Side::Server, phase.endpoint(a).port())
+            .map_err(err)?;
         for (i, item) in items.iter().enumerate() {
             match item {
                 Item::Escape(v) if matches!(v.observe, Observe::Tcp | Observe::RoutedTcp) => {
                     o.listen_tcp(Side::Server, phase.port(i)).map_err(err)?
                 }
-                Item::Control(Vector::Loopback4 | Vector::Loopback6) => {
-                    o.listen_tcp(Side::ClientLoopback, phase.port(i)).map_err(err)?
-                }
+                Item::Control(Vector::Loopback4 | Vector::Loopback6) => o
+                    .listen_tcp(Side::ClientLoopback, phase.port(i))
+                    .map_err(err)?,
                 _ => {}
             }
         }
@@ -419,7 +490,8 @@ fn start_phase(
         cmd.arg("exec");
         match k {
             EnforcerKind::Daemon => {
-                cmd.args(["--enforcer", "bpf", "--daemon-socket"]).arg(&opts.daemon_socket);
+                cmd.args(["--enforcer", "bpf", "--daemon-socket"])
+                    .arg(&opts.daemon_socket);
             }
             EnforcerKind::Bpf => {
                 cmd.args(["--enforcer", "bpf", "--no-daemon"]);
@@ -473,7 +545,10 @@ type PhaseOutput = (std::process::ExitStatus, String, String);
 
 /// Waits for every phase (at most [`PHASE_TIMEOUT`]; SIGTERM on timeout or
 /// interruption, then their output is still collected).
-fn collect(running: Vec<Running>, interrupted: &AtomicBool) -> Result<Vec<(Phase, PhaseOutput)>, String> {
+fn collect(
+    running: Vec<Running>,
+    interrupted: &AtomicBool,
+) -> Result<Vec<(Phase, PhaseOutput)>, String> {
     let deadline = Instant::now() + PHASE_TIMEOUT;
     let mut signalled = false;
     while running.iter().any(|r| !r.done.is_finished()) {
@@ -508,7 +583,12 @@ fn parse_lines(stdout: &str) -> Vec<Value> {
 }
 
 /// Whether the phase's sandbox really ran the probe under enforcer `k`.
-fn check_sandbox(k: EnforcerKind, out: &PhaseOutput, lines: &[Value], expected: usize) -> Result<String, String> {
+fn check_sandbox(
+    k: EnforcerKind,
+    out: &PhaseOutput,
+    lines: &[Value],
+    expected: usize,
+) -> Result<String, String> {
     let (status, _, stderr) = out;
     let tail = || {
         stderr
@@ -567,7 +647,11 @@ fn proof(o: &Oracle, v: &NetVector, phase: Phase, i: usize, a: &Addressing) -> S
     let port = phase.port(i);
     match v.observe {
         Observe::RoutedTcp | Observe::RoutedUdp => {
-            let proto = if v.observe == Observe::RoutedTcp { Proto::Tcp } else { Proto::Udp };
+            let proto = if v.observe == Observe::RoutedTcp {
+                Proto::Tcp
+            } else {
+                Proto::Udp
+            };
             let target = target_of(v, a);
             let n = o.routed_packets_to(proto, target, port);
             Seen {
@@ -598,7 +682,10 @@ fn observed(o: &Oracle, v: &NetVector, phase: Phase, i: usize) -> Seen {
         Observe::Tcp | Observe::RoutedTcp => {
             let p = o.packets_to(Proto::Tcp, port);
             let c = o.accepted(Side::Server, port);
-            (p + c, format!("{p} TCP packets to port {port}, {c} accepted connections"))
+            (
+                p + c,
+                format!("{p} TCP packets to port {port}, {c} accepted connections"),
+            )
         }
         Observe::Udp | Observe::RoutedUdp | Observe::WireLoopbackUdp => {
             let p = o.packets_to(Proto::Udp, port);
@@ -608,7 +695,13 @@ fn observed(o: &Oracle, v: &NetVector, phase: Phase, i: usize) -> Seen {
             let v6 = v.observe == Observe::Icmp6Echo;
             let id = phase.id(i);
             let p = o.echo_requests(v6, id);
-            (p, format!("{p} ICMP{} echo requests with id {id}", if v6 { "v6" } else { "" }))
+            (
+                p,
+                format!(
+                    "{p} ICMP{} echo requests with id {id}",
+                    if v6 { "v6" } else { "" }
+                ),
+            )
         }
         Observe::EtherTag => {
             let tag = phase.tag(i);

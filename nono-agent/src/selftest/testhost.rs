@@ -164,6 +164,16 @@ impl TestHost {
         Ok(host)
     }
 
+    /// The namespaces as `net:[INODE]` (client, server).
+    pub fn netns_ids(&self) -> (String, String) {
+        let id = |fd: &OwnedFd| {
+            nix::sys::stat::fstat(fd)
+                .map(|st| format!("net:[{}]", st.st_ino))
+                .unwrap_or_else(|e| format!("unknown ({e})"))
+        };
+        (id(&self.client), id(&self.server))
+    }
+
     pub fn client(&self) -> BorrowedFd<'_> {
         self.client.as_fd()
     }
@@ -175,18 +185,40 @@ impl TestHost {
     fn configure(&self) -> Result<(), TestHostError> {
         // Sysctls first, so the IPv6 settings apply when the links come up.
         let settings: &[(&'static str, bool, &str, &str, bool)] = &[
-            ("client", true, "net.ipv4.ping_group_range", "0 2147483647", true),
+            (
+                "client",
+                true,
+                "net.ipv4.ping_group_range",
+                "0 2147483647",
+                true,
+            ),
             ("client", true, "net.ipv4.tcp_fastopen", "1", true),
             ("server", false, "net.ipv4.tcp_fastopen", "3", true),
             ("client", true, "net.mptcp.enabled", "1", false),
             ("server", false, "net.mptcp.enabled", "1", false),
             ("client", true, "net.ipv6.conf.all.accept_ra", "0", false),
-            ("client", true, "net.ipv6.conf.default.accept_ra", "0", false),
+            (
+                "client",
+                true,
+                "net.ipv6.conf.default.accept_ra",
+                "0",
+                false,
+            ),
             ("server", false, "net.ipv6.conf.all.accept_ra", "0", false),
-            ("server", false, "net.ipv6.conf.default.accept_ra", "0", false),
+            (
+                "server",
+                false,
+                "net.ipv6.conf.default.accept_ra",
+                "0",
+                false,
+            ),
         ];
         for &(ns, is_client, key, value, required) in settings {
-            let fd = if is_client { self.client() } else { self.server() };
+            let fd = if is_client {
+                self.client()
+            } else {
+                self.server()
+            };
             let path = format!("/proc/sys/{}", key.replace('.', "/"));
             let v = value.to_string();
             let r = in_netns(fd, move || std::fs::write(&path, v))?;

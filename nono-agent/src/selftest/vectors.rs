@@ -229,7 +229,6 @@ const fn rv(v: Vector, target: Target, observe: Observe, mode: Mode) -> NetVecto
     }
 }
 
-
 use Mode::*;
 use Observe::*;
 use Target::*;
@@ -266,14 +265,24 @@ pub const NETWORK_VECTORS: &[NetVector] = &[
     rv(Vector::Srh6UdpSockopt, ServerV6, RoutedUdp, Rerouted),
     rv(Vector::Srh6TcpSockopt, ServerV6, RoutedTcp, Rerouted),
     rv(Vector::Srh6UdpConnectSend, ServerV6, RoutedUdp, Rerouted),
-    rv(Vector::Srh6UdpCmsg, ServerV6, RoutedUdp, ReroutedMayBeRefused),
+    rv(
+        Vector::Srh6UdpCmsg,
+        ServerV6,
+        RoutedUdp,
+        ReroutedMayBeRefused,
+    ),
     rv(
         Vector::Srh6UdpPktoptions,
         ServerV6,
         RoutedUdp,
         ReroutedMayBeRefused,
     ),
-    rv(Vector::Rh2UdpSockopt, ServerV6, RoutedUdp, ReroutedMayBeRefused),
+    rv(
+        Vector::Rh2UdpSockopt,
+        ServerV6,
+        RoutedUdp,
+        ReroutedMayBeRefused,
+    ),
     rv(Vector::Lsrr4TcpSockopt, ServerV4, RoutedTcp, Rerouted),
     rv(Vector::Lsrr4UdpSockopt, ServerV4, RoutedUdp, Rerouted),
     rv(Vector::Ssrr4UdpSockopt, ServerV4, RoutedUdp, Rerouted),
@@ -281,8 +290,18 @@ pub const NETWORK_VECTORS: &[NetVector] = &[
     rv(Vector::Lsrr4UdpConnectedCmsg, ServerV4, RoutedUdp, Rerouted),
     // 127.0.0.1 sent out of the veth (outgoing interface chosen without
     // CAP_NET_RAW); leaves the host when an on-link host answers ARP.
-    rv(Vector::UnicastIfLoopback4, ServerV4, WireLoopbackUdp, Rerouted),
-    rv(Vector::PktinfoLoopback4, ServerV4, WireLoopbackUdp, Rerouted),
+    rv(
+        Vector::UnicastIfLoopback4,
+        ServerV4,
+        WireLoopbackUdp,
+        Rerouted,
+    ),
+    rv(
+        Vector::PktinfoLoopback4,
+        ServerV4,
+        WireLoopbackUdp,
+        Rerouted,
+    ),
 ];
 
 /// Process vectors (each has its own test with specific assertions); the

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use crate::netns::in_netns;
 
-use nono_agent::selftest::frames::{parse_frame, Frame};
 use super::sockets::{cvt, set_rcvtimeo};
+use nono_agent::selftest::frames::{parse_frame, Frame};
 
 /// Opens the capture socket for `iface` inside namespace `ns` (a socket
 /// stays in the namespace it was created in; the capture loop can then run

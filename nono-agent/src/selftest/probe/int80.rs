@@ -6,7 +6,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::selftest::sockaddr;
 
-
 use super::attempt::{Attempt, Steps};
 use super::sock::{send_fd, set_timeouts, socket, CONNECT_TIMEOUT, PAYLOAD};
 

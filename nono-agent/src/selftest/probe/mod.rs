@@ -123,9 +123,12 @@ pub fn run(
             need!(vector, a.proxy_endpoint, "proxy-endpoint"),
             a.bytes.unwrap_or(1 << 20),
         ),
-        V::Srh6UdpSockopt => {
-            routed_udp_sockopt(attempt!(lo6()), &attempt!(srh_opt(attempt!(target()))), steps, extra)
-        }
+        V::Srh6UdpSockopt => routed_udp_sockopt(
+            attempt!(lo6()),
+            &attempt!(srh_opt(attempt!(target()))),
+            steps,
+            extra,
+        ),
         V::Rh2UdpSockopt => {
             let segment = attempt!(v6_target(attempt!(target())));
             let o = RouteOpt {
@@ -136,9 +139,12 @@ pub fn run(
             };
             routed_udp_sockopt(attempt!(lo6()), &o, steps, extra)
         }
-        V::Srh6TcpSockopt => {
-            routed_tcp_sockopt(attempt!(lo6()), &attempt!(srh_opt(attempt!(target()))), steps, extra)
-        }
+        V::Srh6TcpSockopt => routed_tcp_sockopt(
+            attempt!(lo6()),
+            &attempt!(srh_opt(attempt!(target()))),
+            steps,
+            extra,
+        ),
         V::Srh6UdpConnectSend => routed_udp_connect_sockopt(
             attempt!(lo6()),
             &attempt!(srh_opt(attempt!(target()))),
@@ -162,7 +168,11 @@ pub fn run(
             extra,
         ),
         V::Lsrr4UdpSockopt | V::Ssrr4UdpSockopt => {
-            let kind = if vector == V::Lsrr4UdpSockopt { 131 } else { 137 };
+            let kind = if vector == V::Lsrr4UdpSockopt {
+                131
+            } else {
+                137
+            };
             routed_udp_sockopt(
                 attempt!(lo4()),
                 &attempt!(srr4_opt(kind, attempt!(target()), libc::IP_OPTIONS)),

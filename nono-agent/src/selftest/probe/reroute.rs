@@ -8,7 +8,6 @@ use std::time::Duration;
 use crate::selftest::sockaddr;
 use serde_json::{json, Value};
 
-
 use super::attempt::{Attempt, Steps};
 use super::sock::{
     cmsg_buf, connect_fd, family, iface_index, send_fd, sendmsg_cmsg, sendto_fd, set_timeouts,
@@ -87,11 +86,7 @@ pub fn srr4_opt(kind: u8, target: IpAddr, name: libc::c_int) -> Result<RouteOpt,
 }
 
 /// Records which step refused the routing option.
-pub fn refused(
-    extra: &mut serde_json::Map<String, Value>,
-    step: &str,
-    a: Attempt,
-) -> Attempt {
+pub fn refused(extra: &mut serde_json::Map<String, Value>, step: &str, a: Attempt) -> Attempt {
     extra.insert("refused_at".into(), json!(step));
     a
 }

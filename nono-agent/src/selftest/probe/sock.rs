@@ -34,11 +34,7 @@ pub fn family(ip: &IpAddr) -> libc::c_int {
     }
 }
 
-pub fn socket(
-    domain: libc::c_int,
-    ty: libc::c_int,
-    proto: libc::c_int,
-) -> io::Result<OwnedFd> {
+pub fn socket(domain: libc::c_int, ty: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; on success we own the descriptor.
     let fd = cvt(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) })?;
     // SAFETY: fd is a fresh descriptor we own.
@@ -70,12 +66,7 @@ pub fn connect_fd(fd: RawFd, sa: &SocketAddr) -> io::Result<()> {
     cvt(unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) }).map(|_| ())
 }
 
-pub fn sendto_fd(
-    fd: RawFd,
-    buf: &[u8],
-    flags: libc::c_int,
-    sa: &SocketAddr,
-) -> io::Result<usize> {
+pub fn sendto_fd(fd: RawFd, buf: &[u8], flags: libc::c_int, sa: &SocketAddr) -> io::Result<usize> {
     let (ss, len) = sockaddr::storage(sa);
     // SAFETY: valid buffer and sockaddr.
     let n = unsafe {
@@ -116,12 +107,7 @@ pub fn setsockopt_bytes(
     .map(|_| ())
 }
 
-pub fn setsockopt_i32(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    v: i32,
-) -> io::Result<()> {
+pub fn setsockopt_i32(fd: RawFd, level: libc::c_int, name: libc::c_int, v: i32) -> io::Result<()> {
     setsockopt_bytes(fd, level, name, &v.to_ne_bytes())
 }
 

@@ -1,7 +1,7 @@
 //! Command-line options, and the addresses several vectors derive from them.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::exit;
 
 use nono_tests::probe_vectors::Vector;
