@@ -275,7 +275,6 @@ fn unprivileged_run_reports_what_it_could_not_test() {
     let out = sys::run_timeout(
         Command::new(setpriv)
             .args(who.setpriv_args())
-            .arg("--")
             .arg(bin)
             .args([
                 "selftest",
@@ -333,7 +332,6 @@ fn unprivileged_run_reports_what_it_could_not_test() {
     let out = sys::run_timeout(
         Command::new(sys::require_tool("setpriv", "runs selftest unprivileged"))
             .args(who.setpriv_args())
-            .arg("--")
             .arg(sys::accessible(&sys::agent_bin()))
             .args([
                 "selftest",

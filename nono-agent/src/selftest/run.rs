@@ -15,6 +15,7 @@
 
 use std::io::Read as _;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -272,9 +273,18 @@ pub fn run(opts: &Options, interrupted: &AtomicBool) -> Report {
             }
         }
     }
-    let outputs = match collect(running, interrupted) {
+    let (outputs, signalled) = collect(running, interrupted);
+    let outputs = match outputs {
         Ok(o) => o,
-        Err(e) => return finish(enforcers, Vec::new(), Some(host_info), Some(e)),
+        Err(e) => {
+            drop(oracle);
+            drop(host);
+            let e = match signalled.then(sweep_stale).flatten() {
+                Some(s) => format!("{e}; {s}"),
+                None => e,
+            };
+            return finish(enforcers, Vec::new(), Some(host_info), Some(e));
+        }
     };
     if let Err(e) = oracle.settle() {
         return finish(
@@ -363,7 +373,8 @@ pub fn run(opts: &Options, interrupted: &AtomicBool) -> Report {
     }
     drop(oracle);
     drop(host);
-    finish(enforcers, rows, Some(host_info), None)
+    let error = signalled.then(sweep_stale).flatten();
+    finish(enforcers, rows, Some(host_info), error)
 }
 
 /// A number for this run: the pid, mixed with the time so that two runs
@@ -506,7 +517,10 @@ fn start_phase(
             .arg(&opts.exe);
     }
     cmd.args(["__probe", "--plan"]).arg(plan);
+    // Its own process group: a terminal's Ctrl-C reaches selftest only,
+    // which lets the phases finish (and clean up) before it ends.
     cmd.env_remove("NONO_AGENT_DAEMON_SOCKET")
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -543,35 +557,62 @@ fn kill_all(running: &[Running]) {
 
 type PhaseOutput = (std::process::ExitStatus, String, String);
 
-/// Waits for every phase (at most [`PHASE_TIMEOUT`]; SIGTERM on timeout or
-/// interruption, then their output is still collected).
+/// How long running phases may still finish on their own after SIGINT /
+/// SIGTERM (a phase takes a few seconds; one that ends by itself removes
+/// its sandbox normally).
+const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
+
+/// Waits for every phase: at most [`PHASE_TIMEOUT`], or [`INTERRUPT_GRACE`]
+/// after an interruption; then SIGTERM. Returns the outputs (or why there
+/// are none) and whether a phase had to be signalled.
 fn collect(
     running: Vec<Running>,
     interrupted: &AtomicBool,
-) -> Result<Vec<(Phase, PhaseOutput)>, String> {
-    let deadline = Instant::now() + PHASE_TIMEOUT;
+) -> (Result<Vec<(Phase, PhaseOutput)>, String>, bool) {
+    let mut deadline = Instant::now() + PHASE_TIMEOUT;
+    let mut grace_set = false;
     let mut signalled = false;
     while running.iter().any(|r| !r.done.is_finished()) {
-        let stop = interrupted.load(Ordering::Relaxed);
-        if (stop || Instant::now() > deadline) && !signalled {
+        if interrupted.load(Ordering::Relaxed) && !grace_set {
+            deadline = deadline.min(Instant::now() + INTERRUPT_GRACE);
+            grace_set = true;
+        }
+        if Instant::now() > deadline && !signalled {
             kill_all(&running);
             signalled = true;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     if interrupted.load(Ordering::Relaxed) {
-        return Err("interrupted".into());
+        return (Err("interrupted".into()), signalled);
     }
     let mut out = Vec::new();
     for r in running {
-        let res = r
-            .done
-            .join()
-            .map_err(|_| "a collector thread panicked".to_string())?
-            .map_err(|e| format!("reading a phase's output: {e}"))?;
+        let res = match r.done.join() {
+            Ok(Ok(res)) => res,
+            Ok(Err(e)) => return (Err(format!("reading a phase's output: {e}")), signalled),
+            Err(_) => return (Err("a collector thread panicked".into()), signalled),
+        };
         out.push((r.phase, res));
     }
-    Ok(out)
+    (Ok(out), signalled)
+}
+
+/// After a phase was killed: removes sandboxes whose agent died (what
+/// every `exec` and `nono-agent cleanup` do), so a direct-BPF sandbox
+/// killed before it could clean up is not left behind.
+fn sweep_stale() -> Option<String> {
+    match crate::sandbox::sweep::sweep(Duration::from_secs(2)) {
+        Ok(s) if s.errors.is_empty() => None,
+        Ok(s) => Some(format!(
+            "removing sandboxes of killed phases: {}",
+            s.errors.join("; ")
+        )),
+        Err(e) => Some(format!(
+            "removing sandboxes of killed phases: {}",
+            crate::util::chain(&e)
+        )),
+    }
 }
 
 fn parse_lines(stdout: &str) -> Vec<Value> {
