@@ -31,7 +31,7 @@ use super::report::{
     judge_baseline, judge_control, judge_inside, outcome, Baseline, Cell, EnforcerKind,
     EnforcerReport, EnforcerStatus, HostInfo, ProbeSaid, Report, Row, RowKind, Seen, Verdict,
 };
-use super::testhost::{enter_before_exec, Addressing, TestHost};
+use super::testhost::{enter_before_exec, enter_own_userns, Addressing, TestHost, CAP_NET_RAW};
 use super::vectors::{Mode, NetVector, Observe, Target, Vector, NETWORK_VECTORS};
 
 /// What to run.
@@ -187,22 +187,27 @@ pub fn run(opts: &Options, interrupted: &AtomicBool) -> Report {
         );
     }
     // SAFETY: geteuid never fails.
-    if unsafe { libc::geteuid() } != 0 {
-        for e in enforcers
-            .iter_mut()
-            .filter(|e| e.status == EnforcerStatus::Tested)
-        {
-            e.status = EnforcerStatus::NotTried;
-            e.detail =
-                "the test host (two network namespaces and a veth pair) can only be made by root"
-                    .into();
+    let unprivileged = unsafe { libc::geteuid() } != 0;
+    if unprivileged {
+        // Still single-threaded here (nothing above starts a thread).
+        if let Err(e) = enter_own_userns() {
+            let why = crate::util::chain(&e);
+            for e in enforcers
+                .iter_mut()
+                .filter(|e| e.status == EnforcerStatus::Tested)
+            {
+                e.status = EnforcerStatus::NotTried;
+                e.detail = format!("no test host: {why}");
+            }
+            return finish(
+                enforcers,
+                Vec::new(),
+                None,
+                Some(format!(
+                    "the test host needs root or an unprivileged user namespace: {why}"
+                )),
+            );
         }
-        return finish(
-            enforcers,
-            Vec::new(),
-            None,
-            Some("run selftest as root: it needs a private test host to prove anything".into()),
-        );
     }
     let addrs = Addressing::for_run(run_number());
     let mut host_info = HostInfo {
@@ -330,7 +335,16 @@ pub fn run(opts: &Options, interrupted: &AtomicBool) -> Report {
             }
             Item::Control(_) => (RowKind::Control, Baseline::Reached, String::new()),
         };
-        for &k in &to_test {
+        let all: Vec<EnforcerKind> = enforcers.iter().map(|e| e.enforcer).collect();
+        for k in all {
+            if !to_test.contains(&k) {
+                results.push(Cell {
+                    enforcer: k,
+                    verdict: Verdict::NotRun,
+                    detail: "not tried".into(),
+                });
+                continue;
+            }
             let phase = Phase::Inside(k);
             let tested = enforcers
                 .iter()
@@ -524,7 +538,16 @@ fn start_phase(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    enter_before_exec(&mut cmd, host.client())?;
+    // The baseline probe of an unprivileged run keeps CAP_NET_RAW of
+    // selftest's own user namespace, so raw and packet sockets can show
+    // that they would reach the test host (a sandbox gets no capability).
+    // SAFETY: geteuid never fails.
+    let ambient: &[u32] = if phase == Phase::Outside && unsafe { libc::geteuid() } != 0 {
+        &[CAP_NET_RAW]
+    } else {
+        &[]
+    };
+    enter_before_exec(&mut cmd, host.client(), ambient, None)?;
     let mut child: Child = cmd.spawn()?;
     let pid = child.id() as i32;
     let (mut out, mut err) = (child.stdout.take(), child.stderr.take());

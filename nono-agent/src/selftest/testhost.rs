@@ -39,8 +39,12 @@ pub const SERVER_MAC: [u8; 6] = [0x02, 0x6e, 0x6f, 0x53, 0x54, 0x02];
 /// What could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TestHostError {
-    #[error("creating a network namespace (needs root: CAP_SYS_ADMIN): {0}")]
+    #[error("creating a network namespace: {0}")]
     Unshare(#[source] nix::Error),
+    #[error("creating a user namespace (needed without root; the host may forbid unprivileged ones): {0}")]
+    UserNs(#[source] nix::Error),
+    #[error("writing /proc/self/{0}: {1}")]
+    Map(String, #[source] std::io::Error),
     #[error("opening the new namespace: {0}")]
     OpenNs(#[source] std::io::Error),
     #[error("entering a test namespace: {0}")]
@@ -184,14 +188,19 @@ impl TestHost {
 
     fn configure(&self) -> Result<(), TestHostError> {
         // Sysctls first, so the IPv6 settings apply when the links come up.
+        // Ping sockets for every group as root; without root (a user
+        // namespace of ours, where only our gid is mapped) for our group,
+        // if the kernel lets us: otherwise the ping vectors' baseline
+        // cannot reach and they are reported as not testable.
+        // SAFETY: geteuid/getgid never fail.
+        let (root, gid) = unsafe { (libc::geteuid() == 0, libc::getgid()) };
+        let ping = if root {
+            "0 2147483647".to_string()
+        } else {
+            format!("{gid} {gid}")
+        };
         let settings: &[(&'static str, bool, &str, &str, bool)] = &[
-            (
-                "client",
-                true,
-                "net.ipv4.ping_group_range",
-                "0 2147483647",
-                true,
-            ),
+            ("client", true, "net.ipv4.ping_group_range", &ping, root),
             ("client", true, "net.ipv4.tcp_fastopen", "1", true),
             ("server", false, "net.ipv4.tcp_fastopen", "3", true),
             ("client", true, "net.mptcp.enabled", "1", false),
@@ -232,17 +241,15 @@ impl TestHost {
                 }
             }
         }
-        let server_path = format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            self.server.as_raw_fd()
-        );
+        // `ip` opens the server namespace through a descriptor it inherits.
+        let server_path = format!("/proc/self/fd/{}", self.server.as_raw_fd());
         ip_batch(
             self.client(),
+            Some(self.server()),
             "client",
             &self.addrs.client_batch(&server_path),
         )?;
-        ip_batch(self.server(), "server", &self.addrs.server_batch())?;
+        ip_batch(self.server(), None, "server", &self.addrs.server_batch())?;
         for (fd, dev) in [
             (self.client(), &self.addrs.veth_client),
             (self.server(), &self.addrs.veth_server),
@@ -292,16 +299,41 @@ pub fn in_netns<T: Send + 'static>(
     .map_err(|_| TestHostError::Thread)?
 }
 
+/// `CAP_NET_ADMIN`: `ip` needs it to configure the test link.
+pub const CAP_NET_ADMIN: u32 = 12;
+/// `CAP_NET_RAW`: the baseline probe needs it for raw and packet sockets.
+pub const CAP_NET_RAW: u32 = 13;
+
 /// Makes `cmd` start in the namespace `ns` (setns between fork and exec).
-pub fn enter_before_exec(cmd: &mut Command, ns: BorrowedFd<'_>) -> std::io::Result<()> {
+/// `ambient`: capabilities the program keeps across exec (only needed in a
+/// user namespace of selftest's own, where exec as a non-zero uid would
+/// drop them; as root nothing is raised). `keep_fd`: a descriptor the
+/// program may open as `/proc/self/fd/N`.
+pub fn enter_before_exec(
+    cmd: &mut Command,
+    ns: BorrowedFd<'_>,
+    ambient: &[u32],
+    keep_fd: Option<BorrowedFd<'_>>,
+) -> std::io::Result<()> {
     let fd = ns.try_clone_to_owned()?;
+    let keep = keep_fd.map(|f| f.as_raw_fd());
+    let mask: u64 = ambient.iter().fold(0, |m, c| m | (1u64 << c));
+    let caps: Vec<u32> = ambient.to_vec();
     // SAFETY: the closure runs in the forked child before exec and only
-    // makes async-signal-safe system calls (setns, prctl); `fd` is moved in
-    // and not dropped there.
+    // makes async-signal-safe system calls (setns, fcntl, capget/capset,
+    // prctl) on memory it owns; `fd` is moved in and not dropped there.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(k) = keep {
+                if libc::fcntl(k, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if mask != 0 {
+                raise_ambient(mask, &caps)?;
             }
             // If selftest dies, so does what it started (exec forwards the
             // signal to its command and removes its sandbox).
@@ -314,14 +346,106 @@ pub fn enter_before_exec(cmd: &mut Command, ns: BorrowedFd<'_>) -> std::io::Resu
     Ok(())
 }
 
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Adds `caps` (bits `mask`) to the inheritable and ambient sets (they
+/// must be permitted). Raw system calls only: runs between fork and exec.
+fn raise_ambient(mask: u64, caps: &[u32]) -> std::io::Result<()> {
+    let mut h = CapHeader {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let mut d = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: header and two v3 data words, valid for the call.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut CapHeader, d.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    d[0].inheritable |= mask as u32;
+    d[1].inheritable |= (mask >> 32) as u32;
+    // SAFETY: as above.
+    if unsafe { libc::syscall(libc::SYS_capset, &h as *const CapHeader, d.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for &c in caps {
+        // SAFETY: integer-only prctl.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                c as libc::c_ulong,
+                0,
+                0,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// For a caller other than root: moves this process into a new user
+/// namespace that maps only its own uid and gid, where it may create the
+/// test host's network namespaces (they belong to that user namespace and
+/// reach nothing the caller could not reach already). Must be called while
+/// the process is single-threaded.
+pub fn enter_own_userns() -> Result<(), TestHostError> {
+    // SAFETY: getuid/getgid never fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    // /proc/self/*_map of a non-dumpable process belong to root: writable
+    // by us only while dumpable.
+    // SAFETY: integer-only prctl.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+    let res = (|| {
+        unshare(CloneFlags::CLONE_NEWUSER).map_err(TestHostError::UserNs)?;
+        let write = |f: &str, v: String| {
+            std::fs::write(format!("/proc/self/{f}"), v)
+                .map_err(|e| TestHostError::Map(f.into(), e))
+        };
+        write("setgroups", "deny".into())?;
+        write("uid_map", format!("{uid} {uid} 1"))?;
+        write("gid_map", format!("{gid} {gid} 1"))
+    })();
+    // SAFETY: integer-only prctl.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    res
+}
+
 /// `ip -batch -` in namespace `ns`, fed `script`.
-fn ip_batch(ns: BorrowedFd<'_>, name: &'static str, script: &str) -> Result<(), TestHostError> {
+fn ip_batch(
+    ns: BorrowedFd<'_>,
+    keep: Option<BorrowedFd<'_>>,
+    name: &'static str,
+    script: &str,
+) -> Result<(), TestHostError> {
     let mut cmd = Command::new(ip_program());
     cmd.args(["-batch", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    enter_before_exec(&mut cmd, ns).map_err(TestHostError::Spawn)?;
+    // SAFETY: geteuid never fails.
+    let ambient: &[u32] = if unsafe { libc::geteuid() } == 0 {
+        &[]
+    } else {
+        &[CAP_NET_ADMIN]
+    };
+    enter_before_exec(&mut cmd, ns, ambient, keep).map_err(TestHostError::Spawn)?;
     let mut child = cmd.spawn().map_err(TestHostError::Spawn)?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
