@@ -12,13 +12,19 @@
 //!   what arrived decides, never what the probe says. [`frames`] parses
 //!   what it captured; pure.
 //! * [`report`]: verdicts, the table, the JSON and the exit code; pure.
+//! * [`plan`]: what each phase attempts, with which port, id and tag; pure.
+//! * [`phases`]: the phases' processes (baseline probe, `exec` sandboxes).
+//! * [`seen`]: what arrived for one attempt, from the oracle.
 //! * [`run`]: one run, tying them together.
 
 pub mod frames;
 pub mod oracle;
+pub mod phases;
+pub mod plan;
 pub mod probe;
 pub mod report;
 pub mod run;
+pub mod seen;
 pub mod sockaddr;
 pub mod testhost;
 pub mod vectors;

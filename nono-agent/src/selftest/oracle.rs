@@ -281,8 +281,8 @@ fn packet_socket(dev: &str, proto: u16) -> io::Result<OwnedFd> {
 
 fn set_rcvtimeo(fd: RawFd, d: Duration) -> io::Result<()> {
     let tv = libc::timeval {
-        tv_sec: d.as_secs() as libc::time_t,
-        tv_usec: d.subsec_micros() as libc::suseconds_t,
+        tv_sec: d.as_secs() as _,
+        tv_usec: d.subsec_micros() as _,
     };
     // SAFETY: valid pointer and length for a timeval option.
     cvt(unsafe {

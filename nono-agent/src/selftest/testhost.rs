@@ -487,7 +487,7 @@ fn link_running(dev: &str) -> bool {
         *d = s as libc::c_char;
     }
     // SAFETY: SIOCGIFFLAGS reads the name and writes the flags into req.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) };
     // SAFETY: the union's flags member is what SIOCGIFFLAGS set.
     let flags = i32::from(unsafe { req.ifr_ifru.ifru_flags });
     rc == 0 && flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0

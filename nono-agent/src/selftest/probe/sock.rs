@@ -43,8 +43,8 @@ pub fn socket(domain: libc::c_int, ty: libc::c_int, proto: libc::c_int) -> io::R
 
 pub fn set_timeouts(fd: RawFd, d: Duration) {
     let tv = libc::timeval {
-        tv_sec: d.as_secs() as libc::time_t,
-        tv_usec: d.subsec_micros() as libc::suseconds_t,
+        tv_sec: d.as_secs() as _,
+        tv_usec: d.subsec_micros() as _,
     };
     for opt in [libc::SO_SNDTIMEO, libc::SO_RCVTIMEO] {
         // SAFETY: valid pointer/length for a timeval option.
