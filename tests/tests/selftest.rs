@@ -550,3 +550,35 @@ fn a_daemon_with_a_detached_program_is_reported_as_a_leak() {
         out.describe()
     );
 }
+
+#[test]
+fn two_runs_at_once_both_pass() {
+    sys::require_prereqs();
+    // Each run has its own namespaces, names and addresses: neither sees
+    // the other's traffic as a leak nor takes the other's ports.
+    let start = || {
+        Command::new(sys::agent_bin())
+            .args([
+                "selftest",
+                "--json",
+                "--enforcer",
+                "bpf,seccomp",
+                "--daemon-socket",
+                "/nonexistent/nono-selftest.sock",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start selftest")
+    };
+    let (a, b) = (start(), start());
+    let mut hosts = Vec::new();
+    for c in [a, b] {
+        let out = c.wait_with_output().expect("selftest output");
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(out.status.code(), Some(0), "{report:#}");
+        hosts.push(report["test_host"]["client_netns"].clone());
+    }
+    assert_ne!(hosts[0], hosts[1], "two runs shared a namespace");
+}
