@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use super::frames::{parse_frame, proto_number, Frame, Proto};
 use super::testhost::{in_netns, TestHost, TestHostError, SERVER_MAC};
 
-const ETH_P_ARP: u16 = 0x0806;
+/// The ARP ethertype.
+pub const ETH_P_ARP: u16 = 0x0806;
 
 /// What could not be set up or observed.
 #[derive(Debug, thiserror::Error)]
@@ -242,9 +243,10 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// A raw packet socket for `proto` bound to `dev`, with a 50 ms receive
-/// timeout (so the loops notice `stop`).
-fn packet_socket(dev: &str, proto: u16) -> io::Result<OwnedFd> {
+/// A raw packet socket for ethertype `proto` (host order) bound to `dev` in
+/// the calling thread's namespace, with a 50 ms receive timeout (so the
+/// loops notice `stop`). Shared with the tests' oracle.
+pub fn packet_socket(dev: &str, proto: u16) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the descriptor is owned right after.
     let fd = cvt(unsafe {
         libc::socket(
@@ -344,34 +346,79 @@ fn listen(sa: SocketAddr) -> io::Result<TcpListener> {
     Ok(l)
 }
 
+/// Reads one frame that arrived on `sock` (outgoing copies skipped) into
+/// `buf`; `None` on timeout or error. Shared with the tests' sniffer.
+pub fn recv_incoming<'a>(sock: &OwnedFd, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    // SAFETY: all-zero sockaddr_ll is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: valid buffers of the given sizes.
+    let n = unsafe {
+        libc::recvfrom(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            0,
+            &mut sll as *mut _ as *mut libc::sockaddr,
+            &mut len,
+        )
+    };
+    if n <= 0 || sll.sll_pkttype == libc::PACKET_OUTGOING {
+        return None;
+    }
+    buf.get(..n as usize)
+}
+
 fn sniff_loop(sock: &OwnedFd, s: &Shared) {
     let mut buf = vec![0u8; 65536];
     while !s.stop.load(Ordering::Relaxed) {
-        // SAFETY: all-zero sockaddr_ll is valid.
-        let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
-        let mut len = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        // SAFETY: valid buffers of the given sizes.
-        let n = unsafe {
-            libc::recvfrom(
-                sock.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                0,
-                &mut sll as *mut _ as *mut libc::sockaddr,
-                &mut len,
-            )
-        };
-        if n <= 0 || sll.sll_pkttype == libc::PACKET_OUTGOING {
-            continue;
+        if let Some(frame) = recv_incoming(sock, &mut buf) {
+            let f = parse_frame(frame);
+            lock(&s.frames).push(f);
         }
-        let f = parse_frame(&buf[..n as usize]);
-        lock(&s.frames).push(f);
     }
+}
+
+/// The ARP reply a host owning `ip` at `mac` sends to `frame`, if `frame`
+/// is an Ethernet/IPv4 ARP request for `ip`. Pure; shared with the tests'
+/// ARP responder.
+pub fn arp_reply(frame: &[u8], ip: Ipv4Addr, mac: [u8; 6]) -> Option<Vec<u8>> {
+    let f = frame.get(..42)?;
+    if f[12..14] != ETH_P_ARP.to_be_bytes()
+        || f[14..22] != [0, 1, 8, 0, 6, 4, 0, 1]
+        || f[38..42] != ip.octets()
+    {
+        return None;
+    }
+    let (sha, spa) = (&f[22..28], &f[28..32]);
+    let mut r = Vec::with_capacity(42);
+    r.extend_from_slice(sha);
+    r.extend_from_slice(&mac);
+    r.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+    r.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+    r.extend_from_slice(&mac);
+    r.extend_from_slice(&ip.octets());
+    r.extend_from_slice(sha);
+    r.extend_from_slice(spa);
+    Some(r)
+}
+
+/// Sends one frame on a bound packet socket; whether it went out.
+pub fn send_frame(sock: &OwnedFd, frame: &[u8]) -> bool {
+    // SAFETY: valid buffer.
+    let sent = unsafe {
+        libc::send(
+            sock.as_raw_fd(),
+            frame.as_ptr() as *const libc::c_void,
+            frame.len(),
+            0,
+        )
+    };
+    sent > 0
 }
 
 /// Answers ARP requests for 127.0.0.1 with the server's MAC.
 fn arp_loop(sock: &OwnedFd, s: &Shared) {
-    let ip = Ipv4Addr::LOCALHOST.octets();
     let mut buf = [0u8; 1500];
     while !s.stop.load(Ordering::Relaxed) {
         // SAFETY: valid buffer.
@@ -383,34 +430,13 @@ fn arp_loop(sock: &OwnedFd, s: &Shared) {
                 0,
             )
         };
-        if n < 42 {
+        let Some(frame) = usize::try_from(n).ok().and_then(|n| buf.get(..n)) else {
             continue;
-        }
-        let f = &buf[..n as usize];
-        if f[14..22] != [0, 1, 8, 0, 6, 4, 0, 1] || f[38..42] != ip {
-            continue;
-        }
-        let (sha, spa) = (&f[22..28], &f[28..32]);
-        let mut r = Vec::with_capacity(42);
-        r.extend_from_slice(sha);
-        r.extend_from_slice(&SERVER_MAC);
-        r.extend_from_slice(&ETH_P_ARP.to_be_bytes());
-        r.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
-        r.extend_from_slice(&SERVER_MAC);
-        r.extend_from_slice(&ip);
-        r.extend_from_slice(sha);
-        r.extend_from_slice(spa);
-        // SAFETY: valid buffer.
-        let sent = unsafe {
-            libc::send(
-                sock.as_raw_fd(),
-                r.as_ptr() as *const libc::c_void,
-                r.len(),
-                0,
-            )
         };
-        if sent > 0 {
-            *lock(&s.arp_answers) += 1;
+        if let Some(r) = arp_reply(frame, Ipv4Addr::LOCALHOST, SERVER_MAC) {
+            if send_frame(sock, &r) {
+                *lock(&s.arp_answers) += 1;
+            }
         }
     }
 }
@@ -431,5 +457,34 @@ fn accept_loop(s: &Shared) {
         }
         drop(acc);
         thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(target: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+        f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 198, 51, 100, 1]);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&target);
+        f
+    }
+
+    #[test]
+    fn answers_only_arp_requests_for_its_address() {
+        let mac = [2, 0, 0, 0, 0, 2];
+        let r = arp_reply(&request([127, 0, 0, 1]), Ipv4Addr::LOCALHOST, mac).expect("reply");
+        assert_eq!(&r[..6], &[2, 0, 0, 0, 0, 1], "to the asker");
+        assert_eq!(&r[20..22], &[0, 2], "an ARP reply");
+        assert_eq!(&r[22..28], &mac);
+        assert_eq!(&r[28..32], &[127, 0, 0, 1]);
+        assert_eq!(&r[38..42], &[198, 51, 100, 1]);
+        assert!(arp_reply(&request([127, 0, 0, 2]), Ipv4Addr::LOCALHOST, mac).is_none());
+        assert!(arp_reply(&request([127, 0, 0, 1])[..30], Ipv4Addr::LOCALHOST, mac).is_none());
     }
 }
