@@ -582,3 +582,31 @@ fn two_runs_at_once_both_pass() {
     }
     assert_ne!(hosts[0], hosts[1], "two runs shared a namespace");
 }
+
+#[test]
+fn sigkill_of_selftest_leaves_nothing() {
+    sys::require_prereqs();
+    let left = Leftovers::snapshot();
+    let mut child = Command::new(sys::agent_bin())
+        .args([
+            "selftest",
+            "--enforcer",
+            "bpf,seccomp",
+            "--daemon-socket",
+            "/nonexistent/nono-selftest.sock",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start selftest");
+    let pid = child.id();
+    let running = sys::wait_until(Duration::from_secs(20), || run_processes(pid).len() >= 3);
+    assert!(running, "selftest's probes never started");
+    // No handler runs: its namespaces go with its descriptors, its children
+    // get SIGTERM (parent-death signal) and end their sandboxes as usual.
+    let _ = child.kill();
+    let _ = child.wait();
+    let gone = sys::wait_until(Duration::from_secs(20), || run_processes(pid).is_empty());
+    assert!(gone, "processes of the run left: {:?}", run_processes(pid));
+    left.assert_none("selftest after SIGKILL");
+}

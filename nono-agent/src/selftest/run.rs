@@ -224,7 +224,17 @@ pub fn run(opts: &Options, interrupted: &AtomicBool) -> Report {
                 let (b, d) = judge_baseline(v, &proof, said(Phase::Outside, v.name).as_ref());
                 (RowKind::Escape, b, d)
             }
-            Item::Control(_) => (RowKind::Control, Baseline::Reached, String::new()),
+            Item::Control(c) => {
+                // The same connection outside a sandbox (it must work there
+                // too, or the run itself is broken).
+                let seen = control_seen(&oracle, *c, Phase::Outside, i);
+                let b = if seen.count > 0 {
+                    Baseline::Reached
+                } else {
+                    Baseline::Unreachable
+                };
+                (RowKind::Control, b, format!("outside: {}", seen.what))
+            }
         };
         let all: Vec<EnforcerKind> = enforcers.iter().map(|e| e.enforcer).collect();
         for k in all {
