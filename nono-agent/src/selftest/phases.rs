@@ -31,6 +31,9 @@ pub struct Running {
     done: JoinHandle<std::io::Result<(std::process::ExitStatus, String, String)>>,
 }
 
+/// Starts `phase` in the test host's client namespace: the baseline probe
+/// itself, or an ordinary `exec` sandbox of the phase's enforcer running
+/// the probe, allowed to reach only loopback and the phase's endpoint.
 pub fn start_phase(
     opts: &Options,
     host: &TestHost,
