@@ -127,7 +127,13 @@ fuzz_target!(|data: &[u8]| {
     match allow.check_target(&target, port) {
         Ok(Rule::AllowDomain(r)) => assert!(m && r == rule, "{pattern:?} allowed {n:?}"),
         Ok(other) => panic!("{pattern:?}: allowed by {other}"),
-        Err(Refusal::NotAllowed { .. }) => assert!(!m, "{pattern:?} matches {n:?}"),
+        Err(Refusal::NotAllowed { .. }) => {
+            assert!(!m && !rule.matches_host(&n), "{pattern:?} matches {n:?}")
+        }
+        Err(Refusal::PortNotAllowed { allowed, .. }) => {
+            assert!(!m && rule.matches_host(&n), "{pattern:?} matches {n:?}");
+            assert_eq!(allowed, rule.ports(), "{pattern:?}");
+        }
         Err(e) => panic!("{pattern:?} vs {n:?}: {e}"),
     }
     let deny = ProxyPolicy {
@@ -140,7 +146,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(m, "{pattern:?} denied {n:?}");
             assert_eq!(e.rule(), Some(Rule::DenyDomain(rule.clone())));
         }
-        Err(Refusal::NotAllowed { .. }) => assert!(!m, "{pattern:?} matches {n:?}"),
+        Err(Refusal::NotAllowed { .. } | Refusal::PortNotAllowed { .. }) => {
+            assert!(!m, "{pattern:?} matches {n:?}")
+        }
         other => panic!("{pattern:?} vs {n:?}: deny rule gave {other:?}"),
     }
     // Spelling never changes the verdict.

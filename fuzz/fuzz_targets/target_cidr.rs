@@ -13,7 +13,7 @@
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
 use nono_proxy::pattern::normalize_host;
-use nono_proxy::policy::{canonical, CidrRule, ProxyPolicy, Target};
+use nono_proxy::policy::{canonical, parse_allow_cidr, CidrRule, ProxyPolicy, Target};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 fn everything() -> ProxyPolicy {
@@ -118,6 +118,18 @@ fuzz_target!(|data: &[u8]| {
         assert!(
             all.check_target(&Target::Ip(ip), port).is_err(),
             "{ip} literal is allowed"
+        );
+    }
+    // An allow rule that parses never covers a link-local address, in any
+    // spelling the proxy judges as one.
+    let link_local = match c {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    if let Ok(rule) = parse_allow_cidr(&text) {
+        assert!(
+            !(link_local && rule.net.contains(&ip)),
+            "allow rule {text:?} covers link-local {ip}"
         );
     }
     // Any network that contains the canonical address allows it as a literal

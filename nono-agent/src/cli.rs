@@ -64,6 +64,9 @@ pub enum Command {
         #[arg(long)]
         plan: String,
     },
+    /// Say whether a sandbox would let DEST (or `--path P`) through, and
+    /// which rule decides: exit 0 allowed, 1 denied, 2 usage error.
+    Why(WhyArgs),
     /// Print a shell completion script to stdout (e.g. `nono-agent
     /// completions bash > /usr/share/bash-completion/completions/nono-agent`).
     Completions {
@@ -123,10 +126,13 @@ pub enum ProfileCommand {
         /// Profile name or path.
         profile: String,
     },
-    /// Check a profile file; exit non-zero with the error if it is invalid.
+    /// Check a profile as `exec` would (syntax, values, write rules, user);
+    /// exit non-zero with the error if it is invalid.
     Validate {
-        /// Path to the TOML file.
-        file: PathBuf,
+        /// Profile NAME or PATH, looked up as `exec --profile` does (a PATH
+        /// contains `/` or ends in `.toml`).
+        #[arg(value_name = "NAME|PATH", value_hint = clap::ValueHint::AnyPath)]
+        file: String,
     },
 }
 
@@ -136,7 +142,7 @@ pub struct ProxyArgs {
     /// Allow this host through the proxy: `example.com` (exactly), or
     /// `*.example.com` (any subdomain, not the apex); `:PORT` to allow that
     /// port instead of 80 and 443. Giving any proxy option starts the proxy.
-    #[arg(long = "allow-domain", value_name = "PATTERN")]
+    #[arg(long = "allow-domain", value_name = "PATTERN", value_parser = allow_domain)]
     pub allow_domain: Vec<DomainRule>,
 
     /// Refuse this host even if an --allow-domain matches (checked first).
@@ -147,7 +153,7 @@ pub struct ProxyArgs {
     /// any port: `10.0.0.0/8:5432`, `[2001:db8::/32]:443`. Needed for
     /// loopback, private, CGNAT and ULA addresses; link-local and metadata
     /// addresses can never be allowed.
-    #[arg(long = "allow-cidr", value_name = "NET[:PORT]")]
+    #[arg(long = "allow-cidr", value_name = "NET[:PORT]", value_parser = allow_cidr)]
     pub allow_cidr: Vec<CidrRule>,
 
     /// Resolve NAME to these addresses without DNS (repeatable).
@@ -163,16 +169,54 @@ pub struct ProxyArgs {
     pub upstream_proxy: Option<Upstream>,
 
     /// Client connections the proxy serves at once (more get 503).
-    #[arg(long = "proxy-max-connections", default_value_t = 4096)]
+    #[arg(long = "proxy-max-connections", default_value_t = 4096, value_parser = at_least_one)]
     pub max_connections: usize,
 
     /// Seconds without traffic after which a tunnel is closed.
-    #[arg(long = "proxy-idle-timeout", default_value_t = 300)]
+    #[arg(long = "proxy-idle-timeout", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,
 
     /// Seconds allowed for connecting to a destination.
-    #[arg(long = "proxy-connect-timeout", default_value_t = 10)]
+    #[arg(long = "proxy-connect-timeout", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub connect_timeout: u64,
+}
+
+/// `--allow-domain`: a pattern, refused over a public suffix (`*.com`).
+fn allow_domain(s: &str) -> Result<DomainRule, String> {
+    nono_proxy::parse_allow(s).map_err(|e| e.to_string())
+}
+
+/// `--allow-cidr`: a network without host bits, refused over link-local
+/// and metadata addresses (no rule can open those).
+fn allow_cidr(s: &str) -> Result<CidrRule, String> {
+    nono_proxy::parse_allow_cidr(s).map_err(|e| e.to_string())
+}
+
+/// A count of at least 1 (0 connections would refuse every request).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{s:?} is not a number: {e}")),
+    }
+}
+
+/// A loopback port, 1 to 65535 (the same rule as a profile's `loopback`).
+fn loopback_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(0) => Err("0 is not a port (1 to 65535)".into()),
+        Ok(p) => Ok(p),
+        Err(_) => Err(format!("{s:?} is not a port (1 to 65535)")),
+    }
+}
+
+/// `proxy --secret`: not empty (an empty secret is a password anyone knows).
+fn secret(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("the secret is empty (give one, or leave --secret out on a loopback listener)".into())
+    } else {
+        Ok(s.to_string())
+    }
 }
 
 impl From<ProxyArgs> for ProxyConfig {
@@ -207,8 +251,9 @@ pub struct StandaloneProxyArgs {
     #[arg(long, required = true, value_name = "ADDR:PORT")]
     pub listen: Vec<SocketAddr>,
 
-    /// Require `Proxy-Authorization: Basic nono:SECRET`.
-    #[arg(long, value_name = "SECRET")]
+    /// Require `Proxy-Authorization: Basic nono:SECRET` (required when
+    /// listening on anything but loopback; never empty).
+    #[arg(long, value_name = "SECRET", value_parser = secret)]
     pub secret: Option<String>,
 
     /// Write every decision as a JSON line to PATH (`-` for stdout).
@@ -240,7 +285,8 @@ pub struct ExecArgs {
     #[arg(long, value_enum, default_value_t = Enforcer::Auto)]
     pub enforcer: Enforcer,
 
-    /// Write every event as a JSON line to PATH (`-` for stdout).
+    /// Append every event as a JSON line to PATH (not the command's own
+    /// stdout or stderr: `-` is refused, the command could forge lines).
     #[arg(long, value_name = "PATH")]
     pub events: Option<PathBuf>,
 
@@ -270,7 +316,7 @@ pub struct ExecArgs {
     /// Narrow loopback to these ports (plus the proxy); repeatable. Without
     /// it (and without a profile saying otherwise) every loopback port is
     /// reachable.
-    #[arg(long = "loopback-port", value_name = "PORT")]
+    #[arg(long = "loopback-port", value_name = "PORT", value_parser = loopback_port)]
     pub loopback_ports: Vec<u16>,
 
     /// Allow connecting to this daemon socket (docker.sock, the system bus
@@ -278,7 +324,9 @@ pub struct ExecArgs {
     #[arg(long = "allow-unix-socket", value_name = "PATH")]
     pub allow_unix_sockets: Vec<PathBuf>,
 
-    /// Run the command as this user (name or uid); needs root.
+    /// Run the command as this user (name or uid); needs root. HOME, USER
+    /// and LOGNAME are set from the user's passwd entry (a uid without one:
+    /// HOME=/, USER and LOGNAME the uid).
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
 
@@ -287,9 +335,26 @@ pub struct ExecArgs {
     #[arg(long)]
     pub allow_degraded: bool,
 
-    /// Do not print the summary line at exit.
+    /// Do not print the enforcer and filesystem lines, the summary at exit
+    /// or denial notices.
     #[arg(long, short)]
     pub quiet: bool,
+
+    /// A one-line notice on stderr for each new denied destination while
+    /// the command runs: `auto` (default) when stderr is a terminal and
+    /// `-q` is not given, `always`, `never`.
+    #[arg(long, value_enum, default_value_t = Notices::Auto)]
+    pub notices: Notices,
+
+    /// Print the resolved plan (enforcer, policy, proxy rules, filesystem
+    /// rules, host protection) and exit 0, creating nothing and running
+    /// nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// With --dry-run: the plan as JSON.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
 
     /// The daemon's socket: with `--enforcer auto` or `bpf`, the sandbox is
     /// made by the daemon whenever it answers there.
@@ -312,6 +377,125 @@ pub struct ExecArgs {
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// The exit code for a command line clap refused: 0 for `--help` and
+/// `--version` (what was asked for was printed), else 125, nono-agent's own
+/// failure (see `commands::EXIT_AGENT_ERROR`).
+pub fn usage_exit_code(kind: clap::error::ErrorKind) -> i32 {
+    use clap::error::ErrorKind as K;
+    match kind {
+        K::DisplayHelp | K::DisplayVersion => 0,
+        _ => crate::commands::EXIT_AGENT_ERROR,
+    }
+}
+
+/// A hint for a refused `exec` command line without `--`: clap then reads
+/// the command's own arguments (`sh -c ...`, `ls -l`) as nono-agent's.
+pub fn usage_hint(args: &[OsString]) -> Option<String> {
+    let rest = args.get(1..)?;
+    let exec_at = rest.iter().position(|a| a == "exec")?;
+    let after = &rest[exec_at + 1..];
+    if after.iter().any(|a| a == "--") {
+        return None;
+    }
+    // The first word that is neither an option nor an option's value is
+    // most likely the command (which options take a value: from the same
+    // definition the parser uses).
+    use clap::CommandFactory as _;
+    let cli = Cli::command();
+    let exec = cli.find_subcommand("exec")?;
+    let takes_value = |word: &str| {
+        exec.get_arguments().any(|a| {
+            let named = match word.strip_prefix("--") {
+                Some(long) => a.get_long() == Some(long),
+                None => word
+                    .strip_prefix('-')
+                    .and_then(|s| s.chars().last())
+                    .is_some_and(|c| a.get_short() == Some(c)),
+            };
+            named && a.get_action().takes_values()
+        })
+    };
+    let mut words = after.iter().map(|a| a.to_string_lossy());
+    let mut cmd = String::from("CMD");
+    while let Some(w) = words.next() {
+        if !w.starts_with('-') {
+            cmd = w.into_owned();
+            break;
+        }
+        if !w.contains('=') && takes_value(&w) {
+            words.next();
+        }
+    }
+    Some(format!(
+        "hint: put the command after `--`, so that its own options are not read as nono-agent's: \
+         nono-agent exec [OPTIONS] -- {cmd} [ARGS...]"
+    ))
+}
+
+/// When denial notices are printed (`exec --notices`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Notices {
+    /// When stderr is a terminal and `-q` is not given.
+    #[default]
+    Auto,
+    /// Always (even with `-q`, even when stderr is not a terminal).
+    Always,
+    /// Never.
+    Never,
+}
+
+/// `why DEST` / `why --path P [--write|--exec]`, with exec's policy flags.
+#[derive(Debug, clap::Args)]
+pub struct WhyArgs {
+    /// `HOST:PORT` (port 443 if omitted), `ADDR:PORT` or `[V6ADDR]:PORT`.
+    #[arg(
+        value_name = "DEST",
+        required_unless_present = "path",
+        conflicts_with = "path"
+    )]
+    pub dest: Option<crate::why::NetDest>,
+
+    /// Ask about a UDP send rather than a TCP connect.
+    #[arg(long, conflicts_with = "path")]
+    pub udp: bool,
+
+    /// Ask about this path instead: read access, or `--write` / `--exec`.
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<PathBuf>,
+
+    /// Alone: ask about reading the path (the default). `--read=PATH`
+    /// adds a read rule, as exec's `--read PATH` does.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "", value_name = "PATH")]
+    pub read: Vec<OsString>,
+
+    /// Alone: ask about writing the path. `--write=PATH` adds a write rule.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "", value_name = "PATH")]
+    pub write: Vec<OsString>,
+
+    /// Alone: ask about executing the path. `--exec=PATH` adds an exec rule.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "", value_name = "PATH")]
+    pub exec: Vec<OsString>,
+
+    /// The answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The profile to judge against (NAME or PATH), as `exec --profile`.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub profile: Option<String>,
+
+    /// As `exec --proxy-endpoint`.
+    #[arg(long = "proxy-endpoint", value_name = "ADDR:PORT")]
+    pub proxy_endpoints: Vec<SocketAddr>,
+
+    /// As `exec --loopback-port`.
+    #[arg(long = "loopback-port", value_name = "PORT")]
+    pub loopback_ports: Vec<u16>,
+
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
 }
 
 impl From<Enforcer> for Requested {
@@ -340,6 +524,12 @@ impl From<ExecArgs> for ExecRequest {
             user: a.user,
             allow_degraded: a.allow_degraded,
             quiet: a.quiet,
+            notices: a.notices,
+            dry_run: a.dry_run.then_some(if a.json {
+                crate::plan::DryRun::Json
+            } else {
+                crate::plan::DryRun::Text
+            }),
             daemon_socket: (!a.no_daemon).then_some(a.daemon_socket),
             proxy: a.proxy.into(),
             command: a.command,
@@ -439,6 +629,125 @@ fn daemon_name(s: &str) -> Result<String, String> {
             "{s:?} is not a daemon name (letters, digits, '-', '_', '.'; not {:?})",
             crate::sandbox::cgroup::PARENT
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn usage_errors_exit_125_help_and_version_0() {
+        use clap::error::ErrorKind as K;
+        assert_eq!(usage_exit_code(K::DisplayHelp), 0);
+        assert_eq!(usage_exit_code(K::DisplayVersion), 0);
+        for k in [
+            K::UnknownArgument,
+            K::MissingRequiredArgument,
+            K::InvalidValue,
+            K::ValueValidation,
+            K::MissingSubcommand,
+            K::DisplayHelpOnMissingArgumentOrSubcommand,
+        ] {
+            assert_eq!(usage_exit_code(k), 125, "{k:?}");
+        }
+    }
+
+    #[test]
+    fn exec_without_double_dash_gets_a_hint() {
+        let h = usage_hint(&os(&["nono-agent", "exec", "-q", "sh", "-c", "echo hi"])).unwrap();
+        assert!(
+            h.contains("nono-agent exec [OPTIONS] -- sh [ARGS...]"),
+            "{h}"
+        );
+        // An option's value is not taken for the command.
+        let h = usage_hint(&os(&[
+            "nono-agent",
+            "exec",
+            "--profile",
+            "default",
+            "--read=/x",
+            "--write",
+            "/y",
+            "python3",
+            "-c",
+        ]))
+        .unwrap();
+        assert!(h.contains("-- python3 [ARGS...]"), "{h}");
+        assert!(usage_hint(&os(&["nono-agent", "exec", "--bogus", "--", "sh"])).is_none());
+        assert!(usage_hint(&os(&["nono-agent", "doctor", "--bogus"])).is_none());
+    }
+
+    #[test]
+    fn value_checks() {
+        assert!(loopback_port("0").is_err());
+        assert_eq!(loopback_port("5432"), Ok(5432));
+        assert!(at_least_one("0").is_err());
+        assert_eq!(at_least_one("7"), Ok(7));
+        assert!(secret("").is_err());
+        assert!(allow_domain("*.com").is_err());
+        assert!(allow_domain("*.co.uk").is_err());
+        assert!(allow_domain("*.example.com").is_ok());
+        assert!(allow_cidr("169.254.0.0/16").is_err());
+        let e = allow_cidr("10.0.0.1/8").unwrap_err();
+        assert!(e.contains("10.0.0.0/8"), "{e}");
+        assert!(allow_cidr("10.0.0.0/8").is_ok());
+    }
+
+    #[test]
+    fn the_parser_refuses_what_a_profile_refuses() {
+        let parse = |v: &[&str]| Cli::try_parse_from(os(v));
+        for bad in [
+            &["nono-agent", "exec", "--loopback-port", "0", "--", "true"][..],
+            &[
+                "nono-agent",
+                "exec",
+                "--proxy-max-connections",
+                "0",
+                "--",
+                "true",
+            ],
+            &[
+                "nono-agent",
+                "exec",
+                "--proxy-idle-timeout",
+                "0",
+                "--",
+                "true",
+            ],
+            &[
+                "nono-agent",
+                "exec",
+                "--allow-domain",
+                "*.com",
+                "--",
+                "true",
+            ],
+            &[
+                "nono-agent",
+                "exec",
+                "--allow-cidr",
+                "169.254.0.0/16",
+                "--",
+                "true",
+            ],
+            &[
+                "nono-agent",
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--secret",
+                "",
+            ],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(usage_exit_code(e.kind()), 125, "{bad:?}");
+        }
+        assert!(parse(&["nono-agent", "exec", "--deny-domain", "*.com", "--", "true"]).is_ok());
     }
 }
 

@@ -120,7 +120,7 @@ pub struct HostMetrics {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "the configuration to be a table")]
 struct RawConfig {
     #[serde(default)]
     network: RawNetwork,
@@ -133,7 +133,7 @@ struct RawConfig {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "network to be a table")]
 struct RawNetwork {
     deny_domains: Vec<Spanned<Parsed<DomainRule>>>,
     deny_cidrs: Vec<Spanned<Parsed<CidrRule>>>,
@@ -141,19 +141,19 @@ struct RawNetwork {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "profiles to be a table")]
 struct RawProfiles {
     allowed: Option<Spanned<Vec<Parsed<ProfileName>>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "events to be a table")]
 struct RawEvents {
     path: Option<Spanned<Parsed<AbsolutePath>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "metrics to be a table")]
 struct RawMetrics {
     listen: Option<Spanned<Parsed<LoopbackAddr>>>,
 }
@@ -326,8 +326,8 @@ fn only_root_may_replace_an_existing_host_configuration() {
 
 /// Reads and validates `path`. A missing file is the empty configuration.
 pub fn load(path: &Path) -> Result<HostConfig, ConfigError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    let text = match std::fs::read(path) {
+        Ok(bytes) => crate::profile::utf8_text(bytes, &path.display().to_string())?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HostConfig::default()),
         Err(source) => {
             return Err(ConfigError::Read {

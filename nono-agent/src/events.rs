@@ -16,6 +16,30 @@ pub struct Line {
     pub deny: bool,
     /// The JSON object, without newline.
     pub json: Vec<u8>,
+    /// For a denial: the notice text (`denied connect to ...`), unescaped
+    /// ([`crate::notice`] escapes it).
+    pub notice: Option<String>,
+}
+
+/// Whether `path` is the agent's own stdout or stderr, which the command
+/// inherits: `-`, or a path naming the same open file (`/dev/stdout`,
+/// `/proc/self/fd/1`, the file stdout is redirected to). Returns which.
+pub fn is_command_output(path: &std::path::Path) -> Option<&'static str> {
+    use std::os::unix::fs::MetadataExt as _;
+    if path.as_os_str() == "-" {
+        return Some("stdout");
+    }
+    let target = std::fs::metadata(path).ok()?;
+    [(1, "stdout"), (2, "stderr")]
+        .into_iter()
+        .find_map(|(fd, name)| {
+            // SAFETY: fstat into a zeroed stat of our own; a closed fd
+            // just fails.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+            (ok && st.st_dev == target.dev() && st.st_ino == target.ino()).then_some(name)
+        })
 }
 
 /// Where concurrent producers (the proxy) send events.
@@ -104,6 +128,7 @@ impl ProxyRecord {
             key: "proxy",
             deny: self.verdict == "deny",
             json: serde_json::to_vec(&env).unwrap_or_default(),
+            notice: None,
         }
     }
 }
@@ -115,19 +140,71 @@ pub struct ProxySink(pub EventTx);
 
 impl EventSink for ProxySink {
     fn record(&self, event: ProxyEvent) {
-        let line = ProxyRecord::from(&event).into_line(&event.sandbox, SystemTime::now());
+        let mut line = ProxyRecord::from(&event).into_line(&event.sandbox, SystemTime::now());
+        line.notice = proxy_notice(&event);
         // A closed channel: the agent is past writing events.
         let _ = self.0.send(line);
     }
 }
 
+/// The notice of a proxy denial: `denied CONNECT evil.example:443 (not in
+/// allowlist)`.
+pub fn proxy_notice(e: &ProxyEvent) -> Option<String> {
+    use nono_proxy::{Reason as R, Refusal};
+    if e.verdict != nono_proxy::Verdict::Deny {
+        return None;
+    }
+    let verb = match e.hook {
+        nono_proxy::Hook::Connect => "CONNECT",
+        nono_proxy::Hook::Http => "HTTP request to",
+    };
+    let reason = match &e.reason {
+        R::Refused(Refusal::NotAllowed { .. }) => "not in allowlist".to_string(),
+        R::Refused(Refusal::IpNotCovered { .. }) => "IP address not in allowlist".to_string(),
+        R::Refused(Refusal::Denied { rule, .. }) => format!("deny-domain {}", rule.text),
+        R::Refused(Refusal::CidrDenied { rule, .. }) => format!("deny-cidr {}", rule.text),
+        R::Refused(Refusal::Never { range, .. }) => (*range).to_string(),
+        R::Refused(Refusal::Private { range, .. }) => format!("{range} without allow-cidr"),
+        other => other.to_string(),
+    };
+    let dest = if e.host.contains(':') && !e.host.starts_with('[') {
+        format!("[{}]:{}", e.host, e.port)
+    } else {
+        format!("{}:{}", e.host, e.port)
+    };
+    Some(crate::notice::text(verb, Some(&dest), &reason))
+}
+
 impl EventRecord {
     /// The event line for this record.
     pub fn into_line(self) -> Line {
+        let dest = match (&self.addr, self.port) {
+            (Some(a), Some(p)) if a.contains(':') => Some(format!("[{a}]:{p}")),
+            (Some(a), Some(p)) => Some(format!("{a}:{p}")),
+            _ => None,
+        };
+        let what = match (self.hook, &self.family, &self.sock_type, self.level) {
+            ("sock_create" | "socket" | "socketpair", f, t, _) => Some(format!(
+                "{}/{}/{}",
+                f.as_deref().unwrap_or("?"),
+                t.as_deref().unwrap_or("?"),
+                self.protocol.unwrap_or(0)
+            )),
+            ("setsockopt", _, _, Some(level)) => {
+                Some(format!("{level}/{}", self.optname.unwrap_or(0)))
+            }
+            _ => None,
+        };
+        let notice = crate::notice::text(
+            crate::notice::hook_verb(self.hook),
+            dest.as_deref().or(what.as_deref()),
+            crate::notice::reason_text(self.reason),
+        );
         Line {
             key: self.hook,
             deny: true,
             json: serde_json::to_vec(&self).unwrap_or_default(),
+            notice: Some(notice),
         }
     }
 }
@@ -250,6 +327,8 @@ pub struct Output {
     extra: Option<std::fs::File>,
     /// Denials counted so far.
     pub summary: Summary,
+    /// Denial notices on the terminal (`exec --notices`).
+    notifier: Option<crate::notice::Notifier>,
 }
 
 /// Errors of the event output.
@@ -292,6 +371,7 @@ impl Output {
             sink,
             extra: None,
             summary: Summary::default(),
+            notifier: None,
         })
     }
 
@@ -311,10 +391,25 @@ impl Output {
         Ok(())
     }
 
+    /// Prints a notice for each new denial from now on.
+    pub fn set_notifier(&mut self, n: crate::notice::Notifier) {
+        self.notifier = Some(n);
+    }
+
+    /// The notices' closing "N more" line, if any (before the summary).
+    pub fn finish_notices(&mut self) {
+        if let Some(n) = &mut self.notifier {
+            n.finish();
+        }
+    }
+
     /// Writes and counts one event.
     pub fn take(&mut self, mut line: Line) {
         use std::io::Write as _;
         self.summary.count(&line);
+        if let (Some(n), true, Some(text)) = (&mut self.notifier, line.deny, &line.notice) {
+            n.offer(text);
+        }
         line.json.push(b'\n');
         let _ = match &mut self.sink {
             Sink::None => Ok(()),
@@ -334,6 +429,21 @@ pub struct Summary {
     total: u64,
     /// Events the kernel could not queue (ring buffer full).
     pub dropped: u64,
+    /// How filesystem denials were reported (`None`: no filesystem rules).
+    pub fs: Option<FsReport>,
+}
+
+/// Whether the filesystem denials in the summary are complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FsReport {
+    /// Read from the kernel's audit records (counted as `landlock`);
+    /// `incomplete` when some may be missing.
+    Listed {
+        /// Some records may have been lost.
+        incomplete: bool,
+    },
+    /// Not available here, and why.
+    NotReported(String),
 }
 
 impl Summary {
@@ -371,6 +481,20 @@ impl Summary {
         }
         s
     }
+
+    /// The line about filesystem denials, if one is due.
+    pub fn fs_line(&self, sandbox: &str) -> Option<String> {
+        match &self.fs {
+            None | Some(FsReport::Listed { incomplete: false }) => None,
+            Some(FsReport::Listed { incomplete: true }) => Some(format!(
+                "nono-agent: sandbox {sandbox}: some filesystem denials may be missing from the count (audit records were lost)"
+            )),
+            Some(FsReport::NotReported(why)) => Some(format!(
+                "nono-agent: sandbox {sandbox}: filesystem denials are not reported (not counted above): {why}; \
+                 `nono-agent why --path PATH` explains a \"Permission denied\""
+            )),
+        }
+    }
 }
 
 /// Turns every record waiting in the BPF ring buffer into an event line.
@@ -392,6 +516,17 @@ pub fn take_raw(raw: &[u8], id: &str, out: &mut Output) {
 mod tests {
     use super::*;
     use nono_common::canonical_v4;
+
+    #[test]
+    fn the_agents_own_output_is_recognised() {
+        assert_eq!(is_command_output(std::path::Path::new("-")), Some("stdout"));
+        let f = std::env::temp_dir().join(format!("nono-events-{}", std::process::id()));
+        std::fs::write(&f, b"").unwrap();
+        assert_eq!(is_command_output(&f), None);
+        std::fs::remove_file(&f).unwrap();
+        // A path that does not exist yet is a new file of its own.
+        assert_eq!(is_command_output(&f), None);
+    }
 
     fn ev(hook: Hook, addr: [u8; 16], port: u16) -> DenyEvent {
         let mut comm = [0u8; 16];

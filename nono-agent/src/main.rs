@@ -6,7 +6,24 @@ use clap::Parser as _;
 use nono_agent::{cli, commands};
 
 fn main() {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed; every other
+            // parse error is nono-agent's own failure: 125, as the README's
+            // exit-code table says (clap's default is 2, which a command
+            // run under exec could also return).
+            let code = cli::usage_exit_code(e.kind());
+            let _ = e.print();
+            if code != 0 {
+                let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+                if let Some(hint) = cli::usage_hint(&args) {
+                    eprintln!("\n{hint}");
+                }
+            }
+            std::process::exit(code);
+        }
+    };
     // Many tunnels need many descriptors; the child gets the original soft
     // limit back before exec (see sandbox::spawn).
     nono_agent::sandbox::spawn::raise_nofile_limit();

@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use crate::config::HostConfig;
 use crate::enforcer::Requested;
 use crate::profile::{self, EnvPolicy, ExpandContext, Loopback, ProfileError, ResolvedProfile};
-use crate::sandbox::landlock::FsRules;
+use crate::sandbox::landlock::{self, FsRules, LandlockError};
+use crate::sandbox::users::{self, Account, UserError};
 use nono_proxy::ProxyConfig;
 
 /// Why a plan could not be made.
@@ -38,6 +39,15 @@ pub enum PlanError {
     EndpointUnspecified(SocketAddr),
     #[error("too many loopback ports: {0} given, at most {MAX_LOOPBACK_PORTS}")]
     TooManyLoopbackPorts(usize),
+    #[error(transparent)]
+    WriteRule(#[from] LandlockError),
+    #[error(transparent)]
+    User(#[from] UserError),
+    #[error(
+        "--events {path}: that is the command's own {stream}, so events would mix with its output \
+         (and the command could write lines that look like events); give a file of its own (--events FILE)"
+    )]
+    EventsToCommandOutput { path: String, stream: &'static str },
 }
 
 /// Everything `exec` was asked for, as plain data (see `cli::ExecArgs`).
@@ -56,12 +66,25 @@ pub struct ExecRequest {
     pub user: Option<String>,
     pub allow_degraded: bool,
     pub quiet: bool,
+    /// When denial notices are printed.
+    pub notices: crate::cli::Notices,
+    /// Print the plan instead of running anything.
+    pub dry_run: Option<DryRun>,
     /// The daemon socket to try (`None`: never use the daemon).
     pub daemon_socket: Option<PathBuf>,
     pub proxy: ProxyConfig,
     pub command: Vec<OsString>,
     /// The host configuration (`crate::config`), already loaded.
     pub host: HostConfig,
+}
+
+/// How `exec --dry-run` prints the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DryRun {
+    /// Lines for people.
+    Text,
+    /// One JSON object.
+    Json,
 }
 
 /// The merged sandbox description.
@@ -76,6 +99,8 @@ pub struct Plan {
     pub allow_degraded: bool,
     /// No enforcer line, no summary.
     pub quiet: bool,
+    /// When denial notices are printed.
+    pub notices: crate::cli::Notices,
     /// The daemon socket to try (`None`: never use the daemon).
     pub daemon_socket: Option<PathBuf>,
     /// Where events go (`-` = stdout).
@@ -92,10 +117,27 @@ pub struct Plan {
     pub fs: Option<FsRules>,
     /// Environment handling.
     pub env: EnvPolicy,
-    /// Run as this user.
-    pub user: Option<String>,
+    /// Run as this user (looked up: a name exists, a uid may be bare).
+    pub user: Option<Account>,
     /// Daemon sockets the sandbox may connect to.
     pub allow_unix_sockets: Vec<PathBuf>,
+    /// Where the rules without an origin of their own came from.
+    pub origins: PlanOrigins,
+}
+
+/// Where the plan's filesystem rules and loopback ports came from (domain
+/// and CIDR rules carry their own [`nono_proxy::Origin`]), so that `why` and
+/// `exec --dry-run` can name the line or flag behind a verdict.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOrigins {
+    /// The profile's filesystem rules and `loopback` setting.
+    pub profile: profile::Provenance,
+    /// Loopback ports the profile lists (`None`: it does not narrow).
+    pub profile_loopback_ports: Option<Vec<u16>>,
+    /// Loopback ports `--loopback-port` added.
+    pub cli_loopback_ports: Vec<u16>,
+    /// Filesystem rules given as flags (`--read`, `--write`, `--exec`).
+    pub cli_fs: Vec<(profile::FsAccess, PathBuf)>,
 }
 
 /// The kernel-side policy, checked: proxy endpoints and the loopback ports
@@ -142,6 +184,16 @@ impl KernelPolicy {
             endpoints: endpoints.to_vec(),
             loopback_ports,
         })
+    }
+
+    /// The proxy endpoints (`--proxy-endpoint`).
+    pub fn endpoints(&self) -> &[SocketAddr] {
+        &self.endpoints
+    }
+
+    /// The narrowed loopback ports (`None`: every port).
+    pub fn loopback_ports(&self) -> Option<&[u16]> {
+        self.loopback_ports.as_deref()
     }
 
     /// The policy the enforcers read, with the sandbox proxy's ports added
@@ -240,6 +292,22 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         env = p.process.env.clone();
         user = p.process.user.clone();
     }
+    let origins = PlanOrigins {
+        profile: profile
+            .as_ref()
+            .map(|p| p.origins.clone())
+            .unwrap_or_default(),
+        profile_loopback_ports: loopback_ports.clone(),
+        cli_loopback_ports: req.loopback_ports.clone(),
+        cli_fs: [
+            (profile::FsAccess::Read, &req.read),
+            (profile::FsAccess::Write, &req.write),
+            (profile::FsAccess::Exec, &req.exec),
+        ]
+        .into_iter()
+        .flat_map(|(a, list)| list.iter().map(move |p| (a, p.clone())))
+        .collect(),
+    };
     if !req.loopback_ports.is_empty() {
         let mut ports: Vec<u16> = loopback_ports.unwrap_or_default();
         ports.extend(&req.loopback_ports);
@@ -254,6 +322,18 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         user = req.user.clone();
     }
     allow_unix_sockets.extend(req.allow_unix_sockets.iter().cloned());
+    if let Some(f) = &fs {
+        check_writes(&f.write)?;
+    }
+    let user = resolve_user(user.as_deref())?;
+    if let Some(path) = &req.events {
+        if let Some(stream) = crate::events::is_command_output(path) {
+            return Err(PlanError::EventsToCommandOutput {
+                path: path.display().to_string(),
+                stream,
+            });
+        }
+    }
     let proxy = proxy_wanted(&proxy).then(|| with_host_rules(proxy, &req.host));
     let kernel = KernelPolicy::new(
         &req.proxy_endpoints,
@@ -266,6 +346,7 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         allow_unenforced: req.allow_unenforced,
         allow_degraded: req.allow_degraded,
         quiet: req.quiet,
+        notices: req.notices,
         daemon_socket: req.daemon_socket.clone(),
         events: req.events.clone(),
         host_events: req.host.events.path.as_ref().map(|p| p.value.clone()),
@@ -276,7 +357,38 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         env,
         user,
         allow_unix_sockets,
+        origins,
     })
+}
+
+/// The checks `exec` makes of a profile beyond parsing it, for `profile
+/// validate` to make the same ones: write rules that would include /proc,
+/// a cgroup filesystem or bpffs, a user that does not exist, more loopback
+/// ports than the kernel policy holds. (`build` makes each of them on the
+/// profile merged with the flags, through the same functions.)
+pub fn check_profile(p: &ResolvedProfile) -> Result<(), PlanError> {
+    check_writes(&p.filesystem.write)?;
+    resolve_user(p.process.user.as_deref())?;
+    if let Loopback::Ports(ports) = &p.network.loopback {
+        let proxy = !p.network.allow_domains.is_empty()
+            || !p.network.deny_domains.is_empty()
+            || !p.network.allow_cidrs.is_empty()
+            || p.network.upstream_proxy.is_some();
+        KernelPolicy::new(&[], Some(ports), proxy)?;
+    }
+    Ok(())
+}
+
+/// Write rules are judged on what they open (see
+/// `landlock::check_write_rules`).
+fn check_writes(write: &[PathBuf]) -> Result<(), PlanError> {
+    landlock::check_write_rules(write, &landlock::forbidden_write_targets())?;
+    Ok(())
+}
+
+/// The account of `--user` / `process.user`.
+fn resolve_user(user: Option<&str>) -> Result<Option<Account>, PlanError> {
+    Ok(user.map(users::lookup_user).transpose()?)
 }
 
 /// The proxy configuration with the host configuration's rules on top: its

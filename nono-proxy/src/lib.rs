@@ -36,8 +36,8 @@ use tokio::task::JoinHandle;
 
 pub use dns::Pin;
 pub use event::{EventSink, Hook, ProxyEvent, Reason, Verdict};
-pub use pattern::{DomainRule, Origin};
-pub use policy::{CidrRule, ProxyPolicy, Refusal, Rule, Target};
+pub use pattern::{parse_allow, DomainRule, Origin};
+pub use policy::{never_allowed, parse_allow_cidr, CidrRule, ProxyPolicy, Refusal, Rule, Target};
 pub use server::Limits;
 pub use upstream::Upstream;
 

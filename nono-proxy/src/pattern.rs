@@ -47,6 +47,19 @@ pub enum RuleError {
     /// `*` anywhere but as the whole first label.
     #[error("pattern {0:?}: '*' is only allowed as a whole first label (\"*.example.com\")")]
     Wildcard(String),
+    /// `*.SUFFIX` where SUFFIX is a public suffix (`com`, `co.uk`,
+    /// `github.io`) or a top-level label: an allow rule would let through
+    /// names anyone can register.
+    #[error(
+        "pattern {pattern:?}: {suffix:?} is a public suffix, so this would allow names anyone can register; \
+         name a registrable domain (\"*.example.{suffix}\") or the exact hosts"
+    )]
+    PublicSuffix {
+        /// The pattern as written.
+        pattern: String,
+        /// The suffix after `*.`.
+        suffix: String,
+    },
     /// The host part is not a host name.
     #[error("pattern {pattern:?}: {error}")]
     Host {
@@ -200,7 +213,42 @@ impl PartialEq for DomainRule {
     }
 }
 
+/// Parses an allow rule (`--allow-domain`, `allow_domains`): a pattern as
+/// [`DomainRule::from_str`] takes it, refused if it is a wildcard over a
+/// public suffix ([`DomainRule::check_allowable`]). Deny rules take any
+/// pattern: denying `*.com` only ever takes access away.
+pub fn parse_allow(s: &str) -> Result<DomainRule, RuleError> {
+    let r: DomainRule = s.parse()?;
+    r.check_allowable()?;
+    Ok(r)
+}
+
+/// Whether `name` (normalised) is a public suffix the Public Suffix List
+/// names (its ICANN or private section: `com`, `co.uk`, `github.io`). A
+/// top-level label the list does not know (`internal`, `corp`, `test`) is
+/// taken for a private namespace, as fleets use them (`*.corp`), even
+/// though the list's implicit rule would call it public.
+pub fn is_public_suffix(name: &str) -> bool {
+    psl::suffix(name.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == name.as_bytes())
+}
+
 impl DomainRule {
+    /// Refuses `*.SUFFIX` over a public suffix (`*.com`, `*.co.uk`,
+    /// `*.github.io`, `*.test`): as an allow rule it would let a sandbox
+    /// reach any name under it, including one its author registered to
+    /// receive what the sandbox sends.
+    pub fn check_allowable(&self) -> Result<(), RuleError> {
+        match &self.host {
+            HostPattern::Subdomains(suffix) if is_public_suffix(suffix) => {
+                Err(RuleError::PublicSuffix {
+                    pattern: self.text.clone(),
+                    suffix: suffix.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The same rule, said to come from `origin`.
     pub fn with_origin(self, origin: Origin) -> Self {
         Self { origin, ..self }
@@ -208,17 +256,25 @@ impl DomainRule {
 
     /// Whether `host` (already normalised) on `port` matches.
     pub fn matches(&self, host: &str, port: u16) -> bool {
-        let port_ok = match self.port {
-            Some(p) => p == port,
-            None => DEFAULT_PORTS.contains(&port),
-        };
-        port_ok
-            && match &self.host {
-                HostPattern::Exact(h) => h == host,
-                HostPattern::Subdomains(suffix) => host
-                    .strip_suffix(suffix.as_str())
-                    .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')),
-            }
+        self.ports().contains(&port) && self.matches_host(host)
+    }
+
+    /// Whether `host` (already normalised) matches, on whatever port.
+    pub fn matches_host(&self, host: &str) -> bool {
+        match &self.host {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Subdomains(suffix) => host
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')),
+        }
+    }
+
+    /// The ports the rule allows.
+    pub fn ports(&self) -> &[u16] {
+        match &self.port {
+            Some(p) => std::slice::from_ref(p),
+            None => &DEFAULT_PORTS,
+        }
     }
 }
 
@@ -283,6 +339,37 @@ mod tests {
         assert!("a.test:0".parse::<DomainRule>().is_err());
         assert!("a.test:99999".parse::<DomainRule>().is_err());
         assert!("a.test:x".parse::<DomainRule>().is_err());
+    }
+
+    #[test]
+    fn wildcards_over_public_suffixes_are_not_allowable() {
+        for bad in ["*.com", "*.co.uk", "*.CO.UK", "*.github.io", "*.com:8443"] {
+            let e = parse_allow(bad).unwrap_err();
+            assert!(matches!(e, RuleError::PublicSuffix { .. }), "{bad:?}: {e}");
+            assert!(e.to_string().contains("public suffix"), "{e}");
+            // As a deny rule it only takes access away: accepted.
+            assert!(bad.parse::<DomainRule>().is_ok(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_allow("*.co.uk").unwrap_err().to_string(),
+            "pattern \"*.co.uk\": \"co.uk\" is a public suffix, so this would allow names \
+             anyone can register; name a registrable domain (\"*.example.co.uk\") or the exact hosts"
+        );
+        for good in [
+            "*.example.com",
+            "*.example.co.uk",
+            "*.me.github.io",
+            "*.allowed.test",
+            // Top-level labels the list does not know: private namespaces.
+            "*.test",
+            "*.internal",
+            "*.corp",
+            "com",
+            "co.uk",
+            "example.com",
+        ] {
+            assert!(parse_allow(good).is_ok(), "{good:?}");
+        }
     }
 
     #[test]

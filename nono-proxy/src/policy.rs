@@ -34,7 +34,7 @@ pub struct CidrError {
     /// The value as written.
     pub text: String,
     /// What is wrong with it.
-    pub why: &'static str,
+    pub why: String,
 }
 
 impl FromStr for CidrRule {
@@ -42,9 +42,9 @@ impl FromStr for CidrRule {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // "[2001:db8::/32]:443", "10.0.0.0/8:5432", "10.0.0.0/8", "2001:db8::/32"
-        let bad = |why: &'static str| CidrError {
+        let bad = |why: &str| CidrError {
             text: s.to_string(),
-            why,
+            why: why.to_string(),
         };
         let (net, port) = if let Some(rest) = s.strip_prefix('[') {
             let (net, tail) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
@@ -67,12 +67,110 @@ impl FromStr for CidrRule {
             .parse()
             .or_else(|_| net.parse::<IpAddr>().map(IpNet::from))
             .map_err(|_| bad("not an address or network"))?;
+        if net.trunc() != net {
+            // `10.0.0.1/8` is most likely a typo for a host or for the
+            // network; either reading of it would surprise someone.
+            let fixed = match port {
+                Some(p) if net.addr().is_ipv6() => format!("[{}]:{p}", net.trunc()),
+                Some(p) => format!("{}:{p}", net.trunc()),
+                None => net.trunc().to_string(),
+            };
+            return Err(bad(&format!(
+                "host bits are set: the network is {fixed} (or give the host alone: {})",
+                net.addr()
+            )));
+        }
         Ok(Self {
             text: s.to_string(),
-            net: net.trunc(),
+            net,
             port,
             origin: Origin::CommandLine,
         })
+    }
+}
+
+/// Parses an allow rule (`--allow-cidr`, `allow_cidrs`): refused if it
+/// overlaps a range no rule can open ([`CidrRule::check_allowable`]).
+/// Deny rules (the host configuration's `deny_cidrs`) may cover them.
+pub fn parse_allow_cidr(s: &str) -> Result<CidrRule, CidrError> {
+    let r: CidrRule = s.parse()?;
+    r.check_allowable()?;
+    Ok(r)
+}
+
+/// Link-local ranges (cloud metadata lives there), in every spelling the
+/// proxy judges as them (v4-mapped, v4-compatible, NAT64): no allow rule
+/// may overlap them.
+const LINK_LOCAL_NETS: [(&str, &str); 5] = [
+    (
+        "169.254.0.0/16",
+        "link-local 169.254.0.0/16 (cloud metadata)",
+    ),
+    ("fe80::/10", "link-local fe80::/10"),
+    (
+        "::ffff:169.254.0.0/112",
+        "link-local 169.254.0.0/16 (cloud metadata), v4-mapped",
+    ),
+    (
+        "::169.254.0.0/112",
+        "link-local 169.254.0.0/16 (cloud metadata), v4-compatible",
+    ),
+    (
+        "64:ff9b::169.254.0.0/112",
+        "link-local 169.254.0.0/16 (cloud metadata), NAT64",
+    ),
+];
+
+/// Metadata addresses outside link-local. A rule naming one of them is
+/// refused; a wider network around one (`100.64.0.0/10`, where Tailscale
+/// lives) is not, and the address itself stays refused per request.
+const METADATA_HOSTS: [(&str, &str); 5] = [
+    ("100.100.100.200/32", "the Alibaba Cloud metadata address"),
+    (
+        "::ffff:100.100.100.200/128",
+        "the Alibaba Cloud metadata address, v4-mapped",
+    ),
+    (
+        "::100.100.100.200/128",
+        "the Alibaba Cloud metadata address, v4-compatible",
+    ),
+    (
+        "64:ff9b::100.100.100.200/128",
+        "the Alibaba Cloud metadata address, NAT64",
+    ),
+    (
+        "fd00:ec2::254/128",
+        "the AWS IPv6 metadata address fd00:ec2::254",
+    ),
+];
+
+/// The link-local range or metadata address `net` lies wholly within, if
+/// any (pure): such a network holds nothing a rule could open.
+pub fn within_never_allowed(net: &IpNet) -> Option<&'static str> {
+    let parse = |m: &str| m.parse::<IpNet>().ok();
+    LINK_LOCAL_NETS
+        .iter()
+        .chain(METADATA_HOSTS.iter())
+        .find_map(|(m, what)| parse(m)?.contains(net).then_some(*what))
+}
+
+impl CidrRule {
+    /// Refuses an allow rule inside link-local or a metadata address: those
+    /// are refused per request whatever the rules say, so such a rule would
+    /// only make the user believe they are open. A wider network that
+    /// includes them (`0.0.0.0/0`, `64:ff9b::/96`) is accepted: everything
+    /// else in it is allowed, and they stay refused per request, as
+    /// documented.
+    pub fn check_allowable(&self) -> Result<(), CidrError> {
+        match within_never_allowed(&self.net) {
+            Some(what) => Err(CidrError {
+                text: self.text.clone(),
+                why: format!(
+                    "lies within {what}, which no rule can allow (refused per request whatever the rules say)"
+                ),
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -179,6 +277,20 @@ pub enum Refusal {
         name: String,
         /// The port asked for.
         port: u16,
+    },
+    /// Allow rules match the name, but none on this port.
+    #[error(
+        "{name}:{port}: port {port} is not allowed for {name} (its allow-domain rules allow port{} {}: add \"{name}:{port}\" to allow it)",
+        if allowed.len() == 1 { "" } else { "s" },
+        allowed.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    PortNotAllowed {
+        /// The normalised name.
+        name: String,
+        /// The port asked for.
+        port: u16,
+        /// The ports the rules matching the name allow, sorted.
+        allowed: Vec<u16>,
     },
     /// Link-local, metadata, multicast and the like: no rule opens these.
     #[error("address {ip} is refused: {range}")]
@@ -294,13 +406,29 @@ impl ProxyPolicy {
                         rule: Box::new(r.clone()),
                     });
                 }
-                match self.allow.iter().find(|r| r.matches(name, port)) {
-                    Some(r) => Ok(Rule::AllowDomain(r.clone())),
-                    None => Err(Refusal::NotAllowed {
+                if let Some(r) = self.allow.iter().find(|r| r.matches(name, port)) {
+                    return Ok(Rule::AllowDomain(r.clone()));
+                }
+                let mut allowed: Vec<u16> = self
+                    .allow
+                    .iter()
+                    .filter(|r| r.matches_host(name))
+                    .flat_map(|r| r.ports().iter().copied())
+                    .collect();
+                allowed.sort_unstable();
+                allowed.dedup();
+                Err(if allowed.is_empty() {
+                    Refusal::NotAllowed {
                         name: name.clone(),
                         port,
-                    }),
-                }
+                    }
+                } else {
+                    Refusal::PortNotAllowed {
+                        name: name.clone(),
+                        port,
+                        allowed,
+                    }
+                })
             }
         }
     }
@@ -362,6 +490,16 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
             }
         }
         v4 => v4,
+    }
+}
+
+/// The range `ip` is in if no rule can ever open it (link-local, cloud
+/// metadata, multicast, broadcast, unspecified): the same check the proxy
+/// makes on IP literals and resolved addresses, for explanations (`why`).
+pub fn never_allowed(ip: IpAddr) -> Option<&'static str> {
+    match check_always_blocked(canonical(ip)) {
+        Err(Refusal::Never { range, .. }) => Some(range),
+        _ => None,
     }
 }
 
@@ -511,6 +649,41 @@ mod tests {
     }
 
     #[test]
+    fn a_port_no_rule_allows_is_named_as_such() {
+        let p = policy(
+            &["api.test", "*.svc.test:8443", "x.svc.test:9000"],
+            &[],
+            &[],
+        );
+        assert_eq!(
+            p.check_target(&name("api.test"), 8443)
+                .unwrap_err()
+                .to_string(),
+            "api.test:8443: port 8443 is not allowed for api.test (its allow-domain rules \
+             allow ports 80, 443: add \"api.test:8443\" to allow it)"
+        );
+        assert_eq!(
+            p.check_target(&name("a.svc.test"), 443)
+                .unwrap_err()
+                .to_string(),
+            "a.svc.test:443: port 443 is not allowed for a.svc.test (its allow-domain rules \
+             allow port 8443: add \"a.svc.test:443\" to allow it)"
+        );
+        assert!(matches!(
+            p.check_target(&name("x.svc.test"), 22).unwrap_err(),
+            Refusal::PortNotAllowed { allowed, .. } if allowed == vec![8443, 9000]
+        ));
+        // A name no rule matches is still "not allowed by any rule".
+        assert_eq!(
+            p.check_target(&name("other.test"), 443)
+                .unwrap_err()
+                .to_string(),
+            "other.test:443 is not allowed by any allow-domain rule"
+        );
+        assert!(p.check_target(&name("a.svc.test"), 8443).is_ok());
+    }
+
+    #[test]
     fn ip_literals_need_cidr_and_metadata_is_never_allowed() {
         let p = policy(
             &["allowed.test"],
@@ -578,6 +751,45 @@ mod tests {
     }
 
     #[test]
+    fn allow_cidrs_may_not_overlap_metadata() {
+        for bad in [
+            "169.254.0.0/16",
+            "169.254.169.254",
+            "169.254.169.0/24",
+            "100.100.100.200",
+            "[::ffff:100.100.100.200]:80",
+            "fe80::/10",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+            "[fe80::/64]:443",
+        ] {
+            let e = parse_allow_cidr(bad).unwrap_err();
+            assert!(e.why.contains("no rule can allow"), "{bad}: {e}");
+            // A deny rule over them is fine.
+            assert!(bad.parse::<CidrRule>().is_ok(), "{bad}");
+        }
+        for good in [
+            "10.0.0.0/8",
+            "198.51.100.0/24:443",
+            "169.255.0.0/16",
+            "2001:db8::/32",
+            "fd00::/16",
+            "fd00:ec2::/32",
+            "100.64.0.0/10",
+            "100.100.100.0/31",
+            // Wider networks including them: accepted; they stay refused
+            // per request (tests/tests/proxy/addresses.rs).
+            "169.0.0.0/8",
+            "0.0.0.0/0",
+            "::/0",
+            "64:ff9b::/96",
+        ] {
+            assert!(parse_allow_cidr(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
     fn cidr_rule_syntax() {
         let r: CidrRule = "[2001:db8::/32]:443".parse().unwrap();
         assert_eq!(r.port, Some(443));
@@ -587,6 +799,16 @@ mod tests {
         assert_eq!(r.port, None);
         let r: CidrRule = "198.51.100.7".parse().unwrap();
         assert_eq!(r.net.prefix_len(), 32);
+        let e = "10.0.0.1/8".parse::<CidrRule>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--allow-cidr \"10.0.0.1/8\": host bits are set: the network is 10.0.0.0/8 \
+             (or give the host alone: 10.0.0.1)"
+        );
+        let e = "[2001:db8::1/32]:443".parse::<CidrRule>().unwrap_err();
+        assert!(e.why.contains("[2001:db8::/32]:443"), "{e}");
+        let e = "10.0.0.1/8:5432".parse::<CidrRule>().unwrap_err();
+        assert!(e.why.contains("10.0.0.0/8:5432"), "{e}");
         for bad in [
             "10.0.0.0/33",
             "banana",

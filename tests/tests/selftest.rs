@@ -363,7 +363,7 @@ fn bad_input_and_unavailable_enforcers_are_refused() {
     sys::require_prereqs();
     let (out, _) = selftest(&["--enforcer", "nosuch"]);
     assert!(
-        out.code() == 2 && out.stderr.contains("nosuch"),
+        out.code() == 125 && out.stderr.contains("nosuch"),
         "an unknown enforcer is a usage error naming it: {}",
         out.describe()
     );

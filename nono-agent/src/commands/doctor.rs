@@ -83,13 +83,11 @@ pub fn run(json: bool, daemon_socket: &std::path::Path) -> Result<i32> {
             detail: format!("not tried: {}", crate::util::chain(e)),
         },
     };
-    let user_notif = privileges::seccomp_user_notif_available();
-    // The same choice `exec --enforcer auto` makes, BPF tried for real on a
-    // throwaway cgroup (already done above: its outcome is replayed here).
-    let host = Host {
-        privileged,
-        seccomp_user_notif: user_notif,
-    };
+    // The same facts and the same choice `exec --enforcer auto` makes, BPF
+    // tried for real on a throwaway cgroup (already done above: its outcome
+    // is replayed here).
+    let host = Host::detect(privileged);
+    let user_notif = host.seccomp_user_notif;
     let bpf_outcome = if bpf.ok { Ok(()) } else { Err(&bpf.detail) };
     let (auto_enforcer, auto_reason) = if daemon.answers {
         (
@@ -112,12 +110,9 @@ pub fn run(json: bool, daemon_socket: &std::path::Path) -> Result<i32> {
                     bpf.detail
                 ),
             ),
-            Ok(Choice::Unenforced { .. }) | Err(_) => (
+            Ok(Choice::Unenforced { why }) | Err(enforcer::Refused { why }) => (
                 None,
-                format!(
-                    "cgroup BPF is unavailable ({}) and so is seccomp user notification: exec refuses to run (unless --allow-unenforced)",
-                    bpf.detail
-                ),
+                format!("{why}: exec refuses to run (unless --allow-unenforced)"),
             ),
         }
     };

@@ -22,8 +22,8 @@ use crate::enforcer::{self, Applied, Choice, Host, Requested};
 use crate::events;
 use crate::plan::{self, ExecRequest, Plan};
 use crate::sandbox::{
-    cgroup, child::ChildSetup, command_path, daemons, hide, landlock, privileges, pty, reap,
-    registry, relay, spawn, sweep, teardown::Resources, users,
+    cgroup, child::ChildSetup, command_path, daemons, exec_check, fsaudit, hide, landlock,
+    privileges, pty, reap, registry, relay, spawn, sweep, teardown::Resources, users,
 };
 use crate::signals::Forwarder;
 use crate::timing::Timing;
@@ -49,7 +49,40 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     req.host = crate::config::load_from_env()?;
     // Everything the user asked for is checked before anything is created.
     let plan = plan::build(&req)?;
+    let privileged = privileges::can_load_bpf();
+    if let (Some(u), false) = (&plan.user, privileged) {
+        bail!("running the command as user {} needs root", u.login());
+    }
+    // A profile that hides the command or its interpreter would end in a
+    // bare EACCES from the child's exec: say which path, before anything
+    // is created. (Landlock still decides; this only explains.)
+    if let Some(rules) = &plan.fs {
+        let env = plan::environment(&plan.env);
+        let path_env = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_os_str());
+        if let Err(denied) = exec_check::check(rules, &program, path_env) {
+            let name = plan.profile_name.as_deref().unwrap_or("default");
+            eprintln!("nono-agent: profile {name} {denied}");
+            return Ok(126);
+        }
+    }
+    if let Some(mode) = req.dry_run {
+        // Checks the filesystem rules as exec would (a ruleset is only a
+        // descriptor: nothing outlives it).
+        prepare_landlock(&plan)?;
+        return super::dry_run::run(&plan, &program, privileged, mode);
+    }
     let mut out = events::Output::open(plan.events.as_deref())?;
+    let notices = match plan.notices {
+        crate::cli::Notices::Always => true,
+        crate::cli::Notices::Never => false,
+        crate::cli::Notices::Auto => !plan.quiet && pty::is_terminal(2),
+    };
+    if notices {
+        out.set_notifier(crate::notice::Notifier::stderr());
+    }
     if let Some(p) = &plan.host_events {
         if let Err(e) = out.add_file(p) {
             eprintln!(
@@ -58,14 +91,22 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
             );
         }
     }
-    let privileged = privileges::can_load_bpf();
-    let user = match &plan.user {
-        Some(u) if !privileged => bail!("running the command as user {u} needs root"),
-        Some(u) => Some(users::lookup_user(u)?),
-        None => None,
-    };
+    let user = plan.user.as_ref().map(|a| (a.uid, a.gid));
     timing.mark("plan");
-    let landlock = prepare_landlock(&plan)?;
+    let mut landlock = prepare_landlock(&plan)?;
+    // Filesystem denials, where the kernel reports them (see fsaudit).
+    let mut fs_listener = None;
+    if plan.fs.is_some() {
+        match fsaudit::Listener::open() {
+            Ok(l) => {
+                if let Some(l) = landlock.as_mut() {
+                    l.log_after_exec();
+                }
+                fs_listener = Some(l);
+            }
+            Err(why) => out.summary.fs = Some(events::FsReport::NotReported(why)),
+        }
+    }
     timing.mark("landlock prepared");
     let (denied_sockets, denied_socket_ids): (Vec<PathBuf>, Vec<(u64, u64)>) =
         daemons::denied(&plan.allow_unix_sockets)
@@ -103,10 +144,15 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     // root child could otherwise write root-owned cgroup.procs files and
     // leave its cgroup). Stale sandboxes and the owner lock are the direct
     // path's business.
+    let host = Host::detect(privileged);
     let (state, lock) = if privileged {
         let st = registry::state_dir()?;
         let lock = if daemon.is_none() {
-            sweep_stale();
+            // Without cgroup2 there is nothing to sweep, and the enforcer's
+            // choice below refuses with the reason (once).
+            if host.no_cgroup2.is_none() {
+                sweep_stale();
+            }
             Some(registry::OwnerLock::acquire(&st, &id)?)
         } else {
             None
@@ -143,7 +189,7 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
                 nested: created.nested,
             }
         }
-        None => apply_enforcer(&plan, &mut res, &policy, privileged)?,
+        None => apply_enforcer(&plan, &mut res, &policy, host)?,
     };
     timing.mark("enforcer applied");
     if !plan.quiet {
@@ -237,6 +283,13 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     };
     timing.mark("spawn");
     child_pid.store(child.pid, Ordering::SeqCst);
+    let fs_audit = match fs_listener.take() {
+        Some(l) => Some(
+            l.start(child.pid, id.clone(), event_tx.clone())
+                .context("starting the filesystem audit reader")?,
+        ),
+        None => None,
+    };
     let mut dconn: Option<AsyncClient> = match daemon.take() {
         Some(mut c) => {
             for raw in std::mem::take(&mut c.early_events) {
@@ -338,6 +391,12 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     if let Some(r) = ring.as_mut() {
         events::drain_ring(r.get_mut(), &id, &mut out);
     }
+    if let Some(a) = fs_audit {
+        let incomplete = tokio::task::spawn_blocking(move || a.finish(Duration::from_secs(2)))
+            .await
+            .unwrap_or(true);
+        out.summary.fs = Some(events::FsReport::Listed { incomplete });
+    }
     // Give the supervisor's last events a moment to arrive.
     tokio::task::yield_now().await;
     while let Ok(line) = event_rx.try_recv() {
@@ -366,8 +425,12 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     }
     timing.mark("teardown");
     timing.report();
+    out.finish_notices();
     if !plan.quiet {
         eprintln!("{}", out.summary.line(&id));
+        if let Some(l) = out.summary.fs_line(&id) {
+            eprintln!("{l}");
+        }
     }
 
     Ok(match status {
@@ -501,12 +564,8 @@ fn apply_enforcer(
     plan: &Plan,
     res: &mut Resources,
     policy: &Policy,
-    privileged: bool,
+    host: Host,
 ) -> Result<Applied> {
-    let host = Host {
-        privileged,
-        seccomp_user_notif: privileges::seccomp_user_notif_available(),
-    };
     let try_bpf = || match enforcer::apply_bpf(res, policy) {
         Ok(a) => Ok(a),
         Err(e) => {
@@ -525,7 +584,7 @@ fn apply_enforcer(
             a
         }
         Choice::Seccomp { why_not_bpf } => {
-            if let Some(why) = why_not_bpf {
+            if let (Some(why), false) = (why_not_bpf, plan.quiet) {
                 eprintln!("nono-agent: enforcer: seccomp ({why})");
             }
             Applied::Seccomp
@@ -546,6 +605,12 @@ fn child_environment(
     proxy_env: Vec<(String, String)>,
 ) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = plan::environment(&plan.env);
+    if let Some(account) = &plan.user {
+        let only_present = matches!(plan.env, crate::profile::EnvPolicy::PassThrough(_));
+        if !matches!(plan.env, crate::profile::EnvPolicy::Clean) {
+            users::set_identity(&mut env, account, only_present);
+        }
+    }
     env.push(("NONO_SANDBOX_ID".into(), id.into()));
     env.push(("NONO_ENFORCER".into(), applied.name().into()));
     match applied {

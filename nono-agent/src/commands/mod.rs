@@ -6,10 +6,12 @@ pub mod cleanup;
 pub mod config;
 pub mod daemon;
 pub mod doctor;
+pub mod dry_run;
 pub mod exec;
 pub mod profile;
 pub mod proxy;
 pub mod selftest;
+pub mod why;
 
 use anyhow::Result;
 
@@ -28,6 +30,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Profile(cmd) => profile::run(cmd),
         Command::Config(cmd) => config::run(cmd),
         Command::Proxy(args) => runtime()?.block_on(proxy::run(args)),
+        Command::Why(args) => why::run(args),
         Command::Completions { shell } => completions(shell),
         Command::Selftest(args) => selftest::run(args),
         Command::Probe { plan } => selftest::probe(&plan),

@@ -24,23 +24,23 @@ pub fn run(cmd: ProfileCommand) -> Result<i32> {
                 Ok(2)
             }
         },
-        ProfileCommand::Validate { file } => match profile::validate_file(&file, &ctx) {
-            Ok(p) => {
-                // The same check `exec` makes, on the resolved paths.
-                if let Err(e) = crate::sandbox::landlock::check_write_rules(
-                    &p.filesystem.write,
-                    &crate::sandbox::landlock::forbidden_write_targets(),
-                ) {
-                    eprintln!("nono-agent: {}: {}", file.display(), crate::util::chain(&e));
+        ProfileCommand::Validate { file: spec } => {
+            // Looked up as `exec --profile` does (a NAME or a PATH), then
+            // judged by the same checks `exec` makes.
+            let p = match profile::load(&spec, &ctx) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("nono-agent: {e}");
                     return Ok(2);
                 }
-                println!("{}: valid (profile {})", file.display(), p.name);
-                Ok(0)
+            };
+            if let Err(e) = crate::plan::check_profile(&p) {
+                eprintln!("nono-agent: {spec}: {}", crate::util::chain(&e));
+                return Ok(2);
             }
-            Err(e) => {
-                eprintln!("nono-agent: {e}");
-                Ok(2)
-            }
-        },
+            let from = p.chain.last().cloned().unwrap_or_default();
+            println!("{spec}: valid (profile {from})");
+            Ok(0)
+        }
     }
 }

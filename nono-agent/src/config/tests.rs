@@ -129,7 +129,13 @@ fn every_value_is_type_checked_where_it_is() {
     assert_at("[profiles]\nallowed = [1]\n", 2, 12, "a string");
     assert_at("[events]\npath = []\n", 2, 8, "a string");
     assert_at("[metrics]\nlisten = 9464\n", 2, 10, "a string");
-    assert_at("network = 1\n", 1, 11, "");
+    assert_at(
+        "network = 1\n",
+        1,
+        11,
+        "network must be a table, not integer `1`",
+    );
+    assert_at("events = \"x\"\n", 1, 10, "events must be a table");
     assert_at("[network]\ndeny_domains = [\n", 2, 17, "");
 }
 

@@ -25,12 +25,34 @@ pub enum Requested {
 }
 
 /// What the host offers, as far as the choice goes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Host {
     /// Root (or the capabilities BPF needs).
     pub privileged: bool,
     /// The kernel has seccomp user notification.
     pub seccomp_user_notif: bool,
+    /// Why no cgroup2 filesystem is usable here, if none is: a privileged
+    /// sandbox always gets a cgroup (under seccomp too, so that `cleanup`
+    /// can find and kill it if the agent dies), so without one nothing can
+    /// confine it.
+    pub no_cgroup2: Option<String>,
+}
+
+impl Host {
+    /// The facts of this host, for `exec` and `doctor` alike.
+    pub fn detect(privileged: bool) -> Self {
+        Self {
+            privileged,
+            seccomp_user_notif: crate::sandbox::privileges::seccomp_user_notif_available(),
+            no_cgroup2: if privileged {
+                crate::sandbox::cgroup::discover_root()
+                    .err()
+                    .map(|e| crate::util::chain(&e))
+            } else {
+                None
+            },
+        }
+    }
 }
 
 /// The outcome of [`choose`].
@@ -72,6 +94,9 @@ pub fn choose<B, E: fmt::Display>(
             Err(Refused { why })
         }
     };
+    if let (true, Some(why)) = (host.privileged, &host.no_cgroup2) {
+        return fallback(why.clone());
+    }
     match requested {
         Requested::Bpf if !host.privileged => {
             fallback(format!("the bpf enforcer needs root ({BPF_CAPS})"))
@@ -109,15 +134,43 @@ mod tests {
     const ROOT: Host = Host {
         privileged: true,
         seccomp_user_notif: true,
+        no_cgroup2: None,
     };
     const USER: Host = Host {
         privileged: false,
         seccomp_user_notif: true,
+        no_cgroup2: None,
     };
     const BARE: Host = Host {
         privileged: false,
         seccomp_user_notif: false,
+        no_cgroup2: None,
     };
+
+    #[test]
+    fn root_without_cgroup2_is_refused_by_every_enforcer() {
+        let host = Host {
+            no_cgroup2: Some("no cgroup2 (ip netns exec)".into()),
+            ..ROOT
+        };
+        for r in [Requested::Auto, Requested::Bpf, Requested::Seccomp] {
+            let e = choose(r, host.clone(), false, never).unwrap_err();
+            assert_eq!(e.why, "no cgroup2 (ip netns exec)");
+            assert!(matches!(
+                choose(r, host.clone(), true, never),
+                Ok(Choice::Unenforced { .. })
+            ));
+        }
+        // Unprivileged sandboxes need no cgroup.
+        let user = Host {
+            no_cgroup2: Some("none".into()),
+            ..USER
+        };
+        assert!(matches!(
+            choose(Requested::Auto, user, false, never),
+            Ok(Choice::Seccomp { .. })
+        ));
+    }
 
     fn ok() -> Result<u8, String> {
         Ok(7)

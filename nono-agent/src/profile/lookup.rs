@@ -134,8 +134,8 @@ pub(super) fn load_in(
 }
 
 pub(super) fn read_file(path: &Path) -> Result<Option<String>, ProfileError> {
-    match std::fs::read_to_string(path) {
-        Ok(t) => {
+    match std::fs::read(path) {
+        Ok(bytes) => {
             // SAFETY: geteuid has no preconditions.
             let me = unsafe { libc::geteuid() };
             if let Some(why) = unsafe_path(path, me) {
@@ -144,7 +144,7 @@ pub(super) fn read_file(path: &Path) -> Result<Option<String>, ProfileError> {
                     why,
                 });
             }
-            Ok(Some(t))
+            Ok(Some(raw::utf8_text(bytes, &path.display().to_string())?))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(ProfileError::Read {

@@ -80,6 +80,7 @@ pub(super) fn resolve_chain(
             env: merged.env.unwrap_or(EnvPolicy::Inherit),
             user: merged.user,
         },
+        origins: merged.origins,
     })
 }
 
@@ -97,6 +98,7 @@ pub(super) struct Merged {
     fs: FsPolicy,
     env: Option<EnvPolicy>,
     user: Option<String>,
+    origins: Provenance,
 }
 
 /// Appends the items not already present (by `same`), keeping the first
@@ -155,5 +157,14 @@ pub(super) fn merge(m: &mut Merged, l: raw::Layer) {
     }
     if l.user.is_some() {
         m.user = l.user;
+    }
+    // The first file that wrote a rule is the one merging kept.
+    for o in l.origins.fs {
+        if !m.origins.fs.iter().any(|x| x.0 == o.0 && x.1 == o.1) {
+            m.origins.fs.push(o);
+        }
+    }
+    if l.origins.loopback.is_some() {
+        m.origins.loopback = l.origins.loopback;
     }
 }

@@ -37,10 +37,13 @@ use std::path::Path;
 pub use error::{Location, ProfileError};
 pub use expand::ExpandContext;
 pub use lookup::{shadowed_builtin, ProfileInfo, ProfileSource};
-pub use model::{EnvPolicy, FsPolicy, Loopback, NetworkPolicy, ProcessPolicy, ResolvedProfile};
+pub use model::{
+    EnvPolicy, FsAccess, FsPolicy, Loopback, NetworkPolicy, ProcessPolicy, Provenance,
+    ResolvedProfile,
+};
 
 pub(crate) use lookup::{is_path_spec, unsafe_path};
-pub(crate) use raw::{location, toml_error, Parsed};
+pub(crate) use raw::{location, toml_error, utf8_text, Parsed};
 
 use lookup::{list_in, load_in, locate_path, Dirs};
 use merge::resolve_chain;

@@ -21,6 +21,52 @@ pub struct ResolvedProfile {
     pub filesystem: FsPolicy,
     /// How the command is started.
     pub process: ProcessPolicy,
+    /// Where the filesystem rules and `loopback` were written (for `why`
+    /// and `exec --dry-run`; domain and CIDR rules carry their own origin).
+    pub origins: Provenance,
+}
+
+/// Which right a filesystem rule grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FsAccess {
+    /// `read = [...]`.
+    Read,
+    /// `write = [...]`.
+    Write,
+    /// `exec = [...]`.
+    Exec,
+}
+
+impl FsAccess {
+    /// `read`, `write` or `exec`, as in the profile and the flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Exec => "exec",
+        }
+    }
+}
+
+/// Where a profile's rules without an origin of their own were written:
+/// each filesystem rule (the first file that wrote it, as merging keeps the
+/// first) and the `loopback` setting in force (the last file that set it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// Rule kind, expanded path, where.
+    pub fs: Vec<(FsAccess, PathBuf, super::Location)>,
+    /// The `loopback = ...` in force.
+    pub loopback: Option<super::Location>,
+}
+
+impl Provenance {
+    /// Where the `access` rule on `path` was written, if in a profile.
+    pub fn fs_rule(&self, access: FsAccess, path: &std::path::Path) -> Option<&super::Location> {
+        self.fs
+            .iter()
+            .find(|(a, p, _)| *a == access && p == path)
+            .map(|(_, _, at)| at)
+    }
 }
 
 /// Network part of a profile.

@@ -16,7 +16,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use toml::Spanned;
 
-use super::{expand, EnvPolicy, ExpandContext, FsPolicy, Location, Loopback, ProfileError};
+use super::{
+    expand, EnvPolicy, ExpandContext, FsAccess, FsPolicy, Location, Loopback, ProfileError,
+    Provenance,
+};
 use nono_proxy::{CidrRule, DomainRule, Origin, Pin, Upstream};
 
 /// One profile file, parsed and expanded, before merging.
@@ -35,10 +38,12 @@ pub(super) struct Layer {
     pub fs: FsPolicy,
     pub env: Option<EnvPolicy>,
     pub user: Option<String>,
+    /// Where each filesystem rule and the `loopback` setting were written.
+    pub origins: Provenance,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "the profile to be a table")]
 struct RawProfile {
     extends: Option<Spanned<String>>,
     description: Option<String>,
@@ -51,19 +56,19 @@ struct RawProfile {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "network to be a table")]
 struct RawNetwork {
-    allow_domains: Vec<Spanned<Parsed<DomainRule>>>,
+    allow_domains: Vec<Spanned<Parsed<AllowDomain>>>,
     deny_domains: Vec<Spanned<Parsed<DomainRule>>>,
-    allow_cidrs: Vec<Spanned<Parsed<CidrRule>>>,
-    loopback: Option<Loopback>,
+    allow_cidrs: Vec<Spanned<Parsed<AllowCidr>>>,
+    loopback: Option<Spanned<Loopback>>,
     upstream_proxy: Option<Parsed<Upstream>>,
     resolve: Vec<Parsed<Pin>>,
     allow_unix_sockets: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "filesystem to be a table")]
 struct RawFilesystem {
     read: Vec<Spanned<String>>,
     write: Vec<Spanned<String>>,
@@ -71,10 +76,33 @@ struct RawFilesystem {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "process to be a table")]
 struct RawProcess {
     env: Option<EnvPolicy>,
     user: Option<Spanned<String>>,
+}
+
+/// An allow rule: refused over a public suffix, as `--allow-domain` is.
+#[derive(Debug)]
+pub(crate) struct AllowDomain(DomainRule);
+
+impl FromStr for AllowDomain {
+    type Err = nono_proxy::pattern::RuleError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        nono_proxy::parse_allow(s).map(Self)
+    }
+}
+
+/// An allow-cidr rule: refused over link-local and metadata addresses, as
+/// `--allow-cidr` is.
+#[derive(Debug)]
+pub(crate) struct AllowCidr(CidrRule);
+
+impl FromStr for AllowCidr {
+    type Err = nono_proxy::policy::CidrError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        nono_proxy::parse_allow_cidr(s).map(Self)
+    }
 }
 
 /// A string value parsed with `T::from_str` while deserialising, so that a
@@ -259,13 +287,32 @@ pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer
         None => None,
     };
     let n = raw.network;
+    let mut origins = Provenance::default();
+    for (access, list) in [
+        (FsAccess::Read, &raw.filesystem.read),
+        (FsAccess::Write, &raw.filesystem.write),
+        (FsAccess::Exec, &raw.filesystem.exec),
+    ] {
+        for s in list {
+            let path = expand::path(s.get_ref(), ctx, || at(s))?;
+            origins.fs.push((access, path, at(s)));
+        }
+    }
+    let loopback = n.loopback.map(|l| {
+        origins.loopback = Some(location(text, file, l.span().start));
+        l.into_inner()
+    });
     Ok(Layer {
         extends,
         description: raw.description,
-        allow_domains: placed(n.allow_domains, text, file, DomainRule::with_origin),
+        allow_domains: placed(n.allow_domains, text, file, |AllowDomain(r), o| {
+            r.with_origin(o)
+        }),
         deny_domains: placed(n.deny_domains, text, file, DomainRule::with_origin),
-        allow_cidrs: placed(n.allow_cidrs, text, file, CidrRule::with_origin),
-        loopback: n.loopback,
+        allow_cidrs: placed(n.allow_cidrs, text, file, |AllowCidr(r), o| {
+            r.with_origin(o)
+        }),
+        loopback,
         upstream_proxy: n.upstream_proxy.map(|Parsed(u)| u),
         resolve: values(n.resolve),
         allow_unix_sockets: paths(n.allow_unix_sockets)?,
@@ -276,6 +323,7 @@ pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer
         },
         env: raw.process.env,
         user,
+        origins,
     })
 }
 
@@ -284,7 +332,7 @@ pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer
 /// Shared by every hand-edited TOML file the agent reads (profiles, the
 /// host configuration).
 pub(crate) fn toml_error(text: &str, file: &str, e: &toml::de::Error) -> ProfileError {
-    let message = e.message().trim_end().to_string();
+    let message = plain_message(e.message().trim_end());
     match e.span() {
         Some(span) => ProfileError::Invalid {
             at: location(text, file, span.start),
@@ -297,14 +345,45 @@ pub(crate) fn toml_error(text: &str, file: &str, e: &toml::de::Error) -> Profile
     }
 }
 
+/// serde's "invalid type: integer `5`, expected network to be a table"
+/// (from the `expecting` texts above) as "network must be a table, not
+/// integer `5`"; other messages unchanged.
+fn plain_message(m: &str) -> String {
+    let rewritten = m.strip_prefix("invalid type: ").and_then(|rest| {
+        let (found, expected) = rest.split_once(", expected ")?;
+        let what = expected.strip_suffix(" to be a table")?;
+        Some(format!("{what} must be a table, not {found}"))
+    });
+    rewritten.unwrap_or_else(|| m.to_string())
+}
+
+/// A file's bytes as text, or where the first invalid UTF-8 byte is (a
+/// hand-edited file pasted from elsewhere: the position is what helps).
+pub(crate) fn utf8_text(bytes: Vec<u8>, file: &str) -> Result<String, ProfileError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let bytes = e.into_bytes();
+        // The valid prefix is text; the location counts its characters.
+        let prefix = String::from_utf8_lossy(&bytes[..valid]);
+        let at = location(&prefix, file, valid);
+        ProfileError::Invalid {
+            at,
+            message: format!(
+                "invalid UTF-8 (byte 0x{:02x}): profiles are UTF-8 text",
+                bytes[valid]
+            ),
+        }
+    })
+}
+
 /// The rules of `list`, each told where in `file` it was written (the
 /// proxy's events name the rule that allowed or denied a request).
-fn placed<T>(
+fn placed<T, U>(
     list: Vec<Spanned<Parsed<T>>>,
     text: &str,
     file: &str,
-    place: fn(T, Origin) -> T,
-) -> Vec<T> {
+    place: impl Fn(T, Origin) -> U,
+) -> Vec<U> {
     list.into_iter()
         .map(|s| {
             let Location { file, line, column } = location(text, file, s.span().start);
@@ -341,6 +420,78 @@ pub(super) fn description(text: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn ctx() -> ExpandContext {
+        ExpandContext {
+            cwd: PathBuf::from("/w"),
+            home: None,
+            tmpdir: PathBuf::from("/tmp"),
+            xdg_config_home: None,
+        }
+    }
+
+    #[test]
+    fn a_section_of_the_wrong_type_says_so() {
+        for (text, want) in [
+            (
+                "network = 5\n",
+                "/p.toml:1:11: network must be a table, not integer `5`",
+            ),
+            (
+                "\nfilesystem = \"x\"\n",
+                "/p.toml:2:14: filesystem must be a table, not string \"x\"",
+            ),
+            (
+                "process = true\n",
+                "/p.toml:1:11: process must be a table, not boolean `true`",
+            ),
+        ] {
+            let e = parse(text, "/p.toml", &ctx()).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_utf8_has_a_position() {
+        let e = utf8_text(
+            b"[network]\nallow_domains = [\"a\xffb\"]\n".to_vec(),
+            "/p.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "/p.toml:2:20: invalid UTF-8 (byte 0xff): profiles are UTF-8 text"
+        );
+        let e = utf8_text(b"\xfe".to_vec(), "/p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/p.toml:1:1: invalid UTF-8"), "{e}");
+        assert_eq!(utf8_text(b"ok = 1".to_vec(), "f").unwrap(), "ok = 1");
+    }
+
+    #[test]
+    fn allow_rules_are_refused_where_the_flags_are() {
+        for (text, want) in [
+            (
+                "[network]\nallow_domains = [\"*.co.uk\"]\n",
+                "/p.toml:2:18: pattern \"*.co.uk\": \"co.uk\" is a public suffix",
+            ),
+            (
+                "[network]\nallow_cidrs = [\"169.254.0.0/16\"]\n",
+                "/p.toml:2:16: --allow-cidr \"169.254.0.0/16\": lies within link-local",
+            ),
+            (
+                "[network]\nallow_cidrs = [\"10.0.0.1/8\"]\n",
+                "/p.toml:2:16: --allow-cidr \"10.0.0.1/8\": host bits are set: the network is 10.0.0.0/8",
+            ),
+        ] {
+            let e = parse(text, "/p.toml", &ctx()).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{text:?}: {e}");
+        }
+        // Deny rules may name a public suffix.
+        assert!(parse("[network]\ndeny_domains = [\"*.com\"]\n", "/p.toml", &ctx()).is_ok());
+    }
+
     #[test]
     fn rules_remember_where_they_were_written() {
         let ctx = ExpandContext {
@@ -357,5 +508,34 @@ mod tests {
         assert_eq!(at(&l.allow_domains[1].origin), "/p/dev.toml:4:3");
         assert_eq!(at(&l.deny_domains[0].origin), "/p/dev.toml:6:17");
         assert_eq!(at(&l.allow_cidrs[0].origin), "/p/dev.toml:7:16");
+    }
+
+    #[test]
+    fn filesystem_rules_and_loopback_remember_where_they_were_written() {
+        let ctx = ExpandContext {
+            cwd: PathBuf::from("/w"),
+            home: Some(PathBuf::from("/home/u")),
+            tmpdir: PathBuf::from("/tmp"),
+            xdg_config_home: None,
+        };
+        let text = "[network]\nloopback = [5432]\n[filesystem]\nread = [\"/usr\"]\n\
+                    write = [\n  \"$CWD\",\n  \"$HOME/.cache\",\n]\n";
+        let l = parse(text, "/p/dev.toml", &ctx).unwrap();
+        let o = &l.origins;
+        assert_eq!(o.loopback.as_ref().unwrap().to_string(), "/p/dev.toml:2:12");
+        let at = |a, p: &str| o.fs_rule(a, std::path::Path::new(p)).map(|l| l.to_string());
+        assert_eq!(
+            at(FsAccess::Read, "/usr").as_deref(),
+            Some("/p/dev.toml:4:9")
+        );
+        assert_eq!(
+            at(FsAccess::Write, "/w").as_deref(),
+            Some("/p/dev.toml:6:3")
+        );
+        assert_eq!(
+            at(FsAccess::Write, "/home/u/.cache").as_deref(),
+            Some("/p/dev.toml:7:3")
+        );
+        assert_eq!(at(FsAccess::Read, "/w"), None);
     }
 }

@@ -112,7 +112,7 @@ fn bad_profiles_name_file_line_and_column() {
             "wrong type for a table",
             "network = 5\n",
             (1, 11),
-            "invalid type: integer `5`",
+            "network must be a table, not integer `5`",
         ),
         (
             "bad CIDR",

@@ -15,11 +15,10 @@ pub enum CgroupError {
     /// The mount table could not be read.
     #[error("reading /proc/self/mountinfo")]
     Mountinfo(#[source] std::io::Error),
-    /// No cgroup2 filesystem is mounted.
-    #[error(
-        "no cgroup2 filesystem is mounted (checked /proc/self/mountinfo); cgroup v2 is required"
-    )]
-    NoCgroup2,
+    /// No cgroup2 filesystem is mounted here; the text says why, when it
+    /// can tell, and what to do ([`explain_no_cgroup2`]).
+    #[error("{0}")]
+    NoCgroup2(String),
     /// `<cgroup2>/nono` could not be created.
     #[error(transparent)]
     ParentDir(#[from] UtilError),
@@ -136,7 +135,83 @@ pub fn discover_root() -> Result<PathBuf> {
         .find(|m| m.root == "/")
         .or_else(|| mounts.first())
         .map(|m| m.mount_point.clone())
-        .ok_or(CgroupError::NoCgroup2)
+        .ok_or_else(|| CgroupError::NoCgroup2(explain_no_cgroup2(&host_view())))
+}
+
+/// What can explain a missing cgroup2 mount.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HostView {
+    /// pid 1's cgroup2 mount point (readable as root): the host has one,
+    /// this mount namespace does not show it.
+    pub init_cgroup2: Option<PathBuf>,
+    /// The network namespace named by the source of the sysfs on /sys, if
+    /// `/run/netns/<source>` exists: `ip netns exec NAME` mounts a sysfs
+    /// named NAME there (without the cgroup mounts below it).
+    pub ip_netns: Option<String>,
+}
+
+fn host_view() -> HostView {
+    let first_cgroup2 = |t: &str| {
+        let m = mountinfo::find(t, "cgroup2");
+        m.iter()
+            .find(|m| m.root == "/")
+            .or(m.first())
+            .map(|m| m.mount_point.clone())
+    };
+    let init_cgroup2 = fs::read_to_string("/proc/1/mountinfo")
+        .ok()
+        .and_then(|t| first_cgroup2(&t));
+    let ip_netns = mountinfo::read().ok().and_then(|t| sysfs_netns(&t));
+    HostView {
+        init_cgroup2,
+        ip_netns,
+    }
+}
+
+/// The source of the sysfs mounted on /sys when it names a network
+/// namespace in /run/netns (what `ip netns exec` does).
+fn sysfs_netns(mountinfo_text: &str) -> Option<String> {
+    mountinfo_text.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut r = right.split(' ');
+        let (ty, source) = (r.next()?, r.next()?);
+        let mount_point = left.split(' ').nth(4)?;
+        let named = ty == "sysfs"
+            && mount_point == "/sys"
+            && source != "sysfs"
+            && !source.contains('/')
+            && Path::new("/run/netns").join(source).exists();
+        named.then(|| source.to_string())
+    })
+}
+
+/// Why no cgroup2 filesystem is visible, and what to do (pure). The usual
+/// cause on a host that has one: `ip netns exec` makes a mount namespace
+/// and mounts a fresh sysfs on /sys, without the cgroup mounts below it.
+pub fn explain_no_cgroup2(v: &HostView) -> String {
+    let host = match &v.init_cgroup2 {
+        Some(p) => format!(" (the host has it at {})", p.display()),
+        None => String::new(),
+    };
+    // A fresh sysfs has the empty /sys/fs/cgroup to mount on.
+    let mount = "/sys/fs/cgroup";
+    match (&v.ip_netns, &v.init_cgroup2) {
+        (Some(ns), _) => format!(
+            "no cgroup2 filesystem is mounted here{host}: `ip netns exec {ns}` mounted a new /sys \
+             without it, and root sandboxes need cgroup v2. Enter the namespace with \
+             `nsenter --net=/run/netns/{ns} nono-agent ...` instead, or mount it here \
+             (mount -t cgroup2 none {mount})"
+        ),
+        (None, Some(_)) => format!(
+            "no cgroup2 filesystem is mounted in this mount namespace{host}: something mounted a \
+             new /sys over it (`ip netns exec` does), and root sandboxes need cgroup v2. Enter a \
+             network namespace with `nsenter --net=/run/netns/NAME` instead of `ip netns exec \
+             NAME`, or mount it here (mount -t cgroup2 none {mount})"
+        ),
+        (None, None) => "no cgroup2 filesystem is mounted (checked /proc/self/mountinfo); root \
+                         sandboxes need cgroup v2 (mount -t cgroup2 none /sys/fs/cgroup)"
+            .to_string(),
+    }
 }
 
 /// The v2 id of the cgroup at `path` (its directory's inode number).
@@ -335,5 +410,41 @@ fn remove_tree(path: &Path) -> Result<()> {
             path: path.to_path_buf(),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_cgroup2_is_explained() {
+        let ip_netns = HostView {
+            init_cgroup2: Some(PathBuf::from("/sys/fs/cgroup/unified")),
+            ip_netns: Some("lab".into()),
+        };
+        let m = explain_no_cgroup2(&ip_netns);
+        assert!(m.contains("`ip netns exec lab`"), "{m}");
+        assert!(m.contains("nsenter --net=/run/netns/lab"), "{m}");
+        assert!(m.contains("mount -t cgroup2 none /sys/fs/cgroup)"), "{m}");
+        let hidden = HostView {
+            init_cgroup2: Some(PathBuf::from("/sys/fs/cgroup")),
+            ip_netns: None,
+        };
+        let m = explain_no_cgroup2(&hidden);
+        assert!(m.contains("the host has it at /sys/fs/cgroup"), "{m}");
+        assert!(m.contains("nsenter --net=/run/netns/NAME"), "{m}");
+        let m = explain_no_cgroup2(&HostView::default());
+        assert!(!m.contains("netns"), "{m}");
+        assert!(m.contains("cgroup v2"), "{m}");
+    }
+
+    #[test]
+    fn ip_netns_exec_is_recognised_by_its_sysfs() {
+        // Only a source naming /run/netns/<it> counts; ordinary sysfs not.
+        let plain = "22 1 0:21 / /sys rw,nosuid - sysfs sysfs rw\n";
+        assert_eq!(sysfs_netns(plain), None);
+        let odd = "52 49 0:41 / /sys rw - sysfs no-such-netns-nono rw\n";
+        assert_eq!(sysfs_netns(odd), None);
     }
 }

@@ -302,7 +302,7 @@ impl ChildSetup {
             }
             for target in &p.masks {
                 // SAFETY: all strings are NUL-terminated and outlive the call.
-                if unsafe {
+                let r = unsafe {
                     libc::mount(
                         TMPFS.as_ptr().cast(),
                         target.as_ptr(),
@@ -310,16 +310,14 @@ impl ChildSetup {
                         libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                         MASK_DATA.as_ptr().cast(),
                     )
-                } != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
+                };
+                unless_vanished(r)?;
             }
             self.mount_fresh_proc()?;
             apply_binds(&p.readonly, p.cwd.as_ref())?;
             for target in &self.hidden_sockets {
                 // SAFETY: NUL-terminated strings that outlive the call.
-                if unsafe {
+                let r = unsafe {
                     libc::mount(
                         DEV_NULL.as_ptr().cast(),
                         target.as_ptr(),
@@ -327,10 +325,10 @@ impl ChildSetup {
                         libc::MS_BIND,
                         std::ptr::null(),
                     )
-                } != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
+                };
+                // A server that exited (its socket file removed) since the
+                // agent listed it has nothing left to reach by that name.
+                unless_vanished(r)?;
             }
             privileges::drop_bounding_set(p.last_cap)?;
             if let Some((uid, gid)) = self.user {
@@ -461,12 +459,7 @@ const AT_RECURSIVE: libc::c_uint = 0x8000;
 /// Syscalls only.
 fn apply_binds(binds: &[(CString, Kind)], cwd: Option<&CString>) -> io::Result<()> {
     for (target, kind) in binds {
-        match bind_self(target, *kind) {
-            // Removed since the agent listed it (a user config directory
-            // being deleted): nothing left to protect.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            r => r?,
-        }
+        bind_self(target, *kind)?;
     }
     if let Some(cwd) = cwd {
         // SAFETY: NUL-terminated path that outlives the call.
@@ -484,7 +477,7 @@ fn apply_binds(binds: &[(CString, Kind)], cwd: Option<&CString>) -> io::Result<(
 fn bind_self(target: &CString, kind: Kind) -> io::Result<()> {
     // SAFETY: NUL-terminated path that outlives the call; a bind needs no
     // fstype or data.
-    if unsafe {
+    let r = unsafe {
         libc::mount(
             target.as_ptr(),
             target.as_ptr(),
@@ -492,9 +485,11 @@ fn bind_self(target: &CString, kind: Kind) -> io::Result<()> {
             libc::MS_BIND | libc::MS_REC,
             std::ptr::null(),
         )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
+    };
+    if r != 0 {
+        // Removed since the agent listed it (a user config directory being
+        // deleted): nothing left to protect.
+        return unless_vanished(r);
     }
     let (attr_set, attr_clr) = match kind {
         Kind::Anchor => return Ok(()),
@@ -518,8 +513,27 @@ fn bind_self(target: &CString, kind: Kind) -> io::Result<()> {
             std::mem::size_of::<MountAttr>(),
         )
     };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
+    // Removed between the bind and now: the kernel detached the bind with
+    // it (a file under a mount point can be unlinked from another mount
+    // namespace), so nothing is left at that path to protect.
+    unless_vanished(r as libc::c_int)
+}
+
+/// `Ok` for a successful mount call (`r == 0`) or one whose target no
+/// longer exists (`ENOENT`): the agent lists what to cover before the child
+/// starts, and another process may remove a listed path (a command server
+/// exiting, a test tidying up) before the child mounts over it. Nothing is
+/// left at that path to hide or protect, and a file made there later is
+/// not one the agent knew of either. Any other error fails the start.
+/// Syscalls only (reads errno).
+fn unless_vanished(r: libc::c_int) -> io::Result<()> {
+    if r == 0 {
+        return Ok(());
     }
-    Ok(())
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENOENT) {
+        Ok(())
+    } else {
+        Err(e)
+    }
 }

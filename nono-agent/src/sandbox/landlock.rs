@@ -129,6 +129,8 @@ pub struct Prepared {
     proc_access: u64,
     /// Lines describing what is not enforced (only with --allow-degraded).
     pub degraded: Vec<String>,
+    /// `landlock_restrict_self` flags (audit logging, ABI 7).
+    restrict_flags: u32,
 }
 
 /// `struct landlock_path_beneath_attr` (packed, as in the UAPI).
@@ -176,12 +178,26 @@ impl Prepared {
         Ok(())
     }
 
+    /// Has the kernel log this domain's denials after the command is
+    /// executed too (`LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON`, ABI 7; by
+    /// default only denials before exec are logged), for `sandbox::fsaudit`
+    /// to read. Call only on an ABI 7 kernel (older ones refuse the flag).
+    pub fn log_after_exec(&mut self) {
+        const LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON: u32 = 1 << 1;
+        self.restrict_flags |= LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON;
+    }
+
     /// Applies the ruleset to the calling thread's process (in the child,
     /// after no_new_privs). One syscall: async-signal-safe.
     pub fn restrict_self(&self) -> std::io::Result<()> {
-        // SAFETY: a valid ruleset fd and no flags.
-        let r =
-            unsafe { libc::syscall(libc::SYS_landlock_restrict_self, self.fd.as_raw_fd(), 0u32) };
+        // SAFETY: a valid ruleset fd and flags the kernel checks.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_landlock_restrict_self,
+                self.fd.as_raw_fd(),
+                self.restrict_flags,
+            )
+        };
         if r < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -246,6 +262,49 @@ fn read_rights() -> BitFlags<AccessFs> {
     AccessFs::ReadFile | AccessFs::ReadDir
 }
 
+/// One rule of the ruleset: a path and the rights granted beneath it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant<'a> {
+    /// The rule's path, as the profile or flag gave it.
+    pub path: &'a Path,
+    /// Which list it comes from.
+    pub kind: crate::profile::FsAccess,
+    /// The rights asked for (before [`effective_access`]).
+    pub access: BitFlags<AccessFs>,
+}
+
+/// The rules [`prepare`] puts in the ruleset, in its order: read rules,
+/// exec rules, write rules. `why` judges paths with the same list.
+pub fn grants(rules: &FsRules) -> Vec<Grant<'_>> {
+    use crate::profile::FsAccess as K;
+    let all = AccessFs::from_all(HANDLED_ABI);
+    [
+        (&rules.read, K::Read, read_rights()),
+        (&rules.exec, K::Exec, read_rights() | AccessFs::Execute),
+        (&rules.write, K::Write, all),
+    ]
+    .into_iter()
+    .flat_map(|(list, kind, access)| {
+        list.iter().map(move |p| Grant {
+            path: p.as_path(),
+            kind,
+            access,
+        })
+    })
+    .collect()
+}
+
+/// The rights a rule on an existing path really carries: a rule on a file
+/// can only hold the rights that apply to files (the kernel refuses the
+/// others).
+pub fn effective_access(access: BitFlags<AccessFs>, is_dir: bool) -> BitFlags<AccessFs> {
+    if is_dir {
+        access
+    } else {
+        access & AccessFs::from_file(HANDLED_ABI)
+    }
+}
+
 /// Builds the ruleset. Paths that do not exist are skipped (a profile may
 /// name tool directories that are not installed here).
 pub fn prepare(rules: &FsRules, allow_degraded: bool) -> Result<Prepared> {
@@ -264,15 +323,10 @@ pub fn prepare(rules: &FsRules, allow_degraded: bool) -> Result<Prepared> {
         .map_err(LandlockError::Scope)?
         .create()
         .map_err(LandlockError::Create)?;
-    let mut grants: Vec<(&Path, BitFlags<AccessFs>)> = Vec::new();
-    grants.extend(rules.read.iter().map(|p| (p.as_path(), read_rights())));
-    grants.extend(
-        rules
-            .exec
-            .iter()
-            .map(|p| (p.as_path(), read_rights() | AccessFs::Execute)),
-    );
-    grants.extend(rules.write.iter().map(|p| (p.as_path(), all)));
+    let grants: Vec<(&Path, BitFlags<AccessFs>)> = grants(rules)
+        .into_iter()
+        .map(|g| (g.path, g.access))
+        .collect();
     let proc_access: u64 = grants
         .iter()
         .filter(|(p, _)| *p == Path::new("/proc"))
@@ -282,11 +336,7 @@ pub fn prepare(rules: &FsRules, allow_degraded: bool) -> Result<Prepared> {
         let Ok(meta) = std::fs::metadata(path) else {
             continue;
         };
-        let access = if meta.is_dir() {
-            access
-        } else {
-            access & AccessFs::from_file(HANDLED_ABI)
-        };
+        let access = effective_access(access, meta.is_dir());
         let fd = PathFd::new(path).map_err(|source| LandlockError::OpenPath {
             path: path.to_path_buf(),
             source,
@@ -320,6 +370,7 @@ pub fn prepare(rules: &FsRules, allow_degraded: bool) -> Result<Prepared> {
             fd,
             proc_access,
             degraded,
+            restrict_flags: 0,
         }),
         None => {
             if allow_degraded {
@@ -356,6 +407,7 @@ pub fn prepare_baseline(allow_degraded: bool) -> Result<Option<Prepared>> {
         fd,
         proc_access: 0,
         degraded: Vec::new(),
+        restrict_flags: 0,
     }))
 }
 

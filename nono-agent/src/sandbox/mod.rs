@@ -4,6 +4,8 @@ pub mod cgroup;
 pub mod child;
 pub mod command_path;
 pub mod daemons;
+pub mod exec_check;
+pub mod fsaudit;
 pub mod hide;
 pub mod landlock;
 pub mod netns;

@@ -230,6 +230,26 @@ pub fn user_targets(extra: &[PathBuf]) -> Vec<Bind> {
     plan(want.into_iter().filter_map(|p| resolve(&p)).collect())
 }
 
+/// The bind that decides whether `path` (resolved) is writable in the
+/// sandbox: the deepest read-only or writable bind at or above it (the
+/// child mounts them in this sorted order, each recursive, so the deepest
+/// one is what the path sees). Anchors change no rights and are skipped.
+pub fn covering<'a>(binds: &'a [Bind], path: &Path) -> Option<&'a Bind> {
+    binds
+        .iter()
+        .filter(|b| b.kind != Kind::Anchor && path.starts_with(&b.path))
+        .max_by_key(|b| b.path.components().count())
+}
+
+/// Whether `path` is one of the read-only system paths (rather than an
+/// auto-run file or the agent's own files), to say which protection it is.
+pub fn is_system_path(path: &Path) -> bool {
+    SYSTEM
+        .iter()
+        .filter_map(|p| resolve(Path::new(p)))
+        .any(|p| path.starts_with(p))
+}
+
 fn user_config_dir() -> Option<PathBuf> {
     match std::env::var_os("XDG_CONFIG_HOME") {
         Some(d) if !d.is_empty() => Some(PathBuf::from(d)),

@@ -8,7 +8,9 @@
 //!   says, so its file description (shared with the caller's shell) is
 //!   never switched to non-blocking.
 //! * SIGWINCH: the caller's window size is copied to the master; the kernel
-//!   then signals the command's foreground process group.
+//!   then signals the command's foreground process group. It is copied
+//!   again before typed input is passed on, so what is typed after a resize
+//!   never runs at the old size.
 //! * Job control: when the command stops (Ctrl-Z reaches the pty's
 //!   foreground group through the pty's own line discipline), the caller's
 //!   modes are restored and the agent stops itself (its process group too,
@@ -220,7 +222,16 @@ impl State {
                 r = self.stdin.readable(), if want_stdin => {
                     let mut g = r.map_err(watch("the terminal"))?;
                     match read_available(0, BUF - self.input.len()) {
-                        ReadResult::Data(b) => self.input.extend_from_slice(&b),
+                        ReadResult::Data(b) => {
+                            // Input typed after a resize must meet the new
+                            // size: the resize's SIGWINCH may be handled
+                            // after this read (the branches race), and a
+                            // command run by this input would see the old
+                            // one. Unchanged sizes cost two ioctls and no
+                            // signal (the kernel ignores an equal size).
+                            self.copy_window_size();
+                            self.input.extend_from_slice(&b);
+                        }
                         ReadResult::WouldBlock => g.clear_ready(),
                         ReadResult::Closed => {
                             self.stdin_gone = true;

@@ -6,12 +6,15 @@
 //! Tests are grouped by enforcement (`bpf::`, `seccomp::`, `seccomp_user::`).
 //! Needs root and a real kernel. Run with `cargo test -p nono-tests --test agent_cli`.
 //!
-//! The checks live in `confinement` (exit codes, the child's confinement)
-//! and `events` (events, the summary, concurrency); every test is declared
-//! here, so test names do not depend on that split.
+//! The checks live in `confinement` (exit codes, the child's confinement),
+//! `events` (events, the summary, concurrency) and `rough` (the rough
+//! edges of issue 13: usage errors, --user, hidden commands, --events,
+//! doctor vs exec, validate); every test is declared here, so test names
+//! do not depend on that split.
 
 mod confinement;
 mod events;
+mod rough;
 
 use nono_tests::per_enforcement;
 use nono_tests::runner::{exec_command, Enforcement, ExecOpts};
@@ -26,6 +29,32 @@ use events::{
     concurrent_sandboxes_have_separate_policies, events_file_has_well_formed_denials,
     summary_line_counts_denials,
 };
+
+/// The rough edges (issue 13, item 5): not per enforcement.
+mod rough_edges {
+    macro_rules! tests {
+        ($($f:ident),* $(,)?) => {
+            $(
+                #[test]
+                fn $f() {
+                    super::rough::$f();
+                }
+            )*
+        };
+    }
+    tests!(
+        usage_errors_exit_125_and_exec_without_dashes_gets_a_hint,
+        values_a_profile_refuses_are_refused_on_the_command_line,
+        user_gets_its_own_identity_and_a_bare_uid_runs,
+        a_profile_that_hides_the_command_or_its_interpreter_says_so,
+        events_never_share_the_commands_output,
+        doctor_predicts_exec_inside_ip_netns_exec,
+        quiet_hides_the_seccomp_fallback_line,
+        profile_validate_agrees_with_exec,
+        every_variable_the_command_sees_is_documented,
+        the_license_file_is_there,
+    );
+}
 
 const PROBE: &str = env!("CARGO_BIN_EXE_nono-probe");
 

@@ -36,8 +36,9 @@ use nono_tests::sys::{self, CmdOutput, TempDir};
 
 use files::tunables_and_system_files_are_read_only;
 use paths::{
-    autorun_files_are_read_only, command_servers_are_out_of_reach, events_file_cannot_be_forged,
-    ordinary_files_stay_writable, protected_directories_cannot_be_moved_away,
+    a_server_leaving_during_start_up_is_no_error, autorun_files_are_read_only,
+    command_servers_are_out_of_reach, events_file_cannot_be_forged, ordinary_files_stay_writable,
+    protected_directories_cannot_be_moved_away,
 };
 use pidns::{other_processes_are_invisible, process_work_still_works};
 use processes::{other_processes_are_out_of_reach, terminal_injection_is_refused};
@@ -63,6 +64,7 @@ per_enforcement!(
         other_processes_are_invisible,
         process_work_still_works,
         ordinary_files_stay_writable,
+        a_server_leaving_during_start_up_is_no_error,
     ]
 );
 per_enforcement!(
@@ -81,6 +83,7 @@ per_enforcement!(
         other_processes_are_invisible,
         process_work_still_works,
         ordinary_files_stay_writable,
+        a_server_leaving_during_start_up_is_no_error,
     ]
 );
 per_enforcement!(
@@ -98,6 +101,7 @@ per_enforcement!(
         other_processes_are_invisible,
         process_work_still_works,
         ordinary_files_stay_writable,
+        a_server_leaving_during_start_up_is_no_error,
     ]
 );
 

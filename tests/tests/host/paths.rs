@@ -321,3 +321,66 @@ print(len(open("/etc/hosts").read()) > 0, len(open("/etc/passwd").read()) > 0)
     assert_eq!(out.stdout.trim(), "True True", "{}", out.describe());
     assert_eq!(fs::read_to_string(&f).unwrap(), "written inside\n");
 }
+
+/// A command server that goes away while a sandbox starts is no reason to
+/// refuse the start: the agent lists the sockets to hide before the child
+/// mounts over them, and a server exiting (its socket file removed) in
+/// between left the child failing with ENOENT. Here a tmux-style server in
+/// `$TMUX_TMPDIR` comes and goes every few milliseconds while sandboxes
+/// start one after another; every one must run (and the socket, when it is
+/// there, is still hidden: that side is `command_servers_are_out_of_reach`).
+pub(super) fn a_server_leaving_during_start_up_is_no_error(e: Enforcement) {
+    use std::os::unix::net::UnixListener;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    sys::require_prereqs();
+    let agent = sys::agent_bin();
+    let o = opts(e);
+    let dir = TempDir::new("host-leaving");
+    let uid = o.user.map_or(0, |u| u.uid);
+    let servers = dir.path(&format!("tmux-{uid}"));
+    fs::create_dir(&servers).unwrap();
+    if let Some(u) = o.user {
+        dir.chown(u.uid, u.gid);
+        std::os::unix::fs::chown(&servers, Some(u.uid), Some(u.gid)).unwrap();
+    }
+    let socket = servers.join("default");
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (stop, socket) = (stop.clone(), socket.clone());
+        std::thread::spawn(move || {
+            let mut cycles = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(l) = UnixListener::bind(&socket) else {
+                    break;
+                };
+                std::thread::sleep(Duration::from_millis(2));
+                let _ = fs::remove_file(&socket);
+                drop(l);
+                std::thread::sleep(Duration::from_millis(1));
+                cycles += 1;
+            }
+            cycles
+        })
+    };
+    let mut failures = Vec::new();
+    for _ in 0..40 {
+        let mut cmd = exec_command(&agent, None, &o);
+        cmd.env("TMUX_TMPDIR", dir.path("")).arg("/bin/true");
+        let out = sys::run_timeout(&mut cmd, sys::CMD_TIMEOUT);
+        if out.code() != 0 {
+            failures.push(out.describe());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let cycles = churn.join().unwrap();
+    assert!(cycles > 40, "the server came and went only {cycles} times");
+    assert!(
+        failures.is_empty(),
+        "{}: {} of 40 starts failed; first: {}",
+        e.label(),
+        failures.len(),
+        failures[0]
+    );
+}

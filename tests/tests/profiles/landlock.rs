@@ -177,8 +177,10 @@ fn landlock_exec(enf: &str) {
         .run(&[&b]);
     assert_code(&out, 126, "a binary outside every exec/write rule");
     assert!(
-        out.stderr.contains("Permission denied"),
-        "the agent should say why\n{}",
+        out.stderr.contains(&format!(
+            "profile default denies executing {b}: no exec or write rule"
+        )),
+        "the agent should say why, naming the profile and the path\n{}",
         out.describe()
     );
     // --read is not --exec.

@@ -48,15 +48,15 @@ fn bad_profiles_are_refused_and_leave_nothing_behind() {
             125,
             "nono-no-such-profile".into(),
         ),
-        // clap errors
+        // usage errors: nono-agent's own failure, 125 like the rest
         (
             vec!["--loopback-port".into(), "notaport".into()],
-            2,
+            125,
             "notaport".into(),
         ),
         (
             vec!["--proxy-max-connections".into(), "many".into()],
-            2,
+            125,
             "many".into(),
         ),
     ];

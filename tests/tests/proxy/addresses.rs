@@ -132,11 +132,15 @@ fn allow_cidr_opens_ip_literals_but_never_metadata() {
     ];
     run_curl_table(&mut lab, &sb, &cases);
 
-    // Even "everything" never opens link-local / metadata / multicast.
+    // Rules over link-local cannot be written (`0.0.0.0/0`, `::/0` and
+    // `169.254.0.0/16` are refused when parsed: the CLI and profile tests).
+    // The widest rules that can be written still never open metadata,
+    // multicast or a name that resolves to link-local.
     let sb = Sandbox::allow(&["metadata.test", "mapped-metadata.test"]).cidr(&[
-        "0.0.0.0/0",
-        "::/0",
-        "169.254.0.0/16",
+        "0.0.0.0/1",
+        "192.0.0.0/2",
+        "fc00::/7",
+        "2000::/3",
     ]);
     let cases = vec![
         case("everything-control", "http", SERVER, Ok),
@@ -145,7 +149,7 @@ fn allow_cidr_opens_ip_literals_but_never_metadata() {
             "http",
             "169.254.169.254",
             403,
-            "link-local 169.254.0.0/16",
+            "no --allow-cidr rule covers 169.254.169.254",
         ),
         case(
             "md-literal-mapped",
@@ -165,11 +169,29 @@ fn allow_cidr_opens_ip_literals_but_never_metadata() {
             "[64:ff9b::a9fe:a9fe]",
             Refused(403),
         ),
-        case("md-alibaba", "http", "100.100.100.200", Refused(403)),
-        case("md-aws-v6", "http", "[fd00:ec2::254]", Refused(403)),
+        case_body(
+            "md-alibaba",
+            "http",
+            "100.100.100.200",
+            403,
+            "the Alibaba Cloud metadata address",
+        ),
+        case_body(
+            "md-aws-v6",
+            "http",
+            "[fd00:ec2::254]",
+            403,
+            "the AWS IPv6 metadata address",
+        ),
         case("v6-link-local", "http", "[fe80::1]", Refused(403)),
-        case("multicast", "http", "224.0.0.1", Refused(403)),
-        case("md-name", "http", "metadata.test", Refused(403)),
+        case_body("multicast", "http", "224.0.0.1", 403, "multicast"),
+        case_body(
+            "md-name",
+            "http",
+            "metadata.test",
+            403,
+            "link-local 169.254.0.0/16",
+        ),
         case(
             "md-name-mapped",
             "http",

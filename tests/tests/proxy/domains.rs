@@ -88,12 +88,14 @@ fn curl_domain_rules_exact_wildcard_deny_ports_and_spelling_tricks() {
         case("http-unknown", "http", "evil.test", Refused(403)),
         case("https-unknown", "https", "evil.test", Refused(403)),
         // ports: 80 and 443 by default, others only when a rule names them
+        // the refusal says it is the port, and which ports the rules allow
         case_body(
             "http-port-not-in-rule",
             "http",
             "a.wild.test:8080",
             403,
-            "a.wild.test:8080 is not allowed",
+            "a.wild.test:8080: port 8080 is not allowed for a.wild.test \
+             (its allow-domain rules allow ports 80, 443, 8443",
         ),
         case("http-port-rule", "http", "allowed.test:8080", Ok),
         case("https-port-rule", "https", "a.wild.test:8443", Ok),

@@ -66,6 +66,32 @@ fn standalone_proxy_rejects_bad_cli_values() {
             "198.51.100.0/24:0",
         ),
         (vec!["--allow-cidr", "[2001:db8::/32]x"], "[2001:db8::/32]x"),
+        // Rough edges of issue 13: refused when parsed, not per request.
+        (
+            vec!["--allow-domain", "*.com"],
+            "\"com\" is a public suffix",
+        ),
+        (
+            vec!["--allow-domain", "*.co.uk"],
+            "\"co.uk\" is a public suffix",
+        ),
+        (vec!["--allow-domain", "*.github.io"], "is a public suffix"),
+        (
+            vec!["--allow-cidr", "169.254.0.0/16"],
+            "lies within link-local",
+        ),
+        (
+            vec!["--allow-cidr", "10.0.0.1/8"],
+            "host bits are set: the network is 10.0.0.0/8",
+        ),
+        (vec!["--proxy-max-connections", "0"], "must be at least 1"),
+        (
+            vec!["--proxy-connect-timeout", "0"],
+            "--proxy-connect-timeout",
+        ),
+        (vec!["--secret", ""], "the secret is empty"),
+        (vec!["--listen", "0.0.0.0:0"], "give --secret"),
+        (vec!["--listen", "[::]:0"], "give --secret"),
         (vec!["--resolve", "allowed.test=not-an-ip"], "not-an-ip"),
         (vec!["--resolve", "allowed.test"], "allowed.test"),
         (
@@ -95,7 +121,8 @@ fn standalone_proxy_rejects_bad_cli_values() {
         }
         let (code, err) = standalone_exit(&full);
         match code {
-            Some(c) if c != 0 && err.contains(needle) => {}
+            // 125: nono-agent's own failure (usage errors too).
+            Some(125) if err.contains(needle) => {}
             _ => bad.push(format!(
                 "{args:?}: exit {code:?} (None = still running), stderr {err:?} \
                  (expected non-zero and a message naming {needle:?})"
@@ -103,11 +130,38 @@ fn standalone_proxy_rejects_bad_cli_values() {
         }
     }
     // A listen address that is not local: a runtime error naming it.
-    let (code, err) =
-        standalone_exit(&["--listen", "198.51.100.99:3128", "--allow-domain", "a.test"]);
+    let (code, err) = standalone_exit(&[
+        "--listen",
+        "198.51.100.99:3128",
+        "--secret",
+        "s3cret",
+        "--allow-domain",
+        "a.test",
+    ]);
     if code.is_none_or(|c| c == 0) || !err.contains("198.51.100.99:3128") {
         bad.push(format!(
             "unbindable --listen: exit {code:?}, stderr {err:?}"
+        ));
+    }
+    // Over-blocking: what the checks must not refuse starts and serves.
+    let ok = [
+        "--allow-domain",
+        "*.example.co.uk",
+        "--allow-cidr",
+        "10.0.0.0/8",
+        "--deny-domain",
+        "*.com",
+        "--allow-cidr",
+        "100.64.0.0/10:443",
+        "--proxy-max-connections",
+        "1",
+    ];
+    let mut full: Vec<&str> = listen.to_vec();
+    full.extend_from_slice(&ok);
+    let (code, err) = standalone_exit(&full);
+    if code.is_some() {
+        bad.push(format!(
+            "{ok:?} should start and keep serving: exit {code:?}, {err:?}"
         ));
     }
     assert!(

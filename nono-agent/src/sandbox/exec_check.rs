@@ -1,0 +1,404 @@
+//! Before a run: can the command, its `#!` interpreter and its ELF
+//! interpreter be executed under the profile's Landlock rules? Without this
+//! check a profile that hides them (a pyenv shim whose `#!/usr/bin/env bash`
+//! names a bash outside the profile, a profile without `extends`) ends in a
+//! bare `Permission denied (os error 13)` from the child's exec.
+//!
+//! The verdict is made the way Landlock makes it, on the same [`FsRules`]
+//! the ruleset is built from: a rule is attached to the inode its path
+//! resolves to (the ruleset opens each path with `O_PATH`, following
+//! symlinks), and an access is granted when the file or any directory
+//! above it on its resolved path carries a rule with that right. So the
+//! rules and the file are compared by (device, inode) along the file's
+//! ancestors ([`granted`], pure), not by spelling. Executing needs the
+//! execute right (exec and write rules give it), a script must also be
+//! readable by its interpreter.
+//!
+//! This is a diagnostic only: it never grants anything (Landlock decides),
+//! and what it cannot tell (an unreadable file, a truncated ELF header) it
+//! leaves to the run.
+
+use std::ffi::OsStr;
+use std::io::Read as _;
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use super::landlock::FsRules;
+
+/// A file's identity: (device, inode).
+pub type FileId = (u64, u64);
+
+/// The rights that matter for starting a command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rights {
+    /// Read files (what an interpreter needs of its script).
+    pub read: bool,
+    /// Execute files (what `execve` needs of the program and of its
+    /// `#!` or ELF interpreter).
+    pub execute: bool,
+}
+
+impl Rights {
+    fn union(self, o: Self) -> Self {
+        Self {
+            read: self.read || o.read,
+            execute: self.execute || o.execute,
+        }
+    }
+}
+
+/// What the rules grant to a file whose resolved path has the ancestors
+/// `chain` (the file itself first, `/` last): the union of the rights of
+/// every rule attached to one of them, as Landlock computes it (pure).
+pub fn granted(rules: &[(FileId, Rights)], chain: &[FileId]) -> Rights {
+    chain.iter().fold(Rights::default(), |acc, id| {
+        rules
+            .iter()
+            .filter(|(r, _)| r == id)
+            .fold(acc, |a, (_, rights)| a.union(*rights))
+    })
+}
+
+/// The rules as (inode, rights), the way the ruleset gets them: read rules
+/// read, exec rules read and execute, write rules everything; paths that
+/// do not exist are skipped (as `landlock::prepare` skips them).
+fn rule_ids(rules: &FsRules) -> Vec<(FileId, Rights)> {
+    let read = Rights {
+        read: true,
+        execute: false,
+    };
+    let all = Rights {
+        read: true,
+        execute: true,
+    };
+    let tiers = [(&rules.read, read), (&rules.exec, all), (&rules.write, all)];
+    tiers
+        .into_iter()
+        .flat_map(|(paths, rights)| {
+            paths.iter().filter_map(move |p| {
+                let m = std::fs::metadata(p).ok()?;
+                Some(((m.dev(), m.ino()), rights))
+            })
+        })
+        .collect()
+}
+
+/// The (device, inode) of `real` and of each directory above it.
+fn chain_of(real: &Path) -> Option<Vec<FileId>> {
+    real.ancestors()
+        .map(|p| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino())))
+        .collect()
+}
+
+/// A file the profile does not let the command start with. Its text
+/// follows "profile NAME ".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "denies {what} {}{}{role}: no {rules} rule covers it; add {hint} (or a rule in the profile) to allow it",
+    .path.display(),
+    resolved(.path, .real),
+    what = if *.needs_exec { "executing" } else { "reading" },
+    rules = if *.needs_exec { "exec or write" } else { "read, exec or write" },
+    hint = hint_flag(*.needs_exec, .real),
+)]
+pub struct Denied {
+    /// The path as named (the command, or the interpreter as written).
+    pub path: PathBuf,
+    /// What it resolves to (what Landlock judges).
+    pub real: PathBuf,
+    /// Execute was needed (else read).
+    pub needs_exec: bool,
+    /// ` (the interpreter of X)` and the like, or empty for the command.
+    pub role: String,
+}
+
+fn resolved(path: &Path, real: &Path) -> String {
+    if path == real {
+        String::new()
+    } else {
+        format!(" (= {})", real.display())
+    }
+}
+
+fn hint_flag(exec: bool, real: &Path) -> String {
+    let dir = real.parent().unwrap_or(Path::new("/"));
+    let flag = if exec { "--exec" } else { "--read" };
+    format!("`{flag} {}`", dir.display())
+}
+
+/// Checks that the command `program` (resolved through PATH already) can
+/// be started under `rules`: the program itself, the interpreter of a `#!`
+/// script (and with `#!/usr/bin/env NAME`, NAME looked up in `path_env`),
+/// and the ELF interpreter (`ld-linux`) of each binary, a few levels deep.
+pub fn check(rules: &FsRules, program: &Path, path_env: Option<&OsStr>) -> Result<(), Denied> {
+    let ids = rule_ids(rules);
+    let mut next: Option<(PathBuf, String)> = Some((program.to_path_buf(), String::new()));
+    // A script's interpreter may itself be a script: follow a few levels,
+    // as the kernel does (it allows 4).
+    for _ in 0..5 {
+        let Some((path, role)) = next.take() else {
+            return Ok(());
+        };
+        let Ok(real) = std::fs::canonicalize(&path) else {
+            return Ok(());
+        };
+        let Some(chain) = chain_of(&real) else {
+            return Ok(());
+        };
+        let rights = granted(&ids, &chain);
+        let denied = |needs_exec: bool| Denied {
+            path: path.clone(),
+            real: real.clone(),
+            needs_exec,
+            role: role.clone(),
+        };
+        if !rights.execute {
+            return Err(denied(true));
+        }
+        let head = read_head(&real);
+        match interpreter_of(&head) {
+            Some(Interp::Script {
+                interpreter,
+                env_name,
+            }) => {
+                if !rights.read {
+                    return Err(denied(false));
+                }
+                let by = format!(
+                    " (the interpreter of {}, named in its #! line)",
+                    real.display()
+                );
+                // `#!/usr/bin/env NAME`: env itself, then NAME through PATH.
+                if let Some(name) = env_name {
+                    let env_real =
+                        std::fs::canonicalize(&interpreter).unwrap_or(interpreter.clone());
+                    let env_ok = chain_of(&env_real).map(|c| granted(&ids, &c).execute);
+                    if env_ok == Some(false) {
+                        return Err(Denied {
+                            path: interpreter,
+                            real: env_real,
+                            needs_exec: true,
+                            role: by,
+                        });
+                    }
+                    match super::command_path::resolve(OsStr::from_bytes(&name), path_env) {
+                        Ok(p) => {
+                            next = Some((p, format!(" (run by {} through env)", real.display())))
+                        }
+                        Err(_) => return Ok(()),
+                    }
+                } else {
+                    next = Some((interpreter, by));
+                }
+            }
+            Some(Interp::Elf(loader)) => {
+                next = Some((
+                    loader,
+                    format!(" (the ELF interpreter of {})", real.display()),
+                ));
+            }
+            None => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// The first bytes of a regular file: enough for a `#!` line and,
+/// usually, an ELF header and its program headers (the interpreter's path
+/// comes early). Anything else reads as nothing: the path may come from a
+/// `#!` line someone else wrote, and opening a FIFO or a terminal must not
+/// block the agent (opened non-blocking, judged by what was opened).
+fn read_head(p: &Path) -> Vec<u8> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut buf = Vec::new();
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(p);
+    if let Ok(f) = opened {
+        if f.metadata().is_ok_and(|m| m.is_file()) {
+            let _ = f.take(64 * 1024).read_to_end(&mut buf);
+        }
+    }
+    buf
+}
+
+/// What starting a file makes the kernel open next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Interp {
+    /// `#!INTERPRETER [ARG]`; `env_name` is ARG when INTERPRETER is `env`
+    /// (the program `env` runs, looked up through PATH).
+    Script {
+        interpreter: PathBuf,
+        env_name: Option<Vec<u8>>,
+    },
+    /// An ELF binary's PT_INTERP (its dynamic loader).
+    Elf(PathBuf),
+}
+
+/// The interpreter a file's first bytes name, if any (pure).
+pub fn interpreter_of(head: &[u8]) -> Option<Interp> {
+    if let Some(rest) = head.strip_prefix(b"#!") {
+        let line = rest.split(|&b| b == b'\n').next()?;
+        let mut words = line
+            .split(|b| *b == b' ' || *b == b'\t')
+            .filter(|w| !w.is_empty());
+        let interpreter = PathBuf::from(OsStr::from_bytes(words.next()?));
+        let env_name = if interpreter.file_name() == Some(OsStr::new("env")) {
+            // `env -S ...` and other options: too many forms to follow.
+            words
+                .next()
+                .filter(|w| !w.starts_with(b"-"))
+                .map(<[u8]>::to_vec)
+        } else {
+            None
+        };
+        return Some(Interp::Script {
+            interpreter,
+            env_name,
+        });
+    }
+    elf_interpreter(head).map(Interp::Elf)
+}
+
+fn elf_interpreter(data: &[u8]) -> Option<PathBuf> {
+    use object::read::elf::ProgramHeader as _;
+    fn find<H: object::read::elf::FileHeader>(data: &[u8]) -> Option<PathBuf> {
+        let header = H::parse(data).ok()?;
+        let endian = header.endian().ok()?;
+        header
+            .program_headers(endian, data)
+            .ok()?
+            .iter()
+            .find_map(|ph| ph.interpreter(endian, data).ok().flatten())
+            .map(|b| PathBuf::from(OsStr::from_bytes(b)))
+    }
+    match object::FileKind::parse(data).ok()? {
+        object::FileKind::Elf64 => find::<object::elf::FileHeader64<object::Endianness>>(data),
+        object::FileKind::Elf32 => find::<object::elf::FileHeader32<object::Endianness>>(data),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R: Rights = Rights {
+        read: true,
+        execute: false,
+    };
+    const X: Rights = Rights {
+        read: true,
+        execute: true,
+    };
+
+    #[test]
+    fn rights_come_from_any_ancestor() {
+        // /usr (1) > /usr/bin (2) > /usr/bin/python3 (3); / is 0.
+        let chain = [(9, 3), (9, 2), (9, 1), (9, 0)];
+        assert_eq!(granted(&[], &chain), Rights::default());
+        assert_eq!(granted(&[((9, 1), R)], &chain), R);
+        assert_eq!(granted(&[((9, 1), R), ((9, 2), X)], &chain), X);
+        assert_eq!(granted(&[((9, 3), X)], &chain), X);
+        // Same inode number on another device is another file.
+        assert_eq!(granted(&[((8, 2), X)], &chain), Rights::default());
+        // A rule below the file grants nothing to it.
+        assert_eq!(granted(&[((9, 4), X)], &chain), Rights::default());
+    }
+
+    #[test]
+    fn interpreters_are_found() {
+        assert_eq!(
+            interpreter_of(b"#!/bin/sh -e\necho"),
+            Some(Interp::Script {
+                interpreter: "/bin/sh".into(),
+                env_name: None
+            })
+        );
+        assert_eq!(
+            interpreter_of(b"#! /usr/bin/env  bash\n"),
+            Some(Interp::Script {
+                interpreter: "/usr/bin/env".into(),
+                env_name: Some(b"bash".to_vec())
+            })
+        );
+        assert_eq!(
+            interpreter_of(b"#!/usr/bin/env -S python3 -u\n"),
+            Some(Interp::Script {
+                interpreter: "/usr/bin/env".into(),
+                env_name: None
+            })
+        );
+        assert_eq!(interpreter_of(b"#!\n"), None);
+        assert_eq!(interpreter_of(b"plain text"), None);
+        let sh = std::fs::read("/bin/sh").unwrap();
+        match interpreter_of(&sh) {
+            Some(Interp::Elf(p)) => assert!(p.to_string_lossy().contains("ld-linux"), "{p:?}"),
+            other => panic!("/bin/sh: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_hidden_command_or_interpreter_is_named() {
+        let dir = std::env::temp_dir().join(format!("nono-exec-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("tool");
+        std::fs::write(&script, "#!/usr/bin/env sh\necho hi\n").unwrap();
+        let only_dir = FsRules {
+            exec: vec![dir.clone()],
+            ..Default::default()
+        };
+        // The script is executable, env is not.
+        let e = check(&only_dir, &script, Some(OsStr::new("/usr/bin:/bin"))).unwrap_err();
+        assert_eq!(e.path, PathBuf::from("/usr/bin/env"));
+        assert!(e.needs_exec);
+        assert!(e.to_string().contains("the interpreter of"), "{e}");
+        assert!(e.to_string().contains("--exec /usr/bin"), "{e}");
+        // Nothing covers the script itself.
+        let e = check(&FsRules::default(), &script, None).unwrap_err();
+        assert_eq!(e.real, std::fs::canonicalize(&script).unwrap());
+        assert!(e.to_string().starts_with("denies executing"), "{e}");
+        // The system and the directory: sh runs, with its loader.
+        let ok = FsRules {
+            exec: vec![
+                dir.clone(),
+                "/usr".into(),
+                "/bin".into(),
+                "/lib".into(),
+                "/lib64".into(),
+            ],
+            ..Default::default()
+        };
+        check(&ok, &script, Some(OsStr::new("/usr/bin:/bin"))).unwrap();
+        // Without the loader's directory the ELF interpreter is named.
+        let no_lib = FsRules {
+            exec: vec![dir.clone(), "/usr/bin".into()],
+            ..Default::default()
+        };
+        let e = check(&no_lib, Path::new("/usr/bin/true"), None).unwrap_err();
+        assert!(
+            e.to_string().contains("ELF interpreter of /usr/bin/true"),
+            "{e}"
+        );
+        // An interpreter line naming a FIFO (a file someone else may have
+        // planted) neither blocks the check nor fails it: left to the run.
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o755)).unwrap();
+        let odd = dir.join("odd");
+        std::fs::write(&odd, format!("#!{}\n", fifo.display())).unwrap();
+        check(&only_dir, &odd, None).unwrap();
+        // Readable only: still denied, as execute.
+        let read_only = FsRules {
+            read: vec!["/".into()],
+            ..Default::default()
+        };
+        assert!(
+            check(&read_only, Path::new("/usr/bin/true"), None)
+                .unwrap_err()
+                .needs_exec
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
