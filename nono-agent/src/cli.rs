@@ -55,6 +55,19 @@ pub enum Command {
     /// Check and show the host configuration (/etc/nono-agent/config.toml).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Check that this host enforces: run the escape battery against every
+    /// enforcer it offers (the daemon, direct BPF, seccomp), each vector
+    /// first shown to reach a private test host, then refused inside a
+    /// sandbox. Exit 0: all blocked; 1: a leak; 3: a check did not work;
+    /// 125: selftest could not run.
+    Selftest(SelftestArgs),
+    /// Internal: the probe selftest runs inside each sandbox.
+    #[command(name = "__probe", hide = true)]
+    Probe {
+        /// The attempts, as JSON.
+        #[arg(long)]
+        plan: String,
+    },
     /// Say whether a sandbox would let DEST (or `--path P`) through, and
     /// which rule decides: exit 0 allowed, 1 denied, 2 usage error.
     Why(WhyArgs),
@@ -64,6 +77,28 @@ pub enum Command {
         /// The shell to complete for.
         shell: Shell,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SelftestArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Test only these enforcers (repeatable or comma-separated); one that
+    /// is not available makes selftest exit 125. Default: every enforcer
+    /// this host offers (the others are reported as not tried, and why).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub enforcer: Vec<crate::selftest::report::EnforcerKind>,
+
+    /// The daemon's socket (the daemon enforcer is tested when it answers).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "NONO_AGENT_DAEMON_SOCKET",
+        default_value = crate::daemon::client::DEFAULT_SOCKET
+    )]
+    pub daemon_socket: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

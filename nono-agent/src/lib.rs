@@ -16,6 +16,7 @@ pub mod notice;
 pub mod plan;
 pub mod profile;
 pub mod sandbox;
+pub mod selftest;
 pub mod signals;
 pub mod timing;
 pub mod util;

@@ -6,167 +6,21 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::netns::{SERVER_MAC, SERVER_V4, SERVER_V6};
 use crate::oracle::{ArpResponder, Proto};
-use crate::probe_vectors::Vector as V;
 use crate::runner::{
     Enforcement, ExecOpts, Harness, ProbeResult, RunAs, SandboxGuard, DENIED_ERRNOS,
 };
 use crate::sys::CmdOutput;
 
-/// Which destination the probe is aimed at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// 198.51.100.2 (the probe maps it to ::ffff:198.51.100.2 itself for the
-    /// v4-mapped vectors).
-    ServerV4,
-    /// 2001:db8:100::2.
-    ServerV6,
-}
-
-/// What the server oracle must observe for the attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Observe {
-    /// TCP packets to the port (and a listener on it counts connections).
-    Tcp,
-    /// UDP packets to the port.
-    Udp,
-    /// ICMP echo requests with the id.
-    Icmp4Echo,
-    /// ICMPv6 echo requests with the id.
-    Icmp6Echo,
-    /// Ethertype 0x88B5 frames carrying the tag.
-    EtherTag,
-    /// Source-routed TCP: the probe connects to loopback port P with a
-    /// routing option naming the target; every TCP packet to port P (and
-    /// every accepted connection) counts. Proof of the route outside: TCP to
-    /// target:P carrying IPv4 options / an IPv6 routing header.
-    RoutedTcp,
-    /// Source-routed UDP, as [`Observe::RoutedTcp`].
-    RoutedUdp,
-    /// UDP sent to 127.0.0.1:P but forced out of the client veth (the
-    /// fixture answers ARP for 127.0.0.1 like a cooperating host on the link
-    /// would); every UDP packet to port P counts.
-    WireLoopbackUdp,
-}
-
-/// What the check expects, beyond "the oracle sees nothing inside".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// The socket hooks see the real destination: outside the packet must
-    /// arrive; inside the attempt must fail with EPERM/EACCES.
-    Direct,
-    /// The address the program names is allowed (loopback) and something
-    /// else (a routing option, the outgoing interface) decides where the
-    /// packet really goes. Outside the packet must arrive at the target;
-    /// inside only the oracle decides (EPERM from setsockopt, a timed-out
-    /// connect or a "successful" local send are all fine, as long as nothing
-    /// arrives). The probe's outcome is reported.
-    Rerouted,
-    /// Like [`Mode::Rerouted`], but the kernel may refuse the option even
-    /// outside a sandbox (e.g. a type 2 routing header without
-    /// CONFIG_IPV6_MIP6, a segment routing header as ancillary data). Then
-    /// the outside run must show that refusal (an errno at the step that
-    /// applies the option, nothing on the wire) rather than pass silently.
-    ReroutedMayBeRefused,
-}
-
-/// A network escape vector: one `nono-probe` attempt plus what to observe.
-#[derive(Debug, Clone, Copy)]
-pub struct NetVector {
-    pub name: &'static str,
-    pub target: Target,
-    pub observe: Observe,
-    pub mode: Mode,
-}
-
-const fn nv(v: V, target: Target, observe: Observe) -> NetVector {
-    NetVector {
-        name: v.name(),
-        target,
-        observe,
-        mode: Mode::Direct,
-    }
-}
-
-const fn rv(v: V, target: Target, observe: Observe, mode: Mode) -> NetVector {
-    NetVector {
-        name: v.name(),
-        target,
-        observe,
-        mode,
-    }
-}
+pub use nono_agent::selftest::vectors::{
+    Mode, NetVector, Observe, Target, NETWORK_VECTORS, PROCESS_VECTORS,
+};
 
 use Mode::*;
 use Observe::*;
 use Target::*;
 
-/// Every network vector. Each must be blocked inside a sandbox and reachable
-/// outside it.
-pub const NETWORK_VECTORS: &[NetVector] = &[
-    nv(V::Tcp4, ServerV4, Tcp),
-    nv(V::Tcp6, ServerV6, Tcp),
-    nv(V::TcpV4mapped, ServerV4, Tcp),
-    nv(V::TcpNonblock, ServerV4, Tcp),
-    nv(V::TcpFastopen, ServerV4, Tcp),
-    nv(V::UdpSendto, ServerV4, Udp),
-    nv(V::UdpSendmsg, ServerV4, Udp),
-    nv(V::UdpSendmmsg, ServerV4, Udp),
-    nv(V::UdpConnectSend, ServerV4, Udp),
-    nv(V::UdpConnectedSendto, ServerV4, Udp),
-    nv(V::Udp6Sendto, ServerV6, Udp),
-    nv(V::V4mappedUdpSendto, ServerV4, Udp),
-    nv(V::IoUringConnect, ServerV4, Tcp),
-    nv(V::IoUringSendmsg, ServerV4, Udp),
-    nv(V::RawSocket, ServerV4, Icmp4Echo),
-    nv(V::Raw6Socket, ServerV6, Icmp6Echo),
-    nv(V::PingSocket, ServerV4, Icmp4Echo),
-    nv(V::Ping6Socket, ServerV6, Icmp6Echo),
-    nv(V::AfPacket, ServerV4, EtherTag),
-    nv(V::Mptcp, ServerV4, Tcp),
-    // i386 system calls from a 64-bit process (`int 0x80`): socketcall
-    // (102) with SYS_CONNECT, and the direct i386 socket + connect.
-    nv(V::Int80Socketcall, ServerV4, Tcp),
-    nv(V::Int80Socket, ServerV4, Tcp),
-    // Routing options: the hooks see ::1 / 127.0.0.1, the kernel sends to
-    // the first segment / first hop (the server).
-    rv(V::Srh6UdpSockopt, ServerV6, RoutedUdp, Rerouted),
-    rv(V::Srh6TcpSockopt, ServerV6, RoutedTcp, Rerouted),
-    rv(V::Srh6UdpConnectSend, ServerV6, RoutedUdp, Rerouted),
-    rv(V::Srh6UdpCmsg, ServerV6, RoutedUdp, ReroutedMayBeRefused),
-    rv(
-        V::Srh6UdpPktoptions,
-        ServerV6,
-        RoutedUdp,
-        ReroutedMayBeRefused,
-    ),
-    rv(V::Rh2UdpSockopt, ServerV6, RoutedUdp, ReroutedMayBeRefused),
-    rv(V::Lsrr4TcpSockopt, ServerV4, RoutedTcp, Rerouted),
-    rv(V::Lsrr4UdpSockopt, ServerV4, RoutedUdp, Rerouted),
-    rv(V::Ssrr4UdpSockopt, ServerV4, RoutedUdp, Rerouted),
-    rv(V::Lsrr4UdpCmsg, ServerV4, RoutedUdp, Rerouted),
-    rv(V::Lsrr4UdpConnectedCmsg, ServerV4, RoutedUdp, Rerouted),
-    // 127.0.0.1 sent out of the veth (outgoing interface chosen without
-    // CAP_NET_RAW); leaves the host when an on-link host answers ARP.
-    rv(V::UnicastIfLoopback4, ServerV4, WireLoopbackUdp, Rerouted),
-    rv(V::PktinfoLoopback4, ServerV4, WireLoopbackUdp, Rerouted),
-];
-
-/// Process vectors (each has its own test with specific assertions); the
-/// follow-up connect is always tcp4 to the server.
-pub const PROCESS_VECTORS: &[&str] = &[
-    V::Daemonize.name(),
-    V::SubCgroup.name(),
-    V::ParentCgroup.name(),
-    V::DetachBpf.name(),
-    V::KillAgent.name(),
-    V::ProcRootCgroup.name(),
-    V::StealFds.name(),
-];
-
 pub fn find(name: &str) -> NetVector {
-    *NETWORK_VECTORS
-        .iter()
-        .find(|v| v.name == name)
+    nono_agent::selftest::vectors::find_network(name)
         .unwrap_or_else(|| panic!("unknown network vector {name}"))
 }
 

@@ -1,7 +1,8 @@
 //! The Debian package (`cargo xtask deb`): it installs on this machine
 //! (without systemd as PID 1 the postinst must do nothing harmful), the
 //! installed static binary works from outside the checkout with a PATH
-//! without cargo, runs a daemon that serves an unprivileged `exec`, and
+//! without cargo, runs a daemon that serves an unprivileged `exec`, passes
+//! `selftest` against that daemon, direct BPF and seccomp, and
 //! `dpkg -r` + `dpkg -P` leave nothing behind.
 //!
 //! It changes the machine (installs a package), so it refuses to run when
@@ -272,6 +273,42 @@ fn deb_installs_works_and_purges_clean() {
         "exec as 65534 through the installed daemon: {}\ndaemon: {}",
         out.describe(),
         daemon_log()
+    );
+    // The installed binary checks the host: selftest against that daemon,
+    // direct BPF and seccomp, from outside the checkout without cargo.
+    let out = sys::run_timeout(
+        clean_env(BIN, &tmp.0)
+            .args(["selftest", "--json", "--daemon-socket"])
+            .arg(&socket),
+        Duration::from_secs(120),
+    );
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "installed selftest printed no JSON ({e}): {}",
+            out.describe()
+        )
+    });
+    let tested: Vec<&str> = report["enforcers"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .filter(|e| e["status"] == "tested")
+                .filter_map(|e| e["enforcer"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        out.status.success()
+            && report["outcome"] == "pass"
+            && tested == ["daemon", "bpf", "seccomp"],
+        "installed selftest: {}\n{report:#}",
+        out.describe()
+    );
+    eprintln!(
+        "installed (static, release) selftest: {} ms for {} vectors x {} enforcers",
+        report["duration_ms"],
+        report["vectors"].as_array().map_or(0, Vec::len),
+        tested.len()
     );
     guard.stop_daemon();
     let out = sys::run_timeout(

@@ -11,6 +11,7 @@ pub mod exec;
 pub mod learn;
 pub mod profile;
 pub mod proxy;
+pub mod selftest;
 pub mod why;
 
 use anyhow::Result;
@@ -33,6 +34,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Proxy(args) => runtime()?.block_on(proxy::run(args)),
         Command::Why(args) => why::run(args),
         Command::Completions { shell } => completions(shell),
+        Command::Selftest(args) => selftest::run(args),
+        Command::Probe { plan } => selftest::probe(&plan),
     }
 }
 

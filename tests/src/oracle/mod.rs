@@ -12,20 +12,20 @@
 //!   waits until the sniffer saw it, proving the sniffer is alive and that
 //!   earlier frames had time to arrive.
 //!
-//! Split by job: `frames` parses what the sniffer captured (IP/TCP/UDP,
+//! Split by job: `frames` (in the agent's library, shared with `nono-agent
+//! selftest`) parses what the sniffer captured (IP/TCP/UDP,
 //! SYN-ACK MSS, ICMP echo, IGMP/MLD), `sniffer` captures, `servers`
 //! holds the listeners and receivers, `arp` the ARP responder and
 //! `sockets` the raw socket helpers they share. Everything is re-exported
 //! here, so `crate::oracle::X` paths are unchanged.
 
 mod arp;
-mod frames;
 mod servers;
 mod sniffer;
 mod sockets;
 
 pub use arp::ArpResponder;
-pub use frames::{Frame, Proto, TcpInfo, ETHERTYPE_TAG};
+pub use nono_agent::selftest::frames::{Frame, Proto, TcpInfo, ETHERTYPE_TAG};
 pub use servers::{AcceptCounter, Datagram, TcpCounter, TcpEcho, UdpReceiver};
 pub(crate) use sockets::{set_rcvtimeo, setsockopt_int, tcp_listen_socket};
 
@@ -39,7 +39,7 @@ use std::time::Duration;
 use crate::netns::{in_netns, NetFixture, SERVER_V4};
 use crate::sys::wait_until;
 
-use frames::proto_number;
+use nono_agent::selftest::frames::proto_number;
 
 /// The server oracle for one [`NetFixture`].
 pub struct Oracle {

@@ -1,7 +1,7 @@
 //! Command-line options, and the addresses several vectors derive from them.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::exit;
 
 use nono_tests::probe_vectors::Vector;
@@ -57,6 +57,23 @@ impl Args {
         }
     }
 
+    /// The options the library's network attempts take; a malformed value
+    /// is a usage error, a missing one is left to the attempt.
+    pub(crate) fn net(&self) -> nono_agent::selftest::probe::NetArgs {
+        let opt = |k: &str| self.get(k).map(|_| self.num::<u16>(k, None));
+        let size = |k: &str| self.get(k).map(|_| self.num::<usize>(k, None));
+        nono_agent::selftest::probe::NetArgs {
+            target: self.get("target").map(|_| self.target()),
+            port: opt("port"),
+            id: opt("id"),
+            iface: self.get("iface").map(str::to_string),
+            tag: self.get("tag").map(str::to_string),
+            count: size("count"),
+            proxy_endpoint: self.get("proxy-endpoint").map(|_| proxy_arg(self)),
+            bytes: size("bytes"),
+        }
+    }
+
     pub(crate) fn target(&self) -> IpAddr {
         let t = self.req("target");
         t.parse()
@@ -87,11 +104,6 @@ pub(crate) fn proxy_arg(args: &Args) -> SocketAddr {
     let pe = args.req("proxy-endpoint");
     pe.parse()
         .unwrap_or_else(|_| usage(&format!("--proxy-endpoint: bad ADDR:PORT {pe:?}")))
-}
-
-/// [::1]:--port, the address routing-option vectors name.
-pub(crate) fn lo6(args: &Args) -> SocketAddr {
-    SocketAddr::new(Ipv6Addr::LOCALHOST.into(), args.port())
 }
 
 /// 127.0.0.1:--port.

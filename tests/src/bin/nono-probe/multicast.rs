@@ -9,7 +9,7 @@ use nono_tests::sockaddr;
 
 use crate::args::{usage, Args};
 use crate::attempt::{Attempt, Steps};
-use crate::reroute::{v4_target, v6_target};
+use crate::reroute;
 use crate::sock::{iface_addr4, iface_index, setsockopt_bytes, udp_socket};
 
 /// `struct group_req` / `struct group_source_req` (MCAST_* options).
@@ -169,4 +169,14 @@ pub(crate) fn mcast_join(args: &Args, steps: &mut Steps) -> Attempt {
         std::thread::sleep(Duration::from_millis(args.num("hold-ms", Some(300))));
     }
     a
+}
+
+/// The group as IPv4 (exits with usage for an IPv6 one).
+fn v4_target(ip: IpAddr) -> std::net::Ipv4Addr {
+    reroute::v4_target(ip).unwrap_or_else(|a| usage(&a.detail))
+}
+
+/// The group as IPv6 (exits with usage for an IPv4 one).
+fn v6_target(ip: IpAddr) -> std::net::Ipv6Addr {
+    reroute::v6_target(ip).unwrap_or_else(|a| usage(&a.detail))
 }

@@ -7,16 +7,16 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use nono_tests::sockaddr;
+use crate::selftest::sockaddr;
 
-use crate::attempt::{errno_of, Attempt};
-use crate::sock::{
+use super::attempt::{errno_of, Attempt};
+use super::sock::{
     connect_fd, family, send_fd, sendmsg_cmsg, sendto_fd, set_timeouts, socket, udp_socket,
     CONNECT_TIMEOUT, PAYLOAD,
 };
 
 /// Blocking TCP (or MPTCP) connect with a timeout, then send a small payload.
-pub(crate) fn tcp_connect(sa: SocketAddr, proto: libc::c_int) -> Attempt {
+pub fn tcp_connect(sa: SocketAddr, proto: libc::c_int) -> Attempt {
     let fd = match socket(family(&sa.ip()), libc::SOCK_STREAM, proto) {
         Ok(fd) => fd,
         Err(e) => return Attempt::fail("socket", &e),
@@ -29,7 +29,7 @@ pub(crate) fn tcp_connect(sa: SocketAddr, proto: libc::c_int) -> Attempt {
     Attempt::success(format!("connected to {sa}"))
 }
 
-pub(crate) fn tcp_nonblock(sa: SocketAddr) -> Attempt {
+pub fn tcp_nonblock(sa: SocketAddr) -> Attempt {
     let fd = match socket(family(&sa.ip()), libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) {
         Ok(fd) => fd,
         Err(e) => return Attempt::fail("socket", &e),
@@ -78,7 +78,7 @@ pub(crate) fn tcp_nonblock(sa: SocketAddr) -> Attempt {
     Attempt::success(format!("non-blocking connect to {sa} completed"))
 }
 
-pub(crate) fn tcp_fastopen(sa: SocketAddr) -> Attempt {
+pub fn tcp_fastopen(sa: SocketAddr) -> Attempt {
     let fd = match socket(family(&sa.ip()), libc::SOCK_STREAM, 0) {
         Ok(fd) => fd,
         Err(e) => return Attempt::fail("socket", &e),
@@ -90,7 +90,7 @@ pub(crate) fn tcp_fastopen(sa: SocketAddr) -> Attempt {
     }
 }
 
-pub(crate) fn udp_sendto(sa: SocketAddr) -> Attempt {
+pub fn udp_sendto(sa: SocketAddr) -> Attempt {
     let fd = match udp_socket(&sa.ip()) {
         Ok(fd) => fd,
         Err(e) => return Attempt::fail("socket", &e),
@@ -101,7 +101,7 @@ pub(crate) fn udp_sendto(sa: SocketAddr) -> Attempt {
     }
 }
 
-pub(crate) fn udp_sendmsg(sa: SocketAddr) -> Attempt {
+pub fn udp_sendmsg(sa: SocketAddr) -> Attempt {
     let fd = match udp_socket(&sa.ip()) {
         Ok(fd) => fd,
         Err(e) => return Attempt::fail("socket", &e),
@@ -125,7 +125,7 @@ pub(crate) fn udp_sendmsg(sa: SocketAddr) -> Attempt {
     }
 }
 
-pub(crate) fn udp_sendmmsg(sa: SocketAddr, count: usize) -> Attempt {
+pub fn udp_sendmmsg(sa: SocketAddr, count: usize) -> Attempt {
     let fd = match udp_socket(&sa.ip()) {
         Ok(fd) => fd,
         Err(e) => return Attempt::fail("socket", &e),
@@ -162,7 +162,7 @@ pub(crate) fn udp_sendmmsg(sa: SocketAddr, count: usize) -> Attempt {
     }
 }
 
-pub(crate) fn udp_connect_send(sa: SocketAddr) -> Attempt {
+pub fn udp_connect_send(sa: SocketAddr) -> Attempt {
     let fd = match udp_socket(&sa.ip()) {
         Ok(fd) => fd,
         Err(e) => return Attempt::fail("socket", &e),
@@ -179,7 +179,7 @@ pub(crate) fn udp_connect_send(sa: SocketAddr) -> Attempt {
 /// Connect a UDP socket to an allowed address (the proxy endpoint if given,
 /// else loopback), then override the destination with sendto(): the sendmsg
 /// hook must still see the real target.
-pub(crate) fn udp_connected_sendto(sa: SocketAddr, allowed: Option<SocketAddr>) -> Attempt {
+pub fn udp_connected_sendto(sa: SocketAddr, allowed: Option<SocketAddr>) -> Attempt {
     let fd = match udp_socket(&sa.ip()) {
         Ok(fd) => fd,
         Err(e) => return Attempt::fail("socket", &e),
@@ -197,7 +197,7 @@ pub(crate) fn udp_connected_sendto(sa: SocketAddr, allowed: Option<SocketAddr>) 
     }
 }
 
-pub(crate) fn io_uring_connect(sa: SocketAddr) -> Attempt {
+pub fn io_uring_connect(sa: SocketAddr) -> Attempt {
     use io_uring::{opcode, types, IoUring};
     let mut ring = match IoUring::new(8) {
         Ok(r) => r,
@@ -255,7 +255,7 @@ pub(crate) fn io_uring_connect(sa: SocketAddr) -> Attempt {
     }
 }
 
-pub(crate) fn io_uring_sendmsg(sa: SocketAddr) -> Attempt {
+pub fn io_uring_sendmsg(sa: SocketAddr) -> Attempt {
     use io_uring::{opcode, types, IoUring};
     let mut ring = match IoUring::new(8) {
         Ok(r) => r,
@@ -310,7 +310,7 @@ pub(crate) fn io_uring_sendmsg(sa: SocketAddr) -> Attempt {
 
 /// A UDP socket connected to `sa` sends with a TOS (IPv4) or traffic class
 /// (IPv6) control message and no destination (msg_name NULL).
-pub(crate) fn udp_connected_cmsg(sa: SocketAddr, count: usize) -> Attempt {
+pub fn udp_connected_cmsg(sa: SocketAddr, count: usize) -> Attempt {
     let fd = match udp_socket(&sa.ip()) {
         Ok(fd) => fd,
         Err(e) => return Attempt::fail("socket", &e),
@@ -337,7 +337,7 @@ pub(crate) fn udp_connected_cmsg(sa: SocketAddr, count: usize) -> Attempt {
 
 /// Sends `bytes` over TCP to an echo server and checks the same bytes come
 /// back (both directions at once).
-pub(crate) fn tcp_bulk(sa: SocketAddr, bytes: usize) -> Attempt {
+pub fn tcp_bulk(sa: SocketAddr, bytes: usize) -> Attempt {
     use std::net::{Shutdown, TcpStream};
     let mut s = match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
         Ok(s) => s,
@@ -389,7 +389,7 @@ pub(crate) fn tcp_bulk(sa: SocketAddr, bytes: usize) -> Attempt {
 }
 
 /// Unconnected UDP sendmsg to `sa` carrying an IP_TOS / IPV6_TCLASS cmsg.
-pub(crate) fn udp_sendmsg_cmsg(sa: SocketAddr, count: usize) -> Attempt {
+pub fn udp_sendmsg_cmsg(sa: SocketAddr, count: usize) -> Attempt {
     let fd = match udp_socket(&sa.ip()) {
         Ok(fd) => fd,
         Err(e) => return Attempt::fail("socket", &e),

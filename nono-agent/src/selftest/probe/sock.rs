@@ -8,47 +8,43 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use nono_tests::sockaddr;
+use crate::selftest::sockaddr;
 
-use crate::attempt::{cvt, errno_of};
+use super::attempt::{cvt, errno_of};
 
-pub(crate) const PAYLOAD: &[u8] = b"nono-probe payload";
-pub(crate) const IPPROTO_MPTCP: libc::c_int = 262;
-pub(crate) const ETHERTYPE_TAG: u16 = 0x88B5;
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const PAYLOAD: &[u8] = b"nono-probe payload";
+pub const IPPROTO_MPTCP: libc::c_int = 262;
+pub const ETHERTYPE_TAG: u16 = 0x88B5;
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 // ---------------------------------------------------------------------------
 // Socket helpers
 
-pub(crate) fn map_v4(ip: IpAddr) -> IpAddr {
+pub fn map_v4(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
         v6 => v6,
     }
 }
 
-pub(crate) fn family(ip: &IpAddr) -> libc::c_int {
+pub fn family(ip: &IpAddr) -> libc::c_int {
     match ip {
         IpAddr::V4(_) => libc::AF_INET,
         IpAddr::V6(_) => libc::AF_INET6,
     }
 }
 
-pub(crate) fn socket(
-    domain: libc::c_int,
-    ty: libc::c_int,
-    proto: libc::c_int,
-) -> io::Result<OwnedFd> {
+pub fn socket(domain: libc::c_int, ty: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; on success we own the descriptor.
     let fd = cvt(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) })?;
     // SAFETY: fd is a fresh descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-pub(crate) fn set_timeouts(fd: RawFd, d: Duration) {
+pub fn set_timeouts(fd: RawFd, d: Duration) {
     let tv = libc::timeval {
-        tv_sec: d.as_secs() as libc::time_t,
-        tv_usec: d.subsec_micros() as libc::suseconds_t,
+        tv_sec: d.as_secs() as _,
+        tv_usec: d.subsec_micros() as _,
     };
     for opt in [libc::SO_SNDTIMEO, libc::SO_RCVTIMEO] {
         // SAFETY: valid pointer/length for a timeval option.
@@ -64,18 +60,13 @@ pub(crate) fn set_timeouts(fd: RawFd, d: Duration) {
     }
 }
 
-pub(crate) fn connect_fd(fd: RawFd, sa: &SocketAddr) -> io::Result<()> {
+pub fn connect_fd(fd: RawFd, sa: &SocketAddr) -> io::Result<()> {
     let (ss, len) = sockaddr::storage(sa);
     // SAFETY: ss/len describe a valid sockaddr.
     cvt(unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) }).map(|_| ())
 }
 
-pub(crate) fn sendto_fd(
-    fd: RawFd,
-    buf: &[u8],
-    flags: libc::c_int,
-    sa: &SocketAddr,
-) -> io::Result<usize> {
+pub fn sendto_fd(fd: RawFd, buf: &[u8], flags: libc::c_int, sa: &SocketAddr) -> io::Result<usize> {
     let (ss, len) = sockaddr::storage(sa);
     // SAFETY: valid buffer and sockaddr.
     let n = unsafe {
@@ -91,13 +82,13 @@ pub(crate) fn sendto_fd(
     errno_of(n as libc::c_long).map(|n| n as usize)
 }
 
-pub(crate) fn send_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+pub fn send_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: valid buffer.
     let n = unsafe { libc::send(fd, buf.as_ptr() as *const libc::c_void, buf.len(), 0) };
     errno_of(n as libc::c_long).map(|n| n as usize)
 }
 
-pub(crate) fn setsockopt_bytes(
+pub fn setsockopt_bytes(
     fd: RawFd,
     level: libc::c_int,
     name: libc::c_int,
@@ -116,18 +107,13 @@ pub(crate) fn setsockopt_bytes(
     .map(|_| ())
 }
 
-pub(crate) fn setsockopt_i32(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    v: i32,
-) -> io::Result<()> {
+pub fn setsockopt_i32(fd: RawFd, level: libc::c_int, name: libc::c_int, v: i32) -> io::Result<()> {
     setsockopt_bytes(fd, level, name, &v.to_ne_bytes())
 }
 
 /// A control buffer holding one message (u64 words for alignment) and its
 /// length in bytes.
-pub(crate) fn cmsg_buf(level: libc::c_int, ty: libc::c_int, data: &[u8]) -> (Vec<u64>, usize) {
+pub fn cmsg_buf(level: libc::c_int, ty: libc::c_int, data: &[u8]) -> (Vec<u64>, usize) {
     // SAFETY: CMSG_SPACE / CMSG_LEN are arithmetic.
     let (space, len) = unsafe {
         (
@@ -149,7 +135,7 @@ pub(crate) fn cmsg_buf(level: libc::c_int, ty: libc::c_int, data: &[u8]) -> (Vec
 
 /// sendmsg() of PAYLOAD with one control message; `dest` None leaves
 /// msg_name NULL (connected socket).
-pub(crate) fn sendmsg_cmsg(
+pub fn sendmsg_cmsg(
     fd: RawFd,
     dest: Option<&SocketAddr>,
     level: libc::c_int,
@@ -161,7 +147,7 @@ pub(crate) fn sendmsg_cmsg(
 
 /// sendmsg() of `payload` with one control message; `dest` None leaves
 /// msg_name NULL (connected socket, or one that passes a descriptor).
-pub(crate) fn sendmsg_payload_cmsg(
+pub fn sendmsg_payload_cmsg(
     fd: RawFd,
     dest: Option<&SocketAddr>,
     payload: &[u8],
@@ -190,7 +176,7 @@ pub(crate) fn sendmsg_payload_cmsg(
     errno_of(n as libc::c_long).map(|n| n as usize)
 }
 
-pub(crate) fn iface_index(iface: &str) -> io::Result<u32> {
+pub fn iface_index(iface: &str) -> io::Result<u32> {
     let cname = CString::new(iface).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: valid C string.
     match unsafe { libc::if_nametoindex(cname.as_ptr()) } {
@@ -200,7 +186,7 @@ pub(crate) fn iface_index(iface: &str) -> io::Result<u32> {
 }
 
 /// The first IPv4 address of interface `iface`.
-pub(crate) fn iface_addr4(iface: &str) -> Option<Ipv4Addr> {
+pub fn iface_addr4(iface: &str) -> Option<Ipv4Addr> {
     let mut ifa: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: out pointer; freed below.
     if unsafe { libc::getifaddrs(&mut ifa) } != 0 {
@@ -229,13 +215,13 @@ pub(crate) fn iface_addr4(iface: &str) -> Option<Ipv4Addr> {
     found
 }
 
-pub(crate) fn udp_socket(ip: &IpAddr) -> io::Result<OwnedFd> {
+pub fn udp_socket(ip: &IpAddr) -> io::Result<OwnedFd> {
     socket(family(ip), libc::SOCK_DGRAM, 0)
 }
 
 /// Abort a TCP connection with RST on close (no TIME_WAIT), so that tens
 /// of thousands of short connections do not exhaust the ephemeral ports.
-pub(crate) fn linger_zero(fd: RawFd) {
+pub fn linger_zero(fd: RawFd) {
     let l = libc::linger {
         l_onoff: 1,
         l_linger: 0,

@@ -51,7 +51,7 @@ pub enum Frame {
 /// upper-layer protocol, its offset in `p` (None for a non-first fragment or
 /// a truncated chain), whether any extension header was present and the
 /// routing header type.
-pub(crate) fn ipv6_upper_layer(p: &[u8]) -> (u8, Option<usize>, bool, Option<u8>) {
+pub fn ipv6_upper_layer(p: &[u8]) -> (u8, Option<usize>, bool, Option<u8>) {
     let mut next = p[6];
     let mut off = 40usize;
     let mut ext = false;
@@ -90,7 +90,7 @@ pub(crate) fn ipv6_upper_layer(p: &[u8]) -> (u8, Option<usize>, bool, Option<u8>
 
 /// True if the IPv4 options `opts` contain a loose (131) or strict (137)
 /// source route.
-pub(crate) fn ipv4_source_routed(opts: &[u8]) -> bool {
+pub fn ipv4_source_routed(opts: &[u8]) -> bool {
     let mut i = 0;
     while i < opts.len() {
         match opts[i] {
@@ -125,7 +125,7 @@ impl TcpInfo {
 }
 
 /// Flags and MSS option of the TCP header `t` (None if truncated).
-pub(crate) fn tcp_info(t: &[u8]) -> Option<TcpInfo> {
+pub fn tcp_info(t: &[u8]) -> Option<TcpInfo> {
     let hlen = ((*t.get(12)? >> 4) as usize) * 4;
     let flags = *t.get(13)?;
     let opts = t.get(20..hlen.max(20)).unwrap_or(&[]);
@@ -155,7 +155,7 @@ pub(crate) fn tcp_info(t: &[u8]) -> Option<TcpInfo> {
 /// Group addresses named by an IGMP message (`v6` false) or an MLD message
 /// (ICMPv6, `v6` true): v1/v2 reports and leaves carry one, v3 / MLDv2
 /// reports a list of group records.
-pub(crate) fn membership_groups(v6: bool, m: &[u8]) -> Vec<IpAddr> {
+pub fn membership_groups(v6: bool, m: &[u8]) -> Vec<IpAddr> {
     let addr = |b: &[u8]| -> Option<IpAddr> {
         if v6 {
             let a: [u8; 16] = b.get(..16)?.try_into().ok()?;
@@ -196,7 +196,7 @@ pub(crate) fn membership_groups(v6: bool, m: &[u8]) -> Vec<IpAddr> {
     out
 }
 
-pub(crate) fn parse_frame(buf: &[u8]) -> Frame {
+pub fn parse_frame(buf: &[u8]) -> Frame {
     if buf.len() < 14 {
         return Frame::Other(0);
     }
@@ -284,7 +284,7 @@ pub(crate) fn parse_frame(buf: &[u8]) -> Frame {
     }
 }
 
-pub(crate) fn proto_number(p: Proto) -> u8 {
+pub fn proto_number(p: Proto) -> u8 {
     match p {
         Proto::Tcp => 6,
         Proto::Udp => 17,
@@ -294,7 +294,8 @@ pub(crate) fn proto_number(p: Proto) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netns::SERVER_V4;
+    const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+    const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 2);
 
     fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
         let mut f = vec![0xff; 6];
@@ -374,7 +375,7 @@ mod tests {
         let mut p = vec![0x60, 0, 0, 0, 0, rest.len() as u8, next, 64];
         p.extend_from_slice(&[0u8; 15]);
         p.push(1);
-        p.extend_from_slice(&crate::netns::SERVER_V6.octets());
+        p.extend_from_slice(&SERVER_V6.octets());
         p.extend_from_slice(rest);
         p
     }

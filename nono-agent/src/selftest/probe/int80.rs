@@ -4,11 +4,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use nono_tests::sockaddr;
+use crate::selftest::sockaddr;
 
-use crate::args::usage;
-use crate::attempt::{Attempt, Steps};
-use crate::sock::{send_fd, set_timeouts, socket, CONNECT_TIMEOUT, PAYLOAD};
+use super::attempt::{Attempt, Steps};
+use super::sock::{send_fd, set_timeouts, socket, CONNECT_TIMEOUT, PAYLOAD};
 
 /// One page mapped below 4 GiB: `int 0x80` takes 32-bit pointers.
 #[cfg(target_arch = "x86_64")]
@@ -78,13 +77,13 @@ fn put_sockaddr_in(p: *mut u8, sa: &SocketAddr) -> u32 {
 /// (102) on a socket made by the 64-bit `socket()` (`socketcall`), or the
 /// direct i386 `socket` (359) and `connect` (362) calls.
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn int80_connect(sa: SocketAddr, socketcall: bool, steps: &mut Steps) -> Attempt {
+pub fn int80_connect(sa: SocketAddr, socketcall: bool, steps: &mut Steps) -> Attempt {
     const NR32_SOCKETCALL: u32 = 102;
     const NR32_SOCKET: u32 = 359;
     const NR32_CONNECT: u32 = 362;
     const SYS_CONNECT: u32 = 3;
     if !sa.is_ipv4() {
-        usage("int80 vectors need an IPv4 --target");
+        return Attempt::invalid("int80 vectors need an IPv4 --target");
     }
     let page = match low_page() {
         Ok(p) => p,
@@ -148,7 +147,7 @@ pub(crate) fn int80_connect(sa: SocketAddr, socketcall: bool, steps: &mut Steps)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub(crate) fn int80_connect(_sa: SocketAddr, _socketcall: bool, _steps: &mut Steps) -> Attempt {
+pub fn int80_connect(_sa: SocketAddr, _socketcall: bool, _steps: &mut Steps) -> Attempt {
     Attempt {
         ok: false,
         errno: Some(libc::ENOSYS),

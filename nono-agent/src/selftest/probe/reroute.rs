@@ -5,12 +5,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use nono_tests::sockaddr;
+use crate::selftest::sockaddr;
 use serde_json::{json, Value};
 
-use crate::args::usage;
-use crate::attempt::{Attempt, Steps};
-use crate::sock::{
+use super::attempt::{Attempt, Steps};
+use super::sock::{
     cmsg_buf, connect_fd, family, iface_index, send_fd, sendmsg_cmsg, sendto_fd, set_timeouts,
     setsockopt_bytes, setsockopt_i32, socket, udp_socket, CONNECT_TIMEOUT, PAYLOAD,
 };
@@ -31,7 +30,7 @@ fn srh(segment: Ipv6Addr) -> Vec<u8> {
 }
 
 /// Type 2 routing header (Mobile IPv6 home address) naming `addr`.
-pub(crate) fn rh2(addr: Ipv6Addr) -> Vec<u8> {
+pub fn rh2(addr: Ipv6Addr) -> Vec<u8> {
     let mut h = vec![0, 2, 2, 1, 0, 0, 0, 0];
     h.extend_from_slice(&addr.octets());
     h
@@ -45,51 +44,49 @@ fn srr4(kind: u8, hop: Ipv4Addr) -> Vec<u8> {
 }
 
 /// A routing option: level, name, bytes, and a label for messages.
-pub(crate) struct RouteOpt {
-    pub(crate) level: libc::c_int,
-    pub(crate) name: libc::c_int,
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) label: &'static str,
+pub struct RouteOpt {
+    pub level: libc::c_int,
+    pub name: libc::c_int,
+    pub bytes: Vec<u8>,
+    pub label: &'static str,
 }
 
-pub(crate) fn srh_opt(target: IpAddr) -> RouteOpt {
-    RouteOpt {
+pub fn srh_opt(target: IpAddr) -> Result<RouteOpt, Attempt> {
+    Ok(RouteOpt {
         level: libc::IPPROTO_IPV6,
         name: libc::IPV6_RTHDR,
-        bytes: srh(v6_target(target)),
+        bytes: srh(v6_target(target)?),
         label: "IPV6_RTHDR (segment routing, type 4)",
-    }
+    })
 }
 
-pub(crate) fn v6_target(t: IpAddr) -> Ipv6Addr {
+/// The target as IPv6 (the routing-header vectors need one).
+pub fn v6_target(t: IpAddr) -> Result<Ipv6Addr, Attempt> {
     match t {
-        IpAddr::V6(a) => a,
-        IpAddr::V4(_) => usage("this vector needs an IPv6 --target"),
+        IpAddr::V6(a) => Ok(a),
+        IpAddr::V4(_) => Err(Attempt::invalid("this vector needs an IPv6 --target")),
     }
 }
 
-pub(crate) fn v4_target(t: IpAddr) -> Ipv4Addr {
+/// The target as IPv4 (the source-route vectors need one).
+pub fn v4_target(t: IpAddr) -> Result<Ipv4Addr, Attempt> {
     match t {
-        IpAddr::V4(a) => a,
-        IpAddr::V6(_) => usage("this vector needs an IPv4 --target"),
+        IpAddr::V4(a) => Ok(a),
+        IpAddr::V6(_) => Err(Attempt::invalid("this vector needs an IPv4 --target")),
     }
 }
 
-pub(crate) fn srr4_opt(kind: u8, target: IpAddr, name: libc::c_int) -> RouteOpt {
-    RouteOpt {
+pub fn srr4_opt(kind: u8, target: IpAddr, name: libc::c_int) -> Result<RouteOpt, Attempt> {
+    Ok(RouteOpt {
         level: libc::IPPROTO_IP,
         name,
-        bytes: srr4(kind, v4_target(target)),
+        bytes: srr4(kind, v4_target(target)?),
         label: if kind == 131 { "LSRR" } else { "SSRR" },
-    }
+    })
 }
 
 /// Records which step refused the routing option.
-pub(crate) fn refused(
-    extra: &mut serde_json::Map<String, Value>,
-    step: &str,
-    a: Attempt,
-) -> Attempt {
+pub fn refused(extra: &mut serde_json::Map<String, Value>, step: &str, a: Attempt) -> Attempt {
     extra.insert("refused_at".into(), json!(step));
     a
 }
@@ -105,7 +102,7 @@ fn apply_sockopt(fd: RawFd, o: &RouteOpt, steps: &mut Steps) -> Result<(), Attem
 }
 
 /// setsockopt(option) then sendto(dst) on a UDP socket.
-pub(crate) fn routed_udp_sockopt(
+pub fn routed_udp_sockopt(
     dst: SocketAddr,
     o: &RouteOpt,
     steps: &mut Steps,
@@ -127,7 +124,7 @@ pub(crate) fn routed_udp_sockopt(
 
 /// connect(dst) then setsockopt(option) then send() on a UDP socket: the
 /// option changes the route of an already connected socket.
-pub(crate) fn routed_udp_connect_sockopt(
+pub fn routed_udp_connect_sockopt(
     dst: SocketAddr,
     o: &RouteOpt,
     steps: &mut Steps,
@@ -152,7 +149,7 @@ pub(crate) fn routed_udp_connect_sockopt(
 }
 
 /// setsockopt(option) then connect(dst) on a TCP socket.
-pub(crate) fn routed_tcp_sockopt(
+pub fn routed_tcp_sockopt(
     dst: SocketAddr,
     o: &RouteOpt,
     steps: &mut Steps,
@@ -178,7 +175,7 @@ pub(crate) fn routed_tcp_sockopt(
 /// `connect_to`, the socket is first bound to `bind_to` (a source address
 /// that may leave the host: one bound to 127.0.0.1 by connect could not be
 /// source-routed elsewhere) and connected.
-pub(crate) fn routed_udp_cmsg(
+pub fn routed_udp_cmsg(
     connect_to: Option<(SocketAddr, Option<IpAddr>)>,
     dst: SocketAddr,
     o: &RouteOpt,
@@ -233,17 +230,17 @@ pub(crate) fn routed_udp_cmsg(
 
 /// setsockopt(IPV6_2292PKTOPTIONS) carrying a routing header cmsg, then
 /// sendto(dst).
-pub(crate) fn routed_udp_pktoptions(
+pub fn routed_udp_pktoptions(
     dst: SocketAddr,
     target: IpAddr,
     steps: &mut Steps,
     extra: &mut serde_json::Map<String, Value>,
 ) -> Attempt {
-    let (buf, len) = cmsg_buf(
-        libc::IPPROTO_IPV6,
-        libc::IPV6_RTHDR,
-        &srh(v6_target(target)),
-    );
+    let segment = match v6_target(target) {
+        Ok(a) => a,
+        Err(a) => return a,
+    };
+    let (buf, len) = cmsg_buf(libc::IPPROTO_IPV6, libc::IPV6_RTHDR, &srh(segment));
     // SAFETY: reinterpreting the initialised u64 words as bytes.
     let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, len) }.to_vec();
     let o = RouteOpt {
@@ -259,7 +256,7 @@ pub(crate) fn routed_udp_pktoptions(
 /// (IP_UNICAST_IF, or an IP_PKTINFO cmsg), neither needing CAP_NET_RAW:
 /// with no route on that interface Linux assumes the destination is on
 /// link, and the datagram leaves once some host answers ARP for 127.0.0.1.
-pub(crate) fn loopback_on_iface(
+pub fn loopback_on_iface(
     port: u16,
     iface: &str,
     pktinfo: bool,

@@ -5,10 +5,10 @@ use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 
-use nono_tests::sockaddr;
+use crate::selftest::sockaddr;
 
-use crate::attempt::{errno_of, Attempt};
-use crate::sock::{sendto_fd, socket, ETHERTYPE_TAG};
+use super::attempt::{errno_of, Attempt};
+use super::sock::{sendto_fd, socket, ETHERTYPE_TAG};
 
 fn inet_checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
@@ -40,7 +40,7 @@ fn echo_request(v6: bool, id: u16) -> Vec<u8> {
     pkt
 }
 
-pub(crate) fn icmp_echo(target: IpAddr, id: u16, raw: bool) -> Attempt {
+pub fn icmp_echo(target: IpAddr, id: u16, raw: bool) -> Attempt {
     let v6 = target.is_ipv6();
     let (dom, proto) = if v6 {
         (libc::AF_INET6, libc::IPPROTO_ICMPV6)
@@ -87,7 +87,7 @@ pub(crate) fn icmp_echo(target: IpAddr, id: u16, raw: bool) -> Attempt {
     }
 }
 
-pub(crate) fn af_packet(iface: &str, tag: &str) -> Attempt {
+pub fn af_packet(iface: &str, tag: &str) -> Attempt {
     let fd = match socket(
         libc::AF_PACKET,
         libc::SOCK_RAW,
