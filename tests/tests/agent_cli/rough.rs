@@ -213,6 +213,18 @@ pub fn user_gets_its_own_identity_and_a_bare_uid_runs() {
         )],
         "--user 3987654",
     );
+    // (uid_t)-1 means "leave unchanged" to setresuid: as a bare uid it
+    // would keep the command root (a careless operator, or a profile's
+    // `process.user`, asking to drop privileges). Refused before anything
+    // runs.
+    let out = run("4294967295");
+    expect(
+        &out,
+        125,
+        &["4294967295", "not a usable uid"],
+        "--user 4294967295",
+    );
+    assert!(!out.stdout.contains("UID=0"), "{}", out.describe());
     // A name that does not exist: refused before anything runs.
     let out = run("nosuchuser-nono");
     expect(
