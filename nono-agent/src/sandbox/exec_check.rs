@@ -92,16 +92,11 @@ fn chain_of(real: &Path) -> Option<Vec<FileId>> {
 }
 
 /// A file the profile does not let the command start with. Its text
-/// follows "profile NAME ".
+/// follows "profile NAME "; it is printed on the operator's terminal and
+/// its paths come from `#!` lines someone else may have written, so it is
+/// escaped as a whole ([`crate::notice::escape`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "denies {what} {}{}{role}: no {rules} rule covers it; add {hint} (or a rule in the profile) to allow it",
-    .path.display(),
-    resolved(.path, .real),
-    what = if *.needs_exec { "executing" } else { "reading" },
-    rules = if *.needs_exec { "exec or write" } else { "read, exec or write" },
-    hint = hint_flag(*.needs_exec, .real),
-)]
+#[error("{}", crate::notice::escape(&self.raw_text()))]
 pub struct Denied {
     /// The path as named (the command, or the interpreter as written).
     pub path: PathBuf,
@@ -111,6 +106,24 @@ pub struct Denied {
     pub needs_exec: bool,
     /// ` (the interpreter of X)` and the like, or empty for the command.
     pub role: String,
+}
+
+impl Denied {
+    /// The message before escaping.
+    fn raw_text(&self) -> String {
+        let (what, rules) = if self.needs_exec {
+            ("executing", "exec or write")
+        } else {
+            ("reading", "read, exec or write")
+        };
+        format!(
+            "denies {what} {}{}{}: no {rules} rule covers it; add {} (or a rule in the profile) to allow it",
+            self.path.display(),
+            resolved(&self.path, &self.real),
+            self.role,
+            hint_flag(self.needs_exec, &self.real),
+        )
+    }
 }
 
 fn resolved(path: &Path, real: &Path) -> String {
@@ -206,17 +219,35 @@ pub fn check(rules: &FsRules, program: &Path, path_env: Option<&OsStr>) -> Resul
 
 /// The first bytes of a regular file: enough for a `#!` line and,
 /// usually, an ELF header and its program headers (the interpreter's path
-/// comes early). Anything else reads as nothing: the path may come from a
-/// `#!` line someone else wrote, and opening a FIFO or a terminal must not
-/// block the agent (opened non-blocking, judged by what was opened).
+/// comes early). Anything else reads as nothing.
+///
+/// The agent runs this as root on paths someone else may have written (a
+/// `#!` line of a script run with `--user`): opening a device node can act
+/// (an open of `/dev/watchdog` arms it, a tape rewinds, a serial line
+/// raises DTR), opening a FIFO releases its writer. So the file is first
+/// taken as an `O_PATH` handle, which opens nothing, and only a regular
+/// file is then opened, through that same handle (`/proc/self/fd/N`: the
+/// inode that was checked, not whatever the path names by then).
 fn read_head(p: &Path) -> Vec<u8> {
+    use std::os::fd::AsRawFd as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut buf = Vec::new();
-    let opened = std::fs::OpenOptions::new()
+    let Ok(handle) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(p)
+    else {
+        return buf;
+    };
+    // fstat on an O_PATH descriptor is allowed and opens nothing.
+    if !handle.metadata().is_ok_and(|m| m.is_file()) {
+        return buf;
+    }
+    let reopened = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(p);
-    if let Ok(f) = opened {
+        .open(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+    if let Ok(f) = reopened {
         if f.metadata().is_ok_and(|m| m.is_file()) {
             let _ = f.take(64 * 1024).read_to_end(&mut buf);
         }
@@ -284,6 +315,7 @@ fn elf_interpreter(data: &[u8]) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::OwnedFd;
 
     const R: Rights = Rights {
         read: true,
@@ -338,6 +370,86 @@ mod tests {
             Some(Interp::Elf(p)) => assert!(p.to_string_lossy().contains("ld-linux"), "{p:?}"),
             other => panic!("/bin/sh: {other:?}"),
         }
+    }
+
+    /// An inotify descriptor watching `p` for opens (an open of a FIFO or
+    /// a device node is what has side effects: a watchdog armed, a FIFO's
+    /// writer released; an `O_PATH` handle is no open and is not reported).
+    fn watch_opens(p: &Path) -> OwnedFd {
+        use std::os::fd::FromRawFd as _;
+        use std::os::unix::ffi::OsStrExt as _;
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        // SAFETY: plain syscalls on a fresh descriptor and a C string.
+        unsafe {
+            let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
+            assert!(fd >= 0);
+            assert!(libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_OPEN) >= 0);
+            OwnedFd::from_raw_fd(fd)
+        }
+    }
+
+    /// Whether an open was reported on `fd` since it was created.
+    fn opened(fd: &OwnedFd) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let mut buf = [0u8; 4096];
+        // SAFETY: a valid buffer of the given length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        n > 0
+    }
+
+    #[test]
+    fn files_that_are_not_regular_are_never_opened() {
+        // The agent runs this as root, on paths a user wrote (`#!` lines of
+        // a script run with --user): a FIFO, a device node (say
+        // /dev/watchdog, which an open arms) must not even be opened.
+        let dir = std::env::temp_dir().join(format!("nono-exec-open-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o755)).unwrap();
+        // A character device like /dev/null (1, 3): opening it is harmless,
+        // and inotify reports the open.
+        let dev = dir.join("null");
+        nix::sys::stat::mknod(
+            &dev,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o755),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+        let rules = FsRules {
+            exec: vec![dir.clone()],
+            ..Default::default()
+        };
+        for target in [&fifo, &dev] {
+            let script = dir.join("script");
+            std::fs::write(&script, format!("#!{}\n", target.display())).unwrap();
+            let w = watch_opens(target);
+            // As the command itself, and as a script's interpreter.
+            check(&rules, target, None).unwrap();
+            check(&rules, &script, None).unwrap();
+            assert!(!opened(&w), "{} was opened", target.display());
+        }
+        // A regular file is still read (its #! line is followed).
+        let w = watch_opens(&dir.join("script"));
+        check(&rules, &dir.join("script"), None).unwrap();
+        assert!(opened(&w));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_hostile_path_reaches_the_terminal_escaped() {
+        // The #! line is someone else's text: no escape sequence of it may
+        // reach the operator's terminal through the message.
+        let d = Denied {
+            path: PathBuf::from("/tmp/\x1b]0;owned\x07x"),
+            real: PathBuf::from("/tmp/\x1b[2Jy\u{202e}"),
+            needs_exec: true,
+            role: " (the interpreter of /tmp/\x1b[8mz, named in its #! line)".into(),
+        };
+        let m = d.to_string();
+        assert!(m.bytes().all(|b| (0x20..0x7f).contains(&b)), "{m:?}");
+        assert!(m.contains("/tmp/\\x1b]0;owned\\x07x"), "{m}");
     }
 
     #[test]
