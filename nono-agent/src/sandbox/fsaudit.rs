@@ -15,9 +15,11 @@
 //! The command is hostile and names the paths: they are kept as data
 //! (escaped in notices, JSON-encoded in events), and only records of our
 //! own domain are kept, so memory does not grow with what other processes
-//! do. A flood of denials is bounded by the kernel (its audit backlog drops
-//! records, which then reach nobody) and by the socket's buffer (an
-//! overflow is noticed and reported as incomplete).
+//! do. A flood of denials is bounded by the kernel (its rate and backlog
+//! limits drop records, which then reach nobody: the kernel counts them,
+//! and a count that grew during the run makes the summary say denials may
+//! be missing) and by the socket's buffer (an overflow is noticed and
+//! reported the same way).
 
 use serde::Serialize;
 use std::collections::{HashSet, VecDeque};
@@ -261,8 +263,23 @@ fn messages(buf: &[u8]) -> Vec<(u16, &[u8])> {
     out
 }
 
-/// Whether the audit subsystem is on (`AUDIT_GET`).
+/// What `AUDIT_GET` tells of the audit subsystem.
+#[derive(Debug, Clone, Copy)]
+struct Status {
+    /// Audit is on (1) or on and locked (2).
+    enabled: bool,
+    /// Records the kernel has dropped since boot (rate limit, backlog
+    /// limit, no memory): `struct audit_status.lost`.
+    lost: u32,
+}
+
+/// Whether the audit subsystem is on.
 fn audit_enabled() -> Result<bool, String> {
+    audit_status().map(|s| s.enabled)
+}
+
+/// The audit subsystem's status (`AUDIT_GET`).
+fn audit_status() -> Result<Status, String> {
     let fd = socket()?;
     set_timeout(&fd, Duration::from_secs(1));
     send(&fd, AUDIT_GET, &[]).map_err(|e| format!("asking the audit status: {e}"))?;
@@ -273,8 +290,14 @@ fn audit_enabled() -> Result<bool, String> {
             break;
         };
         for (ty, p) in messages(&buf[..n]) {
-            if ty == AUDIT_GET && p.len() >= 8 {
-                return Ok(u32::from_ne_bytes([p[4], p[5], p[6], p[7]]) != 0);
+            // struct audit_status: mask, enabled, failure, pid,
+            // rate_limit, backlog_limit, lost, ...
+            if ty == AUDIT_GET && p.len() >= 28 {
+                let word = |i: usize| u32::from_ne_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+                return Ok(Status {
+                    enabled: word(4) != 0,
+                    lost: word(24),
+                });
             }
             if ty == libc::NLMSG_ERROR as u16 && p.len() >= 4 {
                 let err = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
@@ -324,6 +347,8 @@ fn log_user_record(text: &str) -> Result<(), String> {
 /// record is missed.
 pub struct Listener {
     fd: OwnedFd,
+    /// The kernel's count of dropped records when the subscription began.
+    lost: u32,
 }
 
 impl Listener {
@@ -336,7 +361,8 @@ impl Listener {
         if unsafe { libc::geteuid() } != 0 {
             return Err("reading the kernel's audit records needs root".into());
         }
-        if !audit_enabled()? {
+        let status = audit_status()?;
+        if !status.enabled {
             return Err("the kernel's audit subsystem is off (`auditctl -e 1` turns it on)".into());
         }
         let fd = socket()?;
@@ -383,7 +409,10 @@ impl Listener {
         if !await_user_record(&fd, &probe, Duration::from_secs(1)) {
             return Err("the kernel's audit records do not reach this agent (they are sent only to the initial network namespace)".into());
         }
-        Ok(Self { fd })
+        Ok(Self {
+            fd,
+            lost: status.lost,
+        })
     }
 
     /// Starts reading: records of domains created by `creator` (the
@@ -393,6 +422,7 @@ impl Listener {
         let stop = Arc::new(AtomicBool::new(false));
         let lost = Arc::new(AtomicBool::new(false));
         let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let lost_before = self.lost;
         let (fd, t, st, lo) = (self.fd, token.clone(), stop.clone(), lost.clone());
         let sandbox_id = sandbox;
         let thread = std::thread::Builder::new()
@@ -457,6 +487,7 @@ impl Listener {
             token,
             stop,
             lost,
+            lost_before,
             done: done_rx,
             thread,
         })
@@ -468,6 +499,8 @@ pub struct Running {
     token: String,
     stop: Arc<AtomicBool>,
     lost: Arc<AtomicBool>,
+    /// The kernel's dropped-record count before the sandbox started.
+    lost_before: u32,
     done: std::sync::mpsc::Receiver<()>,
     thread: std::thread::JoinHandle<()>,
 }
@@ -477,7 +510,12 @@ impl Running {
     /// "nono-agent sandbox ID ended") and waits, up to `timeout`, until the
     /// reader sees it: the kernel delivers records in order, so every
     /// denial of the sandbox has then been read. Returns whether records
-    /// may be missing (the socket overflowed, or the fence never came).
+    /// may be missing: the socket overflowed, the fence never came (audit
+    /// turned off meanwhile), or the kernel dropped records during the run
+    /// (its `lost` count grew: a flood past the rate or backlog limit,
+    /// which a command can cause to hide its denials, including the
+    /// record that names its domain). The kernel does not say whose
+    /// records it dropped, so any drop during the run counts.
     pub fn finish(self, timeout: Duration) -> bool {
         let fenced = log_user_record(&self.token).is_ok();
         let start = Instant::now();
@@ -488,7 +526,8 @@ impl Running {
                 .is_ok();
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.thread.join();
-        !seen || self.lost.load(Ordering::SeqCst)
+        let dropped = audit_status().map_or(true, |s| s.lost != self.lost_before);
+        !seen || self.lost.load(Ordering::SeqCst) || dropped
     }
 }
 
