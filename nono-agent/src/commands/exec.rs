@@ -209,12 +209,7 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
         Applied::Seccomp => Some(filter::Mode::Notify),
         Applied::Unenforced => None,
     };
-    let self_files: Vec<PathBuf> = plan
-        .events
-        .iter()
-        .chain(&plan.host_events)
-        .cloned()
-        .collect();
+    let self_files: Vec<PathBuf> = plan.protected_files();
     let terminal = Terminal::prepare(user.map(|(uid, _)| uid))?;
     let setup = ChildSetup::new(
         privileged,

@@ -273,11 +273,6 @@ struct Status {
     lost: u32,
 }
 
-/// Whether the audit subsystem is on.
-fn audit_enabled() -> Result<bool, String> {
-    audit_status().map(|s| s.enabled)
-}
-
 /// The audit subsystem's status (`AUDIT_GET`).
 fn audit_status() -> Result<Status, String> {
     let fd = socket()?;

@@ -46,6 +46,7 @@ mod rough_edges {
         usage_errors_exit_125_and_exec_without_dashes_gets_a_hint,
         values_a_profile_refuses_are_refused_on_the_command_line,
         user_gets_its_own_identity_and_a_bare_uid_runs,
+        user_runs_protect_that_users_auto_run_files,
         a_profile_that_hides_the_command_or_its_interpreter_says_so,
         events_never_share_the_commands_output,
         doctor_predicts_exec_inside_ip_netns_exec,

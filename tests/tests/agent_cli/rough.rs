@@ -616,3 +616,81 @@ pub fn the_license_file_is_there() {
     assert!(text.contains("Apache License") && text.contains("Version 2.0, January 2004"));
     assert!(text.contains("END OF TERMS AND CONDITIONS"));
 }
+
+/// A user made for one test (and its home), removed on drop.
+struct TestUser {
+    name: String,
+    home: PathBuf,
+}
+
+impl TestUser {
+    fn new(tag: &str) -> Self {
+        let name = format!("nono-{tag}-{}", std::process::id() % 100_000);
+        let home = PathBuf::from(format!("/tmp/{name}-home"));
+        let _ = std::fs::remove_dir_all(&home);
+        let _ = Command::new("userdel").arg(&name).output();
+        sys::run_ok(
+            "useradd",
+            &[
+                "-M",
+                "-d",
+                home.to_str().unwrap(),
+                "-s",
+                "/bin/sh",
+                &name,
+            ],
+        );
+        std::fs::create_dir(&home).expect("home");
+        sys::run_ok("chown", &[&format!("{name}:"), home.to_str().unwrap()]);
+        TestUser { name, home }
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.home);
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
+
+pub fn user_runs_protect_that_users_auto_run_files() {
+    // Under --user the auto-run files that matter are the target user's:
+    // a .bashrc the sandbox appends to runs unconfined at that user's next
+    // login. They must be protected as the caller's are without --user,
+    // whatever the grant (here the whole home, as `--write $HOME` or a
+    // profile's $CWD run from the home would give).
+    sys::require_prereqs();
+    let u = TestUser::new("rvhome");
+    let bashrc = u.home.join(".bashrc");
+    std::fs::write(&bashrc, b"# clean\n").unwrap();
+    sys::run_ok("chown", &[&format!("{}:", u.name), bashrc.to_str().unwrap()]);
+    let notes = u.home.join("notes");
+    let script = format!(
+        "echo note > {n}; echo 'curl evil' >> {b} 2>/dev/null; echo finished",
+        n = notes.display(),
+        b = bashrc.display()
+    );
+    let out = sys::run_timeout(
+        Command::new(sys::agent_bin())
+            .args(["exec", "--no-daemon", "-q", "--user", &u.name, "--write"])
+            .arg(&u.home)
+            .args(["--", "sh", "-c", &script])
+            .env("HOME", "/root"),
+        sys::CMD_TIMEOUT,
+    );
+    expect(&out, 0, &["finished"], "--user with its home writable");
+    // The grant works (over-blocking check): the ordinary file was written.
+    assert_eq!(
+        std::fs::read_to_string(&notes).unwrap_or_default(),
+        "note\n",
+        "{}",
+        out.describe()
+    );
+    // The auto-run file is untouched.
+    assert_eq!(
+        std::fs::read_to_string(&bashrc).unwrap(),
+        "# clean\n",
+        "the sandbox wrote the target user's .bashrc\n{}",
+        out.describe()
+    );
+}
