@@ -422,7 +422,14 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
     timing.report();
     out.finish_notices();
     if !plan.quiet {
-        eprintln!("{}", out.summary.line(&id));
+        // The command may have left the terminal hiding text (see
+        // notice::TERMINAL_RESET): the summary must show.
+        let reset = if pty::is_terminal(2) {
+            crate::notice::TERMINAL_RESET
+        } else {
+            ""
+        };
+        eprintln!("{reset}{}", out.summary.line(&id));
         if let Some(l) = out.summary.fs_line(&id) {
             eprintln!("{l}");
         }
