@@ -239,8 +239,15 @@ fn read_head(p: &Path) -> Vec<u8> {
     else {
         return buf;
     };
-    // fstat on an O_PATH descriptor is allowed and opens nothing.
-    if !handle.metadata().is_ok_and(|m| m.is_file()) {
+    // fstat on an O_PATH descriptor is allowed and opens nothing. Only a
+    // regular file with an execute bit is read: execve refuses any other
+    // (even to root), so there is nothing to explain, and files of /proc,
+    // /sys and debugfs, whose reads can consume or block (/proc/kmsg,
+    // trace_pipe), have none.
+    if !handle
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+    {
         return buf;
     }
     let reopened = std::fs::OpenOptions::new()
@@ -397,6 +404,11 @@ mod tests {
         n > 0
     }
 
+    fn make_executable(p: &Path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
     #[test]
     fn files_that_are_not_regular_are_never_opened() {
         // The agent runs this as root, on paths a user wrote (`#!` lines of
@@ -424,12 +436,26 @@ mod tests {
         for target in [&fifo, &dev] {
             let script = dir.join("script");
             std::fs::write(&script, format!("#!{}\n", target.display())).unwrap();
+            make_executable(&script);
             let w = watch_opens(target);
             // As the command itself, and as a script's interpreter.
             check(&rules, target, None).unwrap();
             check(&rules, &script, None).unwrap();
             assert!(!opened(&w), "{} was opened", target.display());
         }
+        // Nor a regular file no one may execute (execve would refuse it:
+        // /proc/kmsg, a tracing pipe), though its name is followed.
+        let plain = dir.join("plain");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let script = dir.join("script");
+        std::fs::write(&script, format!("#!{}\n", plain.display())).unwrap();
+        make_executable(&script);
+        let w = watch_opens(&plain);
+        check(&rules, &script, None).unwrap();
+        check(&rules, &plain, None).unwrap();
+        assert!(!opened(&w), "a file without an execute bit was opened");
         // A regular file is still read (its #! line is followed).
         let w = watch_opens(&dir.join("script"));
         check(&rules, &dir.join("script"), None).unwrap();
@@ -458,6 +484,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let script = dir.join("tool");
         std::fs::write(&script, "#!/usr/bin/env sh\necho hi\n").unwrap();
+        make_executable(&script);
         let only_dir = FsRules {
             exec: vec![dir.clone()],
             ..Default::default()
@@ -500,6 +527,7 @@ mod tests {
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o755)).unwrap();
         let odd = dir.join("odd");
         std::fs::write(&odd, format!("#!{}\n", fifo.display())).unwrap();
+        make_executable(&odd);
         check(&only_dir, &odd, None).unwrap();
         // Readable only: still denied, as execute.
         let read_only = FsRules {
