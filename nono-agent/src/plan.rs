@@ -439,9 +439,7 @@ impl Plan {
             .cloned()
             .collect();
         if let Some(account) = &self.user {
-            files.extend(crate::sandbox::protect::home_autorun_targets(
-                &account.home,
-            ));
+            files.extend(crate::sandbox::protect::home_autorun_targets(&account.home));
         }
         files
     }

@@ -631,14 +631,7 @@ impl TestUser {
         let _ = Command::new("userdel").arg(&name).output();
         sys::run_ok(
             "useradd",
-            &[
-                "-M",
-                "-d",
-                home.to_str().unwrap(),
-                "-s",
-                "/bin/sh",
-                &name,
-            ],
+            &["-M", "-d", home.to_str().unwrap(), "-s", "/bin/sh", &name],
         );
         std::fs::create_dir(&home).expect("home");
         sys::run_ok("chown", &[&format!("{name}:"), home.to_str().unwrap()]);
@@ -663,7 +656,10 @@ pub fn user_runs_protect_that_users_auto_run_files() {
     let u = TestUser::new("rvhome");
     let bashrc = u.home.join(".bashrc");
     std::fs::write(&bashrc, b"# clean\n").unwrap();
-    sys::run_ok("chown", &[&format!("{}:", u.name), bashrc.to_str().unwrap()]);
+    sys::run_ok(
+        "chown",
+        &[&format!("{}:", u.name), bashrc.to_str().unwrap()],
+    );
     let notes = u.home.join("notes");
     let script = format!(
         "echo note > {n}; echo 'curl evil' >> {b} 2>/dev/null; echo finished",
