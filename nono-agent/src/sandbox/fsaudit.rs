@@ -268,9 +268,33 @@ fn messages(buf: &[u8]) -> Vec<(u16, &[u8])> {
 struct Status {
     /// Audit is on (1) or on and locked (2).
     enabled: bool,
+    /// What the kernel does when it must drop a record
+    /// (`struct audit_status.failure`: 0 silent, 1 printk, 2 panic).
+    failure: u32,
     /// Records the kernel has dropped since boot (rate limit, backlog
     /// limit, no memory): `struct audit_status.lost`.
     lost: u32,
+}
+
+/// `AUDIT_FAIL_PANIC`: the kernel panics when it drops an audit record.
+const AUDIT_FAIL_PANIC: u32 = 2;
+
+/// Why Landlock's records must not be turned on for the sandbox under
+/// this audit status, if so (pure). Logging makes each of the command's
+/// denials a host audit record, as fast as it can cause them: where
+/// dropping one makes the kernel panic (`auditctl -f 2`, a hardening
+/// baseline's setting), a flood past the backlog would halt the host.
+fn refusal(s: &Status) -> Option<&'static str> {
+    if !s.enabled {
+        return Some("the kernel's audit subsystem is off (`auditctl -e 1` turns it on)");
+    }
+    if s.failure == AUDIT_FAIL_PANIC {
+        return Some(
+            "the audit failure mode is panic (`auditctl -f 2`): a command's flood of denials \
+             could make the kernel drop a record and panic, so they are not logged",
+        );
+    }
+    None
 }
 
 /// The audit subsystem's status (`AUDIT_GET`).
@@ -291,6 +315,7 @@ fn audit_status() -> Result<Status, String> {
                 let word = |i: usize| u32::from_ne_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
                 return Ok(Status {
                     enabled: word(4) != 0,
+                    failure: word(8),
                     lost: word(24),
                 });
             }
@@ -357,8 +382,8 @@ impl Listener {
             return Err("reading the kernel's audit records needs root".into());
         }
         let status = audit_status()?;
-        if !status.enabled {
-            return Err("the kernel's audit subsystem is off (`auditctl -e 1` turns it on)".into());
+        if let Some(why) = refusal(&status) {
+            return Err(why.into());
         }
         let fd = socket()?;
         // SAFETY: sockaddr_nl for the read-only log group.
@@ -529,6 +554,26 @@ impl Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logging_is_refused_where_a_drop_panics() {
+        let on = Status {
+            enabled: true,
+            failure: 1,
+            lost: 0,
+        };
+        assert_eq!(refusal(&on), None);
+        let off = Status {
+            enabled: false,
+            ..on
+        };
+        assert!(refusal(&off).is_some_and(|w| w.contains("off")));
+        let panics = Status {
+            failure: AUDIT_FAIL_PANIC,
+            ..on
+        };
+        assert!(refusal(&panics).is_some_and(|w| w.contains("panic")));
+    }
 
     #[test]
     fn records_are_parsed() {
