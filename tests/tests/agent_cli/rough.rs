@@ -95,6 +95,10 @@ pub fn values_a_profile_refuses_are_refused_on_the_command_line() {
         (&["--proxy-idle-timeout", "0"], "--proxy-idle-timeout"),
         (&["--allow-domain", "*.com"], "\"com\" is a public suffix"),
         (
+            &["--allow-domain", "*.np"],
+            "every name directly under \"np\" is a public suffix",
+        ),
+        (
             &["--allow-domain", "*.co.uk"],
             "\"co.uk\" is a public suffix",
         ),
@@ -124,6 +128,10 @@ pub fn values_a_profile_refuses_are_refused_on_the_command_line() {
         (
             "[network]\nallow_domains = [\"*.co.uk\"]\n",
             "\"co.uk\" is a public suffix",
+        ),
+        (
+            "[network]\nallow_domains = [\"*.compute.amazonaws.com\"]\n",
+            "every name directly under \"compute.amazonaws.com\" is a public suffix",
         ),
         (
             "[network]\nallow_cidrs = [\"169.254.169.254\"]\n",
