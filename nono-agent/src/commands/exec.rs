@@ -62,7 +62,8 @@ pub async fn run(req: ExecRequest) -> Result<i32> {
             .iter()
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.as_os_str());
-        if let Err(denied) = exec_check::check(rules, &program, path_env) {
+        let user = plan.user.as_ref().map(|a| (a.uid, a.gid));
+        if let Err(denied) = exec_check::check_as(user, rules, &program, path_env) {
             let name = plan.profile_name.as_deref().unwrap_or("default");
             eprintln!("nono-agent: profile {name} {denied}");
             return Ok(126);

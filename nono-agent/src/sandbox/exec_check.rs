@@ -217,6 +217,54 @@ pub fn check(rules: &FsRules, program: &Path, path_env: Option<&OsStr>) -> Resul
     Ok(())
 }
 
+/// [`check`] with the filesystem identity of the user the command will
+/// run as (`--user`): the agent is root, but the paths (the command, its
+/// `#!` lines, the directories on the way) are that user's to choose, and
+/// a root-only file must not be read, nor its `#!` line or existence shown
+/// in the message, on their behalf. The check runs in a thread of its own
+/// whose fsuid/fsgid are the user's and whose supplementary groups are
+/// empty (credentials are per thread in Linux; raw syscalls, so that no
+/// other thread changes; the thread ends with them). Changing fsuid away
+/// from 0 also drops the filesystem capabilities (CAP_DAC_OVERRIDE,
+/// CAP_DAC_READ_SEARCH) of that thread. If the identity cannot be taken,
+/// nothing is checked (the run decides).
+pub fn check_as(
+    user: Option<(libc::uid_t, libc::gid_t)>,
+    rules: &FsRules,
+    program: &Path,
+    path_env: Option<&OsStr>,
+) -> Result<(), Denied> {
+    let Some((uid, gid)) = user else {
+        return check(rules, program, path_env);
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: integer-only syscalls on this thread's own
+                // credentials; an empty group list.
+                let taken = unsafe {
+                    libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) == 0
+                        && {
+                            libc::syscall(libc::SYS_setfsgid, gid);
+                            libc::syscall(libc::SYS_setfsuid, uid);
+                            // Each returns the previous value: asking again
+                            // with an invalid id (-1) reads the current one.
+                            libc::syscall(libc::SYS_setfsgid, u32::MAX) == gid as libc::c_long
+                                && libc::syscall(libc::SYS_setfsuid, u32::MAX)
+                                    == uid as libc::c_long
+                        }
+                };
+                if taken {
+                    check(rules, program, path_env)
+                } else {
+                    Ok(())
+                }
+            })
+            .join()
+            .unwrap_or(Ok(()))
+    })
+}
+
 /// The first bytes of a regular file: enough for a `#!` line and,
 /// usually, an ELF header and its program headers (the interpreter's path
 /// comes early). Anything else reads as nothing.

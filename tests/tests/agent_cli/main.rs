@@ -48,6 +48,7 @@ mod rough_edges {
         user_gets_its_own_identity_and_a_bare_uid_runs,
         user_runs_protect_that_users_auto_run_files,
         a_profile_that_hides_the_command_or_its_interpreter_says_so,
+        the_hidden_command_check_runs_with_the_target_users_rights,
         events_never_share_the_commands_output,
         doctor_predicts_exec_inside_ip_netns_exec,
         quiet_hides_the_seccomp_fallback_line,

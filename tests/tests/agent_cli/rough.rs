@@ -698,3 +698,61 @@ pub fn user_runs_protect_that_users_auto_run_files() {
         out.describe()
     );
 }
+
+pub fn the_hidden_command_check_runs_with_the_target_users_rights() {
+    // Under --user the command and its #! lines are that user's to
+    // choose, but the check runs in a root agent: it must not read a
+    // root-only file for them, nor show its #! line or its existence.
+    sys::require_prereqs();
+    use std::os::unix::fs::PermissionsExt as _;
+    let mk = |dir: &Path, mode: u32| {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        let tool = dir.join("tool");
+        let interp = dir.join("interp-secret-name");
+        std::fs::write(&interp, "#!/bin/sh\n").unwrap();
+        std::fs::write(&tool, format!("#!{}\n", interp.display())).unwrap();
+        for f in [&tool, &interp] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        tool
+    };
+    let tmp = TempDir::new("rough-check-as");
+    let closed = mk(&tmp.path("closed"), 0o700);
+    let open = mk(&tmp.path("open"), 0o755);
+    std::fs::set_permissions(tmp.path(""), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pdir = TempDir::new("rough-check-as-profile");
+    let run = |tool: &Path| {
+        let body = format!(
+            "[filesystem]\nread = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", \"/etc\", \"{t}\"]\n\
+             exec = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", \"{t}\"]\n",
+            t = tool.display()
+        );
+        let p = profile(&pdir, "p.toml", body.as_bytes());
+        exec(&[
+            "-q",
+            "--user",
+            "nobody",
+            "--profile",
+            &p,
+            "--",
+            tool.to_str().unwrap(),
+        ])
+    };
+    // Over-blocking counterpart: what nobody can read is still explained.
+    let out = run(&open);
+    expect(
+        &out,
+        126,
+        &["denies executing", "interp-secret-name"],
+        "readable hidden interpreter",
+    );
+    // A root-only directory: nothing of it in the output.
+    let out = run(&closed);
+    assert!(
+        !out.stderr.contains("interp-secret-name") && !out.stdout.contains("interp-secret-name"),
+        "a root-only file's #! line shown for --user nobody\n{}",
+        out.describe()
+    );
+    assert_ne!(out.code(), 0, "{}", out.describe());
+}
