@@ -341,7 +341,8 @@ fn await_user_record(fd: &OwnedFd, token: &str, timeout: Duration) -> bool {
         match recv(fd, &mut buf) {
             Ok(Some(n)) => {
                 for (ty, payload) in messages(&buf[..n]) {
-                    if ty == AUDIT_USER && String::from_utf8_lossy(payload).contains(token) {
+                    let own = std::process::id() as i32;
+                    if is_own_user_record(ty, &String::from_utf8_lossy(payload), token, own) {
                         return true;
                     }
                 }
@@ -361,6 +362,104 @@ fn log_user_record(text: &str) -> Result<(), String> {
     let mut payload = text.as_bytes().to_vec();
     payload.push(0);
     send(&fd, AUDIT_USER, &payload).map_err(|e| format!("writing an audit record: {e}"))
+}
+
+/// Whether a record is the `USER` record this agent logged with `token`:
+/// the kernel writes the sender's pid first (`pid=N uid=...
+/// msg='TEXT'`), so another process that logs the same text (any holder
+/// of CAP_AUDIT_WRITE, with an id it read from the cgroup tree) cannot end
+/// the reading early and hide the denials that follow (pure).
+pub fn is_own_user_record(ty: u16, text: &str, token: &str, own_pid: i32) -> bool {
+    ty == AUDIT_USER
+        && field(text, "pid").and_then(|p| p.parse::<i32>().ok()) == Some(own_pid)
+        && text.contains(token)
+}
+
+/// A denial waiting for, or released by, its domain's record: (domain,
+/// blockers, path).
+pub type Denial = (u64, String, Option<String>);
+
+/// Domains remembered as another process's, so that their denials are
+/// dropped at once instead of waiting (and pushing ours out).
+const MAX_FOREIGN: usize = 4096;
+/// Domains remembered as having lost a waiting denial.
+const MAX_EVICTED: usize = 4096;
+
+/// Which records are the sandbox's (pure: records in, denials out, in the
+/// order the kernel delivered them). A domain is ours when the record
+/// naming its creator names the sandbox's first process; the kernel logs
+/// a domain's first denial just before that record, so denials of
+/// domains not known yet wait (at most [`MAX_PENDING`]). If one of ours
+/// had to be pushed out while waiting (a flood of other domains' denials
+/// in between), the report is marked incomplete rather than short.
+#[derive(Debug)]
+pub struct Tracker {
+    creator: i32,
+    ours: HashSet<u64>,
+    foreign: HashSet<u64>,
+    pending: VecDeque<Denial>,
+    evicted: HashSet<u64>,
+    evicted_untracked: bool,
+    /// A denial of ours may have been lost.
+    pub incomplete: bool,
+}
+
+impl Tracker {
+    /// For the sandbox whose first process is `creator` (global pid).
+    pub fn new(creator: i32) -> Self {
+        Self {
+            creator,
+            ours: HashSet::new(),
+            foreign: HashSet::new(),
+            pending: VecDeque::new(),
+            evicted: HashSet::new(),
+            evicted_untracked: false,
+            incomplete: false,
+        }
+    }
+
+    /// Takes one record; returns the sandbox's denials it makes known.
+    pub fn feed(&mut self, rec: Record) -> Vec<Denial> {
+        match rec {
+            Record::Domain { id, pid } if pid == self.creator => {
+                self.ours.insert(id);
+                if self.evicted.contains(&id) || self.evicted_untracked {
+                    self.incomplete = true;
+                }
+                let (mine, rest): (VecDeque<Denial>, VecDeque<Denial>) =
+                    std::mem::take(&mut self.pending)
+                        .into_iter()
+                        .partition(|d| d.0 == id);
+                self.pending = rest;
+                mine.into_iter().collect()
+            }
+            Record::Domain { id, .. } => {
+                if self.foreign.len() < MAX_FOREIGN {
+                    self.foreign.insert(id);
+                }
+                self.pending.retain(|d| d.0 != id);
+                Vec::new()
+            }
+            Record::Access { id, blockers, path } if self.ours.contains(&id) => {
+                vec![(id, blockers, path)]
+            }
+            Record::Access { id, .. } if self.foreign.contains(&id) => Vec::new(),
+            Record::Access { id, blockers, path } => {
+                if self.pending.len() >= MAX_PENDING {
+                    if let Some(old) = self.pending.pop_front() {
+                        if self.evicted.len() < MAX_EVICTED {
+                            self.evicted.insert(old.0);
+                        } else {
+                            self.evicted_untracked = true;
+                        }
+                    }
+                }
+                self.pending.push_back((id, blockers, path));
+                Vec::new()
+            }
+            Record::Other => Vec::new(),
+        }
+    }
 }
 
 /// The multicast subscription, made before the command starts so that no
@@ -445,14 +544,11 @@ impl Listener {
         let lost_before = self.lost;
         let (fd, t, st, lo) = (self.fd, token.clone(), stop.clone(), lost.clone());
         let sandbox_id = sandbox;
+        let own_pid = std::process::id() as i32;
         let thread = std::thread::Builder::new()
             .name("nono-fsaudit".into())
             .spawn(move || {
-                let mut ours: HashSet<u64> = HashSet::new();
-                // The kernel logs a domain's first denial before the record
-                // naming its creator: denials of not-yet-known domains wait
-                // here (a few at most: the domain record follows at once).
-                let mut pending: VecDeque<(u64, String, Option<String>)> = VecDeque::new();
+                let mut tracker = Tracker::new(creator);
                 let mut buf = vec![0u8; 64 * 1024];
                 while !st.load(Ordering::SeqCst) {
                     let n = match recv(&fd, &mut buf) {
@@ -466,39 +562,15 @@ impl Listener {
                     };
                     for (ty, payload) in messages(&buf[..n]) {
                         let text = String::from_utf8_lossy(payload);
-                        if ty == AUDIT_USER && text.contains(&t) {
+                        if is_own_user_record(ty, &text, &t, own_pid) {
                             let _ = done_tx.send(());
                             return;
                         }
-                        match parse(ty, &text) {
-                            // Only the sandbox's first process creates our
-                            // domain; the set holds at most a few ids.
-                            Record::Domain { id, pid } => {
-                                if pid == creator {
-                                    ours.insert(id);
-                                }
-                                for (d, blockers, path) in pending.iter().filter(|p| p.0 == id) {
-                                    if pid == creator {
-                                        let _ = tx.send(line(
-                                            &sandbox_id,
-                                            *d,
-                                            blockers,
-                                            path.as_deref(),
-                                        ));
-                                    }
-                                }
-                                pending.retain(|p| p.0 != id);
-                            }
-                            Record::Access { id, blockers, path } if ours.contains(&id) => {
-                                let _ = tx.send(line(&sandbox_id, id, &blockers, path.as_deref()));
-                            }
-                            Record::Access { id, blockers, path } => {
-                                if pending.len() >= MAX_PENDING {
-                                    pending.pop_front();
-                                }
-                                pending.push_back((id, blockers, path));
-                            }
-                            Record::Other => {}
+                        for (id, blockers, path) in tracker.feed(parse(ty, &text)) {
+                            let _ = tx.send(line(&sandbox_id, id, &blockers, path.as_deref()));
+                        }
+                        if tracker.incomplete {
+                            lo.store(true, Ordering::SeqCst);
                         }
                     }
                 }
@@ -554,6 +626,70 @@ impl Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn access(id: u64, path: &str) -> Record {
+        Record::Access {
+            id,
+            blockers: "fs.read_file".into(),
+            path: Some(path.into()),
+        }
+    }
+
+    #[test]
+    fn denials_are_attributed_by_their_domain_creator() {
+        let mut t = Tracker::new(300);
+        // Our first denial comes before the record naming the creator.
+        assert!(t.feed(access(7, "/a")).is_empty());
+        let got = t.feed(Record::Domain { id: 7, pid: 300 });
+        assert_eq!(got, vec![(7, "fs.read_file".into(), Some("/a".into()))]);
+        assert_eq!(t.feed(access(7, "/b")).len(), 1);
+        // Another process's domain: its denials never show, nor wait.
+        assert!(t.feed(access(9, "/x")).is_empty());
+        assert!(t.feed(Record::Domain { id: 9, pid: 301 }).is_empty());
+        for _ in 0..(2 * MAX_PENDING) {
+            assert!(t.feed(access(9, "/x")).is_empty());
+        }
+        assert!(t.pending.is_empty());
+        assert!(!t.incomplete);
+    }
+
+    #[test]
+    fn a_denial_of_ours_pushed_out_while_waiting_marks_the_report_incomplete() {
+        let mut t = Tracker::new(300);
+        assert!(t.feed(access(7, "/a")).is_empty());
+        // A flood of denials of domains whose creator record came before
+        // the reader started (never named now) pushes it out.
+        for i in 0..MAX_PENDING as u64 {
+            assert!(t.feed(access(1000 + i, "/junk")).is_empty());
+        }
+        assert!(t.feed(Record::Domain { id: 7, pid: 300 }).is_empty());
+        assert!(
+            t.incomplete,
+            "a lost denial must not leave the count complete"
+        );
+    }
+
+    #[test]
+    fn only_our_own_user_record_ends_the_reading() {
+        let token = "nono-agent sandbox 0123456789abcdef ended";
+        let ours = format!(
+            "audit(1.2:3): pid=4242 uid=0 auid=4294967295 ses=4294967295 subj=unconfined msg='{token}'"
+        );
+        assert!(is_own_user_record(AUDIT_USER, &ours, token, 4242));
+        // The same text from another process, or as another record type.
+        let other = ours.replace("pid=4242", "pid=4343");
+        assert!(!is_own_user_record(AUDIT_USER, &other, token, 4242));
+        assert!(!is_own_user_record(
+            AUDIT_LANDLOCK_ACCESS,
+            &ours,
+            token,
+            4242
+        ));
+        // A msg that mentions our pid does not make it ours.
+        let spoof =
+            format!("audit(1.2:3): pid=4343 uid=0 auid=1 ses=1 subj=x msg='pid=4242 {token}'");
+        assert!(!is_own_user_record(AUDIT_USER, &spoof, token, 4242));
+    }
 
     #[test]
     fn logging_is_refused_where_a_drop_panics() {
