@@ -257,8 +257,16 @@ pub struct StandaloneProxyArgs {
     pub listen: Vec<SocketAddr>,
 
     /// Require `Proxy-Authorization: Basic nono:SECRET` (required when
-    /// listening on anything but loopback; never empty).
-    #[arg(long, value_name = "SECRET", value_parser = secret)]
+    /// listening on anything but loopback; never empty). Prefer the
+    /// environment variable: a command line is readable by every local
+    /// user (`ps`), an environment only by the same user and root.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        value_parser = secret,
+        env = "NONO_PROXY_SECRET",
+        hide_env_values = true
+    )]
     pub secret: Option<String>,
 
     /// Write every decision as a JSON line to PATH (`-` for stdout).

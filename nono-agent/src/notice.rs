@@ -20,6 +20,15 @@ pub const MAX_KEYS: usize = 1024;
 /// Characters of one notice's text (after escaping).
 pub const MAX_NOTICE_CHARS: usize = 200;
 
+/// Written before each line the agent prints on a terminal the command
+/// shares: CAN aborts an escape sequence the command left unfinished, ST
+/// ends a string it left open (an OSC window title, a DCS: without it the
+/// notice would become part of the title and never show), SGR 0 undoes
+/// concealed or same-colour-as-background text. A command could otherwise
+/// hide every notice and the exit summary by leaving the terminal in such
+/// a state. Invisible on a terminal in its ordinary state.
+pub const TERMINAL_RESET: &str = "\x18\x1b\\\x1b[0m";
+
 /// Makes untrusted text safe to print on a terminal: printable ASCII is
 /// kept, a backslash is doubled, and everything else (control characters,
 /// ESC, DEL, C1 controls, any non-ASCII character, which includes bidi
@@ -65,7 +74,9 @@ fn truncate(mut s: String, max: usize) -> String {
 /// Prints notices, de-duplicated and bounded (see the module docs).
 pub struct Notifier {
     out: Box<dyn Write + Send>,
-    /// The terminal may be in raw mode (the relay): end lines with CR LF.
+    /// Writing to a terminal: it may be in raw mode (the relay), so lines
+    /// end with CR LF, and the command may have left it in a state that
+    /// hides text, so lines start with [`TERMINAL_RESET`].
     crlf: bool,
     seen: HashSet<String>,
     shown: usize,
@@ -95,8 +106,12 @@ impl Notifier {
     }
 
     fn write_line(&mut self, text: &str) {
-        let end = if self.crlf { "\r\n" } else { "\n" };
-        let _ = write!(self.out, "nono-agent: {text}{end}");
+        let (start, end) = if self.crlf {
+            (TERMINAL_RESET, "\r\n")
+        } else {
+            ("", "\n")
+        };
+        let _ = write!(self.out, "{start}nono-agent: {text}{end}");
         let _ = self.out.flush();
     }
 
@@ -229,7 +244,28 @@ mod tests {
         let mut n = Notifier::new(Box::new(buf.clone()), true);
         n.offer(&"a".repeat(10_000));
         let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert!(out.len() < MAX_NOTICE_CHARS + 30);
+        assert!(out.len() < MAX_NOTICE_CHARS + 40);
         assert!(out.ends_with("...\r\n"));
+    }
+
+    #[test]
+    fn a_terminal_left_in_a_hiding_state_is_reset_first() {
+        // The command printed "\x1b]0;" (an open window title) or
+        // "\x1b[8m" (concealed text) and stopped: on a terminal each
+        // notice first closes the string and resets the attributes.
+        let buf = Buf::default();
+        let mut n = Notifier::new(Box::new(buf.clone()), true);
+        n.offer("denied connect to 203.0.113.9:443 (not in allowlist)");
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            out.starts_with("\x18\x1b\\\x1b[0mnono-agent: denied connect"),
+            "{out:?}"
+        );
+        // Not on a file or pipe.
+        let buf = Buf::default();
+        let mut n = Notifier::new(Box::new(buf.clone()), false);
+        n.offer("denied x");
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out, "nono-agent: denied x\n");
     }
 }

@@ -479,6 +479,25 @@ pub fn proxy_wanted(c: &ProxyConfig) -> bool {
 }
 
 impl Plan {
+    /// Files the host protection binds read-only besides its fixed list:
+    /// the agent's own events files, and, for a sandbox run as another
+    /// user (`--user`), that user's auto-run files (the caller's are
+    /// protected already; the command's `HOME` is the target user's).
+    /// exec, why and the dry run all take their list from here.
+    pub fn protected_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self
+            .events
+            .iter()
+            .chain(&self.host_events)
+            .filter(|p| p.as_os_str() != "-")
+            .cloned()
+            .collect();
+        if let Some(account) = &self.user {
+            files.extend(crate::sandbox::protect::home_autorun_targets(&account.home));
+        }
+        files
+    }
+
     /// What the filesystem layer is, for the start-up line.
     pub fn filesystem_line(&self, privileged: bool) -> String {
         let protected = if privileged {

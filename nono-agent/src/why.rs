@@ -560,13 +560,7 @@ fn explain_path(plan: &Plan, path: &Path, access: FsAccess, privileged: bool) ->
         }
     }
     if access == FsAccess::Write {
-        let self_files: Vec<PathBuf> = plan
-            .events
-            .iter()
-            .chain(&plan.host_events)
-            .filter(|p| p.as_os_str() != "-")
-            .cloned()
-            .collect();
+        let self_files: Vec<PathBuf> = plan.protected_files();
         let binds = if privileged {
             protect::readonly_targets(&self_files)
         } else {

@@ -60,6 +60,19 @@ pub enum RuleError {
         /// The suffix after `*.`.
         suffix: String,
     },
+    /// An allow rule `*.SUFFIX` where the Public Suffix List has the
+    /// wildcard rule `*.SUFFIX`: every name one label down is a public
+    /// suffix.
+    #[error(
+        "pattern {pattern:?}: every name directly under {suffix:?} is a public suffix (the Public Suffix List's rule \"*.{suffix}\"), \
+         so this would allow names anyone can register; name a registrable domain (\"*.example.NAME.{suffix}\") or the exact hosts"
+    )]
+    PublicSuffixWildcard {
+        /// The pattern as written.
+        pattern: String,
+        /// The suffix after `*.`.
+        suffix: String,
+    },
     /// The host part is not a host name.
     #[error("pattern {pattern:?}: {error}")]
     Host {
@@ -245,6 +258,16 @@ pub fn is_public_suffix(name: &str) -> bool {
     psl::suffix(name.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == name.as_bytes())
 }
 
+/// Whether the list makes every name directly under `name` a public
+/// suffix (a wildcard rule `*.NAME`, as for `np`, `kawasaki.jp` or
+/// `compute.amazonaws.com`): `name` itself is then not a public suffix,
+/// but `*.NAME` covers as much as `*.com` does. Asked of a label no
+/// exception rule names (exceptions such as `!www.ck` are registrable
+/// names, which an exact rule or a narrower wildcard can name).
+pub fn names_below_are_public(name: &str) -> bool {
+    is_public_suffix(&format!("nono-probe-label.{name}"))
+}
+
 impl DomainRule {
     /// Refuses `*.SUFFIX` over a public suffix (`*.com`, `*.co.uk`,
     /// `*.github.io`, `*.test`): as an allow rule it would let a sandbox
@@ -254,6 +277,12 @@ impl DomainRule {
         match &self.host {
             HostPattern::Subdomains(suffix) if is_public_suffix(suffix) => {
                 Err(RuleError::PublicSuffix {
+                    pattern: self.text.clone(),
+                    suffix: suffix.clone(),
+                })
+            }
+            HostPattern::Subdomains(suffix) if names_below_are_public(suffix) => {
+                Err(RuleError::PublicSuffixWildcard {
                     pattern: self.text.clone(),
                     suffix: suffix.clone(),
                 })
@@ -351,9 +380,28 @@ mod tests {
 
     #[test]
     fn wildcards_over_public_suffixes_are_not_allowable() {
-        for bad in ["*.com", "*.co.uk", "*.CO.UK", "*.github.io", "*.com:8443"] {
+        for bad in [
+            "*.com",
+            "*.co.uk",
+            "*.CO.UK",
+            "*.github.io",
+            "*.com:8443",
+            // Under a wildcard rule of the list (`*.np`, `*.kawasaki.jp`,
+            // `*.compute.amazonaws.com`) every name one label down is a
+            // public suffix itself: anyone can get a name there.
+            "*.np",
+            "*.ck",
+            "*.kawasaki.jp",
+            "*.compute.amazonaws.com",
+        ] {
             let e = parse_allow(bad).unwrap_err();
-            assert!(matches!(e, RuleError::PublicSuffix { .. }), "{bad:?}: {e}");
+            assert!(
+                matches!(
+                    e,
+                    RuleError::PublicSuffix { .. } | RuleError::PublicSuffixWildcard { .. }
+                ),
+                "{bad:?}: {e}"
+            );
             assert!(e.to_string().contains("public suffix"), "{e}");
             // As a deny rule it only takes access away: accepted.
             assert!(bad.parse::<DomainRule>().is_ok(), "{bad:?}");
@@ -367,6 +415,10 @@ mod tests {
             "*.example.com",
             "*.example.co.uk",
             "*.me.github.io",
+            // Registrable under those wildcard rules.
+            "*.example.com.np",
+            "*.www.ck",
+            "*.city.kawasaki.jp",
             "*.allowed.test",
             // Top-level labels the list does not know: private namespaces.
             "*.test",

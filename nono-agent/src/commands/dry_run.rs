@@ -193,13 +193,7 @@ pub fn run(plan: &Plan, program: &Path, privileged: bool, mode: DryRun) -> Resul
             })
             .collect()
     });
-    let self_files: Vec<PathBuf> = plan
-        .events
-        .iter()
-        .chain(&plan.host_events)
-        .filter(|p| p.as_os_str() != "-")
-        .cloned()
-        .collect();
+    let self_files: Vec<PathBuf> = plan.protected_files();
     let binds = if privileged {
         protect::readonly_targets(&self_files)
     } else {

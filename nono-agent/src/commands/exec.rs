@@ -95,7 +95,8 @@ pub async fn run_observed(
             .iter()
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.as_os_str());
-        if let Err(denied) = exec_check::check(rules, &program, path_env) {
+        let user = plan.user.as_ref().map(|a| (a.uid, a.gid));
+        if let Err(denied) = exec_check::check_as(user, rules, &program, path_env) {
             let name = plan.profile_name.as_deref().unwrap_or("default");
             eprintln!("nono-agent: profile {name} {denied}");
             return Ok(Finished::code(126));
@@ -252,12 +253,7 @@ pub async fn run_observed(
         Applied::Seccomp => Some(filter::Mode::Notify),
         Applied::Unenforced => None,
     };
-    let self_files: Vec<PathBuf> = plan
-        .events
-        .iter()
-        .chain(&plan.host_events)
-        .cloned()
-        .collect();
+    let self_files: Vec<PathBuf> = plan.protected_files();
     let terminal = Terminal::prepare(user.map(|(uid, _)| uid))?;
     let setup = ChildSetup::new(
         privileged,
@@ -500,7 +496,14 @@ pub async fn run_observed(
     timing.report();
     out.finish_notices();
     if !plan.quiet {
-        eprintln!("{}", out.summary.line(&id, plan.audit));
+        // The command may have left the terminal hiding text (see
+        // notice::TERMINAL_RESET): the summary must show.
+        let reset = if pty::is_terminal(2) {
+            crate::notice::TERMINAL_RESET
+        } else {
+            ""
+        };
+        eprintln!("{reset}{}", out.summary.line(&id, plan.audit));
         if let Some(l) = out.summary.fs_line(&id) {
             eprintln!("{l}");
         }

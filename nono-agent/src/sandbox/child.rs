@@ -346,6 +346,21 @@ impl ChildSetup {
                         return Err(io::Error::last_os_error());
                     }
                 }
+                // The ids must now be the requested ones: a value the
+                // kernel reads as "unchanged" ((uid_t)-1, refused when the
+                // user is looked up) would otherwise leave the command
+                // root without any error.
+                let (mut r, mut e, mut s) = (0, 0, 0);
+                let (mut rg, mut eg, mut sg) = (0, 0, 0);
+                // SAFETY: pointers to local integers.
+                let ok = unsafe {
+                    libc::getresuid(&mut r, &mut e, &mut s) == 0
+                        && libc::getresgid(&mut rg, &mut eg, &mut sg) == 0
+                };
+                if !ok || [r, e, s] != [uid; 3] || [rg, eg, sg] != [gid; 3] {
+                    // (No allocation here: async-signal-safe.)
+                    return Err(io::Error::from_raw_os_error(libc::EPERM));
+                }
             }
             privileges::clear_capability_sets()?;
         }

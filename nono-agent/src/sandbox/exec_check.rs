@@ -92,16 +92,11 @@ fn chain_of(real: &Path) -> Option<Vec<FileId>> {
 }
 
 /// A file the profile does not let the command start with. Its text
-/// follows "profile NAME ".
+/// follows "profile NAME "; it is printed on the operator's terminal and
+/// its paths come from `#!` lines someone else may have written, so it is
+/// escaped as a whole ([`crate::notice::escape`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "denies {what} {}{}{role}: no {rules} rule covers it; add {hint} (or a rule in the profile) to allow it",
-    .path.display(),
-    resolved(.path, .real),
-    what = if *.needs_exec { "executing" } else { "reading" },
-    rules = if *.needs_exec { "exec or write" } else { "read, exec or write" },
-    hint = hint_flag(*.needs_exec, .real),
-)]
+#[error("{}", crate::notice::escape(&self.raw_text()))]
 pub struct Denied {
     /// The path as named (the command, or the interpreter as written).
     pub path: PathBuf,
@@ -111,6 +106,24 @@ pub struct Denied {
     pub needs_exec: bool,
     /// ` (the interpreter of X)` and the like, or empty for the command.
     pub role: String,
+}
+
+impl Denied {
+    /// The message before escaping.
+    fn raw_text(&self) -> String {
+        let (what, rules) = if self.needs_exec {
+            ("executing", "exec or write")
+        } else {
+            ("reading", "read, exec or write")
+        };
+        format!(
+            "denies {what} {}{}{}: no {rules} rule covers it; add {} (or a rule in the profile) to allow it",
+            self.path.display(),
+            resolved(&self.path, &self.real),
+            self.role,
+            hint_flag(self.needs_exec, &self.real),
+        )
+    }
 }
 
 fn resolved(path: &Path, real: &Path) -> String {
@@ -204,19 +217,92 @@ pub fn check(rules: &FsRules, program: &Path, path_env: Option<&OsStr>) -> Resul
     Ok(())
 }
 
+/// [`check`] with the filesystem identity of the user the command will
+/// run as (`--user`): the agent is root, but the paths (the command, its
+/// `#!` lines, the directories on the way) are that user's to choose, and
+/// a root-only file must not be read, nor its `#!` line or existence shown
+/// in the message, on their behalf. The check runs in a thread of its own
+/// whose fsuid/fsgid are the user's and whose supplementary groups are
+/// empty (credentials are per thread in Linux; raw syscalls, so that no
+/// other thread changes; the thread ends with them). Changing fsuid away
+/// from 0 also drops the filesystem capabilities (CAP_DAC_OVERRIDE,
+/// CAP_DAC_READ_SEARCH) of that thread. If the identity cannot be taken,
+/// nothing is checked (the run decides).
+pub fn check_as(
+    user: Option<(libc::uid_t, libc::gid_t)>,
+    rules: &FsRules,
+    program: &Path,
+    path_env: Option<&OsStr>,
+) -> Result<(), Denied> {
+    let Some((uid, gid)) = user else {
+        return check(rules, program, path_env);
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: integer-only syscalls on this thread's own
+                // credentials; an empty group list.
+                let taken = unsafe {
+                    libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) == 0
+                        && {
+                            libc::syscall(libc::SYS_setfsgid, gid);
+                            libc::syscall(libc::SYS_setfsuid, uid);
+                            // Each returns the previous value: asking again
+                            // with an invalid id (-1) reads the current one.
+                            libc::syscall(libc::SYS_setfsgid, u32::MAX) == gid as libc::c_long
+                                && libc::syscall(libc::SYS_setfsuid, u32::MAX)
+                                    == uid as libc::c_long
+                        }
+                };
+                if taken {
+                    check(rules, program, path_env)
+                } else {
+                    Ok(())
+                }
+            })
+            .join()
+            .unwrap_or(Ok(()))
+    })
+}
+
 /// The first bytes of a regular file: enough for a `#!` line and,
 /// usually, an ELF header and its program headers (the interpreter's path
-/// comes early). Anything else reads as nothing: the path may come from a
-/// `#!` line someone else wrote, and opening a FIFO or a terminal must not
-/// block the agent (opened non-blocking, judged by what was opened).
+/// comes early). Anything else reads as nothing.
+///
+/// The agent runs this as root on paths someone else may have written (a
+/// `#!` line of a script run with `--user`): opening a device node can act
+/// (an open of `/dev/watchdog` arms it, a tape rewinds, a serial line
+/// raises DTR), opening a FIFO releases its writer. So the file is first
+/// taken as an `O_PATH` handle, which opens nothing, and only a regular
+/// file is then opened, through that same handle (`/proc/self/fd/N`: the
+/// inode that was checked, not whatever the path names by then).
 fn read_head(p: &Path) -> Vec<u8> {
+    use std::os::fd::AsRawFd as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut buf = Vec::new();
-    let opened = std::fs::OpenOptions::new()
+    let Ok(handle) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(p)
+    else {
+        return buf;
+    };
+    // fstat on an O_PATH descriptor is allowed and opens nothing. Only a
+    // regular file with an execute bit is read: execve refuses any other
+    // (even to root), so there is nothing to explain, and files of /proc,
+    // /sys and debugfs, whose reads can consume or block (/proc/kmsg,
+    // trace_pipe), have none.
+    if !handle
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+    {
+        return buf;
+    }
+    let reopened = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(p);
-    if let Ok(f) = opened {
+        .open(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+    if let Ok(f) = reopened {
         if f.metadata().is_ok_and(|m| m.is_file()) {
             let _ = f.take(64 * 1024).read_to_end(&mut buf);
         }
@@ -284,6 +370,7 @@ fn elf_interpreter(data: &[u8]) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::OwnedFd;
 
     const R: Rights = Rights {
         read: true,
@@ -340,12 +427,112 @@ mod tests {
         }
     }
 
+    /// An inotify descriptor watching `p` for opens (an open of a FIFO or
+    /// a device node is what has side effects: a watchdog armed, a FIFO's
+    /// writer released; an `O_PATH` handle is no open and is not reported).
+    fn watch_opens(p: &Path) -> OwnedFd {
+        use std::os::fd::FromRawFd as _;
+        use std::os::unix::ffi::OsStrExt as _;
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        // SAFETY: plain syscalls on a fresh descriptor and a C string.
+        unsafe {
+            let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
+            assert!(fd >= 0);
+            assert!(libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_OPEN) >= 0);
+            OwnedFd::from_raw_fd(fd)
+        }
+    }
+
+    /// Whether an open was reported on `fd` since it was created.
+    fn opened(fd: &OwnedFd) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let mut buf = [0u8; 4096];
+        // SAFETY: a valid buffer of the given length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        n > 0
+    }
+
+    fn make_executable(p: &Path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn files_that_are_not_regular_are_never_opened() {
+        // The agent runs this as root, on paths a user wrote (`#!` lines of
+        // a script run with --user): a FIFO, a device node (say
+        // /dev/watchdog, which an open arms) must not even be opened.
+        let dir = std::env::temp_dir().join(format!("nono-exec-open-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o755)).unwrap();
+        // A character device like /dev/null (1, 3): opening it is harmless,
+        // and inotify reports the open.
+        let dev = dir.join("null");
+        nix::sys::stat::mknod(
+            &dev,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o755),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+        let rules = FsRules {
+            exec: vec![dir.clone()],
+            ..Default::default()
+        };
+        for target in [&fifo, &dev] {
+            let script = dir.join("script");
+            std::fs::write(&script, format!("#!{}\n", target.display())).unwrap();
+            make_executable(&script);
+            let w = watch_opens(target);
+            // As the command itself, and as a script's interpreter.
+            check(&rules, target, None).unwrap();
+            check(&rules, &script, None).unwrap();
+            assert!(!opened(&w), "{} was opened", target.display());
+        }
+        // Nor a regular file no one may execute (execve would refuse it:
+        // /proc/kmsg, a tracing pipe), though its name is followed.
+        let plain = dir.join("plain");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let script = dir.join("script");
+        std::fs::write(&script, format!("#!{}\n", plain.display())).unwrap();
+        make_executable(&script);
+        let w = watch_opens(&plain);
+        check(&rules, &script, None).unwrap();
+        check(&rules, &plain, None).unwrap();
+        assert!(!opened(&w), "a file without an execute bit was opened");
+        // A regular file is still read (its #! line is followed).
+        let w = watch_opens(&dir.join("script"));
+        check(&rules, &dir.join("script"), None).unwrap();
+        assert!(opened(&w));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_hostile_path_reaches_the_terminal_escaped() {
+        // The #! line is someone else's text: no escape sequence of it may
+        // reach the operator's terminal through the message.
+        let d = Denied {
+            path: PathBuf::from("/tmp/\x1b]0;owned\x07x"),
+            real: PathBuf::from("/tmp/\x1b[2Jy\u{202e}"),
+            needs_exec: true,
+            role: " (the interpreter of /tmp/\x1b[8mz, named in its #! line)".into(),
+        };
+        let m = d.to_string();
+        assert!(m.bytes().all(|b| (0x20..0x7f).contains(&b)), "{m:?}");
+        assert!(m.contains("/tmp/\\x1b]0;owned\\x07x"), "{m}");
+    }
+
     #[test]
     fn a_hidden_command_or_interpreter_is_named() {
         let dir = std::env::temp_dir().join(format!("nono-exec-check-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let script = dir.join("tool");
         std::fs::write(&script, "#!/usr/bin/env sh\necho hi\n").unwrap();
+        make_executable(&script);
         let only_dir = FsRules {
             exec: vec![dir.clone()],
             ..Default::default()
@@ -388,6 +575,7 @@ mod tests {
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o755)).unwrap();
         let odd = dir.join("odd");
         std::fs::write(&odd, format!("#!{}\n", fifo.display())).unwrap();
+        make_executable(&odd);
         check(&only_dir, &odd, None).unwrap();
         // Readable only: still denied, as execute.
         let read_only = FsRules {

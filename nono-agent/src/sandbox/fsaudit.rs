@@ -15,9 +15,11 @@
 //! The command is hostile and names the paths: they are kept as data
 //! (escaped in notices, JSON-encoded in events), and only records of our
 //! own domain are kept, so memory does not grow with what other processes
-//! do. A flood of denials is bounded by the kernel (its audit backlog drops
-//! records, which then reach nobody) and by the socket's buffer (an
-//! overflow is noticed and reported as incomplete).
+//! do. A flood of denials is bounded by the kernel (its rate and backlog
+//! limits drop records, which then reach nobody: the kernel counts them,
+//! and a count that grew during the run makes the summary say denials may
+//! be missing) and by the socket's buffer (an overflow is noticed and
+//! reported the same way).
 
 use serde::Serialize;
 use std::collections::{HashSet, VecDeque};
@@ -262,8 +264,42 @@ fn messages(buf: &[u8]) -> Vec<(u16, &[u8])> {
     out
 }
 
-/// Whether the audit subsystem is on (`AUDIT_GET`).
-fn audit_enabled() -> Result<bool, String> {
+/// What `AUDIT_GET` tells of the audit subsystem.
+#[derive(Debug, Clone, Copy)]
+struct Status {
+    /// Audit is on (1) or on and locked (2).
+    enabled: bool,
+    /// What the kernel does when it must drop a record
+    /// (`struct audit_status.failure`: 0 silent, 1 printk, 2 panic).
+    failure: u32,
+    /// Records the kernel has dropped since boot (rate limit, backlog
+    /// limit, no memory): `struct audit_status.lost`.
+    lost: u32,
+}
+
+/// `AUDIT_FAIL_PANIC`: the kernel panics when it drops an audit record.
+const AUDIT_FAIL_PANIC: u32 = 2;
+
+/// Why Landlock's records must not be turned on for the sandbox under
+/// this audit status, if so (pure). Logging makes each of the command's
+/// denials a host audit record, as fast as it can cause them: where
+/// dropping one makes the kernel panic (`auditctl -f 2`, a hardening
+/// baseline's setting), a flood past the backlog would halt the host.
+fn refusal(s: &Status) -> Option<&'static str> {
+    if !s.enabled {
+        return Some("the kernel's audit subsystem is off (`auditctl -e 1` turns it on)");
+    }
+    if s.failure == AUDIT_FAIL_PANIC {
+        return Some(
+            "the audit failure mode is panic (`auditctl -f 2`): a command's flood of denials \
+             could make the kernel drop a record and panic, so they are not logged",
+        );
+    }
+    None
+}
+
+/// The audit subsystem's status (`AUDIT_GET`).
+fn audit_status() -> Result<Status, String> {
     let fd = socket()?;
     set_timeout(&fd, Duration::from_secs(1));
     send(&fd, AUDIT_GET, &[]).map_err(|e| format!("asking the audit status: {e}"))?;
@@ -274,8 +310,15 @@ fn audit_enabled() -> Result<bool, String> {
             break;
         };
         for (ty, p) in messages(&buf[..n]) {
-            if ty == AUDIT_GET && p.len() >= 8 {
-                return Ok(u32::from_ne_bytes([p[4], p[5], p[6], p[7]]) != 0);
+            // struct audit_status: mask, enabled, failure, pid,
+            // rate_limit, backlog_limit, lost, ...
+            if ty == AUDIT_GET && p.len() >= 28 {
+                let word = |i: usize| u32::from_ne_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+                return Ok(Status {
+                    enabled: word(4) != 0,
+                    failure: word(8),
+                    lost: word(24),
+                });
             }
             if ty == libc::NLMSG_ERROR as u16 && p.len() >= 4 {
                 let err = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
@@ -299,7 +342,8 @@ fn await_user_record(fd: &OwnedFd, token: &str, timeout: Duration) -> bool {
         match recv(fd, &mut buf) {
             Ok(Some(n)) => {
                 for (ty, payload) in messages(&buf[..n]) {
-                    if ty == AUDIT_USER && String::from_utf8_lossy(payload).contains(token) {
+                    let own = std::process::id() as i32;
+                    if is_own_user_record(ty, &String::from_utf8_lossy(payload), token, own) {
                         return true;
                     }
                 }
@@ -321,10 +365,110 @@ fn log_user_record(text: &str) -> Result<(), String> {
     send(&fd, AUDIT_USER, &payload).map_err(|e| format!("writing an audit record: {e}"))
 }
 
+/// Whether a record is the `USER` record this agent logged with `token`:
+/// the kernel writes the sender's pid first (`pid=N uid=...
+/// msg='TEXT'`), so another process that logs the same text (any holder
+/// of CAP_AUDIT_WRITE, with an id it read from the cgroup tree) cannot end
+/// the reading early and hide the denials that follow (pure).
+pub fn is_own_user_record(ty: u16, text: &str, token: &str, own_pid: i32) -> bool {
+    ty == AUDIT_USER
+        && field(text, "pid").and_then(|p| p.parse::<i32>().ok()) == Some(own_pid)
+        && text.contains(token)
+}
+
+/// A denial waiting for, or released by, its domain's record: (domain,
+/// blockers, path).
+pub type Denial = (u64, String, Option<String>);
+
+/// Domains remembered as another process's, so that their denials are
+/// dropped at once instead of waiting (and pushing ours out).
+const MAX_FOREIGN: usize = 4096;
+/// Domains remembered as having lost a waiting denial.
+const MAX_EVICTED: usize = 4096;
+
+/// Which records are the sandbox's (pure: records in, denials out, in the
+/// order the kernel delivered them). A domain is ours when the record
+/// naming its creator names the sandbox's first process; the kernel logs
+/// a domain's first denial just before that record, so denials of
+/// domains not known yet wait (at most [`MAX_PENDING`]). If one of ours
+/// had to be pushed out while waiting (a flood of other domains' denials
+/// in between), the report is marked incomplete rather than short.
+#[derive(Debug)]
+pub struct Tracker {
+    creator: i32,
+    ours: HashSet<u64>,
+    foreign: HashSet<u64>,
+    pending: VecDeque<Denial>,
+    evicted: HashSet<u64>,
+    evicted_untracked: bool,
+    /// A denial of ours may have been lost.
+    pub incomplete: bool,
+}
+
+impl Tracker {
+    /// For the sandbox whose first process is `creator` (global pid).
+    pub fn new(creator: i32) -> Self {
+        Self {
+            creator,
+            ours: HashSet::new(),
+            foreign: HashSet::new(),
+            pending: VecDeque::new(),
+            evicted: HashSet::new(),
+            evicted_untracked: false,
+            incomplete: false,
+        }
+    }
+
+    /// Takes one record; returns the sandbox's denials it makes known.
+    pub fn feed(&mut self, rec: Record) -> Vec<Denial> {
+        match rec {
+            Record::Domain { id, pid } if pid == self.creator => {
+                self.ours.insert(id);
+                if self.evicted.contains(&id) || self.evicted_untracked {
+                    self.incomplete = true;
+                }
+                let (mine, rest): (VecDeque<Denial>, VecDeque<Denial>) =
+                    std::mem::take(&mut self.pending)
+                        .into_iter()
+                        .partition(|d| d.0 == id);
+                self.pending = rest;
+                mine.into_iter().collect()
+            }
+            Record::Domain { id, .. } => {
+                if self.foreign.len() < MAX_FOREIGN {
+                    self.foreign.insert(id);
+                }
+                self.pending.retain(|d| d.0 != id);
+                Vec::new()
+            }
+            Record::Access { id, blockers, path } if self.ours.contains(&id) => {
+                vec![(id, blockers, path)]
+            }
+            Record::Access { id, .. } if self.foreign.contains(&id) => Vec::new(),
+            Record::Access { id, blockers, path } => {
+                if self.pending.len() >= MAX_PENDING {
+                    if let Some(old) = self.pending.pop_front() {
+                        if self.evicted.len() < MAX_EVICTED {
+                            self.evicted.insert(old.0);
+                        } else {
+                            self.evicted_untracked = true;
+                        }
+                    }
+                }
+                self.pending.push_back((id, blockers, path));
+                Vec::new()
+            }
+            Record::Other => Vec::new(),
+        }
+    }
+}
+
 /// The multicast subscription, made before the command starts so that no
 /// record is missed.
 pub struct Listener {
     fd: OwnedFd,
+    /// The kernel's count of dropped records when the subscription began.
+    lost: u32,
 }
 
 impl Listener {
@@ -337,8 +481,9 @@ impl Listener {
         if unsafe { libc::geteuid() } != 0 {
             return Err("reading the kernel's audit records needs root".into());
         }
-        if !audit_enabled()? {
-            return Err("the kernel's audit subsystem is off (`auditctl -e 1` turns it on)".into());
+        let status = audit_status()?;
+        if let Some(why) = refusal(&status) {
+            return Err(why.into());
         }
         let fd = socket()?;
         // SAFETY: sockaddr_nl for the read-only log group.
@@ -384,7 +529,10 @@ impl Listener {
         if !await_user_record(&fd, &probe, Duration::from_secs(1)) {
             return Err("the kernel's audit records do not reach this agent (they are sent only to the initial network namespace)".into());
         }
-        Ok(Self { fd })
+        Ok(Self {
+            fd,
+            lost: status.lost,
+        })
     }
 
     /// Starts reading: records of domains created by `creator` (the
@@ -394,16 +542,14 @@ impl Listener {
         let stop = Arc::new(AtomicBool::new(false));
         let lost = Arc::new(AtomicBool::new(false));
         let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let lost_before = self.lost;
         let (fd, t, st, lo) = (self.fd, token.clone(), stop.clone(), lost.clone());
         let sandbox_id = sandbox;
+        let own_pid = std::process::id() as i32;
         let thread = std::thread::Builder::new()
             .name("nono-fsaudit".into())
             .spawn(move || {
-                let mut ours: HashSet<u64> = HashSet::new();
-                // The kernel logs a domain's first denial before the record
-                // naming its creator: denials of not-yet-known domains wait
-                // here (a few at most: the domain record follows at once).
-                let mut pending: VecDeque<(u64, String, Option<String>)> = VecDeque::new();
+                let mut tracker = Tracker::new(creator);
                 let mut buf = vec![0u8; 64 * 1024];
                 while !st.load(Ordering::SeqCst) {
                     let n = match recv(&fd, &mut buf) {
@@ -417,39 +563,15 @@ impl Listener {
                     };
                     for (ty, payload) in messages(&buf[..n]) {
                         let text = String::from_utf8_lossy(payload);
-                        if ty == AUDIT_USER && text.contains(&t) {
+                        if is_own_user_record(ty, &text, &t, own_pid) {
                             let _ = done_tx.send(());
                             return;
                         }
-                        match parse(ty, &text) {
-                            // Only the sandbox's first process creates our
-                            // domain; the set holds at most a few ids.
-                            Record::Domain { id, pid } => {
-                                if pid == creator {
-                                    ours.insert(id);
-                                }
-                                for (d, blockers, path) in pending.iter().filter(|p| p.0 == id) {
-                                    if pid == creator {
-                                        let _ = tx.send(line(
-                                            &sandbox_id,
-                                            *d,
-                                            blockers,
-                                            path.as_deref(),
-                                        ));
-                                    }
-                                }
-                                pending.retain(|p| p.0 != id);
-                            }
-                            Record::Access { id, blockers, path } if ours.contains(&id) => {
-                                let _ = tx.send(line(&sandbox_id, id, &blockers, path.as_deref()));
-                            }
-                            Record::Access { id, blockers, path } => {
-                                if pending.len() >= MAX_PENDING {
-                                    pending.pop_front();
-                                }
-                                pending.push_back((id, blockers, path));
-                            }
-                            Record::Other => {}
+                        for (id, blockers, path) in tracker.feed(parse(ty, &text)) {
+                            let _ = tx.send(line(&sandbox_id, id, &blockers, path.as_deref()));
+                        }
+                        if tracker.incomplete {
+                            lo.store(true, Ordering::SeqCst);
                         }
                     }
                 }
@@ -458,6 +580,7 @@ impl Listener {
             token,
             stop,
             lost,
+            lost_before,
             done: done_rx,
             thread,
         })
@@ -469,6 +592,8 @@ pub struct Running {
     token: String,
     stop: Arc<AtomicBool>,
     lost: Arc<AtomicBool>,
+    /// The kernel's dropped-record count before the sandbox started.
+    lost_before: u32,
     done: std::sync::mpsc::Receiver<()>,
     thread: std::thread::JoinHandle<()>,
 }
@@ -478,7 +603,12 @@ impl Running {
     /// "nono-agent sandbox ID ended") and waits, up to `timeout`, until the
     /// reader sees it: the kernel delivers records in order, so every
     /// denial of the sandbox has then been read. Returns whether records
-    /// may be missing (the socket overflowed, or the fence never came).
+    /// may be missing: the socket overflowed, the fence never came (audit
+    /// turned off meanwhile), or the kernel dropped records during the run
+    /// (its `lost` count grew: a flood past the rate or backlog limit,
+    /// which a command can cause to hide its denials, including the
+    /// record that names its domain). The kernel does not say whose
+    /// records it dropped, so any drop during the run counts.
     pub fn finish(self, timeout: Duration) -> bool {
         let fenced = log_user_record(&self.token).is_ok();
         let start = Instant::now();
@@ -489,13 +619,98 @@ impl Running {
                 .is_ok();
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.thread.join();
-        !seen || self.lost.load(Ordering::SeqCst)
+        let dropped = audit_status().map_or(true, |s| s.lost != self.lost_before);
+        !seen || self.lost.load(Ordering::SeqCst) || dropped
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn access(id: u64, path: &str) -> Record {
+        Record::Access {
+            id,
+            blockers: "fs.read_file".into(),
+            path: Some(path.into()),
+        }
+    }
+
+    #[test]
+    fn denials_are_attributed_by_their_domain_creator() {
+        let mut t = Tracker::new(300);
+        // Our first denial comes before the record naming the creator.
+        assert!(t.feed(access(7, "/a")).is_empty());
+        let got = t.feed(Record::Domain { id: 7, pid: 300 });
+        assert_eq!(got, vec![(7, "fs.read_file".into(), Some("/a".into()))]);
+        assert_eq!(t.feed(access(7, "/b")).len(), 1);
+        // Another process's domain: its denials never show, nor wait.
+        assert!(t.feed(access(9, "/x")).is_empty());
+        assert!(t.feed(Record::Domain { id: 9, pid: 301 }).is_empty());
+        for _ in 0..(2 * MAX_PENDING) {
+            assert!(t.feed(access(9, "/x")).is_empty());
+        }
+        assert!(t.pending.is_empty());
+        assert!(!t.incomplete);
+    }
+
+    #[test]
+    fn a_denial_of_ours_pushed_out_while_waiting_marks_the_report_incomplete() {
+        let mut t = Tracker::new(300);
+        assert!(t.feed(access(7, "/a")).is_empty());
+        // A flood of denials of domains whose creator record came before
+        // the reader started (never named now) pushes it out.
+        for i in 0..MAX_PENDING as u64 {
+            assert!(t.feed(access(1000 + i, "/junk")).is_empty());
+        }
+        assert!(t.feed(Record::Domain { id: 7, pid: 300 }).is_empty());
+        assert!(
+            t.incomplete,
+            "a lost denial must not leave the count complete"
+        );
+    }
+
+    #[test]
+    fn only_our_own_user_record_ends_the_reading() {
+        let token = "nono-agent sandbox 0123456789abcdef ended";
+        let ours = format!(
+            "audit(1.2:3): pid=4242 uid=0 auid=4294967295 ses=4294967295 subj=unconfined msg='{token}'"
+        );
+        assert!(is_own_user_record(AUDIT_USER, &ours, token, 4242));
+        // The same text from another process, or as another record type.
+        let other = ours.replace("pid=4242", "pid=4343");
+        assert!(!is_own_user_record(AUDIT_USER, &other, token, 4242));
+        assert!(!is_own_user_record(
+            AUDIT_LANDLOCK_ACCESS,
+            &ours,
+            token,
+            4242
+        ));
+        // A msg that mentions our pid does not make it ours.
+        let spoof =
+            format!("audit(1.2:3): pid=4343 uid=0 auid=1 ses=1 subj=x msg='pid=4242 {token}'");
+        assert!(!is_own_user_record(AUDIT_USER, &spoof, token, 4242));
+    }
+
+    #[test]
+    fn logging_is_refused_where_a_drop_panics() {
+        let on = Status {
+            enabled: true,
+            failure: 1,
+            lost: 0,
+        };
+        assert_eq!(refusal(&on), None);
+        let off = Status {
+            enabled: false,
+            ..on
+        };
+        assert!(refusal(&off).is_some_and(|w| w.contains("off")));
+        let panics = Status {
+            failure: AUDIT_FAIL_PANIC,
+            ..on
+        };
+        assert!(refusal(&panics).is_some_and(|w| w.contains("panic")));
+    }
 
     #[test]
     fn records_are_parsed() {

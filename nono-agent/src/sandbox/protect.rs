@@ -168,11 +168,23 @@ pub fn autorun_targets(cwd: &Path, home: Option<&Path>) -> Vec<PathBuf> {
     }
     let project = top.as_deref().unwrap_or(cwd);
     out.extend(PROJECT_AUTORUN.iter().map(|f| project.join(f)));
-    if let Some(h) = home {
-        out.extend(HOME_AUTORUN.iter().map(|f| h.join(f)));
-    }
     out.retain(|p| p.symlink_metadata().is_ok());
+    if let Some(h) = home {
+        out.extend(home_autorun_targets(h));
+    }
     out
+}
+
+/// The auto-run files ([`HOME_AUTORUN`]) that exist in `home`. Besides the
+/// caller's `$HOME` (what [`autorun_targets`] covers), a sandbox run as
+/// another user (`--user`) needs that user's: they are what that user's
+/// next login, shell or git runs.
+pub fn home_autorun_targets(home: &Path) -> Vec<PathBuf> {
+    HOME_AUTORUN
+        .iter()
+        .map(|f| home.join(f))
+        .filter(|p| p.symlink_metadata().is_ok())
+        .collect()
 }
 
 /// Hooks and configuration of the repository whose `.git` is `dotgit` (a

@@ -15,6 +15,27 @@ pub enum UserError {
     },
     #[error("no such user: {0} (give a user name from the passwd database, or a numeric uid)")]
     NoSuchUser(String),
+    /// `(uid_t)-1` / `(gid_t)-1`: to `setresuid`/`setresgid` this means
+    /// "leave unchanged", so the command would keep running as root.
+    #[error("user {user}: {id} is not a usable uid or gid ((uid_t)-1 means \"unchanged\" to the kernel: the command would stay root)")]
+    UnusableId { user: String, id: u32 },
+}
+
+/// The one id the kernel's set*id calls take as "unchanged" rather than
+/// as an id.
+const UNCHANGED_ID: u32 = u32::MAX;
+
+/// Refuses an account whose uid or gid is [`UNCHANGED_ID`].
+fn usable(user: &str, a: Account) -> Result<Account, UserError> {
+    for id in [a.uid, a.gid] {
+        if id == UNCHANGED_ID {
+            return Err(UserError::UnusableId {
+                user: user.to_string(),
+                id,
+            });
+        }
+    }
+    Ok(a)
 }
 
 /// The group a uid without a passwd entry runs with: the overflow group
@@ -61,19 +82,19 @@ pub fn lookup_user(u: &str) -> Result<Account, UserError> {
         source,
     };
     if let Ok(uid) = u.parse::<u32>() {
-        return Ok(
-            match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                .map_err(lookup_err)?
-            {
-                Some(user) => from_passwd(user),
-                None => Account::bare(uid),
-            },
-        );
+        let account = match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .map_err(lookup_err)?
+        {
+            Some(user) => from_passwd(user),
+            None => Account::bare(uid),
+        };
+        return usable(u, account);
     }
-    nix::unistd::User::from_name(u)
+    let account = nix::unistd::User::from_name(u)
         .map_err(lookup_err)?
         .map(from_passwd)
-        .ok_or_else(|| UserError::NoSuchUser(u.to_string()))
+        .ok_or_else(|| UserError::NoSuchUser(u.to_string()))?;
+    usable(u, account)
 }
 
 fn from_passwd(user: nix::unistd::User) -> Account {
@@ -122,6 +143,17 @@ mod tests {
         assert_eq!(bare.gid, NOGROUP);
         assert_eq!(bare.home, PathBuf::from("/"));
         assert_eq!(bare.login(), "3987654");
+        // (uid_t)-1 would leave the command root: refused.
+        let e = lookup_user("4294967295").unwrap_err();
+        assert!(e.to_string().contains("not a usable uid"), "{e}");
+        assert!(usable(
+            "x",
+            Account {
+                gid: u32::MAX,
+                ..Account::bare(5)
+            }
+        )
+        .is_err());
         // A name must exist.
         let e = lookup_user("nosuchuser-nono").unwrap_err();
         assert!(

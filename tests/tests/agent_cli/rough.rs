@@ -95,6 +95,10 @@ pub fn values_a_profile_refuses_are_refused_on_the_command_line() {
         (&["--proxy-idle-timeout", "0"], "--proxy-idle-timeout"),
         (&["--allow-domain", "*.com"], "\"com\" is a public suffix"),
         (
+            &["--allow-domain", "*.np"],
+            "every name directly under \"np\" is a public suffix",
+        ),
+        (
             &["--allow-domain", "*.co.uk"],
             "\"co.uk\" is a public suffix",
         ),
@@ -124,6 +128,10 @@ pub fn values_a_profile_refuses_are_refused_on_the_command_line() {
         (
             "[network]\nallow_domains = [\"*.co.uk\"]\n",
             "\"co.uk\" is a public suffix",
+        ),
+        (
+            "[network]\nallow_domains = [\"*.compute.amazonaws.com\"]\n",
+            "every name directly under \"compute.amazonaws.com\" is a public suffix",
         ),
         (
             "[network]\nallow_cidrs = [\"169.254.169.254\"]\n",
@@ -213,6 +221,18 @@ pub fn user_gets_its_own_identity_and_a_bare_uid_runs() {
         )],
         "--user 3987654",
     );
+    // (uid_t)-1 means "leave unchanged" to setresuid: as a bare uid it
+    // would keep the command root (a careless operator, or a profile's
+    // `process.user`, asking to drop privileges). Refused before anything
+    // runs.
+    let out = run("4294967295");
+    expect(
+        &out,
+        125,
+        &["4294967295", "not a usable uid"],
+        "--user 4294967295",
+    );
+    assert!(!out.stdout.contains("UID=0"), "{}", out.describe());
     // A name that does not exist: refused before anything runs.
     let out = run("nosuchuser-nono");
     expect(
@@ -603,4 +623,136 @@ pub fn the_license_file_is_there() {
     let text = std::fs::read_to_string(root.join("LICENSE")).expect("LICENSE");
     assert!(text.contains("Apache License") && text.contains("Version 2.0, January 2004"));
     assert!(text.contains("END OF TERMS AND CONDITIONS"));
+}
+
+/// A user made for one test (and its home), removed on drop.
+struct TestUser {
+    name: String,
+    home: PathBuf,
+}
+
+impl TestUser {
+    fn new(tag: &str) -> Self {
+        let name = format!("nono-{tag}-{}", std::process::id() % 100_000);
+        let home = PathBuf::from(format!("/tmp/{name}-home"));
+        let _ = std::fs::remove_dir_all(&home);
+        let _ = Command::new("userdel").arg(&name).output();
+        sys::run_ok(
+            "useradd",
+            &["-M", "-d", home.to_str().unwrap(), "-s", "/bin/sh", &name],
+        );
+        std::fs::create_dir(&home).expect("home");
+        sys::run_ok("chown", &[&format!("{name}:"), home.to_str().unwrap()]);
+        TestUser { name, home }
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.home);
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
+
+pub fn user_runs_protect_that_users_auto_run_files() {
+    // Under --user the auto-run files that matter are the target user's:
+    // a .bashrc the sandbox appends to runs unconfined at that user's next
+    // login. They must be protected as the caller's are without --user,
+    // whatever the grant (here the whole home, as `--write $HOME` or a
+    // profile's $CWD run from the home would give).
+    sys::require_prereqs();
+    let u = TestUser::new("rvhome");
+    let bashrc = u.home.join(".bashrc");
+    std::fs::write(&bashrc, b"# clean\n").unwrap();
+    sys::run_ok(
+        "chown",
+        &[&format!("{}:", u.name), bashrc.to_str().unwrap()],
+    );
+    let notes = u.home.join("notes");
+    let script = format!(
+        "echo note > {n}; echo 'curl evil' >> {b} 2>/dev/null; echo finished",
+        n = notes.display(),
+        b = bashrc.display()
+    );
+    let out = sys::run_timeout(
+        Command::new(sys::agent_bin())
+            .args(["exec", "--no-daemon", "-q", "--user", &u.name, "--write"])
+            .arg(&u.home)
+            .args(["--", "sh", "-c", &script])
+            .env("HOME", "/root"),
+        sys::CMD_TIMEOUT,
+    );
+    expect(&out, 0, &["finished"], "--user with its home writable");
+    // The grant works (over-blocking check): the ordinary file was written.
+    assert_eq!(
+        std::fs::read_to_string(&notes).unwrap_or_default(),
+        "note\n",
+        "{}",
+        out.describe()
+    );
+    // The auto-run file is untouched.
+    assert_eq!(
+        std::fs::read_to_string(&bashrc).unwrap(),
+        "# clean\n",
+        "the sandbox wrote the target user's .bashrc\n{}",
+        out.describe()
+    );
+}
+
+pub fn the_hidden_command_check_runs_with_the_target_users_rights() {
+    // Under --user the command and its #! lines are that user's to
+    // choose, but the check runs in a root agent: it must not read a
+    // root-only file for them, nor show its #! line or its existence.
+    sys::require_prereqs();
+    use std::os::unix::fs::PermissionsExt as _;
+    let mk = |dir: &Path, mode: u32| {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        let tool = dir.join("tool");
+        let interp = dir.join("interp-secret-name");
+        std::fs::write(&interp, "#!/bin/sh\n").unwrap();
+        std::fs::write(&tool, format!("#!{}\n", interp.display())).unwrap();
+        for f in [&tool, &interp] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        tool
+    };
+    let tmp = TempDir::new("rough-check-as");
+    let closed = mk(&tmp.path("closed"), 0o700);
+    let open = mk(&tmp.path("open"), 0o755);
+    std::fs::set_permissions(tmp.path(""), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pdir = TempDir::new("rough-check-as-profile");
+    let run = |tool: &Path| {
+        let body = format!(
+            "[filesystem]\nread = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", \"/etc\", \"{t}\"]\n\
+             exec = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", \"{t}\"]\n",
+            t = tool.display()
+        );
+        let p = profile(&pdir, "p.toml", body.as_bytes());
+        exec(&[
+            "-q",
+            "--user",
+            "nobody",
+            "--profile",
+            &p,
+            "--",
+            tool.to_str().unwrap(),
+        ])
+    };
+    // Over-blocking counterpart: what nobody can read is still explained.
+    let out = run(&open);
+    expect(
+        &out,
+        126,
+        &["denies executing", "interp-secret-name"],
+        "readable hidden interpreter",
+    );
+    // A root-only directory: nothing of it in the output.
+    let out = run(&closed);
+    assert!(
+        !out.stderr.contains("interp-secret-name") && !out.stdout.contains("interp-secret-name"),
+        "a root-only file's #! line shown for --user nobody\n{}",
+        out.describe()
+    );
+    assert_ne!(out.code(), 0, "{}", out.describe());
 }

@@ -178,7 +178,10 @@ fn standalone_proxy_serves_filters_and_summarises() {
     let events = lab.tmp.path("standalone.jsonl");
     let listen = format!("127.0.0.1:{port}");
     let mut cmd = lab.fx.client_command(&lab.agent);
-    cmd.args(["proxy", "--listen", &listen, "--secret", "s3cret"])
+    // The secret through the environment: a command line is readable by
+    // every local user.
+    cmd.args(["proxy", "--listen", &listen])
+        .env("NONO_PROXY_SECRET", "s3cret")
         .args([
             "--allow-domain",
             "allowed.test",
@@ -201,6 +204,11 @@ fn standalone_proxy_serves_filters_and_summarises() {
         up,
         "standalone proxy did not start: {:?}",
         fs::read_to_string(&proxy.stderr)
+    );
+    let cmdline = fs::read(format!("/proc/{}/cmdline", proxy.pid())).unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains("s3cret"),
+        "the secret is on the command line"
     );
     let ca = lab.pki.ca.display().to_string();
     let curl = |proxy_url: &str, url: &str| -> String {

@@ -46,29 +46,48 @@ fn audit_enabled() -> u32 {
     u32::from_ne_bytes([p[4], p[5], p[6], p[7]])
 }
 
-fn set_audit_enabled(v: u32) {
-    // struct audit_status: mask, enabled, then 8 more u32 fields.
+/// struct audit_status: mask, enabled, failure, pid, rate_limit, ...
+const AUDIT_STATUS_ENABLED: u32 = 1;
+const AUDIT_STATUS_RATE_LIMIT: u32 = 8;
+
+fn audit_rate_limit() -> u32 {
+    let p = audit_request(AUDIT_GET, 0, &[]);
+    u32::from_ne_bytes([p[16], p[17], p[18], p[19]])
+}
+
+/// Sets one field (index `at` of struct audit_status) under `mask`.
+fn audit_set(mask: u32, at: usize, v: u32) {
     let mut st = [0u32; 10];
-    st[0] = 1; // AUDIT_STATUS_ENABLED
-    st[1] = v;
+    st[0] = mask;
+    st[at] = v;
     let bytes: Vec<u8> = st.iter().flat_map(|x| x.to_ne_bytes()).collect();
     let ack = audit_request(AUDIT_SET, libc::NLM_F_ACK as u16, &bytes);
     let err = i32::from_ne_bytes([ack[0], ack[1], ack[2], ack[3]]);
-    assert_eq!(err, 0, "AUDIT_SET enabled={v}: errno {}", -err);
+    assert_eq!(err, 0, "AUDIT_SET mask {mask} = {v}: errno {}", -err);
 }
 
+fn set_audit_enabled(v: u32) {
+    audit_set(AUDIT_STATUS_ENABLED, 1, v);
+}
+
+/// The tests of this file change the host's audit settings: one at a time.
+static AUDIT_SETTINGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Audit on while it lives; the previous setting restored on drop.
-struct AuditOn(u32);
+struct AuditOn(u32, #[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
 
 impl AuditOn {
     fn new() -> Self {
+        let guard = AUDIT_SETTINGS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = audit_enabled();
         assert_ne!(
             before, 2,
             "the audit configuration is locked: cannot run this test"
         );
         set_audit_enabled(1);
-        AuditOn(before)
+        AuditOn(before, guard)
     }
 }
 
@@ -76,6 +95,87 @@ impl Drop for AuditOn {
     fn drop(&mut self) {
         set_audit_enabled(self.0);
     }
+}
+
+/// A rate limit on audit records while it lives (restored on drop).
+struct RateLimit(u32);
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        let before = audit_rate_limit();
+        audit_set(AUDIT_STATUS_RATE_LIMIT, 4, per_second);
+        RateLimit(before)
+    }
+}
+
+impl Drop for RateLimit {
+    fn drop(&mut self) {
+        audit_set(AUDIT_STATUS_RATE_LIMIT, 4, self.0);
+    }
+}
+
+#[test]
+fn records_the_kernel_drops_make_the_count_incomplete() {
+    // A hostile command hides its filesystem denials by making the kernel
+    // drop audit records (a flood past the rate limit or the backlog):
+    // the kernel counts them as lost, which the summary must say, rather
+    // than give a short count as complete.
+    sys::require_prereqs();
+    let tmp = TempDir::new("fsdeny-lost");
+    let secret = tmp.path("secret");
+    std::fs::write(&secret, b"secret").unwrap();
+    const TRIES: usize = 300;
+    // Each redirection is an open by the shell itself: one denial each.
+    // The pause lets the rate limit's second pass, so the agent's own
+    // closing record gets through.
+    let script = format!(
+        "i=0; while [ $i -lt {TRIES} ]; do read -r x < \"$S\"; i=$((i+1)); done 2>/dev/null; sleep 2; echo done"
+    );
+    // Outside, every read works.
+    let out = Command::new("sh")
+        .args(["-c", "cat \"$S\" > /dev/null && echo readable"])
+        .env("S", &secret)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("readable"));
+    let pdir = TempDir::new("fsdeny-lost-profile");
+    let profile = pdir.path("p.toml");
+    write_profile(
+        &profile,
+        "[filesystem]\nread = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", \"/etc\", \"/dev\", \"/proc\"]\n\
+         write = [\"/dev/null\"]\nexec = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\"]\n",
+    );
+    let out = {
+        let _audit = AuditOn::new();
+        let _rate = RateLimit::new(20);
+        let mut c = Command::new(sys::agent_bin());
+        c.args(["exec", "--no-daemon", "--notices", "never", "--profile"])
+            .arg(&profile)
+            .env("S", &secret)
+            .args(["--", "sh", "-c", &script]);
+        sys::run_timeout(&mut c, sys::CMD_TIMEOUT)
+    };
+    assert!(out.stdout.contains("done"), "{}", out.describe());
+    let counted: usize = out
+        .stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("nono-agent: sandbox ")?
+                .split(": ")
+                .nth(1)?
+                .strip_suffix(')')?
+                .split_once(" denied (landlock: ")
+                .map(|(n, _)| n.parse().unwrap())
+        })
+        .unwrap_or(0);
+    // The kernel did drop some (else this test shows nothing).
+    assert!(counted < TRIES, "nothing was dropped: {}", out.describe());
+    assert!(
+        out.stderr
+            .contains("some filesystem denials may be missing from the count"),
+        "a short count given as complete:\n{}",
+        out.describe()
+    );
 }
 
 #[test]

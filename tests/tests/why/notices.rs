@@ -163,8 +163,17 @@ pub(crate) fn notices_on_a_terminal(e: Enforcement) {
     let script = workload(port, first, 40);
     let before = h.oracle.tcp_connections(port);
 
-    let (err, stdout) = run(&h, &opts, true, &script);
+    let (raw, stdout) = run(&h, &opts, true, &script);
     assert!(stdout.contains("workload done"), "{stdout}");
+    // On a terminal each line of the agent starts with its reset (a
+    // command can leave the terminal hiding text); past that, nothing
+    // may be a control byte.
+    assert!(
+        String::from_utf8_lossy(&raw).contains(&format!("{RESET}nono-agent: denied ")),
+        "no reset before the notices: {:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    let err = without_reset(&raw);
     h.oracle.settle();
     assert_eq!(
         h.oracle.tcp_connections(port),
@@ -198,7 +207,8 @@ pub(crate) fn notices_on_a_terminal(e: Enforcement) {
     );
     // Another run without the port burst shows the proxy denials.
     let quiet_script = workload(port, first, 0);
-    let (err, _) = run(&h, &opts, true, &quiet_script);
+    let (raw, _) = run(&h, &opts, true, &quiet_script);
+    let err = without_reset(&raw);
     let text = String::from_utf8_lossy(&err).into_owned();
     assert!(
         !err.iter().any(|&b| b == 0x1b || b == 0x07 || b >= 0x80),
@@ -231,8 +241,8 @@ pub(crate) fn notices_on_a_terminal(e: Enforcement) {
     );
     // Through the relay the terminal is raw (no CR added): each notice
     // still starts a line of its own (CR LF).
-    let (err, _) = run_on(&h, &opts, Term::StdinAndStderr, &quiet_script);
-    let text = String::from_utf8_lossy(&err).into_owned();
+    let (raw, _) = run_on(&h, &opts, Term::StdinAndStderr, &quiet_script);
+    let text = String::from_utf8_lossy(&without_reset(&raw)).into_owned();
     assert!(
         text.contains(&format!("{direct}\r\n")) && !text.contains(&format!("{direct}\r\r")),
         "{e:?}: notice not ended by CR LF on a raw terminal: {text:?}"
@@ -243,4 +253,13 @@ pub(crate) fn notices_on_a_terminal(e: Enforcement) {
     let (err, _) = run(&h, &a, false, &quiet_script);
     let text = String::from_utf8_lossy(&err).into_owned();
     assert!(text.contains(&direct), "{e:?}: --notices always: {text}");
+}
+
+/// What the agent writes before each line on a terminal
+/// (`notice::TERMINAL_RESET`: CAN, ST, SGR 0).
+const RESET: &str = "\x18\x1b\\\x1b[0m";
+
+/// The terminal output without the agent's own resets.
+fn without_reset(b: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(b).replace(RESET, "").into_bytes()
 }
