@@ -2,9 +2,27 @@
 # Installs nono-agent (from NONO_PACKAGE, a .deb path or URL, if given) and
 # makes sure its daemon answers, so the job's (unprivileged) command gets
 # the BPF enforcer. Runs as root. Starts the daemon itself when systemd is
-# not PID 1 (containers, most CI runners).
+# not PID 1 (containers, most CI runners). NONO_SELFTEST=true then runs
+# `nono-agent selftest` and fails the step if this runner does not enforce.
 set -euo pipefail
 log() { printf 'nono-agent action: %s\n' "$*" >&2; }
+
+# The daemon answers: check the host if asked, and finish.
+ready() {
+    log "the daemon answers on $socket"
+    case "${NONO_SELFTEST:-false}" in
+        true)
+            log "checking that this runner enforces (nono-agent selftest)"
+            if ! "$bin" selftest --daemon-socket "$socket"; then
+                log "selftest failed: this runner does not confine the command; refusing to go on"
+                exit 1
+            fi
+            ;;
+        false | "") ;;
+        *) log "selftest must be true or false, not '$NONO_SELFTEST'"; exit 1 ;;
+    esac
+    exit 0
+}
 
 if [ -n "${NONO_PACKAGE:-}" ]; then
     pkg="$NONO_PACKAGE"
@@ -23,8 +41,7 @@ if [ -z "$bin" ]; then
 fi
 socket="${NONO_AGENT_DAEMON_SOCKET:-/run/nono-agent/daemon.sock}"
 if "$bin" doctor --daemon-socket "$socket" --json | grep -q '"answers": true'; then
-    log "the daemon answers on $socket"
-    exit 0
+    ready
 fi
 if [ -d /run/systemd/system ] && systemctl list-unit-files nono-agent.socket >/dev/null 2>&1; then
     systemctl start nono-agent.socket
@@ -36,8 +53,7 @@ else
 fi
 for _ in $(seq 100); do
     if "$bin" doctor --daemon-socket "$socket" --json | grep -q '"answers": true'; then
-        log "the daemon answers on $socket"
-        exit 0
+        ready
     fi
     sleep 0.1
 done

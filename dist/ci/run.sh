@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs NONO_RUN (bash) under nono-agent with NONO_PROFILE and the extra
 # NONO_ALLOW_DOMAINS (newline- or comma-separated), writing events to
-# NONO_EVENTS. The command's exit status is the step's.
+# NONO_EVENTS; NONO_AUDIT=true runs it in audit mode. The command's exit
+# status is the step's.
 set -euo pipefail
 bin="${NONO_AGENT_BIN:-$(command -v nono-agent)}"
 args=(exec --events "${NONO_EVENTS:-nono-events.jsonl}")
@@ -13,6 +14,11 @@ while IFS= read -r d; do
     d="${d%"${d##*[![:space:]]}"}"
     [ -n "$d" ] && args+=(--allow-domain "$d")
 done < <(printf '%s\n' "${NONO_ALLOW_DOMAINS:-}" | tr ',' '\n')
+case "${NONO_AUDIT:-false}" in
+    true) args+=(--audit) ;;
+    false | "") ;;
+    *) echo "nono-agent action: audit must be true or false, not '$NONO_AUDIT'" >&2; exit 125 ;;
+esac
 if [ -n "${NONO_AGENT_DAEMON_SOCKET:-}" ]; then
     args+=(--daemon-socket "$NONO_AGENT_DAEMON_SOCKET")
 fi

@@ -98,15 +98,24 @@ fn run_step_passes_profile_domains_and_events() {
 fn the_steps_confine_the_command_and_summarise_the_denials() {
     let d = Daemon::start();
     let agent = sys::accessible(&sys::agent_bin());
+    // With the selftest input: the runner is checked before the command.
     let install = Command::new(script("install.sh"))
         .env("NONO_AGENT_BIN", &agent)
         .env("NONO_AGENT_DAEMON_SOCKET", &d.socket)
+        .env("NONO_SELFTEST", "true")
         .env_remove("NONO_PACKAGE")
         .output()
         .unwrap();
+    let install_err = String::from_utf8_lossy(&install.stderr);
     assert!(
-        install.status.success() && String::from_utf8_lossy(&install.stderr).contains("answers"),
+        install.status.success()
+            && install_err.contains("answers")
+            && install_err.contains("selftest"),
         "{install:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&install.stdout).contains("daemon"),
+        "selftest's table names the daemon enforcer: {install:?}"
     );
 
     let fx = NetFixture::new();
@@ -206,8 +215,131 @@ fn the_summary_of_nothing_is_zero() {
         .output()
         .unwrap();
     assert!(s.status.success(), "{s:?}");
-    assert_eq!(std::fs::read_to_string(&gh_out).unwrap(), "denied=0\n");
+    assert_eq!(
+        std::fs::read_to_string(&gh_out).unwrap(),
+        "denied=0\nwould-deny=0\n"
+    );
     assert!(std::fs::read_to_string(dir.path("s.md"))
         .unwrap()
         .contains("No connection was refused"));
+}
+
+/// A stand-in `nono-agent` (shell) that answers `doctor` and fails or
+/// passes `selftest` as told, and prints other commands' arguments.
+fn fake_agent(dir: &sys::TempDir, selftest_status: i32) -> std::path::PathBuf {
+    let fake = dir.path("nono-agent");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n  doctor) echo '{{\"answers\": true}}' ;;\n  selftest) echo selftest-ran; exit {selftest_status} ;;\n  *) for a in \"$@\"; do printf '%s\\n' \"$a\"; done ;;\nesac\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fake
+}
+
+/// The selftest input: a runner whose selftest fails stops the job at the
+/// install step; without the input, selftest is not run.
+#[test]
+fn install_step_fails_the_job_when_selftest_fails() {
+    let dir = sys::TempDir::new("ci-action-selftest");
+    for (status, want_ok) in [(1, false), (0, true)] {
+        let fake = fake_agent(&dir, status);
+        let out = Command::new(script("install.sh"))
+            .env("NONO_AGENT_BIN", &fake)
+            .env("NONO_AGENT_DAEMON_SOCKET", dir.path("d.sock"))
+            .env("NONO_SELFTEST", "true")
+            .env_remove("NONO_PACKAGE")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.success(), want_ok, "selftest {status}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("selftest-ran"));
+        if !want_ok {
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("does not confine"),
+                "{out:?}"
+            );
+        }
+    }
+    let fake = fake_agent(&dir, 1);
+    let out = Command::new(script("install.sh"))
+        .env("NONO_AGENT_BIN", &fake)
+        .env("NONO_AGENT_DAEMON_SOCKET", dir.path("d.sock"))
+        .env_remove("NONO_SELFTEST")
+        .env_remove("NONO_PACKAGE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("selftest-ran"));
+}
+
+/// The audit input adds --audit; anything but true/false is refused.
+#[test]
+fn run_step_passes_audit() {
+    let dir = sys::TempDir::new("ci-action-audit");
+    let fake = fake_agent(&dir, 0);
+    let run = |audit: &str| {
+        Command::new(script("run.sh"))
+            .env("NONO_AGENT_BIN", &fake)
+            .env("NONO_RUN", "true")
+            .env("NONO_PROFILE", "")
+            .env("NONO_ALLOW_DOMAINS", "")
+            .env("NONO_AUDIT", audit)
+            .env_remove("NONO_AGENT_DAEMON_SOCKET")
+            .output()
+            .unwrap()
+    };
+    let on = run("true");
+    assert!(on.status.success(), "{on:?}");
+    assert!(String::from_utf8_lossy(&on.stdout)
+        .lines()
+        .any(|l| l == "--audit"));
+    let off = run("false");
+    assert!(!String::from_utf8_lossy(&off.stdout)
+        .lines()
+        .any(|l| l == "--audit"));
+    let bad = run("yes");
+    assert_eq!(bad.status.code(), Some(125), "{bad:?}");
+}
+
+/// Audit records get their own section and output; what the command put
+/// in a destination (backticks, pipes, line breaks) cannot break out of
+/// the table's code span.
+#[test]
+fn the_summary_lists_what_audit_would_have_denied() {
+    let dir = sys::TempDir::new("ci-action-would");
+    let events = dir.path("ev.jsonl");
+    let lines = [
+        r#"{"verdict":"deny","source":"bpf","hook":"connect4","reason":"not-allowed","addr":"203.0.113.9","port":443}"#,
+        r#"{"verdict":"would-deny","source":"proxy","hook":"connect","reason":"not in allowlist","host":"api.example.com","port":443}"#,
+        r#"{"verdict":"would-deny","source":"proxy","hook":"connect","reason":"x|y","host":"a`b|c\nd.example","port":443}"#,
+        r#"{"verdict":"allow","source":"proxy","hook":"connect","host":"ok.example","port":443}"#,
+    ];
+    std::fs::write(&events, lines.join("\n")).unwrap();
+    let summary = dir.path("s.md");
+    let gh_out = dir.path("out");
+    let s = Command::new(script("summary.sh"))
+        .env("NONO_EVENTS", &events)
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .env("GITHUB_OUTPUT", &gh_out)
+        .output()
+        .unwrap();
+    assert!(s.status.success(), "{s:?}");
+    assert_eq!(
+        std::fs::read_to_string(&gh_out).unwrap(),
+        "denied=1\nwould-deny=2\n"
+    );
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(md.contains("would have been denied (audit mode)"), "{md}");
+    assert!(md.contains("`api.example.com:443`"), "{md}");
+    assert!(md.contains("`a?b?c?d.example:443`"), "{md}");
+    assert!(!md.contains("ok.example"), "{md}");
+    for row in md.lines().filter(|l| l.starts_with("| ")) {
+        assert_eq!(
+            row.matches('|').count(),
+            6,
+            "a row with a broken cell: {row}"
+        );
+    }
 }
