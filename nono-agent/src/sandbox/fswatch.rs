@@ -209,27 +209,9 @@ fn real_mount_points(mountinfo: &str) -> Vec<PathBuf> {
             let (pre, post) = l.split_once(" - ")?;
             let fstype = post.split_whitespace().next()?;
             let mp = pre.split_whitespace().nth(4)?;
-            (!PSEUDO.contains(&fstype)).then(|| PathBuf::from(unescape(mp)))
+            (!PSEUDO.contains(&fstype)).then(|| PathBuf::from(crate::mountinfo::unescape(mp)))
         })
         .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// An event of an unknown mount, kept until the sandbox's mounts are known.

@@ -85,6 +85,46 @@ pub fn clear_capability_sets() -> io::Result<()> {
     })
 }
 
+/// Adds `caps` (bits `mask`) to the inheritable and ambient sets (they
+/// must be permitted). Raw system calls only: runs between fork and exec.
+pub fn raise_ambient(mask: u64, caps: &[u32]) -> io::Result<()> {
+    let mut h = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut d = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: header and two v3 data words, valid for the call.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut CapHeader, d.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    d[0].inheritable |= mask as u32;
+    d[1].inheritable |= (mask >> 32) as u32;
+    // SAFETY: as above.
+    if unsafe { libc::syscall(libc::SYS_capset, &h as *const CapHeader, d.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for &c in caps {
+        // SAFETY: integer-only prctl.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                c as libc::c_ulong,
+                0,
+                0,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Sets no_new_privs: setuid bits and file capabilities are ignored by exec.
 pub fn set_no_new_privs() -> io::Result<()> {
     // SAFETY: integer-only prctl.

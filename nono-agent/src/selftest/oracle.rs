@@ -419,8 +419,25 @@ pub fn send_frame(sock: &OwnedFd, frame: &[u8]) -> bool {
 
 /// Answers ARP requests for 127.0.0.1 with the server's MAC.
 fn arp_loop(sock: &OwnedFd, s: &Shared) {
+    answer_arp(sock, Ipv4Addr::LOCALHOST, SERVER_MAC, &s.stop, || {
+        *lock(&s.arp_answers) += 1;
+    });
+}
+
+/// Answers the ARP requests for `ip` that arrive on `sock` (a packet
+/// socket with a receive timeout, from [`packet_socket`]) with `mac`, as a
+/// cooperating host on the link would, until `stop` is set; `answered` is
+/// called for each reply sent. Shared by selftest's oracle and the test
+/// suite's responder.
+pub fn answer_arp(
+    sock: &OwnedFd,
+    ip: Ipv4Addr,
+    mac: [u8; 6],
+    stop: &AtomicBool,
+    mut answered: impl FnMut(),
+) {
     let mut buf = [0u8; 1500];
-    while !s.stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) {
         // SAFETY: valid buffer.
         let n = unsafe {
             libc::recv(
@@ -433,9 +450,9 @@ fn arp_loop(sock: &OwnedFd, s: &Shared) {
         let Some(frame) = usize::try_from(n).ok().and_then(|n| buf.get(..n)) else {
             continue;
         };
-        if let Some(r) = arp_reply(frame, Ipv4Addr::LOCALHOST, SERVER_MAC) {
+        if let Some(r) = arp_reply(frame, ip, mac) {
             if send_frame(sock, &r) {
-                *lock(&s.arp_answers) += 1;
+                answered();
             }
         }
     }

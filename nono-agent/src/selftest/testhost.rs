@@ -333,7 +333,7 @@ pub fn enter_before_exec(
                 }
             }
             if mask != 0 {
-                raise_ambient(mask, &caps)?;
+                crate::sandbox::privileges::raise_ambient(mask, &caps)?;
             }
             // If selftest dies, so does what it started (exec forwards the
             // signal to its command and removes its sandbox).
@@ -343,60 +343,6 @@ pub fn enter_before_exec(
             Ok(())
         })
     };
-    Ok(())
-}
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-/// Adds `caps` (bits `mask`) to the inheritable and ambient sets (they
-/// must be permitted). Raw system calls only: runs between fork and exec.
-fn raise_ambient(mask: u64, caps: &[u32]) -> std::io::Result<()> {
-    let mut h = CapHeader {
-        version: 0x2008_0522,
-        pid: 0,
-    };
-    let mut d = [CapData {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
-    // SAFETY: header and two v3 data words, valid for the call.
-    if unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut CapHeader, d.as_mut_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    d[0].inheritable |= mask as u32;
-    d[1].inheritable |= (mask >> 32) as u32;
-    // SAFETY: as above.
-    if unsafe { libc::syscall(libc::SYS_capset, &h as *const CapHeader, d.as_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    for &c in caps {
-        // SAFETY: integer-only prctl.
-        let r = unsafe {
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-                c as libc::c_ulong,
-                0,
-                0,
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
     Ok(())
 }
 

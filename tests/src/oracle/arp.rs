@@ -1,14 +1,13 @@
 //! An ARP responder on a test link.
 
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use crate::netns::in_netns;
 
-use nono_agent::selftest::oracle::{arp_reply, packet_socket, send_frame, ETH_P_ARP};
+use nono_agent::selftest::oracle::{answer_arp, packet_socket, ETH_P_ARP};
 
 /// Answers ARP requests for one IPv4 address on one interface with the
 /// interface's MAC, like a cooperating host on the link would (the socket
@@ -31,26 +30,9 @@ impl ArpResponder {
         let stop = Arc::new(AtomicBool::new(false));
         let (an, sp) = (answered.clone(), stop.clone());
         let thread = thread::spawn(move || {
-            let mut buf = [0u8; 1500];
-            while !sp.load(Ordering::Relaxed) {
-                // SAFETY: valid buffer.
-                let n = unsafe {
-                    libc::recv(
-                        sock.as_raw_fd(),
-                        buf.as_mut_ptr() as *mut libc::c_void,
-                        buf.len(),
-                        0,
-                    )
-                };
-                let Some(frame) = usize::try_from(n).ok().and_then(|n| buf.get(..n)) else {
-                    continue;
-                };
-                if let Some(r) = arp_reply(frame, ip, mac) {
-                    if send_frame(&sock, &r) {
-                        an.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
+            answer_arp(&sock, ip, mac, &sp, || {
+                an.fetch_add(1, Ordering::Relaxed);
+            });
         });
         ArpResponder {
             answered,
