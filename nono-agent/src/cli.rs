@@ -604,7 +604,9 @@ pub struct DaemonArgs {
     /// Connections one uid may hold open.
     #[arg(long, value_name = "N", default_value_t = 512)]
     pub max_connections_per_uid: usize,
-    /// Requests per second one uid may make (bursts of twice that).
+    /// Sandboxes per second one uid may start (bursts of twice that): a
+    /// connection's first request is counted, and its requests past one
+    /// `exec`'s exchange (seven).
     #[arg(long, value_name = "N", default_value_t = 200)]
     pub max_requests_per_sec: u32,
     /// Proxy-endpoint and loopback-port entries one uid's sandboxes may

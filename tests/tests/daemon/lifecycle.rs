@@ -346,3 +346,33 @@ fn two_hundred_sandboxes_from_four_users() {
     );
     assert!(d.running(), "the daemon died: {}", d.log());
 }
+
+/// The per-uid rate counts sandboxes, not messages: with a rate of 5 per
+/// second (bursts of 10), 10 back-to-back `exec`s all start, although each
+/// makes four or five requests (create, place, resume, end); the eleventh
+/// and later ones in the same burst are refused with the daemon's reason,
+/// and nothing runs for them.
+#[test]
+fn the_request_rate_counts_sandboxes_not_messages() {
+    let d = Daemon::start_with(&["--max-requests-per-sec", "5"]);
+    let agent = sys::agent_bin();
+    let user = own_user(63);
+    let run = || {
+        let mut c = exec_command(&agent, None, &opts(&d, user));
+        c.args(["/bin/true"]);
+        sys::run_timeout(&mut c, sys::CMD_TIMEOUT)
+    };
+    for i in 0..10 {
+        let out = run();
+        assert_eq!(out.code(), 0, "exec {i} of the burst: {}", out.describe());
+    }
+    // Past the burst: refused, saying why (not started unconfined).
+    let refused = (0..10).map(|_| run()).find(|o| o.code() != 0);
+    let out = refused.expect("the burst allowance ran out");
+    assert_eq!(out.code(), 125, "{}", out.describe());
+    assert!(
+        out.stderr.contains("too many requests"),
+        "{}",
+        out.describe()
+    );
+}
