@@ -56,6 +56,14 @@ pub struct PolicyMaps {
     proxies: HashMap<MapData, ProxyKey, u8>,
     ports: HashMap<MapData, PortKey, u8>,
     sockets: PerCpuHashMap<MapData, u64, u64>,
+    /// Possible CPUs (the per-CPU counter's width), read once: the daemon
+    /// inserts at every sandbox start, and the count cannot change while
+    /// the maps live.
+    cpus: usize,
+}
+
+fn cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(_, e)| MapsError::Cpus(e))
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(map: Map, name: &'static str) -> Result<T> {
@@ -88,6 +96,7 @@ impl PolicyMaps {
             proxies: typed(take("PROXIES")?, "PROXIES")?,
             ports: typed(take("LOOPBACK_PORTS")?, "LOOPBACK_PORTS")?,
             sockets: typed(take("SOCKETS")?, "SOCKETS")?,
+            cpus: cpus()?,
         })
     }
 
@@ -110,6 +119,7 @@ impl PolicyMaps {
             proxies: typed(open("PROXIES")?, "PROXIES")?,
             ports: typed(open("LOOPBACK_PORTS")?, "LOOPBACK_PORTS")?,
             sockets: typed(open("SOCKETS")?, "SOCKETS")?,
+            cpus: cpus()?,
         })
     }
 
@@ -142,8 +152,7 @@ impl PolicyMaps {
                 .insert(port_key(cgroup, port), 1, 0)
                 .map_err(err("LOOPBACK_PORTS"))?;
         }
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Cpus(e))?;
-        let zero = PerCpuValues::try_from(vec![0u64; cpus]).map_err(MapsError::Cpus)?;
+        let zero = PerCpuValues::try_from(vec![0u64; self.cpus]).map_err(MapsError::Cpus)?;
         self.sockets
             .insert(cgroup, zero, 0)
             .map_err(err("SOCKETS"))?;
