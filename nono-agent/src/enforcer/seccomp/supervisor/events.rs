@@ -21,22 +21,14 @@ impl Supervisor {
         d: &Dest,
         reason: Reason,
     ) {
-        let ty = sockopt_int(sock.fd.as_fd(), libc::SOL_SOCKET, libc::SO_TYPE).ok();
-        let proto = sockopt_int(sock.fd.as_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL).ok();
-        self.event(
-            n,
-            hook,
-            sock.domain,
-            ty.map(|t| t as u32),
-            proto.map(|p| p as u32),
-            Some(d),
-            reason,
-        );
+        let rec = self.socket_record(n, hook, sock, d, reason);
+        let _ = self.events.send(rec.into_line());
     }
 
     /// An audit record: a destination the policy refuses, let through
     /// because the sandbox runs in audit mode (see
-    /// `nono_common::audit_verdict`).
+    /// `nono_common::audit_verdict`). The same fields as
+    /// [`Self::socket_event`]'s denial.
     pub(super) fn would_deny_event(
         &self,
         n: &Notif,
@@ -45,18 +37,32 @@ impl Supervisor {
         d: &Dest,
         reason: Reason,
     ) {
-        let ty = sockopt_int(sock.fd.as_fd(), libc::SOL_SOCKET, libc::SO_TYPE).ok();
-        let proto = sockopt_int(sock.fd.as_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL).ok();
         let rec = EventRecord {
             verdict: crate::events::WOULD_DENY,
+            ..self.socket_record(n, hook, sock, d, reason)
+        };
+        let _ = self.events.send(rec.into_line());
+    }
+
+    /// The record of a decision on `sock` towards `d`.
+    fn socket_record(
+        &self,
+        n: &Notif,
+        hook: &'static str,
+        sock: &Sock,
+        d: &Dest,
+        reason: Reason,
+    ) -> EventRecord {
+        let ty = sockopt_int(sock.fd.as_fd(), libc::SOL_SOCKET, libc::SO_TYPE).ok();
+        let proto = sockopt_int(sock.fd.as_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL).ok();
+        EventRecord {
             family: Some(crate::events::family_name(sock.domain)),
             sock_type: ty.map(|t| crate::events::type_name(t as u32)),
             protocol: proto.map(|p| p as u32),
             addr: Some(crate::events::addr_string(&d.addr)),
             port: Some(d.port),
             ..self.denial(n, hook, reason)
-        };
-        let _ = self.events.send(rec.into_line());
+        }
     }
 
     /// A denial by this supervisor, with the socket fields left empty.
