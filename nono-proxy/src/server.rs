@@ -108,29 +108,15 @@ impl State {
 
 /// Serves connections from `listener` until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, state: Arc<State>) {
-    let slots = Arc::new(Semaphore::new(state.limits.max_connections));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            // EMFILE and friends: back off instead of spinning.
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let permit = match slots.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                tokio::spawn(refuse_busy(stream));
-                continue;
-            }
-        };
-        let state = state.clone();
-        let header_timeout = state.limits.header_timeout;
-        let max_head = state.limits.max_header_bytes;
-        let tasks = state.tasks.clone();
-        tasks.spawn(async move {
+    let header_timeout = state.limits.header_timeout;
+    let max_head = state.limits.max_header_bytes;
+    accept_loop(
+        listener,
+        &state,
+        |stream| {
+            tokio::spawn(refuse_busy(stream));
+        },
+        |stream, peer, state| async move {
             let svc = service_fn(move |req| handle(req, state.clone(), peer));
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -139,6 +125,41 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<State>) {
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades()
                 .await;
+        },
+    )
+    .await;
+}
+
+/// Accepts connections until the task is aborted, at most
+/// `max_connections` served at once: each one beyond goes to `busy`, the
+/// others to `serve` in a task of the proxy's tracker (so shutdown waits
+/// for it). Accept errors (EMFILE and friends) back off instead of
+/// spinning. Shared by the HTTP side and the transparent listener.
+pub(crate) async fn accept_loop<F>(
+    listener: TcpListener,
+    state: &Arc<State>,
+    busy: impl Fn(TcpStream),
+    serve: impl Fn(TcpStream, SocketAddr, Arc<State>) -> F,
+) where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(state.limits.max_connections));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            busy(stream);
+            continue;
+        };
+        let conn = serve(stream, peer, state.clone());
+        state.tasks.spawn(async move {
+            conn.await;
             drop(permit);
         });
     }

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use super::decide::{destination, Destination};
 use super::peek::{peek, Peeked, MAX_PEEK};
@@ -40,27 +39,14 @@ pub(crate) async fn serve(
     original: OriginalDst,
     pool: Arc<Mutex<FakeIps>>,
 ) {
-    let slots = Arc::new(Semaphore::new(state.limits.max_connections));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            // Over the limit: closed, as the HTTP side answers 503.
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let (state, original, pool) = (state.clone(), original.clone(), pool.clone());
-        let tasks = state.tasks.clone();
-        tasks.spawn(async move {
-            handle(stream, peer, state, original, pool).await;
-            drop(permit);
-        });
-    }
+    crate::server::accept_loop(
+        listener,
+        &state,
+        // Over the limit: closed, as the HTTP side answers 503.
+        drop,
+        |stream, peer, state| handle(stream, peer, state, original.clone(), pool.clone()),
+    )
+    .await;
 }
 
 async fn handle(
