@@ -287,12 +287,26 @@ pub enum Enforcer {
     Seccomp,
 }
 
+/// What the sandbox may reach directly (the kernel policy's own flags),
+/// one declaration for `exec` and `why` so both parse them alike.
 #[derive(Debug, clap::Args)]
-pub struct ExecArgs {
+pub struct DirectArgs {
     /// An address the sandbox may connect to besides loopback, e.g. its
     /// proxy: `198.51.100.2:3128` or `[2001:db8::1]:8080`. Up to 16.
     #[arg(long = "proxy-endpoint", value_name = "ADDR:PORT")]
     pub proxy_endpoints: Vec<SocketAddr>,
+
+    /// Narrow loopback to these ports (plus the proxy); repeatable. Without
+    /// it (and without a profile saying otherwise) every loopback port is
+    /// reachable.
+    #[arg(long = "loopback-port", value_name = "PORT", value_parser = loopback_port)]
+    pub loopback_ports: Vec<u16>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub direct: DirectArgs,
 
     /// Which enforcer to use.
     #[arg(long, value_enum, default_value_t = Enforcer::Auto)]
@@ -325,12 +339,6 @@ pub struct ExecArgs {
     /// Allow executing beneath PATH.
     #[arg(long = "exec", value_name = "PATH")]
     pub exec: Vec<PathBuf>,
-
-    /// Narrow loopback to these ports (plus the proxy); repeatable. Without
-    /// it (and without a profile saying otherwise) every loopback port is
-    /// reachable.
-    #[arg(long = "loopback-port", value_name = "PORT", value_parser = loopback_port)]
-    pub loopback_ports: Vec<u16>,
 
     /// Allow connecting to this daemon socket (docker.sock, the system bus
     /// ... are refused otherwise).
@@ -507,13 +515,8 @@ pub struct WhyArgs {
     #[arg(long, value_name = "NAME|PATH")]
     pub profile: Option<String>,
 
-    /// As `exec --proxy-endpoint`.
-    #[arg(long = "proxy-endpoint", value_name = "ADDR:PORT")]
-    pub proxy_endpoints: Vec<SocketAddr>,
-
-    /// As `exec --loopback-port`.
-    #[arg(long = "loopback-port", value_name = "PORT")]
-    pub loopback_ports: Vec<u16>,
+    #[command(flatten)]
+    pub direct: DirectArgs,
 
     #[command(flatten)]
     pub proxy: ProxyArgs,
@@ -532,7 +535,7 @@ impl From<Enforcer> for Requested {
 impl From<ExecArgs> for ExecRequest {
     fn from(a: ExecArgs) -> Self {
         Self {
-            proxy_endpoints: a.proxy_endpoints,
+            proxy_endpoints: a.direct.proxy_endpoints,
             enforcer: a.enforcer.into(),
             events: a.events,
             allow_unenforced: a.allow_unenforced,
@@ -540,7 +543,7 @@ impl From<ExecArgs> for ExecRequest {
             read: a.read,
             write: a.write,
             exec: a.exec,
-            loopback_ports: a.loopback_ports,
+            loopback_ports: a.direct.loopback_ports,
             allow_unix_sockets: a.allow_unix_sockets,
             user: a.user,
             allow_degraded: a.allow_degraded,
@@ -743,6 +746,8 @@ mod tests {
         let parse = |v: &[&str]| Cli::try_parse_from(os(v));
         for bad in [
             &["nono-agent", "exec", "--loopback-port", "0", "--", "true"][..],
+            // `why` judges with exec's own flags, parsed alike.
+            &["nono-agent", "why", "127.0.0.1:80", "--loopback-port", "0"],
             &[
                 "nono-agent",
                 "exec",

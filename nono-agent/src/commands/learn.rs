@@ -41,7 +41,7 @@ pub async fn run(args: LearnArgs) -> Result<i32> {
         .iter()
         .map(|c| c.text.clone())
         .collect();
-    let flag_loopback_ports = exec_args.loopback_ports.clone();
+    let flag_loopback_ports = exec_args.direct.loopback_ports.clone();
     let flag_fs = crate::profile::FsPolicy {
         read: exec_args.read.clone(),
         write: exec_args.write.clone(),

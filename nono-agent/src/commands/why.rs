@@ -68,12 +68,12 @@ pub fn run(a: WhyArgs) -> Result<i32> {
         }
     };
     let req = ExecRequest {
-        proxy_endpoints: a.proxy_endpoints,
+        proxy_endpoints: a.direct.proxy_endpoints,
         profile: a.profile,
         read,
         write,
         exec,
-        loopback_ports: a.loopback_ports,
+        loopback_ports: a.direct.loopback_ports,
         proxy: a.proxy.into(),
         command: vec![OsString::from("true")],
         host: crate::config::load_from_env()?,
