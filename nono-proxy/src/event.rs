@@ -21,6 +21,8 @@ pub enum Hook {
     Http,
     /// A connection the kernel redirected to the proxy (transparent mode).
     Transparent,
+    /// A question to the sandbox's resolver (transparent mode).
+    Dns,
 }
 
 impl Hook {
@@ -30,6 +32,7 @@ impl Hook {
             Self::Connect => "connect",
             Self::Http => "http",
             Self::Transparent => "transparent",
+            Self::Dns => "dns",
         }
     }
 }
@@ -139,6 +142,8 @@ pub enum Reason {
     NoOriginalDestination,
     /// A redirected connection has no target the rules could judge.
     NoTarget(crate::transparent::NoTarget),
+    /// The resolver's answer (transparent mode), in words.
+    Dns(String),
 }
 
 impl Reason {
@@ -179,6 +184,7 @@ impl fmt::Display for Reason {
                 f.write_str("redirected connection with no recorded destination")
             }
             Self::NoTarget(e) => e.fmt(f),
+            Self::Dns(s) => f.write_str(s),
         }
     }
 }

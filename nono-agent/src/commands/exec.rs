@@ -27,6 +27,7 @@ use crate::sandbox::{
 };
 use crate::signals::Forwarder;
 use crate::timing::Timing;
+use crate::transparent;
 use crate::util;
 use nono_proxy as proxy;
 
@@ -84,6 +85,11 @@ pub async fn run_observed(
     let privileged = privileges::can_load_bpf();
     if let (Some(u), false) = (&plan.user, privileged) {
         bail!("running the command as user {} needs root", u.login());
+    }
+    if plan.transparent {
+        if let Some(why) = transparent::refusal(privileged, plan.enforcer) {
+            bail!("{why}");
+        }
     }
     // A profile that hides the command or its interpreter would end in a
     // bare EACCES from the child's exec: say which path, before anything
@@ -154,7 +160,7 @@ pub async fn run_observed(
     timing.mark("daemon sockets listed");
     let id = registry::new_id()?;
     let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (proxy, proxy_env) = match &plan.proxy {
+    let (mut proxy, proxy_env) = match &plan.proxy {
         Some(config) => {
             let secret = proxy::new_secret()?;
             let config = proxy::ProxyConfig {
@@ -174,9 +180,22 @@ pub async fn run_observed(
         .iter()
         .flat_map(|p| p.addrs.iter().map(|a| a.port()))
         .collect();
-    let policy = plan.kernel.policy(&proxy_ports, plan.audit);
+    let mut policy = plan.kernel.policy(&proxy_ports, plan.audit);
+    let mut capture = None;
+    if let (true, Some(p)) = (plan.transparent, proxy.as_mut()) {
+        let sink = Arc::new(events::ProxySink(event_tx.clone()));
+        let c = transparent::start(p, plan.proxy.as_ref(), &id, sink).await?;
+        policy.redirects = c.redirects;
+        capture = Some(c);
+    }
     timing.mark("proxy");
-    let mut daemon = connect_daemon(&plan);
+    // Transparent mode needs the original-destination records, which only
+    // this agent's private copy of the programs hands it.
+    let mut daemon = if plan.transparent {
+        None
+    } else {
+        connect_daemon(&plan)
+    };
     // As root the state directory is needed through the daemon too: the
     // child's masks over cgroupfs and bpffs come from it (a capability-less
     // root child could otherwise write root-owned cgroup.procs files and
@@ -229,6 +248,13 @@ pub async fn run_observed(
         }
         None => apply_enforcer(&plan, &mut res, &policy, host)?,
     };
+    if let Some(c) = &capture {
+        match &applied {
+            Applied::Bpf { originals, .. } => c.use_records(originals.clone()),
+            // `transparent::refusal` let only the BPF enforcer through.
+            _ => bail!("transparent mode: the BPF enforcer did not apply"),
+        }
+    }
     timing.mark("enforcer applied");
     if plan.audit && !plan.quiet {
         eprintln!(
@@ -453,6 +479,9 @@ pub async fn run_observed(
             ),
             _ => {}
         }
+    }
+    if let Some(c) = capture {
+        c.stop().await;
     }
     if let Some(p) = proxy {
         p.stop().await;

@@ -160,19 +160,32 @@ type Result<T, E = LoadError> = std::result::Result<T, E>;
 /// The BPF object built by `build.rs` (see `cargo xtask build-ebpf`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nono"));
 
-const SOCK_ADDR_PROGRAMS: [&str; 6] = [
-    "connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6",
-];
-const SOCK_PROGRAMS: [&str; 1] = ["sock_create"];
-
-/// Every program, by the name its link is pinned under.
-pub const PROGRAMS: [&str; 10] = [
+const SOCK_ADDR_PROGRAMS: [&str; 10] = [
     "connect4",
     "connect6",
     "sendmsg4",
     "sendmsg6",
     "bind4",
     "bind6",
+    "recvmsg4",
+    "recvmsg6",
+    "getpeername4",
+    "getpeername6",
+];
+const SOCK_PROGRAMS: [&str; 1] = ["sock_create"];
+
+/// Every program, by the name its link is pinned under.
+pub const PROGRAMS: [&str; 14] = [
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "bind4",
+    "bind6",
+    "recvmsg4",
+    "recvmsg6",
+    "getpeername4",
+    "getpeername6",
     "sock_create",
     "egress",
     "ingress",
@@ -194,6 +207,10 @@ pub struct Keep {
     cgroup_id: u64,
 }
 
+/// Transparent mode's records of where redirected sockets dialled
+/// (`ORIGINALS`, by socket cookie), shared with the proxy.
+pub type Originals = std::sync::Arc<aya::maps::HashMap<MapData, u64, nono_common::Original>>;
+
 impl Keep {
     /// Number of attached links.
     pub fn link_count(&self) -> usize {
@@ -210,6 +227,8 @@ impl Keep {
 pub struct Attached {
     /// Programs, maps and links.
     pub keep: Keep,
+    /// Where redirected sockets dialled (transparent mode).
+    pub originals: Originals,
     /// Denial events.
     pub events: RingBuf<MapData>,
     /// Per-CPU count of events the ring buffer had no room for.
@@ -293,7 +312,8 @@ pub fn load(capacity: Capacity) -> Result<Ebpf> {
             .map_max_entries("POLICIES", MAX_SANDBOXES as u32)
             .map_max_entries("SOCKETS", MAX_SANDBOXES as u32)
             .map_max_entries("PROXIES", DAEMON_PROXY_ENTRIES as u32)
-            .map_max_entries("LOOPBACK_PORTS", DAEMON_PORT_ENTRIES as u32);
+            .map_max_entries("LOOPBACK_PORTS", DAEMON_PORT_ENTRIES as u32)
+            .map_max_entries("ORIGINALS", nono_common::DAEMON_ORIGINAL_ENTRIES as u32);
     }
     let mut ebpf = loader
         .load(OBJECT)
@@ -345,7 +365,9 @@ pub fn load_and_attach(
         .map_err(LoadError::WritePolicy)?;
     let links = attach(&mut ebpf, cgroup_dir, pin_dir)?;
     let (events, dropped) = take_events(&mut ebpf, None)?;
+    let originals = take_originals(&mut ebpf, None)?;
     Ok(Attached {
+        originals,
         keep: Keep {
             _ebpf: ebpf,
             _links: links,
@@ -374,6 +396,19 @@ pub fn take_events(
     let events = RingBuf::try_from(take("EVENTS")?).map_err(map_err("EVENTS map"))?;
     let dropped = PerCpuArray::try_from(take("DROPPED")?).map_err(map_err("DROPPED map"))?;
     Ok((events, dropped))
+}
+
+/// Takes the `ORIGINALS` map out of the object, pinning it into `pin_dir`
+/// if given (the daemon's: it answers its users' lookups).
+pub fn take_originals(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Originals> {
+    const NAME: &str = "ORIGINALS";
+    let m = ebpf.take_map(NAME).ok_or(LoadError::NoMap { name: NAME })?;
+    if let Some(dir) = pin_dir {
+        m.pin(dir.join(NAME))
+            .map_err(|source| LoadError::PinMap { name: NAME, source })?;
+    }
+    let map = aya::maps::HashMap::try_from(m).map_err(map_err("ORIGINALS map"))?;
+    Ok(std::sync::Arc::new(map))
 }
 
 /// Attaches every program of a loaded object to the cgroup at `cgroup_dir`
