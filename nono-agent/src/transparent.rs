@@ -8,9 +8,9 @@
 //! by address, so each lookup first asks the kernel (`sock_diag`, an exact
 //! 4-tuple lookup) for the cookie of the sandbox socket at the other end of
 //! the accepted connection. Only this agent's private copy of the programs
-//! holds the records, so transparent mode needs the BPF enforcer run by
-//! this agent as root (not the daemon, not the seccomp supervisor: see
-//! [`refusal`]).
+//! holds the records, so the daemon is not used in this mode. Under the
+//! seccomp supervisor, which performs every connect itself, the supervisor
+//! connects to the listener and records the original in [`Dialled`].
 //!
 //! What a hostile child could try, and what stops it:
 //! - connecting to the listener directly (it is on loopback): its socket
@@ -32,7 +32,6 @@ use nono_proxy::resolver::{self, server::Resolver, FakeIps};
 use nono_proxy::{EventSink, ProxyConfig};
 
 use crate::enforcer::bpf::loader::Originals;
-use crate::enforcer::Requested;
 use crate::sandbox::sockdiag;
 
 /// Why transparent mode could not start.
@@ -49,31 +48,89 @@ pub enum Error {
     NoProxy,
 }
 
-/// Why transparent mode cannot run with this enforcer, if it cannot.
-pub fn refusal(privileged: bool, enforcer: Requested) -> Option<String> {
-    let why = "transparent mode needs the BPF enforcer run by the agent itself (as root): \
-               the kernel records where each redirected connection was dialled, and only the \
-               agent's own copy of the programs hands those records to its proxy";
-    if enforcer == Requested::Seccomp {
-        return Some(format!(
-            "--transparent with --enforcer seccomp: {why}; the seccomp supervisor does not \
-             redirect (see the README's transparent mode section)"
-        ));
+/// The environment a seccomp-supervised transparent sandbox gets on top:
+/// glibc's stub resolver drops a UDP answer whose source is not the server
+/// it asked, and without the BPF `recvmsg` hook the answer comes from the
+/// resolver's own address, so glibc is told to ask over TCP (`use-vc`),
+/// where the connection, not the source, is what it checks. The child can
+/// unset it; that only breaks its own lookups.
+pub fn seccomp_env(current: Option<&std::ffi::OsStr>) -> (String, String) {
+    let mut v = current
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !v.split_whitespace().any(|o| o == "use-vc") {
+        if !v.is_empty() {
+            v.push(' ');
+        }
+        v.push_str("use-vc");
     }
-    if !privileged {
-        return Some(format!(
-            "--transparent: {why}; run as root, or use the proxy variables (HTTPS_PROXY) \
-             without --transparent"
-        ));
-    }
-    None
+    ("RES_OPTIONS".to_string(), v)
 }
 
-/// The running capture: the listeners' ports for the policy, and the slot
-/// the programs' records go into once they are loaded.
+/// The seccomp supervisor's records of where redirected connects dialled,
+/// by the sandbox socket's local end (family and port: the listener sees
+/// `127.0.0.1:P` or `[::1]:P`). The supervisor binds an unbound socket
+/// before it connects and records first, so the proxy can never accept a
+/// connection whose record is not there yet; the proxy takes each record
+/// once. Bounded: past [`Dialled::MAX`] the oldest records go (their
+/// connections, if still unaccepted, are refused).
+#[derive(Default)]
+pub struct Dialled {
+    inner: Mutex<DialledInner>,
+}
+
+#[derive(Default)]
+struct DialledInner {
+    map: std::collections::HashMap<(bool, u16), SocketAddr>,
+    order: std::collections::VecDeque<(bool, u16)>,
+}
+
+impl Dialled {
+    /// Records kept at most.
+    pub const MAX: usize = 16_384;
+
+    fn key(local: SocketAddr) -> (bool, u16) {
+        let v4 = match local.ip() {
+            IpAddr::V4(_) => true,
+            IpAddr::V6(a) => a.to_ipv4_mapped().is_some(),
+        };
+        (v4, local.port())
+    }
+
+    /// The sandbox socket bound at `local` dialled `original`.
+    pub fn record(&self, local: SocketAddr, original: SocketAddr) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let k = Self::key(local);
+        if g.map.insert(k, original).is_none() {
+            g.order.push_back(k);
+        }
+        while g.order.len() > Self::MAX {
+            if let Some(old) = g.order.pop_front() {
+                g.map.remove(&old);
+            }
+        }
+    }
+
+    /// Takes the record of the sandbox socket at `peer`.
+    pub fn take(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let k = Self::key(peer);
+        let found = g.map.remove(&k);
+        if found.is_some() {
+            g.order.retain(|x| *x != k);
+        }
+        found
+    }
+}
+
+/// The running capture: the listeners' ports for the policy, and where
+/// the records of redirected connections come from (the programs' map once
+/// loaded, or the supervisor's table).
 pub struct Capture {
     /// The ports to write into the sandbox's policy.
     pub redirects: Redirects,
+    /// The seccomp supervisor's records (empty under BPF).
+    pub dialled: Arc<Dialled>,
     records: Arc<OnceLock<Originals>>,
     resolvers: Vec<resolver::server::Running>,
 }
@@ -107,9 +164,17 @@ pub async fn start(
         resolver::fake_ip::DEFAULT_CAPACITY,
     )));
     let records: Arc<OnceLock<Originals>> = Arc::default();
+    let dialled: Arc<Dialled> = Arc::default();
     let lookup = {
         let records = records.clone();
-        Arc::new(move |peer: SocketAddr, local: SocketAddr| original(&records, peer, local))
+        let dialled = dialled.clone();
+        Arc::new(move |peer: SocketAddr, local: SocketAddr| {
+            if records.get().is_some() {
+                original(&records, peer, local)
+            } else {
+                dialled.take(peer)
+            }
+        })
     };
     let listeners = proxy
         .listen_transparent(lookup, pool.clone())
@@ -158,6 +223,7 @@ pub async fn start(
     }
     Ok(Capture {
         redirects,
+        dialled,
         records,
         resolvers,
     })
@@ -198,10 +264,33 @@ mod tests {
     }
 
     #[test]
-    fn only_the_agents_own_bpf_enforcer_is_accepted() {
-        assert!(refusal(true, Requested::Auto).is_none());
-        assert!(refusal(true, Requested::Bpf).is_none());
-        assert!(refusal(true, Requested::Seccomp).is_some());
-        assert!(refusal(false, Requested::Auto).is_some());
+    fn glibc_is_told_to_ask_over_tcp_once() {
+        assert_eq!(seccomp_env(None).1, "use-vc");
+        assert_eq!(seccomp_env(Some("ndots:2".as_ref())).1, "ndots:2 use-vc");
+        assert_eq!(seccomp_env(Some("use-vc".as_ref())).1, "use-vc");
+    }
+
+    #[test]
+    fn records_are_taken_once_by_family_and_port() {
+        let d = Dialled::default();
+        let orig: SocketAddr = "198.18.0.1:443".parse().unwrap();
+        d.record("[::ffff:127.0.0.1]:4000".parse().unwrap(), orig);
+        assert_eq!(d.take("[::1]:4000".parse().unwrap()), None);
+        assert_eq!(d.take("127.0.0.1:4000".parse().unwrap()), Some(orig));
+        assert_eq!(d.take("127.0.0.1:4000".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn the_oldest_records_go_first() {
+        let d = Dialled::default();
+        let orig: SocketAddr = "198.18.0.1:443".parse().unwrap();
+        for p in 0..(Dialled::MAX as u16 + 10) {
+            d.record(SocketAddr::from(([127, 0, 0, 1], p)), orig);
+        }
+        assert_eq!(d.take(SocketAddr::from(([127, 0, 0, 1], 5))), None);
+        assert_eq!(
+            d.take(SocketAddr::from(([127, 0, 0, 1], Dialled::MAX as u16 + 9))),
+            Some(orig)
+        );
     }
 }

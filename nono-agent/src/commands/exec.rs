@@ -86,11 +86,6 @@ pub async fn run_observed(
     if let (Some(u), false) = (&plan.user, privileged) {
         bail!("running the command as user {} needs root", u.login());
     }
-    if plan.transparent {
-        if let Some(why) = transparent::refusal(privileged, plan.enforcer) {
-            bail!("{why}");
-        }
-    }
     // A profile that hides the command or its interpreter would end in a
     // bare EACCES from the child's exec: say which path, before anything
     // is created. (Landlock still decides; this only explains. Audit mode
@@ -251,8 +246,13 @@ pub async fn run_observed(
     if let Some(c) = &capture {
         match &applied {
             Applied::Bpf { originals, .. } => c.use_records(originals.clone()),
-            // `transparent::refusal` let only the BPF enforcer through.
-            _ => bail!("transparent mode: the BPF enforcer did not apply"),
+            // The supervisor records into `c.dialled` itself.
+            Applied::Seccomp => {}
+            Applied::Daemon { .. } | Applied::Unenforced => {
+                eprintln!(
+                    "nono-agent: WARNING: --transparent: nothing is redirected without an enforcer"
+                )
+            }
         }
     }
     timing.mark("enforcer applied");
@@ -293,6 +293,14 @@ pub async fn run_observed(
     .with_hidden_sockets(if privileged { &denied_sockets } else { &[] })?
     .with_terminal(terminal.as_ref().map(Terminal::child_side));
 
+    let mut proxy_env = proxy_env;
+    if capture.is_some() && matches!(applied, Applied::Seccomp) {
+        let current = plan::environment(&plan.env)
+            .into_iter()
+            .find(|(k, _)| k == "RES_OPTIONS")
+            .map(|(_, v)| v);
+        proxy_env.push(transparent::seccomp_env(current.as_deref()));
+    }
     let env = child_environment(&plan, &id, &applied, proxy_env);
     let prepared = spawn::Prepared::new(program.as_os_str(), &plan.command, &env)
         .context("preparing the command line")?;
@@ -390,6 +398,7 @@ pub async fn run_observed(
             denied_socket_ids.clone(),
             id.clone(),
             event_tx.clone(),
+            capture.as_ref().map(|c| c.dialled.clone()),
         );
         std::thread::Builder::new()
             .name("nono-supervisor".into())
