@@ -29,6 +29,8 @@ struct Report {
     enforcer_reason: String,
     loopback: RuleLine,
     proxy_endpoints: Vec<String>,
+    /// Transparent mode (`--transparent`, `[network] transparent`).
+    transparent: bool,
     proxy: Option<ProxyReport>,
     filesystem: Option<Vec<FsLine>>,
     landlock_abi: i64,
@@ -61,7 +63,8 @@ struct FsLine {
 
 /// Which enforcer `exec` would use, and why.
 fn predict(plan: &Plan, privileged: bool) -> (Option<String>, String) {
-    if plan.enforcer != Requested::Seccomp {
+    // Transparent mode never goes through the daemon (see `transparent`).
+    if plan.enforcer != Requested::Seccomp && !plan.transparent {
         if let Some(path) = &plan.daemon_socket {
             if let Ok(Some(mut c)) = crate::daemon::client::Client::connect(path) {
                 if c.status().is_ok() {
@@ -230,6 +233,7 @@ pub fn run(plan: &Plan, program: &Path, privileged: bool, mode: DryRun) -> Resul
             .iter()
             .map(ToString::to_string)
             .collect(),
+        transparent: plan.transparent,
         proxy,
         filesystem,
         landlock_abi: landlock::kernel_abi(),
@@ -270,7 +274,17 @@ fn text(r: &Report) -> String {
     for e in &r.proxy_endpoints {
         let _ = writeln!(s, "  proxy endpoint: {e} [command line (--proxy-endpoint)]");
     }
-    let _ = writeln!(s, "  everything else: denied [built-in]");
+    if r.transparent {
+        let _ = writeln!(
+            s,
+            "  transparent: TCP to any other address goes to the proxy, which decides by name; \
+             DNS (port 53, UDP and TCP, any address) goes to the agent's resolver, which answers \
+             allowed names only (cloud metadata, link-local, other 127/8 stay denied)"
+        );
+        let _ = writeln!(s, "  everything else (other UDP): denied [built-in]");
+    } else {
+        let _ = writeln!(s, "  everything else: denied [built-in]");
+    }
     match &r.proxy {
         None => {
             let _ = writeln!(s, "proxy:     none (no network rules)");
