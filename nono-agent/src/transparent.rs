@@ -68,8 +68,11 @@ pub fn seccomp_env(current: Option<&std::ffi::OsStr>) -> (String, String) {
 }
 
 /// The seccomp supervisor's records of where redirected connects dialled,
-/// by the sandbox socket's local end (family and port: the listener sees
-/// `127.0.0.1:P` or `[::1]:P`). The supervisor binds an unbound socket
+/// by the sandbox socket's local end as the listener sees it (address and
+/// port; a v4-mapped address as IPv4, a wildcard bind as the loopback
+/// address the connection comes from). The whole address, not the port
+/// alone: another sandbox's socket bound to `127.0.0.2:P` must not pass for
+/// this sandbox's `127.0.0.1:P`. The supervisor binds an unbound socket
 /// before it connects and records first, so the proxy can never accept a
 /// connection whose record is not there yet; the proxy takes each record
 /// once. Bounded: past [`Dialled::MAX`] the oldest records go (their
@@ -81,20 +84,30 @@ pub struct Dialled {
 
 #[derive(Default)]
 struct DialledInner {
-    map: std::collections::HashMap<(bool, u16), SocketAddr>,
-    order: std::collections::VecDeque<(bool, u16)>,
+    map: std::collections::HashMap<SocketAddr, SocketAddr>,
+    order: std::collections::VecDeque<SocketAddr>,
 }
 
 impl Dialled {
     /// Records kept at most.
     pub const MAX: usize = 16_384;
 
-    fn key(local: SocketAddr) -> (bool, u16) {
-        let v4 = match local.ip() {
-            IpAddr::V4(_) => true,
-            IpAddr::V6(a) => a.to_ipv4_mapped().is_some(),
+    fn key(local: SocketAddr) -> SocketAddr {
+        let ip = match local.ip() {
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(a),
+            },
+            v4 => v4,
         };
-        (v4, local.port())
+        // A socket bound to the wildcard connects to the listener from the
+        // loopback address of its family.
+        let ip = match ip {
+            IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        SocketAddr::new(ip, local.port())
     }
 
     /// The sandbox socket bound at `local` dialled `original`.
@@ -271,13 +284,20 @@ mod tests {
     }
 
     #[test]
-    fn records_are_taken_once_by_family_and_port() {
+    fn records_are_taken_once_by_local_address() {
         let d = Dialled::default();
         let orig: SocketAddr = "198.18.0.1:443".parse().unwrap();
         d.record("[::ffff:127.0.0.1]:4000".parse().unwrap(), orig);
         assert_eq!(d.take("[::1]:4000".parse().unwrap()), None);
+        // Another socket on the same port of another loopback address.
+        assert_eq!(d.take("127.0.0.2:4000".parse().unwrap()), None);
         assert_eq!(d.take("127.0.0.1:4000".parse().unwrap()), Some(orig));
         assert_eq!(d.take("127.0.0.1:4000".parse().unwrap()), None);
+        // Bound to the wildcard: the connection comes from loopback.
+        d.record("0.0.0.0:4001".parse().unwrap(), orig);
+        assert_eq!(d.take("127.0.0.1:4001".parse().unwrap()), Some(orig));
+        d.record("[::]:4002".parse().unwrap(), orig);
+        assert_eq!(d.take("[::1]:4002".parse().unwrap()), Some(orig));
     }
 
     #[test]

@@ -76,7 +76,14 @@ impl Record {
             }
             name = local_name(fd).map_err(errno)?;
         }
-        let local = sockaddr_to_std(&name).ok_or(libc::EINVAL)?;
+        let mut local = sockaddr_to_std(&name).ok_or(libc::EINVAL)?;
+        // Bound to the wildcard: the connection to the listener comes from
+        // the listener's own (loopback) address.
+        if local.ip().is_unspecified() {
+            if let Some(l) = sockaddr_to_std(to) {
+                local.set_ip(l.ip());
+            }
+        }
         self.into.record(local, self.original);
         Ok(())
     }
