@@ -164,7 +164,7 @@ pub fn open(name: &str, build: &str) -> Result<Shared> {
     let (old, migrated) = take_over_other_builds(&base, &pin_dir, &parent, &mut maps)?;
     // Links last: once attached, every process under `parent` without an
     // entry is denied everything.
-    let links = loader::attach(&mut ebpf, &parent, Some(&pin_dir.join(LINKS)))?;
+    let links = loader::attach(&mut ebpf, &parent, Some(&pin_dir.join(LINKS)), true)?;
     drop(links);
     drop(ebpf);
     for o in old {
