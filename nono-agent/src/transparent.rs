@@ -7,10 +7,10 @@
 //! The records are read by socket cookie; the proxy knows its client only
 //! by address, so each lookup first asks the kernel (`sock_diag`, an exact
 //! 4-tuple lookup) for the cookie of the sandbox socket at the other end of
-//! the accepted connection. Only this agent's private copy of the programs
-//! holds the records, so the daemon is not used in this mode. Under the
-//! seccomp supervisor, which performs every connect itself, the supervisor
-//! connects to the listener and records the original in [`Dialled`].
+//! the accepted connection. A sandbox the daemon made asks the daemon,
+//! which answers only for that sandbox's own sockets. Under the seccomp
+//! supervisor, which performs every connect itself, the supervisor connects
+//! to the listener and records the original in [`Dialled`].
 //!
 //! What a hostile child could try, and what stops it:
 //! - connecting to the listener directly (it is on loopback): its socket
@@ -145,6 +145,7 @@ pub struct Capture {
     /// The seccomp supervisor's records (empty under BPF).
     pub dialled: Arc<Dialled>,
     records: Arc<OnceLock<Originals>>,
+    daemon: Arc<OnceLock<DaemonRecords>>,
     resolvers: Vec<resolver::server::Running>,
 }
 
@@ -153,6 +154,17 @@ impl Capture {
     /// then (nothing in the sandbox runs yet) every lookup finds nothing.
     pub fn use_records(&self, originals: Originals) {
         let _ = self.records.set(originals);
+    }
+
+    /// The sandbox is the daemon's: lookups ask it (on a connection of
+    /// their own, proving ownership with the sandbox's token).
+    pub fn use_daemon(&self, socket: std::path::PathBuf, id: String, token: String) {
+        let _ = self.daemon.set(DaemonRecords {
+            socket,
+            id,
+            token,
+            conn: Mutex::new(None),
+        });
     }
 
     /// Stops the resolvers (the proxy, listener included, is stopped by
@@ -177,13 +189,19 @@ pub async fn start(
         resolver::fake_ip::DEFAULT_CAPACITY,
     )));
     let records: Arc<OnceLock<Originals>> = Arc::default();
+    let daemon: Arc<OnceLock<DaemonRecords>> = Arc::default();
     let dialled: Arc<Dialled> = Arc::default();
     let lookup = {
         let records = records.clone();
+        let daemon = daemon.clone();
         let dialled = dialled.clone();
         Arc::new(move |peer: SocketAddr, local: SocketAddr| {
-            if records.get().is_some() {
-                original(&records, peer, local)
+            if let Some(map) = records.get() {
+                let cookie = sockdiag::tcp_cookie(peer, local).ok()??;
+                let o = map.get(&cookie, 0).ok()?;
+                Some(SocketAddr::new(from_canonical(o.addr), o.port))
+            } else if let Some(d) = daemon.get() {
+                d.lookup(peer, local)
             } else {
                 dialled.take(peer)
             }
@@ -238,21 +256,41 @@ pub async fn start(
         redirects,
         dialled,
         records,
+        daemon,
         resolvers,
     })
 }
 
-/// Where the sandbox socket at `peer` (connected to our listener at
-/// `local`) dialled.
-fn original(
-    records: &OnceLock<Originals>,
-    peer: SocketAddr,
-    local: SocketAddr,
-) -> Option<SocketAddr> {
-    let map = records.get()?;
-    let cookie = sockdiag::tcp_cookie(peer, local).ok()??;
-    let o = map.get(&cookie, 0).ok()?;
-    Some(SocketAddr::new(from_canonical(o.addr), o.port))
+/// The daemon's records, asked over a connection kept for lookups.
+struct DaemonRecords {
+    socket: std::path::PathBuf,
+    id: String,
+    token: String,
+    conn: Mutex<Option<crate::daemon::client::Client>>,
+}
+
+impl DaemonRecords {
+    /// Where the sandbox socket at `peer` (connected to our listener at
+    /// `local`) dialled. The cookie is found here (`sock_diag` answers any
+    /// user); the daemon answers only for this sandbox's sockets. A
+    /// connection the daemon closed (idle, restarted) is made again once.
+    fn lookup(&self, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr> {
+        let cookie = sockdiag::tcp_cookie(peer, local).ok()??;
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..2 {
+            if conn.is_none() {
+                *conn = crate::daemon::client::Client::connect(&self.socket)
+                    .ok()
+                    .flatten();
+            }
+            let c = conn.as_mut()?;
+            match c.lookup(&self.id, &self.token, cookie) {
+                Ok(d) => return d.map(|(addr, port)| SocketAddr::new(from_canonical(addr), port)),
+                Err(_) => *conn = None,
+            }
+        }
+        None
+    }
 }
 
 /// A canonical address (v4 as v4-mapped) as the address it stands for.

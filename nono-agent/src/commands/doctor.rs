@@ -196,7 +196,7 @@ pub fn run(json: bool, daemon_socket: &std::path::Path) -> Result<i32> {
 fn transparent_line(bpf: bool, seccomp: bool) -> String {
     if bpf {
         "yes (bpf: connects rewritten in the kernel; getpeername and DNS answers show the \
-         address dialled; never through the daemon)"
+         address dialled; through the daemon too)"
             .into()
     } else if seccomp {
         "partly (seccomp supervisor: connects redirected, but getpeername shows the proxy's \

@@ -63,8 +63,7 @@ struct FsLine {
 
 /// Which enforcer `exec` would use, and why.
 fn predict(plan: &Plan, privileged: bool) -> (Option<String>, String) {
-    // Transparent mode never goes through the daemon (see `transparent`).
-    if plan.enforcer != Requested::Seccomp && !plan.transparent {
+    if plan.enforcer != Requested::Seccomp {
         if let Some(path) = &plan.daemon_socket {
             if let Ok(Some(mut c)) = crate::daemon::client::Client::connect(path) {
                 if c.status().is_ok() {

@@ -184,13 +184,7 @@ pub async fn run_observed(
         capture = Some(c);
     }
     timing.mark("proxy");
-    // Transparent mode needs the original-destination records, which only
-    // this agent's private copy of the programs hands it.
-    let mut daemon = if plan.transparent {
-        None
-    } else {
-        connect_daemon(&plan)
-    };
+    let mut daemon = connect_daemon(&plan);
     // As root the state directory is needed through the daemon too: the
     // child's masks over cgroupfs and bpffs come from it (a capability-less
     // root child could otherwise write root-owned cgroup.procs files and
@@ -248,7 +242,11 @@ pub async fn run_observed(
             Applied::Bpf { originals, .. } => c.use_records(originals.clone()),
             // The supervisor records into `c.dialled` itself.
             Applied::Seccomp => {}
-            Applied::Daemon { .. } | Applied::Unenforced => {
+            Applied::Daemon { .. } => match (&plan.daemon_socket, &token) {
+                (Some(path), Some(t)) => c.use_daemon(path.clone(), id.clone(), t.clone()),
+                _ => bail!("transparent mode: the daemon's sandbox has no token"),
+            },
+            Applied::Unenforced => {
                 eprintln!(
                     "nono-agent: WARNING: --transparent: nothing is redirected without an enforcer"
                 )

@@ -62,7 +62,12 @@ async fn handle(
         Ok(a) => a,
         Err(_) => return,
     };
-    let Some(dialled) = original(peer, local) else {
+    // The lookup may ask the kernel or the daemon: off the async workers.
+    let dialled = tokio::task::spawn_blocking(move || original(peer, local))
+        .await
+        .ok()
+        .flatten();
+    let Some(dialled) = dialled else {
         let d = Recorder::new(&state, Hook::Transparent, peer.ip().to_string(), 0, started);
         let _ = d.deny(hyper::StatusCode::FORBIDDEN, Reason::NoOriginalDestination);
         return;
