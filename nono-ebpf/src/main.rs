@@ -327,7 +327,7 @@ fn remember(ctx: &SockAddrContext, cgroup: u64, dest: &Dest) {
     // A full map evicts its oldest entry (LRU); an insert cannot fail for
     // want of room. Should it fail anyway, the proxy finds no record and
     // refuses the connection: nothing goes anywhere unjudged.
-    let _ = ORIGINALS.insert(&cookie, &original, 0);
+    let _ = ORIGINALS.insert(cookie, original, 0);
 }
 
 /// The original destination of a redirected socket, when what the socket
@@ -345,7 +345,7 @@ fn original_of(ctx: &SockAddrContext, seen: &Dest) -> Option<Dest> {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
     // SAFETY: the entry is copied out at once; a concurrent rewrite of the
     // same socket's record could only come from that socket's own connect.
-    let o = unsafe { ORIGINALS.get(&cookie) }?;
+    let o = unsafe { ORIGINALS.get(cookie) }?;
     Some(Dest {
         addr: o.addr,
         port: o.port,
