@@ -27,7 +27,7 @@ use super::notify::{self, Notif};
 use crate::events::EventTx;
 use copy::{MAX_IOV, MAX_PAYLOAD};
 use events::tgid_of;
-use perform::{errno, local_name, sockopt_int, Op, SendMsgOp, Sock, Work};
+use perform::{errno, local_name, sockopt_int, Msg, Op, SendMsgOp, Sock, Work};
 
 mod copy;
 mod events;
@@ -54,6 +54,16 @@ pub struct Supervisor {
     root: bool,
     /// Transparent mode: where redirected connects dialled, for the proxy.
     dialled: Option<Arc<crate::transparent::Dialled>>,
+}
+
+/// When an operation needs the target's credentials (see
+/// [`Supervisor::socket`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    /// Always (bind, listen).
+    Always,
+    /// For every socket but an inet one (connect, sends).
+    UnlessInet,
 }
 
 /// Idle receivers kept around after a burst of blocking operations.
@@ -213,7 +223,16 @@ impl Supervisor {
     /// gets the locked inbound filter before anything is done with it; if
     /// that fails (the sandbox locked a filter of its own first), the
     /// operation is refused.
-    fn socket(&self, n: &Notif, fd: u64) -> Result<Sock, i32> {
+    ///
+    /// As root the operation runs with the target's credentials, read here
+    /// when `needs` says the operation depends on them: a unix socket
+    /// (peer credentials, socket file permissions), a bind (privileged
+    /// ports), a send with ancillary data (capability-gated control
+    /// messages, see [`Self::creds_for_control`]). An inet `connect`, or a
+    /// send without ancillary data, checks no credential or capability of
+    /// the caller, so it skips the /proc read and the identity switch (27
+    /// of the ~50 system calls such a notification cost).
+    fn socket(&self, n: &Notif, fd: u64, needs: Needs) -> Result<Sock, i32> {
         let pidfd = notify::pidfd_for_thread(n.pid).map_err(|_| libc::ESRCH)?;
         if !notify::id_valid(self.listener.as_fd(), n.id) {
             return Err(libc::ESRCH);
@@ -239,14 +258,9 @@ impl Supervisor {
             );
             return Err(libc::EPERM);
         }
-        let creds = if self.root {
-            let c = Creds::of(n.pid).ok_or(libc::ESRCH)?;
-            if !notify::id_valid(self.listener.as_fd(), n.id) {
-                return Err(libc::ESRCH);
-            }
-            Some(c)
-        } else {
-            None
+        let creds = match needs {
+            Needs::UnlessInet if inet => None,
+            _ => self.creds(n)?,
         };
         Ok(Sock {
             fd,
@@ -255,6 +269,30 @@ impl Supervisor {
             pinned: std::sync::Mutex::new(Vec::new()),
             creds,
         })
+    }
+
+    /// The target's credentials when the agent is root (checked still
+    /// alive afterwards), else `None` (an unprivileged agent cannot take
+    /// them on).
+    fn creds(&self, n: &Notif) -> Result<Option<Creds>, i32> {
+        if !self.root {
+            return Ok(None);
+        }
+        let c = Creds::of(n.pid).ok_or(libc::ESRCH)?;
+        if !notify::id_valid(self.listener.as_fd(), n.id) {
+            return Err(libc::ESRCH);
+        }
+        Ok(Some(c))
+    }
+
+    /// An inet send with ancillary data runs as the target after all:
+    /// some control messages are capability-gated (`SO_MARK`, IPv6
+    /// hop-by-hop options) and must be refused as they would be for it.
+    fn creds_for_control(&self, n: &Notif, sock: &mut Sock, msgs: &[Msg]) -> Result<(), i32> {
+        if sock.creds.is_none() && msgs.iter().any(|m| !m.control.is_empty()) {
+            sock.creds = self.creds(n)?;
+        }
+        Ok(())
     }
 
     /// `bind`: inet binds are judged ([`decide_bind`]) and performed on our
@@ -269,7 +307,7 @@ impl Supervisor {
         let a = n.data.args;
         let len = (a[2] as u32 as usize).min(128);
         let addr = self.read(n, a[1], len)?;
-        let sock = self.socket(n, a[0])?;
+        let sock = self.socket(n, a[0], Needs::Always)?;
         let filtered = self.inbound.for_type(sock.ty).is_some();
         match judge::bind(sock.domain, addr.clone(), filtered) {
             Ok(judge::Bind::Continue) => Ok(Work::Continue),
@@ -293,7 +331,7 @@ impl Supervisor {
     /// makes loopback-only; a bound one must be bound where `bind` allows.
     fn prepare_listen(&self, n: &Notif) -> Result<Work, i32> {
         let a = n.data.args;
-        let sock = self.socket(n, a[0])?;
+        let sock = self.socket(n, a[0], Needs::Always)?;
         let mut bind_first = None;
         if judge::is_inet(sock.domain) {
             let name = local_name(sock.fd.as_fd()).map_err(errno)?;
@@ -323,7 +361,7 @@ impl Supervisor {
         let a = n.data.args;
         let len = (a[2] as u32 as usize).min(128);
         let addr = self.read(n, a[1], len)?;
-        let sock = self.socket(n, a[0])?;
+        let sock = self.socket(n, a[0], Needs::UnlessInet)?;
         if let Some(r) = judge::redirect(&self.policy, sock.domain, sock.ty, &addr, false) {
             // The proxy's listener needs to know where this dialled; the
             // resolver does not.
@@ -354,7 +392,7 @@ impl Supervisor {
         let addr = self.read(n, a[4], alen)?;
         let len = (a[2] as usize).min(MAX_PAYLOAD);
         let data = self.read(n, a[1], len)?;
-        let sock = self.socket(n, a[0])?;
+        let sock = self.socket(n, a[0], Needs::UnlessInet)?;
         let addr = self.judge(n, "sendto", &sock, addr, true)?;
         Ok(Work::Perform(Op::SendTo {
             sock,
@@ -366,8 +404,9 @@ impl Supervisor {
 
     fn prepare_sendmsg(&self, n: &Notif) -> Result<(SendMsgOp, ()), i32> {
         let a = n.data.args;
-        let sock = self.socket(n, a[0])?;
+        let mut sock = self.socket(n, a[0], Needs::UnlessInet)?;
         let msg = self.copy_msghdr(n, a[1], &sock, "sendmsg")?;
+        self.creds_for_control(n, &mut sock, std::slice::from_ref(&msg))?;
         Ok((
             SendMsgOp {
                 sock,
@@ -382,12 +421,13 @@ impl Supervisor {
     fn prepare_sendmmsg(&self, n: &Notif) -> Result<Work, i32> {
         let a = n.data.args;
         let vlen = (a[2] as u32 as usize).min(MAX_IOV);
-        let sock = self.socket(n, a[0])?;
+        let mut sock = self.socket(n, a[0], Needs::UnlessInet)?;
         let stride = std::mem::size_of::<libc::mmsghdr>();
         let mut msgs = Vec::with_capacity(vlen);
         for i in 0..vlen {
             msgs.push(self.copy_msghdr(n, a[1] + (i * stride) as u64, &sock, "sendmmsg")?);
         }
+        self.creds_for_control(n, &mut sock, &msgs)?;
         Ok(Work::Perform(Op::SendMsg(Box::new(SendMsgOp {
             sock,
             msgs,
