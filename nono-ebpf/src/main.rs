@@ -242,11 +242,13 @@ fn on_addr4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     }
 }
 
+/// The address and port of a v6 hook's context (`user_ip6[0..4]` and
+/// `user_port`, readable with 4-byte loads in every v6 sock_addr hook).
 #[inline(always)]
-fn on_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
-    // SAFETY: valid context; `user_ip6[0..4]` and `user_port` are readable in
-    // connect6/sendmsg6/bind6 with 4-byte loads.
-    let (w, port, family, ty, proto) = unsafe {
+fn user_dest6(ctx: &SockAddrContext) -> Dest {
+    // SAFETY: valid context from the kernel; 4-byte loads of fields every
+    // v6 sock_addr hook may read.
+    let (w, port) = unsafe {
         let s: *const bpf_sock_addr = ctx.sock_addr;
         (
             [
@@ -256,9 +258,6 @@ fn on_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
                 (*s).user_ip6[3],
             ],
             (*s).user_port,
-            (*s).family,
-            (*s).type_,
-            (*s).protocol,
         )
     };
     let mut o = [0u8; 16];
@@ -271,7 +270,18 @@ fn on_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
         o[i * 4 + 3] = b[3];
         i += 1;
     }
-    let dest = Dest::v6(o, u16::from_be(port as u16));
+    Dest::v6(o, u16::from_be(port as u16))
+}
+
+#[inline(always)]
+fn on_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
+    // SAFETY: valid context; family, type and protocol are readable in
+    // connect6/sendmsg6/bind6.
+    let (family, ty, proto) = unsafe {
+        let s: *const bpf_sock_addr = ctx.sock_addr;
+        ((*s).family, (*s).type_, (*s).protocol)
+    };
+    let dest = user_dest6(ctx);
     match judge(hook, family, ty, proto, &dest) {
         Judged::Verdict(v) => v,
         Judged::Redirect { to, cgroup } => {
@@ -383,31 +393,7 @@ fn restore4(ctx: &SockAddrContext) -> i32 {
 /// As [`restore4`], on a v6 socket (v4-mapped peers included).
 #[inline(always)]
 fn restore6(ctx: &SockAddrContext) -> i32 {
-    // SAFETY: valid context; recvmsg6/getpeername6 read `user_ip6[0..4]` and
-    // `user_port` with 4-byte loads.
-    let (w, port) = unsafe {
-        let s: *const bpf_sock_addr = ctx.sock_addr;
-        (
-            [
-                (*s).user_ip6[0],
-                (*s).user_ip6[1],
-                (*s).user_ip6[2],
-                (*s).user_ip6[3],
-            ],
-            (*s).user_port,
-        )
-    };
-    let mut o = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        let b = w[i].to_ne_bytes();
-        o[i * 4] = b[0];
-        o[i * 4 + 1] = b[1];
-        o[i * 4 + 2] = b[2];
-        o[i * 4 + 3] = b[3];
-        i += 1;
-    }
-    let seen = Dest::v6(o, u16::from_be(port as u16));
+    let seen = user_dest6(ctx);
     if let Some(orig) = original_of(ctx, &seen) {
         write_ip6(ctx, &orig);
     }
