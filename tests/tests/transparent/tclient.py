@@ -12,7 +12,8 @@ it (never as a traceback), so the test sees what the client saw.
   echo HOST PORT DATA             getaddrinfo(HOST), TCP, send DATA first (a
                                   protocol where the client speaks first and
                                   that is neither TLS nor HTTP), read it back
-  sni ADDR PORT SNI PATH          TCP to the literal ADDR, TLS with SNI (empty:
+  sni ADDR PORT SNI PATH          TCP to the literal ADDR (@NAME: NAME's
+                                  first IPv4 address), TLS with SNI (empty:
                                   no SNI at all), GET with Host = SNI or ADDR
   http ADDR PORT HOST PATH        plain HTTP to the literal ADDR with that Host
   dns SERVER PORT NAME TYPE PROTO a DNS query (TYPE: A, AAAA, TXT; PROTO: udp,
@@ -111,6 +112,10 @@ def cmd_echo(host, port, data):
 
 
 def literal(addr, port):
+    if addr.startswith("@"):
+        # "@NAME": the first IPv4 address getaddrinfo gives for NAME (in a
+        # transparent sandbox, its synthetic address).
+        addr = socket.getaddrinfo(addr[1:], int(port), socket.AF_INET)[0][4][0]
     af = socket.AF_INET6 if ":" in addr else socket.AF_INET
     s = socket.socket(af, socket.SOCK_STREAM)
     s.settimeout(TIMEOUT)
