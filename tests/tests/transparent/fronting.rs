@@ -90,3 +90,25 @@ fn a_connection_without_a_name_is_refused() {
         .count();
     assert_eq!(tls_errors, 0, "a refused TLS connection reached the server");
 }
+
+/// A child that finds the agent's listeners on loopback (/proc/net/tcp)
+/// and talks to them directly, naming an allowed host, gets nowhere: the
+/// transparent listener has no record of where such a connection was
+/// dialled, the proxy wants its secret, the resolver speaks DNS.
+#[test]
+fn the_agents_listeners_reached_directly_lead_nowhere() {
+    let t = TLab::new();
+    let sb = transparent(&["allowed.test"]);
+    let (r, out) = t.py(&sb, &["listeners", "allowed.test", "/case/t-direct-listener"]);
+    let listeners = r["listeners"].as_array().cloned().unwrap_or_default();
+    // The explicit proxy, the transparent listener (v4, v6), the
+    // resolver's TCP side (v4, v6), the lab's own nothing: at least 3.
+    assert!(listeners.len() >= 3, "{r} {}", out.describe());
+    for one in r["results"].as_array().cloned().unwrap_or_default() {
+        assert!(
+            one["status"] != 200,
+            "a direct connection to a listener was served: {one}"
+        );
+    }
+    assert!(t.lab.requests_to("/case/t-direct-listener").is_empty());
+}

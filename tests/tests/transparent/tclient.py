@@ -21,6 +21,8 @@ it (never as a traceback), so the test sees what the client saw.
                                   the rcode, the addresses answered and where
                                   the reply came from (recvfrom / getpeername)
   resolve NAME                    getaddrinfo(NAME) only
+  listeners HOST PATH             talk to every loopback listener directly
+                                  (HTTP with Host = HOST, TLS with SNI = HOST)
   loopback ADDR                   a listener and a client on ADDR (127.0.0.1, ::1)
 """
 
@@ -254,6 +256,55 @@ def cmd_loopback(host):
     return r
 
 
+def loopback_listeners():
+    """(address, port) of every TCP socket listening on loopback, as any
+    process can read them from /proc/net/tcp{,6}."""
+    found = []
+    for path, af in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        try:
+            lines = open(path).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] != "0A":
+                continue
+            hexaddr, hexport = f[1].split(":")
+            raw = bytes.fromhex(hexaddr)
+            if af == socket.AF_INET:
+                addr = socket.inet_ntop(af, raw[::-1])
+            else:
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                addr = socket.inet_ntop(af, raw)
+            if addr in ("127.0.0.1", "::1"):
+                found.append((addr, int(hexport, 16)))
+    return found
+
+
+def cmd_listeners(host, path):
+    """Talks to every loopback listener directly: plain HTTP with Host =
+    HOST, and TLS with SNI = HOST, then a request for PATH."""
+    r = {"listeners": [], "results": []}
+    for addr, port in loopback_listeners():
+        r["listeners"].append([addr, port])
+        for how in ("http", "tls"):
+            one = {"addr": addr, "port": port, "how": how}
+            try:
+                s = literal(addr, port)
+                # The resolver's TCP side waits for a whole DNS message.
+                s.settimeout(2)
+                if how == "tls":
+                    ctx = ssl.create_default_context()
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+                    s = ctx.wrap_socket(s, server_hostname=host)
+                one["status"], one["body"] = http_exchange(s, host, path)
+            except Exception as e:
+                one["error"] = repr(e)
+            r["results"].append(one)
+    return r
+
+
 def cmd_resolve(name):
     try:
         infos = socket.getaddrinfo(name, 443, socket.AF_UNSPEC, socket.SOCK_STREAM)
@@ -271,6 +322,7 @@ def main():
         "dns": cmd_dns,
         "resolve": cmd_resolve,
         "loopback": cmd_loopback,
+        "listeners": cmd_listeners,
     }
     print(json.dumps(cmds[sys.argv[1]](*sys.argv[2:])))
 
