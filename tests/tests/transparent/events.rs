@@ -50,7 +50,10 @@ fn every_redirected_connection_and_question_has_an_event() {
     assert_eq!(ok["port"], 443, "{ok}");
     assert_eq!(ok["addr"], "198.51.100.2", "{ok}");
     let dialled = ok["dialled"].as_str().unwrap_or_default();
-    assert!(super::is_synthetic(dialled), "the address the client dialled: {ok}");
+    assert!(
+        super::is_synthetic(dialled),
+        "the address the client dialled: {ok}"
+    );
 
     let front = find("transparent", "deny", "evil.test");
     assert_eq!(front["dialled"], "203.0.113.9", "{front}");

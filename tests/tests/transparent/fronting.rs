@@ -17,7 +17,10 @@ const ELSEWHERE: &str = "203.0.113.9";
 fn an_allowed_name_sent_to_another_address_reaches_only_its_own_server() {
     let t = TLab::new();
     let sb = transparent(&["allowed.test"]);
-    let (r, out) = t.py(&sb, &["sni", ELSEWHERE, "443", "allowed.test", "/case/t-front-tls"]);
+    let (r, out) = t.py(
+        &sb,
+        &["sni", ELSEWHERE, "443", "allowed.test", "/case/t-front-tls"],
+    );
     assert_eq!(r["status"], 200, "{r} {}", out.describe());
     // getpeername shows the address dialled.
     assert_eq!(r["peer"], ELSEWHERE, "{r}");
@@ -25,7 +28,16 @@ fn an_allowed_name_sent_to_another_address_reaches_only_its_own_server() {
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0]["sni"], "allowed.test", "{}", seen[0]);
 
-    let (r, out) = t.py(&sb, &["http", ELSEWHERE, "80", "allowed.test", "/case/t-front-http"]);
+    let (r, out) = t.py(
+        &sb,
+        &[
+            "http",
+            ELSEWHERE,
+            "80",
+            "allowed.test",
+            "/case/t-front-http",
+        ],
+    );
     assert_eq!(r["status"], 200, "{r} {}", out.describe());
     assert_eq!(t.lab.requests_to("/case/t-front-http").len(), 1);
 }
@@ -35,7 +47,13 @@ fn a_denied_name_or_a_mismatched_name_is_refused() {
     let t = TLab::new();
     // evil.test is pinned to the test server too: a wrong allow would show
     // in its log. Outside the sandbox it answers.
-    let r = t.py_outside(&["sni", "198.51.100.2", "443", "evil.test", "/case/t-evil-outside"]);
+    let r = t.py_outside(&[
+        "sni",
+        "198.51.100.2",
+        "443",
+        "evil.test",
+        "/case/t-evil-outside",
+    ]);
     assert_eq!(r["status"], 200, "outside: {r}");
 
     let sb = transparent(&["allowed.test", "*.wild.test"]);
@@ -43,16 +61,29 @@ fn a_denied_name_or_a_mismatched_name_is_refused() {
         ("t-evil-tls", ["sni", ELSEWHERE, "443", "evil.test"]),
         ("t-evil-http", ["http", ELSEWHERE, "80", "evil.test"]),
         // allowed.test's synthetic address with another allowed name inside.
-        ("t-mismatch-tls", ["sni", "@allowed.test", "443", "a.wild.test"]),
-        ("t-mismatch-http", ["http", "@allowed.test", "80", "a.wild.test"]),
+        (
+            "t-mismatch-tls",
+            ["sni", "@allowed.test", "443", "a.wild.test"],
+        ),
+        (
+            "t-mismatch-http",
+            ["http", "@allowed.test", "80", "a.wild.test"],
+        ),
     ];
     for (name, args) in cases {
         let path = format!("/case/{name}");
         let mut argv: Vec<&str> = args.to_vec();
         argv.push(&path);
         let (r, out) = t.py(&sb, &argv);
-        assert!(r.get("status").is_none() || r["status"] == 0, "{name}: {r} {}", out.describe());
-        assert!(t.lab.requests_to(&path).is_empty(), "{name} reached the server");
+        assert!(
+            r.get("status").is_none() || r["status"] == 0,
+            "{name}: {r} {}",
+            out.describe()
+        );
+        assert!(
+            t.lab.requests_to(&path).is_empty(),
+            "{name} reached the server"
+        );
     }
 }
 
@@ -61,7 +92,13 @@ fn a_connection_without_a_name_is_refused() {
     let t = TLab::new();
     // Reachable outside the sandbox: an IP literal as Host, and TLS with
     // no SNI.
-    let r = t.py_outside(&["http", "198.51.100.2", "80", "198.51.100.2", "/case/t-ip-outside"]);
+    let r = t.py_outside(&[
+        "http",
+        "198.51.100.2",
+        "80",
+        "198.51.100.2",
+        "/case/t-ip-outside",
+    ]);
     assert_eq!(r["status"], 200, "outside: {r}");
     let r = t.py_outside(&["sni", "198.51.100.2", "443", "", "/case/t-nosni-outside"]);
     assert_eq!(r["status"], 200, "outside: {r}");
@@ -69,7 +106,10 @@ fn a_connection_without_a_name_is_refused() {
     let sb = transparent(&["allowed.test"]);
     for (name, args) in [
         ("t-ip-http", ["http", "198.51.100.2", "80", "198.51.100.2"]),
-        ("t-ip6-http", ["http", "2001:db8:100::2", "80", "[2001:db8:100::2]"]),
+        (
+            "t-ip6-http",
+            ["http", "2001:db8:100::2", "80", "[2001:db8:100::2]"],
+        ),
         ("t-nosni", ["sni", "198.51.100.2", "443", ""]),
         ("t-nosni-elsewhere", ["sni", ELSEWHERE, "443", ""]),
     ] {
@@ -79,8 +119,15 @@ fn a_connection_without_a_name_is_refused() {
         let (r, out) = t.py(&sb, &argv);
         // The connect itself may succeed (it reached the proxy), nothing
         // else does.
-        assert!(r.get("status").is_none() || r["status"] == 0, "{name}: {r} {}", out.describe());
-        assert!(t.lab.requests_to(&path).is_empty(), "{name} reached the server");
+        assert!(
+            r.get("status").is_none() || r["status"] == 0,
+            "{name}: {r} {}",
+            out.describe()
+        );
+        assert!(
+            t.lab.requests_to(&path).is_empty(),
+            "{name} reached the server"
+        );
     }
     let tls_errors = t
         .lab
@@ -99,7 +146,10 @@ fn a_connection_without_a_name_is_refused() {
 fn the_agents_listeners_reached_directly_lead_nowhere() {
     let t = TLab::new();
     let sb = transparent(&["allowed.test"]);
-    let (r, out) = t.py(&sb, &["listeners", "allowed.test", "/case/t-direct-listener"]);
+    let (r, out) = t.py(
+        &sb,
+        &["listeners", "allowed.test", "/case/t-direct-listener"],
+    );
     let listeners = r["listeners"].as_array().cloned().unwrap_or_default();
     // The explicit proxy, the transparent listener (v4, v6), the
     // resolver's TCP side (v4, v6), the lab's own nothing: at least 3.

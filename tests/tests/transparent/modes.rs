@@ -29,7 +29,10 @@ fn the_proxy_variables_still_work_alongside() {
         &sb,
         &[
             CurlCase::new("t-explicit", "https://allowed.test/case/t-explicit"),
-            CurlCase::new("t-explicit-http", "http://allowed.test/case/t-explicit-http"),
+            CurlCase::new(
+                "t-explicit-http",
+                "http://allowed.test/case/t-explicit-http",
+            ),
         ],
     );
     for r in &res {
@@ -69,7 +72,10 @@ fn audit_lets_a_not_allowed_name_through_as_would_deny() {
         ("transparent", "would-deny"),
         ("transparent", "allow"),
     ] {
-        assert!(has(hook, verdict), "no {hook} {verdict} event for evil.test: {ev:#?}");
+        assert!(
+            has(hook, verdict),
+            "no {hook} {verdict} event for evil.test: {ev:#?}"
+        );
     }
     let answered = ev
         .iter()

@@ -29,7 +29,11 @@ fn curl_http_and_https_reach_an_allowed_name_v4_and_v6() {
         }
         // The proxy dialled the pinned address of the name: the server saw
         // a connection from the client namespace's own family address.
-        let want_peer = if fam == "-6" { "2001:db8:100::1" } else { "198.51.100.1" };
+        let want_peer = if fam == "-6" {
+            "2001:db8:100::1"
+        } else {
+            "198.51.100.1"
+        };
         let peer = seen[0]["peer"].as_str().unwrap_or_default();
         assert!(peer.ends_with(want_peer), "{name}: peer {peer}");
     }
@@ -70,9 +74,16 @@ fn a_client_first_non_tls_protocol_reaches_an_allowed_name_by_name() {
     // server sees nothing.
     let sb = transparent(&["echo.test"]);
     let (r, out) = t.py(&sb, &["echo", "echo.test", "7000", hello]);
-    assert!(is_synthetic(r["dialled"].as_str().unwrap_or_default()), "{r}");
+    assert!(
+        is_synthetic(r["dialled"].as_str().unwrap_or_default()),
+        "{r}"
+    );
     assert_eq!(r["echoed"], "", "{r} {}", out.describe());
-    assert_eq!(t.lab.echo_connections(), before, "refused port reached the server");
+    assert_eq!(
+        t.lab.echo_connections(),
+        before,
+        "refused port reached the server"
+    );
 
     let sb = transparent(&["echo.test:7000"]);
     let (r, out) = t.py(&sb, &["echo", "echo.test", "7000", hello]);

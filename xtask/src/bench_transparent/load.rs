@@ -59,7 +59,7 @@ pub fn dns_load(args: &[String]) -> Result<()> {
         for _ in 0..window {
             id = id.wrapping_add(1);
             n += 1;
-            let q = if n % 2 == 0 {
+            let q = if n.is_multiple_of(2) {
                 query(id, &name)
             } else {
                 query(id, &format!("q{n}.denied.test"))

@@ -69,7 +69,11 @@ impl Opts {
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
-            let mut val = || it.next().cloned().with_context(|| format!("{a} needs a value"));
+            let mut val = || {
+                it.next()
+                    .cloned()
+                    .with_context(|| format!("{a} needs a value"))
+            };
             match a.as_str() {
                 "--requests" => o.requests = val()?.parse()?,
                 "--parallel" => o.parallel = val()?.parse()?,
@@ -232,7 +236,8 @@ impl Ctx<'_> {
     /// `nsenter --net=CLIENT [nono-agent exec ... --] argv`.
     fn command(&self, mode: Mode, argv: &[&str]) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.net.cli)).arg("--");
+        c.arg(format!("--net=/run/netns/{}", self.net.cli))
+            .arg("--");
         if mode != Mode::Direct {
             c.arg(self.agent).args([
                 "exec",
@@ -279,7 +284,9 @@ impl Ctx<'_> {
         let cfg = self.tmp.join(format!("curl-{requests}.cfg"));
         let mut text = String::new();
         for i in 0..requests {
-            text.push_str(&format!("url = \"https://{NAME}/r{i}\"\noutput = \"/dev/null\"\n"));
+            text.push_str(&format!(
+                "url = \"https://{NAME}/r{i}\"\noutput = \"/dev/null\"\n"
+            ));
         }
         std::fs::write(&cfg, text)?;
         let mut curl = format!(
@@ -295,9 +302,8 @@ impl Ctx<'_> {
         if parallel > 1 {
             curl.push_str(&format!(" --parallel --parallel-max {parallel}"));
         }
-        let script = format!(
-            "s=$(date +%s%N); {curl} || exit 1; e=$(date +%s%N); echo WALL $((e - s))"
-        );
+        let script =
+            format!("s=$(date +%s%N); {curl} || exit 1; e=$(date +%s%N); echo WALL $((e - s))");
         let out = self.run(mode, &["sh", "-c", &script])?;
         let mut times: Vec<f64> = out
             .lines()
@@ -331,7 +337,16 @@ impl Ctx<'_> {
         let n = count.to_string();
         let out = self.run(
             mode,
-            &[&x, "banner-loop", "--host", host, "--port", &port, "--count", &n],
+            &[
+                &x,
+                "banner-loop",
+                "--host",
+                host,
+                "--port",
+                &port,
+                "--count",
+                &n,
+            ],
         )?;
         let mut us: Vec<f64> = out
             .lines()
