@@ -18,11 +18,13 @@
 //! One module per part: `names` (HTTP, HTTPS, raw TLS, a client-first TCP
 //! protocol, v4 and v6), `dns` (NXDOMAIN, TXT, TCP, hard-coded resolvers),
 //! `fronting` (SNI/Host of another name, IP literals, no SNI), `modes`
-//! (loopback and the proxy variables alongside, audit), `events`.
+//! (loopback and the proxy variables alongside, audit), `metadata` (cloud
+//! metadata stays refused), `events`.
 
 mod dns;
 mod events;
 mod fronting;
+mod metadata;
 mod modes;
 mod names;
 
