@@ -27,6 +27,7 @@ struct Decoy {
 }
 
 impl Decoy {
+    /// The decoy on 203.0.113.53:53 in the server namespace.
     fn start(lab: &ProxyLab) -> Decoy {
         let out = sys::run_ok(
             "ip",
@@ -41,22 +42,27 @@ impl Decoy {
             ],
         );
         assert_eq!(out.code(), 0, "{}", out.describe());
-        let log = lab.tmp.path("decoy-dns.jsonl");
-        let ready = lab.tmp.path("decoy-dns.ready");
+        Decoy::start_at(lab, &lab.fx.server, HARD_V4, "decoy")
+    }
+
+    /// A decoy on `addr`:53 in namespace `ns`.
+    fn start_at(lab: &ProxyLab, ns: &str, addr: &str, tag: &str) -> Decoy {
+        let log = lab.tmp.path(&format!("{tag}-dns.jsonl"));
+        let ready = lab.tmp.path(&format!("{tag}-dns.ready"));
         std::fs::write(&log, "").expect("decoy log");
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", lab.fx.server))
+        cmd.arg(format!("--net=/run/netns/{ns}"))
             .arg("--")
             .arg("python3")
             .arg(lab.tmp.path("dns.py"))
             .arg("--listen")
-            .arg(format!("{HARD_V4}:53"))
+            .arg(format!("{addr}:53"))
             .arg("--log")
             .arg(&log)
             .arg("--ready")
             .arg(&ready)
             .arg("allowed.test=198.51.100.2");
-        let mut bg = Background::spawn(&mut cmd, "decoy dns.py (server netns)", &lab.tmp.0);
+        let mut bg = Background::spawn(&mut cmd, &format!("{tag} dns.py ({ns})"), &lab.tmp.0);
         bg.wait_ready(&ready, Duration::from_secs(20));
         Decoy { _bg: bg, log }
     }
@@ -187,6 +193,33 @@ fn a_hard_coded_resolver_is_answered_by_the_agent() {
         !t.lab.dns_queries().iter().any(|n| n.contains("c2VjcmV0")),
         "{:?}",
         t.lab.dns_queries()
+    );
+}
+
+/// A resolver on the machine's own loopback (a stub such as
+/// systemd-resolved on 127.0.0.53:53, which would forward any name
+/// upstream) is not reached either: port 53 on loopback is redirected too.
+#[test]
+fn a_loopback_stub_resolver_is_not_reached() {
+    let t = TLab::new();
+    let stub = Decoy::start_at(&t.lab, &t.lab.fx.client, "127.0.0.53", "stub");
+    let r = t.py_outside(&["dns", "127.0.0.53", "53", "allowed.test", "A", "udp"]);
+    assert_eq!(
+        r["answers"],
+        serde_json::json!(["198.51.100.2"]),
+        "outside: {r}"
+    );
+    let sb = transparent(&["allowed.test"]);
+    for (name, rcode) in [("allowed.test", 0), ("c2VjcmV0.evil.test", 3)] {
+        for proto in ["udp", "tcp"] {
+            let (r, out) = t.py(&sb, &["dns", "127.0.0.53", "53", name, "A", proto]);
+            assert_eq!(r["rcode"], rcode, "{name}/{proto}: {r} {}", out.describe());
+        }
+    }
+    assert_eq!(
+        stub.queries(),
+        vec!["allowed.test".to_string()],
+        "a sandboxed query reached the loopback stub resolver"
     );
 }
 
