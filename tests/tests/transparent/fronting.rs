@@ -75,6 +75,9 @@ fn a_denied_name_or_a_mismatched_name_is_refused() {
         let mut argv: Vec<&str> = args.to_vec();
         argv.push(&path);
         let (r, out) = t.py(&sb, &argv);
+        // The connect succeeds (redirected to the proxy: this checks the
+        // proxy's refusal, not the kernel's), nothing else does.
+        assert_eq!(r["connected"], true, "{name}: {r} {}", out.describe());
         assert!(
             r.get("status").is_none() || r["status"] == 0,
             "{name}: {r} {}",
@@ -117,8 +120,9 @@ fn a_connection_without_a_name_is_refused() {
         let mut argv: Vec<&str> = args.to_vec();
         argv.push(&path);
         let (r, out) = t.py(&sb, &argv);
-        // The connect itself may succeed (it reached the proxy), nothing
-        // else does.
+        // The connect succeeds (redirected to the proxy: this checks the
+        // proxy's refusal, not the kernel's), nothing else does.
+        assert_eq!(r["connected"], true, "{name}: {r} {}", out.describe());
         assert!(
             r.get("status").is_none() || r["status"] == 0,
             "{name}: {r} {}",

@@ -82,6 +82,7 @@ fn metadata_stays_refused_in_transparent_mode() {
         &sb,
         &["http", "203.0.113.9", &p, "metadata.test", "/md-front"],
     );
+    assert_eq!(r["connected"], true, "redirected to the proxy: {r}");
     assert!(
         r.get("status").is_none() || r["status"] == 0,
         "{r} {}",
