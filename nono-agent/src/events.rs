@@ -69,6 +69,10 @@ pub struct ProxyRecord {
     /// Address actually connected to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addr: Option<IpAddr>,
+    /// Transparent mode: the address the client dialled (the proxy never
+    /// connects to it; `addr` is where it connected).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dialled: Option<IpAddr>,
     /// Bytes from the sandbox to the destination.
     pub bytes_up: u64,
     /// Bytes from the destination to the sandbox.
@@ -101,6 +105,7 @@ impl From<&ProxyEvent> for ProxyRecord {
             host: e.host.clone(),
             port: e.port,
             addr: e.addr,
+            dialled: e.dialled,
             bytes_up: e.bytes_up,
             bytes_down: e.bytes_down,
             duration_ms: e.duration.as_millis() as u64,
@@ -670,6 +675,7 @@ mod tests {
             host: "evil.test".into(),
             port: 80,
             addr: None,
+            dialled: None,
             bytes_up: 0,
             bytes_down: 0,
             duration: std::time::Duration::from_micros(2500),

@@ -209,6 +209,11 @@ pub struct ProxyEvent {
     pub port: u16,
     /// Address actually connected to (none through an upstream proxy).
     pub addr: Option<IpAddr>,
+    /// Transparent mode: the address the client itself dialled (a
+    /// synthetic address, or whatever address it chose), which the proxy
+    /// never connects to; none for other hooks and when the kernel kept no
+    /// record of it.
+    pub dialled: Option<IpAddr>,
     /// Bytes from the sandbox to the destination.
     pub bytes_up: u64,
     /// Bytes from the destination to the sandbox.

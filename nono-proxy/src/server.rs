@@ -209,6 +209,8 @@ pub(crate) struct Recorder {
     pub started: Instant,
     /// The rule that allowed the target, once [`admit`] has judged it.
     pub rule: Option<Rule>,
+    /// Transparent mode: the address the client dialled (for events).
+    pub dialled: Option<IpAddr>,
 }
 
 impl Recorder {
@@ -220,6 +222,7 @@ impl Recorder {
             port,
             started,
             rule: None,
+            dialled: None,
         }
     }
 
@@ -241,6 +244,7 @@ impl Recorder {
             host: self.host.clone(),
             port: self.port,
             addr,
+            dialled: self.dialled,
             bytes_up: up,
             bytes_down: down,
             duration: self.started.elapsed(),

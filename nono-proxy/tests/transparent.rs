@@ -160,6 +160,8 @@ async fn a_synthetic_address_reaches_its_name_for_any_protocol() {
     assert_eq!(e.hook.name(), "transparent");
     assert_eq!(e.host, "api.example.com");
     assert_eq!(e.addr, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    // The event names the address the client dialled.
+    assert_eq!(e.dialled, Some(IpAddr::V4(v4)));
 }
 
 #[tokio::test]
@@ -176,6 +178,7 @@ async fn a_real_address_goes_to_the_named_host_never_to_the_dialled_one() {
     let e = lab.event().await;
     assert_eq!(e.verdict, Verdict::Allow, "{e:?}");
     assert_eq!(e.addr, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    assert_eq!(e.dialled, Some(ELSEWHERE));
 }
 
 #[tokio::test]
@@ -219,10 +222,12 @@ async fn refusals_close_the_connection_and_are_recorded() {
             "{why}: reason {:?}",
             e.reason.to_string()
         );
+        assert_eq!(e.dialled, Some(to.ip()), "{why}: the dialled address");
     }
     // No record of where it was dialled: refused too.
     let mut s = TcpStream::connect(lab.listen).await.unwrap();
     assert_eq!(exchange(&mut s, b"x").await, b"");
     let e = lab.event().await;
     assert_eq!(e.verdict, Verdict::Deny);
+    assert_eq!(e.dialled, None);
 }

@@ -341,7 +341,27 @@ pub fn assert_blocked_inside_with(
             context(&r, &out)
         );
     }
-    if v.mode == Direct {
+    let redirected = expect.is_some_and(Enforcement::transparent) && redirected_when_transparent(v);
+    if redirected {
+        // The connect reached the sandbox's proxy (nothing on the wire:
+        // asserted above), which found no name and closed it.
+        eprintln!(
+            "[{}] inside {label}: redirected to the proxy, nothing arrived; the probe saw \
+             ok={} errno={:?} detail={:?}",
+            v.name, r.ok, r.errno, r.detail
+        );
+        // Not EPERM: the redirect path itself is what this run checks.
+        assert!(
+            r.ok || r.errno.is_some_and(|e| REDIRECTED_ERRNOS.contains(&e)),
+            "[{}] {label}: a redirected connect ends connected (to the proxy) or closed by \
+             it, got ok={} errno={:?} detail={:?}\n{}",
+            v.name,
+            r.ok,
+            r.errno,
+            r.detail,
+            context(&r, &out)
+        );
+    } else if v.mode == Direct {
         assert!(
             r.denied(),
             "[{}] {label}: expected the attempt to fail with one of {DENIED_ERRNOS:?} \
@@ -373,6 +393,30 @@ pub fn assert_blocked_inside_with(
         v.name
     );
     r
+}
+
+/// Errnos a connect the proxy accepted and then closed may end with.
+const REDIRECTED_ERRNOS: &[i32] = &[libc::ECONNRESET, libc::EPIPE, libc::ECONNREFUSED];
+
+/// The vectors transparent mode turns from a refusal into a redirect to
+/// the sandbox's proxy: a plain TCP connect (blocking, non-blocking, v6,
+/// v4-mapped, TCP Fast Open's sendto) to an address the policy does not
+/// allow. The connect succeeds (the proxy accepted it, found no name and
+/// closed it) and the server sees nothing. Every other vector keeps its
+/// refusal (EPERM): UDP other than DNS, raw, ping and packet sockets,
+/// MPTCP, io_uring (refused at setup), i386 system calls (refused by the
+/// seccomp filter before any hook) and routing options.
+pub const REDIRECTED_WHEN_TRANSPARENT: &[&str] = &[
+    "tcp4",
+    "tcp6",
+    "tcp-v4mapped",
+    "tcp-nonblock",
+    "tcp-fastopen",
+];
+
+/// Whether `v` is in [`REDIRECTED_WHEN_TRANSPARENT`].
+pub fn redirected_when_transparent(v: NetVector) -> bool {
+    REDIRECTED_WHEN_TRANSPARENT.contains(&v.name)
 }
 
 /// The full check for one network vector under `e`.

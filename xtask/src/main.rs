@@ -9,6 +9,9 @@
 //!   (`bench --only daemon` or `bench-daemon` for that part alone).
 //! - `bench-pty`: keystroke echo round trip through the agent's
 //!   pseudo-terminal relay vs `cat` on a terminal directly.
+//! - `bench-transparent`: HTTPS requests/s and latency in transparent mode
+//!   vs explicit proxy mode vs direct, a server-first protocol's time to
+//!   its banner, DNS answers/s from the agent's resolver.
 //! - `man`: man pages from the CLI definition into `target/man`.
 //! - `dist`: the static, stripped x86_64 musl binary in `target/dist`.
 //! - `deb`: `dist` and `man`, packaged as `target/dist/nono-agent_<v>_amd64.deb`.
@@ -17,6 +20,7 @@ mod bench;
 mod bench_daemon;
 mod bench_proxy;
 mod bench_pty;
+mod bench_transparent;
 mod dist;
 
 use anyhow::{bail, Context as _, Result};
@@ -35,14 +39,18 @@ fn main() -> Result<()> {
         }
         Some("bench-proxy") => bench_proxy::run(&workspace_root(), &args[1..]),
         Some("bench-pty") => bench_pty::run(&workspace_root(), &args[1..]),
+        Some("bench-transparent") => bench_transparent::run(&workspace_root(), &args[1..]),
         Some("man") => dist::man().map(drop),
         Some("dist") => dist::dist().map(drop),
         Some("deb") => dist::deb().map(drop),
         // Internal: the workload `bench` runs inside and outside a sandbox.
         Some("connect-loop") => bench::connect_loop(&args[1..]),
+        // Internal: the workloads `bench-transparent` runs inside a sandbox.
+        Some("dns-load") => bench_transparent::load::dns_load(&args[1..]),
+        Some("banner-loop") => bench_transparent::load::banner_loop(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build-ebpf | bench [--iterations N] [--runs N] [--only daemon] | bench-daemon | bench-proxy [--help] | bench-pty [--keystrokes N] [--agent PATH] | man | dist | deb>"
+                "usage: cargo xtask <build-ebpf | bench [--iterations N] [--runs N] [--only daemon] | bench-daemon | bench-proxy [--help] | bench-pty [--keystrokes N] [--agent PATH] | bench-transparent [--help] | man | dist | deb>"
             );
             std::process::exit(2);
         }

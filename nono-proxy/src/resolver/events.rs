@@ -21,6 +21,7 @@ pub fn events(sandbox: &Arc<str>, outcome: &Outcome) -> Vec<ProxyEvent> {
         host: host.to_string(),
         port: 53,
         addr: None,
+        dialled: None,
         bytes_up: 0,
         bytes_down: 0,
         duration: Duration::ZERO,

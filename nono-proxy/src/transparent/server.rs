@@ -88,6 +88,7 @@ async fn handle(
         Err(_) => (dialled.ip().to_string(), dialled.port()),
     };
     let mut d = Recorder::new(&state, Hook::Transparent, host, port, started);
+    d.dialled = Some(dialled.ip());
     if let Err(e) = target {
         let _ = d.deny(hyper::StatusCode::FORBIDDEN, Reason::NoTarget(e));
         return;

@@ -46,6 +46,11 @@ impl ExecOpts {
             user: (!e.privileged()).then(RunAs::fresh),
             daemon_socket: (e == Enforcement::DaemonUser)
                 .then(|| crate::daemon::Daemon::shared().socket.clone()),
+            extra: if e.transparent() {
+                vec!["--transparent".into()]
+            } else {
+                Vec::new()
+            },
             ..Default::default()
         }
     }

@@ -35,6 +35,12 @@ pub enum Enforcement {
     /// under its parent cgroup, its shared programs). Not in
     /// [`Enforcement::ALL`]: the `daemon` test target runs it.
     DaemonUser,
+    /// `--enforcer bpf --transparent` as root (issue 14): TCP the policy
+    /// refuses as not allowed is redirected to the sandbox's proxy, which
+    /// refuses it, and port 53 to the agent's resolver; everything else as
+    /// [`Enforcement::Bpf`]. Not in [`Enforcement::ALL`]: the escape
+    /// battery runs it as `net_bpf_transparent::`.
+    BpfTransparent,
 }
 
 impl Enforcement {
@@ -48,7 +54,7 @@ impl Enforcement {
     /// events' "source").
     pub fn flag(self) -> &'static str {
         match self {
-            Enforcement::Bpf | Enforcement::DaemonUser => "bpf",
+            Enforcement::Bpf | Enforcement::DaemonUser | Enforcement::BpfTransparent => "bpf",
             Enforcement::Seccomp | Enforcement::SeccompUser => "seccomp",
         }
     }
@@ -60,38 +66,56 @@ impl Enforcement {
             Enforcement::Seccomp => "seccomp (root)",
             Enforcement::SeccompUser => "seccomp (unprivileged)",
             Enforcement::DaemonUser => "bpf (daemon, unprivileged)",
+            Enforcement::BpfTransparent => "bpf --transparent (root)",
         }
     }
 
     /// The agent runs as root (namespaces, capability drop).
     pub fn privileged(self) -> bool {
-        matches!(self, Enforcement::Bpf | Enforcement::Seccomp)
+        matches!(
+            self,
+            Enforcement::Bpf | Enforcement::Seccomp | Enforcement::BpfTransparent
+        )
     }
 
     /// The sandbox has its own cgroup (NONO_CGROUP, NONO_BPF_PIN_DIR).
     pub fn has_cgroup(self) -> bool {
-        matches!(self, Enforcement::Bpf | Enforcement::DaemonUser)
+        matches!(
+            self,
+            Enforcement::Bpf | Enforcement::DaemonUser | Enforcement::BpfTransparent
+        )
     }
 
     /// The sandbox sees its pin directory (NONO_BPF_PIN_DIR): only a
     /// sandbox with its own programs (a daemon's are shared).
     pub fn has_pin_dir(self) -> bool {
-        self == Enforcement::Bpf
+        matches!(self, Enforcement::Bpf | Enforcement::BpfTransparent)
+    }
+
+    /// `exec --transparent`.
+    pub fn transparent(self) -> bool {
+        self == Enforcement::BpfTransparent
     }
 
     /// The event hook that reports a denied connect for `family` ("inet" /
     /// "inet6"), and the one that reports a refused socket().
     pub fn connect_hook(self, v6: bool) -> &'static str {
         match (self, v6) {
-            (Enforcement::Bpf | Enforcement::DaemonUser, false) => "connect4",
-            (Enforcement::Bpf | Enforcement::DaemonUser, true) => "connect6",
+            (Enforcement::Bpf | Enforcement::DaemonUser | Enforcement::BpfTransparent, false) => {
+                "connect4"
+            }
+            (Enforcement::Bpf | Enforcement::DaemonUser | Enforcement::BpfTransparent, true) => {
+                "connect6"
+            }
             _ => "connect",
         }
     }
 
     pub fn socket_hook(self) -> &'static str {
         match self {
-            Enforcement::Bpf | Enforcement::DaemonUser => "sock_create",
+            Enforcement::Bpf | Enforcement::DaemonUser | Enforcement::BpfTransparent => {
+                "sock_create"
+            }
             _ => "socket",
         }
     }
@@ -195,6 +219,11 @@ mod tests {
         assert!(Enforcement::Bpf.has_cgroup() && !Enforcement::Seccomp.has_cgroup());
         assert_eq!(Enforcement::Seccomp.connect_hook(true), "connect");
         assert_eq!(Enforcement::Bpf.connect_hook(true), "connect6");
+        let t = ExecOpts::for_enforcement(Enforcement::BpfTransparent);
+        assert_eq!(t.enforcer.as_deref(), Some("bpf"));
+        assert_eq!(t.extra, vec!["--transparent".to_string()]);
+        assert!(t.user.is_none() && Enforcement::BpfTransparent.has_pin_dir());
+        assert!(ExecOpts::for_enforcement(Enforcement::Bpf).extra.is_empty());
         let opts = ExecOpts::for_enforcement(Enforcement::SeccompUser);
         assert!(opts.user.is_some() && opts.in_client_netns);
         assert!(ExecOpts::for_enforcement(Enforcement::Seccomp)

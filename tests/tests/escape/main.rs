@@ -11,7 +11,8 @@
 //!
 //! Tests are grouped by enforcement: `bpf::`, `seccomp::`, `seccomp_user::`
 //! (process and behaviour tests) and `net_bpf::`, `net_seccomp::`,
-//! `net_seccomp_user::` (one test per network vector), so
+//! `net_seccomp_user::` (one test per network vector; `net_bpf_transparent::`
+//! runs them under `--enforcer bpf --transparent`, issue 14), so
 //! `cargo test -p nono-tests --test escape seccomp_user::` runs everything
 //! for one enforcement.
 //!
@@ -56,6 +57,9 @@ macro_rules! network_vector_tests {
         network_vector_tests!(@module net_seccomp, Enforcement::Seccomp, $($test => $vector),*);
         network_vector_tests!(
             @module net_seccomp_user, Enforcement::SeccompUser, $($test => $vector),*
+        );
+        network_vector_tests!(
+            @module net_bpf_transparent, Enforcement::BpfTransparent, $($test => $vector),*
         );
         /// Every vector in the table has a test above (and vice versa).
         #[test]

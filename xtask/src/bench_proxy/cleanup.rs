@@ -14,17 +14,17 @@ static CLEANUP: Mutex<Registry> = Mutex::new(Registry {
     dirs: Vec::new(),
 });
 
-pub(super) struct Registry {
-    pub(super) pgids: Vec<i32>,
-    pub(super) netns: Vec<String>,
-    pub(super) dirs: Vec<PathBuf>,
+pub(crate) struct Registry {
+    pub(crate) pgids: Vec<i32>,
+    pub(crate) netns: Vec<String>,
+    pub(crate) dirs: Vec<PathBuf>,
 }
 
-pub(super) fn registry() -> std::sync::MutexGuard<'static, Registry> {
+pub(crate) fn registry() -> std::sync::MutexGuard<'static, Registry> {
     CLEANUP.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(super) fn block_signals() -> Result<()> {
+pub(crate) fn block_signals() -> Result<()> {
     // SAFETY: plain sigset manipulation on a local set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -42,7 +42,7 @@ pub(super) fn block_signals() -> Result<()> {
 }
 
 /// Waits for SIGINT/SIGTERM/SIGHUP, removes everything, exits.
-pub(super) fn signal_thread() {
+pub(crate) fn signal_thread() {
     // SAFETY: sigwait on a local, initialised set.
     let sig = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -73,15 +73,15 @@ pub(super) fn signal_thread() {
 }
 
 /// A child process in its own process group, killed (with its group) on drop.
-pub(super) struct Proc {
-    pub(super) name: String,
-    pub(super) child: Child,
+pub(crate) struct Proc {
+    pub(crate) name: String,
+    pub(crate) child: Child,
 }
 
 impl Proc {
     /// Runs `cmd` inside network namespace `ns` (through nsenter, which
     /// execs, so the pid is the program's), output to `log`.
-    pub(super) fn spawn_in(ns: &str, name: &str, cmd: &mut Command, log: &Path) -> Result<Self> {
+    pub(crate) fn spawn_in(ns: &str, name: &str, cmd: &mut Command, log: &Path) -> Result<Self> {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{ns}"))
             .arg(cmd.get_program())
@@ -89,7 +89,7 @@ impl Proc {
         Self::spawn(name, &mut c, log)
     }
 
-    pub(super) fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Self> {
+    pub(crate) fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Self> {
         let out = std::fs::File::create(log)?;
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null())
@@ -108,12 +108,12 @@ impl Proc {
         })
     }
 
-    pub(super) fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
     /// Fails if the process already exited.
-    pub(super) fn check_alive(&mut self) -> Result<()> {
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
         if let Some(st) = self.child.try_wait()? {
             bail!("{} exited early: {st}", self.name);
         }
@@ -133,7 +133,7 @@ impl Drop for Proc {
 
 /// Runs a command to completion in its own process group (killed on
 /// Ctrl-C) and returns its output.
-pub(super) fn run_registered(cmd: &mut Command) -> Result<std::process::Output> {
+pub(crate) fn run_registered(cmd: &mut Command) -> Result<std::process::Output> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -166,12 +166,12 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-pub(super) struct TempDir {
-    pub(super) path: PathBuf,
+pub(crate) struct TempDir {
+    pub(crate) path: PathBuf,
 }
 
 impl TempDir {
-    pub(super) fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let path = std::env::temp_dir().join(format!("nono-bench-proxy.{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir(&path)?;

@@ -34,13 +34,13 @@
 //! services). Figures are printed, never asserted. `--agent PATH` measures
 //! another nono-agent build (e.g. before/after a change) with the same rig.
 
-mod cleanup;
+pub(crate) mod cleanup;
 mod http;
 mod measure;
 mod memory;
 mod origin;
 mod proxies;
-mod rig;
+pub(crate) mod rig;
 mod tools;
 mod tunnels;
 

@@ -15,16 +15,16 @@ use super::cleanup::registry;
 /// 198.51.100.1/24 and .2/24: the tests' rig ([`VethPair`]) under this run's
 /// names (`nbp<pid>c`/`s`, veth `nbp<pid>a`/`b`, which the stale sweep
 /// recognises), registered for the Ctrl-C clean-up.
-pub(super) struct Net {
-    pub(super) cli: String,
-    pub(super) srv: String,
+pub(crate) struct Net {
+    pub(crate) cli: String,
+    pub(crate) srv: String,
     /// Taken on drop, so the namespaces are gone before they leave the
     /// registry.
     pair: Option<VethPair>,
 }
 
 impl Net {
-    pub(super) fn create() -> Result<Self> {
+    pub(crate) fn create() -> Result<Self> {
         let pid = std::process::id();
         let names = PairNames {
             client: format!("nbp{pid}c"),
@@ -68,7 +68,7 @@ impl Drop for Net {
 }
 
 /// Removes namespaces left by a bench-proxy run that died (SIGKILL).
-pub(super) fn sweep_stale_netns() {
+pub(crate) fn sweep_stale_netns() {
     let Ok(rd) = std::fs::read_dir("/run/netns") else {
         return;
     };
@@ -92,10 +92,13 @@ pub(super) fn sweep_stale_netns() {
     }
 }
 
-/// Whether `pid` is a running bench-proxy (a zombie has no command line).
+/// Whether `pid` is a running bench-proxy or bench-transparent (both use
+/// this rig; a zombie has no command line).
 fn bench_alive(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"bench-proxy"))
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        c.split(|&b| b == 0)
+            .any(|a| a == b"bench-proxy" || a == b"bench-transparent")
+    })
 }
 
 /// SIGKILLs every process whose network namespace is the one at `path`
@@ -123,7 +126,7 @@ fn kill_processes_in_netns(path: &str) {
 
 /// Runs `f` on a fresh thread that joined network namespace `ns`; sockets
 /// created there stay in it.
-pub(super) fn in_netns<T: Send + 'static>(
+pub(crate) fn in_netns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
@@ -137,11 +140,11 @@ pub(super) fn in_netns<T: Send + 'static>(
 }
 
 /// Moves the calling thread into namespace `ns` (the tests' [`netns::enter`]).
-pub(super) fn enter_netns(ns: &str) -> Result<()> {
+pub(crate) fn enter_netns(ns: &str) -> Result<()> {
     netns::enter(ns).map_err(anyhow::Error::msg)
 }
 
-pub(super) fn wait_port(ns: &str, addr: SocketAddr) -> Result<()> {
+pub(crate) fn wait_port(ns: &str, addr: SocketAddr) -> Result<()> {
     in_netns(ns, move || {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -154,7 +157,7 @@ pub(super) fn wait_port(ns: &str, addr: SocketAddr) -> Result<()> {
     })
 }
 
-pub(super) fn raise_nofile_limit() {
+pub(crate) fn raise_nofile_limit() {
     // SAFETY: getrlimit/setrlimit on a local struct.
     unsafe {
         let mut r: libc::rlimit = std::mem::zeroed();

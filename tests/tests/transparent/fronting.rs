@@ -1,0 +1,168 @@
+//! No domain fronting: the proxy never dials the address a client dialled.
+//! A TLS server name or HTTP Host of an allowed name sent to another
+//! address (203.0.113.9, which nothing answers) still reaches the allowed
+//! name's own server; a denied name there is refused; another allowed
+//! name's synthetic address with a different server name is refused; a
+//! connection with no name at all (IP literal as Host, a ClientHello
+//! without SNI) is judged by address and refused. The server log is the
+//! oracle; every refused target is first shown reachable outside the
+//! sandbox.
+
+use super::{transparent, TLab};
+
+/// Nothing listens there (routed to the server namespace, not its address).
+const ELSEWHERE: &str = "203.0.113.9";
+
+#[test]
+fn an_allowed_name_sent_to_another_address_reaches_only_its_own_server() {
+    let t = TLab::new();
+    let sb = transparent(&["allowed.test"]);
+    let (r, out) = t.py(
+        &sb,
+        &["sni", ELSEWHERE, "443", "allowed.test", "/case/t-front-tls"],
+    );
+    assert_eq!(r["status"], 200, "{r} {}", out.describe());
+    // getpeername shows the address dialled.
+    assert_eq!(r["peer"], ELSEWHERE, "{r}");
+    let seen = t.lab.requests_to("/case/t-front-tls");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["sni"], "allowed.test", "{}", seen[0]);
+
+    let (r, out) = t.py(
+        &sb,
+        &[
+            "http",
+            ELSEWHERE,
+            "80",
+            "allowed.test",
+            "/case/t-front-http",
+        ],
+    );
+    assert_eq!(r["status"], 200, "{r} {}", out.describe());
+    assert_eq!(t.lab.requests_to("/case/t-front-http").len(), 1);
+}
+
+#[test]
+fn a_denied_name_or_a_mismatched_name_is_refused() {
+    let t = TLab::new();
+    // evil.test is pinned to the test server too: a wrong allow would show
+    // in its log. Outside the sandbox it answers.
+    let r = t.py_outside(&[
+        "sni",
+        "198.51.100.2",
+        "443",
+        "evil.test",
+        "/case/t-evil-outside",
+    ]);
+    assert_eq!(r["status"], 200, "outside: {r}");
+
+    let sb = transparent(&["allowed.test", "*.wild.test"]);
+    let cases: [(&str, [&str; 4]); 4] = [
+        ("t-evil-tls", ["sni", ELSEWHERE, "443", "evil.test"]),
+        ("t-evil-http", ["http", ELSEWHERE, "80", "evil.test"]),
+        // allowed.test's synthetic address with another allowed name inside.
+        (
+            "t-mismatch-tls",
+            ["sni", "@allowed.test", "443", "a.wild.test"],
+        ),
+        (
+            "t-mismatch-http",
+            ["http", "@allowed.test", "80", "a.wild.test"],
+        ),
+    ];
+    for (name, args) in cases {
+        let path = format!("/case/{name}");
+        let mut argv: Vec<&str> = args.to_vec();
+        argv.push(&path);
+        let (r, out) = t.py(&sb, &argv);
+        // The connect succeeds (redirected to the proxy: this checks the
+        // proxy's refusal, not the kernel's), nothing else does.
+        assert_eq!(r["connected"], true, "{name}: {r} {}", out.describe());
+        assert!(
+            r.get("status").is_none() || r["status"] == 0,
+            "{name}: {r} {}",
+            out.describe()
+        );
+        assert!(
+            t.lab.requests_to(&path).is_empty(),
+            "{name} reached the server"
+        );
+    }
+}
+
+#[test]
+fn a_connection_without_a_name_is_refused() {
+    let t = TLab::new();
+    // Reachable outside the sandbox: an IP literal as Host, and TLS with
+    // no SNI.
+    let r = t.py_outside(&[
+        "http",
+        "198.51.100.2",
+        "80",
+        "198.51.100.2",
+        "/case/t-ip-outside",
+    ]);
+    assert_eq!(r["status"], 200, "outside: {r}");
+    let r = t.py_outside(&["sni", "198.51.100.2", "443", "", "/case/t-nosni-outside"]);
+    assert_eq!(r["status"], 200, "outside: {r}");
+
+    let sb = transparent(&["allowed.test"]);
+    for (name, args) in [
+        ("t-ip-http", ["http", "198.51.100.2", "80", "198.51.100.2"]),
+        (
+            "t-ip6-http",
+            ["http", "2001:db8:100::2", "80", "[2001:db8:100::2]"],
+        ),
+        ("t-nosni", ["sni", "198.51.100.2", "443", ""]),
+        ("t-nosni-elsewhere", ["sni", ELSEWHERE, "443", ""]),
+    ] {
+        let path = format!("/case/{name}");
+        let mut argv: Vec<&str> = args.to_vec();
+        argv.push(&path);
+        let (r, out) = t.py(&sb, &argv);
+        // The connect succeeds (redirected to the proxy: this checks the
+        // proxy's refusal, not the kernel's), nothing else does.
+        assert_eq!(r["connected"], true, "{name}: {r} {}", out.describe());
+        assert!(
+            r.get("status").is_none() || r["status"] == 0,
+            "{name}: {r} {}",
+            out.describe()
+        );
+        assert!(
+            t.lab.requests_to(&path).is_empty(),
+            "{name} reached the server"
+        );
+    }
+    let tls_errors = t
+        .lab
+        .server_records()
+        .iter()
+        .filter(|r| r["kind"] == "tls-error")
+        .count();
+    assert_eq!(tls_errors, 0, "a refused TLS connection reached the server");
+}
+
+/// A child that finds the agent's listeners on loopback (/proc/net/tcp)
+/// and talks to them directly, naming an allowed host, gets nowhere: the
+/// transparent listener has no record of where such a connection was
+/// dialled, the proxy wants its secret, the resolver speaks DNS.
+#[test]
+fn the_agents_listeners_reached_directly_lead_nowhere() {
+    let t = TLab::new();
+    let sb = transparent(&["allowed.test"]);
+    let (r, out) = t.py(
+        &sb,
+        &["listeners", "allowed.test", "/case/t-direct-listener"],
+    );
+    let listeners = r["listeners"].as_array().cloned().unwrap_or_default();
+    // The explicit proxy, the transparent listener (v4, v6), the
+    // resolver's TCP side (v4, v6), the lab's own nothing: at least 3.
+    assert!(listeners.len() >= 3, "{r} {}", out.describe());
+    for one in r["results"].as_array().cloned().unwrap_or_default() {
+        assert!(
+            one["status"] != 200,
+            "a direct connection to a listener was served: {one}"
+        );
+    }
+    assert!(t.lab.requests_to("/case/t-direct-listener").is_empty());
+}
