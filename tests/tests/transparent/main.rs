@@ -27,6 +27,7 @@ mod fronting;
 mod metadata;
 mod modes;
 mod names;
+mod seccomp;
 
 use std::fs;
 use std::path::PathBuf;
