@@ -231,3 +231,55 @@ async fn refusals_close_the_connection_and_are_recorded() {
     assert_eq!(e.verdict, Verdict::Deny);
     assert_eq!(e.dialled, None);
 }
+
+/// A server on loopback that speaks first: a banner, then an echo.
+async fn banner() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                if s.write_all(b"220 nono-test ESMTP\r\n").await.is_err() {
+                    return;
+                }
+                let mut b = [0u8; 4096];
+                while let Ok(n) = s.read(&mut b).await {
+                    if n == 0 || s.write_all(&b[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    a
+}
+
+/// A protocol where the server speaks first (SMTP, FTP, IMAP, MySQL): the
+/// client, dialling a synthetic address, gets the banner without sending a
+/// byte, then talks as usual.
+#[tokio::test]
+async fn a_server_that_speaks_first_is_reached_through_a_synthetic_address() {
+    let target = banner().await;
+    let mut lab = lab(target.port()).await;
+    let (v4, _) = lab.pool.lock().unwrap().assign("api.example.com").unwrap();
+    let mut s = lab.connect(SocketAddr::new(v4.into(), target.port())).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.ends_with(b"\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the banner")
+            .unwrap();
+        assert!(n > 0, "closed before the banner: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"220 nono-test ESMTP\r\n");
+    assert_eq!(exchange(&mut s, b"EHLO x\r\n").await, b"EHLO x\r\n");
+    drop(s);
+    let e = lab.event().await;
+    assert_eq!(e.verdict, Verdict::Allow, "{e:?}");
+    assert_eq!(e.host, "api.example.com");
+}

@@ -19,10 +19,6 @@ use crate::event::{Hook, Reason};
 use crate::resolver::fake_ip::{in_pool, FakeIps};
 use crate::server::{admit, dial, Recorder, State};
 
-/// How long the first bytes of a connection to a synthetic address are
-/// awaited before going by the address alone (a protocol where the server
-/// speaks first sends nothing until it does).
-pub const POOL_PEEK: Duration = Duration::from_millis(300);
 /// How long a connection to a real address may take to say its name.
 pub const NAME_PEEK: Duration = Duration::from_secs(5);
 
@@ -72,12 +68,10 @@ async fn handle(
         let _ = d.deny(hyper::StatusCode::FORBIDDEN, Reason::NoOriginalDestination);
         return;
     };
-    let wait = if in_pool(dialled.ip()) {
-        POOL_PEEK
-    } else {
-        NAME_PEEK
-    };
-    let (head, peeked) = read_head(&mut client, wait).await;
+    if in_pool(dialled.ip()) {
+        return serve_pool_address(client, dialled, state, pool, started).await;
+    }
+    let (head, peeked) = read_head(&mut client, NAME_PEEK).await;
     let target = {
         let pool = pool.lock().unwrap_or_else(|e| e.into_inner());
         destination(dialled, &pool, &peeked)
@@ -108,6 +102,80 @@ async fn handle(
     if !head.is_empty() && upstream.write_all(&head).await.is_err() {
         d.allow(Reason::Tunnel(crate::event::TunnelEnd::Closed), addr, 0, 0);
         return;
+    }
+    let (up, down, end) = crate::tunnel::tunnel(
+        client,
+        upstream,
+        d.state.limits.idle_timeout,
+        &d.state.shutdown,
+    )
+    .await;
+    d.allow(Reason::Tunnel(end), addr, head.len() as u64 + up, down);
+}
+
+/// A connection to a synthetic address: the name is known from the pool,
+/// so the name's server is dialled at once (judged and resolved as any
+/// proxied request) and whoever speaks first decides what comes next. The
+/// client first: its first bytes are read and checked against the name
+/// (an SNI or `Host` naming another host is refused before a byte is
+/// forwarded). The server first (SMTP, FTP, IMAP, MySQL...): nothing to
+/// check, the tunnel starts at once (such protocols used to wait 300 ms
+/// for client bytes that never came). Only readiness is
+/// awaited in the race, so no byte is lost to the side that loses it.
+async fn serve_pool_address(
+    mut client: TcpStream,
+    dialled: SocketAddr,
+    state: Arc<State>,
+    pool: Arc<Mutex<FakeIps>>,
+    started: Instant,
+) {
+    let named = {
+        let pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+        destination(dialled, &pool, &Peeked::NeedMore)
+    };
+    let (host, port) = match &named {
+        Ok(Destination::Name { name, port, .. }) => (name.clone(), *port),
+        Ok(Destination::Ip { ip, port }) => (ip.to_string(), *port),
+        Err(_) => (dialled.ip().to_string(), dialled.port()),
+    };
+    let mut d = Recorder::new(&state, Hook::Transparent, host, port, started);
+    d.dialled = Some(dialled.ip());
+    if let Err(e) = named {
+        let _ = d.deny(hyper::StatusCode::FORBIDDEN, Reason::NoTarget(e));
+        return;
+    }
+    let Ok((target, addrs)) = admit(&mut d).await else {
+        return;
+    };
+    let (mut upstream, addr) = match dial(&d, &target, &addrs, true).await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = d.deny(hyper::StatusCode::BAD_GATEWAY, Reason::Dial(e));
+            return;
+        }
+    };
+    let client_first = tokio::select! {
+        r = client.readable() => r.is_ok(),
+        _ = upstream.readable() => false,
+        // Neither speaks: go by the name alone, as before.
+        _ = tokio::time::sleep(NAME_PEEK) => false,
+    };
+    let mut head = Vec::new();
+    if client_first {
+        let (h, peeked) = read_head(&mut client, NAME_PEEK).await;
+        let checked = {
+            let pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+            destination(dialled, &pool, &peeked)
+        };
+        if let Err(e) = checked {
+            let _ = d.deny(hyper::StatusCode::FORBIDDEN, Reason::NoTarget(e));
+            return;
+        }
+        head = h;
+        if !head.is_empty() && upstream.write_all(&head).await.is_err() {
+            d.allow(Reason::Tunnel(crate::event::TunnelEnd::Closed), addr, 0, 0);
+            return;
+        }
     }
     let (up, down, end) = crate::tunnel::tunnel(
         client,

@@ -13,8 +13,8 @@
 //!    modes alternate for `--rounds` rounds; medians are reported.
 //! 2. A protocol where the server speaks first (a banner on port 2525):
 //!    time from connect to the banner, transparent vs direct (the proxy
-//!    waits up to `POOL_PEEK` for the client's first bytes before it goes
-//!    by the synthetic address alone).
+//!    dials the synthetic address's name at once and lets whichever side
+//!    speaks first go first).
 //! 3. DNS: answers per second from the agent's resolver (one UDP socket,
 //!    `--window` queries in flight, half allowed, half denied names).
 //!
