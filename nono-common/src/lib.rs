@@ -28,7 +28,8 @@ pub use decision::{
     ANY, REFUSED_CONTROL, REFUSED_OPTIONS,
 };
 pub use redirect::{
-    decide_redirect, is_listener, Original, Redirect, Redirects, Transport, DNS_PORT,
+    decide_redirect, is_listener, is_quiet_probe, is_synthetic, Original, Redirect, Redirects,
+    Transport, DNS_PORT,
 };
 pub use types::{
     canonical_v4, canonical_v6, DenyEvent, Dest, Endpoint, Hook, Policy, PortKey, ProxyKey,

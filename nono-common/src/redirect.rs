@@ -171,6 +171,44 @@ pub fn decide_redirect<P: PolicyView + ?Sized>(
     })
 }
 
+/// Whether a canonical address lies in the agent resolver's pools of
+/// synthetic addresses (198.18.0.0/15, `fd6e:6f6e:6f00::/64`; the agent's
+/// `nono_proxy::resolver::fake_ip` hands them out).
+#[inline(always)]
+pub fn is_synthetic(a: &[u8; 16]) -> bool {
+    if crate::types::is_v4_mapped(a) {
+        return a[12] == 198 && (a[13] & 0xfe) == 18;
+    }
+    a[0] == 0xfd
+        && a[1] == 0x6e
+        && a[2] == 0x6f
+        && a[3] == 0x6e
+        && a[4] == 0x6f
+        && a[5] == 0x00
+        && a[6] == 0
+        && a[7] == 0
+}
+
+/// Whether a refusal should go unreported: a UDP `connect` (not a send) to
+/// a synthetic address in transparent mode. glibc's `getaddrinfo` sorts
+/// the addresses it returns (RFC 6724) by connecting a UDP socket to each,
+/// which sends nothing; reported, every lookup of an allowed name would
+/// show as a denial in a run that did nothing wrong. The connect is still
+/// refused (a send to the address could go nowhere anyway), only not
+/// counted.
+#[inline(always)]
+pub fn is_quiet_probe<P: PolicyView + ?Sized>(
+    policy: &P,
+    dest: &Dest,
+    transport: Transport,
+    send: bool,
+) -> bool {
+    !send
+        && matches!(transport, Transport::Udp)
+        && policy.redirects().is_on()
+        && is_synthetic(&dest.addr)
+}
+
 /// Whether `seen` (a peer or datagram source a socket is about to be told)
 /// is one of the sandbox's listeners, so that the socket's [`Original`]
 /// record, if it has one, is shown instead.

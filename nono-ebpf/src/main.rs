@@ -28,10 +28,10 @@ use aya_ebpf::{
 use nono_common::{
     audit_verdict, cgroup_hook_sees, consts, decide_bind, decide_connect, decide_egress,
     decide_ingress, decide_redirect, decide_sendmsg, decide_setsockopt, decide_socket,
-    device_name_is_loopback, is_listener, refused_option, sockopt, Decision, DenyEvent, Dest,
-    Endpoint, Hook, OptionContext, OptionRule, Original, PolicyView, PortKey, ProxyKey, Reason,
-    Redirects, Settings, Transport, Verdict, AUDIT_ON, EVENT_DENY, EVENT_WOULD_DENY, LOOPBACK_ANY,
-    MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
+    device_name_is_loopback, is_listener, is_quiet_probe, refused_option, sockopt, Decision,
+    DenyEvent, Dest, Endpoint, Hook, OptionContext, OptionRule, Original, PolicyView, PortKey,
+    ProxyKey, Reason, Redirects, Settings, Transport, Verdict, AUDIT_ON, EVENT_DENY,
+    EVENT_WOULD_DENY, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
 };
 
 // The sizes below fit one sandbox (a private copy per sandbox); the daemon
@@ -442,8 +442,12 @@ fn judge(hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest) -> Judged {
     };
     let send = matches!(hook, Hook::Sendmsg4 | Hook::Sendmsg6);
     if !matches!(hook, Hook::Bind4 | Hook::Bind6) {
-        if let Some(r) = decide_redirect(&policy, dest, Transport::of(ty, proto), send) {
+        let transport = Transport::of(ty, proto);
+        if let Some(r) = decide_redirect(&policy, dest, transport, send) {
             return Judged::Redirect { to: r.to, cgroup };
+        }
+        if is_quiet_probe(&policy, dest, transport, send) {
+            return Judged::Verdict(DENY);
         }
     }
     let d = match hook {

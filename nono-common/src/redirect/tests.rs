@@ -157,6 +157,40 @@ fn listeners_are_recognised_exactly() {
 }
 
 #[test]
+fn synthetic_pools_and_quiet_probes() {
+    for ip in [
+        "198.18.0.1",
+        "198.19.255.254",
+        "::ffff:198.18.0.9",
+        "fd6e:6f6e:6f00::1",
+    ] {
+        assert!(is_synthetic(&dest(ip, 0).addr), "{ip}");
+    }
+    for ip in [
+        "198.17.255.255",
+        "198.20.0.0",
+        "fd6e:6f6e:6f01::1",
+        "fd00::1",
+        "::1",
+    ] {
+        assert!(!is_synthetic(&dest(ip, 0).addr), "{ip}");
+    }
+    let on = policy(ON);
+    let off = policy(Redirects::OFF);
+    let probe = dest("198.18.0.1", 443);
+    assert!(is_quiet_probe(&on, &probe, Transport::Udp, false));
+    assert!(!is_quiet_probe(&on, &probe, Transport::Udp, true));
+    assert!(!is_quiet_probe(&on, &probe, Transport::Tcp, false));
+    assert!(!is_quiet_probe(&off, &probe, Transport::Udp, false));
+    assert!(!is_quiet_probe(
+        &on,
+        &dest("203.0.113.9", 443),
+        Transport::Udp,
+        false
+    ));
+}
+
+#[test]
 fn transport_from_type_and_protocol() {
     use crate::consts::*;
     assert_eq!(Transport::of(SOCK_STREAM, IPPROTO_TCP), Transport::Tcp);

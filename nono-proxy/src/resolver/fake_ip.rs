@@ -91,7 +91,8 @@ impl FakeIps {
 }
 
 /// Whether `ip` lies in either pool (assigned or not): the kernel hooks
-/// redirect all of it.
+/// redirect all of it. (`nono_common::is_synthetic` says the same for the
+/// kernel side; a test keeps the two in step.)
 pub fn in_pool(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => u32::from(a) >> (32 - V4_PREFIX) == u32::from(V4_BASE) >> (32 - V4_PREFIX),
@@ -123,6 +124,33 @@ fn index_of(ip: IpAddr) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kernel_side_knows_the_same_pools() {
+        let canonical = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => nono_common::canonical_v4(a.octets()),
+            IpAddr::V6(a) => a.octets(),
+        };
+        let mut pool = FakeIps::new(4);
+        let (v4, v6) = pool.assign("a.example").unwrap();
+        let samples: [IpAddr; 8] = [
+            v4.into(),
+            v6.into(),
+            Ipv4Addr::new(198, 19, 255, 255).into(),
+            Ipv4Addr::new(198, 17, 255, 255).into(),
+            Ipv4Addr::new(198, 20, 0, 0).into(),
+            Ipv6Addr::new(0xfd6e, 0x6f6e, 0x6f00, 0, 9, 9, 9, 9).into(),
+            Ipv6Addr::new(0xfd6e, 0x6f6e, 0x6f01, 0, 0, 0, 0, 1).into(),
+            Ipv6Addr::LOCALHOST.into(),
+        ];
+        for ip in samples {
+            assert_eq!(
+                in_pool(ip),
+                nono_common::is_synthetic(&canonical(ip)),
+                "{ip}"
+            );
+        }
+    }
 
     #[test]
     fn same_name_same_addresses_and_back() {

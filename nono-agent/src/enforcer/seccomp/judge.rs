@@ -10,8 +10,8 @@
 
 use nono_common::{
     consts, decide_bind, decide_connect, decide_control, decide_redirect, decide_setsockopt,
-    decide_socket, decide_socketpair, sockopt, ControlContext, ControlRule, Dest, PolicyView,
-    Reason, Transport, REFUSED_CONTROL,
+    decide_socket, decide_socketpair, is_quiet_probe, sockopt, ControlContext, ControlRule, Dest,
+    PolicyView, Reason, Transport, REFUSED_CONTROL,
 };
 
 use super::filter::{option_context, Mode};
@@ -338,6 +338,22 @@ pub fn redirect<P: PolicyView + ?Sized>(
         original,
         reason: r.reason,
     })
+}
+
+/// Whether a connect to `addr` is getaddrinfo's address-sorting probe of a
+/// synthetic address in transparent mode (`nono_common::is_quiet_probe`):
+/// refused without an event.
+pub fn quiet_probe<P: PolicyView + ?Sized>(policy: &P, domain: u32, ty: u32, addr: &[u8]) -> bool {
+    if !is_inet(domain) {
+        return false;
+    }
+    let Some(family) = family_of(addr) else {
+        return false;
+    };
+    match inet_destination(family, addr, false) {
+        Ok(Some(d)) => is_quiet_probe(policy, &d, Transport::of(ty, 0), false),
+        _ => false,
+    }
 }
 
 /// A unix socket named by path, by its (device, inode): the host daemons'

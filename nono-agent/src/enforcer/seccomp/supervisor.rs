@@ -378,6 +378,9 @@ impl Supervisor {
                 record,
             }));
         }
+        if judge::quiet_probe(&self.policy, sock.domain, sock.ty, &addr) {
+            return Err(libc::EPERM);
+        }
         let addr = self.judge(n, "connect", &sock, addr, false)?;
         Ok(Work::Perform(Op::Connect {
             sock,
