@@ -431,3 +431,94 @@ fn bad_credentials_are_refused_with_the_reason() {
     );
     assert!(!e.contains(&lab.key));
 }
+
+#[test]
+fn the_agents_own_environ_does_not_hold_the_key() {
+    let lab = Lab::new();
+    let ready = lab.tmp.path("ready");
+    let go = lab.tmp.path("go");
+    let mut args = lab.with_credential();
+    args.push("--quiet".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = lab
+        .command(
+            &args,
+            &format!(
+                "touch {}; while [ ! -e {} ]; do sleep 0.05; done",
+                ready.display(),
+                go.display()
+            ),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // nsenter execs the agent: the child's pid is the agent's. Read as
+    // root, from outside: what any process allowed to read it would see.
+    let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap_or_default();
+    std::fs::write(&go, "").expect("go");
+    let status = child.wait().expect("wait");
+    assert!(ready.exists(), "the sandbox never started");
+    assert!(status.success(), "{status:?}");
+    let text = String::from_utf8_lossy(&environ);
+    assert!(text.contains(&format!("{VAR}=")), "read the agent's environ: {text:.300}");
+    assert!(!text.contains(&lab.key), "the agent's environ still holds the key");
+}
+
+#[test]
+fn the_sandbox_ca_is_name_constrained_to_the_credential_hosts() {
+    let lab = Lab::new();
+    sys::require_tool("openssl", "reading the sandbox CA");
+    let out = lab.run(
+        &[],
+        "awk '/BEGIN CERTIFICATE/{c=\"\"} {c=c $0 \"\\n\"} END{printf \"%s\", c}' \"$SSL_CERT_FILE\" \
+         | openssl x509 -noout -text",
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(out.stdout.contains("nono-agent sandbox"), "the last certificate is the sandbox CA: {}", out.describe());
+    assert!(out.stdout.contains("X509v3 Name Constraints: critical"), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("DNS:{CRED_HOST}")), "{}", out.stdout);
+    assert!(!out.stdout.contains(&format!("DNS:{PLAIN_HOST}")), "{}", out.stdout);
+    assert!(out.stdout.contains("IP:0.0.0.0/0.0.0.0"), "IPs excluded: {}", out.stdout);
+}
+
+#[test]
+fn a_killed_agents_bundle_is_removed_by_the_next_run() {
+    let lab = Lab::new();
+    let ready = lab.tmp.path("ready");
+    let go = lab.tmp.path("go");
+    let mut child = lab
+        .command(
+            &lab.with_credential().iter().map(String::as_str).collect::<Vec<_>>(),
+            &format!(
+                "echo \"$SSL_CERT_FILE\" > {r}.tmp; mv {r}.tmp {r}; while [ ! -e {g} ]; do sleep 0.05; done",
+                r = ready.display(),
+                g = go.display()
+            ),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let bundle = PathBuf::from(std::fs::read_to_string(&ready).expect("ready").trim());
+    let dir = bundle.parent().expect("bundle dir").to_path_buf();
+    assert!(bundle.exists(), "{}", bundle.display());
+    child.kill().expect("SIGKILL the agent");
+    child.wait().expect("wait");
+    std::fs::write(&go, "").expect("go");
+    // The agent could not remove it; the next run with credentials does.
+    assert!(dir.exists(), "nothing to sweep: {}", dir.display());
+    let out = lab.run(&["--quiet"], "true");
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(!dir.exists(), "{} outlived its killed agent", dir.display());
+}
