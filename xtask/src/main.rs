@@ -9,11 +9,14 @@
 //!   (`bench --only daemon` or `bench-daemon` for that part alone).
 //! - `bench-pty`: keystroke echo round trip through the agent's
 //!   pseudo-terminal relay vs `cat` on a terminal directly.
+//! - `bench-creds`: requests per second and added latency through the
+//!   proxy for a credential host (intercepted) vs a plain tunnel.
 //! - `man`: man pages from the CLI definition into `target/man`.
 //! - `dist`: the static, stripped x86_64 musl binary in `target/dist`.
 //! - `deb`: `dist` and `man`, packaged as `target/dist/nono-agent_<v>_amd64.deb`.
 
 mod bench;
+mod bench_creds;
 mod bench_daemon;
 mod bench_proxy;
 mod bench_pty;
@@ -35,6 +38,7 @@ fn main() -> Result<()> {
         }
         Some("bench-proxy") => bench_proxy::run(&workspace_root(), &args[1..]),
         Some("bench-pty") => bench_pty::run(&workspace_root(), &args[1..]),
+        Some("bench-creds") => bench_creds::run(&args[1..]),
         Some("man") => dist::man().map(drop),
         Some("dist") => dist::dist().map(drop),
         Some("deb") => dist::deb().map(drop),
@@ -42,7 +46,7 @@ fn main() -> Result<()> {
         Some("connect-loop") => bench::connect_loop(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build-ebpf | bench [--iterations N] [--runs N] [--only daemon] | bench-daemon | bench-proxy [--help] | bench-pty [--keystrokes N] [--agent PATH] | man | dist | deb>"
+                "usage: cargo xtask <build-ebpf | bench [--iterations N] [--runs N] [--only daemon] | bench-daemon | bench-proxy [--help] | bench-creds [--requests N] [--connections N] [--rounds N] | bench-pty [--keystrokes N] [--agent PATH] | man | dist | deb>"
             );
             std::process::exit(2);
         }
