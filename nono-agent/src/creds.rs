@@ -157,6 +157,31 @@ fn env_block() -> Option<(usize, usize)> {
     Some((start, end))
 }
 
+/// The `from_file` credential files the sandbox could read: every one
+/// without filesystem rules, else those beneath a read, write or exec rule
+/// (the sandbox would find the real value there).
+pub fn readable_files(
+    r: &Resolved,
+    fs: Option<&crate::sandbox::landlock::FsRules>,
+) -> Vec<PathBuf> {
+    r.credentials
+        .iter()
+        .filter_map(|c| match &c.spec.source {
+            Source::File(p) => Some(p.clone()),
+            Source::Env(_) => None,
+        })
+        .filter(|p| match fs {
+            None => true,
+            Some(rules) => rules
+                .read
+                .iter()
+                .chain(&rules.write)
+                .chain(&rules.exec)
+                .any(|rule| p.starts_with(rule)),
+        })
+        .collect()
+}
+
 /// The variables naming the CA bundle, for each kind of client.
 pub const BUNDLE_VARS: &[&str] = &[
     "SSL_CERT_FILE",
@@ -247,6 +272,32 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("both name the environment variable K"), "{e}");
+    }
+
+    #[test]
+    fn credential_files_the_sandbox_could_read_are_found() {
+        let r = Resolved {
+            credentials: vec![
+                Credential::new(
+                    spec("a.test:x-k=file:/home/u/.keys/a"),
+                    nono_proxy::mitm::Secret::new("v"),
+                    "p".into(),
+                )
+                .unwrap(),
+                Credential::new(spec("b.test:x-k=env:B"), nono_proxy::mitm::Secret::new("v"), "p".into())
+                    .unwrap(),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(readable_files(&r, None), vec![PathBuf::from("/home/u/.keys/a")]);
+        let mut rules = crate::sandbox::landlock::FsRules {
+            read: vec!["/usr".into()],
+            write: vec!["/tmp".into()],
+            exec: vec![],
+        };
+        assert!(readable_files(&r, Some(&rules)).is_empty());
+        rules.read.push("/home/u".into());
+        assert_eq!(readable_files(&r, Some(&rules)).len(), 1);
     }
 
     #[test]

@@ -54,6 +54,8 @@ impl Record {
 pub struct TlsHost {
     /// The test CA's certificate (PEM), for `--upstream-ca` and clients.
     pub ca_pem: PathBuf,
+    /// The host's own certificate (PEM), e.g. to compute a pin.
+    pub leaf_pem: PathBuf,
     records: Arc<Mutex<Vec<Record>>>,
     release: Arc<Notify>,
     rt: Option<tokio::runtime::Runtime>,
@@ -84,6 +86,8 @@ impl TlsHost {
         let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf cert");
         let ca_pem = dir.join("test-ca.pem");
         std::fs::write(&ca_pem, ca_cert.pem()).expect("write test CA");
+        let leaf_pem = dir.join("test-host.pem");
+        std::fs::write(&leaf_pem, leaf.pem()).expect("write test host cert");
 
         #[allow(deprecated)] // ring: see nono-proxy::mitm::provider
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -131,6 +135,7 @@ impl TlsHost {
         });
         TlsHost {
             ca_pem,
+            leaf_pem,
             records,
             release,
             rt: Some(rt),

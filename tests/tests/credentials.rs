@@ -522,3 +522,67 @@ fn a_killed_agents_bundle_is_removed_by_the_next_run() {
     assert_eq!(out.code(), 0, "{}", out.describe());
     assert!(!dir.exists(), "{} outlived its killed agent", dir.display());
 }
+
+#[test]
+fn node_trusts_the_sandbox_ca_through_node_extra_ca_certs() {
+    let lab = Lab::new();
+    sys::require_tool("node", "the Node client");
+    // Node 20's fetch ignores proxy variables: CONNECT by hand, then TLS
+    // with Node's default trust (its roots plus NODE_EXTRA_CA_CERTS).
+    let js = format!(
+        r#"const http = require('http'), tls = require('tls');
+const u = new URL(process.env.HTTPS_PROXY);
+const auth = 'Basic ' + Buffer.from(decodeURIComponent(u.username) + ':' + decodeURIComponent(u.password)).toString('base64');
+const req = http.request({{host: u.hostname, port: u.port, method: 'CONNECT', path: '{CRED_HOST}:443',
+  headers: {{'Proxy-Authorization': auth, host: '{CRED_HOST}:443'}}}});
+req.on('connect', (res, socket) => {{
+  if (res.statusCode !== 200) {{ console.log('connect ' + res.statusCode); process.exit(1); }}
+  const s = tls.connect({{socket, servername: '{CRED_HOST}', ALPNProtocols: ['http/1.1']}}, () => {{
+    s.write('GET /node HTTP/1.1\r\nHost: {CRED_HOST}\r\nx-api-key: ' + process.env.{VAR} + '\r\nConnection: close\r\n\r\n');
+  }});
+  let out = '';
+  s.on('data', d => out += d);
+  s.on('end', () => {{ console.log('status: ' + out.split('\r\n')[0]); process.exit(0); }});
+  s.on('error', e => {{ console.log('tls error: ' + e.message); process.exit(1); }});
+}});
+req.on('error', e => {{ console.log('error: ' + e.message); process.exit(1); }});
+req.end();
+"#
+    );
+    let script = lab.tmp.path("client.js");
+    std::fs::write(&script, js).expect("client.js");
+    let out = lab.run(&[], &format!("node {}", script.display()));
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(out.stdout.contains("status: HTTP/1.1 200"), "{}", out.describe());
+    let r = lab.host.records();
+    let n = r.iter().find(|r| r.path == "/node").expect("node's request arrived");
+    assert_eq!(n.header("x-api-key"), vec![lab.key.as_str()]);
+}
+
+#[test]
+fn a_client_that_pins_the_hosts_key_fails_clearly() {
+    let lab = Lab::new();
+    sys::require_tool("openssl", "computing the pin");
+    let pin = sys::run_timeout(
+        Command::new("sh").arg("-c").arg(format!(
+            "openssl x509 -in {} -pubkey -noout | openssl pkey -pubin -outform der \
+             | openssl dgst -sha256 -binary | base64",
+            lab.host.leaf_pem.display()
+        )),
+        Duration::from_secs(30),
+    );
+    let pin = pin.stdout.trim().to_string();
+    assert!(!pin.is_empty(), "no pin computed");
+    let out = lab.run(
+        &[],
+        &format!(
+            "curl -sS --pinnedpubkey sha256//{pin} https://{PLAIN_HOST}/pinned-plain; echo plain=$?; \
+             curl -sS --pinnedpubkey sha256//{pin} https://{CRED_HOST}/pinned-cred; echo cred=$?"
+        ),
+    );
+    // The tunnelled host shows its own key; the intercepted one cannot.
+    assert!(out.stdout.contains("plain=0"), "{}", out.describe());
+    assert!(out.stdout.contains("cred=90"), "{}", out.describe());
+    assert!(out.stdout.contains("cred=90") && out.stderr.contains("pinned public key"), "{}", out.describe());
+    assert!(!lab.host.records().iter().any(|r| r.path == "/pinned-cred"));
+}

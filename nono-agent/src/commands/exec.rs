@@ -138,6 +138,18 @@ pub async fn run_observed(
         None
     } else {
         crate::creds::wipe_own_environment(&plan.credentials.secret_vars);
+        for f in crate::creds::readable_files(&plan.credentials, plan.fs.as_ref()) {
+            eprintln!(
+                "nono-agent: WARNING: the credential file {} is readable inside the sandbox \
+                 ({}): the command can read the real value there",
+                f.display(),
+                if plan.fs.is_some() {
+                    "a filesystem rule covers it"
+                } else {
+                    "no profile confines the filesystem"
+                }
+            );
+        }
         let base = cabundle::base_dir();
         for e in cabundle::sweep_stale(&base) {
             eprintln!("nono-agent: removing a stale CA bundle: {e}");
