@@ -249,7 +249,9 @@ mod tests {
         assert_eq!(r.credentials[0].value.expose(), "sk-real");
         assert!(!format!("{r:?}").contains("sk-real"));
         let vars = child_vars(&r, Some(Path::new("/tmp/b.pem")));
-        assert!(vars.iter().any(|(k, v)| k == "SSL_CERT_FILE" && v == "/tmp/b.pem"));
+        assert!(vars
+            .iter()
+            .any(|(k, v)| k == "SSL_CERT_FILE" && v == "/tmp/b.pem"));
         assert!(!vars.iter().any(|(_, v)| v.contains("sk-real")));
 
         let e = resolve(
@@ -271,7 +273,11 @@ mod tests {
             env,
         )
         .unwrap_err();
-        assert!(e.to_string().contains("both name the environment variable K"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("both name the environment variable K"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -284,12 +290,19 @@ mod tests {
                     "p".into(),
                 )
                 .unwrap(),
-                Credential::new(spec("b.test:x-k=env:B"), nono_proxy::mitm::Secret::new("v"), "p".into())
-                    .unwrap(),
+                Credential::new(
+                    spec("b.test:x-k=env:B"),
+                    nono_proxy::mitm::Secret::new("v"),
+                    "p".into(),
+                )
+                .unwrap(),
             ],
             ..Default::default()
         };
-        assert_eq!(readable_files(&r, None), vec![PathBuf::from("/home/u/.keys/a")]);
+        assert_eq!(
+            readable_files(&r, None),
+            vec![PathBuf::from("/home/u/.keys/a")]
+        );
         let mut rules = crate::sandbox::landlock::FsRules {
             read: vec!["/usr".into()],
             write: vec!["/tmp".into()],

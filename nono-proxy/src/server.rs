@@ -106,8 +106,7 @@ impl State {
         };
         Ok(Self {
             mitm,
-            resolver: Resolver::new(&config.pins, config.dns_server)
-                .map_err(crate::Error::Dns)?,
+            resolver: Resolver::new(&config.pins, config.dns_server).map_err(crate::Error::Dns)?,
             policy: config.policy,
             secret: config.secret,
             upstream: config.upstream,
@@ -323,7 +322,7 @@ async fn handle(
         (Some(m), Hook::Connect) => req
             .uri()
             .authority()
-            .and_then(|a| Some(m.lookup(a.host(), a.port_u16()?)?)),
+            .and_then(|a| m.lookup(a.host(), a.port_u16()?)),
         _ => None,
     };
     Ok(if let Some(entry) = intercepted {

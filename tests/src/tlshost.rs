@@ -83,7 +83,9 @@ impl TlsHost {
         let leaf_params =
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .expect("leaf params");
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf cert");
+        let leaf = leaf_params
+            .signed_by(&leaf_key, &issuer)
+            .expect("leaf cert");
         let ca_pem = dir.join("test-ca.pem");
         std::fs::write(&ca_pem, ca_cert.pem()).expect("write test CA");
         let leaf_pem = dir.join("test-host.pem");

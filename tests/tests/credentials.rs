@@ -46,11 +46,8 @@ impl Lab {
         sys::require_prereqs();
         sys::require_tool("curl", "the credential tests' HTTP client");
         let tmp = TempDir::new("creds");
-        std::fs::set_permissions(
-            &tmp.0,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .expect("chmod tmp");
+        std::fs::set_permissions(&tmp.0, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod tmp");
         let fx = NetFixture::new();
         let host = TlsHost::start(&fx, &tmp.0, &[CRED_HOST, PLAIN_HOST]);
         let key = format!(
@@ -73,7 +70,10 @@ impl Lab {
         let mut cmd = self.fx.client_command(&self.agent);
         cmd.arg("exec")
             .arg("--no-daemon")
-            .args(["--events", &self.tmp.path("events.jsonl").display().to_string()])
+            .args([
+                "--events",
+                &self.tmp.path("events.jsonl").display().to_string(),
+            ])
             .args(["--allow-domain", CRED_HOST, "--allow-domain", PLAIN_HOST])
             .args(["--resolve", &format!("{CRED_HOST}=198.51.100.2")])
             .args(["--resolve", &format!("{PLAIN_HOST}=198.51.100.2")])
@@ -111,8 +111,16 @@ impl Lab {
 
     /// The agent's own output and events never hold the key.
     fn assert_no_key_in_agent_output(&self, out: &CmdOutput) {
-        assert!(!out.stderr.contains(&self.key), "key in stderr: {}", out.describe());
-        assert!(!self.events().contains(&self.key), "key in events: {}", self.events());
+        assert!(
+            !out.stderr.contains(&self.key),
+            "key in stderr: {}",
+            out.describe()
+        );
+        assert!(
+            !self.events().contains(&self.key),
+            "key in events: {}",
+            self.events()
+        );
     }
 }
 
@@ -179,10 +187,16 @@ fn python_urllib_and_requests_get_the_key_put_in() {
     let out = lab.run(&[], &format!("python3 {}", script_path.display()));
     assert_eq!(out.code(), 0, "{}", out.describe());
     let recs = lab.host.records();
-    let u = recs.iter().find(|r| r.path == "/urllib").expect("urllib's request arrived");
+    let u = recs
+        .iter()
+        .find(|r| r.path == "/urllib")
+        .expect("urllib's request arrived");
     assert_eq!(u.header("x-api-key"), vec![lab.key.as_str()]);
     if !out.stdout.contains("requests: not installed") {
-        let r = recs.iter().find(|r| r.path == "/requests").expect("requests' request arrived");
+        let r = recs
+            .iter()
+            .find(|r| r.path == "/requests")
+            .expect("requests' request arrived");
         assert_eq!(r.header("x-api-key"), vec![lab.key.as_str()]);
     }
     lab.assert_no_key_in_agent_output(&out);
@@ -215,15 +229,24 @@ fn the_sandbox_cannot_find_the_key_or_the_ca_key() {
         seen.contains("nono-placeholder-"),
         "the placeholder is visible (the dump saw the environment)"
     );
-    assert!(!seen.contains(&lab.key), "the real key is visible inside the sandbox");
+    assert!(
+        !seen.contains(&lab.key),
+        "the real key is visible inside the sandbox"
+    );
     assert!(
         !seen.contains("PRIVATE KEY"),
         "a private key is readable inside the sandbox"
     );
-    assert!(seen.contains("BEGIN CERTIFICATE"), "the bundle was readable");
+    assert!(
+        seen.contains("BEGIN CERTIFICATE"),
+        "the bundle was readable"
+    );
     // And still works: the key arrived.
     let r = lab.host.records();
-    let after = r.iter().find(|r| r.path == "/after-dump").expect("request arrived");
+    let after = r
+        .iter()
+        .find(|r| r.path == "/after-dump")
+        .expect("request arrived");
     assert_eq!(after.header("x-api-key"), vec![lab.key.as_str()]);
     lab.assert_no_key_in_agent_output(&out);
 }
@@ -244,13 +267,22 @@ fn the_key_variable_is_removed_even_when_the_profile_passes_it_through() {
     .expect("profile");
     let out = lab.run(
         &["--profile", &profile.display().to_string()],
-        &format!("echo \"seen=${VAR}\"; curl -sS -H \"x-api-key: ${VAR}\" https://{CRED_HOST}/profile"),
+        &format!(
+            "echo \"seen=${VAR}\"; curl -sS -H \"x-api-key: ${VAR}\" https://{CRED_HOST}/profile"
+        ),
     );
     assert_eq!(out.code(), 0, "{}", out.describe());
     assert!(!out.stdout.contains(&lab.key), "{}", out.describe());
-    assert!(out.stdout.contains("seen=nono-placeholder-"), "{}", out.describe());
+    assert!(
+        out.stdout.contains("seen=nono-placeholder-"),
+        "{}",
+        out.describe()
+    );
     let r = lab.host.records();
-    let p = r.iter().find(|r| r.path == "/profile").expect("request arrived");
+    let p = r
+        .iter()
+        .find(|r| r.path == "/profile")
+        .expect("request arrived");
     assert_eq!(p.header("x-api-key"), vec![lab.key.as_str()]);
 }
 
@@ -271,7 +303,10 @@ fn another_host_gets_an_untouched_tunnel_and_the_placeholder_unchanged() {
     assert!(out.stdout.contains("plain=0"), "{}", out.describe());
     assert!(out.stdout.contains("cred=60"), "{}", out.describe());
     let recs = lab.host.records();
-    let plain = recs.iter().find(|r| r.path == "/plain").expect("/plain arrived");
+    let plain = recs
+        .iter()
+        .find(|r| r.path == "/plain")
+        .expect("/plain arrived");
     let sent = plain.header("x-api-key");
     assert_eq!(sent.len(), 1);
     assert!(sent[0].starts_with("nono-placeholder-"), "{plain:?}");
@@ -294,13 +329,21 @@ fn a_request_naming_another_host_is_refused_without_the_key() {
     );
     assert!(out.stdout.contains("h1=421"), "{}", out.describe());
     assert!(out.stdout.contains("h2=421"), "{}", out.describe());
-    assert!(out.stdout.contains("ok=200"), "the check is not over-blocking: {}", out.describe());
+    assert!(
+        out.stdout.contains("ok=200"),
+        "the check is not over-blocking: {}",
+        out.describe()
+    );
     let recs = lab.host.records();
     assert!(
         !recs.iter().any(|r| r.path.starts_with("/misdirected")),
         "a misdirected request reached the host: {recs:?}"
     );
-    assert!(lab.events().contains("refused, no credential sent"), "{}", lab.events());
+    assert!(
+        lab.events().contains("refused, no credential sent"),
+        "{}",
+        lab.events()
+    );
     lab.assert_no_key_in_agent_output(&out);
 }
 
@@ -317,7 +360,9 @@ fn a_host_whose_certificate_does_not_verify_is_refused() {
     let out = sys::run_timeout(
         &mut lab.command(
             &args,
-            &format!("curl -sS -H \"x-api-key: ${VAR}\" https://{CRED_HOST}/unverified; echo rc=$?"),
+            &format!(
+                "curl -sS -H \"x-api-key: ${VAR}\" https://{CRED_HOST}/unverified; echo rc=$?"
+            ),
         ),
         Duration::from_secs(60),
     );
@@ -339,7 +384,10 @@ fn sse_arrives_incrementally() {
                 .iter()
                 .map(String::as_str)
                 .collect::<Vec<_>>(),
-            &format!("curl -sS -N {http} https://{CRED_HOST}/sse >> {}", out_file.display()),
+            &format!(
+                "curl -sS -N {http} https://{CRED_HOST}/sse >> {}",
+                out_file.display()
+            ),
         );
         let mut child = cmd
             .stdin(Stdio::null())
@@ -387,7 +435,10 @@ fn the_bundle_is_removed_at_exit() {
     assert!(path.contains("nono-agent-ca."), "{path}");
     assert!(out.stdout.contains(&format!("node={path}")));
     assert!(out.stdout.contains(&format!("pip={path}")));
-    assert!(!std::path::Path::new(&path).exists(), "{path} outlived the sandbox");
+    assert!(
+        !std::path::Path::new(&path).exists(),
+        "{path} outlived the sandbox"
+    );
     assert!(
         !std::path::Path::new(&path).parent().expect("dir").exists(),
         "its directory outlived the sandbox"
@@ -407,8 +458,14 @@ fn bad_credentials_are_refused_with_the_reason() {
     assert!(e.contains("expected HOST[:PORT]:HEADER"), "{e}");
     let e = run(&["--credential", "*.cred.test:x-api-key=env:X"]);
     assert!(e.contains("wildcard"), "{e}");
-    let e = run(&["--credential", &format!("{CRED_HOST}:x-api-key=env:NONO_TEST_UNSET_VAR")]);
-    assert!(e.contains("environment variable NONO_TEST_UNSET_VAR is not set"), "{e}");
+    let e = run(&[
+        "--credential",
+        &format!("{CRED_HOST}:x-api-key=env:NONO_TEST_UNSET_VAR"),
+    ]);
+    assert!(
+        e.contains("environment variable NONO_TEST_UNSET_VAR is not set"),
+        "{e}"
+    );
     let e = run(&["--credential", "other.test:x-api-key=env:CRED_TEST_API_KEY"]);
     assert!(e.contains("does not allow other.test:443"), "{e}");
     let e = run(&[
@@ -426,7 +483,10 @@ fn bad_credentials_are_refused_with_the_reason() {
     .expect("profile");
     let e = run(&["--profile", &profile.display().to_string()]);
     assert!(
-        e.contains(&format!("{}:1:1: a credential needs exactly one of from_env or from_file", profile.display())),
+        e.contains(&format!(
+            "{}:1:1: a credential needs exactly one of from_env or from_file",
+            profile.display()
+        )),
         "{e}"
     );
     assert!(!e.contains(&lab.key));
@@ -466,8 +526,14 @@ fn the_agents_own_environ_does_not_hold_the_key() {
     assert!(ready.exists(), "the sandbox never started");
     assert!(status.success(), "{status:?}");
     let text = String::from_utf8_lossy(&environ);
-    assert!(text.contains(&format!("{VAR}=")), "read the agent's environ: {text:.300}");
-    assert!(!text.contains(&lab.key), "the agent's environ still holds the key");
+    assert!(
+        text.contains(&format!("{VAR}=")),
+        "read the agent's environ: {text:.300}"
+    );
+    assert!(
+        !text.contains(&lab.key),
+        "the agent's environ still holds the key"
+    );
 }
 
 #[test]
@@ -480,11 +546,31 @@ fn the_sandbox_ca_is_name_constrained_to_the_credential_hosts() {
          | openssl x509 -noout -text",
     );
     assert_eq!(out.code(), 0, "{}", out.describe());
-    assert!(out.stdout.contains("nono-agent sandbox"), "the last certificate is the sandbox CA: {}", out.describe());
-    assert!(out.stdout.contains("X509v3 Name Constraints: critical"), "{}", out.stdout);
-    assert!(out.stdout.contains(&format!("DNS:{CRED_HOST}")), "{}", out.stdout);
-    assert!(!out.stdout.contains(&format!("DNS:{PLAIN_HOST}")), "{}", out.stdout);
-    assert!(out.stdout.contains("IP:0.0.0.0/0.0.0.0"), "IPs excluded: {}", out.stdout);
+    assert!(
+        out.stdout.contains("nono-agent sandbox"),
+        "the last certificate is the sandbox CA: {}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("X509v3 Name Constraints: critical"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(&format!("DNS:{CRED_HOST}")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains(&format!("DNS:{PLAIN_HOST}")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("IP:0.0.0.0/0.0.0.0"),
+        "IPs excluded: {}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -553,9 +639,16 @@ req.end();
     std::fs::write(&script, js).expect("client.js");
     let out = lab.run(&[], &format!("node {}", script.display()));
     assert_eq!(out.code(), 0, "{}", out.describe());
-    assert!(out.stdout.contains("status: HTTP/1.1 200"), "{}", out.describe());
+    assert!(
+        out.stdout.contains("status: HTTP/1.1 200"),
+        "{}",
+        out.describe()
+    );
     let r = lab.host.records();
-    let n = r.iter().find(|r| r.path == "/node").expect("node's request arrived");
+    let n = r
+        .iter()
+        .find(|r| r.path == "/node")
+        .expect("node's request arrived");
     assert_eq!(n.header("x-api-key"), vec![lab.key.as_str()]);
 }
 
@@ -583,6 +676,10 @@ fn a_client_that_pins_the_hosts_key_fails_clearly() {
     // The tunnelled host shows its own key; the intercepted one cannot.
     assert!(out.stdout.contains("plain=0"), "{}", out.describe());
     assert!(out.stdout.contains("cred=90"), "{}", out.describe());
-    assert!(out.stdout.contains("cred=90") && out.stderr.contains("pinned public key"), "{}", out.describe());
+    assert!(
+        out.stdout.contains("cred=90") && out.stderr.contains("pinned public key"),
+        "{}",
+        out.describe()
+    );
     assert!(!lab.host.records().iter().any(|r| r.path == "/pinned-cred"));
 }

@@ -117,7 +117,11 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     }
     let median = |mode: &str, f: fn(&Round) -> f64| {
-        let mut v: Vec<f64> = rows.iter().filter(|(m, _)| *m == mode).map(|(_, r)| f(r)).collect();
+        let mut v: Vec<f64> = rows
+            .iter()
+            .filter(|(m, _)| *m == mode)
+            .map(|(_, r)| f(r))
+            .collect();
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied().unwrap_or(0.0)
     };
@@ -177,7 +181,10 @@ async fn bench(o: &Opts, test_ca: &[u8]) -> Result<Vec<(&'static str, Round)>> {
     let mut rows = Vec::new();
     for _ in 0..o.rounds {
         for (mode, host) in [("tunnel", PLAIN_HOST), ("intercept", CRED_HOST)] {
-            rows.push((mode, round(addr, host, &tls, o.connections, o.requests).await?));
+            rows.push((
+                mode,
+                round(addr, host, &tls, o.connections, o.requests).await?,
+            ));
         }
     }
     proxy.stop().await;
@@ -254,7 +261,9 @@ async fn connection(
         bail!("CONNECT {host}: {}", String::from_utf8_lossy(&head));
     }
     let name = ServerName::try_from(host)?;
-    let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let mut out = Vec::with_capacity(requests);

@@ -22,9 +22,8 @@ use crate::enforcer::{self, Applied, Choice, Host, Requested};
 use crate::events;
 use crate::plan::{self, ExecRequest, Plan};
 use crate::sandbox::{
-    cabundle,
-    cgroup, child::ChildSetup, command_path, daemons, exec_check, fsaudit, fswatch, hide, landlock,
-    privileges, pty, reap, registry, relay, spawn, sweep, teardown::Resources, users,
+    cabundle, cgroup, child::ChildSetup, command_path, daemons, exec_check, fsaudit, fswatch, hide,
+    landlock, privileges, pty, reap, registry, relay, spawn, sweep, teardown::Resources, users,
 };
 use crate::signals::Forwarder;
 use crate::timing::Timing;

@@ -164,7 +164,8 @@ pub fn parse_host(s: &str) -> Result<(String, u16), CredentialError> {
             "an IP literal; credentials are for host names".into(),
         ));
     }
-    let host = normalize_host(name).map_err(|e| CredentialError::Host(s.to_string(), e.to_string()))?;
+    let host =
+        normalize_host(name).map_err(|e| CredentialError::Host(s.to_string(), e.to_string()))?;
     Ok((host, port))
 }
 
@@ -244,7 +245,11 @@ impl FromStr for CredentialSpec {
             if let Some(f) = opt.strip_prefix("format=") {
                 format = parse_format(f)?;
             } else if let Some(e) = opt.strip_prefix("env=") {
-                env = if e.is_empty() { None } else { Some(env_name(e)?) };
+                env = if e.is_empty() {
+                    None
+                } else {
+                    Some(env_name(e)?)
+                };
             } else {
                 return Err(CredentialError::Option(opt.to_string()));
             }
@@ -324,8 +329,9 @@ impl Credential {
                 "holds spaces, control characters or non-ASCII, which a header cannot carry",
             ));
         }
-        let mut header_value = HeaderValue::from_str(&spec.format.replacen("{}", value.expose(), 1))
-            .map_err(|_| unusable("does not make a valid header value"))?;
+        let mut header_value =
+            HeaderValue::from_str(&spec.format.replacen("{}", value.expose(), 1))
+                .map_err(|_| unusable("does not make a valid header value"))?;
         // HTTP/2: never put it in the HPACK dynamic table.
         header_value.set_sensitive(true);
         Ok(Self {
@@ -443,7 +449,9 @@ mod tests {
 
     #[test]
     fn values_are_checked_and_never_shown() {
-        let spec: CredentialSpec = "a.test:authorization=env:K;format=Bearer {}".parse().unwrap();
+        let spec: CredentialSpec = "a.test:authorization=env:K;format=Bearer {}"
+            .parse()
+            .unwrap();
         let c = Credential::new(spec.clone(), Secret::new("sk-123"), "p".into()).unwrap();
         assert_eq!(c.header_value().to_str().unwrap(), "Bearer sk-123");
         assert!(c.header_value().is_sensitive());
@@ -455,7 +463,10 @@ mod tests {
             assert!(text.contains("environment variable K"), "{text}");
         }
         let e = read_value(&spec, |_| None).unwrap_err().to_string();
-        assert_eq!(e, "credential for a.test: environment variable K is not set");
+        assert_eq!(
+            e,
+            "credential for a.test: environment variable K is not set"
+        );
     }
 
     #[test]

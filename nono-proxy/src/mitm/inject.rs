@@ -58,7 +58,9 @@ pub fn check_authority(
     }
     if let Some(h) = hosts.first() {
         named = true;
-        let text = h.to_str().map_err(|_| Misdirected::Other("<not ASCII>".into()))?;
+        let text = h
+            .to_str()
+            .map_err(|_| Misdirected::Other("<not ASCII>".into()))?;
         if !names(text, host, port) {
             return Err(Misdirected::Other(text.to_string()));
         }
@@ -154,7 +156,9 @@ mod tests {
     fn authority_must_be_the_intercepted_host() {
         let origin: Uri = "/v1/messages".parse().unwrap();
         let h2: Uri = "https://api.test/v1".parse().unwrap();
-        let ok = |uri: &Uri, list: &[(&str, &str)]| check_authority(uri, &headers(list), "api.test", 443);
+        let ok = |uri: &Uri, list: &[(&str, &str)]| {
+            check_authority(uri, &headers(list), "api.test", 443)
+        };
         assert_eq!(ok(&origin, &[("host", "api.test")]), Ok(()));
         assert_eq!(ok(&origin, &[("host", "API.Test:443")]), Ok(()));
         assert_eq!(ok(&origin, &[("host", "api.test.")]), Ok(()));
@@ -173,7 +177,12 @@ mod tests {
             Err(Misdirected::ManyHosts)
         );
         assert_eq!(
-            check_authority(&origin, &headers(&[("host", "api.test:8443")]), "api.test", 8443),
+            check_authority(
+                &origin,
+                &headers(&[("host", "api.test:8443")]),
+                "api.test",
+                8443
+            ),
             Ok(())
         );
     }

@@ -76,7 +76,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// The system's trust store (rustls-native-certs: the same store the
 /// sandbox's tools use, enterprise roots included) plus `extra`.
-pub fn trust_roots(extra: &[CertificateDer<'static>]) -> (Vec<CertificateDer<'static>>, Vec<String>) {
+pub fn trust_roots(
+    extra: &[CertificateDer<'static>],
+) -> (Vec<CertificateDer<'static>>, Vec<String>) {
     let found = rustls_native_certs::load_native_certs();
     let errors = found.errors.iter().map(|e| e.to_string()).collect();
     let mut all = found.certs;

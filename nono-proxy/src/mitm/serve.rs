@@ -152,7 +152,14 @@ async fn serve_client(
     let tls = match tokio::time::timeout(state.limits.header_timeout, accept).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            d.record(Verdict::Deny, Reason::ClientTls(e.to_string()), None, None, 0, 0);
+            d.record(
+                Verdict::Deny,
+                Reason::ClientTls(e.to_string()),
+                None,
+                None,
+                0,
+                0,
+            );
             return None;
         }
         Err(_) => {
