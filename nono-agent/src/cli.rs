@@ -578,6 +578,7 @@ impl From<ExecArgs> for ExecRequest {
             daemon_socket: (!a.no_daemon).then_some(a.daemon_socket),
             proxy: a.proxy.into(),
             credentials: a.credentials,
+            skip_credential_values: false,
             upstream_ca: a.upstream_ca,
             command: a.command,
             host: crate::config::HostConfig::default(),

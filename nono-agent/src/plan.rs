@@ -93,6 +93,9 @@ pub struct ExecRequest {
     pub credentials: Vec<nono_proxy::mitm::CredentialSpec>,
     /// `--upstream-ca FILE`.
     pub upstream_ca: Option<PathBuf>,
+    /// Do not read the credentials' values (`why`: they decide nothing it
+    /// answers, and it must not need the keys).
+    pub skip_credential_values: bool,
     pub command: Vec<OsString>,
     /// The host configuration (`crate::config`), already loaded.
     pub host: HostConfig,
@@ -382,7 +385,7 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
             .unwrap_or_default(),
         &req.credentials,
     );
-    let credentials = if specs.is_empty() {
+    let credentials = if specs.is_empty() || req.skip_credential_values {
         crate::creds::Resolved::default()
     } else {
         crate::creds::resolve(specs, upstream_ca.as_deref(), |n| std::env::var(n).ok())?

@@ -683,3 +683,20 @@ fn a_client_that_pins_the_hosts_key_fails_clearly() {
     );
     assert!(!lab.host.records().iter().any(|r| r.path == "/pinned-cred"));
 }
+
+#[test]
+fn the_seccomp_enforcer_injects_too() {
+    let lab = Lab::new();
+    let out = lab.run(
+        &["--enforcer", "seccomp"],
+        &format!("curl -sS -H \"x-api-key: ${VAR}\" https://{CRED_HOST}/seccomp"),
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let r = lab.host.records();
+    let s = r
+        .iter()
+        .find(|r| r.path == "/seccomp")
+        .expect("request arrived");
+    assert_eq!(s.header("x-api-key"), vec![lab.key.as_str()]);
+    lab.assert_no_key_in_agent_output(&out);
+}
