@@ -700,3 +700,65 @@ fn the_seccomp_enforcer_injects_too() {
     assert_eq!(s.header("x-api-key"), vec![lab.key.as_str()]);
     lab.assert_no_key_in_agent_output(&out);
 }
+
+#[test]
+fn the_real_variable_is_gone_when_the_placeholder_goes_elsewhere() {
+    let lab = Lab::new();
+    let args = [
+        "--credential".to_string(),
+        format!("{CRED_HOST}:x-api-key=env:{VAR};env=OTHER_PLACEHOLDER_VAR"),
+        "--upstream-ca".to_string(),
+        lab.host.ca_pem.display().to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = sys::run_timeout(
+        &mut lab.command(
+            &args,
+            &format!(
+                "echo \"real=${{{VAR}:-unset}}\"; echo \"other=$OTHER_PLACEHOLDER_VAR\"; \
+                 curl -sS -H \"x-api-key: $OTHER_PLACEHOLDER_VAR\" https://{CRED_HOST}/other-var"
+            ),
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(out.stdout.contains("real=unset"), "{}", out.describe());
+    assert!(out.stdout.contains("other=nono-placeholder-"), "{}", out.describe());
+    let r = lab.host.records();
+    let o = r.iter().find(|r| r.path == "/other-var").expect("request arrived");
+    assert_eq!(o.header("x-api-key"), vec![lab.key.as_str()]);
+}
+
+#[test]
+fn a_file_credential_is_read_by_the_agent_and_a_readable_one_is_flagged() {
+    let lab = Lab::new();
+    let key_file = lab.tmp.path("key.txt");
+    std::fs::write(&key_file, format!("{}\n", lab.key)).expect("key file");
+    let args = [
+        "--credential".to_string(),
+        format!(
+            "{CRED_HOST}:authorization=file:{};format=Bearer {{}};env=FILE_KEY_VAR",
+            key_file.display()
+        ),
+        "--upstream-ca".to_string(),
+        lab.host.ca_pem.display().to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = sys::run_timeout(
+        &mut lab.command(
+            &args,
+            &format!("curl -sS -H \"authorization: Bearer $FILE_KEY_VAR\" https://{CRED_HOST}/file"),
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    let r = lab.host.records();
+    let f = r.iter().find(|r| r.path == "/file").expect("request arrived");
+    assert_eq!(f.header("authorization"), vec![format!("Bearer {}", lab.key).as_str()]);
+    // Without a profile the sandbox could read the file itself: said.
+    assert!(
+        out.stderr.contains("is readable inside the sandbox"),
+        "{}",
+        out.describe()
+    );
+}

@@ -87,7 +87,11 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 /// Removes the hop-by-hop headers and those the `Connection` header names.
+/// `TE: trailers` is kept: HTTP/2 allows it, and gRPC needs it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let te_trailers = headers
+        .get(hyper::header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let named: Vec<HeaderName> = headers
         .get_all(hyper::header::CONNECTION)
         .iter()
@@ -100,6 +104,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for h in HOP_BY_HOP {
         headers.remove(*h);
+    }
+    if te_trailers {
+        headers.insert(hyper::header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -222,5 +229,11 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("accept"));
+        let mut h = headers(&[("te", "trailers"), ("x", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["te"], "trailers");
+        let mut h = headers(&[("te", "gzip")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
     }
 }
