@@ -39,6 +39,8 @@ struct Lab {
     agent: PathBuf,
     /// The real key of this lab (unique, so a match is never a leftover).
     key: String,
+    /// Make sandboxes through this private daemon (else `--no-daemon`).
+    daemon_socket: Option<PathBuf>,
 }
 
 impl Lab {
@@ -61,6 +63,7 @@ impl Lab {
             tmp,
             agent: sys::agent_bin(),
             key,
+            daemon_socket: None,
         }
     }
 
@@ -68,9 +71,12 @@ impl Lab {
     /// pins and the test CA, plus `extra`, running `sh -c script`.
     fn command(&self, extra: &[&str], script: &str) -> Command {
         let mut cmd = self.fx.client_command(&self.agent);
-        cmd.arg("exec")
-            .arg("--no-daemon")
-            .args([
+        cmd.arg("exec");
+        match &self.daemon_socket {
+            Some(s) => cmd.arg("--daemon-socket").arg(s),
+            None => cmd.arg("--no-daemon"),
+        };
+        cmd.args([
                 "--events",
                 &self.tmp.path("events.jsonl").display().to_string(),
             ])
@@ -761,4 +767,23 @@ fn a_file_credential_is_read_by_the_agent_and_a_readable_one_is_flagged() {
         "{}",
         out.describe()
     );
+}
+
+#[test]
+fn a_daemon_made_sandbox_injects_too() {
+    let daemon = nono_tests::daemon::Daemon::start();
+    let mut lab = Lab::new();
+    lab.daemon_socket = Some(daemon.socket.clone());
+    let out = lab.run(
+        &[],
+        &format!("echo \"enforcer=$NONO_ENFORCER\"; curl -sS -H \"x-api-key: ${VAR}\" https://{CRED_HOST}/daemon"),
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(out.stderr.contains("enforcer: bpf (daemon"), "{}", out.describe());
+    let r = lab.host.records();
+    let d = r.iter().find(|r| r.path == "/daemon").expect("request arrived");
+    assert_eq!(d.header("x-api-key"), vec![lab.key.as_str()]);
+    lab.assert_no_key_in_agent_output(&out);
+    drop(lab);
+    daemon.cleanup();
 }
