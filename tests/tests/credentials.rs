@@ -77,21 +77,21 @@ impl Lab {
             None => cmd.arg("--no-daemon"),
         };
         cmd.args([
-                "--events",
-                &self.tmp.path("events.jsonl").display().to_string(),
-            ])
-            .args(["--allow-domain", CRED_HOST, "--allow-domain", PLAIN_HOST])
-            .args(["--resolve", &format!("{CRED_HOST}=198.51.100.2")])
-            .args(["--resolve", &format!("{PLAIN_HOST}=198.51.100.2")])
-            // Nothing listens there: no name is ever sent to the machine's
-            // resolver.
-            .args(["--dns-server", "127.0.0.1:9"])
-            .args(extra)
-            .arg("--")
-            .args(["sh", "-c", script])
-            .env(VAR, &self.key)
-            .env_remove("SSL_CERT_FILE")
-            .env_remove("CURL_CA_BUNDLE");
+            "--events",
+            &self.tmp.path("events.jsonl").display().to_string(),
+        ])
+        .args(["--allow-domain", CRED_HOST, "--allow-domain", PLAIN_HOST])
+        .args(["--resolve", &format!("{CRED_HOST}=198.51.100.2")])
+        .args(["--resolve", &format!("{PLAIN_HOST}=198.51.100.2")])
+        // Nothing listens there: no name is ever sent to the machine's
+        // resolver.
+        .args(["--dns-server", "127.0.0.1:9"])
+        .args(extra)
+        .arg("--")
+        .args(["sh", "-c", script])
+        .env(VAR, &self.key)
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("CURL_CA_BUNDLE");
         cmd
     }
 
@@ -729,9 +729,16 @@ fn the_real_variable_is_gone_when_the_placeholder_goes_elsewhere() {
     );
     assert_eq!(out.code(), 0, "{}", out.describe());
     assert!(out.stdout.contains("real=unset"), "{}", out.describe());
-    assert!(out.stdout.contains("other=nono-placeholder-"), "{}", out.describe());
+    assert!(
+        out.stdout.contains("other=nono-placeholder-"),
+        "{}",
+        out.describe()
+    );
     let r = lab.host.records();
-    let o = r.iter().find(|r| r.path == "/other-var").expect("request arrived");
+    let o = r
+        .iter()
+        .find(|r| r.path == "/other-var")
+        .expect("request arrived");
     assert_eq!(o.header("x-api-key"), vec![lab.key.as_str()]);
 }
 
@@ -753,14 +760,22 @@ fn a_file_credential_is_read_by_the_agent_and_a_readable_one_is_flagged() {
     let out = sys::run_timeout(
         &mut lab.command(
             &args,
-            &format!("curl -sS -H \"authorization: Bearer $FILE_KEY_VAR\" https://{CRED_HOST}/file"),
+            &format!(
+                "curl -sS -H \"authorization: Bearer $FILE_KEY_VAR\" https://{CRED_HOST}/file"
+            ),
         ),
         Duration::from_secs(60),
     );
     assert_eq!(out.code(), 0, "{}", out.describe());
     let r = lab.host.records();
-    let f = r.iter().find(|r| r.path == "/file").expect("request arrived");
-    assert_eq!(f.header("authorization"), vec![format!("Bearer {}", lab.key).as_str()]);
+    let f = r
+        .iter()
+        .find(|r| r.path == "/file")
+        .expect("request arrived");
+    assert_eq!(
+        f.header("authorization"),
+        vec![format!("Bearer {}", lab.key).as_str()]
+    );
     // Without a profile the sandbox could read the file itself: said.
     assert!(
         out.stderr.contains("is readable inside the sandbox"),
@@ -779,9 +794,16 @@ fn a_daemon_made_sandbox_injects_too() {
         &format!("echo \"enforcer=$NONO_ENFORCER\"; curl -sS -H \"x-api-key: ${VAR}\" https://{CRED_HOST}/daemon"),
     );
     assert_eq!(out.code(), 0, "{}", out.describe());
-    assert!(out.stderr.contains("enforcer: bpf (daemon"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("enforcer: bpf (daemon"),
+        "{}",
+        out.describe()
+    );
     let r = lab.host.records();
-    let d = r.iter().find(|r| r.path == "/daemon").expect("request arrived");
+    let d = r
+        .iter()
+        .find(|r| r.path == "/daemon")
+        .expect("request arrived");
     assert_eq!(d.header("x-api-key"), vec![lab.key.as_str()]);
     lab.assert_no_key_in_agent_output(&out);
     drop(lab);
