@@ -10,6 +10,9 @@
 //! [`start`] or [`start_loopback`], receive a [`ProxyEvent`] per decision
 //! through their [`EventSink`], and [`Running::stop`] it.
 //!
+//! A CONNECT to a host with a credential ([`ProxyConfig::credentials`]) is
+//! intercepted instead of tunnelled: see [`mitm`].
+//!
 //! Errors are `thiserror` enums, one per module. The parse errors, refusals
 //! and request errors include the inner error's text in their own message
 //! (that message is what clap, profile errors, 403 bodies and event reasons
