@@ -37,6 +37,8 @@ pub struct Record {
     pub path: String,
     /// Every header, name lower case.
     pub headers: Vec<(String, String)>,
+    /// The body's length as received.
+    pub body_len: usize,
 }
 
 impl Record {
@@ -67,6 +69,11 @@ impl TlsHost {
     /// Starts the host for `names` on 0.0.0.0:443 in `fx`'s server
     /// namespace; the CA certificate is written to `dir/test-ca.pem`.
     pub fn start(fx: &NetFixture, dir: &Path, names: &[&str]) -> TlsHost {
+        Self::start_with(fx, dir, names, true)
+    }
+
+    /// As [`TlsHost::start`]; without `h2` the host offers HTTP/1.1 only.
+    pub fn start_with(fx: &NetFixture, dir: &Path, names: &[&str], h2: bool) -> TlsHost {
         let ca_key = rcgen::KeyPair::generate().expect("CA key");
         let mut params = rcgen::CertificateParams::default();
         params
@@ -102,7 +109,11 @@ impl TlsHost {
                 rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
             )
             .expect("server config");
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = if h2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
 
         let listener = in_netns(&fx.server, || {
@@ -191,11 +202,15 @@ async fn handle(
             .map(|p| p.to_string())
             .unwrap_or_default(),
         headers,
+        body_len: 0,
     };
+    let mut rec = rec;
     let sse = rec.path == "/sse";
+    rec.body_len = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes().len(),
+        Err(_) => 0,
+    };
     records.lock().expect("records").push(rec);
-    // Read the body to the end (it is not needed).
-    let _ = req.into_body().collect().await;
     if !sse {
         return Ok(Response::new(
             Full::new(Bytes::from_static(b"ok\n")).boxed(),
