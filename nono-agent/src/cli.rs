@@ -387,6 +387,15 @@ pub struct ExecArgs {
     #[arg(long)]
     pub audit: bool,
 
+    /// Transparent mode: TCP connections the policy refuses go to the
+    /// sandbox's proxy instead (it decides by the name: TLS SNI, HTTP Host,
+    /// or the name behind an address its resolver handed out), and DNS
+    /// (port 53, UDP and TCP, to any address) to the agent's resolver, which
+    /// answers only for allowed names. For programs that ignore
+    /// HTTPS_PROXY. Other UDP stays refused.
+    #[arg(long)]
+    pub transparent: bool,
+
     /// The daemon's socket: with `--enforcer auto` or `bpf`, the sandbox is
     /// made by the daemon whenever it answers there.
     #[arg(
@@ -575,6 +584,7 @@ impl From<ExecArgs> for ExecRequest {
                 crate::plan::DryRun::Text
             }),
             audit: a.audit,
+            transparent: a.transparent,
             daemon_socket: (!a.no_daemon).then_some(a.daemon_socket),
             proxy: a.proxy.into(),
             credentials: a.credentials,

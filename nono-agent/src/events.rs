@@ -184,6 +184,7 @@ pub fn proxy_notice(e: &ProxyEvent) -> Option<String> {
         nono_proxy::Hook::Http => "HTTP request to",
         nono_proxy::Hook::Transparent => "redirected connection to",
         nono_proxy::Hook::Inject => "credential request to",
+        nono_proxy::Hook::Dns => "DNS question for",
     };
     let reason = match &e.reason {
         R::Refused(Refusal::NotAllowed { .. }) => "not in allowlist".to_string(),

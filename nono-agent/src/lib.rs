@@ -20,5 +20,6 @@ pub mod sandbox;
 pub mod selftest;
 pub mod signals;
 pub mod timing;
+pub mod transparent;
 pub mod util;
 pub mod why;

@@ -86,6 +86,8 @@ pub struct ExecRequest {
     pub dry_run: Option<DryRun>,
     /// Audit mode (`--audit`).
     pub audit: bool,
+    /// Transparent mode (`--transparent`; the profile can ask too).
+    pub transparent: bool,
     /// The daemon socket to try (`None`: never use the daemon).
     pub daemon_socket: Option<PathBuf>,
     pub proxy: ProxyConfig,
@@ -128,6 +130,9 @@ pub struct Plan {
     /// could allow and record it as would-deny; the filesystem rules are
     /// not applied (the host protection is).
     pub audit: bool,
+    /// Transparent mode: refused TCP goes to the proxy's transparent
+    /// listener, DNS to the agent's resolver (see `nono_common::redirect`).
+    pub transparent: bool,
     /// The daemon socket to try (`None`: never use the daemon).
     pub daemon_socket: Option<PathBuf>,
     /// Where events go (`-` = stdout).
@@ -310,10 +315,12 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
     let mut user = None;
     let mut allow_unix_sockets = Vec::new();
     let mut upstream_ca = req.upstream_ca.clone();
+    let mut transparent = req.transparent;
     if let Some(p) = &profile {
         if upstream_ca.is_none() {
             upstream_ca = p.network.upstream_ca.clone();
         }
+        transparent |= p.network.transparent;
         let n = &p.network;
         let rules = &mut proxy.policy;
         rules.allow = [n.allow_domains.clone(), std::mem::take(&mut rules.allow)].concat();
@@ -395,7 +402,10 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
     // In audit mode the proxy always runs: names the command asks for are
     // what audit is for, even when no rule would start a proxy.
     proxy.audit = req.audit;
-    let proxy = (proxy_wanted(&proxy) || req.audit).then(|| with_host_rules(proxy, &req.host));
+    // Transparent mode needs the proxy (and its resolver) even with no
+    // rule: every name is then refused, visibly, instead of EPERM.
+    let proxy = (proxy_wanted(&proxy) || req.audit || transparent)
+        .then(|| with_host_rules(proxy, &req.host));
     if let Some(p) = &proxy {
         check_credential_hosts(p, &credentials)?;
     }
@@ -412,6 +422,7 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         quiet: req.quiet,
         notices: req.notices,
         audit: req.audit,
+        transparent,
         daemon_socket: req.daemon_socket.clone(),
         events: req.events.clone(),
         host_events: req.host.events.path.as_ref().map(|p| p.value.clone()),

@@ -19,6 +19,7 @@ pub use socket::{
     cgroup_hook_sees, decide_socket, decide_socketpair, SocketRule, ALLOWED_SOCKETS, ANY,
 };
 
+use crate::redirect::Redirects;
 use crate::types::{
     is_v4_mapped, Dest, Endpoint, Policy, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
 };
@@ -43,6 +44,12 @@ pub enum Reason {
     /// inbound filter (BPF ingress program, or the supervisor's locked socket
     /// filter) drops everything that does not arrive on the loopback device.
     Wildcard = 6,
+    /// Transparent mode: a TCP connect the policy refuses went to the
+    /// proxy's transparent listener instead, which decides by name.
+    Transparent = 7,
+    /// Transparent mode: a DNS query (port 53, any address) went to the
+    /// agent's resolver.
+    Resolver = 8,
     /// Destination is neither loopback nor a proxy endpoint.
     NotAllowed = 16,
     /// Destination is the unspecified address (which Linux routes to the host
@@ -111,6 +118,8 @@ impl Reason {
             4 => Some(Self::ConnectedPeer),
             5 => Some(Self::OptionAllowed),
             6 => Some(Self::Wildcard),
+            7 => Some(Self::Transparent),
+            8 => Some(Self::Resolver),
             16 => Some(Self::NotAllowed),
             17 => Some(Self::Unspecified),
             18 => Some(Self::OtherLoopback),
@@ -141,6 +150,8 @@ impl Reason {
             Self::ConnectedPeer => "connected-peer",
             Self::OptionAllowed => "option-allowed",
             Self::Wildcard => "wildcard-bind",
+            Self::Transparent => "redirected-to-proxy",
+            Self::Resolver => "redirected-to-resolver",
             Self::NotAllowed => "not-allowed",
             Self::Unspecified => "unspecified-address",
             Self::OtherLoopback => "other-loopback-address",
@@ -228,6 +239,11 @@ pub trait PolicyView {
     fn loopback_port_allowed(&self, port: u16) -> bool;
     /// This canonical address + port is a proxy endpoint.
     fn is_proxy(&self, endpoint: &Endpoint) -> bool;
+    /// Transparent mode's listeners ([`crate::decide_redirect`]); off
+    /// unless the policy names them.
+    fn redirects(&self) -> Redirects {
+        Redirects::OFF
+    }
 }
 
 impl PolicyView for Policy {
@@ -258,6 +274,10 @@ impl PolicyView for Policy {
             i += 1;
         }
         false
+    }
+
+    fn redirects(&self) -> Redirects {
+        self.redirects
     }
 }
 

@@ -49,9 +49,39 @@ impl Policy {
                 r.n_proxies += 1;
             }
         }
+        // Transparent mode's listeners run in the inner sandbox's agent,
+        // inside the outer sandbox, on loopback: kept where the outer policy
+        // lets a socket reach them, so a redirect never lands where the
+        // outer sandbox could not connect itself.
+        let keep = |v4: bool, port: u16| {
+            let addr = if v4 {
+                crate::canonical_v4([127, 0, 0, 1])
+            } else {
+                LOOPBACK6
+            };
+            let e = Endpoint {
+                addr,
+                port,
+                _pad: [0; 2],
+            };
+            if port != 0 && outer_reaches(outer, &e) {
+                port
+            } else {
+                0
+            }
+        };
+        let mine = self.redirects;
+        r.redirects = crate::Redirects {
+            tcp4: keep(true, mine.tcp4),
+            tcp6: keep(false, mine.tcp6),
+            dns4: keep(true, mine.dns4),
+            dns6: keep(false, mine.dns6),
+        };
         r
     }
 }
+
+const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 /// Whether the outer policy lets a socket reach `e` by itself: as one of
 /// its proxy endpoints, or as a loopback address on an allowed port (the

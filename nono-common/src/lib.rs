@@ -13,6 +13,7 @@
 mod audit;
 mod decision;
 mod intersect;
+mod redirect;
 mod types;
 
 pub use audit::{
@@ -26,10 +27,13 @@ pub use decision::{
     OptionRule, PolicyView, Reason, RefusedControl, RefusedOption, SocketRule, ALLOWED_SOCKETS,
     ANY, REFUSED_CONTROL, REFUSED_OPTIONS,
 };
+pub use redirect::{
+    decide_redirect, is_listener, Original, Redirect, Redirects, Transport, DNS_PORT,
+};
 pub use types::{
     canonical_v4, canonical_v6, DenyEvent, Dest, Endpoint, Hook, Policy, PortKey, ProxyKey,
-    Settings, DAEMON_PORT_ENTRIES, DAEMON_PROXY_ENTRIES, LOOPBACK_ANY, MAX_LOOPBACK_PORTS,
-    MAX_PROXY_ENDPOINTS, MAX_SANDBOXES,
+    Settings, DAEMON_ORIGINAL_ENTRIES, DAEMON_PORT_ENTRIES, DAEMON_PROXY_ENTRIES, LOOPBACK_ANY,
+    MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS, MAX_SANDBOXES,
 };
 
 /// Socket constants, duplicated from the kernel UAPI so the crate needs no libc

@@ -11,6 +11,10 @@ pub const MAX_SANDBOXES: usize = 16384;
 /// together (a hash map's bucket array is allocated at creation, 16 bytes
 /// per entry of capacity; per-uid limits keep one user from taking them all).
 pub const DAEMON_PROXY_ENTRIES: usize = 65536;
+/// Transparent-mode records of redirected sockets the daemon's map holds,
+/// for all sandboxes together (an LRU map: preallocated, the oldest
+/// evicted when full).
+pub const DAEMON_ORIGINAL_ENTRIES: usize = 65536;
 /// Loopback-port entries the daemon's maps hold (as above).
 pub const DAEMON_PORT_ENTRIES: usize = 65536;
 /// Value of [`Policy::loopback_any`] meaning every loopback port is allowed.
@@ -136,6 +140,8 @@ pub struct Policy {
     pub proxies: [Endpoint; MAX_PROXY_ENDPOINTS],
     /// Loopback ports reachable when `loopback_any` is 0.
     pub loopback_ports: [u16; MAX_LOOPBACK_PORTS],
+    /// Transparent mode's listeners (all zero: off).
+    pub redirects: crate::Redirects,
 }
 
 impl Policy {
@@ -151,6 +157,7 @@ impl Policy {
             _pad: [0; 2],
         }; MAX_PROXY_ENDPOINTS],
         loopback_ports: [0; MAX_LOOPBACK_PORTS],
+        redirects: crate::Redirects::OFF,
     };
 }
 
@@ -170,6 +177,8 @@ pub struct Settings {
     pub loopback_any: u32,
     /// [`crate::AUDIT_ON`] for audit mode (see [`Policy::audit`]).
     pub audit: u32,
+    /// Transparent mode's listeners (see [`Policy::redirects`]).
+    pub redirects: crate::Redirects,
 }
 
 /// Which enforcement point produced a decision or an event.
@@ -313,4 +322,6 @@ mod pod {
     unsafe impl aya::Pod for super::ProxyKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PortKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::Original {}
 }

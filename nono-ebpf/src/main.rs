@@ -19,18 +19,19 @@ use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr, bpf_sockopt},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_skb_cgroup_id,
+        bpf_get_socket_cookie, bpf_skb_cgroup_id,
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, map},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use nono_common::{
     audit_verdict, cgroup_hook_sees, consts, decide_bind, decide_connect, decide_egress,
-    decide_ingress, decide_sendmsg, decide_setsockopt, decide_socket, device_name_is_loopback,
-    refused_option, sockopt, Decision, DenyEvent, Dest, Endpoint, Hook, OptionContext, OptionRule,
-    PolicyView, PortKey, ProxyKey, Reason, Settings, Verdict, AUDIT_ON, EVENT_DENY,
-    EVENT_WOULD_DENY, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
+    decide_ingress, decide_redirect, decide_sendmsg, decide_setsockopt, decide_socket,
+    device_name_is_loopback, is_listener, refused_option, sockopt, Decision, DenyEvent, Dest,
+    Endpoint, Hook, OptionContext, OptionRule, Original, PolicyView, PortKey, ProxyKey, Reason,
+    Redirects, Settings, Transport, Verdict, AUDIT_ON, EVENT_DENY, EVENT_WOULD_DENY, LOOPBACK_ANY,
+    MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
 };
 
 // The sizes below fit one sandbox (a private copy per sandbox); the daemon
@@ -53,6 +54,17 @@ static PROXIES: HashMap<ProxyKey, u8> =
 #[map]
 static LOOPBACK_PORTS: HashMap<PortKey, u8> =
     HashMap::with_max_entries(MAX_LOOPBACK_PORTS as u32, BPF_F_NO_PREALLOC);
+
+/// Transparent mode: where each redirected socket really dialled, by
+/// socket cookie (cookies are never reused, so a stale entry can never be
+/// read for another socket). The proxy looks its client up here; the
+/// `getpeername`/`recvmsg` hooks show the address to the socket. An LRU
+/// map: a sandbox opening more redirected sockets than it holds evicts the
+/// oldest records, whose connections the proxy then refuses (no original
+/// destination), so a flood costs only the flooder's own connections
+/// (and, under the daemon, other sandboxes' oldest ones: see the README).
+#[map]
+static ORIGINALS: LruHashMap<u64, Original> = LruHashMap::with_max_entries(4096, 0);
 
 /// The policy of one sandbox as the BPF side sees it: hash-map lookups,
 /// which the verifier checks in constant time (loops over arrays cost it
@@ -97,6 +109,11 @@ impl PolicyView for MapPolicy<'_> {
         };
         // SAFETY: as above, presence only.
         unsafe { PROXIES.get(key).is_some() }
+    }
+
+    #[inline(always)]
+    fn redirects(&self) -> Redirects {
+        self.settings.redirects
     }
 }
 
@@ -207,7 +224,22 @@ fn on_addr4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     // `user_ip4` holds the address in network order; on this little-endian
     // target its in-memory bytes are the octets in order.
     let dest = Dest::v4(ip.to_ne_bytes(), u16::from_be(port as u16));
-    judge(hook, family, ty, proto, &dest)
+    match judge(hook, family, ty, proto, &dest) {
+        Judged::Verdict(v) => v,
+        Judged::Redirect { to, cgroup } => {
+            remember(ctx, cgroup, &dest);
+            let t = to.addr;
+            // SAFETY: valid context; connect4/sendmsg4 may write `user_ip4`
+            // and `user_port` (4-byte stores), which is how the kernel lets
+            // these hooks rewrite a destination.
+            unsafe {
+                let s: *mut bpf_sock_addr = ctx.sock_addr;
+                (*s).user_ip4 = u32::from_ne_bytes([t[12], t[13], t[14], t[15]]);
+                (*s).user_port = to.port.to_be() as u32;
+            }
+            ALLOW
+        }
+    }
 }
 
 #[inline(always)]
@@ -240,7 +272,166 @@ fn on_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
         i += 1;
     }
     let dest = Dest::v6(o, u16::from_be(port as u16));
-    judge(hook, family, ty, proto, &dest)
+    match judge(hook, family, ty, proto, &dest) {
+        Judged::Verdict(v) => v,
+        Judged::Redirect { to, cgroup } => {
+            remember(ctx, cgroup, &dest);
+            write_ip6(ctx, &to);
+            ALLOW
+        }
+    }
+}
+
+/// Writes a destination into a v6 hook's `user_ip6` / `user_port` (the
+/// canonical form: a v4 listener as `::ffff:127.0.0.1`, which a dual-stack
+/// socket reaches as 127.0.0.1).
+#[inline(always)]
+fn write_ip6(ctx: &SockAddrContext, to: &Dest) {
+    let t = to.addr;
+    // SAFETY: valid context; the connect6/sendmsg6/recvmsg6/getpeername6
+    // hooks may write `user_ip6[0..4]` and `user_port` (4-byte stores).
+    unsafe {
+        let s: *mut bpf_sock_addr = ctx.sock_addr;
+        (*s).user_ip6[0] = u32::from_ne_bytes([t[0], t[1], t[2], t[3]]);
+        (*s).user_ip6[1] = u32::from_ne_bytes([t[4], t[5], t[6], t[7]]);
+        (*s).user_ip6[2] = u32::from_ne_bytes([t[8], t[9], t[10], t[11]]);
+        (*s).user_ip6[3] = u32::from_ne_bytes([t[12], t[13], t[14], t[15]]);
+        (*s).user_port = to.port.to_be() as u32;
+    }
+}
+
+/// What [`judge`] decided: a verdict, or (transparent mode) allow after
+/// rewriting the destination to this listener.
+enum Judged {
+    Verdict(i32),
+    Redirect {
+        /// The listener.
+        to: Dest,
+        /// The deciding sandbox's cgroup.
+        cgroup: u64,
+    },
+}
+
+/// Transparent mode: the original destination of the socket behind `ctx`
+/// is remembered (for the proxy and for `getpeername`/`recvmsg`).
+#[inline(always)]
+fn remember(ctx: &SockAddrContext, cgroup: u64, dest: &Dest) {
+    // SAFETY: the helper takes the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
+    let original = Original {
+        addr: dest.addr,
+        port: dest.port,
+        _pad: [0; 6],
+        cgroup,
+    };
+    // A full map evicts its oldest entry (LRU); an insert cannot fail for
+    // want of room. Should it fail anyway, the proxy finds no record and
+    // refuses the connection: nothing goes anywhere unjudged.
+    let _ = ORIGINALS.insert(cookie, original, 0);
+}
+
+/// The original destination of a redirected socket, when what the socket
+/// is about to be told (`seen`: its peer, or a datagram's source) is one of
+/// its sandbox's listeners.
+#[inline(always)]
+fn original_of(ctx: &SockAddrContext, seen: &Dest) -> Option<Dest> {
+    // SAFETY: helper without preconditions in cgroup programs.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    let policy = policy_of(cgroup)?;
+    if !is_listener(&policy.settings.redirects, seen) {
+        return None;
+    }
+    // SAFETY: the helper takes the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
+    // SAFETY: the entry is copied out at once; a concurrent rewrite of the
+    // same socket's record could only come from that socket's own connect.
+    let o = unsafe { ORIGINALS.get(cookie) }?;
+    Some(Dest {
+        addr: o.addr,
+        port: o.port,
+    })
+}
+
+/// `recvmsg`/`getpeername` on a v4 socket: a reply from a listener shows
+/// the address the socket dialled (a stub resolver drops answers from
+/// anywhere else; clients log and compare their peer).
+#[inline(always)]
+fn restore4(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: valid context; recvmsg4/getpeername4 read `user_ip4` and
+    // `user_port` with 4-byte loads.
+    let (ip, port) = unsafe {
+        let s: *const bpf_sock_addr = ctx.sock_addr;
+        ((*s).user_ip4, (*s).user_port)
+    };
+    let seen = Dest::v4(ip.to_ne_bytes(), u16::from_be(port as u16));
+    if let Some(o) = original_of(ctx, &seen) {
+        if o.is_v4() {
+            let a = o.addr;
+            // SAFETY: valid context; these hooks may write `user_ip4` and
+            // `user_port`.
+            unsafe {
+                let s: *mut bpf_sock_addr = ctx.sock_addr;
+                (*s).user_ip4 = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+                (*s).user_port = o.port.to_be() as u32;
+            }
+        }
+    }
+    // These hooks cannot refuse anything: 1 is their only valid return.
+    ALLOW
+}
+
+/// As [`restore4`], on a v6 socket (v4-mapped peers included).
+#[inline(always)]
+fn restore6(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: valid context; recvmsg6/getpeername6 read `user_ip6[0..4]` and
+    // `user_port` with 4-byte loads.
+    let (w, port) = unsafe {
+        let s: *const bpf_sock_addr = ctx.sock_addr;
+        (
+            [
+                (*s).user_ip6[0],
+                (*s).user_ip6[1],
+                (*s).user_ip6[2],
+                (*s).user_ip6[3],
+            ],
+            (*s).user_port,
+        )
+    };
+    let mut o = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = w[i].to_ne_bytes();
+        o[i * 4] = b[0];
+        o[i * 4 + 1] = b[1];
+        o[i * 4 + 2] = b[2];
+        o[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    let seen = Dest::v6(o, u16::from_be(port as u16));
+    if let Some(orig) = original_of(ctx, &seen) {
+        write_ip6(ctx, &orig);
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    restore4(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    restore6(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    restore4(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+    restore6(&ctx)
 }
 
 /// The policy entry of a sandbox cgroup, or `None` (denied everything).
@@ -253,7 +444,7 @@ fn policy_of(cgroup: u64) -> Option<MapPolicy<'static>> {
 }
 
 #[inline(always)]
-fn judge(hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest) -> i32 {
+fn judge(hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest) -> Judged {
     // The calling task's cgroup: a socket carried out of its sandbox is
     // judged by the policy of whoever uses it (none outside: denied), and
     // its packets by its own sandbox's at egress.
@@ -261,14 +452,29 @@ fn judge(hook: Hook, family: u32, ty: u32, proto: u32, dest: &Dest) -> i32 {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     let Some(policy) = policy_of(cgroup) else {
         emit(cgroup, hook, family, ty, proto, dest, Reason::NoPolicy);
-        return DENY;
+        return Judged::Verdict(DENY);
     };
+    let send = matches!(hook, Hook::Sendmsg4 | Hook::Sendmsg6);
+    if !matches!(hook, Hook::Bind4 | Hook::Bind6) {
+        if let Some(r) = decide_redirect(&policy, dest, Transport::of(ty, proto), send) {
+            return Judged::Redirect { to: r.to, cgroup };
+        }
+    }
     let d = match hook {
         Hook::Bind4 | Hook::Bind6 => decide_bind(dest),
         Hook::Sendmsg4 | Hook::Sendmsg6 => decide_sendmsg(&policy, dest),
         _ => decide_connect(&policy, dest),
     };
-    verdict(cgroup, policy.audit(), d, hook, family, ty, proto, dest)
+    Judged::Verdict(verdict(
+        cgroup,
+        policy.audit(),
+        d,
+        hook,
+        family,
+        ty,
+        proto,
+        dest,
+    ))
 }
 
 /// Allows, or denies and reports; in audit mode (the sandbox's settings

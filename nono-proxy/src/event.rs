@@ -23,6 +23,8 @@ pub enum Hook {
     Transparent,
     /// One request on an intercepted connection (credential injection).
     Inject,
+    /// A question to the sandbox's resolver (transparent mode).
+    Dns,
 }
 
 impl Hook {
@@ -33,6 +35,7 @@ impl Hook {
             Self::Http => "http",
             Self::Transparent => "transparent",
             Self::Inject => "inject",
+            Self::Dns => "dns",
         }
     }
 }
@@ -161,6 +164,8 @@ pub enum Reason {
         /// How it ended.
         end: TunnelEnd,
     },
+    /// The resolver's answer (transparent mode), in words.
+    Dns(String),
 }
 
 /// One intercepted request, as events name it: which credential, the
@@ -247,6 +252,7 @@ impl fmt::Display for Reason {
                 };
                 write!(f, "intercepted connection {how} after {requests} request(s)")
             }
+            Self::Dns(s) => f.write_str(s),
         }
     }
 }

@@ -71,7 +71,7 @@ async fn lab(port: u16) -> Lab {
     let d = dialled.clone();
     let addrs = proxy
         .listen_transparent(
-            Arc::new(move |peer| d.lock().unwrap().get(&peer).copied()),
+            Arc::new(move |peer, _local| d.lock().unwrap().get(&peer).copied()),
             pool.clone(),
         )
         .await

@@ -22,6 +22,8 @@ struct Report {
     seccomp_user_notif: bool,
     auto_enforcer: Option<&'static str>,
     auto_reason: String,
+    /// What `exec --transparent` gets on this host.
+    transparent: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -116,6 +118,7 @@ pub fn run(json: bool, daemon_socket: &std::path::Path) -> Result<i32> {
             ),
         }
     };
+    let transparent = transparent_line(bpf.ok, user_notif);
     let report = Report {
         kernel,
         cgroup2_mount: cg.as_ref().ok().map(|p| p.display().to_string()),
@@ -132,6 +135,7 @@ pub fn run(json: bool, daemon_socket: &std::path::Path) -> Result<i32> {
         seccomp_user_notif: user_notif,
         auto_enforcer,
         auto_reason,
+        transparent,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -182,8 +186,27 @@ pub fn run(json: bool, daemon_socket: &std::path::Path) -> Result<i32> {
             report.auto_enforcer.unwrap_or("none"),
             report.auto_reason
         );
+        println!("transparent mode:    {}", report.transparent);
     }
     Ok(if report.auto_enforcer.is_some() { 0 } else { 1 })
+}
+
+/// What `exec --transparent` gets here: the kernel hooks with BPF; with
+/// the supervisor only, what cannot be done without them.
+fn transparent_line(bpf: bool, seccomp: bool) -> String {
+    if bpf {
+        "yes (bpf: connects rewritten in the kernel; getpeername and DNS answers show the \
+         address dialled; through the daemon too)"
+            .into()
+    } else if seccomp {
+        "partly (seccomp supervisor: connects redirected, but getpeername shows the proxy's \
+         listener and UDP DNS answers come from the resolver's address, which glibc and musl \
+         stub resolvers drop: glibc is told to ask over TCP with RES_OPTIONS=use-vc; musl \
+         programs cannot resolve)"
+            .into()
+    } else {
+        "no (needs cgroup BPF or seccomp user notification)".into()
+    }
 }
 
 /// Loads and attaches the real programs to a throwaway cgroup.

@@ -29,6 +29,8 @@ struct Report {
     enforcer_reason: String,
     loopback: RuleLine,
     proxy_endpoints: Vec<String>,
+    /// Transparent mode (`--transparent`, `[network] transparent`).
+    transparent: bool,
     proxy: Option<ProxyReport>,
     filesystem: Option<Vec<FsLine>>,
     landlock_abi: i64,
@@ -253,6 +255,7 @@ pub fn run(plan: &Plan, program: &Path, privileged: bool, mode: DryRun) -> Resul
             .iter()
             .map(ToString::to_string)
             .collect(),
+        transparent: plan.transparent,
         proxy,
         filesystem,
         landlock_abi: landlock::kernel_abi(),
@@ -293,7 +296,17 @@ fn text(r: &Report) -> String {
     for e in &r.proxy_endpoints {
         let _ = writeln!(s, "  proxy endpoint: {e} [command line (--proxy-endpoint)]");
     }
-    let _ = writeln!(s, "  everything else: denied [built-in]");
+    if r.transparent {
+        let _ = writeln!(
+            s,
+            "  transparent: TCP to any other address goes to the proxy, which decides by name; \
+             DNS (port 53, UDP and TCP, any address) goes to the agent's resolver, which answers \
+             allowed names only (cloud metadata, link-local, other 127/8 stay denied)"
+        );
+        let _ = writeln!(s, "  everything else (other UDP): denied [built-in]");
+    } else {
+        let _ = writeln!(s, "  everything else: denied [built-in]");
+    }
     match &r.proxy {
         None => {
             let _ = writeln!(s, "proxy:     none (no network rules)");

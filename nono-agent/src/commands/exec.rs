@@ -27,6 +27,7 @@ use crate::sandbox::{
 };
 use crate::signals::Forwarder;
 use crate::timing::Timing;
+use crate::transparent;
 use crate::util;
 use nono_proxy as proxy;
 
@@ -183,7 +184,7 @@ pub async fn run_observed(
 
     timing.mark("daemon sockets listed");
     let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (proxy, proxy_env) = match &plan.proxy {
+    let (mut proxy, proxy_env) = match &plan.proxy {
         Some(config) => {
             let secret = proxy::new_secret()?;
             let config = proxy::ProxyConfig {
@@ -214,7 +215,14 @@ pub async fn run_observed(
         .iter()
         .flat_map(|p| p.addrs.iter().map(|a| a.port()))
         .collect();
-    let policy = plan.kernel.policy(&proxy_ports, plan.audit);
+    let mut policy = plan.kernel.policy(&proxy_ports, plan.audit);
+    let mut capture = None;
+    if let (true, Some(p)) = (plan.transparent, proxy.as_mut()) {
+        let sink = Arc::new(events::ProxySink(event_tx.clone()));
+        let c = transparent::start(p, plan.proxy.as_ref(), &id, sink).await?;
+        policy.redirects = c.redirects;
+        capture = Some(c);
+    }
     timing.mark("proxy");
     let mut daemon = connect_daemon(&plan);
     // As root the state directory is needed through the daemon too: the
@@ -269,6 +277,22 @@ pub async fn run_observed(
         }
         None => apply_enforcer(&plan, &mut res, &policy, host)?,
     };
+    if let Some(c) = &capture {
+        match &applied {
+            Applied::Bpf { originals, .. } => c.use_records(originals.clone()),
+            // The supervisor records into `c.dialled` itself.
+            Applied::Seccomp => {}
+            Applied::Daemon { .. } => match (&plan.daemon_socket, &token) {
+                (Some(path), Some(t)) => c.use_daemon(path.clone(), id.clone(), t.clone()),
+                _ => bail!("transparent mode: the daemon's sandbox has no token"),
+            },
+            Applied::Unenforced => {
+                eprintln!(
+                    "nono-agent: WARNING: --transparent: nothing is redirected without an enforcer"
+                )
+            }
+        }
+    }
     timing.mark("enforcer applied");
     if plan.audit && !plan.quiet {
         eprintln!(
@@ -307,6 +331,14 @@ pub async fn run_observed(
     .with_hidden_sockets(if privileged { &denied_sockets } else { &[] })?
     .with_terminal(terminal.as_ref().map(Terminal::child_side));
 
+    let mut proxy_env = proxy_env;
+    if capture.is_some() && matches!(applied, Applied::Seccomp) {
+        let current = plan::environment(&plan.env)
+            .into_iter()
+            .find(|(k, _)| k == "RES_OPTIONS")
+            .map(|(_, v)| v);
+        proxy_env.push(transparent::seccomp_env(current.as_deref()));
+    }
     let env = child_environment(&plan, &id, &applied, [proxy_env, cred_env].concat());
     let prepared = spawn::Prepared::new(program.as_os_str(), &plan.command, &env)
         .context("preparing the command line")?;
@@ -404,6 +436,7 @@ pub async fn run_observed(
             denied_socket_ids.clone(),
             id.clone(),
             event_tx.clone(),
+            capture.as_ref().map(|c| c.dialled.clone()),
         );
         std::thread::Builder::new()
             .name("nono-supervisor".into())
@@ -493,6 +526,9 @@ pub async fn run_observed(
             ),
             _ => {}
         }
+    }
+    if let Some(c) = capture {
+        c.stop().await;
     }
     if let Some(p) = proxy {
         p.stop().await;

@@ -158,6 +158,24 @@ impl Client {
         }
     }
 
+    /// Transparent mode: where the redirected socket with this cookie
+    /// dialled, as the daemon's record says (on a connection of its own).
+    pub fn lookup(
+        &mut self,
+        id: &str,
+        token: &str,
+        cookie: u64,
+    ) -> Result<Option<([u8; 16], u16)>> {
+        match self.request(&Request::Lookup {
+            id: id.to_string(),
+            token: token.to_string(),
+            cookie,
+        })? {
+            Reply::Original { dialled } => Ok(dialled),
+            r => Err(ClientError::Unexpected(format!("{r:?}"))),
+        }
+    }
+
     /// Re-attaches to a sandbox after the daemon restarted.
     pub fn resume(&mut self, id: &str, token: &str) -> Result<()> {
         match self.request(&Request::Resume {

@@ -2,7 +2,8 @@
 //! narrowed to the caller's own sandbox.
 
 use nono_common::{
-    Dest, Endpoint, Policy, AUDIT_ON, LOOPBACK_ANY, MAX_LOOPBACK_PORTS, MAX_PROXY_ENDPOINTS,
+    Dest, Endpoint, Policy, Redirects, AUDIT_ON, LOOPBACK_ANY, MAX_LOOPBACK_PORTS,
+    MAX_PROXY_ENDPOINTS,
 };
 
 use super::protocol::WirePolicy;
@@ -48,6 +49,13 @@ pub fn to_kernel(w: &WirePolicy) -> Policy {
         p.proxies[i] = Endpoint::from_dest(Dest::v6(*addr, *port));
         p.n_proxies = i as u32 + 1;
     }
+    let [tcp4, tcp6, dns4, dns6] = w.redirects;
+    p.redirects = Redirects {
+        tcp4,
+        tcp6,
+        dns4,
+        dns6,
+    };
     p
 }
 
@@ -62,6 +70,12 @@ pub fn to_wire(p: &Policy) -> WirePolicy {
             .map(|e| (e.addr, e.port))
             .collect(),
         audit: p.audit == AUDIT_ON,
+        redirects: [
+            p.redirects.tcp4,
+            p.redirects.tcp6,
+            p.redirects.dns4,
+            p.redirects.dns6,
+        ],
     }
 }
 
@@ -76,6 +90,7 @@ mod tests {
             loopback_ports: vec![1, 2],
             proxies: vec![(nono_common::canonical_v4([127, 0, 0, 1]), 3128)],
             audit: true,
+            redirects: [4001, 0, 5301, 5302],
         };
         assert_eq!(to_wire(&to_kernel(&w)), w);
         let big = WirePolicy {
@@ -83,6 +98,7 @@ mod tests {
             loopback_ports: vec![1; MAX_LOOPBACK_PORTS + 1],
             proxies: vec![],
             audit: false,
+            redirects: [0; 4],
         };
         assert_eq!(
             check(&big),

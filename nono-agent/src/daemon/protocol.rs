@@ -45,6 +45,15 @@ pub struct WirePolicy {
     /// through and reported as would-deny. Absent: enforce.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub audit: bool,
+    /// Transparent mode: the ports of the client's listeners on loopback
+    /// (proxy on 127.0.0.1, on ::1, resolver on 127.0.0.1, on ::1; zero: none).
+    /// Absent: off.
+    #[serde(default, skip_serializing_if = "all_zero")]
+    pub redirects: [u16; 4],
+}
+
+fn all_zero(r: &[u16; 4]) -> bool {
+    r.iter().all(|p| *p == 0)
 }
 
 /// What a client asks.
@@ -76,6 +85,18 @@ pub enum Request {
     },
     /// End this connection's sandbox: kill what runs in it and remove it.
     End,
+    /// Transparent mode: where the socket with this cookie, redirected to
+    /// the sandbox's proxy, really dialled. Asked on a connection of its
+    /// own by the sandbox's owner (its token proves it); answered only
+    /// when the kernel's record names that sandbox's cgroup.
+    Lookup {
+        /// The sandbox id.
+        id: String,
+        /// The secret returned by `Create`.
+        token: String,
+        /// The socket cookie (the client finds it with `sock_diag`).
+        cookie: u64,
+    },
 }
 
 /// What the daemon answers; `Event` frames arrive unasked once a sandbox
@@ -108,6 +129,13 @@ pub enum Reply {
     Placed,
     /// Answer to `Resume`.
     Resumed,
+    /// Answer to `Lookup`: the canonical address (v4 as v4-mapped) and
+    /// port dialled; `None` when there is no record (or not this
+    /// sandbox's).
+    Original {
+        /// Address and port.
+        dialled: Option<([u8; 16], u16)>,
+    },
     /// Answer to `End`: the sandbox is gone.
     Ended {
         /// Events the daemon could not deliver to this sandbox (its queue
@@ -218,6 +246,7 @@ mod tests {
                     loopback_ports: vec![8080],
                     proxies: vec![([0; 16], 3128)],
                     audit: true,
+                    redirects: [4001, 4002, 5301, 0],
                 },
             },
             Request::Place,
@@ -226,6 +255,11 @@ mod tests {
                 token: "t".into(),
             },
             Request::End,
+            Request::Lookup {
+                id: "abc".into(),
+                token: "t".into(),
+                cookie: u64::MAX,
+            },
         ] {
             let f = encode(&r);
             assert_eq!(decode::<Request>(payload(&f)).unwrap(), r);
@@ -283,15 +317,17 @@ mod tests {
                 proptest::collection::vec(any::<u16>(), 0..8),
                 proptest::collection::vec((any::<[u8; 16]>(), any::<u16>()), 0..4),
                 any::<bool>(),
+                any::<[u16; 4]>(),
             )
-                .prop_map(|(loopback_any, loopback_ports, proxies, audit)| {
-                    WirePolicy {
+                .prop_map(
+                    |(loopback_any, loopback_ports, proxies, audit, redirects)| WirePolicy {
                         loopback_any,
                         loopback_ports,
                         proxies,
                         audit,
-                    }
-                })
+                        redirects,
+                    },
+                )
         }
 
         fn request() -> impl Strategy<Value = Request> {

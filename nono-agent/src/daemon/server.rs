@@ -663,6 +663,7 @@ async fn serve(d: Arc<Daemon>, mut sock: UnixStream) {
         owned: None,
         events_rx: None,
         requests: 0,
+        lookups: false,
     };
     session.run(&mut sock).await;
     if let Some(id) = session.owned.take() {
@@ -688,6 +689,11 @@ struct Session {
     events_rx: Option<mpsc::Receiver<Vec<u8>>>,
     /// Requests this connection has made (see [`FREE_AFTER_FIRST`]).
     requests: u32,
+    /// The connection answered a `Lookup` with a valid token: from then on
+    /// it may only make lookups, which are not charged to the rate (a
+    /// transparent sandbox asks once per redirected connection; each is a
+    /// map read).
+    lookups: bool,
 }
 
 /// Requests a connection makes after its first without being charged to
@@ -734,7 +740,7 @@ impl Session {
                     return;
                 }
             };
-            if !self.rate_ok() {
+            if !self.lookups && !self.rate_ok() {
                 // Not decoded (that is the point of refusing early).
                 self.d.metrics.request("unknown", false, Duration::ZERO);
                 let _ = conn::send(
@@ -747,6 +753,16 @@ impl Session {
                 continue;
             }
             let reply = match protocol::decode::<Request>(&payload) {
+                Ok(req) if self.lookups && !matches!(req, Request::Lookup { .. }) => {
+                    let _ = conn::send(
+                        sock,
+                        &Reply::Error {
+                            message: "a lookup connection makes lookups only".into(),
+                        },
+                    )
+                    .await;
+                    return;
+                }
                 Ok(req) => self.handle(req, fds).await,
                 Err(e) => {
                     self.d.metrics.request("unknown", false, Duration::ZERO);
@@ -804,12 +820,14 @@ impl Session {
             Request::Place => "place",
             Request::Resume { .. } => "resume",
             Request::End => "end",
+            Request::Lookup { .. } => "lookup",
         };
         let r = match req {
             Request::Status => Ok(self.status()),
             Request::Create { id, policy } => self.create(id, policy).await,
             Request::Place => self.place(fds).await,
             Request::Resume { id, token } => self.resume(&id, &token),
+            Request::Lookup { id, token, cookie } => self.lookup(&id, &token, cookie),
             Request::End => match self.owned.take() {
                 Some(id) => {
                     let dropped = end(&self.d, &id, EndReason::End).await;
@@ -1030,6 +1048,31 @@ impl Session {
             self.peer.uid
         );
         Ok(Reply::Placed)
+    }
+
+    /// Transparent mode: the record of a redirected socket, for the owner
+    /// of the sandbox that made it (checked by token and uid, and the
+    /// record must name that sandbox's cgroup: a cookie of another
+    /// sandbox's socket gets nothing).
+    fn lookup(&mut self, id: &str, token: &str, cookie: u64) -> Result<Reply, String> {
+        if self.owned.is_some() {
+            return Err("lookups are made on a connection of their own".into());
+        }
+        let g = self.d.lock();
+        let refused = || format!("no sandbox {id} of uid {}", self.peer.uid);
+        let sb = g.sandboxes.get(id).ok_or_else(refused)?;
+        if sb.rec.uid != self.peer.uid || !constant_time_eq(&sb.rec.token, token) {
+            return Err(refused());
+        }
+        self.lookups = true;
+        let dialled = g
+            .shared
+            .originals
+            .get(&cookie, 0)
+            .ok()
+            .filter(|o| o.cgroup == sb.rec.cgroup_id)
+            .map(|o| (o.addr, o.port));
+        Ok(Reply::Original { dialled })
     }
 
     fn resume(&mut self, id: &str, token: &str) -> Result<Reply, String> {

@@ -90,6 +90,8 @@ pub struct Shared {
     pub events: Option<RingBuf<MapData>>,
     /// Per-CPU count of events the ring had no room for.
     pub dropped: PerCpuArray<MapData, u64>,
+    /// Transparent mode's records of redirected sockets (all sandboxes').
+    pub originals: loader::Originals,
     /// The parent cgroup of every sandbox.
     pub parent: PathBuf,
     /// The cgroup2 mount point.
@@ -106,7 +108,7 @@ pub struct Shared {
 
 const LINKS: &str = "links";
 const MAPS: &str = "maps";
-const EVENT_MAPS: [&str; 2] = ["EVENTS", "DROPPED"];
+const EVENT_MAPS: [&str; 3] = ["EVENTS", "DROPPED", "ORIGINALS"];
 
 /// Takes over this build's pins if a previous daemon left them, else loads,
 /// attaches and pins afresh (removing pins of other builds that no longer
@@ -123,6 +125,7 @@ pub fn open(name: &str, build: &str) -> Result<Shared> {
     if complete(&pin_dir) {
         let mut maps = PolicyMaps::from_pins(&pin_dir.join(MAPS))?;
         let (events, dropped) = event_maps_from_pins(&pin_dir.join(MAPS))?;
+        let originals = originals_from_pin(&pin_dir.join(MAPS))?;
         // An upgrade that died between attaching our programs and detaching
         // the old build's: finish it (our maps may miss entries the old
         // daemon made after the copy; they are copied again).
@@ -134,6 +137,7 @@ pub fn open(name: &str, build: &str) -> Result<Shared> {
             maps,
             events: Some(events),
             dropped,
+            originals,
             parent,
             cgroup_root,
             pin_dir,
@@ -158,13 +162,14 @@ pub fn open(name: &str, build: &str) -> Result<Shared> {
     }
     let mut maps = PolicyMaps::take(&mut ebpf, Some(&pin_dir.join(MAPS)))?;
     let (events, dropped) = loader::take_events(&mut ebpf, Some(&pin_dir.join(MAPS)))?;
+    let originals = loader::take_originals(&mut ebpf, Some(&pin_dir.join(MAPS)))?;
     // Another build's sandboxes (an upgrade): their entries are copied in
     // before our programs are attached, and its programs detached only
     // after; in between both sets judge (both must allow), never neither.
     let (old, migrated) = take_over_other_builds(&base, &pin_dir, &parent, &mut maps)?;
     // Links last: once attached, every process under `parent` without an
     // entry is denied everything.
-    let links = loader::attach(&mut ebpf, &parent, Some(&pin_dir.join(LINKS)))?;
+    let links = loader::attach(&mut ebpf, &parent, Some(&pin_dir.join(LINKS)), true)?;
     drop(links);
     drop(ebpf);
     for o in old {
@@ -174,6 +179,7 @@ pub fn open(name: &str, build: &str) -> Result<Shared> {
         maps,
         events: Some(events),
         dropped,
+        originals,
         parent,
         cgroup_root,
         pin_dir,
@@ -231,6 +237,16 @@ fn complete(dir: &Path) -> bool {
         .chain(EVENT_MAPS.iter())
         .all(|m| maps.join(m).exists())
         && loader::PROGRAMS.iter().all(|p| links.join(p).exists())
+}
+
+fn originals_from_pin(dir: &Path) -> Result<loader::Originals> {
+    const NAME: &str = "ORIGINALS";
+    let d = MapData::from_pin(dir.join(NAME))
+        .map_err(|source| SharedError::EventMap { name: NAME, source })?;
+    let m = Map::from_map_data(d).map_err(|source| SharedError::EventMap { name: NAME, source })?;
+    let map = aya::maps::HashMap::try_from(m)
+        .map_err(|source| SharedError::EventMap { name: NAME, source })?;
+    Ok(std::sync::Arc::new(map))
 }
 
 fn event_maps_from_pins(dir: &Path) -> Result<(RingBuf<MapData>, PerCpuArray<MapData, u64>)> {

@@ -43,6 +43,8 @@ pub enum Applied {
         dropped: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
         cgroup_dir: PathBuf,
         pin_dir: PathBuf,
+        /// Where redirected sockets dialled (transparent mode).
+        originals: crate::enforcer::bpf::loader::Originals,
     },
     /// The daemon's programs, through a sandbox cgroup it made for us.
     Daemon {
@@ -92,6 +94,7 @@ pub fn apply_bpf(res: &mut Resources, policy: &Policy) -> Result<Applied, ApplyE
     res.attached = Some(attached.keep);
     Ok(Applied::Bpf {
         ring,
+        originals: attached.originals,
         dropped: attached.dropped,
         cgroup_dir: cg_path,
         pin_dir,

@@ -72,6 +72,7 @@ pub(super) fn resolve_chain(
             allow_cidrs: merged.allow_cidrs,
             loopback: merged.loopback.unwrap_or(Loopback::Any),
             upstream_proxy: merged.upstream_proxy,
+            transparent: merged.transparent.unwrap_or(false),
             resolve: merged.resolve,
             allow_unix_sockets: merged.allow_unix_sockets,
             credentials: merged.credentials,
@@ -95,6 +96,7 @@ pub(super) struct Merged {
     allow_cidrs: Vec<CidrRule>,
     loopback: Option<Loopback>,
     upstream_proxy: Option<Upstream>,
+    transparent: Option<bool>,
     resolve: Vec<Pin>,
     allow_unix_sockets: Vec<PathBuf>,
     fs: FsPolicy,
@@ -123,7 +125,8 @@ pub(super) fn append_unique<T>(into: &mut Vec<T>, items: Vec<T>, same: impl Fn(&
 ///   equal after normalisation.
 /// - Pins (`resolve`) are keyed by name: a child's pin for a name replaces
 ///   the parent's, since one name cannot be pinned to two address sets.
-/// - Scalars (`description`, `loopback`, `upstream_proxy`, `env`, `user`)
+/// - Scalars (`description`, `loopback`, `upstream_proxy`, `transparent`,
+///   `env`, `user`)
 ///   are replaced when the child sets them; a child can thus also widen
 ///   `loopback` back to `"any"`.
 /// - `deny_domains` of every level are kept; the proxy checks them before
@@ -155,6 +158,9 @@ pub(super) fn merge(m: &mut Merged, l: raw::Layer) {
     }
     if l.upstream_proxy.is_some() {
         m.upstream_proxy = l.upstream_proxy;
+    }
+    if l.transparent.is_some() {
+        m.transparent = l.transparent;
     }
     if l.env.is_some() {
         m.env = l.env;

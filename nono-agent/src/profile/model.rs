@@ -82,6 +82,10 @@ pub struct NetworkPolicy {
     pub loopback: Loopback,
     /// Chain the proxy to this one.
     pub upstream_proxy: Option<Upstream>,
+    /// Transparent mode (`transparent = true`): connects the policy refuses
+    /// go to the proxy, which decides by name, and DNS to the agent's
+    /// resolver.
+    pub transparent: bool,
     /// Names resolved without DNS.
     pub resolve: Vec<Pin>,
     /// Daemon sockets (docker.sock, ...) the command may connect to.

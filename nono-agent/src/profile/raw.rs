@@ -34,6 +34,7 @@ pub(super) struct Layer {
     pub allow_cidrs: Vec<CidrRule>,
     pub loopback: Option<Loopback>,
     pub upstream_proxy: Option<Upstream>,
+    pub transparent: Option<bool>,
     pub resolve: Vec<Pin>,
     pub allow_unix_sockets: Vec<PathBuf>,
     pub fs: FsPolicy,
@@ -117,6 +118,7 @@ struct RawNetwork {
     allow_cidrs: Vec<Spanned<Parsed<AllowCidr>>>,
     loopback: Option<Spanned<Loopback>>,
     upstream_proxy: Option<Parsed<Upstream>>,
+    transparent: Option<bool>,
     resolve: Vec<Parsed<Pin>>,
     allow_unix_sockets: Vec<Spanned<String>>,
     upstream_ca: Option<Spanned<String>>,
@@ -411,6 +413,7 @@ pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer
         }),
         loopback,
         upstream_proxy: n.upstream_proxy.map(|Parsed(u)| u),
+        transparent: n.transparent,
         resolve: values(n.resolve),
         allow_unix_sockets: paths(n.allow_unix_sockets)?,
         fs: FsPolicy {

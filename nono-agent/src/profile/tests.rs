@@ -713,3 +713,18 @@ fn locations_count_characters() {
     let l = raw::location(text, "f", 10_000);
     assert_eq!(l.line, 3);
 }
+
+#[test]
+fn transparent_is_a_scalar_off_unless_set() {
+    let env = Env::new();
+    env.user("on", "[network]\ntransparent = true\n");
+    env.user("inherits", "extends = \"on\"\n");
+    env.user("off", "extends = \"on\"\n[network]\ntransparent = false\n");
+    env.user("bad", "[network]\ntransparent = \"yes\"\n");
+    assert!(env.load("on").unwrap().network.transparent);
+    assert!(env.load("inherits").unwrap().network.transparent);
+    assert!(!env.load("off").unwrap().network.transparent);
+    assert!(!env.load("default").unwrap().network.transparent);
+    let e = env.load("bad").unwrap_err().to_string();
+    assert!(e.contains("bad.toml:2:"), "{e}");
+}

@@ -24,6 +24,7 @@
 use nix::sys::socket::{
     recv, send, socket, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType,
 };
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Errors of a socket sweep.
@@ -286,6 +287,76 @@ fn destroy(nl: &OwnedFd, f: &Found) -> Result<(), Error> {
             }
         }
     }
+}
+
+/// The cookie of the TCP socket whose local end is `local` and remote end
+/// `remote`, by an exact `sock_diag` lookup (`None`: no such socket).
+///
+/// Transparent mode: the proxy's accepted connection has the sandbox's
+/// socket at its other end; its cookie keys the record of where that
+/// socket really dialled (`ORIGINALS`). An IPv4 pair is looked up as IPv4
+/// whatever the socket's family, as the kernel hashes a dual-stack socket
+/// connected to a v4-mapped address.
+pub fn tcp_cookie(local: SocketAddr, remote: SocketAddr) -> Result<Option<u64>, Error> {
+    let (family, src, dst) = match (local, remote) {
+        (SocketAddr::V4(l), SocketAddr::V4(r)) => (AF_INET, v4_bytes(l.ip()), v4_bytes(r.ip())),
+        (SocketAddr::V6(l), SocketAddr::V6(r)) => {
+            match (l.ip().to_ipv4_mapped(), r.ip().to_ipv4_mapped()) {
+                (Some(a), Some(b)) => (AF_INET, v4_bytes(&a), v4_bytes(&b)),
+                _ => (AF_INET6, l.ip().octets(), r.ip().octets()),
+            }
+        }
+        _ => return Ok(None),
+    };
+    let mut id = [0u8; SOCKID_LEN];
+    id[0..2].copy_from_slice(&local.port().to_be_bytes());
+    id[2..4].copy_from_slice(&remote.port().to_be_bytes());
+    id[4..20].copy_from_slice(&src);
+    id[20..36].copy_from_slice(&dst);
+    // idiag_if 0; idiag_cookie INET_DIAG_NOCOOKIE (any).
+    id[40..48].copy_from_slice(&[0xff; 8]);
+    let nl = open()?;
+    let req = request(family, IPPROTO_TCP, &id);
+    let msg = message(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 3, &[&req]);
+    send(nl.as_raw_fd(), &msg, MsgFlags::empty()).map_err(Error::Netlink)?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = recv(nl.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(Error::Netlink)?;
+        if n == 0 {
+            return Err(Error::Malformed("netlink socket closed mid-lookup"));
+        }
+        for (ty, payload) in messages(&buf[..n])? {
+            match ty {
+                NLMSG_ERROR => {
+                    let err = errno_of(payload)?;
+                    return match err {
+                        0 => Ok(None),
+                        e if -e == libc::ENOENT => Ok(None),
+                        e => Err(Error::Kernel {
+                            what: "lookup",
+                            err: nix::Error::from_raw(-e),
+                        }),
+                    };
+                }
+                SOCK_DIAG_BY_FAMILY => {
+                    let c = payload
+                        .get(4 + 40..4 + 48)
+                        .ok_or(Error::Malformed("short inet_diag_msg"))?;
+                    let lo = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]) as u64;
+                    let hi = u32::from_ne_bytes([c[4], c[5], c[6], c[7]]) as u64;
+                    return Ok(Some(lo | (hi << 32)));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// An IPv4 address as the first 4 of a sock_diag id's 16 address bytes.
+fn v4_bytes(ip: &std::net::Ipv4Addr) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&ip.octets());
+    b
 }
 
 /// Splits a netlink datagram into (type, payload) pairs.

@@ -32,8 +32,11 @@ pub enum Outcome {
         qtype: RecordType,
         /// The synthetic address given.
         addr: IpAddr,
-        /// The rule that allows the name.
-        rule: Rule,
+        /// The rule that allows the name (`None` in audit mode when no
+        /// rule does: then `audited` says what would have refused it).
+        rule: Option<Rule>,
+        /// Audit mode: the refusal the name was let through despite.
+        audited: Option<Refusal>,
     },
     /// An allowed name asked for CNAME, HTTPS or SVCB: an empty answer.
     NoData {
@@ -80,6 +83,19 @@ pub struct Answered {
 /// than 12 bytes (no header), or a message that is itself a response
 /// (answering those would let two resolvers loop).
 pub fn answer(policy: &ProxyPolicy, pool: &mut FakeIps, query: &[u8]) -> Option<Answered> {
+    answer_audited(policy, pool, query, false)
+}
+
+/// [`answer`], in audit mode when `audit` is set: a name the rules refuse
+/// (and a rule could allow, [`Refusal::auditable`]) is answered as an
+/// allowed one and the refusal recorded, so the connection that follows
+/// reaches the proxy, which lets it through and records it the same way.
+pub fn answer_audited(
+    policy: &ProxyPolicy,
+    pool: &mut FakeIps,
+    query: &[u8],
+    audit: bool,
+) -> Option<Answered> {
     if query.len() < 12 {
         return None;
     }
@@ -102,7 +118,7 @@ pub fn answer(policy: &ProxyPolicy, pool: &mut FakeIps, query: &[u8]) -> Option<
         return Some(bare(id, ResponseCode::FormErr, "not exactly one question"));
     };
     let asked = q.name().to_ascii();
-    let (code, records, outcome) = decide(policy, pool, q, &asked);
+    let (code, records, outcome) = decide(policy, pool, q, &asked, audit);
     let mut r = Message::response(id, OpCode::Query);
     r.metadata.recursion_desired = msg.metadata.recursion_desired;
     r.metadata.recursion_available = true;
@@ -126,6 +142,7 @@ fn decide(
     pool: &mut FakeIps,
     q: &Query,
     asked: &str,
+    audit: bool,
 ) -> (ResponseCode, Vec<Record>, Outcome) {
     let qtype = q.query_type();
     let name = match normalize_host(asked) {
@@ -139,8 +156,9 @@ fn decide(
             return (ResponseCode::NXDomain, Vec::new(), o);
         }
     };
-    let rule = match policy.check_name(&name) {
-        Ok(rule) => rule,
+    let (rule, audited) = match policy.check_name(&name) {
+        Ok(rule) => (Some(rule), None),
+        Err(refusal) if audit && refusal.auditable() => (None, Some(refusal)),
         Err(refusal) => {
             let o = Outcome::NotAllowed {
                 name,
@@ -172,6 +190,7 @@ fn decide(
                     qtype,
                     addr,
                     rule,
+                    audited,
                 };
                 (ResponseCode::NoError, vec![record], o)
             }

@@ -20,8 +20,9 @@
 //! and TCP plumbing.
 
 pub mod answer;
+pub mod events;
 pub mod fake_ip;
 pub mod server;
 
-pub use answer::{answer, Answered, Outcome};
+pub use answer::{answer, answer_audited, Answered, Outcome};
 pub use fake_ip::{FakeIps, PoolFull};

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::answer::{answer, Outcome};
+use super::answer::{answer_audited, Outcome};
 use super::fake_ip::FakeIps;
 use crate::policy::ProxyPolicy;
 
@@ -51,6 +51,8 @@ pub struct Resolver {
     pub pool: Arc<Mutex<FakeIps>>,
     /// Told of every decision.
     pub sink: OutcomeSink,
+    /// Audit mode (see [`super::answer::answer_audited`]).
+    pub audit: bool,
 }
 
 impl Resolver {
@@ -59,7 +61,7 @@ impl Resolver {
             // A poisoned lock means a panic mid-assignment elsewhere: the
             // pool itself is still consistent (assign pushes, then maps).
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            answer(&self.policy, &mut pool, query)?
+            answer_audited(&self.policy, &mut pool, query, self.audit)?
         };
         (self.sink)(&a.outcome, from);
         Some(a.response)
@@ -206,6 +208,7 @@ mod tests {
             sink: Arc::new(move |_, _| {
                 seen.fetch_add(1, Ordering::SeqCst);
             }),
+            audit: false,
         }
     }
 

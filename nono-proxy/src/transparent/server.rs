@@ -27,9 +27,10 @@ pub const POOL_PEEK: Duration = Duration::from_millis(300);
 pub const NAME_PEEK: Duration = Duration::from_secs(5);
 
 /// Where a redirected connection was dialled, from the kernel's record of
-/// it, looked up by the client socket's address (the accepted connection's
-/// peer). `None` when there is no record.
-pub type OriginalDst = Arc<dyn Fn(SocketAddr) -> Option<SocketAddr> + Send + Sync>;
+/// it, looked up by the client socket's two ends: `(peer, local)` of the
+/// accepted connection, i.e. the client's own address and the listener's.
+/// `None` when there is no record.
+pub type OriginalDst = Arc<dyn Fn(SocketAddr, SocketAddr) -> Option<SocketAddr> + Send + Sync>;
 
 /// Serves redirected connections from `listener` until the task is
 /// aborted.
@@ -57,7 +58,16 @@ async fn handle(
     pool: Arc<Mutex<FakeIps>>,
 ) {
     let started = Instant::now();
-    let Some(dialled) = original(peer) else {
+    let local = match client.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    // The lookup may ask the kernel or the daemon: off the async workers.
+    let dialled = tokio::task::spawn_blocking(move || original(peer, local))
+        .await
+        .ok()
+        .flatten();
+    let Some(dialled) = dialled else {
         let d = Recorder::new(&state, Hook::Transparent, peer.ip().to_string(), 0, started);
         let _ = d.deny(hyper::StatusCode::FORBIDDEN, Reason::NoOriginalDestination);
         return;

@@ -22,6 +22,7 @@ mod lifecycle;
 mod pressure;
 #[path = "../escape/process.rs"]
 mod process;
+mod transparent;
 
 use nono_tests::per_enforcement;
 use nono_tests::runner::Enforcement;

@@ -160,19 +160,38 @@ type Result<T, E = LoadError> = std::result::Result<T, E>;
 /// The BPF object built by `build.rs` (see `cargo xtask build-ebpf`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nono"));
 
-const SOCK_ADDR_PROGRAMS: [&str; 6] = [
-    "connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6",
-];
-const SOCK_PROGRAMS: [&str; 1] = ["sock_create"];
-
-/// Every program, by the name its link is pinned under.
-pub const PROGRAMS: [&str; 10] = [
+const SOCK_ADDR_PROGRAMS: [&str; 10] = [
     "connect4",
     "connect6",
     "sendmsg4",
     "sendmsg6",
     "bind4",
     "bind6",
+    "recvmsg4",
+    "recvmsg6",
+    "getpeername4",
+    "getpeername6",
+];
+const SOCK_PROGRAMS: [&str; 1] = ["sock_create"];
+
+/// The programs only transparent mode needs (they show a redirected
+/// socket the address it dialled): a private copy without redirects
+/// neither verifies nor attaches them, which keeps them off every
+/// sandbox's start-up; the daemon always has them.
+const RESTORE_PROGRAMS: [&str; 4] = ["recvmsg4", "recvmsg6", "getpeername4", "getpeername6"];
+
+/// Every program, by the name its link is pinned under.
+pub const PROGRAMS: [&str; 14] = [
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "bind4",
+    "bind6",
+    "recvmsg4",
+    "recvmsg6",
+    "getpeername4",
+    "getpeername6",
     "sock_create",
     "egress",
     "ingress",
@@ -194,6 +213,10 @@ pub struct Keep {
     cgroup_id: u64,
 }
 
+/// Transparent mode's records of where redirected sockets dialled
+/// (`ORIGINALS`, by socket cookie), shared with the proxy.
+pub type Originals = std::sync::Arc<aya::maps::HashMap<MapData, u64, nono_common::Original>>;
+
 impl Keep {
     /// Number of attached links.
     pub fn link_count(&self) -> usize {
@@ -210,6 +233,8 @@ impl Keep {
 pub struct Attached {
     /// Programs, maps and links.
     pub keep: Keep,
+    /// Where redirected sockets dialled (transparent mode).
+    pub originals: Originals,
     /// Denial events.
     pub events: RingBuf<MapData>,
     /// Per-CPU count of events the ring buffer had no room for.
@@ -273,7 +298,7 @@ pub fn load_fast(capacity: Capacity) -> Result<Ebpf> {
     std::thread::scope(|s| {
         s.spawn(move || {
             hide_kernel_btf_from_this_thread();
-            load(capacity)
+            load(capacity, true)
         })
         .join()
         .map_err(|_| LoadError::LoaderPanicked)?
@@ -281,8 +306,9 @@ pub fn load_fast(capacity: Capacity) -> Result<Ebpf> {
 }
 
 /// Loads the object with maps sized for `capacity` and verifies every
-/// program; nothing is attached yet.
-pub fn load(capacity: Capacity) -> Result<Ebpf> {
+/// program (`restore`: the transparent-mode ones too, see
+/// [`RESTORE_PROGRAMS`]); nothing is attached yet.
+pub fn load(capacity: Capacity, restore: bool) -> Result<Ebpf> {
     // BTF is not needed: the programs use no CO-RE relocations. Skipping the
     // kernel BTF parse saves ~80 ms per load.
     let mut loader = EbpfLoader::new();
@@ -293,12 +319,13 @@ pub fn load(capacity: Capacity) -> Result<Ebpf> {
             .map_max_entries("POLICIES", MAX_SANDBOXES as u32)
             .map_max_entries("SOCKETS", MAX_SANDBOXES as u32)
             .map_max_entries("PROXIES", DAEMON_PROXY_ENTRIES as u32)
-            .map_max_entries("LOOPBACK_PORTS", DAEMON_PORT_ENTRIES as u32);
+            .map_max_entries("LOOPBACK_PORTS", DAEMON_PORT_ENTRIES as u32)
+            .map_max_entries("ORIGINALS", nono_common::DAEMON_ORIGINAL_ENTRIES as u32);
     }
     let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| LoadError::Load(Box::new(e)))?;
-    verify_all(&mut ebpf)?;
+    verify_all(&mut ebpf, restore)?;
     Ok(ebpf)
 }
 
@@ -339,13 +366,16 @@ pub fn load_and_attach(
     policy: &Policy,
     pin_dir: Option<&Path>,
 ) -> Result<Attached> {
-    let mut ebpf = load(Capacity::One)?;
+    let restore = policy.redirects.is_on();
+    let mut ebpf = load(Capacity::One, restore)?;
     let mut maps = PolicyMaps::take(&mut ebpf, None).map_err(LoadError::WritePolicy)?;
     maps.insert(cgroup_id, policy)
         .map_err(LoadError::WritePolicy)?;
-    let links = attach(&mut ebpf, cgroup_dir, pin_dir)?;
+    let links = attach(&mut ebpf, cgroup_dir, pin_dir, restore)?;
     let (events, dropped) = take_events(&mut ebpf, None)?;
+    let originals = take_originals(&mut ebpf, None)?;
     Ok(Attached {
+        originals,
         keep: Keep {
             _ebpf: ebpf,
             _links: links,
@@ -376,9 +406,28 @@ pub fn take_events(
     Ok((events, dropped))
 }
 
+/// Takes the `ORIGINALS` map out of the object, pinning it into `pin_dir`
+/// if given (the daemon's: it answers its users' lookups).
+pub fn take_originals(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Originals> {
+    const NAME: &str = "ORIGINALS";
+    let m = ebpf.take_map(NAME).ok_or(LoadError::NoMap { name: NAME })?;
+    if let Some(dir) = pin_dir {
+        m.pin(dir.join(NAME))
+            .map_err(|source| LoadError::PinMap { name: NAME, source })?;
+    }
+    let map = aya::maps::HashMap::try_from(m).map_err(map_err("ORIGINALS map"))?;
+    Ok(std::sync::Arc::new(map))
+}
+
 /// Attaches every program of a loaded object to the cgroup at `cgroup_dir`
-/// with BPF links, pinning each into `pin_dir` (if given).
-pub fn attach(ebpf: &mut Ebpf, cgroup_dir: &Path, pin_dir: Option<&Path>) -> Result<Vec<Link>> {
+/// with BPF links, pinning each into `pin_dir` (if given); the
+/// transparent-mode ones only with `restore`.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    cgroup_dir: &Path,
+    pin_dir: Option<&Path>,
+    restore: bool,
+) -> Result<Vec<Link>> {
     let ebpf = &mut *ebpf;
     let cgroup = File::open(cgroup_dir).map_err(|source| LoadError::OpenCgroup {
         path: cgroup_dir.to_path_buf(),
@@ -409,6 +458,9 @@ pub fn attach(ebpf: &mut Ebpf, cgroup_dir: &Path, pin_dir: Option<&Path>) -> Res
         }};
     }
     for name in SOCK_ADDR_PROGRAMS {
+        if !restore && RESTORE_PROGRAMS.contains(&name) {
+            continue;
+        }
         let link = attach!(CgroupSockAddr, name, |p| p
             .attach(&cgroup, CgroupAttachMode::Single));
         links.push(pin(fd_link(link, name)?, pin_dir, name)?);
@@ -461,11 +513,12 @@ fn attach_setsockopt(ebpf: &mut Ebpf, cgroup: &File, pin_dir: Option<&Path>) -> 
 /// Loads (verifies) every program, in parallel: verification runs in the
 /// `bpf()` syscall of the calling thread, so on several cores it overlaps,
 /// and it is most of a sandbox's start-up time.
-fn verify_all(ebpf: &mut Ebpf) -> Result<()> {
+fn verify_all(ebpf: &mut Ebpf, restore: bool) -> Result<()> {
     use aya::programs::Program;
     std::thread::scope(|s| {
         let handles: Vec<_> = ebpf
             .programs_mut()
+            .filter(|(name, _)| restore || !RESTORE_PROGRAMS.contains(name))
             .map(|(name, prog)| {
                 let name = name.to_string();
                 s.spawn(move || {

@@ -162,6 +162,7 @@ impl PolicyMaps {
                 Settings {
                     loopback_any: policy.loopback_any,
                     audit: policy.audit,
+                    redirects: policy.redirects,
                 },
                 0,
             )

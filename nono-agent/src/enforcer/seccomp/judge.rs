@@ -9,9 +9,9 @@
 //! copies, judges with these, then performs.
 
 use nono_common::{
-    consts, decide_bind, decide_connect, decide_control, decide_setsockopt, decide_socket,
-    decide_socketpair, sockopt, ControlContext, ControlRule, Dest, PolicyView, Reason,
-    REFUSED_CONTROL,
+    consts, decide_bind, decide_connect, decide_control, decide_redirect, decide_setsockopt,
+    decide_socket, decide_socketpair, sockopt, ControlContext, ControlRule, Dest, PolicyView,
+    Reason, Transport, REFUSED_CONTROL,
 };
 
 use super::filter::{option_context, Mode};
@@ -248,23 +248,7 @@ pub fn destination<P: PolicyView + ?Sized>(
         }
         return Ok(Destination::UnixPath);
     }
-    let unspec = libc::AF_UNSPEC as u32;
-    let dest = if family == consts::AF_INET || (send && family == unspec && addr.len() >= 16) {
-        if addr.len() < 16 {
-            return Err(Refusal::Invalid(libc::EINVAL));
-        }
-        Dest::v4(
-            [addr[4], addr[5], addr[6], addr[7]],
-            u16::from_be_bytes([addr[2], addr[3]]),
-        )
-    } else if family == consts::AF_INET6 {
-        if addr.len() < 24 {
-            return Err(Refusal::Invalid(libc::EINVAL));
-        }
-        let mut o = [0u8; 16];
-        o.copy_from_slice(&addr[8..24]);
-        Dest::v6(o, u16::from_be_bytes([addr[2], addr[3]]))
-    } else {
+    let Some(dest) = inet_destination(family, addr, send)? else {
         return Ok(Destination::AsGiven);
     };
     let d = decide_connect(policy, &dest);
@@ -276,6 +260,84 @@ pub fn destination<P: PolicyView + ?Sized>(
             ..Denial::eperm(d.reason)
         }))
     }
+}
+
+/// The inet destination a sockaddr of `family` names on an inet socket
+/// (`send`: an `AF_UNSPEC` address of IPv4 length counts as IPv4), `None`
+/// for a family the kernel does not read as one.
+fn inet_destination(family: u32, addr: &[u8], send: bool) -> Result<Option<Dest>, Refusal> {
+    let unspec = libc::AF_UNSPEC as u32;
+    if family == consts::AF_INET || (send && family == unspec && addr.len() >= 16) {
+        if addr.len() < 16 {
+            return Err(Refusal::Invalid(libc::EINVAL));
+        }
+        return Ok(Some(Dest::v4(
+            [addr[4], addr[5], addr[6], addr[7]],
+            u16::from_be_bytes([addr[2], addr[3]]),
+        )));
+    }
+    if family == consts::AF_INET6 {
+        if addr.len() < 24 {
+            return Err(Refusal::Invalid(libc::EINVAL));
+        }
+        let mut o = [0u8; 16];
+        o.copy_from_slice(&addr[8..24]);
+        return Ok(Some(Dest::v6(o, u16::from_be_bytes([addr[2], addr[3]]))));
+    }
+    Ok(None)
+}
+
+/// A rewritten destination (transparent mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirected {
+    /// The sockaddr to use instead, in the family the caller gave (an
+    /// `AF_INET6` socket dialling a v4-mapped address gets
+    /// `::ffff:127.0.0.1`).
+    pub addr: Vec<u8>,
+    /// What the caller dialled.
+    pub original: Dest,
+    /// [`Reason::Transparent`] (the proxy's listener) or
+    /// [`Reason::Resolver`].
+    pub reason: Reason,
+}
+
+/// Whether a connect or send to `addr` on an inet socket of `domain` and
+/// type `ty` goes to one of the sandbox's listeners instead
+/// (`nono_common::decide_redirect`, as the BPF programs decide).
+pub fn redirect<P: PolicyView + ?Sized>(
+    policy: &P,
+    domain: u32,
+    ty: u32,
+    addr: &[u8],
+    send: bool,
+) -> Option<Redirected> {
+    if !is_inet(domain) || !policy.redirects().is_on() {
+        return None;
+    }
+    let family = family_of(addr)?;
+    let original = inet_destination(family, addr, send).ok()??;
+    // The hooks see the resolved protocol; a socket here is TCP or UDP by
+    // type (the filter refuses every other inet socket at creation).
+    let r = decide_redirect(policy, &original, Transport::of(ty, 0), send)?;
+    let port = r.to.port.to_be_bytes();
+    let a = if family == consts::AF_INET6 {
+        let mut a = vec![0u8; 28];
+        a[0..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        a[2..4].copy_from_slice(&port);
+        a[8..24].copy_from_slice(&r.to.addr);
+        a
+    } else {
+        let mut a = vec![0u8; 16];
+        a[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        a[2..4].copy_from_slice(&port);
+        a[4..8].copy_from_slice(&r.to.addr[12..16]);
+        a
+    };
+    Some(Redirected {
+        addr: a,
+        original,
+        reason: r.reason,
+    })
 }
 
 /// A unix socket named by path, by its (device, inode): the host daemons'

@@ -52,6 +52,8 @@ pub struct Supervisor {
     /// The agent is root: operations run with the target's credentials
     /// ([`Identity`]), never the agent's.
     root: bool,
+    /// Transparent mode: where redirected connects dialled, for the proxy.
+    dialled: Option<Arc<crate::transparent::Dialled>>,
 }
 
 /// Idle receivers kept around after a burst of blocking operations.
@@ -65,6 +67,7 @@ impl Supervisor {
         denied_sockets: Vec<(u64, u64)>,
         sandbox: String,
         events: EventTx,
+        dialled: Option<Arc<crate::transparent::Dialled>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             listener,
@@ -72,6 +75,7 @@ impl Supervisor {
             denied_sockets,
             sandbox,
             events,
+            dialled,
             idle: AtomicUsize::new(0),
             inbound: inbound::available(&policy),
             // SAFETY: geteuid has no preconditions.
@@ -320,8 +324,28 @@ impl Supervisor {
         let len = (a[2] as u32 as usize).min(128);
         let addr = self.read(n, a[1], len)?;
         let sock = self.socket(n, a[0])?;
+        if let Some(r) = judge::redirect(&self.policy, sock.domain, sock.ty, &addr, false) {
+            // The proxy's listener needs to know where this dialled; the
+            // resolver does not.
+            let record = match (&self.dialled, r.reason) {
+                (Some(d), Reason::Transparent) => Some(perform::Record {
+                    original: socket_addr(&r.original),
+                    into: d.clone(),
+                }),
+                _ => None,
+            };
+            return Ok(Work::Perform(Op::Connect {
+                sock,
+                addr: r.addr,
+                record,
+            }));
+        }
         let addr = self.judge(n, "connect", &sock, addr, false)?;
-        Ok(Work::Perform(Op::Connect { sock, addr }))
+        Ok(Work::Perform(Op::Connect {
+            sock,
+            addr,
+            record: None,
+        }))
     }
 
     fn prepare_sendto(&self, n: &Notif) -> Result<Work, i32> {
@@ -384,6 +408,11 @@ impl Supervisor {
         addr: Vec<u8>,
         send: bool,
     ) -> Result<Vec<u8>, i32> {
+        // Transparent mode: DNS sends go to the resolver (a connect is
+        // rewritten in `prepare_connect`).
+        if let Some(r) = judge::redirect(&self.policy, sock.domain, sock.ty, &addr, send) {
+            return Ok(r.addr);
+        }
         match judge::destination(&self.policy, sock.domain, &addr, send) {
             Ok(Destination::AsGiven | Destination::Allowed(_)) => Ok(addr),
             Ok(Destination::UnixPath) => self.judge_unix_path(n, hook, sock, addr),
@@ -442,4 +471,14 @@ impl Supervisor {
         }
         Ok(via)
     }
+}
+
+/// A canonical destination as a socket address.
+fn socket_addr(d: &Dest) -> std::net::SocketAddr {
+    let v6 = std::net::Ipv6Addr::from(d.addr);
+    let ip = match v6.to_ipv4_mapped() {
+        Some(v4) => std::net::IpAddr::V4(v4),
+        None => std::net::IpAddr::V6(v6),
+    };
+    std::net::SocketAddr::new(ip, d.port)
 }

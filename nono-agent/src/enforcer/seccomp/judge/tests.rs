@@ -351,3 +351,64 @@ fn daemon_sockets() {
         })
     );
 }
+
+fn transparent() -> Policy {
+    let mut p = policy();
+    p.redirects = nono_common::Redirects {
+        tcp4: 4001,
+        tcp6: 4002,
+        dns4: 5301,
+        dns6: 5302,
+    };
+    p
+}
+
+#[test]
+fn transparent_tcp_goes_to_the_listener_in_the_callers_family() {
+    let p = transparent();
+    let r = redirect(&p, AF_INET, STREAM, &v4([198, 51, 100, 9], 443), false).unwrap();
+    assert_eq!(r.addr, v4([127, 0, 0, 1], 4001));
+    assert_eq!(r.original, Dest::v4([198, 51, 100, 9], 443));
+    assert_eq!(r.reason, Reason::Transparent);
+    let mut mapped = V6_MAPPED_ANY;
+    mapped[12..].copy_from_slice(&[198, 51, 100, 9]);
+    let r = redirect(&p, AF_INET6, STREAM, &v6(mapped, 22), false).unwrap();
+    let mut want = v6(V6_MAPPED_LO, 4001);
+    want[4..8].copy_from_slice(&[0; 4]);
+    want[24..28].copy_from_slice(&[0; 4]);
+    assert_eq!(r.addr, want);
+    let mut doc = [0u8; 16];
+    doc[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    doc[15] = 9;
+    let r = redirect(&p, AF_INET6, STREAM, &v6(doc, 443), false).unwrap();
+    assert_eq!(&r.addr[8..24], &V6_LO);
+    assert_eq!(u16::from_be_bytes([r.addr[2], r.addr[3]]), 4002);
+}
+
+#[test]
+fn transparent_dns_sends_go_to_the_resolver_and_nothing_else_moves() {
+    let p = transparent();
+    let r = redirect(&p, AF_INET, DGRAM, &v4([203, 0, 113, 53], 53), true).unwrap();
+    assert_eq!(r.addr, v4([127, 0, 0, 1], 5301));
+    assert_eq!(r.reason, Reason::Resolver);
+    // AF_UNSPEC of IPv4 length on a send counts as IPv4, as the kernel reads it.
+    let mut unspec = v4([203, 0, 113, 53], 53);
+    unspec[0..2].copy_from_slice(&(libc::AF_UNSPEC as u16).to_ne_bytes());
+    assert!(redirect(&p, AF_INET, DGRAM, &unspec, true).is_some());
+    // UDP elsewhere, allowed destinations, metadata, unix, raw: untouched.
+    assert!(redirect(&p, AF_INET, DGRAM, &v4([203, 0, 113, 53], 443), true).is_none());
+    assert!(redirect(&p, AF_INET, STREAM, &v4([127, 0, 0, 1], 5432), false).is_none());
+    assert!(redirect(&p, AF_INET, STREAM, &v4([203, 0, 113, 2], 3128), false).is_none());
+    assert!(redirect(&p, AF_INET, STREAM, &v4([169, 254, 169, 254], 80), false).is_none());
+    assert!(redirect(&p, AF_UNIX, STREAM, &unix(b"/run/x\0"), false).is_none());
+    assert!(redirect(&p, AF_INET, RAW, &v4([203, 0, 113, 53], 53), true).is_none());
+    // Off: nothing.
+    assert!(redirect(
+        &policy(),
+        AF_INET,
+        STREAM,
+        &v4([198, 51, 100, 9], 443),
+        false
+    )
+    .is_none());
+}

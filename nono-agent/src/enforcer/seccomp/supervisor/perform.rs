@@ -52,10 +52,71 @@ pub(super) enum Work {
     Perform(Op),
 }
 
+/// Transparent mode: a redirected connect's original destination, to be
+/// recorded (by the socket's local end) before the connect is made.
+pub(super) struct Record {
+    pub(super) original: std::net::SocketAddr,
+    pub(super) into: std::sync::Arc<crate::transparent::Dialled>,
+}
+
+impl Record {
+    /// Binds an unbound socket to loopback (port 0: the kernel picks, as
+    /// its autobind would) so that its local port is known, then records.
+    /// Recording before the connect means the proxy, which can accept as
+    /// soon as the handshake completes, always finds the record.
+    fn bind_and_record(&self, fd: BorrowedFd<'_>, to: &[u8]) -> Result<(), i32> {
+        let mut name = local_name(fd).map_err(errno)?;
+        if port_of(&name) == Some(0) {
+            let mut local = super::super::judge::loopback_of(to);
+            if local.len() >= 4 {
+                local[2..4].copy_from_slice(&[0, 0]);
+            }
+            if with_addr(libc::bind, fd, &local) != 0 {
+                return Err(errno(io::Error::last_os_error()));
+            }
+            name = local_name(fd).map_err(errno)?;
+        }
+        let mut local = sockaddr_to_std(&name).ok_or(libc::EINVAL)?;
+        // Bound to the wildcard: the connection to the listener comes from
+        // the listener's own (loopback) address.
+        if local.ip().is_unspecified() {
+            if let Some(l) = sockaddr_to_std(to) {
+                local.set_ip(l.ip());
+            }
+        }
+        self.into.record(local, self.original);
+        Ok(())
+    }
+}
+
+/// The port of an inet sockaddr.
+fn port_of(a: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes([*a.get(2)?, *a.get(3)?]))
+}
+
+/// An inet sockaddr as a socket address.
+fn sockaddr_to_std(a: &[u8]) -> Option<std::net::SocketAddr> {
+    let family = u16::from_ne_bytes([*a.first()?, *a.get(1)?]) as i32;
+    let port = port_of(a)?;
+    match family {
+        libc::AF_INET => {
+            let o: [u8; 4] = a.get(4..8)?.try_into().ok()?;
+            Some(std::net::SocketAddr::from((o, port)))
+        }
+        libc::AF_INET6 => {
+            let o: [u8; 16] = a.get(8..24)?.try_into().ok()?;
+            Some(std::net::SocketAddr::from((o, port)))
+        }
+        _ => None,
+    }
+}
+
 pub(super) enum Op {
     Connect {
         sock: Sock,
         addr: Vec<u8>,
+        /// Transparent mode: record where it really dialled first.
+        record: Option<Record>,
     },
     Bind {
         sock: Sock,
@@ -167,7 +228,7 @@ impl Op {
         // `identity::in_child`. Everything the child touches is prepared
         // here, before the fork.
         let unix = sock.domain == consts::AF_UNIX;
-        if let (Op::Connect { sock, addr }, true) = (&self, unix) {
+        if let (Op::Connect { sock, addr, .. }, true) = (&self, unix) {
             let fd = sock.fd.as_raw_fd();
             return identity::in_child(sock.creds.as_ref(), &|| {
                 // SAFETY: addr is a buffer of addr.len() bytes.
@@ -191,7 +252,12 @@ impl Op {
             }
         };
         match &self {
-            Op::Connect { sock, addr } => ret(with_addr(libc::connect, sock.fd.as_fd(), addr)),
+            Op::Connect { sock, addr, record } => {
+                if let Some(r) = record {
+                    r.bind_and_record(sock.fd.as_fd(), addr)?;
+                }
+                ret(with_addr(libc::connect, sock.fd.as_fd(), addr))
+            }
             Op::Bind { sock, addr } => ret(with_addr(libc::bind, sock.fd.as_fd(), addr)),
             Op::Listen {
                 sock,
