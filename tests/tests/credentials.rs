@@ -222,20 +222,32 @@ fn the_sandbox_cannot_find_the_key_or_the_ca_key() {
     // told it: a grep inside would put it in its own cmdline).
     let dump = lab.tmp.path("dump.txt");
     std::fs::write(&dump, "").expect("dump file");
+    // The environments and the bundle's directory (what nono-agent made
+    // for this sandbox) apart from the rest of /tmp, which other tests'
+    // throwaway keys may be in.
+    let own = lab.tmp.path("own.txt");
+    std::fs::write(&own, "").expect("own dump file");
     let script = format!(
         "{{ env; for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do cat \"$f\"; echo; done; \
-         for d in \"${{TMPDIR:-/tmp}}\" /tmp /var/tmp /dev/shm; do \
-           find \"$d\" -xdev -type f -size -2M 2>/dev/null | grep -v '^{tmp}' | while read -r f; do cat \"$f\"; done; done; \
          echo bundle=$SSL_CERT_FILE; ls -la \"$(dirname \"$SSL_CERT_FILE\")\"; \
-         cat \"$(dirname \"$SSL_CERT_FILE\")\"/* ; }} > {dump} 2>&1; \
+         cat \"$(dirname \"$SSL_CERT_FILE\")\"/* ; }} > {own} 2>&1; \
+         {{ for d in \"${{TMPDIR:-/tmp}}\" /tmp /var/tmp /dev/shm; do \
+           find \"$d\" -xdev -type f -size -2M 2>/dev/null | grep -v '^{tmp}' | while read -r f; do cat \"$f\"; done; done; \
+         }} > {dump} 2>&1; \
          curl -sS -H \"x-api-key: ${VAR}\" https://{CRED_HOST}/after-dump",
         tmp = lab.tmp.0.display(),
-        dump = dump.display()
+        dump = dump.display(),
+        own = own.display()
     );
     let out = lab.run(&[], &script);
     assert_eq!(out.code(), 0, "{}", out.describe());
     // Files of other processes under /tmp may hold any bytes.
-    let seen = String::from_utf8_lossy(&std::fs::read(&dump).expect("dump")).into_owned();
+    let others = String::from_utf8_lossy(&std::fs::read(&dump).expect("dump")).into_owned();
+    assert!(
+        !others.contains(&lab.key),
+        "the real key is in a file the sandbox can read"
+    );
+    let seen = String::from_utf8_lossy(&std::fs::read(&own).expect("own dump")).into_owned();
     assert!(seen.contains("bundle="), "the dump ran: {seen:.2000}");
     assert!(
         seen.contains("nono-placeholder-"),
@@ -848,4 +860,40 @@ fn a_host_speaking_only_http1_gets_requests_one_at_a_time_on_one_connection() {
     let post = recs.iter().find(|r| r.path == "/post").expect("post");
     assert_eq!(post.header("content-length"), vec!["10"]);
     assert_eq!(post.body_len, 10);
+}
+
+#[test]
+fn an_idle_intercepted_connection_is_closed_like_a_tunnel() {
+    let lab = Lab::new();
+    sys::require_tool("python3", "the idle client");
+    // One request, then silence well past the proxy's 1 s idle timeout:
+    // the proxy closes the intercepted connection and records why.
+    let py = format!(
+        "import base64, http.client, os, ssl, time, urllib.parse\n\
+         u = urllib.parse.urlsplit(os.environ['HTTPS_PROXY'])\n\
+         auth = base64.b64encode(f'{{u.username}}:{{u.password}}'.encode()).decode()\n\
+         c = http.client.HTTPSConnection(u.hostname, u.port, context=ssl.create_default_context(), timeout=20)\n\
+         c.set_tunnel('{CRED_HOST}', 443, headers={{'Proxy-Authorization': 'Basic ' + auth}})\n\
+         c.request('GET', '/before-idle', headers={{'x-api-key': os.environ['{VAR}']}})\n\
+         print('first', c.getresponse().read().decode().strip())\n\
+         time.sleep(4)\n\
+         try:\n    c.request('GET', '/after-idle')\n    r = c.getresponse()\n    print('second', r.status)\n\
+         except Exception as e:\n    print('closed', type(e).__name__)\n"
+    );
+    let script = lab.tmp.path("idle.py");
+    std::fs::write(&script, py).expect("idle.py");
+    let out = lab.run(
+        &["--proxy-idle-timeout", "1"],
+        &format!("python3 {}", script.display()),
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert!(out.stdout.contains("first ok"), "{}", out.describe());
+    assert!(out.stdout.contains("closed"), "{}", out.describe());
+    assert!(
+        lab.events()
+            .contains("intercepted connection closed: idle timeout after 1 request(s)"),
+        "{}",
+        lab.events()
+    );
+    assert!(!lab.host.records().iter().any(|r| r.path == "/after-idle"));
 }

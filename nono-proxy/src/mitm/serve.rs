@@ -19,6 +19,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Mutex;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -175,28 +176,98 @@ async fn serve_client(
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let io = TokioIo::new(tls);
+    let activity = Arc::new(AtomicU64::new(0));
+    let io = TokioIo::new(Active {
+        inner: tls,
+        activity: activity.clone(),
+    });
     let c = conn.clone();
     let svc = service_fn(move |req| handle(req, c.clone()));
     let shutdown = state.shutdown.clone();
-    if h2 {
-        let serve = server2::Builder::new(TokioExecutor::new())
+    let idle = state.limits.idle_timeout;
+    let serve: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = if h2 {
+        let f = server2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .serve_connection(io, svc);
-        tokio::select! {
-            _ = serve => Some(TunnelEnd::Closed),
-            _ = shutdown.cancelled() => Some(TunnelEnd::SandboxEnded),
-        }
+        Box::pin(async move {
+            let _ = f.await;
+        })
     } else {
-        let serve = server1::Builder::new()
+        let f = server1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(state.limits.header_timeout)
             .max_buf_size(state.limits.max_header_bytes)
             .serve_connection(io, svc);
+        Box::pin(async move {
+            let _ = f.await;
+        })
+    };
+    // As a tunnel: closed when the sandbox ends, or when no byte moved
+    // to or from the sandbox for the idle timeout.
+    tokio::pin!(serve);
+    let mut last_seen = 0;
+    Some(loop {
         tokio::select! {
-            _ = serve => Some(TunnelEnd::Closed),
-            _ = shutdown.cancelled() => Some(TunnelEnd::SandboxEnded),
+            _ = &mut serve => break TunnelEnd::Closed,
+            _ = shutdown.cancelled() => break TunnelEnd::SandboxEnded,
+            _ = tokio::time::sleep(idle) => {
+                let now = activity.load(Ordering::Relaxed);
+                if now == last_seen {
+                    break TunnelEnd::IdleTimeout;
+                }
+                last_seen = now;
+            }
         }
+    })
+}
+
+/// The sandbox's side of an intercepted connection, counting reads and
+/// writes that moved bytes (for the idle timeout).
+struct Active<S> {
+    inner: S,
+    activity: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Active<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Active<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
