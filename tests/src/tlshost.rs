@@ -134,6 +134,8 @@ impl TlsHost {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                // As real servers do: no Nagle delay on handshake flights.
+                let _ = tcp.set_nodelay(true);
                 let (acceptor, rec, rel) = (acceptor.clone(), rec.clone(), rel.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
