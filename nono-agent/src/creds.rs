@@ -23,6 +23,9 @@ pub enum CredsError {
     /// Two credentials want the same placeholder variable.
     #[error("credentials for {0} and {1} both name the environment variable {2}")]
     SameEnv(String, String, String),
+    /// The placeholder variable is one nono-agent sets itself.
+    #[error("credential for {0}: env = {1:?} is a variable nono-agent sets for the sandbox (proxy, CA bundle or NONO_*); name another")]
+    ReservedEnv(String, String),
     /// No randomness for a placeholder.
     #[error("making a placeholder")]
     Random(#[source] std::io::Error),
@@ -93,6 +96,9 @@ pub fn resolve(
             }
         }
         if let Some(var) = &spec.env {
+            if reserved_var(var) {
+                return Err(CredsError::ReservedEnv(spec.host.clone(), var.clone()));
+            }
             if let Some(i) = r.placeholders.iter().position(|(k, _)| k == var) {
                 return Err(CredsError::SameEnv(
                     r.credentials[i].spec.host.clone(),
@@ -107,6 +113,15 @@ pub fn resolve(
         r.origins.push(origin);
     }
     Ok(r)
+}
+
+/// Variables nono-agent sets for the sandbox itself: a placeholder there
+/// would break the proxy or the CA bundle.
+fn reserved_var(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    upper.starts_with("NONO_")
+        || ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"].contains(&upper.as_str())
+        || BUNDLE_VARS.contains(&name)
 }
 
 /// Overwrites the values of `names` in this process's initial environment
