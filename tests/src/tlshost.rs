@@ -7,7 +7,8 @@
 //! `/sse` answers a server-sent-events stream: `data: 1`, then nothing until
 //! the test calls [`TlsHost::release`], then `data: 2` and the end; a proxy
 //! that buffered the body would hold `data: 1` back until the end.
-//! Any other path answers 200 with `ok`.
+//! `/close` answers 200 and closes the connection (HTTP/1.1). Any other
+//! path answers 200 with `ok`.
 //!
 //! The server runs on a runtime the host owns; dropping the host stops it.
 
@@ -208,11 +209,22 @@ async fn handle(
     };
     let mut rec = rec;
     let sse = rec.path == "/sse";
+    let path_is_close = rec.path == "/close";
     rec.body_len = match req.into_body().collect().await {
         Ok(b) => b.to_bytes().len(),
         Err(_) => 0,
     };
     records.lock().expect("records").push(rec);
+    if path_is_close {
+        // HTTP/1.1: answer, then close the connection (as servers close
+        // idle keep-alive connections).
+        let mut r = Response::new(Full::new(Bytes::from_static(b"ok\n")).boxed());
+        r.headers_mut().insert(
+            "connection",
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        return Ok(r);
+    }
     if !sse {
         return Ok(Response::new(
             Full::new(Bytes::from_static(b"ok\n")).boxed(),

@@ -897,3 +897,32 @@ fn an_idle_intercepted_connection_is_closed_like_a_tunnel() {
     );
     assert!(!lab.host.records().iter().any(|r| r.path == "/after-idle"));
 }
+
+#[test]
+fn when_the_host_closes_its_side_the_sandbox_reconnects_instead_of_failing() {
+    let lab = Lab::new_with(false);
+    // The host closes the proxy's connection after /close. The proxy must
+    // close the sandbox's connection too (gracefully, after the answer), so
+    // curl's next request on "the same" connection goes on a new one
+    // instead of getting 502 from a dead upstream.
+    let out = lab.run(
+        &[],
+        &format!(
+            "curl -sS -w 'code=%{{http_code}}\\n' -H \"x-api-key: ${VAR}\" \
+               https://{CRED_HOST}/close https://{CRED_HOST}/after-close"
+        ),
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    assert_eq!(
+        out.stdout.matches("code=200").count(),
+        2,
+        "{}",
+        out.describe()
+    );
+    let recs = lab.host.records();
+    let after = recs
+        .iter()
+        .find(|r| r.path == "/after-close")
+        .unwrap_or_else(|| panic!("/after-close arrived: {recs:?}"));
+    assert_eq!(after.header("x-api-key"), vec![lab.key.as_str()]);
+}

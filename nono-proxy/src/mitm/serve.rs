@@ -22,6 +22,7 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Mutex;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::sync::CancellationToken;
 
 use super::inject::{check_authority, inject, strip_hop_by_hop};
 use super::Entry;
@@ -43,6 +44,11 @@ struct Conn {
     entry: Arc<Entry>,
     sender: Sender,
     requests: AtomicU64,
+    /// Cancelled when the connection to the real host ends (it closed an
+    /// idle connection, sent GOAWAY, failed): the sandbox's connection is
+    /// then shut down gracefully, so its client reconnects instead of
+    /// getting 502 for every later request.
+    upstream_gone: CancellationToken,
 }
 
 /// Handles a CONNECT to a credential host (see the module docs).
@@ -92,6 +98,8 @@ pub(crate) async fn connect(
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(tls);
+    let upstream_gone = CancellationToken::new();
+    let gone = upstream_gone.clone();
     let sender = if h2 {
         match client2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -99,7 +107,10 @@ pub(crate) async fn connect(
             .await
         {
             Ok((s, conn)) => {
-                state.tasks.spawn(conn);
+                state.tasks.spawn(async move {
+                    let _ = conn.await;
+                    gone.cancel();
+                });
                 Sender::H2(s)
             }
             Err(e) => return d.deny(StatusCode::BAD_GATEWAY, Reason::Handshake(e)),
@@ -107,7 +118,10 @@ pub(crate) async fn connect(
     } else {
         match client1::Builder::new().handshake(io).await {
             Ok((s, conn)) => {
-                state.tasks.spawn(conn);
+                state.tasks.spawn(async move {
+                    let _ = conn.await;
+                    gone.cancel();
+                });
                 Sender::H1(Mutex::new(s))
             }
             Err(e) => return d.deny(StatusCode::BAD_GATEWAY, Reason::Handshake(e)),
@@ -123,6 +137,7 @@ pub(crate) async fn connect(
         entry,
         sender,
         requests: AtomicU64::new(0),
+        upstream_gone,
     });
     state.tasks.spawn(async move {
         let end = match hyper::upgrade::on(req).await {
@@ -184,40 +199,46 @@ async fn serve_client(
     let c = conn.clone();
     let svc = service_fn(move |req| handle(req, c.clone()));
     let shutdown = state.shutdown.clone();
+    let gone = conn.upstream_gone.clone();
     let idle = state.limits.idle_timeout;
-    let serve: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = if h2 {
-        let f = server2::Builder::new(TokioExecutor::new())
+    // As a tunnel: closed when the sandbox ends, or when no byte moved to
+    // or from the sandbox for the idle timeout; shut down gracefully (the
+    // answer in progress completes) when the real host's side ended.
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            let mut last_seen = 0;
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break TunnelEnd::Closed,
+                    _ = shutdown.cancelled() => break TunnelEnd::SandboxEnded,
+                    _ = gone.cancelled(), if !draining => {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = tokio::time::sleep(idle) => {
+                        let now = activity.load(Ordering::Relaxed);
+                        if now == last_seen {
+                            break TunnelEnd::IdleTimeout;
+                        }
+                        last_seen = now;
+                    }
+                }
+            }
+        }};
+    }
+    Some(if h2 {
+        drive!(server2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .serve_connection(io, svc);
-        Box::pin(async move {
-            let _ = f.await;
-        })
+            .serve_connection(io, svc))
     } else {
-        let f = server1::Builder::new()
+        drive!(server1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(state.limits.header_timeout)
             .max_buf_size(state.limits.max_header_bytes)
-            .serve_connection(io, svc);
-        Box::pin(async move {
-            let _ = f.await;
-        })
-    };
-    // As a tunnel: closed when the sandbox ends, or when no byte moved
-    // to or from the sandbox for the idle timeout.
-    tokio::pin!(serve);
-    let mut last_seen = 0;
-    Some(loop {
-        tokio::select! {
-            _ = &mut serve => break TunnelEnd::Closed,
-            _ = shutdown.cancelled() => break TunnelEnd::SandboxEnded,
-            _ = tokio::time::sleep(idle) => {
-                let now = activity.load(Ordering::Relaxed);
-                if now == last_seen {
-                    break TunnelEnd::IdleTimeout;
-                }
-                last_seen = now;
-            }
-        }
+            .serve_connection(io, svc))
     })
 }
 
