@@ -246,6 +246,8 @@ impl From<ProxyArgs> for ProxyConfig {
             },
             sandbox: String::new(),
             audit: false,
+            credentials: Vec::new(),
+            upstream_ca: Vec::new(),
         }
     }
 }
@@ -412,6 +414,24 @@ pub struct ExecArgs {
     #[command(flatten)]
     pub proxy: ProxyArgs,
 
+    /// Inject a credential: requests to HOST (port 443, or PORT) get the
+    /// real value in HEADER, read by nono-agent from its environment
+    /// variable NAME (or the file PATH); the sandbox only holds a random
+    /// placeholder (in NAME, for env:). The proxy intercepts TLS to HOST
+    /// only, with a CA made for this sandbox. Options after the source:
+    /// `;format=Bearer {}` (how the value is written), `;env=VAR` (the
+    /// sandbox's placeholder variable; `;env=` for none). Repeatable.
+    #[arg(
+        long = "credential",
+        value_name = "HOST[:PORT]:HEADER=env:NAME|file:PATH"
+    )]
+    pub credentials: Vec<nono_proxy::mitm::CredentialSpec>,
+
+    /// Trust the certificates in FILE (PEM) besides the system's when the
+    /// proxy connects to a credential host (an enterprise CA).
+    #[arg(long = "upstream-ca", value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -567,6 +587,9 @@ impl From<ExecArgs> for ExecRequest {
             transparent: a.transparent,
             daemon_socket: (!a.no_daemon).then_some(a.daemon_socket),
             proxy: a.proxy.into(),
+            credentials: a.credentials,
+            skip_credential_values: false,
+            upstream_ca: a.upstream_ca,
             command: a.command,
             host: crate::config::HostConfig::default(),
         }

@@ -83,6 +83,19 @@ pub struct ProxyRecord {
     /// it); absent when no rule decided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<RuleRecord>,
+    /// Credential injection (hook `inject`): which credential, by name
+    /// (`env:NAME`, `file:PATH`; never the value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// Credential injection: the request's method.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Credential injection: the request's path (no query).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Credential injection: the upstream's status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
 }
 
 /// A proxy rule in an event: which kind, as written, and where.
@@ -114,6 +127,10 @@ impl From<&ProxyEvent> for ProxyRecord {
                 text: r.text().to_string(),
                 origin: r.origin().to_string(),
             }),
+            credential: e.reason.exchange().map(|x| x.credential.clone()),
+            method: e.reason.exchange().map(|x| x.method.clone()),
+            path: e.reason.exchange().map(|x| x.path.clone()),
+            status: e.reason.exchange().and_then(|x| x.status),
         }
     }
 }
@@ -171,6 +188,7 @@ pub fn proxy_notice(e: &ProxyEvent) -> Option<String> {
         nono_proxy::Hook::Connect => "CONNECT",
         nono_proxy::Hook::Http => "HTTP request to",
         nono_proxy::Hook::Transparent => "redirected connection to",
+        nono_proxy::Hook::Inject => "credential request to",
         nono_proxy::Hook::Dns => "DNS question for",
     };
     let reason = match &e.reason {

@@ -45,6 +45,18 @@ pub enum PlanError {
     WriteRule(#[from] LandlockError),
     #[error(transparent)]
     User(#[from] UserError),
+    #[error(transparent)]
+    Credentials(#[from] crate::creds::CredsError),
+    #[error(
+        "credential for {host}:{port} ({origin}): the proxy does not allow {host}:{port} ({why}); \
+         add an allow rule for it (--allow-domain {host})"
+    )]
+    CredentialHostNotAllowed {
+        host: String,
+        port: u16,
+        origin: String,
+        why: String,
+    },
     #[error(
         "--events {path}: that is the command's own {stream}, so events would mix with its output \
          (and the command could write lines that look like events); give a file of its own (--events FILE)"
@@ -79,6 +91,13 @@ pub struct ExecRequest {
     /// The daemon socket to try (`None`: never use the daemon).
     pub daemon_socket: Option<PathBuf>,
     pub proxy: ProxyConfig,
+    /// `--credential` flags.
+    pub credentials: Vec<nono_proxy::mitm::CredentialSpec>,
+    /// `--upstream-ca FILE`.
+    pub upstream_ca: Option<PathBuf>,
+    /// Do not read the credentials' values (`why`: they decide nothing it
+    /// answers, and it must not need the keys).
+    pub skip_credential_values: bool,
     pub command: Vec<OsString>,
     /// The host configuration (`crate::config`), already loaded.
     pub host: HostConfig,
@@ -136,6 +155,9 @@ pub struct Plan {
     pub allow_unix_sockets: Vec<PathBuf>,
     /// Where the rules without an origin of their own came from.
     pub origins: PlanOrigins,
+    /// Credentials the proxy injects, their values read (also in
+    /// `proxy.credentials`), and what they change in the environment.
+    pub credentials: crate::creds::Resolved,
 }
 
 /// Where the plan's filesystem rules and loopback ports came from (domain
@@ -292,8 +314,12 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
     let mut env = EnvPolicy::Inherit;
     let mut user = None;
     let mut allow_unix_sockets = Vec::new();
+    let mut upstream_ca = req.upstream_ca.clone();
     let mut transparent = req.transparent;
     if let Some(p) = &profile {
+        if upstream_ca.is_none() {
+            upstream_ca = p.network.upstream_ca.clone();
+        }
         transparent |= p.network.transparent;
         let n = &p.network;
         let rules = &mut proxy.policy;
@@ -358,6 +384,21 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
             });
         }
     }
+    // The real values are read here, once, before anything is created.
+    let specs = crate::creds::merge(
+        profile
+            .as_ref()
+            .map(|p| p.network.credentials.as_slice())
+            .unwrap_or_default(),
+        &req.credentials,
+    );
+    let credentials = if specs.is_empty() || req.skip_credential_values {
+        crate::creds::Resolved::default()
+    } else {
+        crate::creds::resolve(specs, upstream_ca.as_deref(), |n| std::env::var(n).ok())?
+    };
+    proxy.credentials = credentials.credentials.clone();
+    proxy.upstream_ca = credentials.upstream_ca.clone();
     // In audit mode the proxy always runs: names the command asks for are
     // what audit is for, even when no rule would start a proxy.
     proxy.audit = req.audit;
@@ -365,6 +406,9 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
     // rule: every name is then refused, visibly, instead of EPERM.
     let proxy = (proxy_wanted(&proxy) || req.audit || transparent)
         .then(|| with_host_rules(proxy, &req.host));
+    if let Some(p) = &proxy {
+        check_credential_hosts(p, &credentials)?;
+    }
     let kernel = KernelPolicy::new(
         &req.proxy_endpoints,
         loopback_ports.as_deref(),
@@ -390,7 +434,31 @@ pub fn build(req: &ExecRequest) -> Result<Plan, PlanError> {
         user,
         allow_unix_sockets,
         origins,
+        credentials,
     })
+}
+
+/// A credential for a host the proxy would refuse could never be used:
+/// say so before running (audit mode lets it through, as the proxy will).
+fn check_credential_hosts(
+    proxy: &ProxyConfig,
+    creds: &crate::creds::Resolved,
+) -> Result<(), PlanError> {
+    for (c, origin) in creds.credentials.iter().zip(&creds.origins) {
+        let target = nono_proxy::Target::Name(c.spec.host.clone());
+        if let Err(r) = proxy.policy.check_target(&target, c.spec.port) {
+            if proxy.audit && r.auditable() {
+                continue;
+            }
+            return Err(PlanError::CredentialHostNotAllowed {
+                host: c.spec.host.clone(),
+                port: c.spec.port,
+                origin: origin.clone(),
+                why: r.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The checks `exec` makes of a profile beyond parsing it, for `profile
@@ -483,7 +551,8 @@ pub fn with_host_rules(mut proxy: ProxyConfig, host: &HostConfig) -> ProxyConfig
 /// Whether any rule asks for the proxy (pins, a DNS server and limits alone
 /// do not: they only shape a proxy that rules start).
 pub fn proxy_wanted(c: &ProxyConfig) -> bool {
-    !c.policy.allow.is_empty()
+    !c.credentials.is_empty()
+        || !c.policy.allow.is_empty()
         || !c.policy.deny.is_empty()
         || !c.policy.cidrs.is_empty()
         || c.upstream.is_some()

@@ -21,6 +21,8 @@ pub enum Hook {
     Http,
     /// A connection the kernel redirected to the proxy (transparent mode).
     Transparent,
+    /// One request on an intercepted connection (credential injection).
+    Inject,
     /// A question to the sandbox's resolver (transparent mode).
     Dns,
 }
@@ -32,6 +34,7 @@ impl Hook {
             Self::Connect => "connect",
             Self::Http => "http",
             Self::Transparent => "transparent",
+            Self::Inject => "inject",
             Self::Dns => "dns",
         }
     }
@@ -142,11 +145,52 @@ pub enum Reason {
     NoOriginalDestination,
     /// A redirected connection has no target the rules could judge.
     NoTarget(crate::transparent::NoTarget),
+    /// An intercepted request got its credential and was answered.
+    Injected(Exchange),
+    /// An intercepted request named another host: not sent, no credential.
+    Misdirected(Exchange, crate::mitm::inject::Misdirected),
+    /// An intercepted request could not be sent or answered upstream.
+    InjectUpstream(Exchange, String),
+    /// TLS with the real host failed (its certificate did not verify, or
+    /// it does not speak TLS): the CONNECT is refused.
+    UpstreamTls(String),
+    /// The sandbox's TLS handshake with the proxy failed (a client that
+    /// pins certificates, or one that does not trust the sandbox's CA).
+    ClientTls(String),
+    /// An intercepted connection ended after `requests` requests.
+    Intercepted {
+        /// Requests served on it.
+        requests: u64,
+        /// How it ended.
+        end: TunnelEnd,
+    },
     /// The resolver's answer (transparent mode), in words.
     Dns(String),
 }
 
+/// One intercepted request, as events name it: which credential, the
+/// method, the path (without the query), the status. Never the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    /// The credential's name (`env:NAME` or `file:PATH`).
+    pub credential: String,
+    /// The request method.
+    pub method: String,
+    /// The request path, without the query.
+    pub path: String,
+    /// The upstream's status, once answered.
+    pub status: Option<u16>,
+}
+
 impl Reason {
+    /// The intercepted request this is about, if any.
+    pub fn exchange(&self) -> Option<&Exchange> {
+        match self {
+            Self::Injected(x) | Self::Misdirected(x, _) | Self::InjectUpstream(x, _) => Some(x),
+            _ => None,
+        }
+    }
+
     /// The rule that refused, when a rule did.
     pub fn rule(&self) -> Option<Rule> {
         match self {
@@ -184,6 +228,30 @@ impl fmt::Display for Reason {
                 f.write_str("redirected connection with no recorded destination")
             }
             Self::NoTarget(e) => e.fmt(f),
+            Self::Injected(x) => write!(
+                f,
+                "credential {} injected: {} {} -> {}",
+                x.credential,
+                x.method,
+                x.path,
+                x.status.unwrap_or(0)
+            ),
+            Self::Misdirected(_, e) => write!(f, "refused, no credential sent: {e}"),
+            Self::InjectUpstream(_, e) => write!(f, "upstream: {e}"),
+            Self::UpstreamTls(e) => write!(f, "upstream TLS: {e}"),
+            Self::ClientTls(e) => write!(
+                f,
+                "the sandbox's TLS handshake with the credential proxy failed \
+                 (does the client trust the sandbox CA, SSL_CERT_FILE? does it pin certificates?): {e}"
+            ),
+            Self::Intercepted { requests, end } => {
+                let how = match end {
+                    TunnelEnd::Closed => "closed",
+                    TunnelEnd::SandboxEnded => "closed: sandbox ended",
+                    TunnelEnd::IdleTimeout => "closed: idle timeout",
+                };
+                write!(f, "intercepted connection {how} after {requests} request(s)")
+            }
             Self::Dns(s) => f.write_str(s),
         }
     }

@@ -10,6 +10,9 @@
 //! [`start`] or [`start_loopback`], receive a [`ProxyEvent`] per decision
 //! through their [`EventSink`], and [`Running::stop`] it.
 //!
+//! A CONNECT to a host with a credential ([`ProxyConfig::credentials`]) is
+//! intercepted instead of tunnelled: see [`mitm`].
+//!
 //! Errors are `thiserror` enums, one per module. The parse errors, refusals
 //! and request errors include the inner error's text in their own message
 //! (that message is what clap, profile errors, 403 bodies and event reasons
@@ -20,6 +23,7 @@
 pub mod dns;
 pub mod event;
 mod forward;
+pub mod mitm;
 pub mod pattern;
 pub mod policy;
 mod pool;
@@ -37,7 +41,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use dns::Pin;
-pub use event::{EventSink, Hook, ProxyEvent, Reason, Verdict};
+pub use event::{EventSink, Exchange, Hook, ProxyEvent, Reason, Verdict};
 pub use pattern::{parse_allow, DomainRule, Origin};
 pub use policy::{never_allowed, parse_allow_cidr, CidrRule, ProxyPolicy, Refusal, Rule, Target};
 pub use server::Limits;
@@ -68,6 +72,12 @@ pub struct ProxyConfig {
     /// addresses no rule opens and the host configuration's denials stay
     /// refused.
     pub audit: bool,
+    /// Credentials to inject: a CONNECT to one of their hosts is
+    /// intercepted ([`mitm`]).
+    pub credentials: Vec<mitm::Credential>,
+    /// Certificates trusted besides the system's when re-originating TLS
+    /// to a credential host (`--upstream-ca`).
+    pub upstream_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// Why the proxy could not start. The system's reason is the error's
@@ -85,6 +95,9 @@ pub enum Error {
     /// The `--dns-server` resolver could not be built.
     #[error(transparent)]
     Dns(#[from] dns::DnsError),
+    /// Credential interception could not be set up.
+    #[error("credential injection")]
+    Mitm(#[source] mitm::MitmError),
     /// No randomness for the secret.
     #[error("reading /dev/urandom for the proxy secret")]
     Secret(#[source] std::io::Error),
@@ -99,6 +112,12 @@ pub struct Running {
 }
 
 impl Running {
+    /// The sandbox CA's certificate (PEM) when credentials are intercepted:
+    /// the sandbox must trust it.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.state.mitm.as_ref().map(|m| m.ca_pem())
+    }
+
     /// Stops accepting, closes every open tunnel and waits (up to 2 s) for
     /// the connection tasks to finish, so each records its event.
     pub async fn stop(self) {

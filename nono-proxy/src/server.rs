@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::dns::{DnsError, Resolver};
+use crate::dns::Resolver;
 use crate::event::{DialError, EventSink, Hook, ProxyEvent, Reason, Verdict};
 use crate::policy::{ProxyPolicy, Refusal, Rule, Target};
 use crate::pool::Pool;
@@ -85,13 +85,28 @@ pub(crate) struct State {
     pub pool: Pool,
     /// Audit mode ([`ProxyConfig::audit`]).
     pub audit: bool,
+    /// Credential injection, when credentials were given.
+    pub mitm: Option<crate::mitm::Interceptor>,
 }
 
 impl State {
     /// The state for `config` (builds the resolver).
-    pub fn new(config: ProxyConfig, events: Arc<dyn EventSink>) -> Result<Self, DnsError> {
+    pub fn new(config: ProxyConfig, events: Arc<dyn EventSink>) -> Result<Self, crate::Error> {
+        let mitm = if config.credentials.is_empty() {
+            None
+        } else {
+            Some(
+                crate::mitm::Interceptor::new(
+                    &config.sandbox,
+                    &config.credentials,
+                    &config.upstream_ca,
+                )
+                .map_err(crate::Error::Mitm)?,
+            )
+        };
         Ok(Self {
-            resolver: Resolver::new(&config.pins, config.dns_server)?,
+            mitm,
+            resolver: Resolver::new(&config.pins, config.dns_server).map_err(crate::Error::Dns)?,
             policy: config.policy,
             secret: config.secret,
             upstream: config.upstream,
@@ -226,7 +241,7 @@ impl Recorder {
         }
     }
 
-    fn record(
+    pub(crate) fn record(
         &self,
         verdict: Verdict,
         reason: Reason,
@@ -305,7 +320,18 @@ async fn handle(
         );
         return Ok(r);
     }
-    Ok(if hook == Hook::Connect {
+    // A CONNECT to a credential host is intercepted; every other one is
+    // the end-to-end tunnel.
+    let intercepted = match (&state.mitm, hook) {
+        (Some(m), Hook::Connect) => req
+            .uri()
+            .authority()
+            .and_then(|a| m.lookup(a.host(), a.port_u16()?)),
+        _ => None,
+    };
+    Ok(if let Some(entry) = intercepted {
+        crate::mitm::serve::connect(req, state, started, entry).await
+    } else if hook == Hook::Connect {
         crate::tunnel::connect(req, state, started).await
     } else {
         crate::forward::forward(req, state, started).await

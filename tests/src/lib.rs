@@ -32,6 +32,7 @@ pub mod proxylab;
 pub mod runner;
 pub mod sockaddr;
 pub mod sys;
+pub mod tlshost;
 pub mod vectors;
 
 pub use netns::NetFixture;

@@ -12,11 +12,14 @@
 //! - `bench-transparent`: HTTPS requests/s and latency in transparent mode
 //!   vs explicit proxy mode vs direct, a server-first protocol's time to
 //!   its banner, DNS answers/s from the agent's resolver.
+//! - `bench-creds`: requests per second and added latency through the
+//!   proxy for a credential host (intercepted) vs a plain tunnel.
 //! - `man`: man pages from the CLI definition into `target/man`.
 //! - `dist`: the static, stripped x86_64 musl binary in `target/dist`.
 //! - `deb`: `dist` and `man`, packaged as `target/dist/nono-agent_<v>_amd64.deb`.
 
 mod bench;
+mod bench_creds;
 mod bench_daemon;
 mod bench_proxy;
 mod bench_pty;
@@ -40,6 +43,7 @@ fn main() -> Result<()> {
         Some("bench-proxy") => bench_proxy::run(&workspace_root(), &args[1..]),
         Some("bench-pty") => bench_pty::run(&workspace_root(), &args[1..]),
         Some("bench-transparent") => bench_transparent::run(&workspace_root(), &args[1..]),
+        Some("bench-creds") => bench_creds::run(&args[1..]),
         Some("man") => dist::man().map(drop),
         Some("dist") => dist::dist().map(drop),
         Some("deb") => dist::deb().map(drop),
@@ -50,7 +54,7 @@ fn main() -> Result<()> {
         Some("banner-loop") => bench_transparent::load::banner_loop(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build-ebpf | bench [--iterations N] [--runs N] [--only daemon] | bench-daemon | bench-proxy [--help] | bench-pty [--keystrokes N] [--agent PATH] | bench-transparent [--help] | man | dist | deb>"
+                "usage: cargo xtask <build-ebpf | bench [--iterations N] [--runs N] [--only daemon] | bench-daemon | bench-proxy [--help] | bench-creds [--requests N] [--connections N] [--rounds N] | bench-pty [--keystrokes N] [--agent PATH] | bench-transparent [--help] | man | dist | deb>"
             );
             std::process::exit(2);
         }

@@ -19,6 +19,11 @@ pub fn run(args: CleanupArgs) -> Result<i32> {
         );
         return Ok(0);
     }
+    // Credential sandboxes' CA bundles whose agent is gone (SIGKILL).
+    let base = crate::sandbox::cabundle::base_dir();
+    for e in crate::sandbox::cabundle::sweep_stale(&base) {
+        eprintln!("nono-agent: removing a stale CA bundle: {e}");
+    }
     let swept = sweep::sweep(std::time::Duration::from_secs(2))?;
     for id in &swept.removed {
         println!("removed stale sandbox {id}");

@@ -50,6 +50,8 @@ struct ProxyReport {
     resolve: Vec<String>,
     dns_server: Option<String>,
     upstream: Option<String>,
+    /// Credentials injected (never their values).
+    credentials: Vec<RuleLine>,
 }
 
 #[derive(Debug, Serialize)]
@@ -183,6 +185,27 @@ pub fn run(plan: &Plan, program: &Path, privileged: bool, mode: DryRun) -> Resul
             .collect(),
         dns_server: c.dns_server.map(|d| d.to_string()),
         upstream: c.upstream.as_ref().map(|u| u.authority.clone()),
+        credentials: plan
+            .credentials
+            .credentials
+            .iter()
+            .zip(&plan.credentials.origins)
+            .map(|(c, o)| RuleLine {
+                rule: format!(
+                    "{}:{} {} from {}{}",
+                    c.spec.host,
+                    c.spec.port,
+                    c.spec.header,
+                    c.name(),
+                    c.spec
+                        .env
+                        .as_ref()
+                        .map(|e| format!(", placeholder in {e}"))
+                        .unwrap_or_default()
+                ),
+                origin: o.clone(),
+            })
+            .collect(),
     });
     let filesystem = plan.fs.as_ref().map(|f| {
         landlock::grants(f)
@@ -308,6 +331,9 @@ fn text(r: &Report) -> String {
             }
             if let Some(u) = &p.upstream {
                 let _ = writeln!(s, "  upstream-proxy {u}");
+            }
+            for c in &p.credentials {
+                let _ = writeln!(s, "  credential {} [{}]", c.rule, c.origin);
             }
         }
     }

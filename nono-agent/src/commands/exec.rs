@@ -22,8 +22,8 @@ use crate::enforcer::{self, Applied, Choice, Host, Requested};
 use crate::events;
 use crate::plan::{self, ExecRequest, Plan};
 use crate::sandbox::{
-    cgroup, child::ChildSetup, command_path, daemons, exec_check, fsaudit, fswatch, hide, landlock,
-    privileges, pty, reap, registry, relay, spawn, sweep, teardown::Resources, users,
+    cabundle, cgroup, child::ChildSetup, command_path, daemons, exec_check, fsaudit, fswatch, hide,
+    landlock, privileges, pty, reap, registry, relay, spawn, sweep, teardown::Resources, users,
 };
 use crate::signals::Forwarder;
 use crate::timing::Timing;
@@ -81,7 +81,7 @@ pub async fn run_observed(
     let mut req = req;
     req.host = crate::config::load_from_env()?;
     // Everything the user asked for is checked before anything is created.
-    let plan = plan::build(&req)?;
+    let mut plan = plan::build(&req)?;
     let privileged = privileges::can_load_bpf();
     if let (Some(u), false) = (&plan.user, privileged) {
         bail!("running the command as user {} needs root", u.login());
@@ -130,6 +130,36 @@ pub async fn run_observed(
         }
     }
     let user = plan.user.as_ref().map(|a| (a.uid, a.gid));
+    let id = registry::new_id()?;
+    // Credentials: the real values were read by the plan; wipe them from
+    // the agent's own environment block, and make the directory of the
+    // sandbox's CA bundle now, so the filesystem rules can let it be read.
+    let bundle = if plan.credentials.credentials.is_empty() {
+        None
+    } else {
+        crate::creds::wipe_own_environment(&plan.credentials.secret_vars);
+        for f in crate::creds::readable_files(&plan.credentials, plan.fs.as_ref()) {
+            eprintln!(
+                "nono-agent: WARNING: the credential file {} is readable inside the sandbox \
+                 ({}): the command can read the real value there",
+                f.display(),
+                if plan.fs.is_some() {
+                    "a filesystem rule covers it"
+                } else {
+                    "no profile confines the filesystem"
+                }
+            );
+        }
+        let base = cabundle::base_dir();
+        for e in cabundle::sweep_stale(&base) {
+            eprintln!("nono-agent: removing a stale CA bundle: {e}");
+        }
+        let b = cabundle::Bundle::create(&base, &id, user)?;
+        if let Some(fs) = plan.fs.as_mut() {
+            fs.read.push(b.dir().to_path_buf());
+        }
+        Some(b)
+    };
     timing.mark("plan");
     let mut landlock = prepare_landlock(&plan)?;
     // Filesystem denials, where the kernel reports them (see fsaudit).
@@ -153,7 +183,6 @@ pub async fn run_observed(
             .unzip();
 
     timing.mark("daemon sockets listed");
-    let id = registry::new_id()?;
     let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
     let (mut proxy, proxy_env) = match &plan.proxy {
         Some(config) => {
@@ -170,6 +199,17 @@ pub async fn run_observed(
             (Some(running), env)
         }
         None => (None, Vec::new()),
+    };
+    // The sandbox trusts its CA through a bundle named by the usual
+    // variables (the CA key never leaves the proxy's memory).
+    let cred_env = match (&bundle, proxy.as_ref().and_then(|p| p.ca_pem())) {
+        (Some(b), Some(ca)) => {
+            let pem = cabundle::contents(ca, &plan.credentials.upstream_ca);
+            let path = b.write(&pem, user)?;
+            crate::creds::child_vars(&plan.credentials, Some(&path))
+        }
+        (Some(_), None) => bail!("credentials were given but the proxy intercepts nothing"),
+        _ => Vec::new(),
     };
     let proxy_ports: Vec<u16> = proxy
         .iter()
@@ -299,7 +339,7 @@ pub async fn run_observed(
             .map(|(_, v)| v);
         proxy_env.push(transparent::seccomp_env(current.as_deref()));
     }
-    let env = child_environment(&plan, &id, &applied, proxy_env);
+    let env = child_environment(&plan, &id, &applied, [proxy_env, cred_env].concat());
     let prepared = spawn::Prepared::new(program.as_os_str(), &plan.command, &env)
         .context("preparing the command line")?;
     // A privileged sandbox always gets a cgroup: under seccomp too, so that
@@ -781,7 +821,7 @@ fn apply_enforcer(
 }
 
 /// The command's environment: the plan's, the sandbox's identity, and the
-/// proxy variables (which replace any the caller had).
+/// proxy and credential variables (which replace any the caller had).
 fn child_environment(
     plan: &Plan,
     id: &str,
@@ -789,6 +829,10 @@ fn child_environment(
     proxy_env: Vec<(String, String)>,
 ) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = plan::environment(&plan.env);
+    // A variable that held a real credential never reaches the sandbox,
+    // whatever the environment policy (its placeholder may replace it).
+    let secret = &plan.credentials.secret_vars;
+    env.retain(|(k, _)| !secret.iter().any(|n| k.as_os_str() == n.as_str()));
     if let Some(account) = &plan.user {
         let only_present = matches!(plan.env, crate::profile::EnvPolicy::PassThrough(_));
         if !matches!(plan.env, crate::profile::EnvPolicy::Clean) {

@@ -77,6 +77,7 @@ pub fn run(a: WhyArgs) -> Result<i32> {
         proxy: a.proxy.into(),
         command: vec![OsString::from("true")],
         host: crate::config::load_from_env()?,
+        skip_credential_values: true,
         ..ExecRequest::default()
     };
     let plan = plan::build(&req)?;

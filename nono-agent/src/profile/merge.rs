@@ -75,6 +75,8 @@ pub(super) fn resolve_chain(
             transparent: merged.transparent.unwrap_or(false),
             resolve: merged.resolve,
             allow_unix_sockets: merged.allow_unix_sockets,
+            credentials: merged.credentials,
+            upstream_ca: merged.upstream_ca,
         },
         filesystem: merged.fs,
         process: ProcessPolicy {
@@ -101,6 +103,8 @@ pub(super) struct Merged {
     env: Option<EnvPolicy>,
     user: Option<String>,
     origins: Provenance,
+    credentials: Vec<(nono_proxy::mitm::CredentialSpec, Location)>,
+    upstream_ca: Option<PathBuf>,
 }
 
 /// Appends the items not already present (by `same`), keeping the first
@@ -163,6 +167,16 @@ pub(super) fn merge(m: &mut Merged, l: raw::Layer) {
     }
     if l.user.is_some() {
         m.user = l.user;
+    }
+    // A child's credential for the same host, port and header replaces
+    // the parent's (one header holds one value).
+    for (c, at) in l.credentials {
+        m.credentials
+            .retain(|(o, _)| !(o.host == c.host && o.port == c.port && o.header == c.header));
+        m.credentials.push((c, at));
+    }
+    if l.upstream_ca.is_some() {
+        m.upstream_ca = l.upstream_ca;
     }
     // The first file that wrote a rule is the one merging kept.
     for o in l.origins.fs {

@@ -90,6 +90,11 @@ pub struct NetworkPolicy {
     pub resolve: Vec<Pin>,
     /// Daemon sockets (docker.sock, ...) the command may connect to.
     pub allow_unix_sockets: Vec<PathBuf>,
+    /// Credentials the proxy injects (`[[credentials]]`), with where each
+    /// was written.
+    pub credentials: Vec<(nono_proxy::mitm::CredentialSpec, super::Location)>,
+    /// Extra trusted CA certificates for credential hosts (PEM file).
+    pub upstream_ca: Option<PathBuf>,
 }
 
 /// Loopback ports reachable from the sandbox.

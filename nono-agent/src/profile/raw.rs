@@ -20,6 +20,7 @@ use super::{
     expand, EnvPolicy, ExpandContext, FsAccess, FsPolicy, Location, Loopback, ProfileError,
     Provenance,
 };
+use nono_proxy::mitm::credential::{self, CredentialError, CredentialSpec, Source};
 use nono_proxy::{CidrRule, DomainRule, Origin, Pin, Upstream};
 
 /// One profile file, parsed and expanded, before merging.
@@ -41,6 +42,10 @@ pub(super) struct Layer {
     pub user: Option<String>,
     /// Where each filesystem rule and the `loopback` setting were written.
     pub origins: Provenance,
+    /// `[[credentials]]`, each with where its table starts.
+    pub credentials: Vec<(CredentialSpec, Location)>,
+    /// `[network] upstream_ca`.
+    pub upstream_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +59,55 @@ struct RawProfile {
     filesystem: RawFilesystem,
     #[serde(default)]
     process: RawProcess,
+    #[serde(default)]
+    credentials: Vec<Spanned<RawCredential>>,
+}
+
+/// One `[[credentials]]` table. Each value is checked while deserialising
+/// (so its error has its line and column); that exactly one source is
+/// given is checked after, at the table's position.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a credential to be a table")]
+struct RawCredential {
+    host: Parsed<CredHost>,
+    header: Parsed<CredHeader>,
+    format: Option<Parsed<CredFormat>>,
+    from_env: Option<EnvName>,
+    from_file: Option<Spanned<String>>,
+    env: Option<EnvName>,
+}
+
+/// `host = "api.example.com"` (or `"name:port"`): an exact host name.
+#[derive(Debug)]
+struct CredHost(String, u16);
+
+impl FromStr for CredHost {
+    type Err = CredentialError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        credential::parse_host(s).map(|(h, p)| Self(h, p))
+    }
+}
+
+/// `header = "x-api-key"`.
+#[derive(Debug)]
+struct CredHeader(hyper::header::HeaderName);
+
+impl FromStr for CredHeader {
+    type Err = CredentialError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        credential::parse_header(s).map(Self)
+    }
+}
+
+/// `format = "Bearer {}"`.
+#[derive(Debug)]
+struct CredFormat(String);
+
+impl FromStr for CredFormat {
+    type Err = CredentialError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        credential::parse_format(s).map(Self)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +121,7 @@ struct RawNetwork {
     transparent: Option<bool>,
     resolve: Vec<Parsed<Pin>>,
     allow_unix_sockets: Vec<Spanned<String>>,
+    upstream_ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +216,7 @@ impl<'de> Deserialize<'de> for Port {
 }
 
 /// An environment variable name for `env = [...]`.
+#[derive(Debug)]
 struct EnvName(String);
 
 impl<'de> Deserialize<'de> for EnvName {
@@ -288,6 +344,47 @@ pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer
         Some(u) => Some(u.into_inner()),
         None => None,
     };
+    let mut credentials: Vec<(CredentialSpec, Location)> = Vec::new();
+    for c in raw.credentials {
+        let here = location(text, file, c.span().start);
+        let c = c.into_inner();
+        let source = match (c.from_env, c.from_file) {
+            (Some(EnvName(n)), None) => Source::Env(n),
+            (None, Some(f)) => Source::File(expand::path(f.get_ref(), ctx, || at(&f))?),
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(ProfileError::Invalid {
+                    at: here,
+                    message: "a credential needs exactly one of from_env or from_file".into(),
+                })
+            }
+        };
+        let Parsed(CredHost(host, port)) = c.host;
+        let spec = CredentialSpec {
+            host,
+            port,
+            header: c.header.0 .0,
+            format: c.format.map_or_else(|| "{}".to_string(), |f| f.0 .0),
+            source,
+            env: c.env.map(|EnvName(n)| n),
+        };
+        if let Some((_, first)) = credentials
+            .iter()
+            .find(|(o, _)| o.host == spec.host && o.port == spec.port && o.header == spec.header)
+        {
+            return Err(ProfileError::Invalid {
+                at: here,
+                message: format!(
+                    "a second credential for {}:{} header {} (the first is at {first})",
+                    spec.host, spec.port, spec.header
+                ),
+            });
+        }
+        credentials.push((spec, here));
+    }
+    let upstream_ca = match &raw.network.upstream_ca {
+        Some(s) => Some(expand::path(s.get_ref(), ctx, || at(s))?),
+        None => None,
+    };
     let n = raw.network;
     let mut origins = Provenance::default();
     for (access, list) in [
@@ -327,6 +424,8 @@ pub(super) fn parse(text: &str, file: &str, ctx: &ExpandContext) -> Result<Layer
         env: raw.process.env,
         user,
         origins,
+        credentials,
+        upstream_ca,
     })
 }
 
@@ -450,6 +549,69 @@ mod tests {
         ] {
             let e = parse(text, "/p.toml", &ctx()).unwrap_err().to_string();
             assert!(e.starts_with(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_parsed_with_positions() {
+        let text = "[network]\nupstream_ca = \"/etc/corp-ca.pem\"\n\n\
+                    [[credentials]]\nhost = \"API.Anthropic.com\"\nheader = \"x-api-key\"\n\
+                    from_env = \"ANTHROPIC_API_KEY\"\nenv = \"ANTHROPIC_API_KEY\"\n\n\
+                    [[credentials]]\nhost = \"api.openai.com:8443\"\nheader = \"authorization\"\n\
+                    format = \"Bearer {}\"\nfrom_file = \"/run/keys/openai\"\n";
+        let l = parse(text, "/p.toml", &ctx()).unwrap();
+        assert_eq!(l.upstream_ca, Some(PathBuf::from("/etc/corp-ca.pem")));
+        assert_eq!(l.credentials.len(), 2);
+        let (a, at) = &l.credentials[0];
+        assert_eq!(a.host, "api.anthropic.com");
+        assert_eq!(a.port, 443);
+        assert_eq!(a.source, Source::Env("ANTHROPIC_API_KEY".into()));
+        assert_eq!(a.env.as_deref(), Some("ANTHROPIC_API_KEY"));
+        assert_eq!(at.to_string(), "/p.toml:4:1");
+        let (b, _) = &l.credentials[1];
+        assert_eq!(b.port, 8443);
+        assert_eq!(b.format, "Bearer {}");
+        assert_eq!(b.source, Source::File("/run/keys/openai".into()));
+        assert_eq!(b.env, None);
+    }
+
+    #[test]
+    fn bad_credentials_name_the_line() {
+        let head = "[[credentials]]\n";
+        for (body, want) in [
+            (
+                "host = \"*.a.test\"\nheader = \"x-k\"\nfrom_env = \"K\"\n",
+                "/p.toml:2:8: credential host \"*.a.test\": a wildcard",
+            ),
+            (
+                "host = \"a.test\"\nheader = \"host\"\nfrom_env = \"K\"\n",
+                "/p.toml:3:10: credential header \"host\": the proxy sets this header itself",
+            ),
+            (
+                "host = \"a.test\"\nheader = \"x-k\"\nformat = \"Bearer\"\nfrom_env = \"K\"\n",
+                "/p.toml:4:10: credential format \"Bearer\"",
+            ),
+            (
+                "host = \"a.test\"\nheader = \"x-k\"\n",
+                "/p.toml:1:1: a credential needs exactly one of from_env or from_file",
+            ),
+            (
+                "host = \"a.test\"\nheader = \"x-k\"\nfrom_env = \"K\"\nfrom_file = \"/k\"\n",
+                "/p.toml:1:1: a credential needs exactly one of from_env or from_file",
+            ),
+            (
+                "host = \"a.test\"\nheader = \"x-k\"\nfrom_env = \"K\"\nvalue = \"sk-1\"\n",
+                "/p.toml:5:1: unknown field `value`",
+            ),
+            (
+                "host = \"a.test\"\nheader = \"x-k\"\nfrom_env = \"K\"\n\n\
+                 [[credentials]]\nhost = \"a.test\"\nheader = \"X-K\"\nfrom_env = \"L\"\n",
+                "/p.toml:6:1: a second credential for a.test:443 header x-k (the first is at /p.toml:1:1)",
+            ),
+        ] {
+            let text = format!("{head}{body}");
+            let e = parse(&text, "/p.toml", &ctx()).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{body:?}: {e}");
         }
     }
 

@@ -14,6 +14,22 @@ struct Out<'a> {
     network: Network,
     filesystem: Filesystem,
     process: Process<'a>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    credentials: Vec<Cred>,
+}
+
+/// A `[[credentials]]` entry, as written.
+#[derive(Serialize)]
+struct Cred {
+    host: String,
+    header: String,
+    format: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    env: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -26,6 +42,8 @@ struct Network {
     upstream_proxy: Option<String>,
     resolve: Vec<String>,
     allow_unix_sockets: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_ca: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -91,6 +109,10 @@ impl ResolvedProfile {
                     })
                     .collect(),
                 allow_unix_sockets: paths(&n.allow_unix_sockets),
+                upstream_ca: n
+                    .upstream_ca
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().replace('$', "$$")),
             },
             filesystem: Filesystem {
                 read: paths(&self.filesystem.read),
@@ -105,6 +127,30 @@ impl ResolvedProfile {
                 },
                 user: self.process.user.as_deref(),
             },
+            credentials: n
+                .credentials
+                .iter()
+                .map(|(c, _)| {
+                    let (from_env, from_file) = match &c.source {
+                        nono_proxy::mitm::Source::Env(v) => (Some(v.clone()), None),
+                        nono_proxy::mitm::Source::File(p) => {
+                            (None, Some(p.to_string_lossy().replace('$', "$$")))
+                        }
+                    };
+                    Cred {
+                        host: if c.port == 443 {
+                            c.host.clone()
+                        } else {
+                            format!("{}:{}", c.host, c.port)
+                        },
+                        header: c.header.to_string(),
+                        format: c.format.clone(),
+                        from_env,
+                        from_file,
+                        env: c.env.clone(),
+                    }
+                })
+                .collect(),
         };
         let mut s = format!("# profile {}: resolved from\n", self.name);
         for c in &self.chain {

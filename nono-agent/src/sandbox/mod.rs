@@ -1,5 +1,6 @@
 //! One sandbox: its cgroup, its owner lock, its child, and their teardown.
 
+pub mod cabundle;
 pub mod cgroup;
 pub mod child;
 pub mod command_path;
