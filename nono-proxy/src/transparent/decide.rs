@@ -66,6 +66,11 @@ pub enum NoTarget {
     /// The server name or Host is not a host name.
     #[error("{0:?} is not a host name")]
     InvalidName(String),
+    /// The client's first message (a TLS ClientHello or an HTTP request
+    /// head) did not finish in time, so the name it carries could not be
+    /// checked: refused rather than passed on unchecked.
+    #[error("the first message did not finish in time; its name could not be checked")]
+    Incomplete,
 }
 
 /// The target of a connection redirected from `dialled`, given what its

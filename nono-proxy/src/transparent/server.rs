@@ -120,8 +120,8 @@ async fn handle(
 /// (an SNI or `Host` naming another host is refused before a byte is
 /// forwarded). The server first (SMTP, FTP, IMAP, MySQL...): nothing to
 /// check, the tunnel starts at once (such protocols used to wait 300 ms
-/// for client bytes that never came). Only readiness is
-/// awaited in the race, so no byte is lost to the side that loses it.
+/// for client bytes that never came). The race only peeks, so no byte is
+/// lost to the side that loses it.
 async fn serve_pool_address(
     mut client: TcpStream,
     dialled: SocketAddr,
@@ -154,16 +154,29 @@ async fn serve_pool_address(
             return;
         }
     };
+    // `peek`, not `readable`: readiness may be reported before any byte
+    // is there (a false positive tokio documents), which would make every
+    // server-first connection wait out the client's silence.
+    let (mut one, mut other) = ([0u8; 1], [0u8; 1]);
+    // Neither side speaking is no reason to start the tunnel blind (a TLS
+    // client could then send a ClientHello naming another host, unread):
+    // wait for one of them, as long as an idle tunnel would live.
     let client_first = tokio::select! {
-        r = client.readable() => r.is_ok(),
-        _ = upstream.readable() => false,
-        // Neither speaks: go by the name alone, as before.
-        _ = tokio::time::sleep(NAME_PEEK) => false,
+        r = client.peek(&mut one) => r.is_ok(),
+        _ = upstream.peek(&mut other) => false,
+        _ = tokio::time::sleep(d.state.limits.idle_timeout) => {
+            d.allow(Reason::Tunnel(crate::event::TunnelEnd::IdleTimeout), addr, 0, 0);
+            return;
+        }
     };
     let mut head = Vec::new();
     if client_first {
         let (h, peeked) = read_head(&mut client, NAME_PEEK).await;
-        let checked = {
+        let checked = if peeked == Peeked::NeedMore && !h.is_empty() {
+            // A hello or request head cut short (split across packets
+            // slower than NAME_PEEK): its name was never seen.
+            Err(super::decide::NoTarget::Incomplete)
+        } else {
             let pool = pool.lock().unwrap_or_else(|e| e.into_inner());
             destination(dialled, &pool, &peeked)
         };
