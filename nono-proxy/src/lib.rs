@@ -26,6 +26,7 @@ mod pool;
 pub mod request;
 pub mod resolver;
 mod server;
+mod splice;
 pub mod transparent;
 mod tunnel;
 pub mod upstream;
