@@ -10,6 +10,7 @@
 //! sandbox opening thousands of tunnels) the direction copies through a
 //! small buffer for that chunk instead of failing the tunnel.
 
+use bytes::Bytes;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,18 +67,23 @@ impl Meter<'_> {
 /// Moves `prefix` and then everything `src` sends to `dst` until `src`
 /// ends, then half-closes `dst` (shutdown for writing). An error on either
 /// side ends the direction with that error. `prefix` (bytes already read
-/// from the source, e.g. sent right behind a CONNECT head) is counted.
+/// from the source, e.g. sent right behind a CONNECT head) is counted and
+/// freed once written.
 pub(crate) async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
-    prefix: &[u8],
+    prefix: Bytes,
     meter: Meter<'_>,
     make_pipe: MakePipe,
 ) -> io::Result<()> {
     if !prefix.is_empty() {
         meter.add(prefix.len());
-        write_all(dst, prefix).await?;
+        // Boxed, as the fallback below: rare states that would otherwise
+        // enlarge every open tunnel's task.
+        Box::pin(write_all(dst, &prefix)).await?;
     }
+    // Often a slice of hyper's read buffer: not kept for the tunnel's life.
+    drop(prefix);
     let mut pipe: Option<Pipe> = None;
     loop {
         if pipe.is_some() {
@@ -97,7 +103,7 @@ pub(crate) async fn pump(
                 Ok(p) => pipe = Some(p),
                 Err(_) => {
                     // No pipe (out of descriptors): this chunk through memory.
-                    match copy_chunk(src, dst).await? {
+                    match Box::pin(copy_chunk(src, dst)).await? {
                         0 => break,
                         n => meter.add(n),
                     }

@@ -4,9 +4,11 @@
 //! the kernel moves the bytes (`splice`, [`crate::splice`]); other clients
 //! go through userspace buffers.
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -62,19 +64,22 @@ pub(crate) async fn connect(
             Ok(u) => u,
             Err(e) => return d.allow(Reason::ClientGone(e), addr, 0, 0),
         };
+        // hyper's connection (and its buffers) is gone now.
+        crate::trim::freed();
         let idle = d.state.limits.idle_timeout;
         let (up, down, end) = match upgraded.downcast::<TokioIo<TcpStream>>() {
             // The client's own socket: the kernel moves the bytes. What
             // hyper read past the CONNECT head goes first.
             Ok(parts) => {
                 let client = parts.io.into_inner();
-                tunnel_tcp(client, &parts.read_buf, upstream, idle, &d.state.shutdown).await
+                tunnel_tcp(client, parts.read_buf, upstream, idle, &d.state.shutdown).await
             }
             Err(upgraded) => {
                 tunnel(TokioIo::new(upgraded), upstream, idle, &d.state.shutdown).await
             }
         };
         d.allow(Reason::Tunnel(end), addr, up, down);
+        crate::trim::freed();
     });
     empty(StatusCode::OK)
 }
@@ -85,20 +90,23 @@ pub(crate) async fn connect(
 /// direction is half-closed on the other side, an error on either ends
 /// both. Returns (client→server including `prefix`, server→client) byte
 /// counts.
-pub(crate) async fn tunnel_tcp(
+///
+/// A plain function (not `async`): another async layer would store the
+/// arguments twice in every open tunnel's task.
+pub(crate) fn tunnel_tcp(
     client: TcpStream,
-    prefix: &[u8],
+    prefix: Bytes,
     server: TcpStream,
     idle: Duration,
     shutdown: &CancellationToken,
-) -> (u64, u64, TunnelEnd) {
-    tunnel_tcp_with(client, prefix, server, idle, shutdown, Pipe::new).await
+) -> impl Future<Output = (u64, u64, TunnelEnd)> + '_ {
+    tunnel_tcp_with(client, prefix, server, idle, shutdown, Pipe::new)
 }
 
 /// [`tunnel_tcp`] with the pipe maker as a parameter (tests make it fail).
 pub(crate) async fn tunnel_tcp_with(
     client: TcpStream,
-    prefix: &[u8],
+    prefix: Bytes,
     server: TcpStream,
     idle: Duration,
     shutdown: &CancellationToken,
@@ -107,7 +115,9 @@ pub(crate) async fn tunnel_tcp_with(
     let activity = AtomicU64::new(0);
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
-    let copy = async {
+    // Pinned here and lent to `watch`, so the copy's state (most of an open
+    // tunnel's memory) exists once in the task.
+    let copy = std::pin::pin!(async {
         tokio::try_join!(
             pump(
                 &client,
@@ -122,7 +132,7 @@ pub(crate) async fn tunnel_tcp_with(
             pump(
                 &server,
                 &client,
-                &[],
+                Bytes::new(),
                 Meter {
                     read: &down,
                     activity: &activity,
@@ -130,7 +140,7 @@ pub(crate) async fn tunnel_tcp_with(
                 make_pipe,
             ),
         )
-    };
+    });
     let end = watch(copy, &activity, idle, shutdown).await;
     (
         up.load(Ordering::Relaxed),
@@ -141,17 +151,16 @@ pub(crate) async fn tunnel_tcp_with(
 
 /// Runs `copy` until it finishes, the proxy stops, or `activity` did not
 /// change for `idle`.
-async fn watch<F: std::future::Future>(
-    copy: F,
+async fn watch<F: Future>(
+    mut copy: Pin<&mut F>,
     activity: &AtomicU64,
     idle: Duration,
     shutdown: &CancellationToken,
 ) -> TunnelEnd {
-    tokio::pin!(copy);
     let mut last_seen = 0;
     loop {
         tokio::select! {
-            _ = &mut copy => break TunnelEnd::Closed,
+            _ = copy.as_mut() => break TunnelEnd::Closed,
             _ = shutdown.cancelled() => break TunnelEnd::SandboxEnded,
             _ = tokio::time::sleep(idle) => {
                 let now = activity.load(Ordering::Relaxed);
@@ -187,8 +196,12 @@ where
     let down = Arc::new(AtomicU64::new(0));
     let mut client = Activity::new(client, activity.clone(), up.clone());
     let mut server = Activity::new(server, activity.clone(), down.clone());
-    let copy =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, TUNNEL_BUF, TUNNEL_BUF);
+    let copy = std::pin::pin!(tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut server,
+        TUNNEL_BUF,
+        TUNNEL_BUF
+    ));
     let end = watch(copy, &activity, idle, shutdown).await;
     (
         up.load(Ordering::Relaxed),
@@ -285,7 +298,7 @@ mod tests {
         let t = tokio::spawn(async move {
             tunnel_tcp_with(
                 proxy_client,
-                prefix,
+                Bytes::from_static(prefix),
                 proxy_server,
                 Duration::from_secs(60),
                 &CancellationToken::new(),

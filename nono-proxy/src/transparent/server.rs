@@ -98,13 +98,14 @@ async fn handle(
     // the tunnel's idle timeout.
     let (up, down, end) = crate::tunnel::tunnel_tcp(
         client,
-        &head,
+        head.into(),
         upstream,
         d.state.limits.idle_timeout,
         &d.state.shutdown,
     )
     .await;
     d.allow(Reason::Tunnel(end), addr, up, down);
+    crate::trim::freed();
 }
 
 /// Reads until the bytes say something ([`peek`] is no longer

@@ -401,8 +401,21 @@ fn sections(
     }
 
     if opts.wants("memory") {
-        let m = bench_memory(net, opts, agent, tmp, nono_args, auth)?;
-        report.push_str(&m);
+        let mut agents = vec![("nono-agent proxy", agent, PORT_NONO + 10)];
+        if let Some(c) = compare {
+            agents.push((COMPARE_NAME, c, PORT_NONO + 11));
+        }
+        for (which, path, port) in agents {
+            let (m, samples) = bench_memory(net, opts, path, which, port, tmp, nono_args, auth)?;
+            report.push_str(&m);
+            summary.memory.push((
+                which.to_string(),
+                samples
+                    .into_iter()
+                    .map(|(s, (rss, _, _))| (s, rss))
+                    .collect(),
+            ));
+        }
     }
     report.push_str(&summary.table(opts));
     Ok(())
