@@ -391,8 +391,9 @@ fn sections(
             summary.tunnels = runs;
         }
         if opts.wants("http") {
-            let h = bench_http(net, opts, tmp, server, &tools.wrk, &proxies)?;
+            let (h, runs) = bench_http(net, opts, tmp, server, &tools.wrk, &proxies)?;
             report.push_str(&h);
+            summary.http = runs;
         }
         drop(squid);
         drop(tiny);
