@@ -16,7 +16,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use nix::fcntl::{splice, OFlag, SpliceFFlags};
+use nix::fcntl::{splice, FcntlArg, OFlag, SpliceFFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -24,10 +24,22 @@ use tokio::net::TcpStream;
 /// data): idle tunnels then cost no pipe.
 pub(crate) const PIPE_IDLE: Duration = Duration::from_secs(2);
 
-/// The most one splice call moves: the default pipe capacity (16 pages).
-/// The pipe never holds more, so a slow receiver pins at most this much
-/// kernel memory per direction.
+/// The most one splice call moves into a new pipe: the default pipe
+/// capacity (16 pages). The pipe never holds more than its capacity, so a
+/// slow receiver pins at most that much kernel memory per direction.
 const CHUNK: usize = 64 * 1024;
+
+/// A direction that moved this much through one pipe is bulk: its pipe
+/// grows to [`GROWN`]. Each slot of a pipe holds one socket buffer's
+/// fragment, often a single segment's worth, so a 16-slot pipe moves
+/// little per call on a stream received in small segments.
+const GROW_AFTER: u64 = 1024 * 1024;
+
+/// The capacity of a bulk direction's pipe (the kernel's default
+/// `pipe-max-size`). Refused (EPERM) once the user's pipes exceed
+/// `pipe-user-pages-soft`: the pipe then stays small. Given back with the
+/// pipe after [`PIPE_IDLE`].
+const GROWN: usize = 1024 * 1024;
 
 /// Size of the fallback copy buffer (only while no pipe can be made).
 const FALLBACK_BUF: usize = 16 * 1024;
@@ -39,13 +51,35 @@ pub(crate) type MakePipe = fn() -> io::Result<Pipe>;
 pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// The most one splice moves into it (its capacity).
+    chunk: usize,
+    /// Bytes moved through it, until it grew.
+    moved: u64,
 }
 
 impl Pipe {
     /// A new non-blocking, close-on-exec pipe.
     pub(crate) fn new() -> io::Result<Self> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-        Ok(Self { read, write })
+        Ok(Self {
+            read,
+            write,
+            chunk: CHUNK,
+            moved: 0,
+        })
+    }
+
+    /// Counts `n` bytes moved; grows the pipe once they make it bulk.
+    fn moved(&mut self, n: usize) {
+        if self.chunk >= GROWN {
+            return;
+        }
+        self.moved += n as u64;
+        if self.moved >= GROW_AFTER {
+            let grown = nix::fcntl::fcntl(&self.write, FcntlArg::F_SETPIPE_SZ(GROWN as i32));
+            // Refused (pipe-user-pages-soft): stay small, and stop asking.
+            self.chunk = grown.map_or(GROWN, |size| (size as usize).max(CHUNK));
+        }
     }
 }
 
@@ -111,7 +145,7 @@ pub(crate) async fn pump(
                 }
             }
         }
-        let Some(p) = pipe.as_ref() else { continue };
+        let Some(p) = pipe.as_mut() else { continue };
         let n = match src.try_io(Interest::READABLE, || into_pipe(src, p)) {
             Ok(0) => break,
             Ok(n) => n,
@@ -125,15 +159,17 @@ pub(crate) async fn pump(
                 .async_io(Interest::WRITABLE, || out_of_pipe(p, dst, left))
                 .await?;
         }
+        // Empty again: the moment to grow it.
+        p.moved(n);
     }
     half_close(dst)
 }
 
-/// Splices up to [`CHUNK`] bytes from `src` into the (empty) pipe; 0 at the
-/// end of the stream.
+/// Splices up to the pipe's capacity from `src` into the (empty) pipe; 0
+/// at the end of the stream.
 fn into_pipe(src: &TcpStream, p: &Pipe) -> io::Result<usize> {
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
-    Ok(splice(src.as_fd(), None, &p.write, None, CHUNK, flags)?)
+    Ok(splice(src.as_fd(), None, &p.write, None, p.chunk, flags)?)
 }
 
 /// Splices up to `len` bytes from the pipe into `dst`.
@@ -173,4 +209,26 @@ fn half_close(dst: &TcpStream) -> io::Result<()> {
         nix::sys::socket::Shutdown::Write,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capacity(p: &Pipe) -> i32 {
+        nix::fcntl::fcntl(&p.write, FcntlArg::F_GETPIPE_SZ).unwrap()
+    }
+
+    #[test]
+    fn a_pipe_grows_only_once_the_direction_is_bulk() {
+        let mut p = Pipe::new().unwrap();
+        assert_eq!(capacity(&p) as usize, CHUNK);
+        p.moved(CHUNK);
+        assert_eq!(p.chunk, CHUNK, "64 KiB is not bulk yet");
+        assert_eq!(capacity(&p) as usize, CHUNK);
+        p.moved(GROW_AFTER as usize);
+        // Root (the test runner) is never over pipe-user-pages-soft.
+        assert_eq!(p.chunk, GROWN);
+        assert_eq!(capacity(&p) as usize, GROWN);
+    }
 }
