@@ -30,7 +30,9 @@ mod pool;
 pub mod request;
 pub mod resolver;
 mod server;
+mod splice;
 pub mod transparent;
+mod trim;
 mod tunnel;
 pub mod upstream;
 
@@ -183,7 +185,7 @@ pub async fn start(
 ) -> Result<Running, Error> {
     let state = Arc::new(State::new(config, events)?);
     let mut addrs = Vec::new();
-    let mut tasks = Vec::new();
+    let mut tasks = vec![trim::spawn()];
     for a in listen {
         let l = TcpListener::bind(a).await.map_err(listen_error(a))?;
         addrs.push(l.local_addr().map_err(listen_error(a))?);
@@ -208,7 +210,10 @@ pub async fn start_loopback(
         .map_err(listen_error("127.0.0.1"))?;
     let v4_addr = v4.local_addr().map_err(listen_error("127.0.0.1"))?;
     let mut addrs = vec![v4_addr];
-    let mut tasks = vec![tokio::spawn(server::serve(v4, state.clone()))];
+    let mut tasks = vec![
+        trim::spawn(),
+        tokio::spawn(server::serve(v4, state.clone())),
+    ];
     // ::1 is optional (IPv6 may be disabled); clients use the 127.0.0.1 URL.
     if let Ok(v6) = TcpListener::bind((Ipv6Addr::LOCALHOST, v4_addr.port())).await {
         if let Ok(a) = v6.local_addr() {

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::decide::{destination, Destination};
@@ -92,25 +92,25 @@ async fn handle(
     let Ok((target, addrs)) = admit(&mut d).await else {
         return;
     };
-    let (mut upstream, addr) = match dial(&d, &target, &addrs, true).await {
+    let (upstream, addr) = match dial(&d, &target, &addrs, true).await {
         Ok(x) => x,
         Err(e) => {
             let _ = d.deny(hyper::StatusCode::BAD_GATEWAY, Reason::Dial(e));
             return;
         }
     };
-    if !head.is_empty() && upstream.write_all(&head).await.is_err() {
-        d.allow(Reason::Tunnel(crate::event::TunnelEnd::Closed), addr, 0, 0);
-        return;
-    }
-    let (up, down, end) = crate::tunnel::tunnel(
+    // The bytes read to learn the destination go first (counted), inside
+    // the tunnel's idle timeout.
+    let (up, down, end) = crate::tunnel::tunnel_tcp(
         client,
+        head.into(),
         upstream,
         d.state.limits.idle_timeout,
         &d.state.shutdown,
     )
     .await;
-    d.allow(Reason::Tunnel(end), addr, head.len() as u64 + up, down);
+    d.allow(Reason::Tunnel(end), addr, up, down);
+    crate::trim::freed();
 }
 
 /// A connection to a synthetic address: the name is known from the pool,
@@ -147,7 +147,7 @@ async fn serve_pool_address(
     let Ok((target, addrs)) = admit(&mut d).await else {
         return;
     };
-    let (mut upstream, addr) = match dial(&d, &target, &addrs, true).await {
+    let (upstream, addr) = match dial(&d, &target, &addrs, true).await {
         Ok(x) => x,
         Err(e) => {
             let _ = d.deny(hyper::StatusCode::BAD_GATEWAY, Reason::Dial(e));
@@ -185,19 +185,19 @@ async fn serve_pool_address(
             return;
         }
         head = h;
-        if !head.is_empty() && upstream.write_all(&head).await.is_err() {
-            d.allow(Reason::Tunnel(crate::event::TunnelEnd::Closed), addr, 0, 0);
-            return;
-        }
     }
-    let (up, down, end) = crate::tunnel::tunnel(
+    // The bytes read to check the name go first (counted), inside the
+    // tunnel's idle timeout.
+    let (up, down, end) = crate::tunnel::tunnel_tcp(
         client,
+        head.into(),
         upstream,
         d.state.limits.idle_timeout,
         &d.state.shutdown,
     )
     .await;
-    d.allow(Reason::Tunnel(end), addr, head.len() as u64 + up, down);
+    d.allow(Reason::Tunnel(end), addr, up, down);
+    crate::trim::freed();
 }
 
 /// Reads until the bytes say something ([`peek`] is no longer

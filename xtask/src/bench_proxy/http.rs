@@ -125,6 +125,9 @@ fn cli_sysctl(net: &Net, key: &str, value: &str) -> Result<String> {
     })
 }
 
+/// Every run's req/s per row label.
+pub(super) type HttpRuns = Vec<(String, Vec<f64>)>;
+
 struct HttpRow {
     pub(super) label: String,
     pub(super) proxy: Option<ProxyUnderTest>,
@@ -139,10 +142,10 @@ pub(super) fn bench_http(
     server: &Server,
     wrk: &Path,
     proxies: &[ProxyUnderTest],
-) -> Result<String> {
+) -> Result<(String, HttpRuns)> {
     println!(
-        "\n[2/3] HTTP: wrk -t{} -c{} -d{}s per row (1 s warm-up each)...",
-        opts.wrk_threads, opts.connections, opts.duration
+        "\n[2/3] HTTP: wrk -t{} -c{} -d{}s per row (1 s warm-up each), {} rounds...",
+        opts.wrk_threads, opts.connections, opts.duration, opts.rounds
     );
     let mut out = format!(
         "\n== 2. HTTP GET, absolute-form over keep-alive client connections: wrk -t{} -c{} -d{}s, {}-byte responses ==\n",
@@ -190,89 +193,35 @@ pub(super) fn bench_http(
         proxy: Some(diag),
         tw_reuse: true,
     });
-    let mut notes = Vec::new();
-    for (i, row) in rows.iter().enumerate() {
-        let p = row.proxy.as_ref();
-        let label = &row.label;
-        let script = tmp.path.join(format!("wrk-{i}.lua"));
-        wrk_script(&script, p)?;
-        let (url, origin_port) = match p {
-            None => (
-                format!("http://{SERVER_V4}:{ORIGIN_DIRECT}/"),
-                ORIGIN_DIRECT,
-            ),
-            Some(p) => (format!("http://127.0.0.1:{}/", p.port), p.origin_port),
-        };
-        let old = if row.tw_reuse {
-            Some(cli_sysctl(net, "net.ipv4.tcp_tw_reuse", "1")?)
-        } else {
-            None
-        };
-        run_wrk(net, wrk, opts, &script, &url, 1)?;
-        let (acc0, req0) = server.counts(origin_port);
-        let cpu0 = p.map(|p| cpu_split(p.pid));
-        let tw0 = time_wait(net);
-        let r = run_wrk(net, wrk, opts, &script, &url, opts.duration);
-        if let Some(old) = old {
-            cli_sysctl(net, "net.ipv4.tcp_tw_reuse", &old)?;
-        }
-        let r = r?;
-        let (acc1, req1) = server.counts(origin_port);
-        let tw = time_wait(net).saturating_sub(tw0);
-        let rate = r.requests as f64 / (r.duration_us / 1e6);
-        let (cpu, sys, rss) = match (p, cpu0) {
-            (Some(p), Some((u0, s0))) => {
-                let (u1, s1) = cpu_split(p.pid);
-                let (u, s) = (u1 - u0, s1 - s0);
-                let used = (u + s) as f64 / tck;
-                (
-                    format!("{:.1}", used * 1e6 / r.requests.max(1) as f64),
-                    format!("{:.0}", 100.0 * s as f64 / (u + s).max(1) as f64),
-                    format!("{:.1}", mem_status(p.pid).0 as f64 / 1024.0),
-                )
-            }
-            _ => ("-".into(), "-".into(), "-".into()),
-        };
-        let conns = acc1 - acc0;
-        let e = r.errors;
-        let _ = writeln!(
-            out,
-            "{:<34} {:>8.0} {:>8.2} {:>8.2} {:>8.1} {:>16} {:>7} {:>8} {:>9} {:>5} {:>8} {:>9}",
-            label,
-            rate,
-            r.p50_us / 1e3,
-            r.p99_us / 1e3,
-            r.max_us / 1e3,
-            format!("{}/{}/{}/{}", e[0], e[1], e[2], e[3]),
-            r.non2xx,
-            conns,
-            cpu,
-            sys,
-            rss,
-            tw
-        );
-        let origin_reqs = req1 - req0;
-        if origin_reqs > 0 && conns * 2 > origin_reqs {
-            notes.push(format!(
-                "{label}: the origin accepted {conns} connections for {origin_reqs} requests \
-                 ({:.2} per request): no keep-alive to the origin",
-                conns as f64 / origin_reqs as f64
-            ));
-        }
-        if e[1] * 2 > r.requests {
-            notes.push(format!(
-                "{label}: {} read errors for {} requests: it closes the client connection after \
-                 every response (wrk reconnects; the requests themselves succeeded unless non-2xx)",
-                e[1], r.requests
-            ));
+    // Every row every round, in an order rotated per round; each row's
+    // line in the table is its median run (by req/s), the summary gets all.
+    let mut runs: Vec<Vec<(f64, String, Vec<String>)>> = vec![Vec::new(); rows.len()];
+    for round in 0..opts.rounds {
+        for k in 0..rows.len() {
+            let i = (k + round) % rows.len();
+            let r = http_run(net, opts, tmp, server, wrk, &rows[i], i, tck)?;
+            runs[i].push(r);
         }
     }
+    let mut notes = Vec::new();
+    let mut all = Vec::new();
+    for (row, mut r) in rows.iter().zip(runs) {
+        all.push((row.label.clone(), r.iter().map(|x| x.0).collect::<Vec<_>>()));
+        r.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (_, line, row_notes) = r.swap_remove(r.len() / 2);
+        out.push_str(&line);
+        notes.extend(row_notes);
+    }
+    notes.sort();
+    notes.dedup();
     let _ = writeln!(
         out,
-        "orig conn = TCP connections the origin accepted during the run; CPU µs/rq = the proxy \
+        "each row is its median run (by req/s) of {} runs, rows rotated each round; \
+         orig conn = TCP connections the origin accepted during the run; CPU µs/rq = the proxy \
          process's user+system CPU per request, sys% = the kernel's share of it; new TW = sockets \
          that entered TIME_WAIT in the client namespace during the run (default \
-         ip_local_port_range has 28232 ports)."
+         ip_local_port_range has 28232 ports).",
+        opts.rounds
     );
     let _ = writeln!(
         out,
@@ -285,5 +234,95 @@ pub(super) fn bench_http(
         let _ = writeln!(out, "note: {n}");
     }
     let _ = writeln!(out, "goal: nono-agent ahead of tinyproxy and squid");
-    Ok(out)
+    Ok((out, all))
+}
+/// One wrk run of `row`: (req/s, the table line, notes).
+#[allow(clippy::too_many_arguments)]
+fn http_run(
+    net: &Net,
+    opts: &Opts,
+    tmp: &TempDir,
+    server: &Server,
+    wrk: &Path,
+    row: &HttpRow,
+    i: usize,
+    tck: f64,
+) -> Result<(f64, String, Vec<String>)> {
+    let p = row.proxy.as_ref();
+    let label = &row.label;
+    let script = tmp.path.join(format!("wrk-{i}.lua"));
+    wrk_script(&script, p)?;
+    let (url, origin_port) = match p {
+        None => (
+            format!("http://{SERVER_V4}:{ORIGIN_DIRECT}/"),
+            ORIGIN_DIRECT,
+        ),
+        Some(p) => (format!("http://127.0.0.1:{}/", p.port), p.origin_port),
+    };
+    let old = if row.tw_reuse {
+        Some(cli_sysctl(net, "net.ipv4.tcp_tw_reuse", "1")?)
+    } else {
+        None
+    };
+    run_wrk(net, wrk, opts, &script, &url, 1)?;
+    let (acc0, req0) = server.counts(origin_port);
+    let cpu0 = p.map(|p| cpu_split(p.pid));
+    let tw0 = time_wait(net);
+    let r = run_wrk(net, wrk, opts, &script, &url, opts.duration);
+    if let Some(old) = old {
+        cli_sysctl(net, "net.ipv4.tcp_tw_reuse", &old)?;
+    }
+    let r = r?;
+    let (acc1, req1) = server.counts(origin_port);
+    let tw = time_wait(net).saturating_sub(tw0);
+    let rate = r.requests as f64 / (r.duration_us / 1e6);
+    let (cpu, sys, rss) = match (p, cpu0) {
+        (Some(p), Some((u0, s0))) => {
+            let (u1, s1) = cpu_split(p.pid);
+            let (u, s) = (u1 - u0, s1 - s0);
+            let used = (u + s) as f64 / tck;
+            (
+                format!("{:.1}", used * 1e6 / r.requests.max(1) as f64),
+                format!("{:.0}", 100.0 * s as f64 / (u + s).max(1) as f64),
+                format!("{:.1}", mem_status(p.pid).0 as f64 / 1024.0),
+            )
+        }
+        _ => ("-".into(), "-".into(), "-".into()),
+    };
+    let conns = acc1 - acc0;
+    let e = r.errors;
+    let mut out = String::new();
+    let mut notes = Vec::new();
+    let _ = writeln!(
+        out,
+        "{:<34} {:>8.0} {:>8.2} {:>8.2} {:>8.1} {:>16} {:>7} {:>8} {:>9} {:>5} {:>8} {:>9}",
+        label,
+        rate,
+        r.p50_us / 1e3,
+        r.p99_us / 1e3,
+        r.max_us / 1e3,
+        format!("{}/{}/{}/{}", e[0], e[1], e[2], e[3]),
+        r.non2xx,
+        conns,
+        cpu,
+        sys,
+        rss,
+        tw
+    );
+    let origin_reqs = req1 - req0;
+    if origin_reqs > 0 && conns * 2 > origin_reqs {
+        notes.push(format!(
+            "{label}: the origin accepted {conns} connections for {origin_reqs} requests \
+             ({:.2} per request): no keep-alive to the origin",
+            conns as f64 / origin_reqs as f64
+        ));
+    }
+    if e[1] * 2 > r.requests {
+        notes.push(format!(
+            "{label}: {} read errors for {} requests: it closes the client connection after \
+             every response (wrk reconnects; the requests themselves succeeded unless non-2xx)",
+            e[1], r.requests
+        ));
+    }
+    Ok((rate, out, notes))
 }

@@ -41,6 +41,7 @@ mod memory;
 mod origin;
 mod proxies;
 pub(crate) mod rig;
+mod summary;
 mod tools;
 mod tunnels;
 
@@ -65,6 +66,8 @@ use tunnels::bench_tunnels;
 /// The server end of the rig's veth pair, where the origins listen.
 pub(super) use nono_tests::netns::SERVER_V4;
 pub(super) const DOMAIN: &str = "allowed.test";
+/// The row name of the `--compare` build.
+pub(super) const COMPARE_NAME: &str = "nono-agent proxy (--compare)";
 
 /// Origin ports: one per client so TIME_WAIT sockets of one run never
 /// collide with another's 4-tuples.
@@ -74,12 +77,15 @@ pub(super) const ORIGIN_TINYPROXY: u16 = 8082;
 pub(super) const ORIGIN_SQUID: u16 = 8083;
 /// Our proxy again, for the tcp_tw_reuse diagnostic row.
 pub(super) const ORIGIN_NONO_DIAG: u16 = 8084;
+/// The `--compare` build of our proxy.
+pub(super) const ORIGIN_NONO_CMP: u16 = 8085;
 pub(super) const BULK_PORT: u16 = 9000;
 pub(super) const ECHO_PORT: u16 = 9001;
 
 pub(super) const PORT_NONO: u16 = 3128;
 pub(super) const PORT_TINYPROXY: u16 = 3129;
 pub(super) const PORT_SQUID: u16 = 3130;
+pub(super) const PORT_NONO_CMP: u16 = 3131;
 
 /// The origin's response body (a small API-style answer).
 pub(super) const BODY: &[u8] = b"{\"ok\":true,\"server\":\"nono-bench-origin\",\"padding\":\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"}\n";
@@ -102,13 +108,16 @@ pub(super) struct Opts {
     only: Vec<String>,
     /// Another nono-agent binary to measure (e.g. a build of another commit).
     agent: Option<PathBuf>,
+    /// A second nono-agent binary measured in the same run, interleaved
+    /// with the first (before/after a change).
+    compare: Option<PathBuf>,
 }
 
 impl Opts {
     fn parse(args: &[String]) -> Result<Self> {
         let mut o = Self {
             mib: 2048,
-            rounds: 3,
+            rounds: 5,
             duration: 10,
             connections: 64,
             wrk_threads: 1,
@@ -117,6 +126,7 @@ impl Opts {
             install: true,
             only: vec!["tunnel".into(), "http".into(), "memory".into()],
             agent: None,
+            compare: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -134,13 +144,15 @@ impl Opts {
                 "--tunnels" => o.tunnels = val(a)?.parse()?,
                 "--only" => o.only = val(a)?.split(',').map(str::to_string).collect(),
                 "--agent" => o.agent = Some(PathBuf::from(val(a)?)),
+                "--compare" => o.compare = Some(PathBuf::from(val(a)?)),
                 "--skip-build" => o.skip_build = true,
                 "--no-install" => o.install = false,
                 "-h" | "--help" => {
                     println!(
                         "usage: cargo xtask bench-proxy [--mib N] [--rounds N] [--duration SECS] \
                          [--connections N] [--wrk-threads N] [--tunnels N] \
-                         [--only tunnel,http,memory] [--agent PATH] [--skip-build] [--no-install]"
+                         [--only tunnel,http,memory] [--agent PATH] [--compare PATH] [--skip-build] \
+                         [--no-install]"
                     );
                     std::process::exit(0);
                 }
@@ -201,6 +213,12 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     if !agent.exists() {
         bail!("{} is missing (drop --skip-build)", agent.display());
     }
+    let compare = match &opts.compare {
+        Some(c) => {
+            Some(std::fs::canonicalize(c).with_context(|| format!("--compare {}", c.display()))?)
+        }
+        None => None,
+    };
 
     sweep_stale_netns();
     let tmp = TempDir::new()?;
@@ -221,7 +239,13 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             "--resolve".into(),
             format!("{DOMAIN}={SERVER_V4}"),
         ];
-        for p in [ORIGIN_NONO, ORIGIN_NONO_DIAG, BULK_PORT, ECHO_PORT] {
+        for p in [
+            ORIGIN_NONO,
+            ORIGIN_NONO_DIAG,
+            ORIGIN_NONO_CMP,
+            BULK_PORT,
+            ECHO_PORT,
+        ] {
             v.push("--allow-domain".into());
             v.push(format!("{DOMAIN}:{p}"));
         }
@@ -233,6 +257,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("agent: {}", agent.display());
+    if let Some(c) = &compare {
+        println!("compare: {}", c.display());
+    }
     println!(
         "versions: {} | {}",
         tools.tinyproxy_version, tools.squid_version
@@ -246,6 +273,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         &server,
         &tools,
         &agent,
+        compare.as_deref(),
         &auth,
         &nono_args,
         &mut report,
@@ -269,10 +297,12 @@ fn sections(
     server: &Server,
     tools: &Tools,
     agent: &Path,
+    compare: Option<&Path>,
     auth: &str,
     nono_args: &dyn Fn(u16) -> Vec<String>,
     report: &mut String,
 ) -> Result<()> {
+    let mut summary = summary::Summary::default();
     if opts.wants("tunnel") || opts.wants("http") {
         let nono = Proc::spawn_in(
             &net.cli,
@@ -280,13 +310,26 @@ fn sections(
             Command::new(agent).args(nono_args(PORT_NONO)),
             &tmp.path.join("nono.log"),
         )?;
+        let cmp = match compare {
+            Some(c) => Some(Proc::spawn_in(
+                &net.cli,
+                "nono-agent proxy (compare)",
+                Command::new(c).args(nono_args(PORT_NONO_CMP)),
+                &tmp.path.join("nono-cmp.log"),
+            )?),
+            None => None,
+        };
         let tiny = start_tinyproxy(net, tmp, tools)?;
         let squid = start_squid(net, tmp, tools)?;
-        for (name, port) in [
+        let mut listening = vec![
             ("nono-agent proxy", PORT_NONO),
             ("tinyproxy", PORT_TINYPROXY),
             ("squid", PORT_SQUID),
-        ] {
+        ];
+        if cmp.is_some() {
+            listening.push((COMPARE_NAME, PORT_NONO_CMP));
+        }
+        for (name, port) in listening {
             wait_port(&net.cli, SocketAddr::from((Ipv4Addr::LOCALHOST, port))).with_context(
                 || {
                     format!(
@@ -296,7 +339,7 @@ fn sections(
                 },
             )?;
         }
-        let proxies = [
+        let mut proxies = vec![
             ProxyUnderTest {
                 name: "nono-agent proxy",
                 port: PORT_NONO,
@@ -325,27 +368,57 @@ fn sections(
                 pid: squid.pid(),
             },
         ];
+        if let Some(c) = &cmp {
+            proxies.insert(
+                1,
+                ProxyUnderTest {
+                    name: COMPARE_NAME,
+                    port: PORT_NONO_CMP,
+                    http_authority: format!("{DOMAIN}:{ORIGIN_NONO_CMP}"),
+                    origin_port: ORIGIN_NONO_CMP,
+                    tunnel_target: format!("{DOMAIN}:{BULK_PORT}"),
+                    auth: Some(auth.to_string()),
+                    pid: c.pid(),
+                },
+            );
+        }
         for p in &proxies {
             sanity_check(&net.cli, p)?;
         }
         if opts.wants("tunnel") {
-            let t = bench_tunnels(net, opts, &proxies)?;
+            let (t, runs) = bench_tunnels(net, opts, &proxies)?;
             report.push_str(&t);
+            summary.tunnels = runs;
         }
         if opts.wants("http") {
-            let h = bench_http(net, opts, tmp, server, &tools.wrk, &proxies)?;
+            let (h, runs) = bench_http(net, opts, tmp, server, &tools.wrk, &proxies)?;
             report.push_str(&h);
+            summary.http = runs;
         }
         drop(squid);
         drop(tiny);
+        drop(cmp);
         drop(nono);
     }
 
     if opts.wants("memory") {
-        let m = bench_memory(net, opts, agent, tmp, nono_args, auth)?;
-        report.push_str(&m);
+        let mut agents = vec![("nono-agent proxy", agent, PORT_NONO + 10)];
+        if let Some(c) = compare {
+            agents.push((COMPARE_NAME, c, PORT_NONO + 11));
+        }
+        for (which, path, port) in agents {
+            let (m, samples) = bench_memory(net, opts, path, which, port, tmp, nono_args, auth)?;
+            report.push_str(&m);
+            summary.memory.push((
+                which.to_string(),
+                samples
+                    .into_iter()
+                    .map(|(s, (rss, _, _))| (s, rss))
+                    .collect(),
+            ));
+        }
     }
-
+    report.push_str(&summary.table(opts));
     Ok(())
 }
 

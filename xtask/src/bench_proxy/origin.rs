@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::rig::enter_netns;
 use super::{
-    BODY, BULK_PORT, ECHO_PORT, ORIGIN_DIRECT, ORIGIN_NONO, ORIGIN_NONO_DIAG, ORIGIN_SQUID,
-    ORIGIN_TINYPROXY, SERVER_V4,
+    BODY, BULK_PORT, ECHO_PORT, ORIGIN_DIRECT, ORIGIN_NONO, ORIGIN_NONO_CMP, ORIGIN_NONO_DIAG,
+    ORIGIN_SQUID, ORIGIN_TINYPROXY, SERVER_V4,
 };
 
 pub(super) struct Server {
@@ -32,6 +32,7 @@ impl Server {
             ORIGIN_TINYPROXY,
             ORIGIN_SQUID,
             ORIGIN_NONO_DIAG,
+            ORIGIN_NONO_CMP,
         ];
         let accepts: HashMap<u16, Arc<AtomicU64>> =
             ports.iter().map(|&p| (p, Arc::default())).collect();
