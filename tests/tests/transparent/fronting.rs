@@ -166,3 +166,41 @@ fn the_agents_listeners_reached_directly_lead_nowhere() {
     }
     assert!(t.lab.requests_to("/case/t-direct-listener").is_empty());
 }
+
+/// Review (r-review2), FINDING 1: the name check on a synthetic address
+/// (`serve_pool_address`) only compares a server name it could parse, so
+/// a ClientHello split over two TLS records (legal, and accepted by
+/// OpenSSL) or a client that stays silent longer than `NAME_PEEK` (5 s,
+/// then "the server speaks first" is assumed) sends a denied name's SNI
+/// and Host to the allowed name's server unchecked: domain fronting onto a
+/// denied name, the very thing `t-mismatch-tls` shows refused. The lab's
+/// server answers every name, so it serves evil.test.
+#[test]
+fn review_a_split_or_late_hello_fronts_a_denied_name_on_a_synthetic_address() {
+    let t = TLab::new();
+    // Outside the sandbox both clients work against evil.test (so a
+    // refusal inside is the proxy's).
+    for mode in ["sni-split", "sni-late"] {
+        let path = format!("/case/t-{mode}-outside");
+        let r = t.py_outside(&[mode, "198.51.100.2", "443", "evil.test", &path]);
+        assert_eq!(r["status"], 200, "outside {mode}: {r}");
+    }
+    let sb = transparent(&["allowed.test"]);
+    // Control: the plain hello with the denied name is refused.
+    let (r, out) = t.py(
+        &sb,
+        &["sni", "@allowed.test", "443", "evil.test", "/case/t-r-plain"],
+    );
+    assert_eq!(r["connected"], true, "{r} {}", out.describe());
+    assert!(t.lab.requests_to("/case/t-r-plain").is_empty());
+    for mode in ["sni-split", "sni-late"] {
+        let path = format!("/case/t-r-{mode}");
+        let (r, out) = t.py(&sb, &[mode, "@allowed.test", "443", "evil.test", &path]);
+        assert_eq!(r["connected"], true, "{mode}: {r} {}", out.describe());
+        let seen = t.lab.requests_to(&path);
+        assert!(
+            seen.is_empty(),
+            "{mode}: evil.test (denied) was served through allowed.test's synthetic address: {seen:?}"
+        );
+    }
+}
