@@ -193,14 +193,18 @@ fn review_a_split_or_late_hello_fronts_a_denied_name_on_a_synthetic_address() {
     );
     assert_eq!(r["connected"], true, "{r} {}", out.describe());
     assert!(t.lab.requests_to("/case/t-r-plain").is_empty());
+    let mut served = Vec::new();
     for mode in ["sni-split", "sni-late"] {
         let path = format!("/case/t-r-{mode}");
         let (r, out) = t.py(&sb, &[mode, "@allowed.test", "443", "evil.test", &path]);
         assert_eq!(r["connected"], true, "{mode}: {r} {}", out.describe());
         let seen = t.lab.requests_to(&path);
-        assert!(
-            seen.is_empty(),
-            "{mode}: evil.test (denied) was served through allowed.test's synthetic address: {seen:?}"
-        );
+        if !seen.is_empty() {
+            served.push(format!("{mode}: {seen:?}"));
+        }
     }
+    assert!(
+        served.is_empty(),
+        "evil.test (denied) was served through allowed.test's synthetic address: {served:#?}"
+    );
 }
