@@ -189,7 +189,13 @@ fn review_a_split_or_late_hello_fronts_a_denied_name_on_a_synthetic_address() {
     // Control: the plain hello with the denied name is refused.
     let (r, out) = t.py(
         &sb,
-        &["sni", "@allowed.test", "443", "evil.test", "/case/t-r-plain"],
+        &[
+            "sni",
+            "@allowed.test",
+            "443",
+            "evil.test",
+            "/case/t-r-plain",
+        ],
     );
     assert_eq!(r["connected"], true, "{r} {}", out.describe());
     assert!(t.lab.requests_to("/case/t-r-plain").is_empty());
@@ -206,5 +212,51 @@ fn review_a_split_or_late_hello_fronts_a_denied_name_on_a_synthetic_address() {
     assert!(
         served.is_empty(),
         "evil.test (denied) was served through allowed.test's synthetic address: {served:#?}"
+    );
+}
+
+/// Review (r-review2), FINDING 1b: plain HTTP on a redirected connection is
+/// judged by its first request's `Host` only; a second (pipelined or
+/// keep-alive) request on the same connection naming a denied host goes to
+/// the allowed host's server unjudged (the explicit proxy judges every
+/// request). Reaches any name sharing the allowed name's server (a CDN, a
+/// shared virtual host). Both the real-address path (`Host` is the name)
+/// and the synthetic-address path are shown.
+#[test]
+fn review_a_second_request_on_a_connection_names_a_denied_host() {
+    let t = TLab::new();
+    // Outside: the lab's server answers both requests.
+    let r = t.py_outside(&[
+        "http-pipe",
+        "198.51.100.2",
+        "80",
+        "allowed.test",
+        "evil.test",
+        "/case/t-pipe-outside",
+    ]);
+    assert_eq!(r["statuses"], serde_json::json!([200, 200]), "outside: {r}");
+    let sb = transparent(&["allowed.test"]);
+    let mut served = Vec::new();
+    for (case, addr) in [("real", ELSEWHERE), ("pool", "@allowed.test")] {
+        let path = format!("/case/t-r-pipe-{case}");
+        let (r, out) = t.py(
+            &sb,
+            &["http-pipe", addr, "80", "allowed.test", "evil.test", &path],
+        );
+        assert_eq!(r["connected"], true, "{case}: {r} {}", out.describe());
+        assert_eq!(
+            t.lab.requests_to(&format!("{path}-1")).len(),
+            1,
+            "{case}: the allowed request must arrive: {r} {}",
+            out.describe()
+        );
+        let evil = t.lab.requests_to(&format!("{path}-2"));
+        if !evil.is_empty() {
+            served.push(format!("{case}: {evil:?}"));
+        }
+    }
+    assert!(
+        served.is_empty(),
+        "a request with Host evil.test (denied) was served: {served:#?}"
     );
 }

@@ -16,6 +16,10 @@ it (never as a traceback), so the test sees what the client saw.
                                   first IPv4 address), TLS with SNI (empty:
                                   no SNI at all), GET with Host = SNI or ADDR
   http ADDR PORT HOST PATH        plain HTTP to the literal ADDR with that Host
+  http-pipe ADDR PORT HOST1 HOST2 PATH
+                                  two pipelined HTTP requests on one
+                                  connection: PATH-1 with Host HOST1, then
+                                  PATH-2 with Host HOST2
   sni-late ADDR PORT SNI PATH      as sni, but silent for 6 s after connecting
                                   (longer than the proxy's name peek)
   sni-split ADDR PORT SNI PATH     as sni, the ClientHello split over two TLS
@@ -238,6 +242,23 @@ def cmd_http(addr, port, host, path):
     return r
 
 
+def cmd_http_pipe(addr, port, host1, host2, path):
+    r = {}
+    try:
+        s = literal(addr, port)
+        r["connected"] = True
+        s.sendall(
+            f"GET {path}-1 HTTP/1.1\r\nHost: {host1}\r\n\r\n"
+            f"GET {path}-2 HTTP/1.1\r\nHost: {host2}\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = read_all(s)
+        import re
+        r["statuses"] = [int(c) for c in re.findall(rb"HTTP/1\.[01] (\d{3}) ", data)]
+    except Exception as e:
+        r["error"] = repr(e)
+    return r
+
+
 TYPES = {"A": 1, "AAAA": 28, "TXT": 16}
 
 
@@ -406,6 +427,7 @@ def main():
         "sni-late": cmd_sni_late,
         "sni-split": cmd_sni_split,
         "http": cmd_http,
+        "http-pipe": cmd_http_pipe,
         "dns": cmd_dns,
         "resolve": cmd_resolve,
         "loopback": cmd_loopback,
