@@ -207,6 +207,9 @@ async fn handle(
         headers,
         body_len: 0,
     };
+    // As a CORS-permissive API does (browsers may call it): the request's
+    // `Origin` is reflected in `Access-Control-Allow-Origin`.
+    let origin = req.headers().get("origin").cloned();
     let mut rec = rec;
     let sse = rec.path == "/sse";
     let path_is_close = rec.path == "/close";
@@ -226,9 +229,11 @@ async fn handle(
         return Ok(r);
     }
     if !sse {
-        return Ok(Response::new(
-            Full::new(Bytes::from_static(b"ok\n")).boxed(),
-        ));
+        let mut r = Response::new(Full::new(Bytes::from_static(b"ok\n")).boxed());
+        if let Some(o) = origin {
+            r.headers_mut().insert("access-control-allow-origin", o);
+        }
+        return Ok(r);
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {

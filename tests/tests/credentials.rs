@@ -926,3 +926,29 @@ fn when_the_host_closes_its_side_the_sandbox_reconnects_instead_of_failing() {
         .unwrap_or_else(|| panic!("/after-close arrived: {recs:?}"));
     assert_eq!(after.header("x-api-key"), vec![lab.key.as_str()]);
 }
+
+/// Review (r-review2), FINDING 2 end to end: the proxy fills the real key
+/// into every request header holding the placeholder, so a credential host
+/// that reflects a header (here CORS: `Origin` comes back as
+/// `Access-Control-Allow-Origin`, as any API open to browsers answers)
+/// hands the real key to the sandbox, which never held it.
+#[test]
+fn review_a_reflected_header_gives_the_sandbox_the_real_key() {
+    let lab = Lab::new();
+    let out = lab.run(
+        &[],
+        &format!(
+            "curl -sS -D - -o /dev/null -H \"x-api-key: ${VAR}\" \
+             -H \"Origin: https://${VAR}\" https://{CRED_HOST}/cors"
+        ),
+    );
+    assert_eq!(out.code(), 0, "{}", out.describe());
+    // The request arrived (the receiving side saw the injected key).
+    let recs = lab.host.records();
+    assert!(recs.iter().any(|r| r.path == "/cors"), "{}", out.describe());
+    assert!(
+        !out.stdout.contains(&lab.key),
+        "the sandbox read the real key from a reflected header: {}",
+        out.stdout
+    );
+}

@@ -236,4 +236,34 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert!(h.is_empty());
     }
+
+    /// Review (r-review2), FINDING 2: the placeholder is filled in in
+    /// *every* request header, so any header the credential host reflects
+    /// in its answer becomes an oracle for the real value. The commonest
+    /// reflector is CORS: a host that allows browser access answers
+    /// `Access-Control-Allow-Origin: <the request's Origin>`; others echo
+    /// `Referer`, a request id, a bad `User-Agent` or an unknown version
+    /// header in an error body. The child sends `Origin: https://PLACEHOLDER`
+    /// and reads the key from the response header. Only the credential's
+    /// own header (and, if wanted, a fixed list the user names) should be
+    /// rewritten.
+    #[test]
+    fn review_the_placeholder_is_not_filled_into_headers_a_host_reflects() {
+        let key = cred("api.test:x-api-key=env:K", "sk-real", "nono-placeholder-aa");
+        let mut h = headers(&[
+            ("x-api-key", "nono-placeholder-aa"),
+            ("origin", "https://nono-placeholder-aa"),
+            ("referer", "https://x.test/nono-placeholder-aa"),
+            ("x-request-id", "nono-placeholder-aa"),
+        ]);
+        inject(&mut h, &[key]);
+        assert_eq!(h["x-api-key"], "sk-real");
+        for name in ["origin", "referer", "x-request-id"] {
+            assert!(
+                !h[name].to_str().unwrap().contains("sk-real"),
+                "the real key was put into {name}: {:?} (reflected by the host, it reaches the sandbox)",
+                h[name]
+            );
+        }
+    }
 }

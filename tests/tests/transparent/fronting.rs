@@ -166,3 +166,101 @@ fn the_agents_listeners_reached_directly_lead_nowhere() {
     }
     assert!(t.lab.requests_to("/case/t-direct-listener").is_empty());
 }
+
+/// Review (r-review2), FINDING 1: the name check on a synthetic address
+/// (`serve_pool_address`) only compares a server name it could parse, so
+/// a ClientHello split over two TLS records (legal, and accepted by
+/// OpenSSL) or a client that stays silent longer than `NAME_PEEK` (5 s,
+/// then "the server speaks first" is assumed) sends a denied name's SNI
+/// and Host to the allowed name's server unchecked: domain fronting onto a
+/// denied name, the very thing `t-mismatch-tls` shows refused. The lab's
+/// server answers every name, so it serves evil.test.
+/// Status on main 9717cda: the late variant is refused now (the race no
+/// longer starts the tunnel blind); the split variant is still served (a
+/// split hello peeks as `Other`, which the synthetic-address path passes
+/// unchecked, as it must for SSH and the like).
+#[test]
+fn review_a_split_or_late_hello_fronts_a_denied_name_on_a_synthetic_address() {
+    let t = TLab::new();
+    // Outside the sandbox both clients work against evil.test (so a
+    // refusal inside is the proxy's).
+    for mode in ["sni-split", "sni-late"] {
+        let path = format!("/case/t-{mode}-outside");
+        let r = t.py_outside(&[mode, "198.51.100.2", "443", "evil.test", &path]);
+        assert_eq!(r["status"], 200, "outside {mode}: {r}");
+    }
+    let sb = transparent(&["allowed.test"]);
+    // Control: the plain hello with the denied name is refused.
+    let (r, out) = t.py(
+        &sb,
+        &[
+            "sni",
+            "@allowed.test",
+            "443",
+            "evil.test",
+            "/case/t-r-plain",
+        ],
+    );
+    assert_eq!(r["connected"], true, "{r} {}", out.describe());
+    assert!(t.lab.requests_to("/case/t-r-plain").is_empty());
+    let mut served = Vec::new();
+    for mode in ["sni-split", "sni-late"] {
+        let path = format!("/case/t-r-{mode}");
+        let (r, out) = t.py(&sb, &[mode, "@allowed.test", "443", "evil.test", &path]);
+        assert_eq!(r["connected"], true, "{mode}: {r} {}", out.describe());
+        let seen = t.lab.requests_to(&path);
+        if !seen.is_empty() {
+            served.push(format!("{mode}: {seen:?}"));
+        }
+    }
+    assert!(
+        served.is_empty(),
+        "evil.test (denied) was served through allowed.test's synthetic address: {served:#?}"
+    );
+}
+
+/// Review (r-review2), FINDING 1b: plain HTTP on a redirected connection is
+/// judged by its first request's `Host` only; a second (pipelined or
+/// keep-alive) request on the same connection naming a denied host goes to
+/// the allowed host's server unjudged (the explicit proxy judges every
+/// request). Reaches any name sharing the allowed name's server (a CDN, a
+/// shared virtual host). Both the real-address path (`Host` is the name)
+/// and the synthetic-address path are shown.
+#[test]
+fn review_a_second_request_on_a_connection_names_a_denied_host() {
+    let t = TLab::new();
+    // Outside: the lab's server answers both requests.
+    let r = t.py_outside(&[
+        "http-pipe",
+        "198.51.100.2",
+        "80",
+        "allowed.test",
+        "evil.test",
+        "/case/t-pipe-outside",
+    ]);
+    assert_eq!(r["statuses"], serde_json::json!([200, 200]), "outside: {r}");
+    let sb = transparent(&["allowed.test"]);
+    let mut served = Vec::new();
+    for (case, addr) in [("real", ELSEWHERE), ("pool", "@allowed.test")] {
+        let path = format!("/case/t-r-pipe-{case}");
+        let (r, out) = t.py(
+            &sb,
+            &["http-pipe", addr, "80", "allowed.test", "evil.test", &path],
+        );
+        assert_eq!(r["connected"], true, "{case}: {r} {}", out.describe());
+        assert_eq!(
+            t.lab.requests_to(&format!("{path}-1")).len(),
+            1,
+            "{case}: the allowed request must arrive: {r} {}",
+            out.describe()
+        );
+        let evil = t.lab.requests_to(&format!("{path}-2"));
+        if !evil.is_empty() {
+            served.push(format!("{case}: {evil:?}"));
+        }
+    }
+    assert!(
+        served.is_empty(),
+        "a request with Host evil.test (denied) was served: {served:#?}"
+    );
+}

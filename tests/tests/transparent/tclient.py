@@ -16,6 +16,14 @@ it (never as a traceback), so the test sees what the client saw.
                                   first IPv4 address), TLS with SNI (empty:
                                   no SNI at all), GET with Host = SNI or ADDR
   http ADDR PORT HOST PATH        plain HTTP to the literal ADDR with that Host
+  http-pipe ADDR PORT HOST1 HOST2 PATH
+                                  two pipelined HTTP requests on one
+                                  connection: PATH-1 with Host HOST1, then
+                                  PATH-2 with Host HOST2
+  sni-late ADDR PORT SNI PATH      as sni, but silent for 6 s after connecting
+                                  (longer than the proxy's name peek)
+  sni-split ADDR PORT SNI PATH     as sni, the ClientHello split over two TLS
+                                  records (legal, RFC 8446 5.1)
   dns SERVER PORT NAME TYPE PROTO a DNS query (TYPE: A, AAAA, TXT; PROTO: udp,
                                   udp-connected or tcp) to SERVER:PORT; reports
                                   the rcode, the addresses answered and where
@@ -141,6 +149,87 @@ def cmd_sni(addr, port, sni, path):
     return r
 
 
+def cmd_sni_late(addr, port, sni, path):
+    r = {}
+    try:
+        s = literal(addr, port)
+        r["connected"] = True
+        import time
+        time.sleep(6)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        t = ctx.wrap_socket(s, server_hostname=sni or None)
+        r["status"], r["body"] = http_exchange(t, sni or addr, path)
+    except Exception as e:
+        r["error"] = repr(e)
+    return r
+
+
+def split_first_record(data, at=40):
+    """One TLS record -> two records carrying the same handshake bytes."""
+    typ, ver, body = data[0:1], data[1:3], data[5:]
+    n = struct.unpack("!H", data[3:5])[0]
+    rec, rest = body[:n], body[n:]
+    a, b = rec[:at], rec[at:]
+    return (typ + ver + struct.pack("!H", len(a)) + a
+            + typ + ver + struct.pack("!H", len(b)) + b + rest)
+
+
+def cmd_sni_split(addr, port, sni, path):
+    r = {}
+    try:
+        s = literal(addr, port)
+        r["connected"] = True
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        t = ctx.wrap_bio(inc, out, server_hostname=sni or None)
+        first = True
+        while True:
+            try:
+                t.do_handshake()
+                s.sendall(out.read())
+                break
+            except ssl.SSLWantReadError:
+                data = out.read()
+                if first and data:
+                    data = split_first_record(data)
+                    first = False
+                if data:
+                    s.sendall(data)
+                b = s.recv(65536)
+                if not b:
+                    raise OSError("closed during the handshake")
+                inc.write(b)
+        req = f"GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n"
+        t.write(req.encode())
+        s.sendall(out.read())
+        resp = b""
+        while True:
+            try:
+                chunk = t.read(65536)
+                if not chunk:
+                    break
+                resp += chunk
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+            b = s.recv(65536)
+            if not b:
+                break
+            inc.write(b)
+        line = resp.split(b"\r\n", 1)[0].decode("latin-1").split()
+        r["status"] = int(line[1]) if len(line) > 1 and line[1].isdigit() else 0
+        r["body"] = resp.partition(b"\r\n\r\n")[2].decode("utf-8", "replace")
+    except Exception as e:
+        r["error"] = repr(e)
+    return r
+
+
 def cmd_http(addr, port, host, path):
     r = {}
     try:
@@ -148,6 +237,23 @@ def cmd_http(addr, port, host, path):
         r["connected"] = True
         r["peer"] = s.getpeername()[0]
         r["status"], r["body"] = http_exchange(s, host, path)
+    except Exception as e:
+        r["error"] = repr(e)
+    return r
+
+
+def cmd_http_pipe(addr, port, host1, host2, path):
+    r = {}
+    try:
+        s = literal(addr, port)
+        r["connected"] = True
+        s.sendall(
+            f"GET {path}-1 HTTP/1.1\r\nHost: {host1}\r\n\r\n"
+            f"GET {path}-2 HTTP/1.1\r\nHost: {host2}\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = read_all(s)
+        import re
+        r["statuses"] = [int(c) for c in re.findall(rb"HTTP/1\.[01] (\d{3}) ", data)]
     except Exception as e:
         r["error"] = repr(e)
     return r
@@ -318,7 +424,10 @@ def main():
         "tls": cmd_tls,
         "echo": cmd_echo,
         "sni": cmd_sni,
+        "sni-late": cmd_sni_late,
+        "sni-split": cmd_sni_split,
         "http": cmd_http,
+        "http-pipe": cmd_http_pipe,
         "dns": cmd_dns,
         "resolve": cmd_resolve,
         "loopback": cmd_loopback,
