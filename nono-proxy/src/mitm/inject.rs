@@ -110,28 +110,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Puts the credentials of the intercepted host in: each credential's
+/// Puts the credentials of the intercepted host in: each credential's own
 /// header is replaced by the real value (whatever the sandbox sent there),
-/// and its placeholder is replaced by the value wherever else it appears
-/// in a header value. Only `creds` (this host's) are used: another host's
-/// placeholder stays as it is. Returns how many headers were rewritten.
+/// and nowhere else. The placeholder is NOT filled into other headers: a
+/// host that reflects a request header (CORS `Access-Control-Allow-Origin`
+/// echoing `Origin`, an error quoting `Referer`) would hand the real value
+/// to the sandbox (found by the adversarial review). Only `creds` (this
+/// host's) are used. Returns how many headers were rewritten.
 pub fn inject(headers: &mut HeaderMap, creds: &[Credential]) -> usize {
     let mut n = 0;
     for c in creds {
         headers.remove(&c.spec.header);
-        for value in headers.values_mut() {
-            let Ok(text) = value.to_str() else { continue };
-            if !text.contains(c.placeholder.as_str()) {
-                continue;
-            }
-            let replaced = text.replace(c.placeholder.as_str(), c.value.expose());
-            // The value was checked to be visible ASCII, so this holds.
-            if let Ok(mut v) = HeaderValue::from_str(&replaced) {
-                v.set_sensitive(true);
-                *value = v;
-                n += 1;
-            }
-        }
         headers.insert(c.spec.header.clone(), c.header_value().clone());
         n += 1;
     }
@@ -195,7 +184,7 @@ mod tests {
     }
 
     #[test]
-    fn header_is_replaced_and_placeholders_filled_in() {
+    fn only_the_credentials_own_header_gets_the_value() {
         let key = cred("api.test:x-api-key=env:K", "sk-real", "nono-placeholder-aa");
         let bearer = cred(
             "api.test:authorization=env:T;format=Bearer {}",
@@ -212,8 +201,9 @@ mod tests {
         assert_eq!(h.get_all("x-api-key").iter().count(), 1);
         assert_eq!(h["x-api-key"], "sk-real");
         assert_eq!(h["authorization"], "Bearer tok-real");
-        assert_eq!(h["x-other"], "k=sk-real;t=tok-real");
-        assert!(h["x-other"].is_sensitive());
+        // Elsewhere the placeholder stays a placeholder (a host could
+        // reflect that header back to the sandbox).
+        assert_eq!(h["x-other"], "k=nono-placeholder-aa;t=nono-placeholder-bb");
         assert_eq!(h["x-foreign"], "nono-placeholder-cc");
     }
 
@@ -248,7 +238,7 @@ mod tests {
     /// own header (and, if wanted, a fixed list the user names) should be
     /// rewritten.
     #[test]
-    fn review_the_placeholder_is_not_filled_into_headers_a_host_reflects() {
+    fn the_placeholder_is_not_filled_into_headers_a_host_reflects() {
         let key = cred("api.test:x-api-key=env:K", "sk-real", "nono-placeholder-aa");
         let mut h = headers(&[
             ("x-api-key", "nono-placeholder-aa"),

@@ -71,6 +71,10 @@ pub enum NoTarget {
     /// checked: refused rather than passed on unchecked.
     #[error("the first message did not finish in time; its name could not be checked")]
     Incomplete,
+    /// A TLS handshake that is not one whole, plain ClientHello (split
+    /// over records, malformed, two server names).
+    #[error("a TLS ClientHello that cannot be read whole (split, malformed or with two names)")]
+    Unreadable,
 }
 
 /// The target of a connection redirected from `dialled`, given what its
@@ -83,6 +87,7 @@ pub fn destination(
 ) -> Result<Destination, NoTarget> {
     let port = dialled.port();
     let named = match peeked {
+        Peeked::Unreadable => return Err(NoTarget::Unreadable),
         Peeked::Tls { ech: true, .. } => return Err(NoTarget::EncryptedHello),
         Peeked::Tls { sni: Some(s), .. } => Some((s.as_str(), NameSource::Sni)),
         Peeked::Http { host: Some(h) } => Some((strip_port(h), NameSource::HttpHost)),

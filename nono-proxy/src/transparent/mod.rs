@@ -4,6 +4,7 @@
 //! the target the ordinary rules then judge.
 
 pub mod decide;
+pub mod http1;
 pub mod peek;
 pub mod server;
 

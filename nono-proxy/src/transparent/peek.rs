@@ -36,8 +36,14 @@ pub enum Peeked {
         /// The Host header, when there is exactly one.
         host: Option<String>,
     },
-    /// Neither (another protocol, or bytes that do not parse).
+    /// Neither (another protocol, or bytes that do not parse as HTTP).
     Other,
+    /// A TLS handshake record that is not one whole, plain ClientHello
+    /// (split over records, malformed, two server names): the name it
+    /// carries cannot be trusted, and passing it on unchecked is how a
+    /// name check would be evaded (a split hello naming a denied host, sent
+    /// to an allowed name's address). Refused.
+    Unreadable,
 }
 
 /// Looks at the first bytes of a connection.
@@ -55,16 +61,16 @@ fn client_hello(buf: &[u8]) -> Peeked {
     let record = match parse_tls_plaintext(buf) {
         Ok((_, r)) => r,
         Err(tls_parser::Err::Incomplete(_)) if buf.len() < MAX_PEEK => return Peeked::NeedMore,
-        Err(_) => return Peeked::Other,
+        Err(_) => return Peeked::Unreadable,
     };
     if record.hdr.record_type != TlsRecordType::Handshake {
-        return Peeked::Other;
+        return Peeked::Unreadable;
     }
     // A ClientHello split over several records is refused a name: nothing
     // legitimate needs that, and it is how an evasion would start.
     let Some(TlsMessage::Handshake(TlsMessageHandshake::ClientHello(hello))) = record.msg.first()
     else {
-        return Peeked::Other;
+        return Peeked::Unreadable;
     };
     let Some(ext) = hello.ext else {
         return Peeked::Tls {
@@ -73,7 +79,7 @@ fn client_hello(buf: &[u8]) -> Peeked {
         };
     };
     let Ok((_, exts)) = parse_tls_extensions(ext) else {
-        return Peeked::Other;
+        return Peeked::Unreadable;
     };
     let mut sni = None;
     let mut names = 0;
@@ -95,7 +101,7 @@ fn client_hello(buf: &[u8]) -> Peeked {
     }
     // RFC 6066: at most one name of a type; two is a hello to distrust.
     if names > 1 {
-        return Peeked::Other;
+        return Peeked::Unreadable;
     }
     Peeked::Tls { sni, ech }
 }

@@ -55,10 +55,10 @@ fn partial_hellos_ask_for_more_and_oversized_ones_get_no_name() {
         assert_eq!(peek(&h[..cut]), Peeked::NeedMore, "cut at {cut}");
     }
     assert_eq!(peek(&[]), Peeked::NeedMore);
-    // A record claiming more than a record may hold: no name.
+    // A record claiming more than a record may hold: unreadable.
     let mut big = vec![0x16, 0x03, 0x01, 0xff, 0xff];
     big.resize(MAX_PEEK, 0);
-    assert_eq!(peek(&big), Peeked::Other);
+    assert_eq!(peek(&big), Peeked::Unreadable);
 }
 
 #[test]
@@ -85,7 +85,7 @@ fn no_name_and_two_names() {
     // Two host names: distrusted.
     assert_eq!(
         peek(&hello(&[sni(&["a.example", "b.example"])])),
-        Peeked::Other
+        Peeked::Unreadable
     );
 }
 
@@ -142,4 +142,20 @@ proptest::proptest! {
         let cut = cut.min(h.len() - 1);
         proptest::prop_assert_eq!(peek(&h[..cut]), Peeked::NeedMore);
     }
+}
+
+#[test]
+fn a_hello_split_over_two_records_is_unreadable() {
+    // The handshake message cut after 40 bytes into two records: the first
+    // record holds a fragment, which must not pass for "another protocol".
+    let h = hello(&[sni(&["denied.example"])]);
+    let msg = &h[5..];
+    let (a, b) = msg.split_at(40);
+    let mut split = Vec::new();
+    for part in [a, b] {
+        split.extend_from_slice(&[0x16, 0x03, 0x01]);
+        split.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        split.extend_from_slice(part);
+    }
+    assert_eq!(peek(&split), Peeked::Unreadable);
 }

@@ -72,6 +72,7 @@ async fn handle(
         return serve_pool_address(client, dialled, state, pool, started).await;
     }
     let (head, peeked) = read_head(&mut client, NAME_PEEK).await;
+    let head = only_one_request(head, &peeked);
     let target = {
         let pool = pool.lock().unwrap_or_else(|e| e.into_inner());
         destination(dialled, &pool, &peeked)
@@ -184,7 +185,7 @@ async fn serve_pool_address(
             let _ = d.deny(hyper::StatusCode::FORBIDDEN, Reason::NoTarget(e));
             return;
         }
-        head = h;
+        head = only_one_request(h, &peeked);
     }
     // The bytes read to check the name go first (counted), inside the
     // tunnel's idle timeout.
@@ -198,6 +199,17 @@ async fn serve_pool_address(
     .await;
     d.allow(Reason::Tunnel(end), addr, up, down);
     crate::trim::freed();
+}
+
+/// Plain HTTP is judged by its first request: that request goes on with
+/// `Connection: close`, so a second one (naming another host the same
+/// server answers for) needs a new connection, judged anew (see
+/// [`super::http1`]).
+fn only_one_request(head: Vec<u8>, peeked: &Peeked) -> Vec<u8> {
+    match peeked {
+        Peeked::Http { .. } => super::http1::close_after_first(&head).unwrap_or(head),
+        _ => head,
+    }
 }
 
 /// Reads until the bytes say something ([`peek`] is no longer

@@ -180,7 +180,7 @@ fn the_agents_listeners_reached_directly_lead_nowhere() {
 /// split hello peeks as `Other`, which the synthetic-address path passes
 /// unchecked, as it must for SSH and the like).
 #[test]
-fn review_a_split_or_late_hello_fronts_a_denied_name_on_a_synthetic_address() {
+fn a_split_or_late_hello_cannot_front_a_denied_name_on_a_synthetic_address() {
     let t = TLab::new();
     // Outside the sandbox both clients work against evil.test (so a
     // refusal inside is the proxy's).
@@ -227,7 +227,7 @@ fn review_a_split_or_late_hello_fronts_a_denied_name_on_a_synthetic_address() {
 /// shared virtual host). Both the real-address path (`Host` is the name)
 /// and the synthetic-address path are shown.
 #[test]
-fn review_a_second_request_on_a_connection_names_a_denied_host() {
+fn a_second_request_on_a_connection_cannot_name_a_denied_host() {
     let t = TLab::new();
     // Outside: the lab's server answers both requests.
     let r = t.py_outside(&[
