@@ -84,13 +84,19 @@ pub struct Dialled {
 
 #[derive(Default)]
 struct DialledInner {
-    map: std::collections::HashMap<SocketAddr, SocketAddr>,
+    map: std::collections::HashMap<SocketAddr, (SocketAddr, std::time::Instant)>,
     order: std::collections::VecDeque<SocketAddr>,
 }
 
 impl Dialled {
     /// Records kept at most.
     pub const MAX: usize = 16_384;
+    /// How long a record is good for: the proxy accepts a redirected
+    /// connection within milliseconds. One never taken (the connect failed,
+    /// or the proxy was over its connection limit) must not serve a later
+    /// socket that happens to get the same local address: another
+    /// sandbox's, which would be judged by this sandbox's policy.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
     fn key(local: SocketAddr) -> SocketAddr {
         let ip = match local.ip() {
@@ -114,7 +120,10 @@ impl Dialled {
     pub fn record(&self, local: SocketAddr, original: SocketAddr) {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let k = Self::key(local);
-        if g.map.insert(k, original).is_none() {
+        if g.map
+            .insert(k, (original, std::time::Instant::now()))
+            .is_none()
+        {
             g.order.push_back(k);
         }
         while g.order.len() > Self::MAX {
@@ -133,6 +142,17 @@ impl Dialled {
             g.order.retain(|x| *x != k);
         }
         found
+            .filter(|(_, at)| at.elapsed() <= Self::TTL)
+            .map(|(o, _)| o)
+    }
+
+    /// Drops the record of `local` (its connect failed).
+    pub fn forget(&self, local: SocketAddr) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let k = Self::key(local);
+        if g.map.remove(&k).is_some() {
+            g.order.retain(|x| *x != k);
+        }
     }
 }
 
@@ -336,6 +356,15 @@ mod tests {
         assert_eq!(d.take("127.0.0.1:4001".parse().unwrap()), Some(orig));
         d.record("[::]:4002".parse().unwrap(), orig);
         assert_eq!(d.take("[::1]:4002".parse().unwrap()), Some(orig));
+    }
+
+    #[test]
+    fn a_failed_connects_record_is_forgotten() {
+        let d = Dialled::default();
+        let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        d.record(local, "198.18.0.1:443".parse().unwrap());
+        d.forget(local);
+        assert_eq!(d.take(local), None);
     }
 
     #[test]

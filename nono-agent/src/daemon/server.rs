@@ -664,6 +664,7 @@ async fn serve(d: Arc<Daemon>, mut sock: UnixStream) {
         events_rx: None,
         requests: 0,
         lookups: false,
+        lookup_tokens: (2.0 * LOOKUP_RATE, Instant::now()),
     };
     session.run(&mut sock).await;
     if let Some(id) = session.owned.take() {
@@ -692,9 +693,16 @@ struct Session {
     /// The connection answered a `Lookup` with a valid token: from then on
     /// it may only make lookups, which are not charged to the rate (a
     /// transparent sandbox asks once per redirected connection; each is a
-    /// map read).
+    /// map read) but to the connection's own, higher one ([`LOOKUP_RATE`]).
     lookups: bool,
+    /// Lookup tokens left and when they were last refilled.
+    lookup_tokens: (f64, Instant),
 }
+
+/// Lookups per second one lookup connection may make (bursts of twice
+/// that): far above what a sandbox opening connections needs, low enough
+/// that the owner of a sandbox cannot keep the daemon's lock busy.
+const LOOKUP_RATE: f64 = 5000.0;
 
 /// Requests a connection makes after its first without being charged to
 /// its uid's rate: one `exec`'s whole exchange (create, place, resume, end,
@@ -740,7 +748,12 @@ impl Session {
                     return;
                 }
             };
-            if !self.lookups && !self.rate_ok() {
+            let allowed = if self.lookups {
+                self.lookup_ok()
+            } else {
+                self.rate_ok()
+            };
+            if !allowed {
                 // Not decoded (that is the point of refusing early).
                 self.d.metrics.request("unknown", false, Duration::ZERO);
                 let _ = conn::send(
@@ -789,6 +802,19 @@ impl Session {
                 return;
             }
         }
+    }
+
+    fn lookup_ok(&mut self) -> bool {
+        let (tokens, last) = self.lookup_tokens;
+        let now = Instant::now();
+        let tokens =
+            (tokens + now.duration_since(last).as_secs_f64() * LOOKUP_RATE).min(2.0 * LOOKUP_RATE);
+        if tokens < 1.0 {
+            self.lookup_tokens = (tokens, now);
+            return false;
+        }
+        self.lookup_tokens = (tokens - 1.0, now);
+        true
     }
 
     fn rate_ok(&mut self) -> bool {

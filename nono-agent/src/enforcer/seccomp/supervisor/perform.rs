@@ -64,7 +64,7 @@ impl Record {
     /// its autobind would) so that its local port is known, then records.
     /// Recording before the connect means the proxy, which can accept as
     /// soon as the handshake completes, always finds the record.
-    fn bind_and_record(&self, fd: BorrowedFd<'_>, to: &[u8]) -> Result<(), i32> {
+    fn bind_and_record(&self, fd: BorrowedFd<'_>, to: &[u8]) -> Result<std::net::SocketAddr, i32> {
         let mut name = local_name(fd).map_err(errno)?;
         if port_of(&name) == Some(0) {
             let mut local = super::super::judge::loopback_of(to);
@@ -85,7 +85,7 @@ impl Record {
             }
         }
         self.into.record(local, self.original);
-        Ok(())
+        Ok(local)
     }
 }
 
@@ -253,10 +253,19 @@ impl Op {
         };
         match &self {
             Op::Connect { sock, addr, record } => {
-                if let Some(r) = record {
-                    r.bind_and_record(sock.fd.as_fd(), addr)?;
+                let recorded = match record {
+                    Some(r) => Some((r, r.bind_and_record(sock.fd.as_fd(), addr)?)),
+                    None => None,
+                };
+                let result = ret(with_addr(libc::connect, sock.fd.as_fd(), addr));
+                // A connect that failed (not merely in progress) never
+                // reaches the proxy: its record must not wait for another.
+                if let (Err(e), Some((r, local))) = (&result, recorded) {
+                    if *e != libc::EINPROGRESS && *e != libc::EALREADY && *e != libc::EINTR {
+                        r.into.forget(local);
+                    }
                 }
-                ret(with_addr(libc::connect, sock.fd.as_fd(), addr))
+                result
             }
             Op::Bind { sock, addr } => ret(with_addr(libc::bind, sock.fd.as_fd(), addr)),
             Op::Listen {
