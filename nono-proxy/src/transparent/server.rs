@@ -77,31 +77,65 @@ async fn handle(
         let pool = pool.lock().unwrap_or_else(|e| e.into_inner());
         destination(dialled, &pool, &peeked)
     };
-    let (host, port) = match &target {
+    let mut d = recorder(&state, &target, dialled, started);
+    let Some((upstream, addr)) = open(&mut d, target).await else {
+        return;
+    };
+    relay(d, client, head, upstream, addr).await;
+}
+
+/// The event recorder of a redirected connection, named by its target
+/// (or, without one, by the address dialled).
+fn recorder(
+    state: &Arc<State>,
+    target: &Result<Destination, super::decide::NoTarget>,
+    dialled: SocketAddr,
+    started: Instant,
+) -> Recorder {
+    let (host, port) = match target {
         Ok(Destination::Name { name, port, .. }) => (name.clone(), *port),
         Ok(Destination::Ip { ip, port }) => (ip.to_string(), *port),
         Err(_) => (dialled.ip().to_string(), dialled.port()),
     };
-    let mut d = Recorder::new(&state, Hook::Transparent, host, port, started);
+    let mut d = Recorder::new(state, Hook::Transparent, host, port, started);
     d.dialled = Some(dialled.ip());
+    d
+}
+
+/// Judges the target and resolves it as any proxied request (a refusal is
+/// recorded by `admit`; its HTTP answer is dropped: the client gets a
+/// close), then connects to the target's own checked addresses. `None`:
+/// refused or failed, and recorded.
+async fn open(
+    d: &mut Recorder,
+    target: Result<Destination, super::decide::NoTarget>,
+) -> Option<(TcpStream, Option<std::net::IpAddr>)> {
     if let Err(e) = target {
         let _ = d.deny(hyper::StatusCode::FORBIDDEN, Reason::NoTarget(e));
-        return;
+        return None;
     }
-    // Judged and resolved as any proxied request; a refusal is recorded by
-    // `admit` (its HTTP answer is dropped: the client gets a close).
-    let Ok((target, addrs)) = admit(&mut d).await else {
-        return;
+    let Ok((target, addrs)) = admit(d).await else {
+        return None;
     };
-    let (upstream, addr) = match dial(&d, &target, &addrs, true).await {
-        Ok(x) => x,
+    match dial(d, &target, &addrs, true).await {
+        Ok(x) => Some(x),
         Err(e) => {
             let _ = d.deny(hyper::StatusCode::BAD_GATEWAY, Reason::Dial(e));
-            return;
+            None
         }
-    };
-    // The bytes read to learn the destination go first (counted), inside
-    // the tunnel's idle timeout.
+    }
+}
+
+/// Copies both ways until the tunnel ends, the bytes read to learn or
+/// check the name first (counted, inside the tunnel's idle timeout), and
+/// records the allowed exchange.
+async fn relay(
+    d: Recorder,
+    client: TcpStream,
+    head: Vec<u8>,
+    upstream: TcpStream,
+    addr: Option<std::net::IpAddr>,
+) {
     let (up, down, end) = crate::tunnel::tunnel_tcp(
         client,
         head.into(),
@@ -134,26 +168,9 @@ async fn serve_pool_address(
         let pool = pool.lock().unwrap_or_else(|e| e.into_inner());
         destination(dialled, &pool, &Peeked::NeedMore)
     };
-    let (host, port) = match &named {
-        Ok(Destination::Name { name, port, .. }) => (name.clone(), *port),
-        Ok(Destination::Ip { ip, port }) => (ip.to_string(), *port),
-        Err(_) => (dialled.ip().to_string(), dialled.port()),
-    };
-    let mut d = Recorder::new(&state, Hook::Transparent, host, port, started);
-    d.dialled = Some(dialled.ip());
-    if let Err(e) = named {
-        let _ = d.deny(hyper::StatusCode::FORBIDDEN, Reason::NoTarget(e));
+    let mut d = recorder(&state, &named, dialled, started);
+    let Some((upstream, addr)) = open(&mut d, named).await else {
         return;
-    }
-    let Ok((target, addrs)) = admit(&mut d).await else {
-        return;
-    };
-    let (upstream, addr) = match dial(&d, &target, &addrs, true).await {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = d.deny(hyper::StatusCode::BAD_GATEWAY, Reason::Dial(e));
-            return;
-        }
     };
     // `peek`, not `readable`: readiness may be reported before any byte
     // is there (a false positive tokio documents), which would make every
@@ -187,18 +204,7 @@ async fn serve_pool_address(
         }
         head = only_one_request(h, &peeked);
     }
-    // The bytes read to check the name go first (counted), inside the
-    // tunnel's idle timeout.
-    let (up, down, end) = crate::tunnel::tunnel_tcp(
-        client,
-        head.into(),
-        upstream,
-        d.state.limits.idle_timeout,
-        &d.state.shutdown,
-    )
-    .await;
-    d.allow(Reason::Tunnel(end), addr, up, down);
-    crate::trim::freed();
+    relay(d, client, head, upstream, addr).await;
 }
 
 /// Plain HTTP is judged by its first request: that request goes on with
