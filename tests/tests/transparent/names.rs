@@ -78,7 +78,14 @@ fn a_client_first_non_tls_protocol_reaches_an_allowed_name_by_name() {
         is_synthetic(r["dialled"].as_str().unwrap_or_default()),
         "{r}"
     );
-    assert_eq!(r["echoed"], "", "{r} {}", out.describe());
+    // Refused as soon as the proxy has judged the name and port (for a
+    // synthetic address that is before the client's first bytes): the
+    // client sees its connection closed, or its send fail on it.
+    assert!(
+        r["echoed"] == "" || r["error"].as_str().is_some_and(|e| e.contains("OSError")),
+        "{r} {}",
+        out.describe()
+    );
     assert_eq!(
         t.lab.echo_connections(),
         before,
