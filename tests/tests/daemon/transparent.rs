@@ -58,11 +58,10 @@ fn lookups_need_the_sandboxs_token_and_nothing_else_rides_along() {
 fn a_record_is_told_to_its_own_sandbox_only() {
     let d = Daemon::start();
     let fx = NetFixture::new();
-    let tmp = std::env::temp_dir().join(format!("nono-dtrans-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).unwrap();
-    let cookie_file = tmp.join("cookie");
-    let events = tmp.join("events.jsonl");
+    // Removed when dropped, a failed assertion included.
+    let tmp = sys::TempDir::new("dtrans");
+    let cookie_file = tmp.path("cookie");
+    let events = tmp.path("events.jsonl");
     // In the client netns 203.0.113.0/24 routes to the test server's
     // namespace, where nothing answers on 203.0.113.9: if the connect were
     // not redirected it would stay on the machine and fail.
@@ -135,6 +134,5 @@ fn a_record_is_told_to_its_own_sandbox_only() {
         "the proxy did not decide by the name: {ev}"
     );
     drop(other);
-    let _ = fs::remove_dir_all(&tmp);
     d.cleanup();
 }
