@@ -4,7 +4,7 @@ use nono_common::{consts, DenyEvent, Hook, Reason};
 use nono_proxy::{EventSink, ProxyEvent};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::SystemTime;
 
 /// One event ready to be written: its JSON line and what the summary counts.
@@ -332,11 +332,7 @@ fn comm(c: &[u8; 16]) -> String {
 
 /// Canonical addresses are v6; show v4-mapped ones as plain v4.
 pub fn addr_string(a: &[u8; 16]) -> String {
-    let v6 = Ipv6Addr::from(*a);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4).to_string(),
-        None => v6.to_string(),
-    }
+    crate::util::canonical_ip(*a).to_string()
 }
 
 /// Name of a socket family.

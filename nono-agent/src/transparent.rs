@@ -33,6 +33,7 @@ use nono_proxy::{EventSink, ProxyConfig};
 
 use crate::enforcer::bpf::loader::Originals;
 use crate::sandbox::sockdiag;
+use crate::util::canonical_ip;
 
 /// Why transparent mode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -219,7 +220,7 @@ pub async fn start(
             if let Some(map) = records.get() {
                 let cookie = sockdiag::tcp_cookie(peer, local).ok()??;
                 let o = map.get(&cookie, 0).ok()?;
-                Some(SocketAddr::new(from_canonical(o.addr), o.port))
+                Some(SocketAddr::new(canonical_ip(o.addr), o.port))
             } else if let Some(d) = daemon.get() {
                 d.lookup(peer, local)
             } else {
@@ -305,20 +306,11 @@ impl DaemonRecords {
             }
             let c = conn.as_mut()?;
             match c.lookup(&self.id, &self.token, cookie) {
-                Ok(d) => return d.map(|(addr, port)| SocketAddr::new(from_canonical(addr), port)),
+                Ok(d) => return d.map(|(addr, port)| SocketAddr::new(canonical_ip(addr), port)),
                 Err(_) => *conn = None,
             }
         }
         None
-    }
-}
-
-/// A canonical address (v4 as v4-mapped) as the address it stands for.
-fn from_canonical(a: [u8; 16]) -> IpAddr {
-    let v6 = Ipv6Addr::from(a);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
     }
 }
 
@@ -329,9 +321,9 @@ mod tests {
     #[test]
     fn canonical_addresses_come_back_as_they_were_dialled() {
         let v4 = nono_common::canonical_v4([203, 0, 113, 9]);
-        assert_eq!(from_canonical(v4), "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(canonical_ip(v4), "203.0.113.9".parse::<IpAddr>().unwrap());
         let v6: Ipv6Addr = "2001:db8::9".parse().unwrap();
-        assert_eq!(from_canonical(v6.octets()), IpAddr::V6(v6));
+        assert_eq!(canonical_ip(v6.octets()), IpAddr::V6(v6));
     }
 
     #[test]

@@ -69,6 +69,16 @@ pub fn random_hex(bytes: usize, what: &str) -> Result<String, UtilError> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// The address a canonical one (IPv6, v4 as v4-mapped: how `nono_common`
+/// stores every address) stands for: v4-mapped ones as plain IPv4.
+pub fn canonical_ip(a: [u8; 16]) -> std::net::IpAddr {
+    let v6 = std::net::Ipv6Addr::from(a);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => std::net::IpAddr::V4(v4),
+        None => std::net::IpAddr::V6(v6),
+    }
+}
+
 /// `e` followed by its sources, joined by ": ": what `anyhow`'s `{:#}`
 /// prints, for errors reported as text (teardown, sweeps) rather than
 /// returned to `main`.

@@ -367,7 +367,10 @@ impl Supervisor {
             // resolver does not.
             let record = match (&self.dialled, r.reason) {
                 (Some(d), Reason::Transparent) => Some(perform::Record {
-                    original: socket_addr(&r.original),
+                    original: std::net::SocketAddr::new(
+                        crate::util::canonical_ip(r.original.addr),
+                        r.original.port,
+                    ),
                     into: d.clone(),
                 }),
                 _ => None,
@@ -514,14 +517,4 @@ impl Supervisor {
         }
         Ok(via)
     }
-}
-
-/// A canonical destination as a socket address.
-fn socket_addr(d: &Dest) -> std::net::SocketAddr {
-    let v6 = std::net::Ipv6Addr::from(d.addr);
-    let ip = match v6.to_ipv4_mapped() {
-        Some(v4) => std::net::IpAddr::V4(v4),
-        None => std::net::IpAddr::V6(v6),
-    };
-    std::net::SocketAddr::new(ip, d.port)
 }
