@@ -228,15 +228,7 @@ fn on_addr4(ctx: &SockAddrContext, hook: Hook) -> i32 {
         Judged::Verdict(v) => v,
         Judged::Redirect { to, cgroup } => {
             remember(ctx, cgroup, &dest);
-            let t = to.addr;
-            // SAFETY: valid context; connect4/sendmsg4 may write `user_ip4`
-            // and `user_port` (4-byte stores), which is how the kernel lets
-            // these hooks rewrite a destination.
-            unsafe {
-                let s: *mut bpf_sock_addr = ctx.sock_addr;
-                (*s).user_ip4 = u32::from_ne_bytes([t[12], t[13], t[14], t[15]]);
-                (*s).user_port = to.port.to_be() as u32;
-            }
+            write_ip4(ctx, &to);
             ALLOW
         }
     }
@@ -289,6 +281,21 @@ fn on_addr6(ctx: &SockAddrContext, hook: Hook) -> i32 {
             write_ip6(ctx, &to);
             ALLOW
         }
+    }
+}
+
+/// Writes a v4 destination (canonical, v4-mapped) into a v4 hook's
+/// `user_ip4` / `user_port`.
+#[inline(always)]
+fn write_ip4(ctx: &SockAddrContext, to: &Dest) {
+    let t = to.addr;
+    // SAFETY: valid context; the connect4/sendmsg4/recvmsg4/getpeername4
+    // hooks may write `user_ip4` and `user_port` (4-byte stores), which is
+    // how the kernel lets them rewrite an address.
+    unsafe {
+        let s: *mut bpf_sock_addr = ctx.sock_addr;
+        (*s).user_ip4 = u32::from_ne_bytes([t[12], t[13], t[14], t[15]]);
+        (*s).user_port = to.port.to_be() as u32;
     }
 }
 
@@ -376,14 +383,7 @@ fn restore4(ctx: &SockAddrContext) -> i32 {
     let seen = Dest::v4(ip.to_ne_bytes(), u16::from_be(port as u16));
     if let Some(o) = original_of(ctx, &seen) {
         if o.is_v4() {
-            let a = o.addr;
-            // SAFETY: valid context; these hooks may write `user_ip4` and
-            // `user_port`.
-            unsafe {
-                let s: *mut bpf_sock_addr = ctx.sock_addr;
-                (*s).user_ip4 = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
-                (*s).user_port = o.port.to_be() as u32;
-            }
+            write_ip4(ctx, &o);
         }
     }
     // These hooks cannot refuse anything: 1 is their only valid return.
