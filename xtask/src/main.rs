@@ -62,6 +62,31 @@ fn main() -> Result<()> {
 }
 
 /// The workspace root (xtask lives one level below it).
+/// Builds nono-agent and xtask with optimisations and, when this xtask is
+/// a debug build (`cargo xtask` builds it so), runs `command args
+/// --skip-build` in the release xtask instead of returning: the benchmarks'
+/// origins and clients live in this binary and are measured optimised.
+pub(crate) fn release_build_and_reexec(root: &Path, command: &str, args: &[String]) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let status = Command::new("cargo")
+        .args(["build", "--release", "-p", "nono-agent", "-p", "xtask"])
+        .current_dir(root)
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("release build of nono-agent and xtask failed");
+    }
+    if cfg!(debug_assertions) {
+        let err = Command::new(root.join("target/release/xtask"))
+            .arg(command)
+            .args(args)
+            .arg("--skip-build")
+            .exec();
+        bail!("running the release build of xtask: {err}");
+    }
+    Ok(())
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -49,7 +49,6 @@ pub(crate) use tools::which;
 
 use anyhow::{bail, Context as _, Result};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -186,22 +185,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     if !opts.skip_build {
         // The origin servers and clients live in this binary: measure with
         // an optimised build of it too (`cargo xtask` builds it in debug).
-        let status = Command::new("cargo")
-            .args(["build", "--release", "-p", "nono-agent", "-p", "xtask"])
-            .current_dir(root)
-            .status()
-            .context("running cargo build")?;
-        if !status.success() {
-            bail!("release build of nono-agent and xtask failed");
-        }
-        if cfg!(debug_assertions) {
-            let err = Command::new(root.join("target/release/xtask"))
-                .arg("bench-proxy")
-                .args(args)
-                .arg("--skip-build")
-                .exec();
-            bail!("running the release build of xtask: {err}");
-        }
+        crate::release_build_and_reexec(root, "bench-proxy", args)?;
     }
     block_signals()?;
     std::thread::spawn(signal_thread);

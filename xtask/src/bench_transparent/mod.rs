@@ -29,7 +29,6 @@ pub mod load;
 
 use anyhow::{bail, Context as _, Result};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -139,22 +138,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         bail!("bench-transparent needs root (network namespaces, the BPF enforcer)");
     }
     if !opts.skip_build {
-        let status = Command::new("cargo")
-            .args(["build", "--release", "-p", "nono-agent", "-p", "xtask"])
-            .current_dir(root)
-            .status()
-            .context("running cargo build")?;
-        if !status.success() {
-            bail!("release build of nono-agent and xtask failed");
-        }
-        if cfg!(debug_assertions) {
-            let err = Command::new(root.join("target/release/xtask"))
-                .arg("bench-transparent")
-                .args(args)
-                .arg("--skip-build")
-                .exec();
-            bail!("running the release build of xtask: {err}");
-        }
+        crate::release_build_and_reexec(root, "bench-transparent", args)?;
     }
     for tool in ["python3", "openssl", "curl", "nsenter"] {
         crate::bench_proxy::which(tool)
