@@ -259,6 +259,8 @@ fn passes_for_every_enforcer_and_leaves_nothing_behind() {
     );
     assert_eq!(run_processes(std::process::id()), Vec::<i32>::new());
     left.assert_none("selftest");
+    // An ended sandbox's cgroup goes just after its client was answered.
+    sys::wait_until(Duration::from_secs(5), || d.sandbox_cgroups().is_empty());
     assert_eq!(
         d.sandbox_cgroups(),
         Vec::<String>::new(),
@@ -335,6 +337,7 @@ fn unprivileged_run_tests_what_it_can_and_says_what_not() {
             );
         }
     }
+    sys::wait_until(Duration::from_secs(5), || d.sandbox_cgroups().is_empty());
     assert_eq!(
         d.sandbox_cgroups(),
         Vec::<String>::new(),

@@ -10,7 +10,6 @@ use nono_common::Policy;
 use std::ffi::OsString;
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
@@ -31,9 +30,35 @@ use crate::transparent;
 use crate::util;
 use nono_proxy as proxy;
 
-/// Runs the command; returns the exit code for the agent.
-pub async fn run(req: ExecRequest) -> Result<i32> {
-    Ok(run_observed(req, None).await?.code)
+/// Runs the command; returns the exit code for the agent. The plan is made
+/// before the async runtime, because the plan decides which runtime: see
+/// [`runtime_for`].
+pub fn run(req: ExecRequest) -> Result<i32> {
+    match prepare(req)? {
+        Prepared::Done(f) => Ok(f.code),
+        Prepared::Ready(ready) => {
+            let rt = runtime_for(&ready.plan)?;
+            Ok(rt.block_on(execute(ready, None))?.code)
+        }
+    }
+}
+
+/// A sandbox without a proxy carries no traffic through the agent: one
+/// thread does everything (the child, its events, the daemon connection).
+/// Worker threads would only cost start-up time: creating and joining them,
+/// and, once they have run on other CPUs, inter-processor interrupts for
+/// the TLB flushes of every copy-on-write fault after the child's fork (a
+/// VM traps each one). With a proxy, two workers, so that bulk traffic does
+/// not wait for the main task.
+fn runtime_for(plan: &Plan) -> Result<tokio::runtime::Runtime> {
+    let mut b = if plan.proxy.is_some() {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    Ok(b.enable_all().build()?)
 }
 
 /// How a run ended: the exit code for the agent, and (when asked for) every
@@ -64,8 +89,30 @@ pub async fn run_observed(
     req: ExecRequest,
     observer: Option<events::Observer>,
 ) -> Result<Finished> {
-    let keep = observer.is_some();
-    let mut timing = Timing::new();
+    match prepare(req)? {
+        Prepared::Done(f) => Ok(f),
+        Prepared::Ready(ready) => execute(ready, observer).await,
+    }
+}
+
+/// What [`prepare`] found: the run is over already (a command that cannot
+/// start, a dry run), or everything is checked and ready to be made.
+enum Prepared {
+    Done(Finished),
+    Ready(Box<Ready>),
+}
+
+/// A checked plan, before anything is created.
+struct Ready {
+    plan: Plan,
+    program: PathBuf,
+    privileged: bool,
+    timing: Timing,
+}
+
+/// Everything the user asked for is checked before anything is created.
+fn prepare(req: ExecRequest) -> Result<Prepared> {
+    let timing = Timing::new();
     let (cmd, _) = req
         .command
         .split_first()
@@ -74,14 +121,13 @@ pub async fn run_observed(
         Ok(p) => p,
         Err(e) => {
             eprintln!("nono-agent: {e}");
-            return Ok(Finished::code(e.exit_code()));
+            return Ok(Prepared::Done(Finished::code(e.exit_code())));
         }
     };
     // The host configuration: fail closed if it cannot be used.
     let mut req = req;
     req.host = crate::config::load_from_env()?;
-    // Everything the user asked for is checked before anything is created.
-    let mut plan = plan::build(&req)?;
+    let plan = plan::build(&req)?;
     let privileged = privileges::can_load_bpf();
     if let (Some(u), false) = (&plan.user, privileged) {
         bail!("running the command as user {} needs root", u.login());
@@ -100,15 +146,34 @@ pub async fn run_observed(
         if let Err(denied) = exec_check::check_as(user, rules, &program, path_env) {
             let name = plan.profile_name.as_deref().unwrap_or("default");
             eprintln!("nono-agent: profile {name} {denied}");
-            return Ok(Finished::code(126));
+            return Ok(Prepared::Done(Finished::code(126)));
         }
     }
     if let Some(mode) = req.dry_run {
         // Checks the filesystem rules as exec would (a ruleset is only a
         // descriptor: nothing outlives it).
         prepare_landlock(&plan)?;
-        return super::dry_run::run(&plan, &program, privileged, mode).map(Finished::code);
+        return super::dry_run::run(&plan, &program, privileged, mode)
+            .map(|code| Prepared::Done(Finished::code(code)));
     }
+    Ok(Prepared::Ready(Box::new(Ready {
+        plan,
+        program,
+        privileged,
+        timing,
+    })))
+}
+
+/// Makes the sandbox the plan describes, runs the command in it and takes
+/// it down.
+async fn execute(ready: Box<Ready>, observer: Option<events::Observer>) -> Result<Finished> {
+    let keep = observer.is_some();
+    let Ready {
+        mut plan,
+        program,
+        privileged,
+        mut timing,
+    } = *ready;
     let mut out = events::Output::open(plan.events.as_deref())?;
     let notices = match plan.notices {
         crate::cli::Notices::Always => true,
@@ -177,12 +242,6 @@ pub async fn run_observed(
         }
     }
     timing.mark("landlock prepared");
-    let (denied_sockets, denied_socket_ids): (Vec<PathBuf>, Vec<(u64, u64)>) =
-        daemons::denied(&plan.allow_unix_sockets)
-            .into_iter()
-            .unzip();
-
-    timing.mark("daemon sockets listed");
     let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
     let (mut proxy, proxy_env) = match &plan.proxy {
         Some(config) => {
@@ -307,6 +366,19 @@ pub async fn run_observed(
         );
     }
 
+    // Well-known daemon sockets the sandbox may not reach: hidden by path
+    // as root, refused by the seccomp supervisor. Neither applies to an
+    // unprivileged sandbox with the BPF enforcer, so it skips the listing
+    // (it reads /run/user and /tmp: a tenth of a millisecond or more).
+    let (denied_sockets, denied_socket_ids): (Vec<PathBuf>, Vec<(u64, u64)>) =
+        if privileged || matches!(applied, Applied::Seccomp) {
+            daemons::denied(&plan.allow_unix_sockets)
+                .into_iter()
+                .unzip()
+        } else {
+            (Vec::new(), Vec::new())
+        };
+    timing.mark("daemon sockets listed");
     let masks = match &state {
         Some(st) => hide::mask_targets(st)?,
         None => Vec::new(),
@@ -369,8 +441,7 @@ pub async fn run_observed(
         None
     };
     reap::become_subreaper();
-    let child_pid = Arc::new(AtomicI32::new(0));
-    let _forwarder = Forwarder::start(child_pid.clone()).context("installing signal handlers")?;
+    let forwarder = Forwarder::start().context("installing signal handlers")?;
 
     let mut place_in_daemon_sandbox = |pidfd: std::os::fd::BorrowedFd<'_>| match daemon.as_mut() {
         Some(c) => c
@@ -402,7 +473,7 @@ pub async fn run_observed(
         Err(e) => return Err(e).context("starting the command in the sandbox"),
     };
     timing.mark("spawn");
-    child_pid.store(child.pid, Ordering::SeqCst);
+    forwarder.child_started(child.pid);
     let fs_audit = match fs_listener.take() {
         Some(l) => Some(
             l.start(child.pid, id.clone(), event_tx.clone())
@@ -499,7 +570,7 @@ pub async fn run_observed(
     let status = child
         .reap()
         .context("collecting the command's exit status")?;
-    child_pid.store(0, Ordering::SeqCst);
+    forwarder.child_reaped();
 
     // Kill what is left (daemons, background jobs) before reading the last
     // events and removing anything.

@@ -24,7 +24,7 @@ pub const EXIT_AGENT_ERROR: i32 = 125;
 /// Runs one command line; returns the exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Exec(args) => runtime()?.block_on(exec::run(args.into())),
+        Command::Exec(args) => exec::run(args.into()),
         Command::Learn(args) => runtime()?.block_on(learn::run(args)),
         Command::Cleanup(args) => cleanup::run(args),
         Command::Doctor(args) => doctor::run(args.json, &args.daemon_socket),

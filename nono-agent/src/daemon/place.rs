@@ -76,6 +76,9 @@ pub enum PlaceError {
     /// After the move the process is not where it should be.
     #[error("pid {0} is not in the sandbox cgroup after the move")]
     NotMoved(i32),
+    /// The helper thread could not be started.
+    #[error("starting the placement thread")]
+    Spawn(#[source] io::Error),
     /// The helper thread could not run.
     #[error("the placement thread failed")]
     HelperPanicked,
@@ -84,19 +87,27 @@ pub enum PlaceError {
 /// Checks that `child` (a pidfd the client sent) is the client's own child,
 /// runs with its uid and sits in its cgroup (`peer_cgroup`, relative to the
 /// hierarchy root), then moves it into the cgroup at `target_dir`
-/// (`target_rel` relative to the root).
-pub fn place(
-    child: &OwnedFd,
-    peer: &Peer,
-    peer_cgroup: &str,
-    target_dir: &Path,
-    target_rel: &str,
+/// (`target_rel` relative to the root). The work runs on a thread of its
+/// own, started here and awaited without blocking the caller's runtime: the
+/// ptrace hold ends when that thread exits. (One thread start, not a hop
+/// through the blocking pool and then a scoped thread: placement is on
+/// every sandbox's start-up path.)
+pub async fn place(
+    child: OwnedFd,
+    peer: Peer,
+    peer_cgroup: String,
+    target_dir: std::path::PathBuf,
+    target_rel: String,
 ) -> Result<(), PlaceError> {
-    std::thread::scope(|s| {
-        s.spawn(|| held_place(child, peer, peer_cgroup, target_dir, target_rel))
-            .join()
-            .map_err(|_| PlaceError::HelperPanicked)?
-    })
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("nono-place".into())
+        .spawn(move || {
+            let r = held_place(&child, &peer, &peer_cgroup, &target_dir, &target_rel);
+            let _ = tx.send(r);
+        })
+        .map_err(PlaceError::Spawn)?;
+    rx.await.map_err(|_| PlaceError::HelperPanicked)?
 }
 
 /// The body of [`place`], on its own thread: the ptrace hold ends when the

@@ -122,6 +122,10 @@ struct Sandbox {
 #[derive(Default)]
 struct Uid {
     connections: usize,
+    /// Sandboxes ended but not yet cleaned up (see `detach`): they still
+    /// count against the uid's sandbox limit, so ending without waiting
+    /// cannot be used to pile up cgroups.
+    ending: usize,
     tokens: f64,
     refill: Option<Instant>,
 }
@@ -547,6 +551,21 @@ fn remove_unknown_cgroups(dir: &Path, known: &[PathBuf]) {
 /// anything still running there is denied everything), then its processes
 /// killed and its sockets destroyed, then its cgroup and record removed.
 async fn end(d: &Arc<Daemon>, id: &str, why: EndReason) -> u64 {
+    let (dropped, cleanup) = detach(d, id, why);
+    let _ = cleanup.await;
+    dropped
+}
+
+/// The part of [`end`] that must happen before its owner is answered: the
+/// last events drained and every policy entry removed, after which nothing
+/// in the sandbox's cgroups can reach anything (a cgroup under the parent
+/// without an entry is denied everything). Returns the owner's count of
+/// dropped events and the rest of the work (kill, sockets destroyed, cgroups
+/// and records removed) as a task already running: an `End` request is
+/// answered without waiting for it (its client is on the command's exit
+/// path), the other callers wait. If the daemon stops before it is done, the
+/// record is still there and the next daemon ends the sandbox again.
+fn detach(d: &Arc<Daemon>, id: &str, why: EndReason) -> (u64, tokio::task::JoinHandle<()>) {
     // What the kernel wrote for this sandbox and nobody read yet goes to
     // its owner before its routing is removed.
     for (sid, uid, ev, suppressed) in drain_ring(d) {
@@ -575,6 +594,7 @@ async fn end(d: &Arc<Daemon>, id: &str, why: EndReason) -> u64 {
                 let policy = sb.rec.kernel_policy();
                 g.shared.maps.remove(sb.rec.cgroup_id, &policy);
                 suppressed.push(sb.log_budget.suppressed);
+                g.uids.entry(sb.rec.uid).or_default().ending += 1;
                 out.push((sb.rec, sb.dir, sockets, sb.dropped));
             }
         }
@@ -602,7 +622,8 @@ async fn end(d: &Arc<Daemon>, id: &str, why: EndReason) -> u64 {
         .find(|v| v.0.id == id)
         .map(|v| v.3)
         .unwrap_or(0);
-    let _ = tokio::task::spawn_blocking(move || {
+    let daemon = d.clone();
+    let cleanup = tokio::task::spawn_blocking(move || {
         for (rec, dir, sockets, _) in victims {
             let cg = cgroup::Cgroup::existing(dir);
             let choice = if sockets {
@@ -619,10 +640,12 @@ async fn end(d: &Arc<Daemon>, id: &str, why: EndReason) -> u64 {
                 );
             }
             let _ = records::remove(&records_dir, &rec.id);
+            if let Some(u) = daemon.lock().uids.get_mut(&rec.uid) {
+                u.ending = u.ending.saturating_sub(1);
+            }
         }
-    })
-    .await;
-    dropped
+    });
+    (dropped, cleanup)
 }
 
 /// One client connection.
@@ -856,7 +879,8 @@ impl Session {
             Request::Lookup { id, token, cookie } => self.lookup(&id, &token, cookie),
             Request::End => match self.owned.take() {
                 Some(id) => {
-                    let dropped = end(&self.d, &id, EndReason::End).await;
+                    // The cleanup goes on after the answer (see detach).
+                    let (dropped, _cleanup) = detach(&self.d, &id, EndReason::End);
                     Ok(Reply::Ended { dropped })
                 }
                 None => Err("this connection has no sandbox to end".to_string()),
@@ -895,7 +919,8 @@ impl Session {
                 return Err(format!("sandbox id {id} is taken"));
             }
             let uid = self.peer.uid;
-            let mine = g.sandboxes.values().filter(|s| s.rec.uid == uid).count();
+            let mine = g.sandboxes.values().filter(|s| s.rec.uid == uid).count()
+                + g.uids.get(&uid).map_or(0, |u| u.ending);
             if mine >= self.d.opts.limits.sandboxes_per_uid {
                 return Err(format!(
                     "uid {uid} has {mine} sandboxes already (limit {})",
@@ -1062,9 +1087,8 @@ impl Session {
                 .try_clone()
                 .map_err(|e| format!("duplicating the peer's pidfd: {e}"))?,
         };
-        tokio::task::spawn_blocking(move || place::place(&child, &peer, &me.cgroup, &dir, &rel))
+        place::place(child, peer, me.cgroup, dir, rel)
             .await
-            .map_err(|e| e.to_string())?
             .map_err(|e| crate::util::chain(&e))?;
         tracing::info!(
             event = "placed",

@@ -283,3 +283,74 @@ pub(super) fn child_environment_and_namespaces(e: Enforcement) {
         );
     }
 }
+
+/// SIGTERM, SIGINT and SIGHUP sent to the agent reach the command (which
+/// runs in a session of its own, out of reach of the caller's terminal),
+/// and the command's exit status becomes the agent's. With and without a
+/// proxy: the agent runs on one thread without one, on worker threads with
+/// one, and forwards from a task of its runtime either way.
+pub(super) fn signals_to_the_agent_reach_the_command(e: Enforcement) {
+    use std::io::BufRead as _;
+    sys::require_prereqs();
+    let cases = [
+        (libc::SIGTERM, "TERM", false),
+        (libc::SIGINT, "INT", false),
+        (libc::SIGHUP, "HUP", true),
+    ];
+    for (sig, name, with_proxy) in cases {
+        let mut opts = ExecOpts {
+            in_client_netns: false,
+            ..ExecOpts::for_enforcement(e)
+        };
+        if with_proxy {
+            opts.extra
+                .extend(["--allow-domain".to_string(), "example.test".to_string()]);
+        }
+        let mut cmd = exec_command(&sys::agent_bin(), None, &opts);
+        cmd.args([
+            "sh",
+            "-c",
+            &format!(
+                "trap 'echo got-{name}; exit 42' {name}; echo ready; while :; do sleep 0.05; done"
+            ),
+        ]);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("starting the agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let ready = rx.recv_timeout(Duration::from_secs(20));
+        if ready.as_deref() != Ok("ready") {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("agent output");
+            panic!(
+                "{} ({name}): the command did not start: {ready:?}\n{}",
+                e.label(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // SAFETY: a signal to the agent this test started (not yet reaped).
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = sys::wait_child(&mut child, Duration::from_secs(20), "the agent");
+        let got = rx.recv_timeout(Duration::from_secs(5));
+        assert_eq!(
+            got.as_deref(),
+            Ok(format!("got-{name}").as_str()),
+            "{} (SIG{name}, proxy: {with_proxy}): the command did not get the signal",
+            e.label()
+        );
+        assert_eq!(
+            status.code(),
+            Some(42),
+            "{} (SIG{name}, proxy: {with_proxy}): the agent's exit status is not the command's: {status:?}",
+            e.label()
+        );
+    }
+}

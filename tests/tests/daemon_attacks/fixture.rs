@@ -138,10 +138,15 @@ impl Daemon {
         v["sandboxes"].as_u64().unwrap()
     }
 
-    /// The daemon serves, holds no sandbox and left no sandbox cgroup.
+    /// The daemon serves, holds no sandbox and left no sandbox cgroup or
+    /// record. (An ended sandbox's cgroup and record are removed just after
+    /// its client is answered: waited for.)
     pub fn assert_clean(&self) {
+        let recs = self.records_dir();
         let ok = sys::wait_until(Duration::from_secs(5), || {
-            self.status() == 0 && sys::subdirs(&self.cg_parent).is_empty()
+            self.status() == 0
+                && sys::subdirs(&self.cg_parent).is_empty()
+                && sys::dir_entries(&recs).is_empty()
         });
         assert!(
             ok,
@@ -150,7 +155,6 @@ impl Daemon {
             sys::subdirs(&self.cg_parent),
             self.log.all()
         );
-        let recs = self.records_dir();
         assert!(
             sys::dir_entries(&recs).is_empty(),
             "records left in {}",
