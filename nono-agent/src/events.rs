@@ -390,6 +390,15 @@ enum Sink {
 }
 
 impl Output {
+    /// Whether anything takes the event lines (a file, notices, an
+    /// observer); the summary counts only what reaches [`Output::take`].
+    pub fn has_readers(&self) -> bool {
+        !matches!(self.sink, Sink::None)
+            || self.extra.is_some()
+            || self.notifier.is_some()
+            || self.observer.is_some()
+    }
+
     /// `None`: no file; `-`: stdout; otherwise append to the file.
     pub fn open(path: Option<&std::path::Path>) -> Result<Self, EventsError> {
         let sink = match path {

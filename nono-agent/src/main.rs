@@ -6,6 +6,7 @@ use clap::Parser as _;
 use nono_agent::{cli, commands};
 
 fn main() {
+    nono_agent::timing::mark_process_start();
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -39,5 +40,6 @@ fn main() {
             commands::EXIT_AGENT_ERROR
         }
     };
+    nono_agent::timing::report_exit();
     std::process::exit(code);
 }

@@ -621,6 +621,17 @@ async fn execute(ready: Box<Ready>, observer: Option<events::Observer>) -> Resul
     if let Some(d) = &dropped {
         out.summary.dropped = loader::dropped_events(d);
     }
+    // Without a summary to print or anything taking events, the daemon's
+    // answer (the last events) would be thrown away: it is not waited for.
+    let answer_unused = plan.quiet && !out.has_readers();
+    if let Some(c) = dconn.take_if(|_| answer_unused) {
+        if let Err(e) = c.end_unanswered().await {
+            eprintln!(
+                "nono-agent: sandbox {id}: ending it through the daemon: {}",
+                util::chain(&e)
+            );
+        }
+    }
     if let Some(c) = dconn.take() {
         match c.end().await {
             Ok((last, dropped)) => {

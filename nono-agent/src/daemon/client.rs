@@ -233,6 +233,19 @@ impl AsyncClient {
         }
     }
 
+    /// Ends the sandbox without waiting for the answer, for a caller that
+    /// has no use for the last events (nothing would show them): the daemon
+    /// ends it on the request as on any `End` (and as it would on the closed
+    /// connection).
+    pub async fn end_unanswered(mut self) -> Result<()> {
+        conn::send(&mut self.sock, &Request::End)
+            .await
+            .map_err(|source| ClientError::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
     /// Ends the sandbox; returns the events still queued and the number
     /// the daemon dropped.
     pub async fn end(mut self) -> Result<(Vec<Vec<u8>>, u64)> {

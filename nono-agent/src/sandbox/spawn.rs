@@ -165,7 +165,15 @@ pub struct Prepared {
     argv_ptrs: Vec<*const libc::c_char>,
     _envp: Vec<CString>,
     envp_ptrs: Vec<*const libc::c_char>,
+    /// The stack the command runs on between the init's `clone` and its
+    /// `execve` (see [`start_command`]), allocated before anything is
+    /// forked.
+    command_stack: Vec<u8>,
 }
+
+/// Enough for the few libc calls before `execve` (posix_spawn's own child
+/// runs on 32 KiB).
+const COMMAND_STACK: usize = 64 * 1024;
 
 fn cstring(s: &OsStr) -> io::Result<CString> {
     CString::new(s.as_bytes()).map_err(|_| {
@@ -200,6 +208,7 @@ impl Prepared {
             argv_ptrs,
             _envp: envp,
             envp_ptrs,
+            command_stack: vec![0; COMMAND_STACK],
         })
     }
 
@@ -529,27 +538,9 @@ fn init_main(cmd: &Prepared, report: RawFd, stop_report: Option<RawFd>) -> ! {
             sa.sa_mask = all;
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
-        let pid = libc::syscall(libc::SYS_fork) as libc::pid_t;
+        let pid = start_command(cmd, report, stop_report.is_some());
         if pid < 0 {
             fail(report, 1, *libc::__errno_location(), 125);
-        }
-        if pid == 0 {
-            if stop_report.is_some() {
-                // On a pseudo-terminal: the command's own process group in
-                // the foreground (all signals are still blocked, SIGTTOU
-                // too). Its parent (this init) is in the same session, so
-                // the group is not orphaned and Ctrl-Z stops it.
-                let me = libc::getpid();
-                libc::setpgid(0, 0);
-                libc::ioctl(0, libc::TIOCSPGRP, &me);
-            }
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            for sig in FORWARDED.iter().copied().chain([libc::SIGCHLD]) {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            exec(cmd, report);
         }
         // The command holds the report pipe until its exec; the agent reads
         // EOF (started) or its failure.
@@ -589,6 +580,74 @@ fn init_main(cmd: &Prepared, report: RawFd, stop_report: Option<RawFd>) -> ! {
                 libc::kill(pid, sig);
             }
         }
+    }
+}
+
+/// What the command's side of [`start_command`] needs.
+struct CommandStart<'a> {
+    cmd: &'a Prepared,
+    report: RawFd,
+    own_group: bool,
+}
+
+/// Starts the command from the init as `posix_spawn` does: a `clone` that
+/// shares the init's memory (`CLONE_VM`) and suspends the init until the
+/// command has called `execve` or exited (`CLONE_VFORK`), on a stack of its
+/// own. A `fork` would copy the page tables of the agent's whole address
+/// space (the init is a copy of it) only for `execve` to drop them, on
+/// every sandbox's start-up path. Returns the command's pid, or -1 with
+/// errno set.
+///
+/// # Safety
+/// Called in the init only (single-threaded, between syscalls on prepared
+/// data); the command side makes raw syscalls and `execve`s or exits, and
+/// writes nothing of the init's memory but its own stack and errno.
+unsafe fn start_command(cmd: &Prepared, report: RawFd, own_group: bool) -> libc::pid_t {
+    let arg = CommandStart {
+        cmd,
+        report,
+        own_group,
+    };
+    let base = cmd.command_stack.as_ptr() as usize;
+    // The stack grows down from its 16-byte aligned top.
+    let top = (base + cmd.command_stack.len()) & !0xf;
+    // SAFETY: `command_main` never returns into the init's frames; `top`
+    // is the end of a buffer of ours that nothing else uses while the init
+    // is suspended; `arg` outlives the call (the init waits for the exec).
+    unsafe {
+        libc::clone(
+            command_main,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &arg as *const CommandStart<'_> as *mut libc::c_void,
+        )
+    }
+}
+
+/// The command's side of [`start_command`], on its own stack: default
+/// signal dispositions and mask, its own process group on a pseudo-terminal,
+/// then `execve` (or the failure reported and `_exit`).
+extern "C" fn command_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points to the CommandStart of start_command, alive
+    // while the init is suspended; raw syscalls only.
+    unsafe {
+        let start = &*(arg as *const CommandStart<'_>);
+        if start.own_group {
+            // On a pseudo-terminal: the command's own process group in
+            // the foreground (all signals are still blocked, SIGTTOU
+            // too). Its parent (the init) is in the same session, so
+            // the group is not orphaned and Ctrl-Z stops it.
+            let me = libc::getpid();
+            libc::setpgid(0, 0);
+            libc::ioctl(0, libc::TIOCSPGRP, &me);
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        for sig in FORWARDED.iter().copied().chain([libc::SIGCHLD]) {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        exec(start.cmd, start.report)
     }
 }
 
