@@ -132,7 +132,7 @@ pub fn dist() -> Result<PathBuf> {
         );
     }
     let t = Instant::now();
-    // signal-hook compiles a little C: cc-rs finds musl-gcc (Debian
+    // ring (rustls) compiles C and assembly: cc-rs finds musl-gcc (Debian
     // musl-tools, installed by scripts/setup).
     run(Command::new(env!("CARGO"))
         .args(["build", "--release", "--locked", "--target", MUSL])
