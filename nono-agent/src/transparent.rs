@@ -119,12 +119,14 @@ impl Dialled {
 
     /// The sandbox socket bound at `local` dialled `original`.
     pub fn record(&self, local: SocketAddr, original: SocketAddr) {
+        self.record_at(local, original, std::time::Instant::now());
+    }
+
+    /// [`Dialled::record`], made at `at` (the tests age records).
+    fn record_at(&self, local: SocketAddr, original: SocketAddr, at: std::time::Instant) {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let k = Self::key(local);
-        if g.map
-            .insert(k, (original, std::time::Instant::now()))
-            .is_none()
-        {
+        if g.map.insert(k, (original, at)).is_none() {
             g.order.push_back(k);
         }
         while g.order.len() > Self::MAX {
@@ -357,6 +359,30 @@ mod tests {
         d.record(local, "198.18.0.1:443".parse().unwrap());
         d.forget(local);
         assert_eq!(d.take(local), None);
+    }
+
+    #[test]
+    fn a_record_older_than_its_ttl_serves_no_one() {
+        // A redirected connect whose connection never reached the proxy
+        // leaves a record; a later socket (another sandbox's) at the same
+        // local address must not be judged by it.
+        let d = Dialled::default();
+        let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let orig: SocketAddr = "198.18.0.1:443".parse().unwrap();
+        let now = std::time::Instant::now();
+        let stale = now
+            .checked_sub(Dialled::TTL + std::time::Duration::from_secs(1))
+            .expect("the clock is past the TTL");
+        d.record_at(local, orig, stale);
+        assert_eq!(d.take(local), None);
+        // The stale record is gone, not kept for a later take.
+        assert_eq!(d.take(local), None);
+        // Just inside the TTL it still serves.
+        let fresh = now
+            .checked_sub(Dialled::TTL - std::time::Duration::from_secs(1))
+            .expect("the clock is past the TTL");
+        d.record_at(local, orig, fresh);
+        assert_eq!(d.take(local), Some(orig));
     }
 
     #[test]
