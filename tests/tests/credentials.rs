@@ -121,6 +121,20 @@ impl Lab {
     }
 
     /// The agent's own output and events never hold the key.
+    /// The request for `path` arrived at the test host (in `recs`, its
+    /// records) carrying this lab's real key in its credential header.
+    fn assert_key_arrived(&self, recs: &[nono_tests::tlshost::Record], path: &str) {
+        let r = recs
+            .iter()
+            .find(|r| r.path == path)
+            .unwrap_or_else(|| panic!("the request for {path} did not arrive"));
+        assert_eq!(
+            r.header("x-api-key"),
+            vec![self.key.as_str()],
+            "{path}: the credential header"
+        );
+    }
+
     fn assert_no_key_in_agent_output(&self, out: &CmdOutput) {
         assert!(
             !out.stderr.contains(&self.key),
@@ -205,18 +219,10 @@ fn python_urllib_and_requests_get_the_key_put_in() {
     let out = lab.run(&[], &format!("python3 {}", script_path.display()));
     assert_eq!(out.code(), 0, "{}", out.describe());
     let recs = lab.host.records();
-    let u = recs
-        .iter()
-        .find(|r| r.path == "/urllib")
-        .expect("urllib's request arrived");
-    assert_eq!(u.header("x-api-key"), vec![lab.key.as_str()]);
+    lab.assert_key_arrived(&recs, "/urllib");
     // requests (python3-requests, installed by scripts/setup) honours
     // REQUESTS_CA_BUNDLE.
-    let r = recs
-        .iter()
-        .find(|r| r.path == "/requests")
-        .expect("requests' request arrived");
-    assert_eq!(r.header("x-api-key"), vec![lab.key.as_str()]);
+    lab.assert_key_arrived(&recs, "/requests");
     lab.assert_no_key_in_agent_output(&out);
 }
 
@@ -274,11 +280,7 @@ fn the_sandbox_cannot_find_the_key_or_the_ca_key() {
     );
     // And still works: the key arrived.
     let r = lab.host.records();
-    let after = r
-        .iter()
-        .find(|r| r.path == "/after-dump")
-        .expect("request arrived");
-    assert_eq!(after.header("x-api-key"), vec![lab.key.as_str()]);
+    lab.assert_key_arrived(&r, "/after-dump");
     lab.assert_no_key_in_agent_output(&out);
 }
 
@@ -310,11 +312,7 @@ fn the_key_variable_is_removed_even_when_the_profile_passes_it_through() {
         out.describe()
     );
     let r = lab.host.records();
-    let p = r
-        .iter()
-        .find(|r| r.path == "/profile")
-        .expect("request arrived");
-    assert_eq!(p.header("x-api-key"), vec![lab.key.as_str()]);
+    lab.assert_key_arrived(&r, "/profile");
 }
 
 #[test]
@@ -676,11 +674,7 @@ req.end();
         out.describe()
     );
     let r = lab.host.records();
-    let n = r
-        .iter()
-        .find(|r| r.path == "/node")
-        .expect("node's request arrived");
-    assert_eq!(n.header("x-api-key"), vec![lab.key.as_str()]);
+    lab.assert_key_arrived(&r, "/node");
 }
 
 #[test]
@@ -724,11 +718,7 @@ fn the_seccomp_enforcer_injects_too() {
     );
     assert_eq!(out.code(), 0, "{}", out.describe());
     let r = lab.host.records();
-    let s = r
-        .iter()
-        .find(|r| r.path == "/seccomp")
-        .expect("request arrived");
-    assert_eq!(s.header("x-api-key"), vec![lab.key.as_str()]);
+    lab.assert_key_arrived(&r, "/seccomp");
     lab.assert_no_key_in_agent_output(&out);
 }
 
@@ -760,11 +750,7 @@ fn the_real_variable_is_gone_when_the_placeholder_goes_elsewhere() {
         out.describe()
     );
     let r = lab.host.records();
-    let o = r
-        .iter()
-        .find(|r| r.path == "/other-var")
-        .expect("request arrived");
-    assert_eq!(o.header("x-api-key"), vec![lab.key.as_str()]);
+    lab.assert_key_arrived(&r, "/other-var");
 }
 
 #[test]
@@ -825,11 +811,7 @@ fn a_daemon_made_sandbox_injects_too() {
         out.describe()
     );
     let r = lab.host.records();
-    let d = r
-        .iter()
-        .find(|r| r.path == "/daemon")
-        .expect("request arrived");
-    assert_eq!(d.header("x-api-key"), vec![lab.key.as_str()]);
+    lab.assert_key_arrived(&r, "/daemon");
     lab.assert_no_key_in_agent_output(&out);
     drop(lab);
     daemon.cleanup();
