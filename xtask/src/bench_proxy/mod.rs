@@ -175,6 +175,25 @@ impl Opts {
 }
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    measure(root, args).map(drop)
+}
+
+/// The summary of a [`measure`] run, for `cargo xtask bench`'s table.
+pub(crate) struct Figures {
+    summary: summary::Summary,
+    opts: Opts,
+}
+
+impl Figures {
+    /// The same summary table bench-proxy ends with.
+    pub(crate) fn table(&self) -> String {
+        self.summary.table(&self.opts)
+    }
+}
+
+/// Runs bench-proxy with `args` (printing its report as `run` does) and
+/// returns its summary.
+pub(crate) fn measure(root: &Path, args: &[String]) -> Result<Figures> {
     let opts = Opts::parse(args)?;
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
@@ -250,6 +269,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     );
 
     let mut report = String::new();
+    let mut summary = summary::Summary::default();
     let result = sections(
         &opts,
         &net,
@@ -261,6 +281,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         &auth,
         &nono_args,
         &mut report,
+        &mut summary,
     );
     drop(server);
     drop(net);
@@ -268,7 +289,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     println!("{report}");
     result?;
     println!("\nbench-proxy finished in {:.0?}", started.elapsed());
-    Ok(())
+    Ok(Figures { summary, opts })
 }
 
 /// Runs the selected sections, appending each one's table to `report` as
@@ -285,8 +306,8 @@ fn sections(
     auth: &str,
     nono_args: &dyn Fn(u16) -> Vec<String>,
     report: &mut String,
+    summary: &mut summary::Summary,
 ) -> Result<()> {
-    let mut summary = summary::Summary::default();
     if opts.wants("tunnel") || opts.wants("http") {
         let nono = Proc::spawn_in(
             &net.cli,
