@@ -138,13 +138,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut sandboxed_runs = Vec::with_capacity(runs);
     for _ in 0..runs {
         plain_runs.push(time_command(&mut Command::new(true_bin), 1)?.mean);
-        sandboxed_runs.push(
-            time_command(
-                Command::new(&agent).args(["exec", "-q", "--", true_bin]),
-                1,
-            )?
-            .mean,
-        );
+        sandboxed_runs
+            .push(time_command(Command::new(&agent).args(["exec", "-q", "--", true_bin]), 1)?.mean);
     }
     let added: Vec<f64> = plain_runs
         .iter()
@@ -249,8 +244,7 @@ fn connect_section(
                 0 => Command::new(xtask),
                 1 => {
                     let mut c = Command::new(agent);
-                    c.args(["exec", "-q", "--enforcer", "bpf", "--"])
-                        .arg(xtask);
+                    c.args(["exec", "-q", "--enforcer", "bpf", "--"]).arg(xtask);
                     c
                 }
                 _ => {
@@ -288,13 +282,18 @@ fn connect_section(
         "{tag}seccomp added per connect {:>8.2} µs   (goal <= {goal} µs)",
         s - o
     );
-    let diff = |side: &[f64]| -> Vec<f64> { side.iter().zip(&outside).map(|(x, o)| x - o).collect() };
+    let diff =
+        |side: &[f64]| -> Vec<f64> { side.iter().zip(&outside).map(|(x, o)| x - o).collect() };
     let name = match proto {
         Proto::Tcp => "TCP connect+close",
         Proto::Udp => "UDP socket+connect+close",
     };
     table.row(&format!("{name}, outside (µs)"), &outside, "");
-    table.row(&format!("{name}, added by bpf (µs)"), &diff(&bpf), "<= 5% of outside");
+    table.row(
+        &format!("{name}, added by bpf (µs)"),
+        &diff(&bpf),
+        "<= 5% of outside",
+    );
     table.row(
         &format!("{name}, added by seccomp (µs)"),
         &diff(&seccomp),
@@ -355,7 +354,7 @@ fn quantile(v: &[f64], q: f64) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if q == 0.5 && n % 2 == 0 {
+    if q == 0.5 && n.is_multiple_of(2) {
         return (v[n / 2 - 1] + v[n / 2]) / 2.0;
     }
     v[((n - 1) as f64 * q).round() as usize]
@@ -492,5 +491,46 @@ pub(crate) fn listen_loopback() -> Result<TcpListener> {
             bail!("bind/listen: {}", std::io::Error::last_os_error());
         }
         Ok(listener)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_and_the_summary_rows() {
+        assert!(quantile(&[], 0.5).is_nan());
+        assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.5), 2.0);
+        assert_eq!(quantile(&[4.0, 1.0, 2.0, 3.0], 0.5), 2.5);
+        let v: Vec<f64> = (0..=100).map(f64::from).collect();
+        assert_eq!((quantile(&v, 0.1), quantile(&v, 0.9)), (10.0, 90.0));
+        assert_eq!((quantile(&v, 0.0), quantile(&v, 1.0)), (0.0, 100.0));
+        let mut t = Table::default();
+        t.row(
+            "TCP connect+close, added by seccomp (µs)",
+            &[3.0, 1.0, 2.0],
+            "<= 15 µs",
+        );
+        let r = t.render();
+        assert!(
+            r.contains("TCP connect+close, added by seccomp (µs)"),
+            "{r}"
+        );
+        assert!(r.contains("[1.00 - 3.00]") && r.contains("<= 15 µs"), "{r}");
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        let a = |v: &[&str]| Opts::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(a(&["--rounds", "0"]).is_err());
+        let e = a(&["--bogus"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("--bogus"), "{e}");
+        let o = a(&["--rounds", "11", "--skip-proxy", "--", "--mib", "64"]).unwrap();
+        assert_eq!((o.rounds, o.skip_proxy), (11, true));
+        assert_eq!(o.proxy_args, ["--mib", "64"]);
     }
 }

@@ -196,7 +196,7 @@ pub(super) fn bench_http(
     });
     // Every row every round, in an order rotated per round; each row's
     // line in the table is its median run (by req/s), the summary gets all.
-    let mut runs: Vec<Vec<(f64, String, Vec<String>, f64)>> = vec![Vec::new(); rows.len()];
+    let mut runs: Vec<Vec<HttpRun>> = vec![Vec::new(); rows.len()];
     for round in 0..opts.rounds {
         for k in 0..rows.len() {
             let i = (k + round) % rows.len();
@@ -240,8 +240,11 @@ pub(super) fn bench_http(
     let _ = writeln!(out, "goal: nono-agent ahead of tinyproxy and squid");
     Ok((out, all, cpu))
 }
-/// One wrk run of `row`: (req/s, the table line, notes, the machine's CPU
-/// µs per request).
+/// One wrk run: (req/s, the table line, notes, the machine's CPU µs per
+/// request).
+type HttpRun = (f64, String, Vec<String>, f64);
+
+/// One wrk run of `row`.
 #[allow(clippy::too_many_arguments)]
 fn http_run(
     net: &Net,
@@ -252,7 +255,7 @@ fn http_run(
     row: &HttpRow,
     i: usize,
     tck: f64,
-) -> Result<(f64, String, Vec<String>, f64)> {
+) -> Result<HttpRun> {
     let p = row.proxy.as_ref();
     let label = &row.label;
     let script = tmp.path.join(format!("wrk-{i}.lua"));
