@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -87,6 +87,10 @@ pub(crate) struct State {
     pub audit: bool,
     /// Credential injection, when credentials were given.
     pub mitm: Option<crate::mitm::Interceptor>,
+    /// [`Limits::max_connections`] places, one per client connection or
+    /// what it became ([`Slot`]), shared by every listener (127.0.0.1, ::1,
+    /// transparent): one count per sandbox, not per listening socket.
+    pub slots: Arc<Semaphore>,
 }
 
 impl State {
@@ -104,6 +108,7 @@ impl State {
                 .map_err(crate::Error::Mitm)?,
             )
         };
+        let max_connections = config.limits.max_connections;
         Ok(Self {
             mitm,
             resolver: Resolver::new(&config.pins, config.dns_server).map_err(crate::Error::Dns)?,
@@ -117,6 +122,7 @@ impl State {
             tasks: TaskTracker::new(),
             pool: Pool::default(),
             audit: config.audit,
+            slots: Arc::new(Semaphore::new(max_connections)),
         })
     }
 }
@@ -131,8 +137,8 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<State>) {
         |stream| {
             tokio::spawn(refuse_busy(stream));
         },
-        |stream, peer, state| async move {
-            let svc = service_fn(move |req| handle(req, state.clone(), peer));
+        |stream, peer, state, slot| async move {
+            let svc = service_fn(move |req| handle(req, state.clone(), peer, slot.clone()));
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
@@ -145,20 +151,31 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<State>) {
     .await;
 }
 
+/// A client connection's place among [`Limits::max_connections`]. The
+/// connection's task holds it, and so does every tunnel or intercepted
+/// session the connection turned into, until that closes: a CONNECT that
+/// gave its place back once it became a tunnel let a sandbox open tunnels
+/// until the proxy ran out of descriptors.
+#[derive(Clone)]
+pub(crate) struct Slot {
+    _permit: Arc<OwnedSemaphorePermit>,
+}
+
 /// Accepts connections until the task is aborted, at most
-/// `max_connections` served at once: each one beyond goes to `busy`, the
-/// others to `serve` in a task of the proxy's tracker (so shutdown waits
-/// for it). Accept errors (EMFILE and friends) back off instead of
-/// spinning. Shared by the HTTP side and the transparent listener.
+/// `max_connections` served at once by all the proxy's listeners together
+/// (counting the tunnels they became, see [`Slot`]): each one beyond goes to `busy`, the others to `serve` (with
+/// their slot, for what outlives the connection's task) in a task of the
+/// proxy's tracker (so shutdown waits for it). Accept errors (EMFILE and
+/// friends) back off instead of spinning. Shared by the HTTP side and the
+/// transparent listener.
 pub(crate) async fn accept_loop<F>(
     listener: TcpListener,
     state: &Arc<State>,
     busy: impl Fn(TcpStream),
-    serve: impl Fn(TcpStream, SocketAddr, Arc<State>) -> F,
+    serve: impl Fn(TcpStream, SocketAddr, Arc<State>, Slot) -> F,
 ) where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(state.limits.max_connections));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -168,14 +185,17 @@ pub(crate) async fn accept_loop<F>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let Ok(permit) = state.slots.clone().try_acquire_owned() else {
             busy(stream);
             continue;
         };
-        let conn = serve(stream, peer, state.clone());
+        let slot = Slot {
+            _permit: Arc::new(permit),
+        };
+        let conn = serve(stream, peer, state.clone(), slot.clone());
         state.tasks.spawn(async move {
             conn.await;
-            drop(permit);
+            drop(slot);
         });
     }
 }
@@ -292,6 +312,7 @@ async fn handle(
     req: Request<Incoming>,
     state: Arc<State>,
     _peer: SocketAddr,
+    slot: Slot,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let hook = if req.method() == Method::CONNECT {
         Hook::Connect
@@ -330,9 +351,9 @@ async fn handle(
         _ => None,
     };
     Ok(if let Some(entry) = intercepted {
-        crate::mitm::serve::connect(req, state, started, entry).await
+        crate::mitm::serve::connect(req, state, started, entry, slot).await
     } else if hook == Hook::Connect {
-        crate::tunnel::connect(req, state, started).await
+        crate::tunnel::connect(req, state, started, slot).await
     } else {
         crate::forward::forward(req, state, started).await
     })

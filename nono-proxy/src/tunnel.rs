@@ -20,15 +20,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::{Hook, Reason, TunnelEnd};
 use crate::request::RequestError;
-use crate::server::{admit, dial, empty, ProxyBody, Recorder, State};
+use crate::server::{admit, dial, empty, ProxyBody, Recorder, Slot, State};
 use crate::splice::{pump, MakePipe, Meter, Pipe};
 
 /// Handles a CONNECT request: admits `host:port`, connects, answers 200 and
-/// tunnels in a task of its own.
+/// tunnels in a task of its own, which holds the client connection's
+/// `slot` until the tunnel closes.
 pub(crate) async fn connect(
     req: Request<Incoming>,
     state: Arc<State>,
     started: Instant,
+    slot: Slot,
 ) -> Response<ProxyBody> {
     let uri = req.uri().clone();
     let target = match (uri.scheme(), uri.path_and_query(), uri.authority()) {
@@ -62,7 +64,10 @@ pub(crate) async fn connect(
     state.tasks.spawn(async move {
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
-            Err(e) => return d.allow(Reason::ClientGone(e), addr, 0, 0),
+            Err(e) => {
+                drop(slot);
+                return d.allow(Reason::ClientGone(e), addr, 0, 0);
+            }
         };
         // hyper's connection (and its buffers) is gone now.
         crate::trim::freed();
@@ -78,6 +83,8 @@ pub(crate) async fn connect(
                 tunnel(TokioIo::new(upgraded), upstream, idle, &d.state.shutdown).await
             }
         };
+        // Free before the event: whoever sees the event may open another.
+        drop(slot);
         d.allow(Reason::Tunnel(end), addr, up, down);
         crate::trim::freed();
     });

@@ -28,6 +28,15 @@ struct Lab {
 /// The proxy allowing `api.example.com` (pinned to loopback, which an
 /// allow-cidr lets through) on the port of a fresh listener.
 async fn lab(idle: Duration) -> Lab {
+    lab_with(Limits {
+        idle_timeout: idle,
+        ..Default::default()
+    })
+    .await
+}
+
+/// [`lab`] with these limits.
+async fn lab_with(limits: Limits) -> Lab {
     let origin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = origin.local_addr().unwrap().port();
     let config = ProxyConfig {
@@ -38,10 +47,7 @@ async fn lab(idle: Duration) -> Lab {
         },
         pins: vec!["api.example.com=127.0.0.1".parse().unwrap()],
         sandbox: "t".into(),
-        limits: Limits {
-            idle_timeout: idle,
-            ..Default::default()
-        },
+        limits,
         ..Default::default()
     };
     let (tx, events) = mpsc::unbounded_channel();
@@ -240,4 +246,78 @@ async fn stopping_the_proxy_closes_open_tunnels() {
     let e = lab.event().await;
     assert_tunnel_event(&e, TunnelEnd::SandboxEnded, 0, 2);
     assert!(matches!(c.read(&mut b).await, Ok(0) | Err(_)));
+}
+
+/// Reads a response head (up to the blank line) from `c`.
+async fn head(c: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(20), c.read(&mut b))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert_eq!(n, 1, "closed before a head: {head:?}");
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A tunnel keeps its client connection's place among
+/// `max_connections` until it closes: a sandbox cannot open tunnels past
+/// the limit (until the proxy runs out of descriptors) by letting each
+/// CONNECT become a tunnel. The places are the proxy's, not each
+/// listener's: ::1 does not give a second set. When a tunnel closes its
+/// place serves a new one (over-blocking check).
+#[tokio::test]
+async fn open_tunnels_hold_their_connection_slots() {
+    const N: usize = 3;
+    let mut lab = lab_with(Limits {
+        max_connections: N,
+        ..Default::default()
+    })
+    .await;
+    let port = lab.origin.local_addr().unwrap().port();
+    let mut open = Vec::new();
+    for _ in 0..N {
+        let (mut c, mut o) = lab.tunnel(b"").await;
+        // Each tunnel carries bytes: it is a tunnel, not a pending CONNECT.
+        c.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        o.read_exact(&mut b).await.unwrap();
+        open.push((c, o));
+    }
+    // Every listener: 127.0.0.1 and, where the proxy has it, ::1.
+    let listeners = lab.proxy.as_ref().unwrap().addrs.clone();
+    for addr in &listeners {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(
+            format!(
+                "CONNECT api.example.com:{port} HTTP/1.1\r\nHost: api.example.com:{port}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let h = head(&mut c).await;
+        assert!(
+            h.starts_with("HTTP/1.1 503"),
+            "CONNECT number {} through {addr} with {N} tunnels open: {h:?}",
+            N + 1
+        );
+    }
+    // The oracle: the origin was never dialled for the refused ones.
+    let extra = tokio::time::timeout(Duration::from_millis(500), lab.origin.accept()).await;
+    assert!(extra.is_err(), "the origin got a connection past the limit");
+    // One tunnel closes (both ends): its place frees, a new tunnel works.
+    let (c, o) = open.pop().unwrap();
+    drop(c);
+    drop(o);
+    let e = lab.event().await;
+    assert_tunnel_event(&e, TunnelEnd::Closed, 4, 0);
+    let (mut c, mut o) = lab.tunnel(b"").await;
+    c.write_all(b"again").await.unwrap();
+    let mut b = [0u8; 5];
+    o.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"again");
 }

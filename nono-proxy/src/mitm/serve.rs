@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::inject::{check_authority, inject, strip_hop_by_hop};
 use super::Entry;
 use crate::event::{Exchange, Hook, Reason, TunnelEnd, Verdict};
-use crate::server::{admit, dial, empty, ProxyBody, Recorder, State};
+use crate::server::{admit, dial, empty, ProxyBody, Recorder, Slot, State};
 
 /// The sending half towards the real host.
 enum Sender {
@@ -57,6 +57,7 @@ pub(crate) async fn connect(
     state: Arc<State>,
     started: Instant,
     entry: Arc<Entry>,
+    slot: Slot,
 ) -> Response<ProxyBody> {
     let mut d = Recorder::new(
         &state,
@@ -139,14 +140,17 @@ pub(crate) async fn connect(
         requests: AtomicU64::new(0),
         upstream_gone,
     });
+    // The session holds the client connection's slot until it ends.
     state.tasks.spawn(async move {
         let end = match hyper::upgrade::on(req).await {
             Ok(upgraded) => serve_client(upgraded, server_config, conn.clone(), &d).await,
             Err(e) => {
+                drop(slot);
                 d.allow(Reason::ClientGone(e), addr, 0, 0);
                 return;
             }
         };
+        drop(slot);
         if let Some(end) = end {
             let requests = conn.requests.load(Ordering::Relaxed);
             d.allow(Reason::Intercepted { requests, end }, addr, 0, 0);

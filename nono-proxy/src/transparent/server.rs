@@ -41,7 +41,8 @@ pub(crate) async fn serve(
         &state,
         // Over the limit: closed, as the HTTP side answers 503.
         drop,
-        |stream, peer, state| handle(stream, peer, state, original.clone(), pool.clone()),
+        // The connection's task holds the slot: the tunnel runs inside it.
+        |stream, peer, state, _slot| handle(stream, peer, state, original.clone(), pool.clone()),
     )
     .await;
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use super::cleanup::{run_registered, TempDir};
-use super::measure::{clock_ticks, cpu_split, mem_status};
+use super::measure::{clock_ticks, cpu_split, machine_jiffies, mem_status};
 use super::origin::Server;
 use super::proxies::ProxyUnderTest;
 use super::rig::{in_netns, Net};
@@ -142,7 +142,7 @@ pub(super) fn bench_http(
     server: &Server,
     wrk: &Path,
     proxies: &[ProxyUnderTest],
-) -> Result<(String, HttpRuns)> {
+) -> Result<(String, HttpRuns, HttpRuns)> {
     println!(
         "\n[2/3] HTTP: wrk -t{} -c{} -d{}s per row (1 s warm-up each), {} rounds...",
         opts.wrk_threads, opts.connections, opts.duration, opts.rounds
@@ -156,7 +156,7 @@ pub(super) fn bench_http(
     );
     let _ = writeln!(
         out,
-        "{:<34} {:>8} {:>8} {:>8} {:>8} {:>16} {:>7} {:>8} {:>9} {:>5} {:>8} {:>9}",
+        "{:<34} {:>8} {:>8} {:>8} {:>8} {:>16} {:>7} {:>8} {:>9} {:>5} {:>8} {:>9} {:>10}",
         "client path",
         "req/s",
         "p50 ms",
@@ -168,7 +168,8 @@ pub(super) fn bench_http(
         "CPU µs/rq",
         "sys%",
         "RSS MB",
-        "new TW"
+        "new TW",
+        "mach µs/rq"
     );
     let tck = clock_ticks();
     let mut rows = vec![HttpRow {
@@ -195,7 +196,7 @@ pub(super) fn bench_http(
     });
     // Every row every round, in an order rotated per round; each row's
     // line in the table is its median run (by req/s), the summary gets all.
-    let mut runs: Vec<Vec<(f64, String, Vec<String>)>> = vec![Vec::new(); rows.len()];
+    let mut runs: Vec<Vec<HttpRun>> = vec![Vec::new(); rows.len()];
     for round in 0..opts.rounds {
         for k in 0..rows.len() {
             let i = (k + round) % rows.len();
@@ -205,10 +206,12 @@ pub(super) fn bench_http(
     }
     let mut notes = Vec::new();
     let mut all = Vec::new();
+    let mut cpu = Vec::new();
     for (row, mut r) in rows.iter().zip(runs) {
         all.push((row.label.clone(), r.iter().map(|x| x.0).collect::<Vec<_>>()));
+        cpu.push((row.label.clone(), r.iter().map(|x| x.3).collect::<Vec<_>>()));
         r.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (_, line, row_notes) = r.swap_remove(r.len() / 2);
+        let (_, line, row_notes, _) = r.swap_remove(r.len() / 2);
         out.push_str(&line);
         notes.extend(row_notes);
     }
@@ -220,7 +223,8 @@ pub(super) fn bench_http(
          orig conn = TCP connections the origin accepted during the run; CPU µs/rq = the proxy \
          process's user+system CPU per request, sys% = the kernel's share of it; new TW = sockets \
          that entered TIME_WAIT in the client namespace during the run (default \
-         ip_local_port_range has 28232 ports).",
+         ip_local_port_range has 28232 ports); mach µs/rq = CPU time of the whole machine \
+         (wrk, origin, proxy, kernel, and whatever else runs on the shared machine) per request.",
         opts.rounds
     );
     let _ = writeln!(
@@ -234,9 +238,13 @@ pub(super) fn bench_http(
         let _ = writeln!(out, "note: {n}");
     }
     let _ = writeln!(out, "goal: nono-agent ahead of tinyproxy and squid");
-    Ok((out, all))
+    Ok((out, all, cpu))
 }
-/// One wrk run of `row`: (req/s, the table line, notes).
+/// One wrk run: (req/s, the table line, notes, the machine's CPU µs per
+/// request).
+type HttpRun = (f64, String, Vec<String>, f64);
+
+/// One wrk run of `row`.
 #[allow(clippy::too_many_arguments)]
 fn http_run(
     net: &Net,
@@ -247,7 +255,7 @@ fn http_run(
     row: &HttpRow,
     i: usize,
     tck: f64,
-) -> Result<(f64, String, Vec<String>)> {
+) -> Result<HttpRun> {
     let p = row.proxy.as_ref();
     let label = &row.label;
     let script = tmp.path.join(format!("wrk-{i}.lua"));
@@ -268,7 +276,9 @@ fn http_run(
     let (acc0, req0) = server.counts(origin_port);
     let cpu0 = p.map(|p| cpu_split(p.pid));
     let tw0 = time_wait(net);
+    let m0 = machine_jiffies();
     let r = run_wrk(net, wrk, opts, &script, &url, opts.duration);
+    let m1 = machine_jiffies();
     if let Some(old) = old {
         cli_sysctl(net, "net.ipv4.tcp_tw_reuse", &old)?;
     }
@@ -276,6 +286,7 @@ fn http_run(
     let (acc1, req1) = server.counts(origin_port);
     let tw = time_wait(net).saturating_sub(tw0);
     let rate = r.requests as f64 / (r.duration_us / 1e6);
+    let machine_us = (m1.0 - m0.0) as f64 / tck * 1e6 / r.requests.max(1) as f64;
     let (cpu, sys, rss) = match (p, cpu0) {
         (Some(p), Some((u0, s0))) => {
             let (u1, s1) = cpu_split(p.pid);
@@ -295,7 +306,7 @@ fn http_run(
     let mut notes = Vec::new();
     let _ = writeln!(
         out,
-        "{:<34} {:>8.0} {:>8.2} {:>8.2} {:>8.1} {:>16} {:>7} {:>8} {:>9} {:>5} {:>8} {:>9}",
+        "{:<34} {:>8.0} {:>8.2} {:>8.2} {:>8.1} {:>16} {:>7} {:>8} {:>9} {:>5} {:>8} {:>9} {:>10.1}",
         label,
         rate,
         r.p50_us / 1e3,
@@ -307,7 +318,8 @@ fn http_run(
         cpu,
         sys,
         rss,
-        tw
+        tw,
+        machine_us
     );
     let origin_reqs = req1 - req0;
     if origin_reqs > 0 && conns * 2 > origin_reqs {
@@ -324,5 +336,5 @@ fn http_run(
             e[1], r.requests
         ));
     }
-    Ok((rate, out, notes))
+    Ok((rate, out, notes, machine_us))
 }

@@ -67,6 +67,14 @@ pub(super) use nono_tests::netns::SERVER_V4;
 pub(super) const DOMAIN: &str = "allowed.test";
 /// The row name of the `--compare` build.
 pub(super) const COMPARE_NAME: &str = "nono-agent proxy (--compare)";
+/// The row names of the `--compare` builds, in the order given (the first
+/// keeps the single compare's name; scripts read it).
+pub(super) const COMPARE_NAMES: [&str; 4] = [
+    COMPARE_NAME,
+    "nono-agent proxy (--compare 2)",
+    "nono-agent proxy (--compare 3)",
+    "nono-agent proxy (--compare 4)",
+];
 
 /// Origin ports: one per client so TIME_WAIT sockets of one run never
 /// collide with another's 4-tuples.
@@ -76,7 +84,7 @@ pub(super) const ORIGIN_TINYPROXY: u16 = 8082;
 pub(super) const ORIGIN_SQUID: u16 = 8083;
 /// Our proxy again, for the tcp_tw_reuse diagnostic row.
 pub(super) const ORIGIN_NONO_DIAG: u16 = 8084;
-/// The `--compare` build of our proxy.
+/// The `--compare` builds of our proxy (8085 and the next three).
 pub(super) const ORIGIN_NONO_CMP: u16 = 8085;
 pub(super) const BULK_PORT: u16 = 9000;
 pub(super) const ECHO_PORT: u16 = 9001;
@@ -84,6 +92,7 @@ pub(super) const ECHO_PORT: u16 = 9001;
 pub(super) const PORT_NONO: u16 = 3128;
 pub(super) const PORT_TINYPROXY: u16 = 3129;
 pub(super) const PORT_SQUID: u16 = 3130;
+/// The `--compare` builds (3131 and the next three).
 pub(super) const PORT_NONO_CMP: u16 = 3131;
 
 /// The origin's response body (a small API-style answer).
@@ -107,9 +116,9 @@ pub(super) struct Opts {
     only: Vec<String>,
     /// Another nono-agent binary to measure (e.g. a build of another commit).
     agent: Option<PathBuf>,
-    /// A second nono-agent binary measured in the same run, interleaved
-    /// with the first (before/after a change).
-    compare: Option<PathBuf>,
+    /// Other nono-agent binaries (up to 4) measured in the same run,
+    /// interleaved with the first (before/after a change, variants).
+    compare: Vec<PathBuf>,
 }
 
 impl Opts {
@@ -125,7 +134,7 @@ impl Opts {
             install: true,
             only: vec!["tunnel".into(), "http".into(), "memory".into()],
             agent: None,
-            compare: None,
+            compare: Vec::new(),
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -143,14 +152,14 @@ impl Opts {
                 "--tunnels" => o.tunnels = val(a)?.parse()?,
                 "--only" => o.only = val(a)?.split(',').map(str::to_string).collect(),
                 "--agent" => o.agent = Some(PathBuf::from(val(a)?)),
-                "--compare" => o.compare = Some(PathBuf::from(val(a)?)),
+                "--compare" => o.compare.push(PathBuf::from(val(a)?)),
                 "--skip-build" => o.skip_build = true,
                 "--no-install" => o.install = false,
                 "-h" | "--help" => {
                     println!(
                         "usage: cargo xtask bench-proxy [--mib N] [--rounds N] [--duration SECS] \
                          [--connections N] [--wrk-threads N] [--tunnels N] \
-                         [--only tunnel,http,memory] [--agent PATH] [--compare PATH] [--skip-build] \
+                         [--only tunnel,http,memory] [--agent PATH] [--compare PATH]... [--skip-build] \
                          [--no-install]"
                     );
                     std::process::exit(0);
@@ -162,6 +171,9 @@ impl Opts {
             if !["tunnel", "http", "memory"].contains(&s.as_str()) {
                 bail!("--only: unknown section {s:?} (tunnel, http, memory)");
             }
+        }
+        if o.compare.len() > COMPARE_NAMES.len() {
+            bail!("--compare: at most {} builds", COMPARE_NAMES.len());
         }
         if o.mib == 0 || o.rounds == 0 || o.duration == 0 || o.connections == 0 {
             bail!("--mib, --rounds, --duration and --connections must be at least 1");
@@ -175,6 +187,25 @@ impl Opts {
 }
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    measure(root, args).map(drop)
+}
+
+/// The summary of a [`measure`] run, for `cargo xtask bench`'s table.
+pub(crate) struct Figures {
+    summary: summary::Summary,
+    opts: Opts,
+}
+
+impl Figures {
+    /// The same summary table bench-proxy ends with.
+    pub(crate) fn table(&self) -> String {
+        self.summary.table(&self.opts)
+    }
+}
+
+/// Runs bench-proxy with `args` (printing its report as `run` does) and
+/// returns its summary.
+pub(crate) fn measure(root: &Path, args: &[String]) -> Result<Figures> {
     let opts = Opts::parse(args)?;
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
@@ -197,12 +228,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     if !agent.exists() {
         bail!("{} is missing (drop --skip-build)", agent.display());
     }
-    let compare = match &opts.compare {
-        Some(c) => {
-            Some(std::fs::canonicalize(c).with_context(|| format!("--compare {}", c.display()))?)
-        }
-        None => None,
-    };
+    let compare = opts
+        .compare
+        .iter()
+        .map(|c| std::fs::canonicalize(c).with_context(|| format!("--compare {}", c.display())))
+        .collect::<Result<Vec<_>>>()?;
 
     sweep_stale_netns();
     let tmp = TempDir::new()?;
@@ -227,6 +257,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             ORIGIN_NONO,
             ORIGIN_NONO_DIAG,
             ORIGIN_NONO_CMP,
+            ORIGIN_NONO_CMP + 1,
+            ORIGIN_NONO_CMP + 2,
+            ORIGIN_NONO_CMP + 3,
             BULK_PORT,
             ECHO_PORT,
         ] {
@@ -241,8 +274,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("agent: {}", agent.display());
-    if let Some(c) = &compare {
-        println!("compare: {}", c.display());
+    for (c, name) in compare.iter().zip(COMPARE_NAMES) {
+        println!("{name}: {}", c.display());
     }
     println!(
         "versions: {} | {}",
@@ -250,6 +283,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     );
 
     let mut report = String::new();
+    let mut summary = summary::Summary::default();
     let result = sections(
         &opts,
         &net,
@@ -257,10 +291,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         &server,
         &tools,
         &agent,
-        compare.as_deref(),
+        &compare,
         &auth,
         &nono_args,
         &mut report,
+        &mut summary,
     );
     drop(server);
     drop(net);
@@ -268,7 +303,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     println!("{report}");
     result?;
     println!("\nbench-proxy finished in {:.0?}", started.elapsed());
-    Ok(())
+    Ok(Figures { summary, opts })
 }
 
 /// Runs the selected sections, appending each one's table to `report` as
@@ -281,12 +316,12 @@ fn sections(
     server: &Server,
     tools: &Tools,
     agent: &Path,
-    compare: Option<&Path>,
+    compare: &[PathBuf],
     auth: &str,
     nono_args: &dyn Fn(u16) -> Vec<String>,
     report: &mut String,
+    summary: &mut summary::Summary,
 ) -> Result<()> {
-    let mut summary = summary::Summary::default();
     if opts.wants("tunnel") || opts.wants("http") {
         let nono = Proc::spawn_in(
             &net.cli,
@@ -294,15 +329,18 @@ fn sections(
             Command::new(agent).args(nono_args(PORT_NONO)),
             &tmp.path.join("nono.log"),
         )?;
-        let cmp = match compare {
-            Some(c) => Some(Proc::spawn_in(
-                &net.cli,
-                "nono-agent proxy (compare)",
-                Command::new(c).args(nono_args(PORT_NONO_CMP)),
-                &tmp.path.join("nono-cmp.log"),
-            )?),
-            None => None,
-        };
+        let cmp = compare
+            .iter()
+            .zip(0u16..)
+            .map(|(c, i)| {
+                Proc::spawn_in(
+                    &net.cli,
+                    "nono-agent proxy (compare)",
+                    Command::new(c).args(nono_args(PORT_NONO_CMP + i)),
+                    &tmp.path.join(format!("nono-cmp{i}.log")),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
         let tiny = start_tinyproxy(net, tmp, tools)?;
         let squid = start_squid(net, tmp, tools)?;
         let mut listening = vec![
@@ -310,8 +348,8 @@ fn sections(
             ("tinyproxy", PORT_TINYPROXY),
             ("squid", PORT_SQUID),
         ];
-        if cmp.is_some() {
-            listening.push((COMPARE_NAME, PORT_NONO_CMP));
+        for (i, name) in (0u16..).zip(COMPARE_NAMES).take(cmp.len()) {
+            listening.push((name, PORT_NONO_CMP + i));
         }
         for (name, port) in listening {
             wait_port(&net.cli, SocketAddr::from((Ipv4Addr::LOCALHOST, port))).with_context(
@@ -352,14 +390,14 @@ fn sections(
                 pid: squid.pid(),
             },
         ];
-        if let Some(c) = &cmp {
+        for ((c, i), name) in cmp.iter().zip(0u16..).zip(COMPARE_NAMES) {
             proxies.insert(
-                1,
+                1 + usize::from(i),
                 ProxyUnderTest {
-                    name: COMPARE_NAME,
-                    port: PORT_NONO_CMP,
-                    http_authority: format!("{DOMAIN}:{ORIGIN_NONO_CMP}"),
-                    origin_port: ORIGIN_NONO_CMP,
+                    name,
+                    port: PORT_NONO_CMP + i,
+                    http_authority: format!("{DOMAIN}:{}", ORIGIN_NONO_CMP + i),
+                    origin_port: ORIGIN_NONO_CMP + i,
                     tunnel_target: format!("{DOMAIN}:{BULK_PORT}"),
                     auth: Some(auth.to_string()),
                     pid: c.pid(),
@@ -370,14 +408,16 @@ fn sections(
             sanity_check(&net.cli, p)?;
         }
         if opts.wants("tunnel") {
-            let (t, runs) = bench_tunnels(net, opts, &proxies)?;
+            let (t, runs, cpu) = bench_tunnels(net, opts, &proxies)?;
             report.push_str(&t);
             summary.tunnels = runs;
+            summary.tunnel_cpu = cpu;
         }
         if opts.wants("http") {
-            let (h, runs) = bench_http(net, opts, tmp, server, &tools.wrk, &proxies)?;
+            let (h, runs, cpu) = bench_http(net, opts, tmp, server, &tools.wrk, &proxies)?;
             report.push_str(&h);
             summary.http = runs;
+            summary.http_cpu = cpu;
         }
         drop(squid);
         drop(tiny);
@@ -387,8 +427,8 @@ fn sections(
 
     if opts.wants("memory") {
         let mut agents = vec![("nono-agent proxy", agent, PORT_NONO + 10)];
-        if let Some(c) = compare {
-            agents.push((COMPARE_NAME, c, PORT_NONO + 11));
+        for ((c, name), i) in compare.iter().zip(COMPARE_NAMES).zip(11u16..) {
+            agents.push((name, c.as_path(), PORT_NONO + i));
         }
         for (which, path, port) in agents {
             let (m, samples) = bench_memory(net, opts, path, which, port, tmp, nono_args, auth)?;

@@ -33,6 +33,9 @@ impl Server {
             ORIGIN_SQUID,
             ORIGIN_NONO_DIAG,
             ORIGIN_NONO_CMP,
+            ORIGIN_NONO_CMP + 1,
+            ORIGIN_NONO_CMP + 2,
+            ORIGIN_NONO_CMP + 3,
         ];
         let accepts: HashMap<u16, Arc<AtomicU64>> =
             ports.iter().map(|&p| (p, Arc::default())).collect();

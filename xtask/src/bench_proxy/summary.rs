@@ -11,8 +11,12 @@ use super::Opts;
 pub(super) struct Summary {
     /// CONNECT bulk MB/s per path.
     pub tunnels: TunnelRuns,
+    /// The machine's CPU seconds per GiB of each CONNECT bulk run.
+    pub tunnel_cpu: TunnelRuns,
     /// HTTP req/s per path (label, every run).
     pub http: Vec<(String, Vec<f64>)>,
+    /// The machine's CPU µs per request of each HTTP run.
+    pub http_cpu: Vec<(String, Vec<f64>)>,
     /// Memory samples per proxy: (label, [(state, VmRSS KiB)]).
     pub memory: Vec<(String, Vec<(String, u64)>)>,
 }
@@ -34,12 +38,27 @@ pub(super) fn median(v: &[f64]) -> Option<f64> {
 
 /// "median [min–max] (n)" of `v`, or "-".
 fn spread(v: &[f64]) -> String {
+    spread_prec(v, 0)
+}
+
+/// [`spread`] with `prec` decimals.
+fn spread_prec(v: &[f64], prec: usize) -> String {
     let Some(m) = median(v) else {
         return "-".into();
     };
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{m:.0} [{lo:.0}-{hi:.0}] n={}", v.len())
+    format!("{m:.prec$} [{lo:.prec$}-{hi:.prec$}] n={}", v.len())
+}
+
+/// What the machine's CPUs could sustain at a median cost of `per_unit`
+/// CPU seconds per unit, if nothing else ran: `cpus / per_unit`.
+fn budget(v: &[f64], scale: f64) -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    match median(v) {
+        Some(m) if m > 0.0 => format!("{:.0}", cpus * scale / m),
+        _ => "-".into(),
+    }
 }
 
 fn ratio(v: &[f64], base: Option<f64>) -> String {
@@ -74,6 +93,31 @@ impl Summary {
                     ratio(down, dd)
                 );
             }
+            if !self.tunnel_cpu.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "CONNECT bulk, CPU s/GiB of the whole machine (all processes and the kernel), \
+                     and the MB/s that CPU allows on {} CPUs:",
+                    std::thread::available_parallelism().map_or(0, |n| n.get())
+                );
+                let _ = writeln!(
+                    out,
+                    "{:<32} {:>26} {:>26} {:>8} {:>8}",
+                    "path", "upload s/GiB", "download s/GiB", "up MB/s", "down MB/s"
+                );
+                let gib_mb = f64::from(1u32 << 30) / 1e6;
+                for (name, (up, down)) in &self.tunnel_cpu {
+                    let _ = writeln!(
+                        out,
+                        "{:<32} {:>26} {:>26} {:>8} {:>8}",
+                        name,
+                        spread_prec(up, 2),
+                        spread_prec(down, 2),
+                        budget(up, gib_mb),
+                        budget(down, gib_mb)
+                    );
+                }
+            }
         }
         if !self.http.is_empty() {
             let _ = writeln!(
@@ -91,6 +135,22 @@ impl Summary {
                     spread(runs),
                     ratio(runs, base)
                 );
+            }
+            if !self.http_cpu.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "HTTP GET, CPU µs per request of the whole machine (wrk, origin, proxy, kernel), \
+                     and the req/s that CPU allows:"
+                );
+                for (name, runs) in &self.http_cpu {
+                    let _ = writeln!(
+                        out,
+                        "{:<34} {:>26} {:>8}",
+                        name,
+                        spread_prec(runs, 1),
+                        budget(runs, 1e6)
+                    );
+                }
             }
         }
         for (name, samples) in &self.memory {
