@@ -166,14 +166,31 @@ impl ProxyRecord {
 /// Sends the proxy's events, as lines, to the agent's event channel (which
 /// the seccomp supervisor shares), so they are written and counted in the
 /// order they happen.
-pub struct ProxySink(pub EventTx);
+pub struct ProxySink {
+    tx: EventTx,
+    allowed: bool,
+}
+
+impl ProxySink {
+    /// Events go to `tx`. `allowed`: whether anything reads the events of
+    /// what the proxy let through ([`Output::takes_allowed`]); when nothing
+    /// does, they are not made at all (the summary and the notices count
+    /// refusals only). A proxied request's event costs a JSON line and a
+    /// wake-up of the agent's main task, on every request.
+    pub fn new(tx: EventTx, allowed: bool) -> Self {
+        Self { tx, allowed }
+    }
+}
 
 impl EventSink for ProxySink {
     fn record(&self, event: ProxyEvent) {
+        if !self.allowed && event.verdict == nono_proxy::Verdict::Allow {
+            return;
+        }
         let mut line = ProxyRecord::from(&event).into_line(&event.sandbox, SystemTime::now());
         line.notice = proxy_notice(&event);
         // A closed channel: the agent is past writing events.
-        let _ = self.0.send(line);
+        let _ = self.tx.send(line);
     }
 }
 
@@ -393,10 +410,13 @@ impl Output {
     /// Whether anything takes the event lines (a file, notices, an
     /// observer); the summary counts only what reaches [`Output::take`].
     pub fn has_readers(&self) -> bool {
-        !matches!(self.sink, Sink::None)
-            || self.extra.is_some()
-            || self.notifier.is_some()
-            || self.observer.is_some()
+        self.takes_allowed() || self.notifier.is_some()
+    }
+
+    /// Whether anything takes the lines of what was allowed (a file, an
+    /// observer): notices and the summary are about refusals only.
+    pub fn takes_allowed(&self) -> bool {
+        !matches!(self.sink, Sink::None) || self.extra.is_some() || self.observer.is_some()
     }
 
     /// `None`: no file; `-`: stdout; otherwise append to the file.
@@ -703,6 +723,42 @@ mod tests {
             bytes_down: 0,
             duration: std::time::Duration::from_micros(2500),
         }
+    }
+
+    /// Without anything reading allowed events, the proxy's sink makes no
+    /// line for them; refusals and audit records always go through (the
+    /// summary and the notices count them).
+    #[test]
+    fn allowed_proxy_events_are_made_only_for_a_reader() {
+        use nono_proxy::{Reason, Refusal, Verdict};
+        let refused = || {
+            Reason::Refused(Refusal::NotAllowed {
+                name: "evil.test".into(),
+                port: 80,
+            })
+        };
+        for readers in [false, true] {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let sink = ProxySink::new(tx, readers);
+            sink.record(proxy_event(
+                Verdict::Allow,
+                Reason::Forwarded { status: 200 },
+            ));
+            sink.record(proxy_event(Verdict::Deny, refused()));
+            sink.record(proxy_event(Verdict::WouldDeny, refused()));
+            let mut verdicts = Vec::new();
+            while let Ok(line) = rx.try_recv() {
+                let v: serde_json::Value = serde_json::from_slice(&line.json).unwrap();
+                verdicts.push(v["verdict"].as_str().unwrap().to_string());
+            }
+            let mut want = vec!["deny", "would-deny"];
+            if readers {
+                want.insert(0, "allow");
+            }
+            assert_eq!(verdicts, want, "readers: {readers}");
+        }
+        let out = Output::open(None).unwrap();
+        assert!(!out.takes_allowed() && !out.has_readers());
     }
 
     /// The line of a refused request, byte for byte as the agent wrote it

@@ -252,8 +252,7 @@ async fn execute(ready: Box<Ready>, observer: Option<events::Observer>) -> Resul
                 ..config.clone()
             };
             let running =
-                proxy::start_loopback(config, Arc::new(events::ProxySink(event_tx.clone())))
-                    .await?;
+                proxy::start_loopback(config, Arc::new(proxy_sink(&event_tx, &out))).await?;
             let env = proxy::child_env(running.addrs[0].port(), &secret);
             (Some(running), env)
         }
@@ -277,7 +276,7 @@ async fn execute(ready: Box<Ready>, observer: Option<events::Observer>) -> Resul
     let mut policy = plan.kernel.policy(&proxy_ports, plan.audit);
     let mut capture = None;
     if let (true, Some(p)) = (plan.transparent, proxy.as_mut()) {
-        let sink = Arc::new(events::ProxySink(event_tx.clone()));
+        let sink = Arc::new(proxy_sink(&event_tx, &out));
         let c = transparent::start(p, plan.proxy.as_ref(), &id, sink).await?;
         policy.redirects = c.redirects;
         capture = Some(c);
@@ -675,6 +674,12 @@ async fn execute(ready: Box<Ready>, observer: Option<events::Observer>) -> Resul
         },
         files,
     })
+}
+
+/// The sink of the proxy's events: allowed ones only when something reads
+/// them (see [`events::ProxySink::new`]).
+fn proxy_sink(tx: &events::EventTx, out: &events::Output) -> events::ProxySink {
+    events::ProxySink::new(tx.clone(), out.takes_allowed())
 }
 
 /// The would-deny events of `exec --audit` for the files the profile's

@@ -46,7 +46,8 @@ pub async fn run(args: StandaloneProxyArgs) -> Result<i32> {
         },
         &host,
     );
-    let running = nono_proxy::start(config, &args.listen, Arc::new(events::ProxySink(tx))).await?;
+    let sink = events::ProxySink::new(tx, out.takes_allowed());
+    let running = nono_proxy::start(config, &args.listen, Arc::new(sink)).await?;
     for a in &running.addrs {
         eprintln!("nono-agent: proxy listening on {a}");
     }
