@@ -8,88 +8,87 @@
 //! terminal is in raw mode and Ctrl-C reaches the command through its own
 //! pty instead (see `sandbox::relay`).
 //!
-//! The forwarding is a task on the agent's runtime, not a thread of its
-//! own: a thread that has run on another CPU makes every copy-on-write
-//! fault after the child's fork flush that CPU's TLB too (an
+//! The signal handler forwards by itself (`kill(2)` is async-signal-safe):
+//! no thread and no task. A thread that has run on another CPU makes every
+//! copy-on-write fault after the child's fork flush that CPU's TLB too (an
 //! inter-processor interrupt, which a VM traps), and its start and join
-//! were on every sandbox's start-up path.
+//! were on every sandbox's start-up path; a task of the runtime would wait
+//! for the runtime, which a blocked write (a stalled terminal the relay
+//! writes to, an events FIFO nobody reads) holds: `kill` and `timeout`
+//! must reach the command regardless.
 
-use std::sync::{Arc, Mutex, PoisonError};
-use tokio::signal::unix::{signal, SignalKind};
+use std::sync::atomic::{AtomicI32, Ordering::SeqCst};
 
-/// Where signals go: the child once it exists; until then, the last signal
-/// that arrived waits for it.
-#[derive(Default)]
-struct Target {
-    pid: i32,
-    pending: Option<libc::c_int>,
-}
+/// The child's pid: 0 before it exists, -1 once it was reaped.
+static TARGET: AtomicI32 = AtomicI32::new(0);
+/// A signal that arrived before the child existed (0: none).
+static PENDING: AtomicI32 = AtomicI32::new(0);
 
-/// Forwards signals to the child (see [`Forwarder::child_started`]).
-pub struct Forwarder {
-    target: Arc<Mutex<Target>>,
-    task: tokio::task::JoinHandle<()>,
-}
+/// The forwarded signals.
+const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// Forwards signals to the child (see [`Forwarder::child_started`]). One per
+/// process (the state is the signal handler's, hence static).
+pub struct Forwarder(());
 
 impl Forwarder {
-    /// Installs the handlers (on return, these signals no longer end the
-    /// agent: the child decides) and starts forwarding. Must be called on
-    /// the agent's runtime.
+    /// Installs the handlers: from here on these signals no longer end the
+    /// agent; the child decides.
     pub fn start() -> std::io::Result<Self> {
-        let kind = |sig| signal(SignalKind::from_raw(sig));
-        let (mut int, mut term, mut hup, mut quit) = (
-            kind(libc::SIGINT)?,
-            kind(libc::SIGTERM)?,
-            kind(libc::SIGHUP)?,
-            kind(libc::SIGQUIT)?,
-        );
-        let target = Arc::new(Mutex::new(Target::default()));
-        let t = target.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let got = tokio::select! {
-                    r = int.recv() => r.map(|()| libc::SIGINT),
-                    r = term.recv() => r.map(|()| libc::SIGTERM),
-                    r = hup.recv() => r.map(|()| libc::SIGHUP),
-                    r = quit.recv() => r.map(|()| libc::SIGQUIT),
-                };
-                let Some(sig) = got else { return };
-                let mut g = t.lock().unwrap_or_else(PoisonError::into_inner);
-                if g.pid > 0 {
-                    // SAFETY: kill(2) with a pid we spawned; at worst it
-                    // has exited and is a zombie we have not reaped yet.
-                    unsafe { libc::kill(g.pid, sig) };
-                } else {
-                    g.pending = Some(sig);
-                }
-            }
-        });
-        Ok(Self { target, task })
+        TARGET.store(0, SeqCst);
+        PENDING.store(0, SeqCst);
+        for sig in FORWARDED {
+            // SAFETY: the action only loads and stores atomics and calls
+            // kill(2), all async-signal-safe.
+            unsafe { signal_hook::low_level::register(sig, move || forward(sig)) }?;
+        }
+        Ok(Self(()))
     }
 
     /// The child exists: signals go to it from now on, and one that
     /// arrived before is sent now.
     pub fn child_started(&self, pid: i32) {
-        let mut g = self.target.lock().unwrap_or_else(PoisonError::into_inner);
-        g.pid = pid;
-        if let Some(sig) = g.pending.take() {
-            // SAFETY: kill(2) of the child we just spawned.
-            unsafe { libc::kill(pid, sig) };
-        }
+        TARGET.store(pid, SeqCst);
+        send_pending(pid);
     }
 
     /// The child was reaped: its pid may be reused, nothing is sent any
-    /// more.
+    /// more (the signals stay caught: the agent finishes its teardown).
     pub fn child_reaped(&self) {
-        self.target
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pid = 0;
+        TARGET.store(-1, SeqCst);
     }
 }
 
 impl Drop for Forwarder {
     fn drop(&mut self) {
-        self.task.abort();
+        TARGET.store(-1, SeqCst);
+    }
+}
+
+/// The handler's action. A signal before the child exists is kept in
+/// `PENDING`; whichever side sees both the pid and the pending signal
+/// (`child_started` or this) sends it, exactly once (the swap).
+fn forward(sig: libc::c_int) {
+    match TARGET.load(SeqCst) {
+        pid if pid > 0 => {
+            // SAFETY: kill(2) of the child we spawned (not yet reaped).
+            unsafe { libc::kill(pid, sig) };
+        }
+        0 => {
+            PENDING.store(sig, SeqCst);
+            let pid = TARGET.load(SeqCst);
+            if pid > 0 {
+                send_pending(pid);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn send_pending(pid: i32) {
+    let sig = PENDING.swap(0, SeqCst);
+    if sig != 0 {
+        // SAFETY: kill(2) of the child we spawned (not yet reaped).
+        unsafe { libc::kill(pid, sig) };
     }
 }
