@@ -307,6 +307,30 @@ fn map_entries_per_uid_are_limited() {
     d.assert_clean();
 }
 
+/// (4) The sandbox limit holds while sandboxes are being cleaned up: an
+/// `End` is answered before the kill and the cgroup's removal, and a
+/// client that creates again at once (limit 2, one sandbox held on another
+/// connection) never has more than 2 sandbox cgroups; everything is
+/// removed at the end.
+#[test]
+fn end_then_create_at_once_stays_within_the_sandbox_limit() {
+    let d = Daemon::start_with(&["--max-sandboxes-per-uid", "2"]);
+    let rs = run_attacker(
+        NOBODY,
+        "churn",
+        &[
+            ("NONO_ADV_SOCK", d.sock.display().to_string()),
+            ("NONO_ADV_CGPARENT", d.cg_parent.display().to_string()),
+        ],
+    );
+    let c = case(&rs, "churn");
+    eprintln!("churn: {c}");
+    assert!(c["created"].as_u64().unwrap() >= 1, "{c}");
+    assert!(c["most"].as_u64().unwrap() <= 2, "more sandboxes than the limit: {c}");
+    assert_eq!(c["other"], json!([]), "{c}");
+    d.assert_clean();
+}
+
 /// (4) A flood of requests meets the rate limit; others are served.
 #[test]
 fn request_floods_are_rate_limited() {
