@@ -354,3 +354,120 @@ pub(super) fn signals_to_the_agent_reach_the_command(e: Enforcement) {
         );
     }
 }
+
+/// A signal to the agent reaches the command while the caller's terminal
+/// takes no output (a stalled terminal or ssh session): the command prints
+/// without pause on its pseudo-terminal, the test stops reading the
+/// caller's side (a pty of its own) and waits until the agent is blocked
+/// writing to it (a thread of the agent in `n_tty_write`), then sends
+/// SIGTERM. The command's trap must run before the test reads again (its
+/// marker file is the oracle); then the output is drained and the agent
+/// must exit with the command's status. Without and with a proxy (one
+/// thread, or worker threads). Before the fix the forwarding task waited
+/// behind the relay's blocking write.
+pub(super) fn signals_reach_the_command_while_the_terminal_is_full(e: Enforcement) {
+    use std::os::fd::AsRawFd as _;
+    sys::require_prereqs();
+    for with_proxy in [false, true] {
+        let tmp = TempDir::new("sig-full-tty");
+        fs::set_permissions(&tmp.0, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let mark = tmp.path("got-term");
+        let mut opts = ExecOpts {
+            in_client_netns: false,
+            ..ExecOpts::for_enforcement(e)
+        };
+        if with_proxy {
+            opts.extra
+                .extend(["--allow-domain".to_string(), "example.test".to_string()]);
+        }
+        let (master, slave) = sys::open_pty().expect("openpty");
+        let mut cmd = exec_command(&sys::agent_bin(), None, &opts);
+        cmd.args([
+            "sh",
+            "-c",
+            &format!(
+                "trap 'echo got > {}; exit 42' TERM; \
+                 (while :; do echo xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; done) & wait",
+                mark.display()
+            ),
+        ]);
+        cmd.stdin(slave.try_clone().expect("dup"))
+            .stdout(slave.try_clone().expect("dup"))
+            .stderr(slave);
+        let mut child = cmd.spawn().expect("starting the agent");
+        let agent = child.id() as i32;
+        drop(cmd);
+        // Read until the command's output flows.
+        let mut seen = Vec::new();
+        let flowing = sys::wait_until(Duration::from_secs(20), || {
+            let mut p = libc::pollfd {
+                fd: master.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; a read into a stack buffer.
+            unsafe {
+                if libc::poll(&mut p, 1, 100) == 1 {
+                    let mut b = [0u8; 4096];
+                    let n = libc::read(master.as_raw_fd(), b.as_mut_ptr().cast(), b.len());
+                    if n > 0 {
+                        seen.extend_from_slice(&b[..n as usize]);
+                    }
+                }
+            }
+            seen.windows(8).any(|w| w == b"xxxxxxxx")
+        });
+        // Not reading any more: wait until the agent blocks writing to us.
+        let blocked = flowing
+            && sys::wait_until(Duration::from_secs(20), || {
+                fs::read_dir(format!("/proc/{agent}/task"))
+                    .map(|rd| {
+                        rd.flatten().any(|t| {
+                            fs::read_to_string(t.path().join("stack"))
+                                .is_ok_and(|s| s.contains("n_tty_write"))
+                        })
+                    })
+                    .unwrap_or(false)
+            });
+        let mut forwarded = false;
+        if blocked {
+            // SAFETY: a signal to the agent this test started (not yet reaped).
+            unsafe { libc::kill(agent, libc::SIGTERM) };
+            forwarded = sys::wait_until(Duration::from_secs(10), || mark.exists());
+        }
+        // Drain, so that the agent (and, if it did not forward, the signal)
+        // goes on; then it must end with the command's status.
+        let fd = master.as_raw_fd();
+        let drain = std::thread::spawn(move || {
+            let mut b = [0u8; 65536];
+            // SAFETY: reads into a stack buffer from the master we own.
+            while unsafe { libc::read(fd, b.as_mut_ptr().cast(), b.len()) } > 0 {}
+            drop(master);
+        });
+        if !blocked {
+            let _ = child.kill();
+        }
+        let status = sys::wait_child(&mut child, Duration::from_secs(20), "the agent");
+        let _ = drain.join();
+        assert!(
+            flowing && blocked,
+            "{} (proxy: {with_proxy}): the command's output never filled the terminal \
+             (flowing {flowing}, agent blocked writing {blocked}): {:?}",
+            e.label(),
+            String::from_utf8_lossy(&seen)
+        );
+        assert!(
+            forwarded,
+            "{} (proxy: {with_proxy}): SIGTERM to the agent did not reach the command while \
+             the caller's terminal took no output (it did once the test read again: {})",
+            e.label(),
+            mark.exists()
+        );
+        assert_eq!(
+            status.code(),
+            Some(42),
+            "{} (proxy: {with_proxy}): the agent's exit status is not the command's: {status:?}",
+            e.label()
+        );
+    }
+}

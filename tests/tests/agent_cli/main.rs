@@ -24,6 +24,7 @@ use confinement::{
     child_environment_and_namespaces, child_has_no_capabilities_no_new_privs_and_a_filter,
     exit_code_for_signal_is_128_plus_n, exit_code_is_propagated, exit_code_missing_command_is_127,
     exit_code_not_executable_is_126, signals_to_the_agent_reach_the_command,
+    signals_reach_the_command_while_the_terminal_is_full,
 };
 use events::{
     concurrent_sandboxes_have_separate_policies, events_file_has_well_formed_denials,
@@ -67,6 +68,7 @@ per_enforcement!(
         exit_code_is_propagated,
         exit_code_for_signal_is_128_plus_n,
         signals_to_the_agent_reach_the_command,
+        signals_reach_the_command_while_the_terminal_is_full,
         exit_code_missing_command_is_127,
         exit_code_not_executable_is_126,
         child_has_no_capabilities_no_new_privs_and_a_filter,
@@ -84,6 +86,7 @@ per_enforcement!(
         exit_code_is_propagated,
         exit_code_for_signal_is_128_plus_n,
         signals_to_the_agent_reach_the_command,
+        signals_reach_the_command_while_the_terminal_is_full,
         exit_code_missing_command_is_127,
         exit_code_not_executable_is_126,
         child_has_no_capabilities_no_new_privs_and_a_filter,
