@@ -44,6 +44,7 @@ pub fn run(role: &str) {
         "flood" => flood(),
         "entries" => entries(),
         "churn" => churn(),
+        "end_and_hold" => end_and_hold(),
         "outer" => outer(),
         "inner" => inner(),
         _ => panic!("unknown role {role}"),
@@ -371,6 +372,41 @@ fn churn() {
         let _ = sh.wait();
     }
     out(json!({"case": "churn", "created": created, "limited": limited, "most": most, "other": other}));
+}
+
+/// A sandbox holding a shell with 200 children, ended; then the owner
+/// stays alive until its stdin closes (the root side SIGKILLs the daemon as
+/// soon as it reads `ended`, while the cleanup that follows the answer may
+/// still run).
+fn end_and_hold() {
+    let mut r = Raw::connect(&sock());
+    assert_eq!(create(&mut r, deny_all())["type"], "created");
+    let mut sh = Command::new("sh")
+        .args([
+            "-c",
+            "read x; i=0; while [ $i -lt 200 ]; do sleep 60 & i=$((i+1)); done; echo ready; wait",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let fd = pidfd_open(sh.id() as i32, 0).unwrap();
+    r.send_fds(json!({"type": "place"}), &[fd.as_raw_fd()]);
+    let placed = r.reply().expect("place reply");
+    assert_eq!(placed["type"], "placed", "{placed}");
+    writeln!(sh.stdin.take().unwrap()).unwrap();
+    let mut line = String::new();
+    BufReader::new(sh.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    r.send(json!({"type": "end"}));
+    let ended = r.reply().expect("end reply");
+    out(json!({"case": "ended", "reply": ended, "sh": sh.id()}));
+    std::io::stdout().flush().unwrap();
+    let mut s = String::new();
+    let _ = std::io::stdin().read_to_string(&mut s);
+    let _ = sh.wait();
 }
 
 /// 1000 pipelined requests on one connection.
