@@ -23,8 +23,8 @@ use nono_tests::sys::{self, CmdOutput};
 use confinement::{
     child_environment_and_namespaces, child_has_no_capabilities_no_new_privs_and_a_filter,
     exit_code_for_signal_is_128_plus_n, exit_code_is_propagated, exit_code_missing_command_is_127,
-    exit_code_not_executable_is_126, signals_to_the_agent_reach_the_command,
-    signals_reach_the_command_while_the_terminal_is_full,
+    exit_code_not_executable_is_126, signals_reach_the_command_while_the_terminal_is_full,
+    signals_to_the_agent_reach_the_command,
 };
 use events::{
     concurrent_sandboxes_have_separate_policies, events_file_has_well_formed_denials,

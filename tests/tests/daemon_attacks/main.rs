@@ -326,7 +326,10 @@ fn end_then_create_at_once_stays_within_the_sandbox_limit() {
     let c = case(&rs, "churn");
     eprintln!("churn: {c}");
     assert!(c["created"].as_u64().unwrap() >= 1, "{c}");
-    assert!(c["most"].as_u64().unwrap() <= 2, "more sandboxes than the limit: {c}");
+    assert!(
+        c["most"].as_u64().unwrap() <= 2,
+        "more sandboxes than the limit: {c}"
+    );
     assert_eq!(c["other"], json!([]), "{c}");
     d.assert_clean();
 }
@@ -341,7 +344,10 @@ fn kill9_of_the_daemon_right_after_end_then_restart_cleans_up() {
     // Until one run kills the daemon while the cleanup had not finished
     // (a cgroup or record left at the kill), at most 10 runs.
     let caught = (0..10).any(|_| kill9_right_after_end_once());
-    assert!(caught, "no run killed the daemon before its cleanup was done");
+    assert!(
+        caught,
+        "no run killed the daemon before its cleanup was done"
+    );
 }
 
 /// One run of the above; whether the daemon was killed before its

@@ -335,7 +335,11 @@ fn churn() {
         let mut r = Raw::connect(&sock());
         let reply = create(&mut r, deny_all());
         if reply["type"] != "created" {
-            if reply["message"].as_str().unwrap_or("").contains("(limit 2)") {
+            if reply["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("(limit 2)")
+            {
                 limited += 1;
             } else {
                 other.push(reply);
@@ -371,7 +375,9 @@ fn churn() {
         // The daemon kills the shell (after its answer).
         let _ = sh.wait();
     }
-    out(json!({"case": "churn", "created": created, "limited": limited, "most": most, "other": other}));
+    out(
+        json!({"case": "churn", "created": created, "limited": limited, "most": most, "other": other}),
+    );
 }
 
 /// A sandbox holding a shell with 200 children, ended; then the owner

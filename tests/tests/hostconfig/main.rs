@@ -62,19 +62,22 @@ fn read_jsonl(p: &Path) -> Vec<Value> {
 #[test]
 fn host_events_file_alone_gets_the_allowed_proxy_events() {
     require_root();
-    let mut lab = ProxyLab::new();
+    let lab = ProxyLab::new();
     let dir = TempDir::new("hostcfg-allow-events");
     fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o755)).unwrap();
     let host_events = lab.scratch("host-events-only").join("events.jsonl");
-    let cfg = write_config(
-        &dir,
-        &format!("[events]\npath = \"{}\"\n", s(&host_events)),
-    );
+    let cfg = write_config(&dir, &format!("[events]\npath = \"{}\"\n", s(&host_events)));
     let mut sb = Sandbox::allow(&["allowed.test"]);
     sb.env = vec![("NONO_AGENT_CONFIG".into(), s(&cfg))];
     let curl = vec![
-        CurlCase::new("ok-only-host-file", "http://allowed.test/case/ok-only-host-file"),
-        CurlCase::new("no-only-host-file", "http://other.test/case/no-only-host-file"),
+        CurlCase::new(
+            "ok-only-host-file",
+            "http://allowed.test/case/ok-only-host-file",
+        ),
+        CurlCase::new(
+            "no-only-host-file",
+            "http://other.test/case/no-only-host-file",
+        ),
     ];
     let (results, out) = lab.curl(&sb, &curl);
     assert_eq!(out.code(), 0, "sandboxed curl script: {}", out.describe());
