@@ -307,6 +307,102 @@ fn map_entries_per_uid_are_limited() {
     d.assert_clean();
 }
 
+/// (4) The sandbox limit holds while sandboxes are being cleaned up: an
+/// `End` is answered before the kill and the cgroup's removal, and a
+/// client that creates again at once (limit 2, one sandbox held on another
+/// connection) never has more than 2 sandbox cgroups; everything is
+/// removed at the end.
+#[test]
+fn end_then_create_at_once_stays_within_the_sandbox_limit() {
+    let d = Daemon::start_with(&["--max-sandboxes-per-uid", "2"]);
+    let rs = run_attacker(
+        NOBODY,
+        "churn",
+        &[
+            ("NONO_ADV_SOCK", d.sock.display().to_string()),
+            ("NONO_ADV_CGPARENT", d.cg_parent.display().to_string()),
+        ],
+    );
+    let c = case(&rs, "churn");
+    eprintln!("churn: {c}");
+    assert!(c["created"].as_u64().unwrap() >= 1, "{c}");
+    assert!(
+        c["most"].as_u64().unwrap() <= 2,
+        "more sandboxes than the limit: {c}"
+    );
+    assert_eq!(c["other"], json!([]), "{c}");
+    d.assert_clean();
+}
+
+/// The daemon SIGKILLed just after it answered `End` (the kill of the
+/// sandbox's processes, the cgroup's and the record's removal follow the
+/// answer): the sandbox held a shell with 200 children; once the owner has
+/// exited, the restarted daemon removes what is left, and none of the
+/// sandbox's processes lives on.
+#[test]
+fn kill9_of_the_daemon_right_after_end_then_restart_cleans_up() {
+    // Until one run kills the daemon while the cleanup had not finished
+    // (a cgroup or record left at the kill), at most 10 runs.
+    let caught = (0..10).any(|_| kill9_right_after_end_once());
+    assert!(
+        caught,
+        "no run killed the daemon before its cleanup was done"
+    );
+}
+
+/// One run of the above; whether the daemon was killed before its
+/// cleanup was done.
+fn kill9_right_after_end_once() -> bool {
+    let mut d = Daemon::start();
+    let mut a = fixture::attacker(
+        NOBODY,
+        "end_and_hold",
+        &[("NONO_ADV_SOCK", d.sock.display().to_string())],
+    );
+    let out = Lines::collect(a.stdout.take().unwrap());
+    let err = Lines::collect(a.stderr.take().unwrap());
+    let ended = out.wait_for("\"ended\"", Duration::from_secs(30));
+    d.kill9();
+    assert!(ended, "{}\n{}", out.all(), err.all());
+    let r = fixture::results(&out).pop().unwrap();
+    assert_eq!(r["reply"]["type"], "ended", "{r}");
+    let sh = r["sh"].as_i64().unwrap() as i32;
+    let left = sys::subdirs(&d.cg_parent);
+    let records = sys::dir_entries(&d.records_dir());
+    let caught = !left.is_empty() || !records.is_empty();
+    eprintln!(
+        "killed after the answer: cgroups left {left:?}, records left {}",
+        records.len()
+    );
+    drop(a.stdin.take());
+    assert!(sys::wait_child(&mut a, Duration::from_secs(20), "end_and_hold").success());
+    d.spawn();
+    d.assert_clean();
+    let procs_of_nobody = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("cmdline"))
+                    .is_ok_and(|c| c.starts_with("sleep\u{0}60"))
+                    && std::fs::read_to_string(e.path().join("status")).is_ok_and(|s| {
+                        s.lines()
+                            .any(|l| l.starts_with("Uid:") && l.contains(&NOBODY.to_string()))
+                    })
+            })
+            .count()
+    };
+    assert!(
+        sys::wait_until(Duration::from_secs(5), || procs_of_nobody() == 0
+            && !std::path::Path::new(&format!("/proc/{sh}")).exists()),
+        "processes of the ended sandbox live on: {} sleeps of uid {NOBODY}, shell {sh} alive: {}",
+        procs_of_nobody(),
+        std::path::Path::new(&format!("/proc/{sh}")).exists()
+    );
+    caught
+}
+
 /// (4) A flood of requests meets the rate limit; others are served.
 #[test]
 fn request_floods_are_rate_limited() {

@@ -43,6 +43,8 @@ pub fn run(role: &str) {
         "connections" => connections(),
         "flood" => flood(),
         "entries" => entries(),
+        "churn" => churn(),
+        "end_and_hold" => end_and_hold(),
         "outer" => outer(),
         "inner" => inner(),
         _ => panic!("unknown role {role}"),
@@ -309,6 +311,108 @@ fn entries() {
     std::thread::sleep(Duration::from_millis(300));
     let mut e = Raw::connect(&sock());
     out(json!({"case": "after_end", "reply": create(&mut e, ports(1))}));
+}
+
+/// `End` answered before the cleanup (kill, cgroup removal) is done, then
+/// at once `create` again (on a new connection: the answer to `End` is the
+/// connection's last frame), 40 times while another connection
+/// holds a sandbox. Each ended sandbox held a shell with 20 children (so
+/// its kill takes a while). Right after every `created`, the sandbox
+/// cgroups under the daemon's parent are counted: with a limit of 2 per
+/// uid there may never be more than 2, ended-but-not-removed ones included.
+fn churn() {
+    let parent = PathBuf::from(env("NONO_ADV_CGPARENT"));
+    let count = || {
+        std::fs::read_dir(&parent)
+            .map(|rd| rd.flatten().filter(|e| e.path().is_dir()).count())
+            .unwrap_or(0)
+    };
+    let mut holder = Raw::connect(&sock());
+    assert_eq!(create(&mut holder, deny_all())["type"], "created");
+    let (mut created, mut limited, mut most) = (0u32, 0u32, 0usize);
+    let mut other = Vec::new();
+    for _ in 0..40 {
+        let mut r = Raw::connect(&sock());
+        let reply = create(&mut r, deny_all());
+        if reply["type"] != "created" {
+            if reply["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("(limit 2)")
+            {
+                limited += 1;
+            } else {
+                other.push(reply);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        created += 1;
+        most = most.max(count());
+        // A shell placed before it forks, then 20 children in the sandbox.
+        let mut sh = Command::new("sh")
+            .args([
+                "-c",
+                "read x; i=0; while [ $i -lt 20 ]; do sleep 30 & i=$((i+1)); done; echo ready; wait",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let fd = pidfd_open(sh.id() as i32, 0).unwrap();
+        r.send_fds(json!({"type": "place"}), &[fd.as_raw_fd()]);
+        let placed = r.reply().expect("place reply");
+        assert_eq!(placed["type"], "placed", "{placed}");
+        writeln!(sh.stdin.take().unwrap()).unwrap();
+        let mut line = String::new();
+        BufReader::new(sh.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        r.send(json!({"type": "end"}));
+        let ended = r.reply().expect("end reply");
+        assert_eq!(ended["type"], "ended", "{ended}");
+        // The daemon kills the shell (after its answer).
+        let _ = sh.wait();
+    }
+    out(
+        json!({"case": "churn", "created": created, "limited": limited, "most": most, "other": other}),
+    );
+}
+
+/// A sandbox holding a shell with 200 children, ended; then the owner
+/// stays alive until its stdin closes (the root side SIGKILLs the daemon as
+/// soon as it reads `ended`, while the cleanup that follows the answer may
+/// still run).
+fn end_and_hold() {
+    let mut r = Raw::connect(&sock());
+    assert_eq!(create(&mut r, deny_all())["type"], "created");
+    let mut sh = Command::new("sh")
+        .args([
+            "-c",
+            "read x; i=0; while [ $i -lt 200 ]; do sleep 60 & i=$((i+1)); done; echo ready; wait",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let fd = pidfd_open(sh.id() as i32, 0).unwrap();
+    r.send_fds(json!({"type": "place"}), &[fd.as_raw_fd()]);
+    let placed = r.reply().expect("place reply");
+    assert_eq!(placed["type"], "placed", "{placed}");
+    writeln!(sh.stdin.take().unwrap()).unwrap();
+    let mut line = String::new();
+    BufReader::new(sh.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    r.send(json!({"type": "end"}));
+    let ended = r.reply().expect("end reply");
+    out(json!({"case": "ended", "reply": ended, "sh": sh.id()}));
+    std::io::stdout().flush().unwrap();
+    let mut s = String::new();
+    let _ = std::io::stdin().read_to_string(&mut s);
+    let _ = sh.wait();
 }
 
 /// 1000 pipelined requests on one connection.

@@ -55,6 +55,55 @@ fn read_jsonl(p: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The host's events file alone (no `--events`, `-q`) still gets the
+/// proxy's `allow` events (the proxy makes them only when something reads
+/// them: here only the host's file does), and its refusals; the summary's
+/// denial count is that of the refusals.
+#[test]
+fn host_events_file_alone_gets_the_allowed_proxy_events() {
+    require_root();
+    let lab = ProxyLab::new();
+    let dir = TempDir::new("hostcfg-allow-events");
+    fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o755)).unwrap();
+    let host_events = lab.scratch("host-events-only").join("events.jsonl");
+    let cfg = write_config(&dir, &format!("[events]\npath = \"{}\"\n", s(&host_events)));
+    let mut sb = Sandbox::allow(&["allowed.test"]);
+    sb.env = vec![("NONO_AGENT_CONFIG".into(), s(&cfg))];
+    let curl = vec![
+        CurlCase::new(
+            "ok-only-host-file",
+            "http://allowed.test/case/ok-only-host-file",
+        ),
+        CurlCase::new(
+            "no-only-host-file",
+            "http://other.test/case/no-only-host-file",
+        ),
+    ];
+    let (results, out) = lab.curl(&sb, &curl);
+    assert_eq!(out.code(), 0, "sandboxed curl script: {}", out.describe());
+    assert_eq!(results[0].http_code, 200, "{}", out.describe());
+    assert_eq!(lab.requests_to("/case/ok-only-host-file").len(), 1);
+    assert_eq!(results[1].proxy_status(), 403, "{}", out.describe());
+    let lines = read_jsonl(&host_events);
+    assert!(
+        lines
+            .iter()
+            .any(|e| e["verdict"] == "allow" && e["host"] == "allowed.test"),
+        "host [events] path alone: no allow event for allowed.test in {lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|e| e["verdict"] == "deny" && e["host"] == "other.test"),
+        "host [events] path alone: no deny event for other.test in {lines:#?}"
+    );
+    assert!(
+        out.stderr.contains(": 1 denied"),
+        "the summary counts the one refusal: {}",
+        out.describe()
+    );
+}
+
 /// The host denies a name (and a range on one port) that both the profile
 /// and the flags allow: the proxy refuses it, names the host configuration,
 /// and the test server sees nothing. Names and ranges the host does not deny
