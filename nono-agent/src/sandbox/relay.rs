@@ -214,19 +214,7 @@ impl State {
                 r = self.master.readable(), if self.master_open => {
                     let mut g = r.map_err(watch("the pseudo-terminal"))?;
                     match read_fd(self.master.get_ref().as_raw_fd()) {
-                        ReadResult::Data(b) => {
-                            // The caller's terminal is blocking (its file
-                            // description is the caller's shell's too) and
-                            // may take nothing for a while (a stalled
-                            // terminal or ssh session): the write waits on
-                            // the blocking pool, not on the runtime, whose
-                            // other tasks (the signal forwarder, the
-                            // child's exit, events) must go on.
-                            let fd = self.out_fd;
-                            tokio::task::spawn_blocking(move || write_all(fd, &b))
-                                .await
-                                .map_err(|e| Error::Task(e.to_string()))?;
-                        }
+                        ReadResult::Data(b) => write_all(self.out_fd, &b),
                         ReadResult::WouldBlock => g.clear_ready(),
                         ReadResult::Closed => self.master_open = false,
                     }
