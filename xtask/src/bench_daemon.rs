@@ -484,6 +484,9 @@ fn memory(rig: &mut Rig) -> Result<()> {
             v.push(run_ok(&mut cmd)?);
         }
         let x = spread(v);
+        // An ended sandbox's record goes just after its client was
+        // answered: give the last one a moment (the check below says if not).
+        let _ = wait_live(rig, n, Duration::from_secs(2));
         let live = rig.live();
         let per = if n > 0 {
             format!("{:.1}", (rss as f64 - rss0 as f64) / n as f64)
