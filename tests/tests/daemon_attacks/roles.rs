@@ -350,25 +350,7 @@ fn churn() {
         created += 1;
         most = most.max(count());
         // A shell placed before it forks, then 20 children in the sandbox.
-        let mut sh = Command::new("sh")
-            .args([
-                "-c",
-                "read x; i=0; while [ $i -lt 20 ]; do sleep 30 & i=$((i+1)); done; echo ready; wait",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let fd = pidfd_open(sh.id() as i32, 0).unwrap();
-        r.send_fds(json!({"type": "place"}), &[fd.as_raw_fd()]);
-        let placed = r.reply().expect("place reply");
-        assert_eq!(placed["type"], "placed", "{placed}");
-        writeln!(sh.stdin.take().unwrap()).unwrap();
-        let mut line = String::new();
-        BufReader::new(sh.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
+        let mut sh = placed_shell(&mut r, 20, 30);
         r.send(json!({"type": "end"}));
         let ended = r.reply().expect("end reply");
         assert_eq!(ended["type"], "ended", "{ended}");
@@ -380,18 +362,16 @@ fn churn() {
     );
 }
 
-/// A sandbox holding a shell with 200 children, ended; then the owner
-/// stays alive until its stdin closes and exits without waiting for the
-/// shell (the root side SIGKILLs the daemon as soon as it reads `ended`,
-/// while the cleanup that follows the answer may still run).
-fn end_and_hold() {
-    let mut r = Raw::connect(&sock());
-    assert_eq!(create(&mut r, deny_all())["type"], "created");
+/// Places a shell in the sandbox of `r` before it forks (it waits for a
+/// line on stdin), then lets it start `children` `sleep SECS` in there and
+/// returns once it says they run.
+fn placed_shell(r: &mut Raw, children: u32, secs: u32) -> std::process::Child {
+    let script = format!(
+        "read x; i=0; while [ $i -lt {children} ]; do sleep {secs} & i=$((i+1)); done; \
+         echo ready; wait"
+    );
     let mut sh = Command::new("sh")
-        .args([
-            "-c",
-            "read x; i=0; while [ $i -lt 200 ]; do sleep 60 & i=$((i+1)); done; echo ready; wait",
-        ])
+        .args(["-c", &script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -406,6 +386,17 @@ fn end_and_hold() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "ready");
+    sh
+}
+
+/// A sandbox holding a shell with 200 children, ended; then the owner
+/// stays alive until its stdin closes and exits without waiting for the
+/// shell (the root side SIGKILLs the daemon as soon as it reads `ended`,
+/// while the cleanup that follows the answer may still run).
+fn end_and_hold() {
+    let mut r = Raw::connect(&sock());
+    assert_eq!(create(&mut r, deny_all())["type"], "created");
+    let sh = placed_shell(&mut r, 200, 60);
     r.send(json!({"type": "end"}));
     let ended = r.reply().expect("end reply");
     out(json!({"case": "ended", "reply": ended, "sh": sh.id()}));
