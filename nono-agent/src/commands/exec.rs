@@ -48,17 +48,15 @@ pub fn run(req: ExecRequest) -> Result<i32> {
 /// Worker threads would only cost start-up time: creating and joining them,
 /// and, once they have run on other CPUs, inter-processor interrupts for
 /// the TLB flushes of every copy-on-write fault after the child's fork (a
-/// VM traps each one). With a proxy, two workers, so that bulk traffic does
-/// not wait for the main task.
+/// VM traps each one). With a proxy, the commands' two-worker runtime, so
+/// that bulk traffic does not wait for the main task.
 fn runtime_for(plan: &Plan) -> Result<tokio::runtime::Runtime> {
-    let mut b = if plan.proxy.is_some() {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(2);
-        b
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-    };
-    Ok(b.enable_all().build()?)
+    if plan.proxy.is_some() {
+        return super::runtime();
+    }
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// How a run ended: the exit code for the agent, and (when asked for) every
