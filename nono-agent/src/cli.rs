@@ -29,6 +29,31 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Parses `args` (the program name first) as [`Cli::try_parse_from`]
+    /// does, building only the `exec` subcommand's definition when that is
+    /// the subcommand: the derived definition of every subcommand costs
+    /// more start-up time than anything else in argument parsing (its
+    /// allocations alone touch ~40 pages, a page fault each). Any error,
+    /// `--help` included, is left to the full definition, so messages and
+    /// exit codes are the same either way (`cli::tests::exec_fast_path_*`).
+    pub fn parse_from_args(args: Vec<OsString>) -> Result<Self, clap::Error> {
+        use clap::{Args as _, FromArgMatches as _};
+        if args.get(1).is_some_and(|a| a == "exec") {
+            let exec = ExecArgs::augment_args(clap::Command::new("exec"));
+            let fast = clap::Command::new("nono-agent")
+                .version(VERSION)
+                .subcommand_required(true)
+                .subcommand(exec)
+                .try_get_matches_from(&args);
+            if let Ok(parsed) = fast.and_then(|m| Self::from_arg_matches(&m)) {
+                return Ok(parsed);
+            }
+        }
+        Self::try_parse_from(args)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run CMD in a new sandbox: it may connect to 127.0.0.1 / ::1 on any
@@ -772,6 +797,91 @@ mod tests {
         let e = allow_cidr("10.0.0.1/8").unwrap_err();
         assert!(e.contains("10.0.0.0/8"), "{e}");
         assert!(allow_cidr("10.0.0.0/8").is_ok());
+    }
+
+    #[test]
+    fn exec_fast_path_parses_as_the_full_definition() {
+        let cases: &[&[&str]] = &[
+            &["nono-agent", "exec", "--", "true"],
+            &[
+                "nono-agent",
+                "exec",
+                "-q",
+                "--daemon-socket",
+                "/x.sock",
+                "--",
+                "sh",
+                "-c",
+                "x",
+            ],
+            &[
+                "nono-agent",
+                "exec",
+                "--enforcer",
+                "seccomp",
+                "--allow-domain",
+                "example.com",
+                "--",
+                "curl",
+                "-v",
+            ],
+            &[
+                "nono-agent",
+                "exec",
+                "--profile",
+                "default",
+                "--read=/x",
+                "--write",
+                "/y",
+                "--",
+                "ls",
+                "--",
+                "-q",
+            ],
+            &[
+                "nono-agent",
+                "exec",
+                "--loopback-port",
+                "5432",
+                "--allow-cidr",
+                "10.0.0.0/8",
+                "--",
+                "true",
+            ],
+            &["nono-agent", "exec", "--dry-run", "--", "true"],
+            // Errors and help: the fast path must give them up to the full one.
+            &["nono-agent", "exec", "--bogus", "--", "true"],
+            &["nono-agent", "exec", "--loopback-port", "0", "--", "true"],
+            &["nono-agent", "exec", "--help"],
+            &["nono-agent", "exec", "-h"],
+            &["nono-agent", "exec", "--version"],
+            &["nono-agent", "exec"],
+            &["nono-agent", "exec", "sh", "-c", "echo hi"],
+            &["nono-agent", "exec", "--enforcer", "nope", "--", "true"],
+            &[
+                "nono-agent",
+                "exec",
+                "--allow-domain",
+                "*.com",
+                "--",
+                "true",
+            ],
+            &["nono-agent", "doctor"],
+            &["nono-agent", "--version"],
+            &["nono-agent"],
+        ];
+        for case in cases {
+            let fast = Cli::parse_from_args(os(case));
+            let full = Cli::try_parse_from(os(case));
+            match (fast, full) {
+                (Ok(a), Ok(b)) => assert_eq!(format!("{a:?}"), format!("{b:?}"), "{case:?}"),
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.kind(), b.kind(), "{case:?}");
+                    assert_eq!(a.render().to_string(), b.render().to_string(), "{case:?}");
+                }
+                (a, b) => panic!("{case:?}: fast {a:?}, full {b:?}"),
+            }
+        }
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //! to loopback and its proxy. The binary only parses the command line and
 //! turns the outcome into an exit code; everything else is the library.
 
-use clap::Parser as _;
 use nono_agent::{cli, commands};
+
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
     nono_agent::timing::mark_process_start();
-    let cli = match cli::Cli::try_parse() {
+    let cli = match cli::Cli::parse_from_args(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version print to stdout and succeed; every other

@@ -71,6 +71,34 @@ pub fn random_hex(bytes: usize, what: &str) -> Result<String, UtilError> {
 
 /// The address a canonical one (IPv6, v4 as v4-mapped: how `nono_common`
 /// stores every address) stands for: v4-mapped ones as plain IPv4.
+/// Reads a small kernel file (`/proc`, `/sys`) whole, as text. Such files
+/// report size 0, so `fs::read_to_string` asks `fstat`, then reads 32 bytes
+/// and doubles: 6-8 system calls for a `/proc/PID/status`, on the daemon's
+/// and the seccomp supervisor's per-request paths. One 4 KiB buffer takes
+/// it in a read and the read that sees the end.
+pub fn read_small(mut f: impl std::io::Read) -> std::io::Result<String> {
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    loop {
+        if n == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(r) => n += r,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(n);
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))
+}
+
+/// [`read_small`] of the file at `p`.
+pub fn read_small_path(p: impl AsRef<Path>) -> std::io::Result<String> {
+    read_small(std::fs::File::open(p)?)
+}
+
 pub fn canonical_ip(a: [u8; 16]) -> std::net::IpAddr {
     let v6 = std::net::Ipv6Addr::from(a);
     match v6.to_ipv4_mapped() {

@@ -8,7 +8,7 @@
 //! pid cannot belong to another).
 
 use std::fs::File;
-use std::io::{self, Read as _};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
@@ -68,7 +68,7 @@ pub struct ProcInfo {
 /// The pid behind a pidfd (from its fdinfo), if it is a pidfd of a process
 /// that has not been reaped.
 pub fn pidfd_pid(pidfd: BorrowedFd<'_>) -> Result<i32> {
-    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))
+    let text = crate::util::read_small_path(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))
         .map_err(|_| ProcessError::NotPidfd)?;
     let pid = text
         .lines()
@@ -153,11 +153,8 @@ fn read_at(dir: &File, pid: i32, file: &'static str) -> Result<String> {
         });
     }
     // SAFETY: a new descriptor we own.
-    let mut f = unsafe { File::from_raw_fd(fd) };
-    let mut s = String::new();
-    f.read_to_string(&mut s)
-        .map_err(|source| ProcessError::Proc { pid, file, source })?;
-    Ok(s)
+    let f = unsafe { File::from_raw_fd(fd) };
+    crate::util::read_small(f).map_err(|source| ProcessError::Proc { pid, file, source })
 }
 
 /// tgid, ppid and uids from `/proc/<pid>/status`.

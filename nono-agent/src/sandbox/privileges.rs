@@ -133,7 +133,7 @@ pub fn set_no_new_privs() -> io::Result<()> {
 
 /// Highest capability number the running kernel knows.
 pub fn last_cap() -> io::Result<u32> {
-    let s = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")?;
+    let s = crate::util::read_small_path("/proc/sys/kernel/cap_last_cap")?;
     s.trim().parse().map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -144,7 +144,7 @@ pub fn last_cap() -> io::Result<u32> {
 
 /// This process's effective capability mask, from /proc/self/status.
 pub fn effective_caps() -> io::Result<u64> {
-    let s = std::fs::read_to_string("/proc/self/status")?;
+    let s = crate::util::read_small_path("/proc/self/status")?;
     s.lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())

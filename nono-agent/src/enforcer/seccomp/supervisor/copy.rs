@@ -136,7 +136,7 @@ impl Supervisor {
             // (D-Bus clients do, on every connection); it is checked as the
             // kernel would for the target.
             let names_sender = if judge::names_credentials(level, ty) {
-                let status = std::fs::read_to_string(format!("/proc/{}/status", n.pid))
+                let status = crate::util::read_small_path(format!("/proc/{}/status", n.pid))
                     .map_err(|_| libc::ESRCH)?;
                 identity::ucred_names_itself(&status, data)
             } else {

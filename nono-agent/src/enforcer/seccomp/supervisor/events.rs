@@ -133,7 +133,7 @@ impl Supervisor {
 
 /// The thread group (process) of thread `pid`.
 pub(super) fn tgid_of(pid: u32) -> Option<u32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let s = crate::util::read_small_path(format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find_map(|l| l.strip_prefix("Tgid:"))
         .and_then(|v| v.trim().parse().ok())
