@@ -41,7 +41,8 @@ impl Creds {
     /// sandbox that made one of its own shows every capability there, none
     /// of which it has over the host's files and sockets.
     pub fn of(tid: u32) -> Option<Self> {
-        let mut c = parse_status(&crate::util::read_small_path(format!("/proc/{tid}/status")).ok()?)?;
+        let mut c =
+            parse_status(&crate::util::read_small_path(format!("/proc/{tid}/status")).ok()?)?;
         if !same_user_namespace(tid) {
             c.cap_eff = 0;
         }

@@ -32,6 +32,7 @@ use perform::{errno, local_name, sockopt_int, Msg, Op, SendMsgOp, Sock, Work};
 mod copy;
 mod events;
 mod perform;
+mod pidfds;
 mod unix;
 
 /// What the supervisor needs.
@@ -54,6 +55,8 @@ pub struct Supervisor {
     root: bool,
     /// Transparent mode: where redirected connects dialled, for the proxy.
     dialled: Option<Arc<crate::transparent::Dialled>>,
+    /// Pidfds of notifying threads, kept between their notifications.
+    pidfds: pidfds::Pidfds,
 }
 
 /// When an operation needs the target's credentials (see
@@ -87,6 +90,7 @@ impl Supervisor {
             events,
             dialled,
             idle: AtomicUsize::new(0),
+            pidfds: pidfds::Pidfds::default(),
             inbound: inbound::available(&policy),
             // SAFETY: geteuid has no preconditions.
             root: unsafe { libc::geteuid() } == 0,
@@ -233,11 +237,9 @@ impl Supervisor {
     /// the caller, so it skips the /proc read and the identity switch (27
     /// of the ~50 system calls such a notification cost).
     fn socket(&self, n: &Notif, fd: u64, needs: Needs) -> Result<Sock, i32> {
-        let pidfd = notify::pidfd_for_thread(n.pid).map_err(|_| libc::ESRCH)?;
-        if !notify::id_valid(self.listener.as_fd(), n.id) {
-            return Err(libc::ESRCH);
-        }
-        let fd = notify::grab_fd(pidfd.as_fd(), fd as i32 as RawFd).map_err(errno)?;
+        let fd = self
+            .pidfds
+            .grab(self.listener.as_fd(), n.id, n.pid, fd as i32 as RawFd)?;
         let domain = sockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
             .map_err(|_| libc::ENOTSOCK)? as u32;
         let inet = judge::is_inet(domain);
