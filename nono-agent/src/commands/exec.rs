@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
-use crate::daemon::client::{AsyncClient, Client, Incoming};
+use crate::daemon::client::{AsyncClient, Client, ClientError, Created, Incoming};
 use crate::enforcer::bpf::loader;
 use crate::enforcer::seccomp::{filter, supervisor::Supervisor};
 use crate::enforcer::{self, Applied, Choice, Host, Requested};
@@ -306,25 +306,40 @@ async fn execute(ready: Box<Ready>, observer: Option<events::Observer>) -> Resul
     timing.mark("state (sweep, or daemon connected)");
     let mut res = Resources::new(id.clone(), lock);
     let mut token = None;
-    let applied = match daemon.as_mut() {
+    let daemon_refused = || {
+        format!(
+            "the daemon at {} did not create the sandbox (--no-daemon: do without it)",
+            plan.daemon_socket
+                .as_deref()
+                .unwrap_or(Path::new("?"))
+                .display()
+        )
+    };
+    // Through the daemon, the create request goes now and its answer is
+    // read once the child is started and the place request sent behind it
+    // (the daemon answers in order): the daemon creates the sandbox while
+    // this side prepares and forks the child, which learns its cgroup
+    // (NONO_CGROUP) with the go (spawn::Prepared::with_late_var). Nothing
+    // of the command runs before both answers are in. Transparent mode
+    // needs the sandbox's token before the child starts: one request at a
+    // time there.
+    let pipelined = daemon.is_some() && capture.is_none();
+    let mut applied = match daemon.as_mut() {
+        Some(client) if pipelined => {
+            client
+                .send_create(&id, crate::daemon::policy::to_wire(&policy))
+                .with_context(daemon_refused)?;
+            // The cgroup is filled in from the answer, after the spawn.
+            Applied::Daemon {
+                cgroup_dir: PathBuf::new(),
+                nested: false,
+            }
+        }
         Some(client) => {
             let created = client
                 .create(&id, crate::daemon::policy::to_wire(&policy))
-                .with_context(|| {
-                    format!(
-                        "the daemon at {} did not create the sandbox (--no-daemon: do without it)",
-                        plan.daemon_socket
-                            .as_deref()
-                            .unwrap_or(Path::new("?"))
-                            .display()
-                    )
-                })?;
-            if !plan.quiet {
-                eprintln!(
-                    "nono-agent: enforcer: bpf (daemon{})",
-                    if created.nested { ", nested" } else { "" }
-                );
-            }
+                .with_context(daemon_refused)?;
+            print_daemon_enforcer(&plan, &created);
             token = Some(created.token);
             Applied::Daemon {
                 cgroup_dir: PathBuf::from(created.cgroup),
@@ -356,11 +371,13 @@ async fn execute(ready: Box<Ready>, observer: Option<events::Observer>) -> Resul
              would-deny (cloud metadata, link-local and the host protection stay refused)"
         );
     }
-    if !plan.quiet {
-        eprintln!(
-            "nono-agent: filesystem: {}",
-            plan.filesystem_line(privileged)
-        );
+    // Pipelined through the daemon, after the enforcer line (which waits
+    // for the create answer).
+    let filesystem_line = (!plan.quiet).then(|| plan.filesystem_line(privileged));
+    if !pipelined {
+        if let Some(line) = &filesystem_line {
+            eprintln!("nono-agent: filesystem: {line}");
+        }
     }
 
     // Well-known daemon sockets the sandbox may not reach: hidden by path
@@ -409,8 +426,13 @@ async fn execute(ready: Box<Ready>, observer: Option<events::Observer>) -> Resul
         proxy_env.push(transparent::seccomp_env(current.as_deref()));
     }
     let env = child_environment(&plan, &id, &applied, [proxy_env, cred_env].concat());
-    let prepared = spawn::Prepared::new(program.as_os_str(), &plan.command, &env)
+    let mut prepared = spawn::Prepared::new(program.as_os_str(), &plan.command, &env)
         .context("preparing the command line")?;
+    if pipelined {
+        prepared = prepared
+            .with_late_var("NONO_CGROUP")
+            .context("preparing the command's environment")?;
+    }
     // A privileged sandbox always gets a cgroup: under seccomp too, so that
     // `cleanup` can find and kill it if the agent dies.
     if privileged
@@ -440,11 +462,36 @@ async fn execute(ready: Box<Ready>, observer: Option<events::Observer>) -> Resul
     reap::become_subreaper();
     let forwarder = Forwarder::start().context("installing signal handlers")?;
 
-    let mut place_in_daemon_sandbox = |pidfd: std::os::fd::BorrowedFd<'_>| match daemon.as_mut() {
-        Some(c) => c
-            .place(pidfd)
-            .map_err(|e| std::io::Error::other(util::chain(&e))),
-        None => Ok(()),
+    let mut created_late: Option<Result<Created, ClientError>> = None;
+    let mut place_in_daemon_sandbox = |pidfd: std::os::fd::BorrowedFd<'_>| {
+        let io = |e: &ClientError| std::io::Error::other(util::chain(e));
+        let Some(c) = daemon.as_mut() else {
+            return Ok(Vec::new());
+        };
+        if !pipelined {
+            c.place(pidfd).map_err(|e| io(&e))?;
+            return Ok(Vec::new());
+        }
+        let sent = c.send_place(pidfd);
+        // The create answer first, also when the place request could not
+        // go (a refusing daemon may have closed): it says why.
+        let created = match c.finish_create() {
+            Ok(created) => created,
+            Err(e) => {
+                let err = io(&e);
+                created_late = Some(Err(e));
+                return Err(err);
+            }
+        };
+        sent.map_err(|e| io(&e))?;
+        c.finish_place().map_err(|e| io(&e))?;
+        print_daemon_enforcer(&plan, &created);
+        if let Some(line) = &filesystem_line {
+            eprintln!("nono-agent: filesystem: {line}");
+        }
+        let cgroup = created.cgroup.clone().into_bytes();
+        created_late = Some(Ok(created));
+        Ok(cgroup)
     };
     let place: Option<spawn::Place<'_>> = if matches!(applied, Applied::Daemon { .. }) {
         Some(&mut place_in_daemon_sandbox)
@@ -467,8 +514,20 @@ async fn execute(ready: Box<Ready>, observer: Option<events::Observer>) -> Resul
                 126
             }));
         }
-        Err(e) => return Err(e).context("starting the command in the sandbox"),
+        Err(e) => {
+            if let Some(Err(refused)) = created_late {
+                return Err(anyhow::Error::new(refused).context(daemon_refused()));
+            }
+            return Err(e).context("starting the command in the sandbox");
+        }
     };
+    if let Some(Ok(created)) = created_late {
+        token = Some(created.token);
+        applied = Applied::Daemon {
+            cgroup_dir: PathBuf::from(created.cgroup),
+            nested: created.nested,
+        };
+    }
     timing.mark("spawn");
     forwarder.child_started(child.pid);
     let fs_audit = match fs_listener.take() {
@@ -796,6 +855,16 @@ impl Terminal {
 
 /// The daemon, when it should be used and answers; otherwise `None` (and
 /// the direct or seccomp path is taken, as `enforcer::choose` decides).
+/// The enforcer line for a sandbox the daemon created.
+fn print_daemon_enforcer(plan: &Plan, created: &Created) {
+    if !plan.quiet {
+        eprintln!(
+            "nono-agent: enforcer: bpf (daemon{})",
+            if created.nested { ", nested" } else { "" }
+        );
+    }
+}
+
 fn connect_daemon(plan: &Plan) -> Option<Client> {
     if plan.enforcer == Requested::Seccomp {
         return None;
@@ -935,8 +1004,13 @@ fn child_environment(
             env.push(("NONO_CGROUP".into(), cgroup_dir.clone().into()));
             env.push(("NONO_BPF_PIN_DIR".into(), pin_dir.clone().into()));
         }
+        // An empty one: the create answer is read after the spawn, and
+        // the child gets its cgroup as a late variable.
         Applied::Daemon { cgroup_dir, .. } => {
-            env.push(("NONO_CGROUP".into(), cgroup_dir.clone().into()));
+            env.retain(|(k, _)| k.as_os_str() != "NONO_CGROUP");
+            if !cgroup_dir.as_os_str().is_empty() {
+                env.push(("NONO_CGROUP".into(), cgroup_dir.clone().into()));
+            }
         }
         _ => {}
     }

@@ -130,10 +130,25 @@ impl Client {
 
     /// Creates this connection's sandbox.
     pub fn create(&mut self, id: &str, policy: WirePolicy) -> Result<Created> {
-        match self.request(&Request::Create {
+        self.send_create(id, policy)?;
+        self.finish_create()
+    }
+
+    /// Sends the create request without waiting for the answer: `exec`
+    /// starts its child and sends the place request meanwhile, then reads
+    /// both answers ([`Self::finish_create`], [`Self::finish_place`]). The
+    /// daemon answers a connection's requests in order.
+    pub fn send_create(&mut self, id: &str, policy: WirePolicy) -> Result<()> {
+        let frame = protocol::encode(&Request::Create {
             id: id.to_string(),
             policy,
-        })? {
+        });
+        self.sock.write_all(&frame).map_err(self.io())
+    }
+
+    /// The answer to [`Self::send_create`].
+    pub fn finish_create(&mut self) -> Result<Created> {
+        match self.read_reply()? {
             Reply::Created {
                 cgroup,
                 nested,
@@ -150,8 +165,18 @@ impl Client {
     /// Asks the daemon to move the process behind `pidfd` (our child,
     /// waiting) into the sandbox.
     pub fn place(&mut self, pidfd: BorrowedFd<'_>) -> Result<()> {
+        self.send_place(pidfd)?;
+        self.finish_place()
+    }
+
+    /// Sends the place request (see [`Self::send_create`]).
+    pub fn send_place(&mut self, pidfd: BorrowedFd<'_>) -> Result<()> {
         let frame = protocol::encode(&Request::Place);
-        conn::send_with_fd(self.sock.as_raw_fd(), &frame, pidfd).map_err(self.io())?;
+        conn::send_with_fd(self.sock.as_raw_fd(), &frame, pidfd).map_err(self.io())
+    }
+
+    /// The answer to [`Self::send_place`].
+    pub fn finish_place(&mut self) -> Result<()> {
         match self.read_reply()? {
             Reply::Placed => Ok(()),
             r => Err(ClientError::Unexpected(format!("{r:?}"))),

@@ -86,6 +86,21 @@ impl Reader {
         Ok(Some((payload, std::mem::take(&mut self.fds))))
     }
 
+    /// Gives back descriptors a frame did not use, for the frames after it.
+    /// A client may send a request before the answer to the one before
+    /// (`exec` sends place right behind create), and one `recvmsg` then
+    /// returns both frames' bytes with the second one's descriptor, which
+    /// [`Self::next`] hands to the first: it must still reach the second.
+    /// (A descriptor is only ever a pidfd the client chose to send; the
+    /// request that takes it checks the process behind it, whatever frame
+    /// it came with.)
+    pub fn requeue(&mut self, fds: Vec<OwnedFd>) {
+        let mut fds = fds;
+        fds.append(&mut self.fds);
+        fds.truncate(4);
+        self.fds = fds;
+    }
+
     /// One `recvmsg`; false at end of stream.
     async fn fill(&mut self, sock: &UnixStream) -> Result<bool, ConnError> {
         loop {

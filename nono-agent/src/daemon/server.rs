@@ -799,7 +799,15 @@ impl Session {
                     .await;
                     return;
                 }
-                Ok(req) => self.handle(req, fds).await,
+                Ok(req) => {
+                    let fds = if matches!(req, Request::Place) {
+                        fds
+                    } else {
+                        reader.requeue(fds);
+                        Vec::new()
+                    };
+                    self.handle(req, fds).await
+                }
                 Err(e) => {
                     self.d.metrics.request("unknown", false, Duration::ZERO);
                     let _ = conn::send(sock, &error(&e)).await;

@@ -169,7 +169,23 @@ pub struct Prepared {
     /// `execve` (see [`start_command`]), allocated before anything is
     /// forked.
     command_stack: Vec<u8>,
+    /// A variable whose value the child learns only after it was started
+    /// (see [`Prepared::with_late_var`]).
+    late: Option<Late>,
 }
+
+/// The room for a late variable: `NAME=`, then up to [`LATE_MAX`] bytes of
+/// value and a NUL, in one buffer that `envp` points to. The child fills
+/// it in its own copy of memory, with a `read(2)` from the go pipe.
+struct Late {
+    buf: std::cell::UnsafeCell<Box<[u8]>>,
+    /// Where the value starts (after `NAME=`).
+    at: usize,
+}
+
+/// The longest value a late variable can take (what one pipe write carries
+/// atomically, less the go byte and the length).
+pub const LATE_MAX: usize = 4093;
 
 /// Enough for the few libc calls before `execve` (posix_spawn's own child
 /// runs on 32 KiB).
@@ -209,7 +225,36 @@ impl Prepared {
             _envp: envp,
             envp_ptrs,
             command_stack: vec![0; COMMAND_STACK],
+            late: None,
         })
+    }
+
+    /// Adds `name` to the environment with a value that the placement
+    /// callback returns (see [`Place`]): the daemon's answer naming the
+    /// sandbox cgroup arrives after the child has been started, because
+    /// `exec` starts it while the daemon creates the sandbox.
+    pub fn with_late_var(mut self, name: &str) -> io::Result<Self> {
+        if name.is_empty() || name.as_bytes().iter().any(|&b| b == 0 || b == b'=') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a late variable needs a name without NUL or '='",
+            ));
+        }
+        let at = name.len() + 1;
+        let mut buf = vec![0u8; at + LATE_MAX + 1].into_boxed_slice();
+        buf[..name.len()].copy_from_slice(name.as_bytes());
+        buf[name.len()] = b'=';
+        let late = Late {
+            buf: std::cell::UnsafeCell::new(buf),
+            at,
+        };
+        // SAFETY: no other reference to the buffer exists yet; the pointer
+        // stays valid while `self` lives (a boxed slice does not move).
+        let ptr = unsafe { (*late.buf.get()).as_ptr() }.cast::<libc::c_char>();
+        let end = self.envp_ptrs.len() - 1;
+        self.envp_ptrs.insert(end, ptr);
+        self.late = Some(late);
+        Ok(self)
     }
 
     fn path(&self) -> &CStr {
@@ -233,8 +278,9 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// child with `pidfd_getfd` before the child may exec.
 /// Placement: called with the child's pidfd while the child waits, before
 /// it does anything; the child goes on only if it returns `Ok` (the daemon
-/// moved it into its sandbox cgroup).
-pub type Place<'a> = &'a mut dyn FnMut(BorrowedFd<'_>) -> io::Result<()>;
+/// moved it into its sandbox cgroup), with the value of the command's late
+/// variable (see [`Prepared::with_late_var`]; ignored without one).
+pub type Place<'a> = &'a mut dyn FnMut(BorrowedFd<'_>) -> io::Result<Vec<u8>>;
 
 pub fn spawn(
     cmd: &Prepared,
@@ -314,25 +360,44 @@ pub fn spawn(
         listener: None,
     };
     if let Some(place) = place {
-        if let Err(e) = place(child.pidfd.as_fd()) {
-            // SAFETY: kill of our own unreaped child.
-            unsafe { libc::kill(child.pid, libc::SIGKILL) };
-            // A child that failed its own setup (and exited, which is why
-            // it could not be placed) says why; that is the better error.
-            let mut report = [0u8; 8];
-            let n = read_full(rd.as_raw_fd(), &mut report);
-            let _ = child.reap();
-            if n == 8 && report[0] == 1 {
-                let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-                return Err(SpawnError::Child(
-                    Stage::Setup,
-                    io::Error::from_raw_os_error(errno),
+        let placed = place(child.pidfd.as_fd()).and_then(|value| {
+            if value.len() > LATE_MAX || value.contains(&0) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the value for the command's environment is too long or holds a NUL",
                 ));
             }
-            return Err(SpawnError::Place(e));
-        }
-        // SAFETY: one byte to a pipe we own.
-        unsafe { libc::write(go_wr.as_raw_fd(), b"p".as_ptr().cast(), 1) };
+            Ok(value)
+        });
+        let value = match placed {
+            Ok(v) if cmd.late.is_some() => v,
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                // SAFETY: kill of our own unreaped child.
+                unsafe { libc::kill(child.pid, libc::SIGKILL) };
+                // A child that failed its own setup (and exited, which is why
+                // it could not be placed) says why; that is the better error.
+                let mut report = [0u8; 8];
+                let n = read_full(rd.as_raw_fd(), &mut report);
+                let _ = child.reap();
+                if n == 8 && report[0] == 1 {
+                    let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+                    return Err(SpawnError::Child(
+                        Stage::Setup,
+                        io::Error::from_raw_os_error(errno),
+                    ));
+                }
+                return Err(SpawnError::Place(e));
+            }
+        };
+        // Go, the value's length and the value, in one write of at most
+        // PIPE_BUF bytes (atomic).
+        let mut go = Vec::with_capacity(3 + value.len());
+        go.push(b'p');
+        go.extend_from_slice(&(value.len() as u16).to_ne_bytes());
+        go.extend_from_slice(&value);
+        // SAFETY: writes our buffer to a pipe we own.
+        unsafe { libc::write(go_wr.as_raw_fd(), go.as_ptr().cast(), go.len()) };
     }
     let mut report = [0u8; 8];
     let mut n = read_full(rd.as_raw_fd(), &mut report);
@@ -401,7 +466,10 @@ fn child_main(
     go: RawFd,
     go_wr: RawFd,
 ) -> ! {
-    // SAFETY: plain syscalls on prepared data; see module docs.
+    // SAFETY: plain syscalls on prepared data; see module docs. The one
+    // write to prepared data (the late variable's value) goes through its
+    // UnsafeCell, in this process's own copy of memory, before `execve`
+    // reads it; nothing else refers to that buffer here.
     unsafe {
         // Only the agent may hold the go pipe's write end: if the agent dies
         // before it says go, the read below sees end-of-file and the child
@@ -447,9 +515,21 @@ fn child_main(
             // runs, and nothing is forked (the move takes one process, not
             // its children), before the daemon says it is done; if it
             // refuses, the agent kills us here.
-            let mut b = [0u8; 1];
-            if libc::read(go, b.as_mut_ptr().cast(), 1) != 1 {
+            let mut b = [0u8; 3];
+            if read_full(go, &mut b) != 3 {
                 libc::_exit(125);
+            }
+            let len = usize::from(u16::from_ne_bytes([b[1], b[2]]));
+            if let Some(late) = &cmd.late {
+                // The value into our own copy of the buffer `envp` points
+                // to; the agent checked its length, and the NUL after it
+                // is there from the start.
+                let buf = &mut *late.buf.get();
+                let room = buf.len() - late.at - 1;
+                if len > room || read_full(go, &mut buf[late.at..late.at + len]) != len {
+                    libc::_exit(125);
+                }
+                buf[late.at + len] = 0;
             }
         }
         if namespaces & libc::CLONE_NEWPID as u64 != 0 || setup.stop_report().is_some() {

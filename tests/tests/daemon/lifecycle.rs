@@ -376,3 +376,65 @@ fn the_request_rate_counts_sandboxes_not_messages() {
         out.describe()
     );
 }
+
+/// A sandbox the daemon refuses (the uid's sandbox limit, 1, held by
+/// another run) is reported as such, with the daemon's reason, exit 125,
+/// and nothing of the command runs: `exec` sends create and place one
+/// behind the other and its child waits for both answers. The holder's
+/// run is unaffected.
+#[test]
+fn a_refused_create_runs_nothing_and_says_why() {
+    let d = Daemon::start_with(&["--max-sandboxes-per-uid", "1"]);
+    let agent = sys::agent_bin();
+    let user = own_user(62);
+    let dir = std::env::temp_dir().join(format!("nono-refused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)).unwrap();
+    let mut holder = exec_command(&agent, None, &opts(&d, user));
+    holder
+        .args(["sleep", "30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut holder = holder.spawn().expect("spawn the holder");
+    let started = sys::wait_until(Duration::from_secs(10), || {
+        !placed_sleepers(&d, user.uid).is_empty()
+    });
+    let marker = dir.join("ran");
+    let out = sys::run_timeout(
+        exec_command(&agent, None, &opts(&d, user)).args([
+            "sh".to_string(),
+            "-c".to_string(),
+            format!("echo ran > {}", marker.display()),
+        ]),
+        sys::CMD_TIMEOUT,
+    );
+    let holder_alive = holder.try_wait().expect("holder status").is_none();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let ran = marker.exists();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        started,
+        "the holder never slept in its sandbox\ndaemon: {}",
+        d.log()
+    );
+    assert_eq!(out.code(), 125, "{}", out.describe());
+    assert!(
+        out.stderr.contains("did not create the sandbox") && out.stderr.contains("sandboxes"),
+        "the refusal and the daemon's reason: {}",
+        out.describe()
+    );
+    assert!(!ran, "the refused run's command ran: {}", out.describe());
+    assert!(holder_alive, "the holder's run ended with the refusal");
+    let clean = sys::wait_until(Duration::from_secs(2), || {
+        d.sandbox_cgroups().is_empty() && d.records().is_empty()
+    });
+    assert!(
+        clean,
+        "left behind: cgroups {:?}, records {:?}\ndaemon: {}",
+        d.sandbox_cgroups(),
+        d.records(),
+        d.log()
+    );
+}
