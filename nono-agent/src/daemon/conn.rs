@@ -93,8 +93,14 @@ impl Reader {
     /// [`Self::next`] hands to the first: it must still reach the second.
     /// (A descriptor is only ever a pidfd the client chose to send; the
     /// request that takes it checks the process behind it, whatever frame
-    /// it came with.)
+    /// it came with.) Only while bytes of a next frame are already here:
+    /// descriptors no later frame can have brought are closed, or a client
+    /// could leave the daemon holding one for good (its own end of this
+    /// connection, which then never reaches end of stream).
     pub fn requeue(&mut self, fds: Vec<OwnedFd>) {
+        if self.buf.is_empty() {
+            return;
+        }
         let mut fds = fds;
         fds.append(&mut self.fds);
         fds.truncate(4);

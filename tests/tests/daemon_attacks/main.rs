@@ -404,6 +404,22 @@ fn kill9_right_after_end_once() -> bool {
 }
 
 /// (4) A flood of requests meets the rate limit; others are served.
+/// A client that hands the daemon its own end of the connection (with a
+/// request that takes no descriptor) and exits: the connection still ends,
+/// and with it the sandbox (cgroup, record). The daemon keeping that
+/// descriptor for a later frame would hold the connection open itself.
+#[test]
+fn a_client_sending_its_own_socket_still_ends_its_sandbox() {
+    let d = Daemon::start();
+    let rs = run_attacker(
+        NOBODY,
+        "own_socket",
+        &[("NONO_ADV_SOCK", d.sock.display().to_string())],
+    );
+    assert_eq!(case(&rs, "status")["reply"]["type"], "status");
+    d.assert_clean();
+}
+
 #[test]
 fn request_floods_are_rate_limited() {
     let d = Daemon::start();

@@ -45,6 +45,7 @@ pub fn run(role: &str) {
         "entries" => entries(),
         "churn" => churn(),
         "end_and_hold" => end_and_hold(),
+        "own_socket" => own_socket(),
         "outer" => outer(),
         "inner" => inner(),
         _ => panic!("unknown role {role}"),
@@ -407,6 +408,23 @@ fn end_and_hold() {
     // shell and its sleeps live on until the restarted daemon ends the
     // sandbox of this (then exited) owner, which is what the test checks.
     drop(sh);
+}
+
+/// Creates a sandbox with a placed sleeper, then sends the daemon its own
+/// end of the connection with a request that takes no descriptor, and
+/// exits: the daemon must still see the connection end.
+fn own_socket() {
+    let mut r = Raw::connect(&sock());
+    assert_eq!(create(&mut r, deny_all())["type"], "created");
+    let mut child = sleeper();
+    let fd = pidfd_open(child.id() as i32, 0).unwrap();
+    r.send_fds(json!({"type": "place"}), &[fd.as_raw_fd()]);
+    assert_eq!(r.reply().unwrap()["type"], "placed");
+    let own = r.s.as_raw_fd();
+    r.send_fds(json!({"type": "status"}), &[own]);
+    out(json!({"case": "status", "reply": r.reply(), "child": child.id()}));
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// 1000 pipelined requests on one connection.
