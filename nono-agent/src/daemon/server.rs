@@ -1084,7 +1084,7 @@ impl Session {
             let sb = g.sandboxes.get(&id).ok_or("the sandbox is gone")?;
             (sb.dir.clone(), sb.rec.cgroup.clone())
         };
-        let me = process::info(self.peer.pidfd.as_fd()).map_err(|e| e.to_string())?;
+        let my_cgroup = process::cgroup(self.peer.pidfd.as_fd()).map_err(|e| e.to_string())?;
         let peer = Peer {
             pid: self.peer.pid,
             uid: self.peer.uid,
@@ -1095,7 +1095,7 @@ impl Session {
                 .try_clone()
                 .map_err(|e| format!("duplicating the peer's pidfd: {e}"))?,
         };
-        place::place(child, peer, me.cgroup, dir, rel)
+        place::place(child, peer, my_cgroup, dir, rel)
             .await
             .map_err(|e| crate::util::chain(&e))?;
         tracing::info!(
