@@ -101,7 +101,14 @@ pub fn read_small(mut f: impl std::io::Read) -> std::io::Result<String> {
         }
     }
     buf.truncate(n);
-    String::from_utf8(buf).map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))
+    // A process names itself (`comm`, the `Name:` line of its status) with
+    // any bytes: a name that is not UTF-8 must not make its identity
+    // unreadable (the fields read from these files are numbers and paths
+    // the kernel writes; `Name:` escapes newlines, so no line can be forged).
+    Ok(match String::from_utf8(buf) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
 }
 
 /// [`read_small`] of the file at `p`.
@@ -135,6 +142,15 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn read_small_takes_names_that_are_not_utf8() {
+        let text = b"Name:\t\xe9t\xe9\nUid:\t1\t1\t1\t1\n".to_vec();
+        let s = super::read_small(&text[..]).unwrap();
+        assert!(s.lines().any(|l| l == "Uid:\t1\t1\t1\t1"), "{s:?}");
+        let big = vec![b'x'; 10_000];
+        assert_eq!(super::read_small(&big[..]).unwrap().len(), 10_000);
+    }
+
     use super::*;
 
     #[test]

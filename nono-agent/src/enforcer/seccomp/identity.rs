@@ -468,6 +468,32 @@ impl Drop for Identity {
 
 #[cfg(test)]
 mod tests {
+    /// A thread that names itself with bytes that are not UTF-8 keeps a
+    /// readable identity (the supervisor reads it for its unix connects,
+    /// binds and sends as root: refusing would break ordinary programs).
+    #[test]
+    fn a_thread_named_with_non_utf8_bytes_has_credentials() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let name = b"\xe9t\xe9\0";
+            // SAFETY: a NUL-terminated name for the calling thread.
+            unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            done_rx.recv().unwrap();
+        });
+        let tid = rx.recv().unwrap();
+        let comm = std::fs::read(format!("/proc/self/task/{tid}/comm")).unwrap();
+        assert_eq!(comm, b"\xe9t\xe9\n", "the name was set");
+        let c = Creds::of(tid);
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+        let c = c.expect("credentials of a thread with a non-UTF-8 name");
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(c.uid[0], unsafe { libc::getuid() });
+    }
+
     use super::*;
 
     fn ucred(pid: u32, uid: u32, gid: u32) -> Vec<u8> {

@@ -140,7 +140,7 @@ pub(super) fn tgid_of(pid: u32) -> Option<u32> {
 }
 
 fn comm_of(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+    crate::util::read_small_path(format!("/proc/{pid}/comm"))
         .map(|s| s.trim_end().to_string())
         .unwrap_or_default()
 }
