@@ -127,9 +127,16 @@ fn records_the_kernel_drops_make_the_count_incomplete() {
     const TRIES: usize = 300;
     // Each redirection is an open by the shell itself: one denial each.
     // The pause lets the rate limit's second pass, so the agent's own
-    // closing record gets through.
+    // closing record gets through. The flood waits for the test to set the
+    // rate limit, which it does once the command runs: the agent's start-up
+    // check that audit records reach it (one record of its own) must not
+    // meet a limit that the previous test's records may have used up in
+    // the same second (it then rightly says denials are not reported).
+    let go = std::path::PathBuf::from(format!("/dev/shm/nono-fsdeny-go-{}", std::process::id()));
+    let _ = std::fs::remove_file(&go);
     let script = format!(
-        "i=0; while [ $i -lt {TRIES} ]; do read -r x < \"$S\"; i=$((i+1)); done 2>/dev/null; sleep 2; echo done"
+        "echo ready; while [ ! -e \"$GO\" ]; do sleep 0.05; done; \
+         i=0; while [ $i -lt {TRIES} ]; do read -r x < \"$S\"; i=$((i+1)); done 2>/dev/null; sleep 2; echo done"
     );
     // Outside, every read works.
     let out = Command::new("sh")
@@ -147,13 +154,34 @@ fn records_the_kernel_drops_make_the_count_incomplete() {
     );
     let out = {
         let _audit = AuditOn::new();
-        let _rate = RateLimit::new(20);
         let mut c = Command::new(sys::agent_bin());
         c.args(["exec", "--no-daemon", "--notices", "never", "--profile"])
             .arg(&profile)
             .env("S", &secret)
-            .args(["--", "sh", "-c", &script]);
-        sys::run_timeout(&mut c, sys::CMD_TIMEOUT)
+            .env("GO", &go)
+            .args(["--", "sh", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().expect("spawn the agent");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        let mut first = String::new();
+        let _ = std::io::BufRead::read_line(&mut stdout, &mut first);
+        let _rate = RateLimit::new(20);
+        std::fs::write(&go, b"").unwrap();
+        let status = sys::wait_child(&mut child, sys::CMD_TIMEOUT, "the flooding sandbox");
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
+        let mut stderr = String::new();
+        let _ =
+            std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr);
+        let _ = std::fs::remove_file(&go);
+        sys::CmdOutput {
+            status,
+            stdout: first + &rest,
+            stderr,
+            pipes_held_open: false,
+        }
     };
     assert!(out.stdout.contains("done"), "{}", out.describe());
     let counted: usize = out
