@@ -853,8 +853,6 @@ impl Terminal {
     }
 }
 
-/// The daemon, when it should be used and answers; otherwise `None` (and
-/// the direct or seccomp path is taken, as `enforcer::choose` decides).
 /// The enforcer line for a sandbox the daemon created.
 fn print_daemon_enforcer(plan: &Plan, created: &Created) {
     if !plan.quiet {
@@ -865,6 +863,8 @@ fn print_daemon_enforcer(plan: &Plan, created: &Created) {
     }
 }
 
+/// The daemon, when it should be used and answers; otherwise `None` (and
+/// the direct or seccomp path is taken, as `enforcer::choose` decides).
 fn connect_daemon(plan: &Plan) -> Option<Client> {
     if plan.enforcer == Requested::Seccomp {
         return None;

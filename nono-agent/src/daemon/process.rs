@@ -109,7 +109,7 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 
 /// Reads the identity of the pidfd's process, race-free.
 pub fn info(pidfd: BorrowedFd<'_>) -> Result<ProcInfo> {
-    read_info(pidfd, true)
+    read_info_at(pidfd, pidfd_pid(pidfd)?, true)
 }
 
 /// [`info`] without the start time (left 0), which placement does not use,
@@ -128,9 +128,12 @@ pub fn cgroup(pidfd: BorrowedFd<'_>) -> Result<String> {
 /// [`cgroup`] for a pidfd whose pid is known already (see
 /// [`identity_of`]).
 pub fn cgroup_of(pidfd: BorrowedFd<'_>, pid: i32) -> Result<String> {
-    let dir = open_dir(pidfd, pid)?;
-    let cgroup = read_at(&dir, pid, "cgroup")?;
-    parse_cgroup(&cgroup).ok_or(ProcessError::Format {
+    read_cgroup(&open_dir(pidfd, pid)?, pid)
+}
+
+/// The v2 path from `/proc/<pid>/cgroup`, in the directory `dir`.
+fn read_cgroup(dir: &File, pid: i32) -> Result<String> {
+    parse_cgroup(&read_at(dir, pid, "cgroup")?).ok_or(ProcessError::Format {
         pid,
         file: "cgroup",
     })
@@ -151,23 +154,15 @@ fn open_dir(pidfd: BorrowedFd<'_>, pid: i32) -> Result<File> {
     Ok(dir)
 }
 
-fn read_info(pidfd: BorrowedFd<'_>, with_start_time: bool) -> Result<ProcInfo> {
-    read_info_at(pidfd, pidfd_pid(pidfd)?, with_start_time)
-}
-
 fn read_info_at(pidfd: BorrowedFd<'_>, pid: i32, with_start_time: bool) -> Result<ProcInfo> {
     let dir = open_dir(pidfd, pid)?;
     let status = read_at(&dir, pid, "status")?;
-    let cgroup = read_at(&dir, pid, "cgroup")?;
     let mut info = parse_status(&status).ok_or(ProcessError::Format {
         pid,
         file: "status",
     })?;
     info.pid = pid;
-    info.cgroup = parse_cgroup(&cgroup).ok_or(ProcessError::Format {
-        pid,
-        file: "cgroup",
-    })?;
+    info.cgroup = read_cgroup(&dir, pid)?;
     if with_start_time {
         let stat = read_at(&dir, pid, "stat")?;
         info.start_time =
