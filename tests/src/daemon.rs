@@ -149,6 +149,23 @@ impl Daemon {
         sys::dir_entries(&self.state_dir.join("sandboxes"))
     }
 
+    /// Panics unless, within `within`, no sandbox cgroup and no record of
+    /// this daemon is left.
+    pub fn assert_nothing_left(&self, within: std::time::Duration) {
+        let clean = sys::wait_until(within, || {
+            self.sandbox_cgroups().is_empty() && self.records().is_empty()
+        });
+        assert!(
+            clean,
+            "left behind: cgroups {:?} under {}, records {:?} in {}\ndaemon: {}",
+            self.sandbox_cgroups(),
+            self.parent_cgroup.display(),
+            self.records(),
+            self.state_dir.display(),
+            self.log()
+        );
+    }
+
     /// Whether the daemon process still runs.
     /// The daemon's own count of live sandboxes and of cgroups with a
     /// policy entry in its kernel maps (a raw `status` request, so a leak

@@ -161,18 +161,7 @@ fn killed_client_leaves_nothing() {
         placed >= KILL_RUNS / 2,
         "too few kills after placement: {placed}"
     );
-    let clean = sys::wait_until(Duration::from_secs(2), || {
-        d.sandbox_cgroups().is_empty() && d.records().is_empty()
-    });
-    assert!(
-        clean,
-        "left behind: cgroups {:?} under {}, records {:?} in {}\ndaemon: {}",
-        d.sandbox_cgroups(),
-        d.parent_cgroup.display(),
-        d.records(),
-        d.state_dir.display(),
-        d.log()
-    );
+    d.assert_nothing_left(Duration::from_secs(2));
     assert!(d.running(), "the daemon died: {}", d.log());
 }
 
@@ -334,16 +323,7 @@ fn two_hundred_sandboxes_from_four_users() {
         USERS.len() * PER_USER,
         "sandbox cgroups not distinct"
     );
-    let clean = sys::wait_until(Duration::from_secs(5), || {
-        d.sandbox_cgroups().is_empty() && d.records().is_empty()
-    });
-    assert!(
-        clean,
-        "left behind: cgroups {:?}, records {:?}\ndaemon: {}",
-        d.sandbox_cgroups(),
-        d.records(),
-        d.log()
-    );
+    d.assert_nothing_left(Duration::from_secs(5));
     assert!(d.running(), "the daemon died: {}", d.log());
 }
 
@@ -427,14 +407,5 @@ fn a_refused_create_runs_nothing_and_says_why() {
     );
     assert!(!ran, "the refused run's command ran: {}", out.describe());
     assert!(holder_alive, "the holder's run ended with the refusal");
-    let clean = sys::wait_until(Duration::from_secs(2), || {
-        d.sandbox_cgroups().is_empty() && d.records().is_empty()
-    });
-    assert!(
-        clean,
-        "left behind: cgroups {:?}, records {:?}\ndaemon: {}",
-        d.sandbox_cgroups(),
-        d.records(),
-        d.log()
-    );
+    d.assert_nothing_left(Duration::from_secs(2));
 }
